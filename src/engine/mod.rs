@@ -1,0 +1,18 @@
+//! The engine interface the drivers execute calls and probes against. Every call carries the
+//! lease epoch, so an engine that can (the fakes, and where the API allows a real one) refuses a
+//! call from a displaced owner with `EngineFault::StaleEpoch`.
+
+use async_trait::async_trait;
+
+use crate::machine::{EngineCall, Probe};
+use crate::store::ApplyRecord;
+use crate::worker::Observation;
+
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// A read-only query about the apply's work.
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation;
+    /// A call with an external effect; idempotent or guarded as documented on `EngineCall`.
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation;
+}

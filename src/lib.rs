@@ -1,0 +1,9 @@
+//! applyd: drives online schema changes on MySQL (Spirit) and PlanetScale (deploy requests)
+//! from a MySQL table shared by many operator processes, so that a worker may die at any instant
+//! and every apply is still reclaimed, resumed from what was persisted, and never does its
+//! engine work twice.
+
+pub mod engine;
+pub mod machine;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,565 @@
+//! Claim classes and claim arms: which rows a free driver may take, and why.
+//!
+//! Every apply state belongs to exactly one [`ClaimClass`], defined once in [`CLASS_OF`]. The
+//! SQL `IN (...)` lists, the memory store, the model and the simulator all read the classes from
+//! here. The claim arms are pure predicates over a row snapshot whose ages were computed by the
+//! database clock (or the virtual clock); nothing here reads a clock.
+
+use super::rules::{Mutant, Rules};
+use super::states::ApplyState::{self, *};
+
+/// How the claim path treats an apply state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClaimClass {
+    /// Finished for good: `completed`, `failed`, `cancelled`, `reverted`.
+    Terminal,
+    /// Waiting to be dispatched: `pending` (claimable once its child rows exist).
+    PendingQueue,
+    /// In flight: claimable by anyone once the owner's heartbeat is stale.
+    StaleReclaimable,
+    /// `failed_retryable`: claimable within the retry budget and freshness window.
+    RetryPath,
+    /// `stopped`: terminal at apply level, but resumable by a `start` request.
+    StartHeld,
+    /// `paused`: waits for a human `release`, `stop` or `cancel`.
+    HumanHeld,
+    /// Matches no arm at all. No shipped state is here; only a historical-bug switch puts a
+    /// state here (the bug of #302 and #770).
+    Unclaimable,
+}
+
+impl ClaimClass {
+    pub const ALL: &'static [ClaimClass] = &[
+        ClaimClass::Terminal,
+        ClaimClass::PendingQueue,
+        ClaimClass::StaleReclaimable,
+        ClaimClass::RetryPath,
+        ClaimClass::StartHeld,
+        ClaimClass::HumanHeld,
+        ClaimClass::Unclaimable,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ClaimClass::Terminal => "terminal",
+            ClaimClass::PendingQueue => "pending queue",
+            ClaimClass::StaleReclaimable => "stale-reclaimable",
+            ClaimClass::RetryPath => "retry path",
+            ClaimClass::StartHeld => "start-held",
+            ClaimClass::HumanHeld => "human-held",
+            ClaimClass::Unclaimable => "unclaimable",
+        }
+    }
+}
+
+/// The PlanetScale setup phase, in order.
+pub const SETUP_PHASE: &[ApplyState] = &[
+    PreparingBranch,
+    ApplyingBranchChanges,
+    ValidatingBranch,
+    CreatingDeployRequest,
+    ValidatingDeployRequest,
+];
+
+/// The PlanetScale revert phase.
+pub const REVERT_PHASE: &[ApplyState] = &[RevertWindow, Reverting, SkippingRevert];
+
+/// The one place that assigns every apply state its claim class.
+pub const CLASS_OF: &[(ApplyState, ClaimClass)] = &[
+    (Pending, ClaimClass::PendingQueue),
+    (Running, ClaimClass::StaleReclaimable),
+    (RunningDegraded, ClaimClass::StaleReclaimable),
+    (Paused, ClaimClass::HumanHeld),
+    (Resuming, ClaimClass::StaleReclaimable),
+    (WaitingForDeploy, ClaimClass::StaleReclaimable),
+    (WaitingForCutover, ClaimClass::StaleReclaimable),
+    (Recovering, ClaimClass::StaleReclaimable),
+    (CuttingOver, ClaimClass::StaleReclaimable),
+    (RevertWindow, ClaimClass::StaleReclaimable),
+    (SkippingRevert, ClaimClass::StaleReclaimable),
+    (Reverting, ClaimClass::StaleReclaimable),
+    (Completed, ClaimClass::Terminal),
+    (Failed, ClaimClass::Terminal),
+    (FailedRetryable, ClaimClass::RetryPath),
+    (Stopped, ClaimClass::StartHeld),
+    (Cancelled, ClaimClass::Terminal),
+    (Reverted, ClaimClass::Terminal),
+    (PreparingBranch, ClaimClass::StaleReclaimable),
+    (ApplyingBranchChanges, ClaimClass::StaleReclaimable),
+    (ValidatingBranch, ClaimClass::StaleReclaimable),
+    (CreatingDeployRequest, ClaimClass::StaleReclaimable),
+    (ValidatingDeployRequest, ClaimClass::StaleReclaimable),
+];
+
+const fn class_table() -> [ClaimClass; ApplyState::ALL.len()] {
+    let mut out = [ClaimClass::Unclaimable; ApplyState::ALL.len()];
+    let mut i = 0;
+    while i < CLASS_OF.len() {
+        out[CLASS_OF[i].0.index()] = CLASS_OF[i].1;
+        i += 1;
+    }
+    out
+}
+
+const CLASS_BY_INDEX: [ClaimClass; ApplyState::ALL.len()] = class_table();
+
+/// The class of a state under the shipped rules.
+pub const fn shipped_class(state: ApplyState) -> ClaimClass {
+    CLASS_BY_INDEX[state.index()]
+}
+
+impl Rules {
+    /// The class of a state under these rules (a historical-bug switch may move a state out).
+    pub fn class_of(&self, state: ApplyState) -> ClaimClass {
+        if self.has(Mutant::SetupPhaseUnclaimable) && SETUP_PHASE.contains(&state) {
+            return ClaimClass::Unclaimable;
+        }
+        if self.has(Mutant::RevertPhaseUnclaimable) && REVERT_PHASE.contains(&state) {
+            return ClaimClass::Unclaimable;
+        }
+        shipped_class(state)
+    }
+
+    /// The states of one class, in declaration order (for SQL `IN (...)` lists).
+    pub fn states_in(&self, class: ClaimClass) -> Vec<ApplyState> {
+        ApplyState::ALL.iter().copied().filter(|s| self.class_of(*s) == class).collect()
+    }
+}
+
+impl ApplyState {
+    /// Terminal for the one-active-apply rule: `stopped` counts as terminal (it holds no target).
+    pub const fn is_terminal(self) -> bool {
+        matches!(shipped_class(self), ClaimClass::Terminal | ClaimClass::StartHeld)
+    }
+
+    /// Holds its target: at most one active apply per target.
+    pub const fn is_active(self) -> bool {
+        !self.is_terminal()
+    }
+}
+
+/// The claim arms. A1–A6 are upstream's apply-level arms; A7 (cancel of a stopped apply) and
+/// A8 (stop or cancel of a paused apply) close the two holes upstream later found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClaimArm {
+    /// `pending` with its child rows.
+    A1Pending,
+    /// In-flight state whose owner's heartbeat is stale (or who released the lease).
+    A2Stale,
+    /// `failed_retryable` within budget and freshness.
+    A3Retry,
+    /// `pending` with a pending start.
+    A4PendingStart,
+    /// `stopped` with a pending start.
+    A5StoppedStart,
+    /// `waiting_for_deploy` with a start newer than the current lease (lease hand-off).
+    A6DeferredDeployStart,
+    /// `stopped` with a pending cancel.
+    A7StoppedCancel,
+    /// `paused` with a pending stop or cancel.
+    A8PausedControl,
+}
+
+impl ClaimArm {
+    pub const ALL: &'static [ClaimArm] = &[
+        ClaimArm::A1Pending,
+        ClaimArm::A2Stale,
+        ClaimArm::A3Retry,
+        ClaimArm::A4PendingStart,
+        ClaimArm::A5StoppedStart,
+        ClaimArm::A6DeferredDeployStart,
+        ClaimArm::A7StoppedCancel,
+        ClaimArm::A8PausedControl,
+    ];
+
+    pub const fn code(self) -> &'static str {
+        match self {
+            ClaimArm::A1Pending => "A1",
+            ClaimArm::A2Stale => "A2",
+            ClaimArm::A3Retry => "A3",
+            ClaimArm::A4PendingStart => "A4",
+            ClaimArm::A5StoppedStart => "A5",
+            ClaimArm::A6DeferredDeployStart => "A6",
+            ClaimArm::A7StoppedCancel => "A7",
+            ClaimArm::A8PausedControl => "A8",
+        }
+    }
+
+    pub const fn describe(self) -> &'static str {
+        match self {
+            ClaimArm::A1Pending => "pending with child rows",
+            ClaimArm::A2Stale => "stale-reclaimable state, heartbeat stale or lease released",
+            ClaimArm::A3Retry => "failed_retryable, attempt < budget, updated within freshness",
+            ClaimArm::A4PendingStart => "pending with a pending start",
+            ClaimArm::A5StoppedStart => "stopped with a pending start (target re-checked)",
+            ClaimArm::A6DeferredDeployStart => {
+                "waiting_for_deploy with a start newer than the lease, or stale"
+            }
+            ClaimArm::A7StoppedCancel => "stopped with a pending cancel",
+            ClaimArm::A8PausedControl => "paused with a pending stop or cancel",
+        }
+    }
+}
+
+/// What the claim arms see of a pending start request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PendingControls {
+    pub start: bool,
+    /// The start request was (re)issued after the current lease was acquired.
+    pub start_newer_than_lease: bool,
+    pub stop: bool,
+    pub cancel: bool,
+    pub cutover: bool,
+    pub revert: bool,
+    pub skip_revert: bool,
+}
+
+impl PendingControls {
+    pub fn has(&self, op: super::states::ControlOp) -> bool {
+        use super::states::ControlOp as C;
+        match op {
+            C::Start => self.start,
+            C::Stop => self.stop,
+            C::Cancel => self.cancel,
+            C::Cutover => self.cutover,
+            C::Revert => self.revert,
+            C::SkipRevert => self.skip_revert,
+            C::Release | C::Volume => false,
+        }
+    }
+
+    pub fn set(&mut self, op: super::states::ControlOp, pending: bool) {
+        use super::states::ControlOp as C;
+        match op {
+            C::Start => self.start = pending,
+            C::Stop => self.stop = pending,
+            C::Cancel => self.cancel = pending,
+            C::Cutover => self.cutover = pending,
+            C::Revert => self.revert = pending,
+            C::SkipRevert => self.skip_revert = pending,
+            C::Release | C::Volume => {}
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.start || self.stop || self.cancel || self.cutover || self.revert || self.skip_revert
+    }
+}
+
+/// An apply row as the claim path sees it. Ages come from the database clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimView {
+    pub state: ApplyState,
+    /// Someone holds the lease (a graceful release clears it).
+    pub leased: bool,
+    /// Age of the last heartbeat; `None` when the row was never heartbeated.
+    pub heartbeat_age_ms: Option<u64>,
+    pub attempt: u32,
+    /// Age since the row was last updated (retry freshness).
+    pub updated_age_ms: u64,
+    /// The apply's task and operation rows exist (creation finished).
+    pub has_children: bool,
+    pub controls: PendingControls,
+}
+
+impl ClaimView {
+    /// The current lease is free to take: released, never taken, or stale.
+    pub fn lease_is_free(&self, rules: &Rules) -> bool {
+        !self.leased || self.heartbeat_age_ms.is_none_or(|age| age >= rules.params.stale_after_ms)
+    }
+}
+
+impl Rules {
+    /// Whether one arm matches the row.
+    pub fn arm_matches(&self, arm: ClaimArm, row: &ClaimView) -> bool {
+        let class = self.class_of(row.state);
+        let c = &row.controls;
+        match arm {
+            ClaimArm::A1Pending => row.state == Pending && row.has_children,
+            ClaimArm::A2Stale => {
+                class == ClaimClass::StaleReclaimable && self.lease_free(row)
+            }
+            ClaimArm::A3Retry => {
+                class == ClaimClass::RetryPath
+                    && row.attempt < self.params.retry_budget
+                    && row.updated_age_ms < self.params.retry_freshness_ms
+            }
+            ClaimArm::A4PendingStart => row.state == Pending && row.has_children && c.start,
+            ClaimArm::A5StoppedStart => class == ClaimClass::StartHeld && c.start && !c.cancel,
+            ClaimArm::A6DeferredDeployStart => {
+                row.state == WaitingForDeploy
+                    && class == ClaimClass::StaleReclaimable
+                    && c.start
+                    && (c.start_newer_than_lease || self.lease_free(row))
+            }
+            ClaimArm::A7StoppedCancel => class == ClaimClass::StartHeld && c.cancel,
+            ClaimArm::A8PausedControl => {
+                class == ClaimClass::HumanHeld && (c.stop || c.cancel)
+            }
+        }
+    }
+
+    fn lease_free(&self, row: &ClaimView) -> bool {
+        row.lease_is_free(self)
+    }
+
+    /// The first arm (in `ClaimArm::ALL` order) that matches the row, if any.
+    pub fn matching_arm(&self, row: &ClaimView) -> Option<ClaimArm> {
+        ClaimArm::ALL.iter().copied().find(|arm| self.arm_matches(*arm, row))
+    }
+
+    /// Retry expiry: a `failed_retryable` apply past its budget or freshness becomes `failed`.
+    pub fn retry_expiry(&self, row: &ClaimView) -> Option<ExpiryReason> {
+        if self.class_of(row.state) != ClaimClass::RetryPath {
+            return None;
+        }
+        if row.attempt >= self.params.retry_budget {
+            Some(ExpiryReason::RetryBudgetExhausted)
+        } else if row.updated_age_ms >= self.params.retry_freshness_ms {
+            Some(ExpiryReason::RecoveryWindowExpired)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpiryReason {
+    RetryBudgetExhausted,
+    RecoveryWindowExpired,
+}
+
+impl ExpiryReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExpiryReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            ExpiryReason::RecoveryWindowExpired => "recovery_window_expired",
+        }
+    }
+}
+
+/// The operation-level arms for a single-operation apply (upstream O1–O5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OperationArm {
+    O1Pending,
+    O2Stale,
+    O3StoppedStart,
+    O4DeferredDeployStart,
+    O5Retry,
+}
+
+impl OperationArm {
+    pub const ALL: &'static [OperationArm] = &[
+        OperationArm::O1Pending,
+        OperationArm::O2Stale,
+        OperationArm::O3StoppedStart,
+        OperationArm::O4DeferredDeployStart,
+        OperationArm::O5Retry,
+    ];
+
+    pub const fn code(self) -> &'static str {
+        match self {
+            OperationArm::O1Pending => "O1",
+            OperationArm::O2Stale => "O2",
+            OperationArm::O3StoppedStart => "O3",
+            OperationArm::O4DeferredDeployStart => "O4",
+            OperationArm::O5Retry => "O5",
+        }
+    }
+}
+
+/// An operation row and its parent apply as the operation claim path sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationClaimView {
+    /// The operation's own lease and state.
+    pub op: ClaimView,
+    pub parent: ClaimView,
+}
+
+impl Rules {
+    pub fn operation_arm_matches(&self, arm: OperationArm, v: &OperationClaimView) -> bool {
+        let op_class = self.class_of(v.op.state);
+        let parent_class = self.class_of(v.parent.state);
+        let pc = &v.parent.controls;
+        match arm {
+            // A single operation has no earlier sibling, so the copy-start gate is open.
+            OperationArm::O1Pending => v.op.state == Pending && !pc.stop,
+            OperationArm::O2Stale => op_class == ClaimClass::StaleReclaimable && self.lease_free(&v.op),
+            OperationArm::O3StoppedStart => op_class == ClaimClass::StartHeld && pc.start,
+            OperationArm::O4DeferredDeployStart => {
+                op_class == ClaimClass::StaleReclaimable
+                    && v.parent.state == WaitingForDeploy
+                    && pc.start
+                    && (pc.start_newer_than_lease || self.lease_free(&v.op))
+            }
+            OperationArm::O5Retry => {
+                v.op.state == FailedRetryable
+                    && ((parent_class == ClaimClass::RetryPath
+                        && v.parent.attempt < self.params.retry_budget
+                        && v.parent.updated_age_ms < self.params.retry_freshness_ms)
+                        || (parent_class == ClaimClass::StaleReclaimable
+                            && self.lease_free(&v.parent)))
+            }
+        }
+    }
+
+    pub fn matching_operation_arm(&self, v: &OperationClaimView) -> Option<OperationArm> {
+        OperationArm::ALL.iter().copied().find(|arm| self.operation_arm_matches(*arm, v))
+    }
+}
+
+impl Rules {
+    /// A guarded write lands only with the row's current epoch.
+    pub fn write_allowed(&self, row_epoch: u64, writer_epoch: u64) -> bool {
+        self.has(Mutant::UnfencedWrite) || row_epoch == writer_epoch
+    }
+
+    /// A write or claim that makes an inactive apply active must re-check its target.
+    pub fn checks_target_on_reactivation(&self) -> bool {
+        !self.has(Mutant::StartSkipsTargetCheck)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::rules::Params;
+
+    fn dead_owner(state: ApplyState) -> ClaimView {
+        ClaimView {
+            state,
+            leased: true,
+            heartbeat_age_ms: Some(Params::DEFAULT.stale_after_ms + 1),
+            attempt: 0,
+            updated_age_ms: Params::DEFAULT.stale_after_ms + 1,
+            has_children: true,
+            controls: PendingControls::default(),
+        }
+    }
+
+    #[test]
+    fn every_state_has_exactly_one_class_and_none_is_unclaimable() {
+        for s in ApplyState::ALL {
+            let n = CLASS_OF.iter().filter(|(st, _)| st == s).count();
+            assert_eq!(n, 1, "{s} must appear exactly once in CLASS_OF");
+            assert_ne!(shipped_class(*s), ClaimClass::Unclaimable, "{s} matches no claim arm");
+        }
+    }
+
+    /// The static form of the seed bug (#302): a non-terminal state that no arm can claim after
+    /// its owner dies is a wedge.
+    #[test]
+    fn every_non_terminal_state_but_paused_is_claimable_when_its_owner_is_dead() {
+        let rules = Rules::default();
+        for s in ApplyState::ALL {
+            if s.is_terminal() || *s == Paused {
+                continue;
+            }
+            let row = dead_owner(*s);
+            assert!(rules.matching_arm(&row).is_some(), "{s}: no claim arm matches a dead owner's stale row");
+        }
+    }
+
+    #[test]
+    fn terminal_states_match_no_arm_except_stopped_with_start_or_cancel() {
+        let rules = Rules::default();
+        for s in ApplyState::ALL.iter().filter(|s| s.is_terminal()) {
+            let mut row = dead_owner(*s);
+            assert_eq!(rules.matching_arm(&row), None, "{s} must not be claimed");
+            row.controls = PendingControls { stop: true, cutover: true, revert: true, ..Default::default() };
+            assert_eq!(rules.matching_arm(&row), None, "{s} must not be claimed for stop/cutover/revert");
+            row.controls = PendingControls { start: true, ..Default::default() };
+            let expect = (*s == Stopped).then_some(ClaimArm::A5StoppedStart);
+            assert_eq!(rules.matching_arm(&row), expect, "{s} with a pending start");
+            row.controls = PendingControls { cancel: true, ..Default::default() };
+            let expect = (*s == Stopped).then_some(ClaimArm::A7StoppedCancel);
+            assert_eq!(rules.matching_arm(&row), expect, "{s} with a pending cancel");
+        }
+    }
+
+    #[test]
+    fn setup_and_revert_phase_states_are_stale_reclaimable() {
+        let rules = Rules::default();
+        for s in SETUP_PHASE.iter().chain(REVERT_PHASE) {
+            assert_eq!(rules.class_of(*s), ClaimClass::StaleReclaimable, "{s}");
+            assert_eq!(rules.matching_arm(&dead_owner(*s)), Some(ClaimArm::A2Stale), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_heartbeat_is_never_claimed_from_under_its_owner() {
+        let rules = Rules::default();
+        for s in rules.states_in(ClaimClass::StaleReclaimable) {
+            let mut row = dead_owner(s);
+            row.heartbeat_age_ms = Some(rules.params.stale_after_ms - 1);
+            assert_eq!(rules.matching_arm(&row), None, "{s}");
+            row.leased = false;
+            assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A2Stale), "{s} released");
+        }
+    }
+
+    #[test]
+    fn pending_without_children_is_never_claimed() {
+        let rules = Rules::default();
+        let mut row = dead_owner(Pending);
+        row.leased = false;
+        row.has_children = false;
+        row.controls.start = true;
+        assert_eq!(rules.matching_arm(&row), None);
+        row.has_children = true;
+        assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A1Pending));
+    }
+
+    #[test]
+    fn retry_arm_respects_budget_and_freshness_and_expiry_takes_the_rest() {
+        let rules = Rules::default();
+        let mut row = dead_owner(FailedRetryable);
+        row.attempt = 9;
+        assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A3Retry));
+        assert_eq!(rules.retry_expiry(&row), None);
+        row.attempt = 10;
+        assert_eq!(rules.matching_arm(&row), None);
+        assert_eq!(rules.retry_expiry(&row), Some(ExpiryReason::RetryBudgetExhausted));
+        row.attempt = 0;
+        row.updated_age_ms = rules.params.retry_freshness_ms;
+        assert_eq!(rules.matching_arm(&row), None);
+        assert_eq!(rules.retry_expiry(&row), Some(ExpiryReason::RecoveryWindowExpired));
+    }
+
+    #[test]
+    fn deferred_deploy_start_hands_off_a_fresh_lease_only_for_a_newer_start() {
+        let rules = Rules::default();
+        let mut row = dead_owner(WaitingForDeploy);
+        row.heartbeat_age_ms = Some(1);
+        row.controls.start = true;
+        assert_eq!(rules.matching_arm(&row), None);
+        row.controls.start_newer_than_lease = true;
+        assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A6DeferredDeployStart));
+    }
+
+    #[test]
+    fn operation_arms_cover_every_non_terminal_single_operation_state() {
+        let rules = Rules::default();
+        for s in ApplyState::ALL {
+            if s.is_terminal() || *s == Paused || *s == Pending {
+                continue;
+            }
+            let v = OperationClaimView { op: dead_owner(*s), parent: dead_owner(*s) };
+            assert!(rules.matching_operation_arm(&v).is_some(), "operation in {s}");
+        }
+        let pending = OperationClaimView { op: dead_owner(Pending), parent: dead_owner(Pending) };
+        assert_eq!(rules.matching_operation_arm(&pending), Some(OperationArm::O1Pending));
+        let mut stopping = pending;
+        stopping.parent.controls.stop = true;
+        assert_eq!(rules.matching_operation_arm(&stopping), None, "a pending stop gates a pending operation");
+    }
+
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn the_seed_bug_switch_makes_setup_states_unclaimable() {
+        let rules = Rules::with_mutant(Params::DEFAULT, Some(Mutant::SetupPhaseUnclaimable));
+        for s in SETUP_PHASE {
+            assert_eq!(rules.matching_arm(&dead_owner(*s)), None);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Safety invariants as pure functions over a snapshot of the world. The model checker, the
+//! simulator and the integration tests all call these; none restates them.
+
+use std::collections::BTreeMap;
+
+use super::claim::PendingControls;
+use super::states::{ApplyState, EngineKind, EngineState};
+use super::table::{EngineCall, TABLE};
+
+/// What an invariant needs to know about one apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApplyFacts {
+    pub id: u32,
+    pub target: u32,
+    pub engine: EngineKind,
+    pub state: ApplyState,
+    pub attempt: u32,
+    pub controls: PendingControls,
+    /// Deploy requests ever created for this apply.
+    pub deploy_requests_created: u32,
+    /// The engine's own view of this apply's work, if the engine has any.
+    pub engine_truth: Option<EngineState>,
+    /// A runner of this apply is alive.
+    pub runner_alive: bool,
+}
+
+/// A broken invariant, with enough words to read in a counterexample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+pub const ONE_ACTIVE_PER_TARGET: &str = "one active apply per target";
+pub const ONE_DEPLOY_REQUEST: &str = "at most one deploy request per apply";
+pub const ONE_RUNNER_PER_TARGET: &str = "at most one spirit runner per target";
+pub const STORAGE_AGREES_WITH_ENGINE: &str = "storage agrees with engine";
+pub const RETRY_BUDGET: &str = "retry attempt within budget";
+
+/// Checks every state invariant over a world snapshot.
+pub fn check_world(applies: &[ApplyFacts], runners_per_target: &BTreeMap<u32, u32>, retry_budget: u32) -> Result<(), Violation> {
+    let mut active: BTreeMap<u32, u32> = BTreeMap::new();
+    for a in applies {
+        if a.state.is_active() {
+            if let Some(other) = active.insert(a.target, a.id) {
+                return Err(Violation {
+                    invariant: ONE_ACTIVE_PER_TARGET,
+                    detail: format!("applies {other} and {} are both active on target {}", a.id, a.target),
+                });
+            }
+        }
+        if a.deploy_requests_created > 1 {
+            return Err(Violation {
+                invariant: ONE_DEPLOY_REQUEST,
+                detail: format!("apply {} created {} deploy requests", a.id, a.deploy_requests_created),
+            });
+        }
+        if a.attempt > retry_budget {
+            return Err(Violation {
+                invariant: RETRY_BUDGET,
+                detail: format!("apply {} at attempt {} > budget {retry_budget}", a.id, a.attempt),
+            });
+        }
+        storage_agrees_with_engine(a)?;
+    }
+    for (target, n) in runners_per_target {
+        if *n > 1 {
+            return Err(Violation {
+                invariant: ONE_RUNNER_PER_TARGET,
+                detail: format!("{n} runners alive on target {target}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Storage may record an outcome only once the engine made it true (S7).
+pub fn storage_agrees_with_engine(a: &ApplyFacts) -> Result<(), Violation> {
+    use ApplyState as A;
+    use EngineState as E;
+    let ok = match a.state {
+        A::Completed => matches!(a.engine_truth, Some(E::Completed)),
+        A::Reverted => matches!(a.engine_truth, Some(E::Reverted)),
+        A::Cancelled => !a.runner_alive && !matches!(
+            a.engine_truth,
+            Some(E::Completed | E::RevertWindow | E::Reverting | E::Reverted | E::CuttingOver)
+        ),
+        A::Stopped => !a.runner_alive,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation {
+            invariant: STORAGE_AGREES_WITH_ENGINE,
+            detail: format!(
+                "apply {} is {} but the engine says {} (runner alive: {})",
+                a.id,
+                a.state,
+                a.engine_truth.map_or("nothing", |s| s.as_str()),
+                a.runner_alive
+            ),
+        })
+    }
+}
+
+pub const LEGAL_STEP: &str = "every state change is a row of the table";
+pub const STALE_EPOCH_WRITE: &str = "a stale epoch never writes";
+pub const STOP_DOMINANCE: &str = "a pending stop blocks deploy, cutover and completion";
+pub const CUTOVER_AFTER_GATE: &str = "cutover only after waiting_for_cutover";
+pub const JUSTIFIED_COMPLETION: &str = "a request completes only once its effect holds";
+
+/// A persisted state change must be a shipped row (terminal states absorb).
+pub fn legal_step(engine: EngineKind, from: ApplyState, to: ApplyState) -> Result<(), Violation> {
+    if from == to || TABLE.is_shipped_step(engine, from, to) {
+        Ok(())
+    } else {
+        Err(Violation { invariant: LEGAL_STEP, detail: format!("{engine} apply moved {from} -> {to}") })
+    }
+}
+
+/// A write landed with an epoch older than the row's current epoch.
+pub fn stale_write(row_epoch: u64, writer_epoch: u64) -> Result<(), Violation> {
+    if writer_epoch == row_epoch {
+        Ok(())
+    } else {
+        Err(Violation {
+            invariant: STALE_EPOCH_WRITE,
+            detail: format!("a write with epoch {writer_epoch} landed on a row at epoch {row_epoch}"),
+        })
+    }
+}
+
+/// Calls that move an apply forward; none may be issued while a stop or cancel is pending.
+pub fn advances_apply(call: EngineCall) -> bool {
+    !matches!(call, EngineCall::StopRunner | EngineCall::CancelRunner | EngineCall::CancelDeployRequest)
+}
+
+pub fn stop_dominance(controls: &PendingControls, engine: EngineKind, call: EngineCall) -> Result<(), Violation> {
+    // A PlanetScale stop is refused, so it blocks nothing; a cancel blocks both engines.
+    let blocking = controls.cancel || (controls.stop && engine == EngineKind::Spirit);
+    if blocking && advances_apply(call) {
+        Err(Violation { invariant: STOP_DOMINANCE, detail: format!("{call:?} issued while a stop or cancel is pending") })
+    } else {
+        Ok(())
+    }
+}
+
+/// A cutover call needs the engine at (or past) its cutover gate.
+pub fn cutover_after_gate(call: EngineCall, engine_truth: Option<EngineState>) -> Result<(), Violation> {
+    let is_cutover = matches!(call, EngineCall::Cutover | EngineCall::DropSentinel);
+    let at_gate = matches!(
+        engine_truth,
+        Some(EngineState::WaitingForCutover | EngineState::CuttingOver | EngineState::RevertWindow | EngineState::Completed)
+    );
+    if is_cutover && !at_gate {
+        Err(Violation {
+            invariant: CUTOVER_AFTER_GATE,
+            detail: format!("{call:?} issued while the engine is {}", engine_truth.map_or("idle", |s| s.as_str())),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+pub fn justified_completion(op: super::states::ControlOp, state: ApplyState) -> Result<(), Violation> {
+    if super::control::completion_is_justified(op, state) {
+        Ok(())
+    } else {
+        Err(Violation { invariant: JUSTIFIED_COMPLETION, detail: format!("{op} request completed while the apply is {state}") })
+    }
+}

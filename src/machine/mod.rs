@@ -1,0 +1,17 @@
+//! The pure rules of applyd: states, claim classes and arms, the transition table, control
+//! requests and invariants. No I/O, no async, no clock reads, no randomness.
+
+pub mod claim;
+pub mod control;
+pub mod invariants;
+pub mod render;
+pub mod rules;
+pub mod states;
+pub mod table;
+pub mod task;
+
+pub use claim::{ClaimArm, ClaimClass, ClaimView, OperationArm, OperationClaimView, PendingControls};
+pub use control::{Disposition, Refusal};
+pub use rules::{Mutant, Params, Rules};
+pub use states::{ApplyState, ControlOp, ControlStatus, EngineKind, EngineState, TaskState, UnknownName};
+pub use table::{ApplyOptions, Effect, EngineCall, Event, Probe, ResumeField, Row, RowId, TABLE};

@@ -1,0 +1,509 @@
+//! The in-memory store: the reference semantics of claims, fencing and control requests. The
+//! simulator drives it synchronously with a virtual clock; the demo and tests use it through
+//! the async `Store` trait.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError};
+use crate::machine::control::accepts_request;
+use crate::machine::table::{Event, TABLE};
+use crate::machine::{ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, PendingControls, Rules};
+use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
+
+/// Milliseconds of the store's clock. Production reads the database clock; here it is injected.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+/// A clock the caller moves by hand (simulator, tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start_ms: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(start_ms))
+    }
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Monotonic milliseconds since the store was created (demo).
+#[derive(Debug)]
+pub struct MonotonicClock(std::time::Instant);
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// One apply row, as the memory store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRow {
+    pub id: ApplyId,
+    pub spec: Arc<ApplySpec>,
+    pub engine: EngineKind,
+    pub state: ApplyState,
+    pub options: ApplyOptions,
+    pub resume: ResumeState,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    pub lease_acquired_at: Option<u64>,
+    pub heartbeat_at: Option<u64>,
+    pub updated_at: u64,
+    pub state_entered_at: u64,
+    pub created_at: u64,
+    pub error_message: Option<String>,
+}
+
+/// One control request row (unique per apply and operation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRequest {
+    pub status: ControlStatus,
+    pub updated_at: u64,
+    pub message: Option<String>,
+}
+
+/// One audit entry: every state change with the epoch and owner that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub apply: ApplyId,
+    pub from: ApplyState,
+    pub to: ApplyState,
+    pub epoch: u64,
+    pub owner: Option<String>,
+    pub at_ms: u64,
+    pub cause: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    rows: BTreeMap<ApplyId, MemoryRow>,
+    requests: BTreeMap<(ApplyId, ControlOp), MemoryRequest>,
+    audit: Vec<AuditEntry>,
+    next_id: ApplyId,
+    /// Writes that landed with an epoch other than the row's (only possible with unfenced writes).
+    stale_writes_landed: u64,
+    available: bool,
+}
+
+pub struct MemoryStore {
+    rules: Rules,
+    clock: Arc<dyn Clock>,
+    revert_window_ms: u64,
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn new(rules: Rules, clock: Arc<dyn Clock>) -> MemoryStore {
+        MemoryStore {
+            rules,
+            clock,
+            revert_window_ms: 30 * 60 * 1000,
+            inner: Mutex::new(Inner { next_id: 1, available: true, ..Inner::default() }),
+        }
+    }
+
+    pub fn with_revert_window_ms(mut self, ms: u64) -> MemoryStore {
+        self.revert_window_ms = ms;
+        self
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.available {
+            Ok(inner)
+        } else {
+            Err(StoreError::Unavailable("memory store switched off".into()))
+        }
+    }
+
+    /// Simulate an outage: every call fails with `Unavailable` until switched back on.
+    pub fn set_available(&self, available: bool) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).available = available;
+    }
+
+    pub fn rows(&self) -> Vec<MemoryRow> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).rows.values().cloned().collect()
+    }
+
+    pub fn row(&self, id: ApplyId) -> Option<MemoryRow> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).rows.get(&id).cloned()
+    }
+
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).audit.clone()
+    }
+
+    pub fn request_status(&self, id: ApplyId, op: ControlOp) -> Option<MemoryRequest> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).requests.get(&(id, op)).cloned()
+    }
+
+    pub fn stale_writes_landed(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).stale_writes_landed
+    }
+
+    pub fn pending_controls(&self, id: ApplyId) -> PendingControls {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        pending_of(&inner, id)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
+        if new.ddl.iter().all(|d| d.trim().is_empty()) {
+            return Err(StoreError::Refused("an apply needs at least one DDL statement".into()));
+        }
+        let now = self.now();
+        let mut inner = self.lock()?;
+        if let Some(existing) = active_on_target(&inner, &new.target.to_string(), None) {
+            return Err(StoreError::ActiveApplyExists { target: new.target.to_string(), existing });
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let spec = Arc::new(ApplySpec { identifier: format!("apply-{id}"), target: new.target, ddl: new.ddl });
+        inner.rows.insert(
+            id,
+            MemoryRow {
+                id,
+                spec,
+                engine: new.engine,
+                state: ApplyState::Pending,
+                options: new.options,
+                resume: ResumeState::default(),
+                attempt: 0,
+                lease_owner: None,
+                lease_epoch: 0,
+                lease_acquired_at: None,
+                heartbeat_at: None,
+                updated_at: now,
+                state_entered_at: now,
+                created_at: now,
+                error_message: None,
+            },
+        );
+        Ok(id)
+    }
+
+    fn claim_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
+        let mut controls = pending_of(inner, row.id);
+        if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
+            controls.start_newer_than_lease =
+                controls.start && row.lease_acquired_at.is_none_or(|acquired| start.updated_at > acquired);
+        }
+        ClaimView {
+            state: row.state,
+            leased: row.lease_owner.is_some(),
+            heartbeat_age_ms: row.heartbeat_at.map(|h| now.saturating_sub(h)),
+            attempt: row.attempt,
+            updated_age_ms: now.saturating_sub(row.updated_at),
+            has_children: true,
+            controls,
+        }
+    }
+
+    pub fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let ids: Vec<ApplyId> = inner.rows.keys().copied().collect();
+        for id in ids {
+            let row = &inner.rows[&id];
+            let view = self.claim_view(&inner, row, now);
+            let Some(arm) = self.rules.matching_arm(&view) else { continue };
+            let Some(row_id) = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm)) else {
+                continue;
+            };
+            let to = TABLE.row(row_id).to;
+            let pre_claim = row.state;
+            if to.is_active() && !pre_claim.is_active() && self.rules.checks_target_on_reactivation() {
+                let target = row.spec.target.to_string();
+                if let Some(existing) = active_on_target(&inner, &target, Some(id)) {
+                    let message = format!("start refused: another active apply ({existing}) exists on {target}");
+                    if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Start)) {
+                        req.status = ControlStatus::Failed;
+                        req.updated_at = now;
+                        req.message = Some(message);
+                    }
+                    continue;
+                }
+            }
+            let row = inner.rows.get_mut(&id).expect("row listed above");
+            row.lease_epoch += 1;
+            row.lease_owner = Some(owner.to_string());
+            row.lease_acquired_at = Some(now);
+            row.heartbeat_at = Some(now);
+            row.updated_at = now;
+            if arm == crate::machine::ClaimArm::A3Retry {
+                row.attempt += 1;
+                row.error_message = None;
+            }
+            if to != pre_claim {
+                row.state = to;
+                row.state_entered_at = now;
+            }
+            let claimed = Claimed {
+                lease: Lease { apply: id, owner: owner.to_string(), epoch: row.lease_epoch },
+                arm,
+                pre_claim,
+                record: record_of(row),
+            };
+            let epoch = row.lease_epoch;
+            inner.audit.push(AuditEntry {
+                apply: id,
+                from: pre_claim,
+                to,
+                epoch,
+                owner: Some(owner.to_string()),
+                at_ms: now,
+                cause: format!("claim {}", arm.code()),
+            });
+            return Ok(Some(claimed));
+        }
+        Ok(None)
+    }
+
+    /// The owned row, fenced: a displaced owner gets `LeaseLost`.
+    fn owned<'a>(&self, inner: &'a mut Inner, lease: &Lease) -> Result<&'a mut MemoryRow, StoreError> {
+        let row = inner.rows.get_mut(&lease.apply).ok_or(StoreError::RowGone(lease.apply))?;
+        if self.rules.write_allowed(row.lease_epoch, lease.epoch) {
+            Ok(row)
+        } else {
+            Err(StoreError::LeaseLost { apply: lease.apply, epoch: lease.epoch })
+        }
+    }
+
+    pub fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let row = self.owned(&mut inner, lease)?.clone();
+        let controls = pending_of(&inner, row.id);
+        Ok(DriveInputs {
+            revert_window_expired: row.state == ApplyState::RevertWindow
+                && now.saturating_sub(row.state_entered_at) >= self.revert_window_ms,
+            record: record_of(&row),
+            controls,
+        })
+    }
+
+    pub fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let (from, target, row_epoch) = {
+            let row = self.owned(&mut inner, lease)?;
+            (row.state, row.spec.target.to_string(), row.lease_epoch)
+        };
+        if to.is_active() && !from.is_active() && self.rules.checks_target_on_reactivation() {
+            if let Some(existing) = active_on_target(&inner, &target, Some(lease.apply)) {
+                return Err(StoreError::ActiveApplyExists { target, existing });
+            }
+        }
+        if row_epoch != lease.epoch {
+            inner.stale_writes_landed += 1;
+        }
+        let row = inner.rows.get_mut(&lease.apply).expect("checked above");
+        row.state = to;
+        row.resume = resume;
+        row.updated_at = now;
+        row.heartbeat_at = Some(now);
+        if from != to {
+            row.state_entered_at = now;
+            inner.audit.push(AuditEntry {
+                apply: lease.apply,
+                from,
+                to,
+                epoch: lease.epoch,
+                owner: Some(lease.owner.clone()),
+                at_ms: now,
+                cause: "write".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish_request(&self, lease: &Lease, op: ControlOp, status: ControlStatus, message: Option<&str>) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        self.owned(&mut inner, lease)?;
+        if let Some(req) = inner.requests.get_mut(&(lease.apply, op)) {
+            if req.status == ControlStatus::Pending {
+                req.status = status;
+                req.updated_at = now;
+                req.message = message.map(str::to_string);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
+        self.finish_request(lease, op, ControlStatus::Completed, None)
+    }
+
+    pub fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError> {
+        self.finish_request(lease, op, ControlStatus::Failed, Some(reason))
+    }
+
+    pub fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        self.owned(&mut inner, lease)?.heartbeat_at = Some(now);
+        Ok(())
+    }
+
+    pub fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let row = self.owned(&mut inner, lease)?;
+        row.lease_owner = None;
+        row.heartbeat_at = None;
+        Ok(())
+    }
+
+    pub fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let row = inner.rows.get(&apply).ok_or(StoreError::RowGone(apply))?;
+        let pending = pending_of(&inner, apply);
+        accepts_request(row.engine, row.state, op, &pending).map_err(|r| StoreError::Refused(r.message()))?;
+        let outcome = match inner.requests.get_mut(&(apply, op)) {
+            Some(req) if req.status == ControlStatus::Pending => RequestOutcome::AlreadyPending,
+            Some(req) => {
+                req.status = ControlStatus::Pending;
+                req.updated_at = now;
+                req.message = None;
+                RequestOutcome::Reset
+            }
+            None => {
+                inner.requests.insert(
+                    (apply, op),
+                    MemoryRequest { status: ControlStatus::Pending, updated_at: now, message: None },
+                );
+                RequestOutcome::Created
+            }
+        };
+        Ok(outcome)
+    }
+
+    pub fn expire_retryable(&self) -> Result<u32, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut expired = Vec::new();
+        for row in inner.rows.values() {
+            let view = self.claim_view(&inner, row, now);
+            if let Some(reason) = self.rules.retry_expiry(&view) {
+                expired.push((row.id, reason));
+            }
+        }
+        for (id, reason) in &expired {
+            let row = inner.rows.get_mut(id).expect("listed above");
+            let from = row.state;
+            row.state = ApplyState::Failed;
+            row.updated_at = now;
+            row.state_entered_at = now;
+            row.error_message = Some(reason.as_str().to_string());
+            let epoch = row.lease_epoch;
+            inner.audit.push(AuditEntry {
+                apply: *id,
+                from,
+                to: ApplyState::Failed,
+                epoch,
+                owner: None,
+                at_ms: now,
+                cause: reason.as_str().into(),
+            });
+        }
+        Ok(expired.len() as u32)
+    }
+}
+
+fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
+    let mut pc = PendingControls::default();
+    for op in ControlOp::ALL {
+        if let Some(req) = inner.requests.get(&(id, *op)) {
+            pc.set(*op, req.status == ControlStatus::Pending);
+        }
+    }
+    pc
+}
+
+fn active_on_target(inner: &Inner, target: &str, except: Option<ApplyId>) -> Option<ApplyId> {
+    inner
+        .rows
+        .values()
+        .find(|r| Some(r.id) != except && r.state.is_active() && r.spec.target.to_string() == target)
+        .map(|r| r.id)
+}
+
+fn record_of(row: &MemoryRow) -> ApplyRecord {
+    ApplyRecord {
+        row: ApplySnapshot {
+            id: row.id,
+            engine: row.engine,
+            state: row.state,
+            epoch: row.lease_epoch,
+            attempt: row.attempt,
+            options: row.options,
+            resume: row.resume,
+        },
+        spec: row.spec.clone(),
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
+        MemoryStore::submit(self, new)
+    }
+    async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        MemoryStore::claim(self, owner)
+    }
+    async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
+        MemoryStore::load(self, lease)
+    }
+    async fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError> {
+        MemoryStore::write(self, lease, to, resume)
+    }
+    async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
+        MemoryStore::complete_request(self, lease, op)
+    }
+    async fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError> {
+        MemoryStore::fail_request(self, lease, op, reason)
+    }
+    async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
+        MemoryStore::heartbeat(self, lease)
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        MemoryStore::release(self, lease)
+    }
+    async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
+        MemoryStore::request(self, apply, op)
+    }
+    async fn expire_retryable(&self) -> Result<u32, StoreError> {
+        MemoryStore::expire_retryable(self)
+    }
+}

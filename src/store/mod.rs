@@ -1,0 +1,126 @@
+//! The store interface: claims, fenced writes, heartbeats, control requests. `memory` is the
+//! reference semantics (simulator, demo, tests); the MySQL store implements the same trait.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::machine::{ApplyOptions, ApplyState, ClaimArm, ControlOp, EngineKind, PendingControls};
+use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
+
+/// Where an apply runs: at most one active apply per target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    pub database: String,
+    pub environment: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.database, self.environment)
+    }
+}
+
+/// What a user submits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewApply {
+    pub target: Target,
+    pub engine: EngineKind,
+    pub ddl: Vec<String>,
+    #[serde(default)]
+    pub options: ApplyOptions,
+}
+
+/// The immutable part of an apply that engines need.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplySpec {
+    /// External identifier, e.g. `apply-42`; the deterministic branch name derives from it.
+    pub identifier: String,
+    pub target: Target,
+    pub ddl: Vec<String>,
+}
+
+/// An apply as read by its owner: the mutable row plus its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyRecord {
+    pub row: ApplySnapshot,
+    pub spec: Arc<ApplySpec>,
+}
+
+/// The owner's capability: every guarded write carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub apply: ApplyId,
+    pub owner: String,
+    pub epoch: u64,
+}
+
+/// A successful claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub lease: Lease,
+    pub arm: ClaimArm,
+    /// The row's state before the claim (the drive uses it to tell dispatch from resume).
+    pub pre_claim: ApplyState,
+    pub record: ApplyRecord,
+}
+
+/// What the owner reads before each decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveInputs {
+    pub record: ApplyRecord,
+    pub controls: PendingControls,
+    pub revert_window_expired: bool,
+}
+
+/// The outcome of a control request submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RequestOutcome {
+    Created,
+    /// A request of this kind was already pending.
+    AlreadyPending,
+    /// A finished request of this kind was reset to pending.
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("lease lost on apply {apply}: epoch {epoch} is no longer current")]
+    LeaseLost { apply: ApplyId, epoch: u64 },
+    #[error("apply {0} does not exist")]
+    RowGone(ApplyId),
+    #[error("another active apply ({existing}) exists on target {target}")]
+    ActiveApplyExists { target: String, existing: ApplyId },
+    #[error("request refused: {0}")]
+    Refused(String),
+    #[error("apply {apply} has an unreadable {column}: {detail}")]
+    BadRow { apply: ApplyId, column: &'static str, detail: String },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Create an apply with its children, atomically; refuses a second active apply per target.
+    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError>;
+    /// Claim at most one row through the first matching arm, taking a new lease epoch.
+    async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
+    /// Re-read the owned row and its pending control requests (fenced: a lost lease is an error).
+    async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError>;
+    /// Fenced write of state and resume state.
+    async fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError>;
+    /// Fenced completion of a pending request.
+    async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError>;
+    /// Fenced failure of a pending request, with the reason shown to the user.
+    async fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError>;
+    async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Give the row back so a peer may claim it at once (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Record a user's control request (unfenced, from the API).
+    async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
+    /// Move expired `failed_retryable` applies to `failed`; returns how many.
+    async fn expire_retryable(&self) -> Result<u32, StoreError>;
+}
