@@ -16,3 +16,6 @@ pub trait Engine: Send + Sync {
     /// A call with an external effect; idempotent or guarded as documented on `EngineCall`.
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation;
 }
+
+pub mod fake;
+pub mod planetscale_states;

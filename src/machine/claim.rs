@@ -122,14 +122,21 @@ impl Rules {
 
     /// The states of one class, in declaration order (for SQL `IN (...)` lists).
     pub fn states_in(&self, class: ClaimClass) -> Vec<ApplyState> {
-        ApplyState::ALL.iter().copied().filter(|s| self.class_of(*s) == class).collect()
+        ApplyState::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.class_of(*s) == class)
+            .collect()
     }
 }
 
 impl ApplyState {
     /// Terminal for the one-active-apply rule: `stopped` counts as terminal (it holds no target).
     pub const fn is_terminal(self) -> bool {
-        matches!(shipped_class(self), ClaimClass::Terminal | ClaimClass::StartHeld)
+        matches!(
+            shipped_class(self),
+            ClaimClass::Terminal | ClaimClass::StartHeld
+        )
     }
 
     /// Holds its target: at most one active apply per target.
@@ -265,7 +272,10 @@ pub struct ClaimView {
 impl ClaimView {
     /// The current lease is free to take: released, never taken, or stale.
     pub fn lease_is_free(&self, rules: &Rules) -> bool {
-        !self.leased || self.heartbeat_age_ms.is_none_or(|age| age >= rules.params.stale_after_ms)
+        !self.leased
+            || self
+                .heartbeat_age_ms
+                .is_none_or(|age| age >= rules.params.stale_after_ms)
     }
 }
 
@@ -276,9 +286,7 @@ impl Rules {
         let c = &row.controls;
         match arm {
             ClaimArm::A1Pending => row.state == Pending && row.has_children,
-            ClaimArm::A2Stale => {
-                class == ClaimClass::StaleReclaimable && self.lease_free(row)
-            }
+            ClaimArm::A2Stale => class == ClaimClass::StaleReclaimable && self.lease_free(row),
             ClaimArm::A3Retry => {
                 class == ClaimClass::RetryPath
                     && row.attempt < self.params.retry_budget
@@ -293,9 +301,7 @@ impl Rules {
                     && (c.start_newer_than_lease || self.lease_free(row))
             }
             ClaimArm::A7StoppedCancel => class == ClaimClass::StartHeld && c.cancel,
-            ClaimArm::A8PausedControl => {
-                class == ClaimClass::HumanHeld && (c.stop || c.cancel)
-            }
+            ClaimArm::A8PausedControl => class == ClaimClass::HumanHeld && (c.stop || c.cancel),
         }
     }
 
@@ -305,7 +311,10 @@ impl Rules {
 
     /// The first arm (in `ClaimArm::ALL` order) that matches the row, if any.
     pub fn matching_arm(&self, row: &ClaimView) -> Option<ClaimArm> {
-        ClaimArm::ALL.iter().copied().find(|arm| self.arm_matches(*arm, row))
+        ClaimArm::ALL
+            .iter()
+            .copied()
+            .find(|arm| self.arm_matches(*arm, row))
     }
 
     /// Retry expiry: a `failed_retryable` apply past its budget or freshness becomes `failed`.
@@ -384,7 +393,9 @@ impl Rules {
         match arm {
             // A single operation has no earlier sibling, so the copy-start gate is open.
             OperationArm::O1Pending => v.op.state == Pending && !pc.stop,
-            OperationArm::O2Stale => op_class == ClaimClass::StaleReclaimable && self.lease_free(&v.op),
+            OperationArm::O2Stale => {
+                op_class == ClaimClass::StaleReclaimable && self.lease_free(&v.op)
+            }
             OperationArm::O3StoppedStart => op_class == ClaimClass::StartHeld && pc.start,
             OperationArm::O4DeferredDeployStart => {
                 op_class == ClaimClass::StaleReclaimable
@@ -404,7 +415,10 @@ impl Rules {
     }
 
     pub fn matching_operation_arm(&self, v: &OperationClaimView) -> Option<OperationArm> {
-        OperationArm::ALL.iter().copied().find(|arm| self.operation_arm_matches(*arm, v))
+        OperationArm::ALL
+            .iter()
+            .copied()
+            .find(|arm| self.operation_arm_matches(*arm, v))
     }
 }
 
@@ -442,7 +456,11 @@ mod tests {
         for s in ApplyState::ALL {
             let n = CLASS_OF.iter().filter(|(st, _)| st == s).count();
             assert_eq!(n, 1, "{s} must appear exactly once in CLASS_OF");
-            assert_ne!(shipped_class(*s), ClaimClass::Unclaimable, "{s} matches no claim arm");
+            assert_ne!(
+                shipped_class(*s),
+                ClaimClass::Unclaimable,
+                "{s} matches no claim arm"
+            );
         }
     }
 
@@ -456,7 +474,10 @@ mod tests {
                 continue;
             }
             let row = dead_owner(*s);
-            assert!(rules.matching_arm(&row).is_some(), "{s}: no claim arm matches a dead owner's stale row");
+            assert!(
+                rules.matching_arm(&row).is_some(),
+                "{s}: no claim arm matches a dead owner's stale row"
+            );
         }
     }
 
@@ -466,14 +487,33 @@ mod tests {
         for s in ApplyState::ALL.iter().filter(|s| s.is_terminal()) {
             let mut row = dead_owner(*s);
             assert_eq!(rules.matching_arm(&row), None, "{s} must not be claimed");
-            row.controls = PendingControls { stop: true, cutover: true, revert: true, ..Default::default() };
-            assert_eq!(rules.matching_arm(&row), None, "{s} must not be claimed for stop/cutover/revert");
-            row.controls = PendingControls { start: true, ..Default::default() };
+            row.controls = PendingControls {
+                stop: true,
+                cutover: true,
+                revert: true,
+                ..Default::default()
+            };
+            assert_eq!(
+                rules.matching_arm(&row),
+                None,
+                "{s} must not be claimed for stop/cutover/revert"
+            );
+            row.controls = PendingControls {
+                start: true,
+                ..Default::default()
+            };
             let expect = (*s == Stopped).then_some(ClaimArm::A5StoppedStart);
             assert_eq!(rules.matching_arm(&row), expect, "{s} with a pending start");
-            row.controls = PendingControls { cancel: true, ..Default::default() };
+            row.controls = PendingControls {
+                cancel: true,
+                ..Default::default()
+            };
             let expect = (*s == Stopped).then_some(ClaimArm::A7StoppedCancel);
-            assert_eq!(rules.matching_arm(&row), expect, "{s} with a pending cancel");
+            assert_eq!(
+                rules.matching_arm(&row),
+                expect,
+                "{s} with a pending cancel"
+            );
         }
     }
 
@@ -482,7 +522,11 @@ mod tests {
         let rules = Rules::default();
         for s in SETUP_PHASE.iter().chain(REVERT_PHASE) {
             assert_eq!(rules.class_of(*s), ClaimClass::StaleReclaimable, "{s}");
-            assert_eq!(rules.matching_arm(&dead_owner(*s)), Some(ClaimArm::A2Stale), "{s}");
+            assert_eq!(
+                rules.matching_arm(&dead_owner(*s)),
+                Some(ClaimArm::A2Stale),
+                "{s}"
+            );
         }
     }
 
@@ -494,7 +538,11 @@ mod tests {
             row.heartbeat_age_ms = Some(rules.params.stale_after_ms - 1);
             assert_eq!(rules.matching_arm(&row), None, "{s}");
             row.leased = false;
-            assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A2Stale), "{s} released");
+            assert_eq!(
+                rules.matching_arm(&row),
+                Some(ClaimArm::A2Stale),
+                "{s} released"
+            );
         }
     }
 
@@ -519,11 +567,17 @@ mod tests {
         assert_eq!(rules.retry_expiry(&row), None);
         row.attempt = 10;
         assert_eq!(rules.matching_arm(&row), None);
-        assert_eq!(rules.retry_expiry(&row), Some(ExpiryReason::RetryBudgetExhausted));
+        assert_eq!(
+            rules.retry_expiry(&row),
+            Some(ExpiryReason::RetryBudgetExhausted)
+        );
         row.attempt = 0;
         row.updated_age_ms = rules.params.retry_freshness_ms;
         assert_eq!(rules.matching_arm(&row), None);
-        assert_eq!(rules.retry_expiry(&row), Some(ExpiryReason::RecoveryWindowExpired));
+        assert_eq!(
+            rules.retry_expiry(&row),
+            Some(ExpiryReason::RecoveryWindowExpired)
+        );
     }
 
     #[test]
@@ -534,7 +588,10 @@ mod tests {
         row.controls.start = true;
         assert_eq!(rules.matching_arm(&row), None);
         row.controls.start_newer_than_lease = true;
-        assert_eq!(rules.matching_arm(&row), Some(ClaimArm::A6DeferredDeployStart));
+        assert_eq!(
+            rules.matching_arm(&row),
+            Some(ClaimArm::A6DeferredDeployStart)
+        );
     }
 
     #[test]
@@ -544,14 +601,30 @@ mod tests {
             if s.is_terminal() || *s == Paused || *s == Pending {
                 continue;
             }
-            let v = OperationClaimView { op: dead_owner(*s), parent: dead_owner(*s) };
-            assert!(rules.matching_operation_arm(&v).is_some(), "operation in {s}");
+            let v = OperationClaimView {
+                op: dead_owner(*s),
+                parent: dead_owner(*s),
+            };
+            assert!(
+                rules.matching_operation_arm(&v).is_some(),
+                "operation in {s}"
+            );
         }
-        let pending = OperationClaimView { op: dead_owner(Pending), parent: dead_owner(Pending) };
-        assert_eq!(rules.matching_operation_arm(&pending), Some(OperationArm::O1Pending));
+        let pending = OperationClaimView {
+            op: dead_owner(Pending),
+            parent: dead_owner(Pending),
+        };
+        assert_eq!(
+            rules.matching_operation_arm(&pending),
+            Some(OperationArm::O1Pending)
+        );
         let mut stopping = pending;
         stopping.parent.controls.stop = true;
-        assert_eq!(rules.matching_operation_arm(&stopping), None, "a pending stop gates a pending operation");
+        assert_eq!(
+            rules.matching_operation_arm(&stopping),
+            None,
+            "a pending stop gates a pending operation"
+        );
     }
 
     #[cfg(feature = "mutants")]

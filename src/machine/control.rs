@@ -36,9 +36,12 @@ impl Refusal {
                 "planetscale applies cannot be stopped; cancel the deploy request instead".into()
             }
             Refusal::InRevertPhase => {
-                "the change is deployed and in its revert phase; revert or skip the revert instead".into()
+                "the change is deployed and in its revert phase; revert or skip the revert instead"
+                    .into()
             }
-            Refusal::TargetBusy => "start refused: another active apply exists on the same target".into(),
+            Refusal::TargetBusy => {
+                "start refused: another active apply exists on the same target".into()
+            }
             Refusal::AlreadyTerminal(s) => format!("the apply is already {s}"),
             Refusal::RevertAlreadyChosen => "a revert was already accepted".into(),
             Refusal::SkipRevertAlreadyChosen => "skip-revert was already accepted".into(),
@@ -86,7 +89,8 @@ impl Rules {
             ControlOp::Stop => Disposition::Refuse(Refusal::NotApplicable(state)),
             ControlOp::Start if pending.stop => Disposition::Wait,
             ControlOp::Start => {
-                let before_deploy_gate = state == ValidatingDeployRequest || SETUP_PHASE.contains(&state);
+                let before_deploy_gate =
+                    state == ValidatingDeployRequest || SETUP_PHASE.contains(&state);
                 if options.defer_deploy && before_deploy_gate {
                     Disposition::Wait
                 } else if matches!(state, Stopped | Paused | WaitingForDeploy) {
@@ -139,7 +143,10 @@ pub fn completion_is_justified(op: ControlOp, state: ApplyState) -> bool {
         ControlOp::Stop => state.is_terminal(),
         ControlOp::Cancel => state == Cancelled,
         ControlOp::Cutover => {
-            matches!(state, CuttingOver | RevertWindow | SkippingRevert | Reverting | Completed | Reverted)
+            matches!(
+                state,
+                CuttingOver | RevertWindow | SkippingRevert | Reverting | Completed | Reverted
+            )
         }
         ControlOp::Revert => matches!(state, Reverting | Reverted),
         ControlOp::SkipRevert => matches!(state, SkippingRevert | Completed),
@@ -148,9 +155,20 @@ pub fn completion_is_justified(op: ControlOp, state: ApplyState) -> bool {
 }
 
 /// Whether the HTTP/CLI surface accepts a new request (before it becomes durable).
-pub fn accepts_request(engine: EngineKind, state: ApplyState, op: ControlOp, pending: &PendingControls) -> Result<(), Refusal> {
+pub fn accepts_request(
+    engine: EngineKind,
+    state: ApplyState,
+    op: ControlOp,
+    pending: &PendingControls,
+) -> Result<(), Refusal> {
     let revert_phase = REVERT_PHASE.contains(&state);
-    let refuse_terminal = || if state.is_terminal() { Err(Refusal::AlreadyTerminal(state)) } else { Ok(()) };
+    let refuse_terminal = || {
+        if state.is_terminal() {
+            Err(Refusal::AlreadyTerminal(state))
+        } else {
+            Ok(())
+        }
+    };
     match op {
         ControlOp::Stop if engine == EngineKind::PlanetScale => Err(Refusal::StopNotSupported),
         ControlOp::Stop if revert_phase => Err(Refusal::InRevertPhase),
@@ -179,19 +197,54 @@ mod tests {
     #[test]
     fn start_waits_for_a_pending_stop_and_cutover_waits_while_recovering() {
         let rules = Rules::default();
-        let both = PendingControls { stop: true, start: true, ..Default::default() };
+        let both = PendingControls {
+            stop: true,
+            start: true,
+            ..Default::default()
+        };
         let opts = ApplyOptions::default();
-        assert_eq!(rules.disposition(EngineKind::Spirit, Stopped, ControlOp::Start, &both, &opts), Disposition::Wait);
-        let only_start = PendingControls { start: true, ..Default::default() };
-        assert!(matches!(rules.disposition(EngineKind::Spirit, Stopped, ControlOp::Start, &only_start, &opts), Disposition::Take(_)));
-        let cut = PendingControls { cutover: true, ..Default::default() };
-        assert_eq!(rules.disposition(EngineKind::Spirit, Recovering, ControlOp::Cutover, &cut, &opts), Disposition::Wait);
+        assert_eq!(
+            rules.disposition(EngineKind::Spirit, Stopped, ControlOp::Start, &both, &opts),
+            Disposition::Wait
+        );
+        let only_start = PendingControls {
+            start: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            rules.disposition(
+                EngineKind::Spirit,
+                Stopped,
+                ControlOp::Start,
+                &only_start,
+                &opts
+            ),
+            Disposition::Take(_)
+        ));
+        let cut = PendingControls {
+            cutover: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            rules.disposition(
+                EngineKind::Spirit,
+                Recovering,
+                ControlOp::Cutover,
+                &cut,
+                &opts
+            ),
+            Disposition::Wait
+        );
     }
 
     #[test]
     fn planetscale_stop_is_refused_and_revert_phase_cancel_is_refused() {
         let rules = Rules::default();
-        let p = PendingControls { stop: true, cancel: true, ..Default::default() };
+        let p = PendingControls {
+            stop: true,
+            cancel: true,
+            ..Default::default()
+        };
         let opts = ApplyOptions::default();
         for s in [Running, RevertWindow, PreparingBranch] {
             assert_eq!(
@@ -200,7 +253,13 @@ mod tests {
             );
         }
         assert_eq!(
-            rules.disposition(EngineKind::PlanetScale, RevertWindow, ControlOp::Cancel, &p, &opts),
+            rules.disposition(
+                EngineKind::PlanetScale,
+                RevertWindow,
+                ControlOp::Cancel,
+                &p,
+                &opts
+            ),
             Disposition::Refuse(Refusal::InRevertPhase)
         );
     }
@@ -221,7 +280,12 @@ mod tests {
         for r in TABLE.shipped() {
             for e in r.effects {
                 if let super::super::table::Effect::CompleteRequest(op) = e {
-                    assert!(completion_is_justified(*op, r.to), "{:?} completes {op} in {}", r.event, r.to);
+                    assert!(
+                        completion_is_justified(*op, r.to),
+                        "{:?} completes {op} in {}",
+                        r.event,
+                        r.to
+                    );
                 }
             }
         }

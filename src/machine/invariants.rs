@@ -44,27 +44,40 @@ pub const STORAGE_AGREES_WITH_ENGINE: &str = "storage agrees with engine";
 pub const RETRY_BUDGET: &str = "retry attempt within budget";
 
 /// Checks every state invariant over a world snapshot.
-pub fn check_world(applies: &[ApplyFacts], runners_per_target: &BTreeMap<u32, u32>, retry_budget: u32) -> Result<(), Violation> {
+pub fn check_world(
+    applies: &[ApplyFacts],
+    runners_per_target: &BTreeMap<u32, u32>,
+    retry_budget: u32,
+) -> Result<(), Violation> {
     let mut active: BTreeMap<u32, u32> = BTreeMap::new();
     for a in applies {
         if a.state.is_active() {
             if let Some(other) = active.insert(a.target, a.id) {
                 return Err(Violation {
                     invariant: ONE_ACTIVE_PER_TARGET,
-                    detail: format!("applies {other} and {} are both active on target {}", a.id, a.target),
+                    detail: format!(
+                        "applies {other} and {} are both active on target {}",
+                        a.id, a.target
+                    ),
                 });
             }
         }
         if a.deploy_requests_created > 1 {
             return Err(Violation {
                 invariant: ONE_DEPLOY_REQUEST,
-                detail: format!("apply {} created {} deploy requests", a.id, a.deploy_requests_created),
+                detail: format!(
+                    "apply {} created {} deploy requests",
+                    a.id, a.deploy_requests_created
+                ),
             });
         }
         if a.attempt > retry_budget {
             return Err(Violation {
                 invariant: RETRY_BUDGET,
-                detail: format!("apply {} at attempt {} > budget {retry_budget}", a.id, a.attempt),
+                detail: format!(
+                    "apply {} at attempt {} > budget {retry_budget}",
+                    a.id, a.attempt
+                ),
             });
         }
         storage_agrees_with_engine(a)?;
@@ -87,10 +100,19 @@ pub fn storage_agrees_with_engine(a: &ApplyFacts) -> Result<(), Violation> {
     let ok = match a.state {
         A::Completed => matches!(a.engine_truth, Some(E::Completed)),
         A::Reverted => matches!(a.engine_truth, Some(E::Reverted)),
-        A::Cancelled => !a.runner_alive && !matches!(
-            a.engine_truth,
-            Some(E::Completed | E::RevertWindow | E::Reverting | E::Reverted | E::CuttingOver)
-        ),
+        A::Cancelled => {
+            !a.runner_alive
+                && !matches!(
+                    a.engine_truth,
+                    Some(
+                        E::Completed
+                            | E::RevertWindow
+                            | E::Reverting
+                            | E::Reverted
+                            | E::CuttingOver
+                    )
+                )
+        }
         A::Stopped => !a.runner_alive,
         _ => true,
     };
@@ -121,7 +143,10 @@ pub fn legal_step(engine: EngineKind, from: ApplyState, to: ApplyState) -> Resul
     if from == to || TABLE.is_shipped_step(engine, from, to) {
         Ok(())
     } else {
-        Err(Violation { invariant: LEGAL_STEP, detail: format!("{engine} apply moved {from} -> {to}") })
+        Err(Violation {
+            invariant: LEGAL_STEP,
+            detail: format!("{engine} apply moved {from} -> {to}"),
+        })
     }
 }
 
@@ -132,47 +157,76 @@ pub fn stale_write(row_epoch: u64, writer_epoch: u64) -> Result<(), Violation> {
     } else {
         Err(Violation {
             invariant: STALE_EPOCH_WRITE,
-            detail: format!("a write with epoch {writer_epoch} landed on a row at epoch {row_epoch}"),
+            detail: format!(
+                "a write with epoch {writer_epoch} landed on a row at epoch {row_epoch}"
+            ),
         })
     }
 }
 
 /// Calls that move an apply forward; none may be issued while a stop or cancel is pending.
 pub fn advances_apply(call: EngineCall) -> bool {
-    !matches!(call, EngineCall::StopRunner | EngineCall::CancelRunner | EngineCall::CancelDeployRequest)
+    !matches!(
+        call,
+        EngineCall::StopRunner | EngineCall::CancelRunner | EngineCall::CancelDeployRequest
+    )
 }
 
-pub fn stop_dominance(controls: &PendingControls, engine: EngineKind, call: EngineCall) -> Result<(), Violation> {
+pub fn stop_dominance(
+    controls: &PendingControls,
+    engine: EngineKind,
+    call: EngineCall,
+) -> Result<(), Violation> {
     // A PlanetScale stop is refused, so it blocks nothing; a cancel blocks both engines.
     let blocking = controls.cancel || (controls.stop && engine == EngineKind::Spirit);
     if blocking && advances_apply(call) {
-        Err(Violation { invariant: STOP_DOMINANCE, detail: format!("{call:?} issued while a stop or cancel is pending") })
-    } else {
-        Ok(())
-    }
-}
-
-/// A cutover call needs the engine at (or past) its cutover gate.
-pub fn cutover_after_gate(call: EngineCall, engine_truth: Option<EngineState>) -> Result<(), Violation> {
-    let is_cutover = matches!(call, EngineCall::Cutover | EngineCall::DropSentinel);
-    let at_gate = matches!(
-        engine_truth,
-        Some(EngineState::WaitingForCutover | EngineState::CuttingOver | EngineState::RevertWindow | EngineState::Completed)
-    );
-    if is_cutover && !at_gate {
         Err(Violation {
-            invariant: CUTOVER_AFTER_GATE,
-            detail: format!("{call:?} issued while the engine is {}", engine_truth.map_or("idle", |s| s.as_str())),
+            invariant: STOP_DOMINANCE,
+            detail: format!("{call:?} issued while a stop or cancel is pending"),
         })
     } else {
         Ok(())
     }
 }
 
-pub fn justified_completion(op: super::states::ControlOp, state: ApplyState) -> Result<(), Violation> {
+/// A cutover call needs the engine at (or past) its cutover gate.
+pub fn cutover_after_gate(
+    call: EngineCall,
+    engine_truth: Option<EngineState>,
+) -> Result<(), Violation> {
+    let is_cutover = matches!(call, EngineCall::Cutover | EngineCall::DropSentinel);
+    let at_gate = matches!(
+        engine_truth,
+        Some(
+            EngineState::WaitingForCutover
+                | EngineState::CuttingOver
+                | EngineState::RevertWindow
+                | EngineState::Completed
+        )
+    );
+    if is_cutover && !at_gate {
+        Err(Violation {
+            invariant: CUTOVER_AFTER_GATE,
+            detail: format!(
+                "{call:?} issued while the engine is {}",
+                engine_truth.map_or("idle", |s| s.as_str())
+            ),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+pub fn justified_completion(
+    op: super::states::ControlOp,
+    state: ApplyState,
+) -> Result<(), Violation> {
     if super::control::completion_is_justified(op, state) {
         Ok(())
     } else {
-        Err(Violation { invariant: JUSTIFIED_COMPLETION, detail: format!("{op} request completed while the apply is {state}") })
+        Err(Violation {
+            invariant: JUSTIFIED_COMPLETION,
+            detail: format!("{op} request completed while the apply is {state}"),
+        })
     }
 }

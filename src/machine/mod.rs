@@ -10,8 +10,12 @@ pub mod states;
 pub mod table;
 pub mod task;
 
-pub use claim::{ClaimArm, ClaimClass, ClaimView, OperationArm, OperationClaimView, PendingControls};
+pub use claim::{
+    ClaimArm, ClaimClass, ClaimView, OperationArm, OperationClaimView, PendingControls,
+};
 pub use control::{Disposition, Refusal};
 pub use rules::{Mutant, Params, Rules};
-pub use states::{ApplyState, ControlOp, ControlStatus, EngineKind, EngineState, TaskState, UnknownName};
+pub use states::{
+    ApplyState, ControlOp, ControlStatus, EngineKind, EngineState, TaskState, UnknownName,
+};
 pub use table::{ApplyOptions, Effect, EngineCall, Event, Probe, ResumeField, Row, RowId, TABLE};

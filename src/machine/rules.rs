@@ -134,10 +134,17 @@ impl fmt::Display for Mutant {
 impl FromStr for Mutant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Mutant::ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Mutant::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown mutant {s:?} (expected one of: {})", names.join(", "))
-        })
+        Mutant::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Mutant::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "unknown mutant {s:?} (expected one of: {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -186,13 +193,19 @@ mod tests {
         for m in Mutant::ALL {
             assert_eq!(m.name().parse::<Mutant>().unwrap(), *m);
         }
-        assert!("nope".parse::<Mutant>().unwrap_err().contains("setup-phase-unclaimable"));
+        assert!("nope"
+            .parse::<Mutant>()
+            .unwrap_err()
+            .contains("setup-phase-unclaimable"));
     }
 
     #[test]
     fn default_params_keep_the_presumed_loss_bound_below_stale_after() {
         Params::DEFAULT.validate().unwrap();
-        let bad = Params { presumed_loss_ms: 60_000, ..Params::DEFAULT };
+        let bad = Params {
+            presumed_loss_ms: 60_000,
+            ..Params::DEFAULT
+        };
         assert!(bad.validate().is_err());
     }
 }

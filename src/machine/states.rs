@@ -228,7 +228,10 @@ mod tests {
     #[test]
     fn there_are_twenty_three_apply_states_and_the_legacy_alias_reads_as_recovering() {
         assert_eq!(ApplyState::ALL.len(), 23);
-        assert_eq!("recovering_cutover".parse::<ApplyState>(), Ok(ApplyState::Recovering));
+        assert_eq!(
+            "recovering_cutover".parse::<ApplyState>(),
+            Ok(ApplyState::Recovering)
+        );
         assert_eq!(ApplyState::Recovering.as_str(), "recovering");
         for (i, s) in ApplyState::ALL.iter().enumerate() {
             assert_eq!(s.index(), i);

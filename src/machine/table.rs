@@ -183,13 +183,23 @@ pub struct Table {
 
 impl Table {
     /// The row for a step under the given rules, if the step is legal.
-    pub fn lookup(&self, rules: &Rules, engine: EngineKind, from: ApplyState, event: Event) -> Option<RowId> {
+    pub fn lookup(
+        &self,
+        rules: &Rules,
+        engine: EngineKind,
+        from: ApplyState,
+        event: Event,
+    ) -> Option<RowId> {
         let ids = self.index.get(&(engine, from, event))?;
         // A mutant row shadows the shipped one it replaces.
         ids.iter()
             .copied()
             .find(|id| matches!(self.rows[*id as usize].only_with, Some(m) if rules.has(m)))
-            .or_else(|| ids.iter().copied().find(|id| self.rows[*id as usize].only_with.is_none()))
+            .or_else(|| {
+                ids.iter()
+                    .copied()
+                    .find(|id| self.rows[*id as usize].only_with.is_none())
+            })
     }
 
     pub fn row(&self, id: RowId) -> &Row {
@@ -203,7 +213,8 @@ impl Table {
 
     /// Whether `from -> to` is a step of some shipped row of this engine.
     pub fn is_shipped_step(&self, engine: EngineKind, from: ApplyState, to: ApplyState) -> bool {
-        self.shipped().any(|r| r.engine == engine && r.from == from && r.to == to)
+        self.shipped()
+            .any(|r| r.engine == engine && r.from == from && r.to == to)
     }
 
     /// Every distinct event in the shipped table.
@@ -248,7 +259,13 @@ const PS_CANCELLABLE: &[ApplyState] = &[
 ];
 
 /// Spirit states with live work (a runner may exist).
-const SPIRIT_LIVE: &[ApplyState] = &[Running, Resuming, WaitingForCutover, Recovering, CuttingOver];
+const SPIRIT_LIVE: &[ApplyState] = &[
+    Running,
+    Resuming,
+    WaitingForCutover,
+    Recovering,
+    CuttingOver,
+];
 
 #[derive(Default)]
 struct Builder {
@@ -256,9 +273,23 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, engine: EngineKind, from: &[ApplyState], event: Event, to: Option<ApplyState>, effects: &'static [Effect]) {
+    fn add(
+        &mut self,
+        engine: EngineKind,
+        from: &[ApplyState],
+        event: Event,
+        to: Option<ApplyState>,
+        effects: &'static [Effect],
+    ) {
         for f in from {
-            self.rows.push(Row { engine, from: *f, event, to: to.unwrap_or(*f), effects, only_with: None });
+            self.rows.push(Row {
+                engine,
+                from: *f,
+                event,
+                to: to.unwrap_or(*f),
+                effects,
+                only_with: None,
+            });
         }
     }
 }
@@ -272,49 +303,184 @@ fn build() -> Table {
 
     // Claims, for both engines. A claim is itself the fenced write that takes the lease.
     for e in both {
-        b.add(e, &[Pending], Event::Claim(ClaimArm::A1Pending), Some(Running), NONE);
-        b.add(e, &[Pending], Event::Claim(ClaimArm::A4PendingStart), Some(Running), NONE);
-        b.add(e, &[FailedRetryable], Event::Claim(ClaimArm::A3Retry), Some(Running), NONE);
-        b.add(e, &[Stopped], Event::Claim(ClaimArm::A7StoppedCancel), same, NONE);
-        b.add(e, &[Paused], Event::Claim(ClaimArm::A8PausedControl), same, NONE);
-        b.add(e, &[FailedRetryable], Event::RetryExpired, Some(Failed), NONE);
+        b.add(
+            e,
+            &[Pending],
+            Event::Claim(ClaimArm::A1Pending),
+            Some(Running),
+            NONE,
+        );
+        b.add(
+            e,
+            &[Pending],
+            Event::Claim(ClaimArm::A4PendingStart),
+            Some(Running),
+            NONE,
+        );
+        b.add(
+            e,
+            &[FailedRetryable],
+            Event::Claim(ClaimArm::A3Retry),
+            Some(Running),
+            NONE,
+        );
+        b.add(
+            e,
+            &[Stopped],
+            Event::Claim(ClaimArm::A7StoppedCancel),
+            same,
+            NONE,
+        );
+        b.add(
+            e,
+            &[Paused],
+            Event::Claim(ClaimArm::A8PausedControl),
+            same,
+            NONE,
+        );
+        b.add(
+            e,
+            &[FailedRetryable],
+            Event::RetryExpired,
+            Some(Failed),
+            NONE,
+        );
     }
     // A single-operation apply is never degraded, and a PlanetScale apply never resumes from a
     // stop: a reclaim normalises both to `running`, where the drive knows what to do.
-    b.add(ps, &[Resuming, RunningDegraded], Event::Claim(ClaimArm::A2Stale), Some(Running), NONE);
-    b.add(sp, &[RunningDegraded], Event::Claim(ClaimArm::A2Stale), Some(Running), NONE);
+    b.add(
+        ps,
+        &[Resuming, RunningDegraded],
+        Event::Claim(ClaimArm::A2Stale),
+        Some(Running),
+        NONE,
+    );
+    b.add(
+        sp,
+        &[RunningDegraded],
+        Event::Claim(ClaimArm::A2Stale),
+        Some(Running),
+        NONE,
+    );
     let ps_stale: Vec<ApplyState> = [Running]
         .into_iter()
         .chain(SETUP_PHASE.iter().copied())
-        .chain([WaitingForDeploy, WaitingForCutover, CuttingOver, RevertWindow, SkippingRevert, Reverting])
+        .chain([
+            WaitingForDeploy,
+            WaitingForCutover,
+            CuttingOver,
+            RevertWindow,
+            SkippingRevert,
+            Reverting,
+        ])
         .collect();
     b.add(ps, &ps_stale, Event::Claim(ClaimArm::A2Stale), same, NONE);
-    b.add(ps, &[WaitingForDeploy], Event::Claim(ClaimArm::A6DeferredDeployStart), same, NONE);
-    b.add(sp, &[Running, Resuming, WaitingForCutover, Recovering, CuttingOver], Event::Claim(ClaimArm::A2Stale), same, NONE);
-    b.add(sp, &[Stopped], Event::Claim(ClaimArm::A5StoppedStart), Some(Resuming), NONE);
+    b.add(
+        ps,
+        &[WaitingForDeploy],
+        Event::Claim(ClaimArm::A6DeferredDeployStart),
+        same,
+        NONE,
+    );
+    b.add(
+        sp,
+        &[
+            Running,
+            Resuming,
+            WaitingForCutover,
+            Recovering,
+            CuttingOver,
+        ],
+        Event::Claim(ClaimArm::A2Stale),
+        same,
+        NONE,
+    );
+    b.add(
+        sp,
+        &[Stopped],
+        Event::Claim(ClaimArm::A5StoppedStart),
+        Some(Resuming),
+        NONE,
+    );
 
     // ---- PlanetScale setup: every intent is persisted before the effect it guards.
-    b.add(ps, &[Running], Event::Dispatch, Some(PreparingBranch), &[Record(ResumeField::Branch), Persist]);
-    b.add(ps, &[PreparingBranch], Event::Setup(SetupSignal::BranchMissing), same, &[Call(C::CreateBranch)]);
-    b.add(ps, &[PreparingBranch], Event::Setup(SetupSignal::BranchReady), Some(ApplyingBranchChanges), PERSIST);
-    b.add(ps, &[ApplyingBranchChanges], Event::Setup(SetupSignal::BranchChangesPending), same, &[Call(C::ApplyBranchChanges)]);
-    b.add(ps, &[ApplyingBranchChanges], Event::Setup(SetupSignal::BranchChangesApplied), Some(ValidatingBranch), PERSIST);
-    b.add(ps, &[ValidatingBranch], Event::Setup(SetupSignal::BranchValidated), Some(CreatingDeployRequest), &[Record(ResumeField::DeployRequestIntent), Persist]);
-    b.add(ps, &[CreatingDeployRequest], Event::Setup(SetupSignal::DeployRequestMissing), same, &[Call(C::CreateDeployRequest)]);
-    b.add(ps, &[CreatingDeployRequest], Event::Setup(SetupSignal::DeployRequestFound), Some(ValidatingDeployRequest), &[Record(ResumeField::DeployRequestId), Persist]);
+    b.add(
+        ps,
+        &[Running],
+        Event::Dispatch,
+        Some(PreparingBranch),
+        &[Record(ResumeField::Branch), Persist],
+    );
+    b.add(
+        ps,
+        &[PreparingBranch],
+        Event::Setup(SetupSignal::BranchMissing),
+        same,
+        &[Call(C::CreateBranch)],
+    );
+    b.add(
+        ps,
+        &[PreparingBranch],
+        Event::Setup(SetupSignal::BranchReady),
+        Some(ApplyingBranchChanges),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[ApplyingBranchChanges],
+        Event::Setup(SetupSignal::BranchChangesPending),
+        same,
+        &[Call(C::ApplyBranchChanges)],
+    );
+    b.add(
+        ps,
+        &[ApplyingBranchChanges],
+        Event::Setup(SetupSignal::BranchChangesApplied),
+        Some(ValidatingBranch),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[ValidatingBranch],
+        Event::Setup(SetupSignal::BranchValidated),
+        Some(CreatingDeployRequest),
+        &[Record(ResumeField::DeployRequestIntent), Persist],
+    );
+    b.add(
+        ps,
+        &[CreatingDeployRequest],
+        Event::Setup(SetupSignal::DeployRequestMissing),
+        same,
+        &[Call(C::CreateDeployRequest)],
+    );
+    b.add(
+        ps,
+        &[CreatingDeployRequest],
+        Event::Setup(SetupSignal::DeployRequestFound),
+        Some(ValidatingDeployRequest),
+        &[Record(ResumeField::DeployRequestId), Persist],
+    );
     // #186 mutant: the deploy-request intent is written only after the creating call.
     b.rows.push(Row {
         engine: ps,
         from: ValidatingBranch,
         event: Event::Setup(SetupSignal::BranchValidated),
         to: CreatingDeployRequest,
-        effects: &[Call(C::CreateDeployRequest), Record(ResumeField::DeployRequestIntent), Persist],
+        effects: &[
+            Call(C::CreateDeployRequest),
+            Record(ResumeField::DeployRequestIntent),
+            Persist,
+        ],
         only_with: Some(Mutant::StateNotSetBeforeEngineCall),
     });
 
     // #265 mutant: a reclaimed apply that lost sight of its persisted deploy request starts its
     // setup over (and, as upstream's fresh path did, creates without looking up).
-    for from in PS_WITH_DEPLOY_REQUEST.iter().copied().filter(|s| *s != Running) {
+    for from in PS_WITH_DEPLOY_REQUEST
+        .iter()
+        .copied()
+        .filter(|s| *s != Running)
+    {
         b.rows.push(Row {
             engine: ps,
             from,
@@ -326,76 +492,444 @@ fn build() -> Table {
     }
 
     // ---- PlanetScale deploy request (reference §3.3).
-    b.add(ps, &[ValidatingDeployRequest], Event::Engine(EngineState::WaitingForDeploy), Some(WaitingForDeploy), PERSIST);
-    b.add(ps, &[WaitingForDeploy], Event::Auto(AutoAction::Deploy), Some(Running), &[Call(C::Deploy), Persist]);
-    b.add(ps, &[WaitingForDeploy], Event::Control(ControlOp::Start), Some(Running), &[Call(C::Deploy), Persist, CompleteRequest(ControlOp::Start)]);
-    b.add(ps, &[ValidatingDeployRequest, WaitingForDeploy], Event::Engine(EngineState::Running), Some(Running), PERSIST);
+    b.add(
+        ps,
+        &[ValidatingDeployRequest],
+        Event::Engine(EngineState::WaitingForDeploy),
+        Some(WaitingForDeploy),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[WaitingForDeploy],
+        Event::Auto(AutoAction::Deploy),
+        Some(Running),
+        &[Call(C::Deploy), Persist],
+    );
+    b.add(
+        ps,
+        &[WaitingForDeploy],
+        Event::Control(ControlOp::Start),
+        Some(Running),
+        &[Call(C::Deploy), Persist, CompleteRequest(ControlOp::Start)],
+    );
+    b.add(
+        ps,
+        &[ValidatingDeployRequest, WaitingForDeploy],
+        Event::Engine(EngineState::Running),
+        Some(Running),
+        PERSIST,
+    );
     // Running means a deploy was intended: a request still `ready` lost its deploy call (#306).
-    b.add(ps, &[Running], Event::Engine(EngineState::WaitingForDeploy), same, &[Call(C::Deploy)]);
-    b.add(ps, &[ValidatingDeployRequest, Running, WaitingForDeploy], Event::Engine(EngineState::WaitingForCutover), Some(WaitingForCutover), PERSIST);
-    b.add(ps, &[WaitingForCutover], Event::Auto(AutoAction::Cutover), Some(CuttingOver), &[Persist, Call(C::Cutover)]);
-    b.add(ps, &[WaitingForCutover], Event::Control(ControlOp::Cutover), Some(CuttingOver), &[Persist, Call(C::Cutover), CompleteRequest(ControlOp::Cutover)]);
+    b.add(
+        ps,
+        &[Running],
+        Event::Engine(EngineState::WaitingForDeploy),
+        same,
+        &[Call(C::Deploy)],
+    );
+    b.add(
+        ps,
+        &[ValidatingDeployRequest, Running, WaitingForDeploy],
+        Event::Engine(EngineState::WaitingForCutover),
+        Some(WaitingForCutover),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[WaitingForCutover],
+        Event::Auto(AutoAction::Cutover),
+        Some(CuttingOver),
+        &[Persist, Call(C::Cutover)],
+    );
+    b.add(
+        ps,
+        &[WaitingForCutover],
+        Event::Control(ControlOp::Cutover),
+        Some(CuttingOver),
+        &[
+            Persist,
+            Call(C::Cutover),
+            CompleteRequest(ControlOp::Cutover),
+        ],
+    );
     // A crash after the cutover intent was persisted but before the call: issue it again.
-    b.add(ps, &[CuttingOver], Event::Engine(EngineState::WaitingForCutover), same, &[Call(C::Cutover)]);
-    b.add(ps, &[ValidatingDeployRequest, Running, WaitingForDeploy, WaitingForCutover], Event::Engine(EngineState::CuttingOver), Some(CuttingOver), PERSIST);
-    b.add(ps, &[ValidatingDeployRequest, Running, WaitingForDeploy, WaitingForCutover, CuttingOver], Event::Engine(EngineState::RevertWindow), Some(RevertWindow), PERSIST);
-    b.add(ps, &[RevertWindow], Event::Auto(AutoAction::SkipRevert), Some(SkippingRevert), &[Persist, Call(C::SkipRevert)]);
-    b.add(ps, &[RevertWindow], Event::Control(ControlOp::SkipRevert), Some(SkippingRevert), &[Persist, Call(C::SkipRevert), CompleteRequest(ControlOp::SkipRevert)]);
-    b.add(ps, &[SkippingRevert], Event::Engine(EngineState::RevertWindow), same, &[Call(C::SkipRevert)]);
-    b.add(ps, &[RevertWindow], Event::Control(ControlOp::Revert), Some(Reverting), &[Persist, Call(C::Revert), CompleteRequest(ControlOp::Revert)]);
-    b.add(ps, &[Reverting], Event::Engine(EngineState::RevertWindow), same, &[Call(C::Revert)]);
-    b.add(ps, &[RevertWindow], Event::Engine(EngineState::Reverting), Some(Reverting), PERSIST);
-    b.add(ps, &[ValidatingDeployRequest, Running, WaitingForDeploy, WaitingForCutover, CuttingOver, RevertWindow, SkippingRevert], Event::Engine(EngineState::Completed), Some(Completed), PERSIST);
-    b.add(ps, &[RevertWindow, Reverting], Event::Engine(EngineState::Reverted), Some(Reverted), PERSIST);
-    b.add(ps, PS_WITH_DEPLOY_REQUEST, Event::Engine(EngineState::Failed), Some(Failed), PERSIST);
-    b.add(ps, PS_WITH_DEPLOY_REQUEST, Event::Engine(EngineState::Cancelled), Some(Cancelled), PERSIST);
+    b.add(
+        ps,
+        &[CuttingOver],
+        Event::Engine(EngineState::WaitingForCutover),
+        same,
+        &[Call(C::Cutover)],
+    );
+    b.add(
+        ps,
+        &[
+            ValidatingDeployRequest,
+            Running,
+            WaitingForDeploy,
+            WaitingForCutover,
+        ],
+        Event::Engine(EngineState::CuttingOver),
+        Some(CuttingOver),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[
+            ValidatingDeployRequest,
+            Running,
+            WaitingForDeploy,
+            WaitingForCutover,
+            CuttingOver,
+        ],
+        Event::Engine(EngineState::RevertWindow),
+        Some(RevertWindow),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[RevertWindow],
+        Event::Auto(AutoAction::SkipRevert),
+        Some(SkippingRevert),
+        &[Persist, Call(C::SkipRevert)],
+    );
+    b.add(
+        ps,
+        &[RevertWindow],
+        Event::Control(ControlOp::SkipRevert),
+        Some(SkippingRevert),
+        &[
+            Persist,
+            Call(C::SkipRevert),
+            CompleteRequest(ControlOp::SkipRevert),
+        ],
+    );
+    b.add(
+        ps,
+        &[SkippingRevert],
+        Event::Engine(EngineState::RevertWindow),
+        same,
+        &[Call(C::SkipRevert)],
+    );
+    b.add(
+        ps,
+        &[RevertWindow],
+        Event::Control(ControlOp::Revert),
+        Some(Reverting),
+        &[Persist, Call(C::Revert), CompleteRequest(ControlOp::Revert)],
+    );
+    b.add(
+        ps,
+        &[Reverting],
+        Event::Engine(EngineState::RevertWindow),
+        same,
+        &[Call(C::Revert)],
+    );
+    b.add(
+        ps,
+        &[RevertWindow],
+        Event::Engine(EngineState::Reverting),
+        Some(Reverting),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[
+            ValidatingDeployRequest,
+            Running,
+            WaitingForDeploy,
+            WaitingForCutover,
+            CuttingOver,
+            RevertWindow,
+            SkippingRevert,
+        ],
+        Event::Engine(EngineState::Completed),
+        Some(Completed),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        &[RevertWindow, Reverting],
+        Event::Engine(EngineState::Reverted),
+        Some(Reverted),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        PS_WITH_DEPLOY_REQUEST,
+        Event::Engine(EngineState::Failed),
+        Some(Failed),
+        PERSIST,
+    );
+    // A cancel is recorded only once the engine confirms it (S7); the confirming observation
+    // completes the request.
+    let mut ps_cancelled: Vec<ApplyState> = PS_WITH_DEPLOY_REQUEST
+        .iter()
+        .chain(SETUP_PHASE)
+        .copied()
+        .collect();
+    ps_cancelled.sort();
+    ps_cancelled.dedup();
+    b.add(
+        ps,
+        &ps_cancelled,
+        Event::Engine(EngineState::Cancelled),
+        Some(Cancelled),
+        &[Persist, CompleteRequest(ControlOp::Cancel)],
+    );
+    b.add(
+        ps,
+        &[CreatingDeployRequest],
+        Event::Engine(EngineState::Failed),
+        Some(Failed),
+        PERSIST,
+    );
     let ps_active: Vec<ApplyState> = PS_CANCELLABLE.iter().chain(REVERT_ONLY).copied().collect();
-    b.add(ps, &ps_active, Event::PermanentFailure, Some(Failed), PERSIST);
+    b.add(
+        ps,
+        &ps_active,
+        Event::PermanentFailure,
+        Some(Failed),
+        PERSIST,
+    );
     // PlanetScale errors are permanent; a retryable one still ends the apply (reference §2.1).
-    b.add(ps, &ps_active, Event::RetryableFailure, Some(Failed), PERSIST);
-    b.add(ps, PS_CANCELLABLE, Event::Control(ControlOp::Cancel), Some(Cancelled), &[Call(C::CancelDeployRequest), Persist, CompleteRequest(ControlOp::Cancel)]);
+    b.add(
+        ps,
+        &ps_active,
+        Event::RetryableFailure,
+        Some(Failed),
+        PERSIST,
+    );
+    b.add(
+        ps,
+        PS_CANCELLABLE,
+        Event::Control(ControlOp::Cancel),
+        same,
+        &[Call(C::CancelDeployRequest)],
+    );
     // #269 mutant: a stop in the revert window records a deployed change as cancelled.
     b.rows.push(Row {
         engine: ps,
         from: RevertWindow,
         event: Event::Control(ControlOp::Stop),
         to: Cancelled,
-        effects: &[Call(C::CancelDeployRequest), Persist, CompleteRequest(ControlOp::Stop)],
+        effects: &[
+            Call(C::CancelDeployRequest),
+            Persist,
+            CompleteRequest(ControlOp::Stop),
+        ],
         only_with: Some(Mutant::StopInRevertWindow),
     });
 
     // ---- Spirit (reference §3.4): one runner per apply; deferred cutover through the sentinel.
-    b.add(sp, &[Running, Resuming, Recovering, CuttingOver], Event::RunnerGone(RunnerGone::WorkLeft), same, &[Call(C::StartRunner)]);
-    b.add(sp, &[Running, Resuming, Recovering, CuttingOver], Event::RunnerGone(RunnerGone::SentinelKept), same, &[Call(C::StartRunner)]);
-    b.add(sp, &[Running, Resuming, Recovering, CuttingOver, WaitingForCutover], Event::RunnerGone(RunnerGone::NothingLeft), Some(Completed), PERSIST);
-    b.add(sp, &[WaitingForCutover], Event::RunnerGone(RunnerGone::SentinelKept), Some(Recovering), &[Persist, Call(C::StartRunner)]);
-    b.add(sp, &[WaitingForCutover], Event::RunnerGone(RunnerGone::WorkLeft), Some(Failed), PERSIST);
-    b.add(sp, &[Resuming], Event::Control(ControlOp::Start), Some(Running), &[Call(C::StartRunner), Persist, CompleteRequest(ControlOp::Start)]);
-    b.add(sp, &[Resuming, Recovering], Event::Engine(EngineState::Running), Some(Running), PERSIST);
-    b.add(sp, &[Running, Resuming, Recovering], Event::Engine(EngineState::WaitingForCutover), Some(WaitingForCutover), PERSIST);
-    b.add(sp, &[WaitingForCutover], Event::Control(ControlOp::Cutover), Some(CuttingOver), &[Persist, Call(C::DropSentinel), CompleteRequest(ControlOp::Cutover)]);
-    b.add(sp, &[CuttingOver], Event::Engine(EngineState::WaitingForCutover), same, &[Call(C::DropSentinel)]);
-    b.add(sp, &[Running, Resuming, Recovering, CuttingOver, WaitingForCutover], Event::Engine(EngineState::Completed), Some(Completed), PERSIST);
-    b.add(sp, SPIRIT_LIVE, Event::Engine(EngineState::Failed), Some(Failed), PERSIST);
-    b.add(sp, SPIRIT_LIVE, Event::PermanentFailure, Some(Failed), PERSIST);
-    b.add(sp, SPIRIT_LIVE, Event::RetryableFailure, Some(FailedRetryable), PERSIST);
+    b.add(
+        sp,
+        &[Running, Resuming, Recovering, CuttingOver],
+        Event::RunnerGone(RunnerGone::WorkLeft),
+        same,
+        &[Call(C::StartRunner)],
+    );
+    b.add(
+        sp,
+        &[Running, Resuming, Recovering, CuttingOver],
+        Event::RunnerGone(RunnerGone::SentinelKept),
+        same,
+        &[Call(C::StartRunner)],
+    );
+    b.add(
+        sp,
+        &[
+            Running,
+            Resuming,
+            Recovering,
+            CuttingOver,
+            WaitingForCutover,
+        ],
+        Event::RunnerGone(RunnerGone::NothingLeft),
+        Some(Completed),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        &[WaitingForCutover],
+        Event::RunnerGone(RunnerGone::SentinelKept),
+        Some(Recovering),
+        &[Persist, Call(C::StartRunner)],
+    );
+    b.add(
+        sp,
+        &[WaitingForCutover],
+        Event::RunnerGone(RunnerGone::WorkLeft),
+        Some(Failed),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        &[Resuming],
+        Event::Control(ControlOp::Start),
+        Some(Running),
+        &[
+            Call(C::StartRunner),
+            Persist,
+            CompleteRequest(ControlOp::Start),
+        ],
+    );
+    b.add(
+        sp,
+        &[Resuming, Recovering],
+        Event::Engine(EngineState::Running),
+        Some(Running),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        &[Running, Resuming, Recovering],
+        Event::Engine(EngineState::WaitingForCutover),
+        Some(WaitingForCutover),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        &[WaitingForCutover],
+        Event::Control(ControlOp::Cutover),
+        Some(CuttingOver),
+        &[
+            Persist,
+            Call(C::DropSentinel),
+            CompleteRequest(ControlOp::Cutover),
+        ],
+    );
+    b.add(
+        sp,
+        &[CuttingOver],
+        Event::Engine(EngineState::WaitingForCutover),
+        same,
+        &[Call(C::DropSentinel)],
+    );
+    b.add(
+        sp,
+        &[
+            Running,
+            Resuming,
+            Recovering,
+            CuttingOver,
+            WaitingForCutover,
+        ],
+        Event::Engine(EngineState::Completed),
+        Some(Completed),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        SPIRIT_LIVE,
+        Event::Engine(EngineState::Failed),
+        Some(Failed),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        SPIRIT_LIVE,
+        Event::PermanentFailure,
+        Some(Failed),
+        PERSIST,
+    );
+    b.add(
+        sp,
+        SPIRIT_LIVE,
+        Event::RetryableFailure,
+        Some(FailedRetryable),
+        PERSIST,
+    );
     // Stop: the engine stops first; storage says `stopped` only once the engine confirms.
-    let stoppable: Vec<ApplyState> = SPIRIT_LIVE.iter().copied().chain([FailedRetryable]).collect();
-    b.add(sp, &stoppable, Event::Control(ControlOp::Stop), same, &[Call(C::StopRunner)]);
-    b.add(sp, &stoppable, Event::Engine(EngineState::Stopped), Some(Stopped), &[Persist, CompleteRequest(ControlOp::Stop)]);
+    let stoppable: Vec<ApplyState> = SPIRIT_LIVE
+        .iter()
+        .copied()
+        .chain([FailedRetryable])
+        .collect();
+    b.add(
+        sp,
+        &stoppable,
+        Event::Control(ControlOp::Stop),
+        same,
+        &[Call(C::StopRunner)],
+    );
+    b.add(
+        sp,
+        &stoppable,
+        Event::Engine(EngineState::Stopped),
+        Some(Stopped),
+        &[Persist, CompleteRequest(ControlOp::Stop)],
+    );
     // With a start also pending, the owner resumes in the same claim (#424).
-    b.add(sp, &[Stopped], Event::Control(ControlOp::Start), Some(Resuming), PERSIST);
+    b.add(
+        sp,
+        &[Stopped],
+        Event::Control(ControlOp::Start),
+        Some(Resuming),
+        PERSIST,
+    );
     let cancellable: Vec<ApplyState> = stoppable.iter().copied().chain([Stopped]).collect();
-    b.add(sp, &cancellable, Event::Control(ControlOp::Cancel), Some(Cancelled), &[Call(C::CancelRunner), Persist, CompleteRequest(ControlOp::Cancel)]);
-    b.add(ps, &[Paused], Event::Control(ControlOp::Cancel), Some(Cancelled), &[Call(C::CancelDeployRequest), Persist, CompleteRequest(ControlOp::Cancel)]);
-    b.add(sp, &[Paused], Event::Control(ControlOp::Cancel), Some(Cancelled), &[Call(C::CancelRunner), Persist, CompleteRequest(ControlOp::Cancel)]);
-    b.add(sp, &[Paused], Event::Control(ControlOp::Stop), same, &[Call(C::StopRunner)]);
-    b.add(sp, &[Paused], Event::Engine(EngineState::Stopped), Some(Stopped), &[Persist, CompleteRequest(ControlOp::Stop)]);
+    b.add(
+        sp,
+        &cancellable,
+        Event::Control(ControlOp::Cancel),
+        same,
+        &[Call(C::CancelRunner)],
+    );
+    let sp_cancelled: Vec<ApplyState> = cancellable.iter().copied().chain([Paused]).collect();
+    b.add(
+        sp,
+        &sp_cancelled,
+        Event::Engine(EngineState::Cancelled),
+        Some(Cancelled),
+        &[Persist, CompleteRequest(ControlOp::Cancel)],
+    );
+    b.add(
+        ps,
+        &[Paused],
+        Event::Control(ControlOp::Cancel),
+        same,
+        &[Call(C::CancelDeployRequest)],
+    );
+    b.add(
+        ps,
+        &[Paused],
+        Event::Engine(EngineState::Cancelled),
+        Some(Cancelled),
+        &[Persist, CompleteRequest(ControlOp::Cancel)],
+    );
+    b.add(
+        sp,
+        &[Paused],
+        Event::Control(ControlOp::Cancel),
+        same,
+        &[Call(C::CancelRunner)],
+    );
+    b.add(
+        sp,
+        &[Paused],
+        Event::Control(ControlOp::Stop),
+        same,
+        &[Call(C::StopRunner)],
+    );
+    b.add(
+        sp,
+        &[Paused],
+        Event::Engine(EngineState::Stopped),
+        Some(Stopped),
+        &[Persist, CompleteRequest(ControlOp::Stop)],
+    );
     let mut index: BTreeMap<(EngineKind, ApplyState, Event), Vec<RowId>> = BTreeMap::new();
     for (i, r) in b.rows.iter().enumerate() {
-        index.entry((r.engine, r.from, r.event)).or_default().push(i as RowId);
+        index
+            .entry((r.engine, r.from, r.event))
+            .or_default()
+            .push(i as RowId);
     }
-    Table { rows: b.rows, index }
+    Table {
+        rows: b.rows,
+        index,
+    }
 }
 
 const REVERT_ONLY: &[ApplyState] = &[RevertWindow, SkippingRevert, Reverting];
@@ -417,7 +951,9 @@ pub fn is_settled(state: ApplyState, options: &ApplyOptions) -> bool {
 }
 
 /// The user's options on an apply that change which rows fire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct ApplyOptions {
     #[serde(default)]
     pub defer_deploy: bool,
@@ -434,8 +970,12 @@ pub fn probe_for(engine: EngineKind, state: ApplyState) -> Option<Probe> {
         (EngineKind::PlanetScale, ApplyingBranchChanges) => Some(Probe::DiffBranch),
         (EngineKind::PlanetScale, ValidatingBranch) => Some(Probe::ValidateBranch),
         (EngineKind::PlanetScale, CreatingDeployRequest) => Some(Probe::FindDeployRequest),
-        (EngineKind::PlanetScale, s) if PS_WITH_DEPLOY_REQUEST.contains(&s) => Some(Probe::GetDeployRequest),
-        (EngineKind::Spirit, s) if SPIRIT_LIVE.contains(&s) || s == FailedRetryable => Some(Probe::RunnerStatus),
+        (EngineKind::PlanetScale, s) if PS_WITH_DEPLOY_REQUEST.contains(&s) => {
+            Some(Probe::GetDeployRequest)
+        }
+        (EngineKind::Spirit, s) if SPIRIT_LIVE.contains(&s) || s == FailedRetryable => {
+            Some(Probe::RunnerStatus)
+        }
         _ => None,
     }
 }
@@ -466,7 +1006,11 @@ mod tests {
     fn keys_are_unique_among_shipped_rows() {
         let mut seen = std::collections::BTreeSet::new();
         for r in TABLE.shipped() {
-            assert!(seen.insert((r.engine, r.from, r.event)), "duplicate row {:?}", (r.engine, r.from, r.event));
+            assert!(
+                seen.insert((r.engine, r.from, r.event)),
+                "duplicate row {:?}",
+                (r.engine, r.from, r.event)
+            );
         }
     }
 
@@ -485,13 +1029,21 @@ mod tests {
         // The deploy request is created only from `creating_deploy_request`, whose intent was
         // persisted by the row that entered it.
         for r in TABLE.shipped() {
-            if r.effects.contains(&Effect::Call(EngineCall::CreateDeployRequest)) {
+            if r.effects
+                .contains(&Effect::Call(EngineCall::CreateDeployRequest))
+            {
                 assert_eq!(r.from, CreatingDeployRequest);
                 assert_eq!(r.event, Event::Setup(SetupSignal::DeployRequestMissing));
             }
             if r.to == CreatingDeployRequest && r.from != CreatingDeployRequest {
-                let persist = r.effects.iter().position(|e| *e == Effect::Persist).unwrap();
-                assert!(!r.effects[..persist].iter().any(|e| matches!(e, Effect::Call(_))));
+                let persist = r
+                    .effects
+                    .iter()
+                    .position(|e| *e == Effect::Persist)
+                    .unwrap();
+                assert!(!r.effects[..persist]
+                    .iter()
+                    .any(|e| matches!(e, Effect::Call(_))));
             }
         }
     }
@@ -503,7 +1055,12 @@ mod tests {
             if s.is_terminal() || s == Pending || s == Paused {
                 continue;
             }
-            assert!(probe_for(r.engine, s).is_some(), "{} {} has no probe", r.engine, s);
+            assert!(
+                probe_for(r.engine, s).is_some(),
+                "{} {} has no probe",
+                r.engine,
+                s
+            );
         }
     }
 }

@@ -4,14 +4,30 @@
 use super::states::TaskState::{self, *};
 
 /// Forward order of in-flight task states; a task never moves down this list.
-pub const TASK_RANK: &[TaskState] =
-    &[Pending, WaitingForDeploy, Running, Checksumming, WaitingForCutover, CuttingOver, RevertWindow, Reverting];
+pub const TASK_RANK: &[TaskState] = &[
+    Pending,
+    WaitingForDeploy,
+    Running,
+    Checksumming,
+    WaitingForCutover,
+    CuttingOver,
+    RevertWindow,
+    Reverting,
+];
 
 /// Steps allowed although they are not upward in `TASK_RANK` (or leave an unranked state).
-pub const TASK_EXTRA_STEPS: &[(TaskState, TaskState)] = &[(Running, WaitingForDeploy), (Recovering, WaitingForCutover)];
+pub const TASK_EXTRA_STEPS: &[(TaskState, TaskState)] =
+    &[(Running, WaitingForDeploy), (Recovering, WaitingForCutover)];
 
 /// Engine-reported states that always win over a non-terminal stored state.
-pub const TASK_ENGINE_WINS: &[TaskState] = &[Completed, Failed, Reverted, Cancelled, Stopped, FailedRetryable];
+pub const TASK_ENGINE_WINS: &[TaskState] = &[
+    Completed,
+    Failed,
+    Reverted,
+    Cancelled,
+    Stopped,
+    FailedRetryable,
+];
 
 fn rank(s: TaskState) -> Option<usize> {
     TASK_RANK.iter().position(|r| *r == s)

@@ -8,10 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError};
+use super::{
+    ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store,
+    StoreError,
+};
 use crate::machine::control::accepts_request;
 use crate::machine::table::{Event, TABLE};
-use crate::machine::{ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, PendingControls, Rules};
+use crate::machine::{
+    ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, PendingControls,
+    Rules,
+};
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
 /// Milliseconds of the store's clock. Production reads the database clock; here it is injected.
@@ -121,7 +127,11 @@ impl MemoryStore {
             rules,
             clock,
             revert_window_ms: 30 * 60 * 1000,
-            inner: Mutex::new(Inner { next_id: 1, available: true, ..Inner::default() }),
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                available: true,
+                ..Inner::default()
+            }),
         }
     }
 
@@ -145,27 +155,53 @@ impl MemoryStore {
 
     /// Simulate an outage: every call fails with `Unavailable` until switched back on.
     pub fn set_available(&self, available: bool) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).available = available;
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .available = available;
     }
 
     pub fn rows(&self) -> Vec<MemoryRow> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).rows.values().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn row(&self, id: ApplyId) -> Option<MemoryRow> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).rows.get(&id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows
+            .get(&id)
+            .cloned()
     }
 
     pub fn audit(&self) -> Vec<AuditEntry> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).audit.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .audit
+            .clone()
     }
 
     pub fn request_status(&self, id: ApplyId, op: ControlOp) -> Option<MemoryRequest> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).requests.get(&(id, op)).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .requests
+            .get(&(id, op))
+            .cloned()
     }
 
     pub fn stale_writes_landed(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).stale_writes_landed
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stale_writes_landed
     }
 
     pub fn pending_controls(&self, id: ApplyId) -> PendingControls {
@@ -179,16 +215,25 @@ impl MemoryStore {
 
     pub fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
         if new.ddl.iter().all(|d| d.trim().is_empty()) {
-            return Err(StoreError::Refused("an apply needs at least one DDL statement".into()));
+            return Err(StoreError::Refused(
+                "an apply needs at least one DDL statement".into(),
+            ));
         }
         let now = self.now();
         let mut inner = self.lock()?;
         if let Some(existing) = active_on_target(&inner, &new.target.to_string(), None) {
-            return Err(StoreError::ActiveApplyExists { target: new.target.to_string(), existing });
+            return Err(StoreError::ActiveApplyExists {
+                target: new.target.to_string(),
+                existing,
+            });
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        let spec = Arc::new(ApplySpec { identifier: format!("apply-{id}"), target: new.target, ddl: new.ddl });
+        let spec = Arc::new(ApplySpec {
+            identifier: format!("apply-{id}"),
+            target: new.target,
+            ddl: new.ddl,
+        });
         inner.rows.insert(
             id,
             MemoryRow {
@@ -215,8 +260,10 @@ impl MemoryStore {
     fn claim_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
         let mut controls = pending_of(inner, row.id);
         if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
-            controls.start_newer_than_lease =
-                controls.start && row.lease_acquired_at.is_none_or(|acquired| start.updated_at > acquired);
+            controls.start_newer_than_lease = controls.start
+                && row
+                    .lease_acquired_at
+                    .is_none_or(|acquired| start.updated_at > acquired);
         }
         ClaimView {
             state: row.state,
@@ -236,16 +283,24 @@ impl MemoryStore {
         for id in ids {
             let row = &inner.rows[&id];
             let view = self.claim_view(&inner, row, now);
-            let Some(arm) = self.rules.matching_arm(&view) else { continue };
-            let Some(row_id) = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm)) else {
+            let Some(arm) = self.rules.matching_arm(&view) else {
+                continue;
+            };
+            let Some(row_id) = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm))
+            else {
                 continue;
             };
             let to = TABLE.row(row_id).to;
             let pre_claim = row.state;
-            if to.is_active() && !pre_claim.is_active() && self.rules.checks_target_on_reactivation() {
+            if to.is_active()
+                && !pre_claim.is_active()
+                && self.rules.checks_target_on_reactivation()
+            {
                 let target = row.spec.target.to_string();
                 if let Some(existing) = active_on_target(&inner, &target, Some(id)) {
-                    let message = format!("start refused: another active apply ({existing}) exists on {target}");
+                    let message = format!(
+                        "start refused: another active apply ({existing}) exists on {target}"
+                    );
                     if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Start)) {
                         req.status = ControlStatus::Failed;
                         req.updated_at = now;
@@ -269,7 +324,11 @@ impl MemoryStore {
                 row.state_entered_at = now;
             }
             let claimed = Claimed {
-                lease: Lease { apply: id, owner: owner.to_string(), epoch: row.lease_epoch },
+                lease: Lease {
+                    apply: id,
+                    owner: owner.to_string(),
+                    epoch: row.lease_epoch,
+                },
                 arm,
                 pre_claim,
                 record: record_of(row),
@@ -290,12 +349,22 @@ impl MemoryStore {
     }
 
     /// The owned row, fenced: a displaced owner gets `LeaseLost`.
-    fn owned<'a>(&self, inner: &'a mut Inner, lease: &Lease) -> Result<&'a mut MemoryRow, StoreError> {
-        let row = inner.rows.get_mut(&lease.apply).ok_or(StoreError::RowGone(lease.apply))?;
+    fn owned<'a>(
+        &self,
+        inner: &'a mut Inner,
+        lease: &Lease,
+    ) -> Result<&'a mut MemoryRow, StoreError> {
+        let row = inner
+            .rows
+            .get_mut(&lease.apply)
+            .ok_or(StoreError::RowGone(lease.apply))?;
         if self.rules.write_allowed(row.lease_epoch, lease.epoch) {
             Ok(row)
         } else {
-            Err(StoreError::LeaseLost { apply: lease.apply, epoch: lease.epoch })
+            Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            })
         }
     }
 
@@ -312,7 +381,12 @@ impl MemoryStore {
         })
     }
 
-    pub fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError> {
+    pub fn write(
+        &self,
+        lease: &Lease,
+        to: ApplyState,
+        resume: ResumeState,
+    ) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
         let (from, target, row_epoch) = {
@@ -347,7 +421,13 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn finish_request(&self, lease: &Lease, op: ControlOp, status: ControlStatus, message: Option<&str>) -> Result<(), StoreError> {
+    fn finish_request(
+        &self,
+        lease: &Lease,
+        op: ControlOp,
+        status: ControlStatus,
+        message: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
         self.owned(&mut inner, lease)?;
@@ -365,7 +445,12 @@ impl MemoryStore {
         self.finish_request(lease, op, ControlStatus::Completed, None)
     }
 
-    pub fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError> {
+    pub fn fail_request(
+        &self,
+        lease: &Lease,
+        op: ControlOp,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         self.finish_request(lease, op, ControlStatus::Failed, Some(reason))
     }
 
@@ -389,7 +474,8 @@ impl MemoryStore {
         let mut inner = self.lock()?;
         let row = inner.rows.get(&apply).ok_or(StoreError::RowGone(apply))?;
         let pending = pending_of(&inner, apply);
-        accepts_request(row.engine, row.state, op, &pending).map_err(|r| StoreError::Refused(r.message()))?;
+        accepts_request(row.engine, row.state, op, &pending)
+            .map_err(|r| StoreError::Refused(r.message()))?;
         let outcome = match inner.requests.get_mut(&(apply, op)) {
             Some(req) if req.status == ControlStatus::Pending => RequestOutcome::AlreadyPending,
             Some(req) => {
@@ -401,7 +487,11 @@ impl MemoryStore {
             None => {
                 inner.requests.insert(
                     (apply, op),
-                    MemoryRequest { status: ControlStatus::Pending, updated_at: now, message: None },
+                    MemoryRequest {
+                        status: ControlStatus::Pending,
+                        updated_at: now,
+                        message: None,
+                    },
                 );
                 RequestOutcome::Created
             }
@@ -455,7 +545,9 @@ fn active_on_target(inner: &Inner, target: &str, except: Option<ApplyId>) -> Opt
     inner
         .rows
         .values()
-        .find(|r| Some(r.id) != except && r.state.is_active() && r.spec.target.to_string() == target)
+        .find(|r| {
+            Some(r.id) != except && r.state.is_active() && r.spec.target.to_string() == target
+        })
         .map(|r| r.id)
 }
 
@@ -485,13 +577,23 @@ impl Store for MemoryStore {
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
         MemoryStore::load(self, lease)
     }
-    async fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        lease: &Lease,
+        to: ApplyState,
+        resume: ResumeState,
+    ) -> Result<(), StoreError> {
         MemoryStore::write(self, lease, to, resume)
     }
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
         MemoryStore::complete_request(self, lease, op)
     }
-    async fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError> {
+    async fn fail_request(
+        &self,
+        lease: &Lease,
+        op: ControlOp,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         MemoryStore::fail_request(self, lease, op, reason)
     }
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -11,7 +11,9 @@ use crate::machine::{ApplyOptions, ApplyState, ClaimArm, ControlOp, EngineKind, 
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
 /// Where an apply runs: at most one active apply per target.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Target {
     pub database: String,
     pub environment: String,
@@ -96,7 +98,11 @@ pub enum StoreError {
     #[error("request refused: {0}")]
     Refused(String),
     #[error("apply {apply} has an unreadable {column}: {detail}")]
-    BadRow { apply: ApplyId, column: &'static str, detail: String },
+    BadRow {
+        apply: ApplyId,
+        column: &'static str,
+        detail: String,
+    },
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
@@ -111,11 +117,21 @@ pub trait Store: Send + Sync {
     /// Re-read the owned row and its pending control requests (fenced: a lost lease is an error).
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError>;
     /// Fenced write of state and resume state.
-    async fn write(&self, lease: &Lease, to: ApplyState, resume: ResumeState) -> Result<(), StoreError>;
+    async fn write(
+        &self,
+        lease: &Lease,
+        to: ApplyState,
+        resume: ResumeState,
+    ) -> Result<(), StoreError>;
     /// Fenced completion of a pending request.
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError>;
     /// Fenced failure of a pending request, with the reason shown to the user.
-    async fn fail_request(&self, lease: &Lease, op: ControlOp, reason: &str) -> Result<(), StoreError>;
+    async fn fail_request(
+        &self,
+        lease: &Lease,
+        op: ControlOp,
+        reason: &str,
+    ) -> Result<(), StoreError>;
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Give the row back so a peer may claim it at once (graceful shutdown).
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;

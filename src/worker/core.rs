@@ -1,8 +1,15 @@
 use crate::machine::control::{settle_on_terminal, Disposition, PRECEDENCE};
-use crate::machine::table::{probe_for, AutoAction, Effect, Event, ResumeField, RowId, SetupSignal, TABLE};
-use crate::machine::{ApplyState, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules};
+use crate::machine::table::{
+    probe_for, AutoAction, Effect, Event, ResumeField, RowId, SetupSignal, TABLE,
+};
+use crate::machine::{
+    ApplyState, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules,
+};
 
-use super::{ApplyId, Command, DriveView, EngineFault, Observation, ResumeState, RunnerStatus, WaitFor, WriteOutcome};
+use super::{
+    ApplyId, Command, DriveView, EngineFault, Observation, ResumeState, RunnerStatus, WaitFor,
+    WriteOutcome,
+};
 use crate::worker::BranchStatus;
 
 /// Why a drive ended.
@@ -69,7 +76,13 @@ enum Mapped {
 }
 
 impl Drive {
-    pub fn new(apply: ApplyId, epoch: u64, engine: EngineKind, pre_claim: ApplyState, rules: &Rules) -> Drive {
+    pub fn new(
+        apply: ApplyId,
+        epoch: u64,
+        engine: EngineKind,
+        pre_claim: ApplyState,
+        rules: &Rules,
+    ) -> Drive {
         Drive {
             apply,
             epoch,
@@ -82,7 +95,8 @@ impl Drive {
             refusal: None,
             extra_completion: None,
             finished: None,
-            discard_resume: rules.has(Mutant::ResumeWithoutEngineState) && pre_claim != ApplyState::Pending,
+            discard_resume: rules.has(Mutant::ResumeWithoutEngineState)
+                && pre_claim != ApplyState::Pending,
         }
     }
 
@@ -155,7 +169,9 @@ impl Drive {
         if let Some(f) = self.finished {
             return Command::Finish(f);
         }
-        if !rules.has(Mutant::NoPresumedLeaseLoss) && view.heartbeat_ok_age_ms >= rules.params.presumed_loss_ms {
+        if !rules.has(Mutant::NoPresumedLeaseLoss)
+            && view.heartbeat_ok_age_ms >= rules.params.presumed_loss_ms
+        {
             return Command::Finish(Finish::PresumedLost);
         }
         if std::mem::take(&mut self.backoff) {
@@ -190,7 +206,9 @@ impl Drive {
             }
         }
 
-        if state.is_terminal() && !(state == ApplyState::Stopped && (controls.start || controls.cancel)) {
+        if state.is_terminal()
+            && !(state == ApplyState::Stopped && (controls.start || controls.cancel))
+        {
             if let Some(op) = PRECEDENCE.iter().copied().find(|op| controls.has(*op)) {
                 return match settle_on_terminal(op, state) {
                     Disposition::Refuse(why) => Command::Fail(op, why),
@@ -226,17 +244,25 @@ impl Drive {
         {
             return match TABLE.lookup(rules, engine, state, Event::Dispatch) {
                 Some(row) => self.start_plan(row, None, view, rules),
-                None => Command::Finish(Finish::Inconsistent("the persisted resume state has no deploy request id")),
+                None => Command::Finish(Finish::Inconsistent(
+                    "the persisted resume state has no deploy request id",
+                )),
             };
         }
 
         match probe {
             Some(_) if observed => Command::Wait(WaitFor::Poll),
             Some(Probe::FindDeployRequest)
-                if rules.has(Mutant::DeployRequestCreateNotIdempotent) || rules.has(Mutant::ResumeWithoutEngineState) =>
+                if rules.has(Mutant::DeployRequestCreateNotIdempotent)
+                    || rules.has(Mutant::ResumeWithoutEngineState) =>
             {
                 // Upstream's fresh path: create without looking for an earlier request.
-                match TABLE.lookup(rules, engine, state, Event::Setup(SetupSignal::DeployRequestMissing)) {
+                match TABLE.lookup(
+                    rules,
+                    engine,
+                    state,
+                    Event::Setup(SetupSignal::DeployRequestMissing),
+                ) {
                     Some(row) => self.start_plan(row, None, view, rules),
                     None => Command::Wait(WaitFor::Poll),
                 }
@@ -249,9 +275,15 @@ impl Drive {
     fn auto_action(&self, view: &DriveView) -> Option<AutoAction> {
         let o = &view.row.options;
         match (self.engine, view.row.state) {
-            (EngineKind::PlanetScale, ApplyState::WaitingForDeploy) if !o.defer_deploy => Some(AutoAction::Deploy),
-            (EngineKind::PlanetScale, ApplyState::WaitingForCutover) if !o.defer_cutover => Some(AutoAction::Cutover),
-            (EngineKind::PlanetScale, ApplyState::RevertWindow) if o.skip_revert || view.revert_window_expired => {
+            (EngineKind::PlanetScale, ApplyState::WaitingForDeploy) if !o.defer_deploy => {
+                Some(AutoAction::Deploy)
+            }
+            (EngineKind::PlanetScale, ApplyState::WaitingForCutover) if !o.defer_cutover => {
+                Some(AutoAction::Cutover)
+            }
+            (EngineKind::PlanetScale, ApplyState::RevertWindow)
+                if o.skip_revert || view.revert_window_expired =>
+            {
                 Some(AutoAction::SkipRevert)
             }
             _ => None,
@@ -269,17 +301,27 @@ impl Drive {
             O::BranchDiff { pending: false } => ev(Event::Setup(SetupSignal::BranchChangesApplied)),
             O::BranchValid => ev(Event::Setup(SetupSignal::BranchValidated)),
             O::NoDeployRequest => ev(Event::Setup(SetupSignal::DeployRequestMissing)),
-            O::DeployRequest { id, .. } if view.row.state == ApplyState::CreatingDeployRequest => {
+            O::DeployRequest { id, state }
+                if view.row.state == ApplyState::CreatingDeployRequest
+                    && !matches!(state, EngineState::Cancelled | EngineState::Failed) =>
+            {
                 Mapped::Event(Event::Setup(SetupSignal::DeployRequestFound), Some(id))
             }
-            O::DeployRequest { state: EngineState::Pending, .. } => Mapped::Poll,
+            O::DeployRequest {
+                state: EngineState::Pending,
+                ..
+            } => Mapped::Poll,
             O::DeployRequest { state, .. } => ev(Event::Engine(state)),
             O::Runner(RunnerStatus::Gone(g)) => ev(Event::RunnerGone(g)),
             O::Runner(RunnerStatus::Copying) => ev(Event::Engine(EngineState::Running)),
-            O::Runner(RunnerStatus::WaitingOnSentinel) => ev(Event::Engine(EngineState::WaitingForCutover)),
+            O::Runner(RunnerStatus::WaitingOnSentinel) => {
+                ev(Event::Engine(EngineState::WaitingForCutover))
+            }
             O::Runner(RunnerStatus::Completed) => ev(Event::Engine(EngineState::Completed)),
             O::Runner(RunnerStatus::Failed { retryable: true }) => ev(Event::RetryableFailure),
-            O::Runner(RunnerStatus::Failed { retryable: false }) => ev(Event::Engine(EngineState::Failed)),
+            O::Runner(RunnerStatus::Failed { retryable: false }) => {
+                ev(Event::Engine(EngineState::Failed))
+            }
             O::Runner(RunnerStatus::Stopped) => ev(Event::Engine(EngineState::Stopped)),
             O::Runner(RunnerStatus::Cancelled) => ev(Event::Engine(EngineState::Cancelled)),
             O::Accepted => Mapped::Nothing,
@@ -289,16 +331,30 @@ impl Drive {
         };
         // #262 switch: a stop that finds the work already failed records it as completed.
         if rules.has(Mutant::StopIgnoresTerminalTasks) && view.controls.stop {
-            if let Mapped::Event(Event::Engine(EngineState::Failed) | Event::RetryableFailure, dr) = mapped {
+            if let Mapped::Event(Event::Engine(EngineState::Failed) | Event::RetryableFailure, dr) =
+                mapped
+            {
                 return Mapped::Event(Event::Engine(EngineState::Completed), dr);
             }
         }
         mapped
     }
 
-    fn start_plan(&mut self, row: RowId, deploy_request_id: Option<u64>, view: &DriveView, rules: &Rules) -> Command {
-        self.cursor = Some(Cursor { row, next: 0, resume: self.resume(view), deploy_request_id });
-        self.continue_plan(view, rules).unwrap_or(Command::Wait(WaitFor::Poll))
+    fn start_plan(
+        &mut self,
+        row: RowId,
+        deploy_request_id: Option<u64>,
+        view: &DriveView,
+        rules: &Rules,
+    ) -> Command {
+        self.cursor = Some(Cursor {
+            row,
+            next: 0,
+            resume: self.resume(view),
+            deploy_request_id,
+        });
+        self.continue_plan(view, rules)
+            .unwrap_or(Command::Wait(WaitFor::Poll))
     }
 
     /// The next effect of the transition in progress, if any remains.
@@ -314,16 +370,27 @@ impl Drive {
                 Effect::Record(field) => {
                     match field {
                         ResumeField::Branch => cursor.resume.branch = true,
-                        ResumeField::DeployRequestIntent => cursor.resume.deploy_request_intent = true,
-                        ResumeField::DeployRequestId => cursor.resume.deploy_request_id = cursor.deploy_request_id,
+                        ResumeField::DeployRequestIntent => {
+                            cursor.resume.deploy_request_intent = true
+                        }
+                        ResumeField::DeployRequestId => {
+                            cursor.resume.deploy_request_id = cursor.deploy_request_id
+                        }
                     }
                     cursor.next += 1;
                 }
-                Effect::Persist => return Some(Command::Write { to: row.to, resume: cursor.resume }),
+                Effect::Persist => {
+                    return Some(Command::Write {
+                        to: row.to,
+                        resume: cursor.resume,
+                    })
+                }
                 Effect::Call(call) => {
                     // Controls are looked at before every engine call: a stop or cancel that
                     // arrived mid-transition wins over the rest of it.
-                    if crate::machine::invariants::stop_dominance(&view.controls, self.engine, call).is_err() {
+                    if crate::machine::invariants::stop_dominance(&view.controls, self.engine, call)
+                        .is_err()
+                    {
                         self.cursor = None;
                         return None;
                     }
@@ -335,7 +402,10 @@ impl Drive {
                         cursor.next += 1;
                         continue;
                     }
-                    if op == ControlOp::Stop && view.controls.start && rules.has(Mutant::StopStartRaceDropsStart) {
+                    if op == ControlOp::Stop
+                        && view.controls.start
+                        && rules.has(Mutant::StopStartRaceDropsStart)
+                    {
                         self.extra_completion = Some(ControlOp::Start);
                     }
                     return Some(Command::Complete(op));

@@ -57,8 +57,18 @@ pub async fn run_drive(
 ) -> DriveReport {
     let lease = &claimed.lease;
     let row = &claimed.record.row;
-    let mut drive = Drive::new(lease.apply, lease.epoch, row.engine, claimed.pre_claim, rules);
-    let mut report = DriveReport { finish: Finish::Settled, commands: 0, engine_calls: 0 };
+    let mut drive = Drive::new(
+        lease.apply,
+        lease.epoch,
+        row.engine,
+        claimed.pre_claim,
+        rules,
+    );
+    let mut report = DriveReport {
+        finish: Finish::Settled,
+        commands: 0,
+        engine_calls: 0,
+    };
     let mut inputs: DriveInputs = DriveInputs {
         record: claimed.record.clone(),
         controls: Default::default(),
@@ -100,9 +110,15 @@ pub async fn run_drive(
         }
         stale = true;
         match drive.next(&view, rules) {
-            Command::Write { to, resume } => drive.on_store(outcome_of(store.write(lease, to, resume).await)),
-            Command::Complete(op) => drive.on_store(outcome_of(store.complete_request(lease, op).await)),
-            Command::Fail(op, why) => drive.on_store(outcome_of(store.fail_request(lease, op, &why.message()).await)),
+            Command::Write { to, resume } => {
+                drive.on_store(outcome_of(store.write(lease, to, resume).await))
+            }
+            Command::Complete(op) => {
+                drive.on_store(outcome_of(store.complete_request(lease, op).await))
+            }
+            Command::Fail(op, why) => drive.on_store(outcome_of(
+                store.fail_request(lease, op, &why.message()).await,
+            )),
             Command::Call(call) => {
                 report.engine_calls += 1;
                 drive.on_engine(engine.call(&inputs.record, lease.epoch, call).await);
@@ -120,5 +136,207 @@ pub async fn run_drive(
                 return report;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::engine::MockEngine;
+    use crate::machine::{ApplyOptions, ApplyState, ClaimArm, EngineCall, EngineKind, Probe};
+    use crate::store::{ApplyRecord, ApplySpec, Lease, MockStore, Target};
+    use crate::worker::{ApplySnapshot, EngineFault, Observation, ResumeState, RunnerStatus};
+
+    fn record(state: ApplyState) -> ApplyRecord {
+        ApplyRecord {
+            row: ApplySnapshot {
+                id: 7,
+                engine: EngineKind::Spirit,
+                state,
+                epoch: 3,
+                attempt: 0,
+                options: ApplyOptions::default(),
+                resume: ResumeState::default(),
+            },
+            spec: Arc::new(ApplySpec {
+                identifier: "apply-7".into(),
+                target: Target {
+                    database: "users".into(),
+                    environment: "prod".into(),
+                },
+                ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+            }),
+        }
+    }
+
+    fn claimed(state: ApplyState) -> Claimed {
+        Claimed {
+            lease: Lease {
+                apply: 7,
+                owner: "w".into(),
+                epoch: 3,
+            },
+            arm: ClaimArm::A2Stale,
+            pre_claim: state,
+            record: record(state),
+        }
+    }
+
+    /// A store whose row follows the writes it accepts.
+    fn store_following_writes(
+        state: Arc<Mutex<ApplyState>>,
+        write_result: Result<(), StoreError>,
+    ) -> MockStore {
+        let mut store = MockStore::new();
+        let s = state.clone();
+        store.expect_load().returning(move |_| {
+            Ok(DriveInputs {
+                record: record(*s.lock().unwrap()),
+                controls: Default::default(),
+                revert_window_expired: false,
+            })
+        });
+        store
+            .expect_write()
+            .times(1)
+            .returning(move |lease, to, _| {
+                assert_eq!(lease.epoch, 3, "every write carries the lease epoch");
+                if write_result.is_ok() {
+                    *state.lock().unwrap() = to;
+                }
+                write_result.clone()
+            });
+        store
+    }
+
+    struct CountingPacing(Mutex<Vec<WaitFor>>);
+
+    #[async_trait]
+    impl Pacing for CountingPacing {
+        async fn wait(&self, why: WaitFor) {
+            self.0.lock().unwrap().push(why);
+        }
+        fn heartbeat_ok_age_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_on_write_ends_the_drive_with_no_further_engine_call() {
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let store =
+            store_following_writes(state, Err(StoreError::LeaseLost { apply: 7, epoch: 3 }));
+        let mut engine = MockEngine::new();
+        engine.expect_probe().times(1).returning(|_, _, p| {
+            assert_eq!(p, Probe::RunnerStatus);
+            Observation::Runner(RunnerStatus::WaitingOnSentinel)
+        });
+        engine.expect_call().never();
+        let report = run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            100,
+        )
+        .await;
+        assert_eq!(report.finish, Finish::LeaseLost);
+    }
+
+    #[tokio::test]
+    async fn a_transient_engine_fault_backs_off_and_writes_only_the_confirmed_outcome() {
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let store = store_following_writes(state.clone(), Ok(()));
+        let mut engine = MockEngine::new();
+        let probes = Arc::new(Mutex::new(0));
+        engine.expect_probe().returning(move |_, _, _| {
+            let mut n = probes.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                Observation::Fault(EngineFault::Transient)
+            } else {
+                Observation::Runner(RunnerStatus::Completed)
+            }
+        });
+        engine.expect_call().never();
+        let pacing = CountingPacing(Mutex::new(Vec::new()));
+        let report = run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &pacing,
+            100,
+        )
+        .await;
+        assert_eq!(report.finish, Finish::Settled);
+        assert_eq!(*state.lock().unwrap(), ApplyState::Completed);
+        assert_eq!(*pacing.0.lock().unwrap(), vec![WaitFor::Backoff]);
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_spirit_apply_restarts_its_runner_before_anything_is_written() {
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let mut store = MockStore::new();
+        let s = state.clone();
+        store.expect_load().returning(move |_| {
+            Ok(DriveInputs {
+                record: record(*s.lock().unwrap()),
+                controls: Default::default(),
+                revert_window_expired: false,
+            })
+        });
+        store.expect_write().never();
+        let mut engine = MockEngine::new();
+        let mut seq = mockall::Sequence::new();
+        engine
+            .expect_probe()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| {
+                Observation::Runner(RunnerStatus::Gone(
+                    crate::machine::table::RunnerGone::WorkLeft,
+                ))
+            });
+        engine
+            .expect_call()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, epoch, call| {
+                assert_eq!((epoch, call), (3, EngineCall::StartRunner));
+                Observation::Runner(RunnerStatus::Copying)
+            });
+        // The drive then polls; a presumed-lost heartbeat ends it before any write.
+        struct Lost;
+        #[async_trait]
+        impl Pacing for Lost {
+            async fn wait(&self, _why: WaitFor) {}
+            fn heartbeat_ok_age_ms(&self) -> u64 {
+                u64::MAX
+            }
+        }
+        let report = run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            3,
+        )
+        .await;
+        assert_eq!(report.engine_calls, 1);
+        let report = run_drive(
+            &store,
+            &MockEngine::new(),
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Lost,
+            10,
+        )
+        .await;
+        assert_eq!(report.finish, Finish::PresumedLost);
     }
 }

@@ -6,17 +6,24 @@
 
 mod core;
 pub mod executor;
+pub mod sync_exec;
 
 pub use self::core::{Drive, Finish};
+pub use self::executor::{run_drive, DriveReport, Immediate, Pacing};
 
 use crate::machine::table::RunnerGone;
-use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineCall, EngineKind, EngineState, PendingControls, Probe, Refusal};
+use crate::machine::{
+    ApplyOptions, ApplyState, ControlOp, EngineCall, EngineKind, EngineState, PendingControls,
+    Probe, Refusal,
+};
 
 pub type ApplyId = u64;
 
 /// The engine resume state persisted on the operation row, written in the same fenced write as
 /// the state it accompanies. Branch names are derived from the apply, so flags suffice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct ResumeState {
     /// The deterministic branch is ours (recorded before it is created).
     #[serde(default)]
@@ -111,7 +118,10 @@ pub enum WaitFor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     /// Fenced write of the state and resume state (`WHERE id = ? AND lease_epoch = ?`).
-    Write { to: ApplyState, resume: ResumeState },
+    Write {
+        to: ApplyState,
+        resume: ResumeState,
+    },
     Complete(ControlOp),
     Fail(ControlOp, Refusal),
     Call(EngineCall),

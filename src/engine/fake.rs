@@ -1,0 +1,701 @@
+//! Fake PlanetScale and fake Spirit: pure state machines advanced by a clock that the caller
+//! passes in (virtual time in the simulator, wall time in the demo and the fake HTTP server).
+//! They behave like the real services where it matters for crash safety — deploy-request
+//! creation is NOT idempotent, a Spirit runner dies with the process that hosts it while its
+//! checkpoint survives in the target — and they record every effect so invariants can count
+//! deploy requests per apply and runners per target.
+
+use std::collections::BTreeMap;
+
+use super::planetscale_states::DeployState;
+use crate::machine::table::RunnerGone;
+use crate::machine::{EngineCall, EngineKind, EngineState, Probe};
+use crate::store::ApplyRecord;
+use crate::worker::{ApplyId, BranchStatus, EngineFault, Observation, RunnerStatus};
+
+/// The deterministic branch name of an apply: a resumed drive finds the same branch.
+pub fn branch_name(identifier: &str) -> String {
+    format!("applyd-{identifier}")
+}
+
+/// Durations of the fakes' phases, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeTimings {
+    pub branch_ready_ms: u64,
+    pub validate_ms: u64,
+    pub deploy_ms: u64,
+    pub cutover_ms: u64,
+    pub revert_ms: u64,
+    /// PlanetScale closes the revert window on its own after this long.
+    pub server_revert_window_ms: u64,
+    pub spirit_rows: u64,
+    pub spirit_rows_per_s: u64,
+    pub spirit_checkpoint_every_ms: u64,
+}
+
+impl Default for FakeTimings {
+    fn default() -> Self {
+        FakeTimings {
+            branch_ready_ms: 2_000,
+            validate_ms: 3_000,
+            deploy_ms: 20_000,
+            cutover_ms: 3_000,
+            revert_ms: 10_000,
+            server_revert_window_ms: 60 * 60 * 1000,
+            spirit_rows: 100_000,
+            spirit_rows_per_s: 2_000,
+            spirit_checkpoint_every_ms: 5_000,
+        }
+    }
+}
+
+/// One recorded effect on a fake, for invariants and traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectRecord {
+    pub at_ms: u64,
+    pub apply: ApplyId,
+    pub epoch: u64,
+    pub call: EngineCall,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeBranch {
+    pub ready_at: u64,
+    pub changes_applied: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeDeployRequest {
+    pub id: u64,
+    pub branch: String,
+    pub apply: ApplyId,
+    pub state: DeployState,
+    pub since: u64,
+    pub deploys: u32,
+}
+
+/// A PlanetScale database with a main branch, branches and deploy requests.
+#[derive(Debug, Clone, Default)]
+pub struct FakePlanetScale {
+    pub timings: FakeTimings,
+    /// Refuse calls from an epoch older than one already seen for the apply. The real API
+    /// cannot do this, so the simulator runs with it off by default.
+    pub fence_epochs: bool,
+    pub branches: BTreeMap<String, FakeBranch>,
+    pub requests: BTreeMap<u64, FakeDeployRequest>,
+    next_request: u64,
+    epochs: BTreeMap<ApplyId, u64>,
+    pub effects: Vec<EffectRecord>,
+}
+
+impl FakePlanetScale {
+    pub fn new(timings: FakeTimings) -> FakePlanetScale {
+        FakePlanetScale {
+            timings,
+            next_request: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Move every deploy request along by time.
+    pub fn advance(&mut self, now: u64) {
+        let t = self.timings;
+        for dr in self.requests.values_mut() {
+            loop {
+                let elapsed = now.saturating_sub(dr.since);
+                let next = match dr.state {
+                    DeployState::Pending if elapsed >= t.validate_ms => DeployState::Ready,
+                    DeployState::Queued if elapsed >= 1 => DeployState::InProgress,
+                    DeployState::InProgress if elapsed >= t.deploy_ms => {
+                        DeployState::PendingCutover
+                    }
+                    DeployState::InProgressCutover if elapsed >= t.cutover_ms => {
+                        DeployState::CompletePendingRevert
+                    }
+                    DeployState::CompletePendingRevert if elapsed >= t.server_revert_window_ms => {
+                        DeployState::Complete
+                    }
+                    DeployState::InProgressRevert if elapsed >= t.revert_ms => {
+                        DeployState::CompleteRevert
+                    }
+                    DeployState::InProgressCancel => DeployState::CompleteCancel,
+                    _ => break,
+                };
+                let took = match dr.state {
+                    DeployState::Pending => t.validate_ms,
+                    DeployState::Queued => 1,
+                    DeployState::InProgress => t.deploy_ms,
+                    DeployState::InProgressCutover => t.cutover_ms,
+                    DeployState::CompletePendingRevert => t.server_revert_window_ms,
+                    DeployState::InProgressRevert => t.revert_ms,
+                    _ => 0,
+                };
+                dr.since += took;
+                dr.state = next;
+            }
+        }
+    }
+
+    fn fenced(&mut self, apply: ApplyId, epoch: u64) -> bool {
+        let seen = self.epochs.entry(apply).or_insert(epoch);
+        if epoch < *seen && self.fence_epochs {
+            return false;
+        }
+        *seen = (*seen).max(epoch);
+        true
+    }
+
+    /// The first deploy request created for a branch (what a look-up by branch returns).
+    pub fn find_by_branch(&self, branch: &str) -> Option<&FakeDeployRequest> {
+        self.requests.values().find(|r| r.branch == branch)
+    }
+
+    pub fn deploy_requests_of(&self, apply: ApplyId) -> usize {
+        self.requests.values().filter(|r| r.apply == apply).count()
+    }
+
+    /// A deploy request deleted server-side (fault injection).
+    pub fn delete_request(&mut self, id: u64) {
+        self.requests.remove(&id);
+    }
+
+    /// Put a deploy request into an error state (fault injection).
+    pub fn fail_request(&mut self, id: u64, now: u64) {
+        if let Some(dr) = self.requests.get_mut(&id) {
+            dr.state = DeployState::Error;
+            dr.since = now;
+        }
+    }
+
+    fn observe(dr: &FakeDeployRequest) -> Observation {
+        Observation::DeployRequest {
+            id: dr.id,
+            state: dr.state.engine_state(),
+        }
+    }
+
+    pub fn probe(&mut self, now: u64, apply: &ApplyRecord, probe: Probe) -> Observation {
+        self.advance(now);
+        let branch = branch_name(&apply.spec.identifier);
+        match probe {
+            Probe::GetBranch => match self.branches.get(&branch) {
+                None => Observation::Branch(BranchStatus::Missing),
+                Some(b) if now < b.ready_at => Observation::Branch(BranchStatus::Creating),
+                Some(_) => Observation::Branch(BranchStatus::Ready),
+            },
+            Probe::DiffBranch => match self.branches.get(&branch) {
+                None => Observation::Fault(EngineFault::NotFound),
+                Some(b) => Observation::BranchDiff {
+                    pending: !b.changes_applied,
+                },
+            },
+            Probe::ValidateBranch => match self.branches.get(&branch) {
+                Some(b) if b.changes_applied => Observation::BranchValid,
+                Some(_) => Observation::Fault(EngineFault::Permanent),
+                None => Observation::Fault(EngineFault::NotFound),
+            },
+            Probe::FindDeployRequest => match self.find_by_branch(&branch) {
+                None => Observation::NoDeployRequest,
+                Some(dr) => Self::observe(dr),
+            },
+            Probe::GetDeployRequest => match apply
+                .row
+                .resume
+                .deploy_request_id
+                .and_then(|id| self.requests.get(&id))
+            {
+                Some(dr) => Self::observe(dr),
+                None => Observation::Fault(EngineFault::NotFound),
+            },
+            Probe::RunnerStatus => Observation::Fault(EngineFault::Permanent),
+        }
+    }
+
+    pub fn call(
+        &mut self,
+        now: u64,
+        apply: &ApplyRecord,
+        epoch: u64,
+        call: EngineCall,
+    ) -> Observation {
+        self.advance(now);
+        let id = apply.row.id;
+        if !self.fenced(id, epoch) {
+            self.effects.push(EffectRecord {
+                at_ms: now,
+                apply: id,
+                epoch,
+                call,
+                accepted: false,
+            });
+            return Observation::Fault(EngineFault::StaleEpoch);
+        }
+        let branch = branch_name(&apply.spec.identifier);
+        let request = apply
+            .row
+            .resume
+            .deploy_request_id
+            .or_else(|| self.find_by_branch(&branch).map(|r| r.id));
+        let t = self.timings;
+        let (obs, accepted) = match call {
+            EngineCall::CreateBranch => {
+                // "Name has already been taken" is success for us: the name is deterministic.
+                self.branches.entry(branch.clone()).or_insert(FakeBranch {
+                    ready_at: now + t.branch_ready_ms,
+                    changes_applied: false,
+                });
+                (Observation::Branch(BranchStatus::Creating), true)
+            }
+            EngineCall::ApplyBranchChanges => match self.branches.get_mut(&branch) {
+                Some(b) => {
+                    b.changes_applied = true;
+                    (Observation::BranchDiff { pending: false }, true)
+                }
+                None => (Observation::Fault(EngineFault::NotFound), false),
+            },
+            EngineCall::CreateDeployRequest => {
+                let id = self.next_request;
+                self.next_request += 1;
+                let dr = FakeDeployRequest {
+                    id,
+                    branch,
+                    apply: apply.row.id,
+                    state: DeployState::Pending,
+                    since: now,
+                    deploys: 0,
+                };
+                let obs = Self::observe(&dr);
+                self.requests.insert(id, dr);
+                (obs, true)
+            }
+            other => match request.and_then(|rid| self.requests.get_mut(&rid)) {
+                None => (Observation::Fault(EngineFault::NotFound), false),
+                Some(dr) => {
+                    use DeployState as D;
+                    let next = match (other, dr.state) {
+                        (EngineCall::Deploy, D::Ready) => {
+                            dr.deploys += 1;
+                            Some(D::Queued)
+                        }
+                        // The provider refuses a second deploy; for us that is "already done".
+                        (
+                            EngineCall::Deploy,
+                            D::Queued | D::Submitting | D::InProgress | D::PendingCutover,
+                        ) => None,
+                        (EngineCall::Cutover, D::PendingCutover) => Some(D::InProgressCutover),
+                        (
+                            EngineCall::Cutover,
+                            D::InProgressCutover | D::CompletePendingRevert | D::Complete,
+                        ) => None,
+                        (EngineCall::SkipRevert, D::CompletePendingRevert) => Some(D::Complete),
+                        (EngineCall::SkipRevert, D::Complete) => None,
+                        (EngineCall::Revert, D::CompletePendingRevert) => Some(D::InProgressRevert),
+                        (EngineCall::Revert, D::InProgressRevert | D::CompleteRevert) => None,
+                        (
+                            EngineCall::CancelDeployRequest,
+                            D::Pending
+                            | D::Ready
+                            | D::Queued
+                            | D::Submitting
+                            | D::InProgress
+                            | D::PendingCutover,
+                        ) => Some(D::Cancelled),
+                        (
+                            EngineCall::CancelDeployRequest,
+                            D::Cancelled | D::CompleteCancel | D::InProgressCancel,
+                        ) => None,
+                        _ => {
+                            self.effects.push(EffectRecord {
+                                at_ms: now,
+                                apply: id,
+                                epoch,
+                                call,
+                                accepted: false,
+                            });
+                            return Observation::Fault(EngineFault::Permanent);
+                        }
+                    };
+                    if let Some(next) = next {
+                        dr.state = next;
+                        dr.since = now;
+                    }
+                    (Self::observe(dr), next.is_some())
+                }
+            },
+        };
+        // A cancel with no deploy request yet has nothing to cancel.
+        let obs = match (call, obs) {
+            (EngineCall::CancelDeployRequest, Observation::Fault(EngineFault::NotFound)) => {
+                Observation::DeployRequest {
+                    id: 0,
+                    state: EngineState::Cancelled,
+                }
+            }
+            (_, o) => o,
+        };
+        self.effects.push(EffectRecord {
+            at_ms: now,
+            apply: id,
+            epoch,
+            call,
+            accepted,
+        });
+        obs
+    }
+
+    /// The engine's truth about an apply: its first deploy request's state.
+    pub fn truth(&self, apply: ApplyId) -> Option<EngineState> {
+        self.requests
+            .values()
+            .find(|r| r.apply == apply)
+            .map(|r| r.state.engine_state())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    WaitingOnSentinel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRunner {
+    pub apply: ApplyId,
+    pub epoch: u64,
+    /// The worker process that hosts the runner; it dies with it.
+    pub host: u32,
+    started_at: u64,
+    start_rows: u64,
+    defer: bool,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FakeTarget {
+    /// Rows copied as of the last checkpoint (survives crashes).
+    pub checkpoint_rows: u64,
+    /// The apply whose change is now in the live schema.
+    pub applied_by: Option<ApplyId>,
+    pub sentinel: bool,
+    pub runners: Vec<FakeRunner>,
+}
+
+/// Spirit against MySQL targets: runners copy rows, checkpoint, and cut over (or wait on the
+/// sentinel table when the cutover is deferred).
+#[derive(Debug, Clone, Default)]
+pub struct FakeSpirit {
+    pub timings: FakeTimings,
+    /// A start from a newer lease epoch supersedes the older runner of the same apply; an older
+    /// epoch is refused. (applyd passes the epoch; see the design note on fencing.)
+    pub fence_epochs: bool,
+    pub targets: BTreeMap<String, FakeTarget>,
+    outcomes: BTreeMap<ApplyId, RunnerStatus>,
+    epochs: BTreeMap<ApplyId, u64>,
+    pub runners_started: u64,
+    pub effects: Vec<EffectRecord>,
+}
+
+fn ddl_is_valid(ddl: &[String]) -> bool {
+    !ddl.is_empty()
+        && ddl.iter().all(|d| {
+            let d = d.trim_start().to_ascii_uppercase();
+            d.starts_with("ALTER TABLE ")
+                || d.starts_with("CREATE TABLE ")
+                || d.starts_with("DROP TABLE ")
+        })
+}
+
+impl FakeSpirit {
+    pub fn new(timings: FakeTimings) -> FakeSpirit {
+        FakeSpirit {
+            timings,
+            fence_epochs: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn advance(&mut self, now: u64) {
+        let t = self.timings;
+        for target in self.targets.values_mut() {
+            let mut finished = Vec::new();
+            for (i, r) in target.runners.iter_mut().enumerate() {
+                let elapsed = now.saturating_sub(r.started_at);
+                let rows = (r.start_rows + elapsed * t.spirit_rows_per_s / 1000).min(t.spirit_rows);
+                let checkpoints = elapsed / t.spirit_checkpoint_every_ms.max(1);
+                let checkpointed = (r.start_rows
+                    + checkpoints * t.spirit_checkpoint_every_ms * t.spirit_rows_per_s / 1000)
+                    .min(t.spirit_rows);
+                target.checkpoint_rows = target.checkpoint_rows.max(checkpointed);
+                if rows >= t.spirit_rows && r.phase == Phase::Copying {
+                    target.checkpoint_rows = t.spirit_rows;
+                    if r.defer {
+                        r.phase = Phase::WaitingOnSentinel;
+                    } else {
+                        finished.push(i);
+                    }
+                }
+                if r.phase == Phase::WaitingOnSentinel && !target.sentinel {
+                    finished.push(i);
+                }
+            }
+            finished.sort_unstable();
+            finished.dedup();
+            for i in finished.into_iter().rev() {
+                let r = target.runners.remove(i);
+                target.applied_by = Some(r.apply);
+                target.sentinel = false;
+                self.outcomes.insert(r.apply, RunnerStatus::Completed);
+            }
+        }
+    }
+
+    /// A worker process died: every runner it hosted dies; checkpoints and sentinels survive.
+    pub fn crash_host(&mut self, now: u64, host: u32) {
+        self.advance(now);
+        for target in self.targets.values_mut() {
+            target.runners.retain(|r| r.host != host);
+        }
+    }
+
+    fn runner_of(target: &FakeTarget, apply: ApplyId) -> Option<&FakeRunner> {
+        target.runners.iter().find(|r| r.apply == apply)
+    }
+
+    fn status(&self, apply: &ApplyRecord) -> RunnerStatus {
+        let id = apply.row.id;
+        let target = self.targets.get(&apply.spec.target.to_string());
+        if let Some(r) = target.and_then(|t| Self::runner_of(t, id)) {
+            return match r.phase {
+                Phase::Copying => RunnerStatus::Copying,
+                Phase::WaitingOnSentinel => RunnerStatus::WaitingOnSentinel,
+            };
+        }
+        if let Some(outcome) = self.outcomes.get(&id) {
+            return *outcome;
+        }
+        match target {
+            Some(t) if t.applied_by == Some(id) => RunnerStatus::Gone(RunnerGone::NothingLeft),
+            Some(t) if t.sentinel => RunnerStatus::Gone(RunnerGone::SentinelKept),
+            _ => RunnerStatus::Gone(RunnerGone::WorkLeft),
+        }
+    }
+
+    pub fn probe(&mut self, now: u64, apply: &ApplyRecord, probe: Probe) -> Observation {
+        self.advance(now);
+        match probe {
+            Probe::RunnerStatus => Observation::Runner(self.status(apply)),
+            _ => Observation::Fault(EngineFault::Permanent),
+        }
+    }
+
+    pub fn call(
+        &mut self,
+        now: u64,
+        host: u32,
+        apply: &ApplyRecord,
+        epoch: u64,
+        call: EngineCall,
+    ) -> Observation {
+        self.advance(now);
+        let id = apply.row.id;
+        let seen = *self.epochs.entry(id).or_insert(epoch);
+        if self.fence_epochs && epoch < seen {
+            self.effects.push(EffectRecord {
+                at_ms: now,
+                apply: id,
+                epoch,
+                call,
+                accepted: false,
+            });
+            return Observation::Fault(EngineFault::StaleEpoch);
+        }
+        self.epochs.insert(id, seen.max(epoch));
+        let key = apply.spec.target.to_string();
+        let t = self.timings;
+        let target = self.targets.entry(key).or_default();
+        let obs = match call {
+            EngineCall::StartRunner => {
+                if !ddl_is_valid(&apply.spec.ddl) {
+                    self.outcomes
+                        .insert(id, RunnerStatus::Failed { retryable: false });
+                    Observation::Runner(RunnerStatus::Failed { retryable: false })
+                } else if target.applied_by == Some(id) {
+                    Observation::Runner(RunnerStatus::Gone(RunnerGone::NothingLeft))
+                } else {
+                    let existing = target.runners.iter().position(|r| r.apply == id);
+                    let supersede = match existing {
+                        Some(i) => self.fence_epochs && target.runners[i].epoch < epoch,
+                        None => true,
+                    };
+                    if let (true, Some(i)) = (supersede, existing) {
+                        target.runners.remove(i);
+                    }
+                    if supersede {
+                        let defer = apply.row.options.defer_cutover;
+                        if defer && target.checkpoint_rows < t.spirit_rows {
+                            target.sentinel = true;
+                        }
+                        target.runners.push(FakeRunner {
+                            apply: id,
+                            epoch,
+                            host,
+                            started_at: now,
+                            start_rows: target.checkpoint_rows,
+                            defer: defer
+                                && (target.sentinel || target.checkpoint_rows < t.spirit_rows),
+                            phase: Phase::Copying,
+                        });
+                        self.runners_started += 1;
+                        self.outcomes.remove(&id);
+                    }
+                    Observation::Runner(RunnerStatus::Copying)
+                }
+            }
+            EngineCall::StopRunner => {
+                target.runners.retain(|r| r.apply != id);
+                let status = match self.outcomes.get(&id) {
+                    Some(done @ (RunnerStatus::Completed | RunnerStatus::Failed { .. })) => *done,
+                    _ => RunnerStatus::Stopped,
+                };
+                self.outcomes.insert(id, status);
+                Observation::Runner(status)
+            }
+            EngineCall::CancelRunner => {
+                target.runners.retain(|r| r.apply != id);
+                if target.applied_by != Some(id) {
+                    target.checkpoint_rows = 0;
+                    target.sentinel = false;
+                    self.outcomes.insert(id, RunnerStatus::Cancelled);
+                    Observation::Runner(RunnerStatus::Cancelled)
+                } else {
+                    Observation::Runner(RunnerStatus::Completed)
+                }
+            }
+            EngineCall::DropSentinel => {
+                target.sentinel = false;
+                Observation::Accepted
+            }
+            _ => Observation::Fault(EngineFault::Permanent),
+        };
+        self.effects.push(EffectRecord {
+            at_ms: now,
+            apply: id,
+            epoch,
+            call,
+            accepted: !matches!(obs, Observation::Fault(_)),
+        });
+        obs
+    }
+
+    /// The engine's truth about an apply's work.
+    pub fn truth(&self, apply: ApplyId, target: &str) -> Option<EngineState> {
+        let t = self.targets.get(target);
+        if let Some(r) = t.and_then(|t| Self::runner_of(t, apply)) {
+            return Some(match r.phase {
+                Phase::Copying => EngineState::Running,
+                Phase::WaitingOnSentinel => EngineState::WaitingForCutover,
+            });
+        }
+        if t.is_some_and(|t| t.applied_by == Some(apply)) {
+            return Some(EngineState::Completed);
+        }
+        self.outcomes.get(&apply).map(|o| match o {
+            RunnerStatus::Completed => EngineState::Completed,
+            RunnerStatus::Failed { .. } => EngineState::Failed,
+            RunnerStatus::Stopped => EngineState::Stopped,
+            RunnerStatus::Cancelled => EngineState::Cancelled,
+            _ => EngineState::Running,
+        })
+    }
+
+    pub fn runner_alive(&self, apply: ApplyId) -> bool {
+        self.targets
+            .values()
+            .any(|t| t.runners.iter().any(|r| r.apply == apply))
+    }
+
+    pub fn runners_on(&self, target: &str) -> usize {
+        self.targets.get(target).map_or(0, |t| t.runners.len())
+    }
+}
+
+/// Both fakes behind one engine interface.
+#[derive(Debug, Clone, Default)]
+pub struct FakeEngines {
+    pub planetscale: FakePlanetScale,
+    pub spirit: FakeSpirit,
+}
+
+impl FakeEngines {
+    pub fn new(timings: FakeTimings) -> FakeEngines {
+        FakeEngines {
+            planetscale: FakePlanetScale::new(timings),
+            spirit: FakeSpirit::new(timings),
+        }
+    }
+
+    pub fn probe(&mut self, now: u64, apply: &ApplyRecord, probe: Probe) -> Observation {
+        match apply.row.engine {
+            EngineKind::PlanetScale => self.planetscale.probe(now, apply, probe),
+            EngineKind::Spirit => self.spirit.probe(now, apply, probe),
+        }
+    }
+
+    pub fn call(
+        &mut self,
+        now: u64,
+        host: u32,
+        apply: &ApplyRecord,
+        epoch: u64,
+        call: EngineCall,
+    ) -> Observation {
+        match apply.row.engine {
+            EngineKind::PlanetScale => self.planetscale.call(now, apply, epoch, call),
+            EngineKind::Spirit => self.spirit.call(now, host, apply, epoch, call),
+        }
+    }
+
+    pub fn advance(&mut self, now: u64) {
+        self.planetscale.advance(now);
+        self.spirit.advance(now);
+    }
+
+    pub fn crash_host(&mut self, now: u64, host: u32) {
+        self.spirit.crash_host(now, host);
+    }
+
+    pub fn truth(&self, apply: &ApplyRecord) -> Option<EngineState> {
+        match apply.row.engine {
+            EngineKind::PlanetScale => self.planetscale.truth(apply.row.id),
+            EngineKind::Spirit => self
+                .spirit
+                .truth(apply.row.id, &apply.spec.target.to_string()),
+        }
+    }
+}
+
+/// The fakes shared by the async drivers of one process (demo, tests), on a clock.
+pub struct SharedFakeEngines {
+    pub engines: std::sync::Arc<std::sync::Mutex<FakeEngines>>,
+    pub clock: std::sync::Arc<dyn crate::store::memory::Clock>,
+    pub host: u32,
+}
+
+#[async_trait::async_trait]
+impl super::Engine for SharedFakeEngines {
+    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Observation {
+        let now = self.clock.now_ms();
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probe(now, apply, probe)
+    }
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+        let now = self.clock.now_ms();
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .call(now, self.host, apply, epoch, call)
+    }
+}
