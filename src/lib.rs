@@ -3,7 +3,10 @@
 //! and every apply is still reclaimed, resumed from what was persisted, and never does its
 //! engine work twice.
 
+pub mod cli;
+pub mod demo;
 pub mod engine;
 pub mod machine;
+pub mod operator;
 pub mod store;
 pub mod worker;

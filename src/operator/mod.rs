@@ -1,0 +1,308 @@
+//! The production runtime: a pool of drivers per process, each claiming one apply at a time
+//! and running the worker core against the store and the engines, with a fenced heartbeat per
+//! claimed apply, presumed lease loss, panic containment and graceful shutdown.
+
+pub mod telemetry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{watch, Notify};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::engine::Engine;
+use crate::machine::{ApplyState, Rules};
+use crate::store::{Claimed, Store, StoreError};
+use crate::worker::{run_drive, DriveReport, Finish, Pacing, ResumeState, WaitFor};
+
+/// How a process runs its drivers.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Lease owner prefix, e.g. `host/pid`; drivers append `/driver-N`.
+    pub owner_prefix: String,
+    pub drivers: usize,
+    pub poll_interval: Duration,
+    pub backoff: Duration,
+    pub heartbeat_interval: Duration,
+    /// How long in-flight drives may run after a shutdown signal before their leases are released.
+    pub shutdown_deadline: Duration,
+    /// Upper bound on commands per drive before it is abandoned as runaway.
+    pub max_commands_per_drive: u64,
+    pub rules: Rules,
+}
+
+impl RuntimeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.rules.params.validate()?;
+        if self.drivers == 0 {
+            return Err("drivers must be at least 1".into());
+        }
+        let presumed = Duration::from_millis(self.rules.params.presumed_loss_ms);
+        if self.heartbeat_interval * 2 > presumed {
+            return Err(format!(
+                "heartbeat_interval ({:?}) must be at most half of presumed_loss ({presumed:?}) so one missed beat is not a loss",
+                self.heartbeat_interval
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The default owner prefix: `<hostname>/<pid>`.
+pub fn default_owner_prefix() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Tracks the last successful heartbeat of one drive.
+struct HeartbeatHealth {
+    started: Instant,
+    last_ok_ms: AtomicU64,
+}
+
+impl HeartbeatHealth {
+    fn new() -> HeartbeatHealth {
+        HeartbeatHealth { started: Instant::now(), last_ok_ms: AtomicU64::new(0) }
+    }
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+    fn mark_ok(&self) {
+        self.last_ok_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+    fn age_ms(&self) -> u64 {
+        self.now_ms().saturating_sub(self.last_ok_ms.load(Ordering::SeqCst))
+    }
+}
+
+struct RuntimePacing {
+    poll: Duration,
+    backoff: Duration,
+    health: Arc<HeartbeatHealth>,
+}
+
+#[async_trait]
+impl Pacing for RuntimePacing {
+    async fn wait(&self, why: WaitFor) {
+        tokio::time::sleep(match why {
+            WaitFor::Poll => self.poll,
+            WaitFor::Backoff => self.backoff,
+        })
+        .await;
+    }
+    fn heartbeat_ok_age_ms(&self) -> u64 {
+        self.health.age_ms()
+    }
+}
+
+/// A running pool of drivers.
+pub struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<dyn Engine>,
+    pub config: RuntimeConfig,
+    /// Wakes idle drivers when new work arrives in this process.
+    pub wake: Arc<Notify>,
+}
+
+/// How one drive ended, for the caller's logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveEnd {
+    Finished(DriveReport),
+    LeaseLostByHeartbeat,
+    Panicked(String),
+    ShutDown,
+}
+
+impl Runtime {
+    /// Run until `shutdown` turns true, then stop claiming, let drives finish up to the deadline,
+    /// and release the leases still held.
+    ///
+    /// Dropping the returned future aborts every driver, drive and heartbeat at once without
+    /// releasing anything — exactly what a killed process leaves behind.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut drivers = tokio::task::JoinSet::new();
+        for n in 0..self.config.drivers {
+            let rt = self.clone();
+            let shutdown = shutdown.clone();
+            let owner = format!("{}/driver-{n}", self.config.owner_prefix);
+            drivers.spawn(async move { rt.driver_loop(owner, shutdown).await });
+        }
+        while drivers.join_next().await.is_some() {}
+    }
+
+    async fn driver_loop(self: Arc<Self>, owner: String, mut shutdown: watch::Receiver<bool>) {
+        let mut first = true;
+        while !*shutdown.borrow() {
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+            first = false;
+            // Expiry errors never starve claims.
+            if let Err(e) = self.store.expire_retryable().await {
+                warn!(error = %e, "retry expiry failed; claiming anyway");
+            }
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let claimed = match self.store.claim(&owner).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, owner, "claim failed");
+                        break;
+                    }
+                };
+                ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code()).increment(1);
+                if claimed.pre_claim != ApplyState::Pending {
+                    ::metrics::counter!("applyd_reclaims_total").increment(1);
+                }
+                let span = info_span!(
+                    "drive",
+                    apply = claimed.lease.apply,
+                    epoch = claimed.lease.epoch,
+                    owner = %owner,
+                    arm = claimed.arm.code(),
+                    from = %claimed.pre_claim
+                );
+                let end = self.clone().drive_claimed(claimed, shutdown.clone()).instrument(span).await;
+                if end == DriveEnd::ShutDown {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drive one claimed apply with its own heartbeat; contain panics to this apply.
+    pub async fn drive_claimed(self: Arc<Self>, claimed: Claimed, mut shutdown: watch::Receiver<bool>) -> DriveEnd {
+        let health = Arc::new(HeartbeatHealth::new());
+        health.mark_ok();
+        let lease_lost = Arc::new(Notify::new());
+        let heartbeat = {
+            let store = self.store.clone();
+            let lease = claimed.lease.clone();
+            let health = health.clone();
+            let lost = lease_lost.clone();
+            let every = self.config.heartbeat_interval;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let started = Instant::now();
+                    match store.heartbeat(&lease).await {
+                        Ok(()) => {
+                            health.mark_ok();
+                            ::metrics::histogram!("applyd_heartbeat_seconds").record(started.elapsed().as_secs_f64());
+                        }
+                        Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
+                            ::metrics::counter!("applyd_lease_losses_total").increment(1);
+                            lost.notify_one();
+                            return;
+                        }
+                        Err(e) => warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            })
+        };
+        let drive = {
+            let rt = self.clone();
+            let claimed = claimed.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let pacing = RuntimePacing { poll: rt.config.poll_interval, backoff: rt.config.backoff, health };
+                run_drive(
+                    rt.store.as_ref(),
+                    rt.engine.as_ref(),
+                    &claimed,
+                    &rt.config.rules,
+                    &pacing,
+                    rt.config.max_commands_per_drive,
+                )
+                .await
+            })
+        };
+        let _heartbeat_guard = AbortOnDrop(heartbeat.abort_handle());
+        let abort = drive.abort_handle();
+        let _drive_guard = AbortOnDrop(abort.clone());
+        let end = tokio::select! {
+            joined = drive => match joined {
+                Ok(report) => DriveEnd::Finished(report),
+                Err(e) if e.is_panic() => DriveEnd::Panicked(panic_message(e.into_panic())),
+                Err(_) => DriveEnd::ShutDown,
+            },
+            _ = lease_lost.notified() => {
+                abort.abort();
+                DriveEnd::LeaseLostByHeartbeat
+            }
+            _ = wait_shutdown(&mut shutdown, self.config.shutdown_deadline) => {
+                abort.abort();
+                DriveEnd::ShutDown
+            }
+        };
+        heartbeat.abort();
+        match &end {
+            DriveEnd::Finished(report) => {
+                info!(finish = ?report.finish, commands = report.commands, engine_calls = report.engine_calls, "drive ended");
+                if report.finish == Finish::LeaseLost {
+                    ::metrics::counter!("applyd_stale_writes_rejected_total").increment(1);
+                }
+                if matches!(report.finish, Finish::Inconsistent(_)) {
+                    warn!(finish = ?report.finish, "drive stopped fail-closed; the apply stays claimable");
+                }
+            }
+            DriveEnd::LeaseLostByHeartbeat => warn!("lease lost (heartbeat bounced); drive cancelled"),
+            DriveEnd::Panicked(msg) => {
+                // Fail only this apply, and not as retryable: a panic would loop.
+                warn!(panic = %msg, "drive panicked; failing the apply");
+                let _ = self.store.write(&claimed.lease, ApplyState::Failed, ResumeState::default()).await;
+            }
+            DriveEnd::ShutDown => {
+                if let Err(e) = self.store.release(&claimed.lease).await {
+                    warn!(error = %e, "could not release the lease on shutdown; peers reclaim after stale-after");
+                } else {
+                    info!("lease released on shutdown");
+                }
+            }
+        }
+        end
+    }
+}
+
+/// Aborts a spawned task when the owner of the guard goes away (a killed driver kills its drive).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves once shutdown was requested and the deadline after it has passed.
+async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>, deadline: Duration) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(deadline).await;
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".into())
+}
