@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store,
-    StoreError,
+    validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
+    RequestOutcome, Store, StoreError, Target,
 };
 use crate::machine::control::accepts_request;
 use crate::machine::table::{Event, TABLE};
@@ -76,6 +76,9 @@ pub struct MemoryRow {
     pub lease_owner: Option<String>,
     pub lease_epoch: u64,
     pub lease_acquired_at: Option<u64>,
+    /// Position of the last claim in the store's sequence of changes (orders a claim against a
+    /// request made in the same millisecond, as the database's microsecond clock does).
+    pub lease_acquired_seq: u64,
     pub heartbeat_at: Option<u64>,
     pub updated_at: u64,
     pub state_entered_at: u64,
@@ -88,6 +91,8 @@ pub struct MemoryRow {
 pub struct MemoryRequest {
     pub status: ControlStatus,
     pub updated_at: u64,
+    /// Position of the last (re)issue in the store's sequence of changes.
+    pub updated_seq: u64,
     pub message: Option<String>,
 }
 
@@ -109,6 +114,8 @@ struct Inner {
     requests: BTreeMap<(ApplyId, ControlOp), MemoryRequest>,
     audit: Vec<AuditEntry>,
     next_id: ApplyId,
+    /// Sequence of changes: orders events that share a millisecond of the manual clock.
+    seq: u64,
     /// Writes that landed with an epoch other than the row's (only possible with unfenced writes).
     stale_writes_landed: u64,
     available: bool,
@@ -214,14 +221,10 @@ impl MemoryStore {
     }
 
     pub fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
-        if new.ddl.iter().all(|d| d.trim().is_empty()) {
-            return Err(StoreError::Refused(
-                "an apply needs at least one DDL statement".into(),
-            ));
-        }
+        validate_new_apply(&new)?;
         let now = self.now();
         let mut inner = self.lock()?;
-        if let Some(existing) = active_on_target(&inner, &new.target.to_string(), None) {
+        if let Some(existing) = active_on_target(&inner, &new.target, None) {
             return Err(StoreError::ActiveApplyExists {
                 target: new.target.to_string(),
                 existing,
@@ -247,6 +250,7 @@ impl MemoryStore {
                 lease_owner: None,
                 lease_epoch: 0,
                 lease_acquired_at: None,
+                lease_acquired_seq: 0,
                 heartbeat_at: None,
                 updated_at: now,
                 state_entered_at: now,
@@ -260,10 +264,11 @@ impl MemoryStore {
     fn claim_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
         let mut controls = pending_of(inner, row.id);
         if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
+            // Ordered by the sequence of changes, not by the millisecond: a request made after
+            // the claim within the same millisecond is still newer (the database's clock has
+            // microseconds and real time always moves).
             controls.start_newer_than_lease = controls.start
-                && row
-                    .lease_acquired_at
-                    .is_none_or(|acquired| start.updated_at > acquired);
+                && (row.lease_acquired_at.is_none() || start.updated_seq > row.lease_acquired_seq);
         }
         ClaimView {
             state: row.state,
@@ -296,7 +301,7 @@ impl MemoryStore {
                 && !pre_claim.is_active()
                 && self.rules.checks_target_on_reactivation()
             {
-                let target = row.spec.target.to_string();
+                let target = row.spec.target.clone();
                 if let Some(existing) = active_on_target(&inner, &target, Some(id)) {
                     let message = format!(
                         "start refused: another active apply ({existing}) exists on {target}"
@@ -309,8 +314,11 @@ impl MemoryStore {
                     continue;
                 }
             }
+            inner.seq += 1;
+            let seq = inner.seq;
             let row = inner.rows.get_mut(&id).expect("row listed above");
             row.lease_epoch += 1;
+            row.lease_acquired_seq = seq;
             row.lease_owner = Some(owner.to_string());
             row.lease_acquired_at = Some(now);
             row.heartbeat_at = Some(now);
@@ -391,11 +399,14 @@ impl MemoryStore {
         let mut inner = self.lock()?;
         let (from, target, row_epoch) = {
             let row = self.owned(&mut inner, lease)?;
-            (row.state, row.spec.target.to_string(), row.lease_epoch)
+            (row.state, row.spec.target.clone(), row.lease_epoch)
         };
         if to.is_active() && !from.is_active() && self.rules.checks_target_on_reactivation() {
             if let Some(existing) = active_on_target(&inner, &target, Some(lease.apply)) {
-                return Err(StoreError::ActiveApplyExists { target, existing });
+                return Err(StoreError::ActiveApplyExists {
+                    target: target.to_string(),
+                    existing,
+                });
             }
         }
         if row_epoch != lease.epoch {
@@ -476,11 +487,14 @@ impl MemoryStore {
         let pending = pending_of(&inner, apply);
         accepts_request(row.engine, row.state, op, &pending)
             .map_err(|r| StoreError::Refused(r.message()))?;
+        inner.seq += 1;
+        let seq = inner.seq;
         let outcome = match inner.requests.get_mut(&(apply, op)) {
             Some(req) if req.status == ControlStatus::Pending => RequestOutcome::AlreadyPending,
             Some(req) => {
                 req.status = ControlStatus::Pending;
                 req.updated_at = now;
+                req.updated_seq = seq;
                 req.message = None;
                 RequestOutcome::Reset
             }
@@ -490,6 +504,7 @@ impl MemoryStore {
                     MemoryRequest {
                         status: ControlStatus::Pending,
                         updated_at: now,
+                        updated_seq: seq,
                         message: None,
                     },
                 );
@@ -541,13 +556,12 @@ fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
     pc
 }
 
-fn active_on_target(inner: &Inner, target: &str, except: Option<ApplyId>) -> Option<ApplyId> {
+/// Targets compare field by field: the display form `db/env` is ambiguous (`a/b`+`c` vs `a`+`b/c`).
+fn active_on_target(inner: &Inner, target: &Target, except: Option<ApplyId>) -> Option<ApplyId> {
     inner
         .rows
         .values()
-        .find(|r| {
-            Some(r.id) != except && r.state.is_active() && r.spec.target.to_string() == target
-        })
+        .find(|r| Some(r.id) != except && r.state.is_active() && r.spec.target == *target)
         .map(|r| r.id)
 }
 

@@ -2,6 +2,7 @@
 //! reference semantics (simulator, demo, tests); the MySQL store implements the same trait.
 
 pub mod memory;
+pub mod mysql;
 
 use std::sync::Arc;
 
@@ -24,6 +25,10 @@ impl std::fmt::Display for Target {
         write!(f, "{}/{}", self.database, self.environment)
     }
 }
+
+/// The longest database or environment name a target may have (MySQL's identifier limit; the
+/// MySQL store's columns are this wide).
+pub const MAX_TARGET_NAME: usize = 64;
 
 /// What a user submits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,6 +110,33 @@ pub enum StoreError {
     },
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The checks every store applies before creating an apply, so that both stores accept and
+/// refuse the same submissions. Names are compared exactly (binary collation in MySQL), so
+/// surrounding whitespace, which MySQL's PAD SPACE comparison would ignore, is refused.
+pub fn validate_new_apply(new: &NewApply) -> Result<(), StoreError> {
+    if new.ddl.iter().all(|d| d.trim().is_empty()) {
+        return Err(StoreError::Refused(
+            "an apply needs at least one DDL statement".into(),
+        ));
+    }
+    for (what, name) in [
+        ("database", &new.target.database),
+        ("environment", &new.target.environment),
+    ] {
+        if name.is_empty() || name.chars().count() > MAX_TARGET_NAME {
+            return Err(StoreError::Refused(format!(
+                "the target {what} name must have 1 to {MAX_TARGET_NAME} characters"
+            )));
+        }
+        if name.trim() != name {
+            return Err(StoreError::Refused(format!(
+                "the target {what} name {name:?} has surrounding whitespace"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg_attr(test, mockall::automock)]

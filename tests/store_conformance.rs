@@ -1,0 +1,744 @@
+//! One conformance suite for both stores: every behaviour below runs against `MemoryStore` (the
+//! reference) and `MySqlStore` (a real MariaDB/MySQL), with the same clock steps.
+
+mod store_support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use applyd::machine::{
+    ApplyOptions, ApplyState, ClaimArm, ControlOp, ControlStatus, EngineKind, Params,
+};
+use applyd::store::{Lease, NewApply, RequestOutcome, StoreError, Target};
+use applyd::worker::{ApplyId, ResumeState};
+use store_support::Env;
+
+const STALE: u64 = Params::DEFAULT.stale_after_ms;
+const DAY: u64 = 24 * 60 * 60 * 1000;
+
+fn new_apply(db: &str, engine: EngineKind) -> NewApply {
+    NewApply {
+        target: Target {
+            database: db.into(),
+            environment: "prod".into(),
+        },
+        engine,
+        ddl: vec!["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)".into()],
+        options: ApplyOptions::default(),
+    }
+}
+
+async fn submit(env: &Env, db: &str, engine: EngineKind) -> ApplyId {
+    env.store
+        .submit(new_apply(db, engine))
+        .await
+        .expect("submit")
+}
+
+async fn claim(env: &Env, owner: &str) -> Option<applyd::store::Claimed> {
+    env.store.claim(owner).await.expect("claim")
+}
+
+/// Submit and claim an apply, then write it to `state` as its owner.
+async fn owned_in(env: &Env, db: &str, engine: EngineKind, state: ApplyState) -> (ApplyId, Lease) {
+    let id = submit(env, db, engine).await;
+    let claimed = claim(env, "w1").await.expect("a fresh apply is claimable");
+    assert_eq!(claimed.lease.apply, id);
+    env.store
+        .write(&claimed.lease, state, ResumeState::default())
+        .await
+        .expect("owner write");
+    (id, claimed.lease)
+}
+
+fn lease_of(apply: ApplyId, epoch: u64) -> Lease {
+    Lease {
+        apply,
+        owner: "nobody".into(),
+        epoch,
+    }
+}
+
+// ---- claim arms
+
+async fn a1_claims_a_pending_apply_once(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    let c = claim(&env, "w1").await.expect("A1");
+    assert_eq!(
+        (c.arm, c.pre_claim, c.record.row.state),
+        (
+            ClaimArm::A1Pending,
+            ApplyState::Pending,
+            ApplyState::Running
+        )
+    );
+    assert_eq!(
+        c.lease,
+        Lease {
+            apply: id,
+            owner: "w1".into(),
+            epoch: 1
+        }
+    );
+    assert_eq!(c.record.spec.identifier, format!("apply-{id}"));
+    assert_eq!(c.record.spec.ddl.len(), 1);
+    assert!(
+        claim(&env, "w2").await.is_none(),
+        "a fresh lease is not claimed again"
+    );
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.owner.as_deref(), row.epoch),
+        ("running", Some("w1"), 1)
+    );
+    let audit = env.audit().await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].from.as_str(),
+            audit[0].to.as_str(),
+            audit[0].epoch,
+            audit[0].owner.as_deref(),
+            audit[0].cause.as_str()
+        ),
+        ("pending", "running", 1, Some("w1"), "claim A1")
+    );
+    env.cleanup().await;
+}
+
+async fn a2_reclaims_only_a_stale_lease(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    let first = claim(&env, "w1").await.unwrap();
+    env.advance(STALE - 10_000);
+    assert!(
+        claim(&env, "w2").await.is_none(),
+        "heartbeat younger than stale_after"
+    );
+    env.advance(10_000);
+    let second = claim(&env, "w2").await.expect("stale lease is reclaimable");
+    assert_eq!(
+        (second.arm, second.pre_claim, second.lease.epoch),
+        (ClaimArm::A2Stale, ApplyState::Running, 2)
+    );
+    assert_eq!(second.lease.apply, id);
+    assert!(matches!(
+        env.store.heartbeat(&first.lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    env.cleanup().await;
+}
+
+async fn a2_a_released_lease_is_claimable_at_once(env: Env) {
+    submit(&env, "users", EngineKind::Spirit).await;
+    let first = claim(&env, "w1").await.unwrap();
+    env.store.release(&first.lease).await.expect("release");
+    let row = env.row(first.lease.apply).await;
+    assert_eq!((row.owner, row.heartbeat_at), (None, None));
+    let second = claim(&env, "w2")
+        .await
+        .expect("released row is claimable without waiting");
+    assert_eq!((second.arm, second.lease.epoch), (ClaimArm::A2Stale, 2));
+    assert!(matches!(
+        env.store.release(&first.lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    env.cleanup().await;
+}
+
+async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
+    let (id, _) = owned_in(
+        &env,
+        "users",
+        EngineKind::Spirit,
+        ApplyState::FailedRetryable,
+    )
+    .await;
+    for attempt in 1..=Params::DEFAULT.retry_budget {
+        let c = claim(&env, "w2").await.expect("retry arm");
+        assert_eq!(
+            (c.arm, c.pre_claim, c.record.row.state),
+            (
+                ClaimArm::A3Retry,
+                ApplyState::FailedRetryable,
+                ApplyState::Running
+            )
+        );
+        assert_eq!(c.record.row.attempt, attempt);
+        assert_eq!(env.row(id).await.attempt, attempt);
+        env.store
+            .write(&c.lease, ApplyState::FailedRetryable, ResumeState::default())
+            .await
+            .unwrap();
+    }
+    assert!(claim(&env, "w2").await.is_none(), "budget exhausted");
+    assert_eq!(env.store.expire_retryable().await.unwrap(), 1);
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.error.as_deref()),
+        ("failed", Some("retry_budget_exhausted"))
+    );
+    assert_eq!(env.store.expire_retryable().await.unwrap(), 0);
+    env.cleanup().await;
+}
+
+async fn retry_expires_after_the_freshness_window(env: Env) {
+    let (id, _) = owned_in(
+        &env,
+        "users",
+        EngineKind::Spirit,
+        ApplyState::FailedRetryable,
+    )
+    .await;
+    env.advance(DAY - 60_000);
+    assert_eq!(
+        env.store.expire_retryable().await.unwrap(),
+        0,
+        "still fresh"
+    );
+    env.advance(60_000);
+    assert!(claim(&env, "w2").await.is_none(), "past freshness");
+    assert_eq!(env.store.expire_retryable().await.unwrap(), 1);
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.error.as_deref()),
+        ("failed", Some("recovery_window_expired"))
+    );
+    let audit = env.audit().await;
+    let last = audit.last().unwrap();
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str(), last.owner.as_deref()),
+        ("failed_retryable", "failed", None)
+    );
+    env.cleanup().await;
+}
+
+async fn a5_a_start_resumes_a_stopped_apply(env: Env) {
+    let (id, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    assert!(
+        claim(&env, "w2").await.is_none(),
+        "stopped without a request is held"
+    );
+    assert_eq!(
+        env.store.request(id, ControlOp::Start).await.unwrap(),
+        RequestOutcome::Created
+    );
+    let c = claim(&env, "w2").await.expect("A5");
+    assert_eq!(
+        (c.arm, c.pre_claim, c.record.row.state),
+        (
+            ClaimArm::A5StoppedStart,
+            ApplyState::Stopped,
+            ApplyState::Resuming
+        )
+    );
+    assert_eq!(env.row(id).await.state, "resuming");
+    env.cleanup().await;
+}
+
+async fn a5_refuses_the_start_when_the_target_is_busy(env: Env) {
+    let (stopped, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    let other = submit(&env, "users", EngineKind::Spirit).await;
+    env.store.request(stopped, ControlOp::Start).await.unwrap();
+    let c = claim(&env, "w2")
+        .await
+        .expect("the other apply is claimed instead");
+    assert_eq!((c.lease.apply, c.arm), (other, ClaimArm::A1Pending));
+    let (status, message) = env.request_status(stopped, ControlOp::Start).await.unwrap();
+    assert_eq!(status, ControlStatus::Failed);
+    let message = message.unwrap();
+    assert!(
+        message.contains("another active apply") && message.contains(&other.to_string()),
+        "{message}"
+    );
+    let row = env.row(stopped).await;
+    assert_eq!((row.state.as_str(), row.epoch), ("stopped", 1));
+    assert!(claim(&env, "w3").await.is_none());
+    env.cleanup().await;
+}
+
+async fn a6_a_newer_start_hands_off_a_deferred_deploy_lease(env: Env) {
+    let (id, old) = owned_in(
+        &env,
+        "users",
+        EngineKind::PlanetScale,
+        ApplyState::WaitingForDeploy,
+    )
+    .await;
+    assert!(claim(&env, "w2").await.is_none(), "fresh lease, no start");
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let c = claim(&env, "w2").await.expect("A6");
+    assert_eq!(
+        (c.arm, c.record.row.state, c.lease.epoch),
+        (
+            ClaimArm::A6DeferredDeployStart,
+            ApplyState::WaitingForDeploy,
+            2
+        )
+    );
+    assert!(
+        claim(&env, "w3").await.is_none(),
+        "the start is older than the new lease"
+    );
+    assert!(matches!(
+        env.store
+            .write(&old, ApplyState::Running, ResumeState::default())
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    env.cleanup().await;
+}
+
+async fn a7_a_cancel_claims_a_stopped_apply(env: Env) {
+    let (id, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    env.store.request(id, ControlOp::Cancel).await.unwrap();
+    let c = claim(&env, "w2").await.expect("A7");
+    assert_eq!(
+        (c.arm, c.record.row.state),
+        (ClaimArm::A7StoppedCancel, ApplyState::Stopped)
+    );
+    env.cleanup().await;
+}
+
+async fn a8_a_stop_claims_a_paused_apply(env: Env) {
+    let (id, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Paused).await;
+    env.advance(STALE);
+    assert!(
+        claim(&env, "w2").await.is_none(),
+        "paused waits for a human even when stale"
+    );
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    let c = claim(&env, "w2").await.expect("A8");
+    assert_eq!(
+        (c.arm, c.record.row.state),
+        (ClaimArm::A8PausedControl, ApplyState::Paused)
+    );
+    env.cleanup().await;
+}
+
+async fn terminal_applies_are_never_claimed(env: Env) {
+    for (db, state) in [
+        ("a", ApplyState::Completed),
+        ("b", ApplyState::Failed),
+        ("c", ApplyState::Cancelled),
+    ] {
+        let (id, _) = owned_in(&env, db, EngineKind::Spirit, state).await;
+        let _ = env.store.request(id, ControlOp::Start).await;
+    }
+    env.advance(DAY);
+    assert!(claim(&env, "w2").await.is_none());
+    env.cleanup().await;
+}
+
+// ---- fencing and heartbeats
+
+async fn a_displaced_owner_is_fenced_everywhere(env: Env) {
+    let (id, old) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Running).await;
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    env.advance(STALE);
+    let new = claim(&env, "w2").await.expect("reclaim").lease;
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { apply, epoch }) if apply == id && epoch == old.epoch);
+    assert!(lost(
+        env.store
+            .write(&old, ApplyState::Completed, ResumeState::default())
+            .await
+    ));
+    assert!(lost(env.store.heartbeat(&old).await));
+    assert!(lost(env.store.release(&old).await));
+    assert!(lost(
+        env.store.complete_request(&old, ControlOp::Stop).await
+    ));
+    assert!(lost(
+        env.store.fail_request(&old, ControlOp::Stop, "no").await
+    ));
+    assert!(matches!(
+        env.store.load(&old).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        env.request_status(id, ControlOp::Stop).await.unwrap().0,
+        ControlStatus::Pending,
+        "stale write did not land"
+    );
+    assert_eq!(env.row(id).await.state, "running");
+    env.store
+        .write(&new, ApplyState::WaitingForCutover, ResumeState::default())
+        .await
+        .expect("current owner writes");
+    env.store
+        .complete_request(&new, ControlOp::Stop)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.request_status(id, ControlOp::Stop).await.unwrap().0,
+        ControlStatus::Completed
+    );
+    let gone = lease_of(id + 1000, 1);
+    assert!(matches!(
+        env.store
+            .write(&gone, ApplyState::Running, ResumeState::default())
+            .await,
+        Err(StoreError::RowGone(_))
+    ));
+    assert!(matches!(
+        env.store.heartbeat(&gone).await,
+        Err(StoreError::RowGone(_))
+    ));
+    assert!(matches!(
+        env.store.release(&gone).await,
+        Err(StoreError::RowGone(_))
+    ));
+    assert!(matches!(
+        env.store.load(&gone).await,
+        Err(StoreError::RowGone(_))
+    ));
+    env.cleanup().await;
+}
+
+async fn two_heartbeats_within_one_second_keep_the_lease(env: Env) {
+    submit(&env, "users", EngineKind::Spirit).await;
+    let c = claim(&env, "w1").await.unwrap();
+    for _ in 0..5 {
+        env.store
+            .heartbeat(&c.lease)
+            .await
+            .expect("a heartbeat right after another is not a lost lease");
+    }
+    env.store
+        .write(&c.lease, ApplyState::Running, ResumeState::default())
+        .await
+        .expect("same-state write");
+    env.store
+        .write(&c.lease, ApplyState::Running, ResumeState::default())
+        .await
+        .expect("same-state write again");
+    env.store.heartbeat(&c.lease).await.unwrap();
+    env.cleanup().await;
+}
+
+async fn heartbeats_keep_the_row_from_peers(env: Env) {
+    submit(&env, "users", EngineKind::Spirit).await;
+    let c = claim(&env, "w1").await.unwrap();
+    for _ in 0..3 {
+        env.advance(STALE - 10_000);
+        env.store.heartbeat(&c.lease).await.unwrap();
+        assert!(claim(&env, "w2").await.is_none());
+    }
+    env.advance(STALE);
+    assert_eq!(claim(&env, "w2").await.unwrap().arm, ClaimArm::A2Stale);
+    env.cleanup().await;
+}
+
+async fn resume_state_is_persisted_with_the_state(env: Env) {
+    let id = submit(&env, "users", EngineKind::PlanetScale).await;
+    let c = claim(&env, "w1").await.unwrap();
+    let resume = ResumeState {
+        branch: true,
+        deploy_request_intent: true,
+        deploy_request_id: Some(42),
+    };
+    env.store
+        .write(&c.lease, ApplyState::ValidatingDeployRequest, resume)
+        .await
+        .unwrap();
+    let loaded = env.store.load(&c.lease).await.unwrap();
+    assert_eq!(
+        (loaded.record.row.state, loaded.record.row.resume),
+        (ApplyState::ValidatingDeployRequest, resume)
+    );
+    env.advance(STALE);
+    let again = claim(&env, "w2").await.unwrap();
+    assert_eq!(
+        (again.lease.apply, again.record.row.resume),
+        (id, resume),
+        "a reclaim sees the persisted resume state"
+    );
+    env.cleanup().await;
+}
+
+async fn load_reports_controls_and_the_revert_window(env: Env) {
+    let (id, lease) = owned_in(
+        &env,
+        "users",
+        EngineKind::PlanetScale,
+        ApplyState::RevertWindow,
+    )
+    .await;
+    env.store.request(id, ControlOp::SkipRevert).await.unwrap();
+    let first = env.store.load(&lease).await.unwrap();
+    assert!(first.controls.skip_revert && !first.controls.revert);
+    assert!(!first.revert_window_expired);
+    env.advance(30 * 60 * 1000);
+    env.store.heartbeat(&lease).await.unwrap();
+    assert!(env.store.load(&lease).await.unwrap().revert_window_expired);
+    env.cleanup().await;
+}
+
+// ---- target uniqueness
+
+async fn one_active_apply_per_target_under_concurrency(env: Env) {
+    let store = env.store.clone();
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.submit(new_apply("orders", EngineKind::Spirit)).await
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(id) => won.push(id),
+            Err(StoreError::ActiveApplyExists { target, existing }) => {
+                refused.push((target, existing))
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one submission wins");
+    assert_eq!(refused.len(), 15);
+    assert!(
+        refused
+            .iter()
+            .all(|(t, e)| t == "orders/prod" && *e == won[0]),
+        "{refused:?}"
+    );
+    env.cleanup().await;
+}
+
+async fn a_finished_apply_frees_its_target_and_reactivation_is_refused(env: Env) {
+    let (first, lease) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    let second = submit(&env, "users", EngineKind::Spirit).await;
+    let err = env
+        .store
+        .write(&lease, ApplyState::Running, ResumeState::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::ActiveApplyExists {
+            target: "users/prod".into(),
+            existing: second
+        }
+    );
+    assert_eq!(
+        env.row(first).await.state,
+        "stopped",
+        "the refused write left the row alone"
+    );
+    // Targets compare field by field.
+    let mut odd = new_apply("a/b", EngineKind::Spirit);
+    odd.target.environment = "c".into();
+    env.store.submit(odd).await.unwrap();
+    let mut other = new_apply("a", EngineKind::Spirit);
+    other.target.environment = "b/c".into();
+    env.store
+        .submit(other)
+        .await
+        .expect("a different target that displays alike");
+    env.cleanup().await;
+}
+
+async fn submissions_are_validated(env: Env) {
+    let mut empty = new_apply("users", EngineKind::Spirit);
+    empty.ddl = vec![" ".into()];
+    assert!(matches!(
+        env.store.submit(empty).await,
+        Err(StoreError::Refused(_))
+    ));
+    for bad in ["", " users", "users ", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                env.store.submit(new_apply(bad, EngineKind::Spirit)).await,
+                Err(StoreError::Refused(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    env.store
+        .submit(new_apply(&"x".repeat(64), EngineKind::Spirit))
+        .await
+        .expect("64 characters fit");
+    env.cleanup().await;
+}
+
+// ---- control requests
+
+async fn control_requests_are_unique_and_reset_when_finished(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    assert_eq!(
+        env.store.request(id, ControlOp::Stop).await.unwrap(),
+        RequestOutcome::Created
+    );
+    assert_eq!(
+        env.store.request(id, ControlOp::Stop).await.unwrap(),
+        RequestOutcome::AlreadyPending
+    );
+    let c = claim(&env, "w1").await.unwrap();
+    assert!(env.store.load(&c.lease).await.unwrap().controls.stop);
+    env.store
+        .complete_request(&c.lease, ControlOp::Stop)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.request_status(id, ControlOp::Stop).await,
+        Some((ControlStatus::Completed, None))
+    );
+    env.store
+        .complete_request(&c.lease, ControlOp::Stop)
+        .await
+        .expect("completing a finished request is a no-op");
+    env.store
+        .complete_request(&c.lease, ControlOp::Cutover)
+        .await
+        .expect("completing a missing request is a no-op");
+    assert_eq!(
+        env.store.request(id, ControlOp::Stop).await.unwrap(),
+        RequestOutcome::Reset
+    );
+    assert_eq!(
+        env.request_status(id, ControlOp::Stop).await,
+        Some((ControlStatus::Pending, None))
+    );
+    env.store
+        .fail_request(&c.lease, ControlOp::Stop, "not now")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.request_status(id, ControlOp::Stop).await,
+        Some((ControlStatus::Failed, Some("not now".into())))
+    );
+    assert!(!env.store.load(&c.lease).await.unwrap().controls.stop);
+    env.cleanup().await;
+}
+
+async fn control_requests_are_refused_by_the_rules(env: Env) {
+    let (done, _) = owned_in(&env, "b", EngineKind::Spirit, ApplyState::Completed).await;
+    assert!(matches!(
+        env.store.request(done, ControlOp::Cancel).await,
+        Err(StoreError::Refused(_))
+    ));
+    let ps = submit(&env, "a", EngineKind::PlanetScale).await;
+    assert!(
+        matches!(env.store.request(ps, ControlOp::Stop).await, Err(StoreError::Refused(m)) if m.contains("planetscale"))
+    );
+    assert_eq!(
+        env.store.request(ps + 1000, ControlOp::Stop).await,
+        Err(StoreError::RowGone(ps + 1000))
+    );
+    env.cleanup().await;
+}
+
+async fn concurrent_requests_create_one_row(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = env.store.clone();
+            tokio::spawn(async move { store.request(id, ControlOp::Cancel).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == RequestOutcome::Created)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == RequestOutcome::AlreadyPending)
+            .count(),
+        7
+    );
+    env.cleanup().await;
+}
+
+// ---- concurrency of claims
+
+async fn concurrent_claimers_never_share_a_row(env: Env) {
+    for i in 0..24 {
+        submit(&env, &format!("db{i}"), EngineKind::Spirit).await;
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let store = env.store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(c) = store.claim(&format!("w{w}")).await.unwrap() {
+                    mine.push(c.lease.apply);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (24, 24),
+        "every row claimed exactly once"
+    );
+    assert!(env.rows().await.iter().all(|(_, r)| r.epoch == 1));
+    env.cleanup().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Env::memory()).await;
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if let Some(env) = super::Env::mysql().await {
+                        super::$name(env).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a1_claims_a_pending_apply_once,
+    a2_reclaims_only_a_stale_lease,
+    a2_a_released_lease_is_claimable_at_once,
+    a3_retries_with_attempt_accounting_until_the_budget,
+    retry_expires_after_the_freshness_window,
+    a5_a_start_resumes_a_stopped_apply,
+    a5_refuses_the_start_when_the_target_is_busy,
+    a6_a_newer_start_hands_off_a_deferred_deploy_lease,
+    a7_a_cancel_claims_a_stopped_apply,
+    a8_a_stop_claims_a_paused_apply,
+    terminal_applies_are_never_claimed,
+    a_displaced_owner_is_fenced_everywhere,
+    two_heartbeats_within_one_second_keep_the_lease,
+    heartbeats_keep_the_row_from_peers,
+    resume_state_is_persisted_with_the_state,
+    load_reports_controls_and_the_revert_window,
+    one_active_apply_per_target_under_concurrency,
+    a_finished_apply_frees_its_target_and_reactivation_is_refused,
+    submissions_are_validated,
+    control_requests_are_unique_and_reset_when_finished,
+    control_requests_are_refused_by_the_rules,
+    concurrent_requests_create_one_row,
+    concurrent_claimers_never_share_a_row,
+);
