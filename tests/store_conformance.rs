@@ -166,7 +166,11 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
         assert_eq!(c.record.row.attempt, attempt);
         assert_eq!(env.row(id).await.attempt, attempt);
         env.store
-            .write(&c.lease, ApplyState::FailedRetryable, ResumeState::default())
+            .write(
+                &c.lease,
+                ApplyState::FailedRetryable,
+                ResumeState::default(),
+            )
             .await
             .unwrap();
     }

@@ -1,7 +1,9 @@
 //! The command line. Each subcommand lives in its own module; this file only parses and
 //! dispatches.
 
+mod bench;
 mod demo;
+mod migrate;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,10 @@ enum Cmd {
     },
     /// Run the operator on in-process fakes, kill two drivers, and watch every apply finish.
     Demo(demo::DemoArgs),
+    /// Apply the embedded schema migrations to a MySQL/MariaDB database.
+    Migrate(migrate::MigrateArgs),
+    /// Benchmarks (printed figures, measured against a baseline in the same run).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -37,6 +43,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Migrate(args) => migrate::run(args),
+        Cmd::Bench(args) => bench::run(args),
     }
 }
 

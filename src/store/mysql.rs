@@ -455,14 +455,17 @@ impl MySqlStore {
         let rules = &self.rules;
         let p = &rules.params;
         let pending = ControlStatus::Pending.as_str();
+        // Correlated `(SELECT 1 … LIMIT 1) IS NOT NULL` rather than `EXISTS`: MariaDB turns an
+        // EXISTS in WHERE into a semi-join that materialises the whole child table per claim.
         let request = |ops: &str| {
             format!(
-                "EXISTS (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = a.id \
-                 AND r.status = '{pending}'{ops})"
+                "(SELECT 1 FROM apply_control_requests r WHERE r.apply_id = a.id \
+                 AND r.status = '{pending}'{ops} LIMIT 1) IS NOT NULL"
             )
         };
-        let children = "(EXISTS (SELECT 1 FROM apply_operations o WHERE o.apply_id = a.id) \
-                        OR EXISTS (SELECT 1 FROM tasks t WHERE t.apply_id = a.id))";
+        let children =
+            "((SELECT 1 FROM apply_operations o WHERE o.apply_id = a.id LIMIT 1) IS NOT NULL \
+                        OR (SELECT 1 FROM tasks t WHERE t.apply_id = a.id LIMIT 1) IS NOT NULL)";
         let mut arms = Vec::new();
         if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
             arms.push(format!("(a.state IN ({states}) AND {children})"));
@@ -505,7 +508,8 @@ impl MySqlStore {
         // finished history is never walked; `FOR UPDATE SKIP LOCKED` makes concurrent claimers
         // take different rows.
         let select = format!(
-            "SELECT {cols} FROM applies a WHERE a.claim_open = 1 AND a.id > ? AND ({filter}) \
+            "SELECT {cols} FROM applies a FORCE INDEX (ix_applies_claim) \
+             WHERE a.claim_open = 1 AND a.id > ? AND ({filter}) \
              ORDER BY a.id LIMIT 1 FOR UPDATE SKIP LOCKED",
             cols = apply_columns(&now),
             filter = self.claim_prefilter(&now),
