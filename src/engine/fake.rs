@@ -609,6 +609,23 @@ impl FakeSpirit {
         })
     }
 
+    /// The runner of an apply fails on its own (fault injection): it is gone and reports the
+    /// failure; the checkpoint survives. Returns whether a runner was alive.
+    pub fn fail_runner(&mut self, now: u64, apply: ApplyId, retryable: bool) -> bool {
+        self.advance(now);
+        let mut found = false;
+        for target in self.targets.values_mut() {
+            let before = target.runners.len();
+            target.runners.retain(|r| r.apply != apply);
+            found |= target.runners.len() != before;
+        }
+        if found {
+            self.outcomes
+                .insert(apply, RunnerStatus::Failed { retryable });
+        }
+        found
+    }
+
     pub fn runner_alive(&self, apply: ApplyId) -> bool {
         self.targets
             .values()
@@ -620,11 +637,22 @@ impl FakeSpirit {
     }
 }
 
+/// A fault the simulator injects into the next engine call or probe; consumed by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InjectedFault {
+    /// A 5xx or a timeout before the request reached the engine: nothing happened.
+    Unreachable,
+    /// The engine applied the call but the reply was lost (waits for the next call).
+    ReplyLost,
+}
+
 /// Both fakes behind one engine interface.
 #[derive(Debug, Clone, Default)]
 pub struct FakeEngines {
     pub planetscale: FakePlanetScale,
     pub spirit: FakeSpirit,
+    /// Armed by the simulator; the driver sees `EngineFault::Transient` either way.
+    pub inject: Option<InjectedFault>,
 }
 
 impl FakeEngines {
@@ -632,10 +660,16 @@ impl FakeEngines {
         FakeEngines {
             planetscale: FakePlanetScale::new(timings),
             spirit: FakeSpirit::new(timings),
+            inject: None,
         }
     }
 
     pub fn probe(&mut self, now: u64, apply: &ApplyRecord, probe: Probe) -> Observation {
+        // A lost reply waits for a call: losing a read-only answer changes nothing.
+        if self.inject == Some(InjectedFault::Unreachable) {
+            self.inject = None;
+            return Observation::Fault(EngineFault::Transient);
+        }
         match apply.row.engine {
             EngineKind::PlanetScale => self.planetscale.probe(now, apply, probe),
             EngineKind::Spirit => self.spirit.probe(now, apply, probe),
@@ -650,9 +684,17 @@ impl FakeEngines {
         epoch: u64,
         call: EngineCall,
     ) -> Observation {
-        match apply.row.engine {
+        let injected = self.inject.take();
+        if injected == Some(InjectedFault::Unreachable) {
+            return Observation::Fault(EngineFault::Transient);
+        }
+        let obs = match apply.row.engine {
             EngineKind::PlanetScale => self.planetscale.call(now, apply, epoch, call),
             EngineKind::Spirit => self.spirit.call(now, host, apply, epoch, call),
+        };
+        match injected {
+            Some(InjectedFault::ReplyLost) => Observation::Fault(EngineFault::Transient),
+            _ => obs,
         }
     }
 

@@ -230,3 +230,26 @@ pub fn justified_completion(
         })
     }
 }
+
+pub const LEASE_LOSS_BOUND: &str =
+    "a driver past the presumed-loss bound neither calls the engine nor writes";
+
+/// S12: a driver whose heartbeats have failed for `presumed_loss_ms` has stopped acting, so a
+/// peer that reclaims the stale lease never races it. `acted` is whether it issued an engine
+/// call or a store write with that heartbeat age.
+pub fn lease_loss_bound(
+    heartbeat_ok_age_ms: u64,
+    presumed_loss_ms: u64,
+    acted: bool,
+) -> Result<(), Violation> {
+    if acted && heartbeat_ok_age_ms >= presumed_loss_ms {
+        Err(Violation {
+            invariant: LEASE_LOSS_BOUND,
+            detail: format!(
+                "acted {heartbeat_ok_age_ms} ms after its last good heartbeat (bound {presumed_loss_ms} ms)"
+            ),
+        })
+    } else {
+        Ok(())
+    }
+}

@@ -684,7 +684,14 @@ fn build() -> Table {
         Some(Failed),
         PERSIST,
     );
-    let ps_active: Vec<ApplyState> = PS_CANCELLABLE.iter().chain(REVERT_ONLY).copied().collect();
+    // `cutting_over` too: a deploy request that vanishes mid-cutover must end the apply, not
+    // leave its owner polling a request that no longer exists.
+    let ps_active: Vec<ApplyState> = PS_CANCELLABLE
+        .iter()
+        .chain(&[CuttingOver])
+        .chain(REVERT_ONLY)
+        .copied()
+        .collect();
     b.add(
         ps,
         &ps_active,
@@ -857,6 +864,16 @@ fn build() -> Table {
         sp,
         &stoppable,
         Event::Engine(EngineState::Stopped),
+        Some(Stopped),
+        &[Persist, CompleteRequest(ControlOp::Stop)],
+    );
+    // A stop of a `failed_retryable` apply finds the runner already failed: the engine has no
+    // live work and the checkpoint is kept, so the stop holds (else the owner re-issues the stop
+    // forever and never releases the row).
+    b.add(
+        sp,
+        &[FailedRetryable],
+        Event::RetryableFailure,
         Some(Stopped),
         &[Persist, CompleteRequest(ControlOp::Stop)],
     );

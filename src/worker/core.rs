@@ -65,6 +65,10 @@ pub struct Drive {
     finished: Option<Finish>,
     /// #265 switch: the persisted resume state is ignored for this drive.
     discard_resume: bool,
+    /// This drive has seen the engine at its cutover gate. A cutover is taken only then: after a
+    /// reclaim the previous owner's runner may have died with it, so readiness is re-proven
+    /// first (#218).
+    gate_seen: bool,
 }
 
 enum Mapped {
@@ -97,6 +101,7 @@ impl Drive {
             finished: None,
             discard_resume: rules.has(Mutant::ResumeWithoutEngineState)
                 && pre_claim != ApplyState::Pending,
+            gate_seen: false,
         }
     }
 
@@ -195,6 +200,9 @@ impl Drive {
             observed = true;
             match self.map_observation(obs, view, rules) {
                 Mapped::Event(event, dr) => {
+                    if event == Event::Engine(EngineState::WaitingForCutover) {
+                        self.gate_seen = true;
+                    }
                     if let Some(row) = TABLE.lookup(rules, engine, state, event) {
                         return self.start_plan(row, dr, view, rules);
                     }
@@ -220,6 +228,7 @@ impl Drive {
 
         for op in PRECEDENCE.iter().copied().filter(|op| controls.has(*op)) {
             match rules.disposition(engine, state, op, &controls, &view.row.options) {
+                Disposition::Take(_) if op == ControlOp::Cutover && !self.gate_seen => continue,
                 Disposition::Take(row) => return self.start_plan(row, None, view, rules),
                 Disposition::Wait => continue,
                 Disposition::Complete => return Command::Complete(op),
@@ -230,7 +239,10 @@ impl Drive {
             return Command::Finish(Finish::ReleaseForRetry);
         }
 
-        if let Some(action) = self.auto_action(view) {
+        if let Some(action) = self
+            .auto_action(view)
+            .filter(|a| *a != AutoAction::Cutover || self.gate_seen)
+        {
             if let Some(row) = TABLE.lookup(rules, engine, state, Event::Auto(action)) {
                 return self.start_plan(row, None, view, rules);
             }

@@ -1,0 +1,340 @@
+//! Presets (the size of a world and how long it runs), the per-seed world drawn from the seed
+//! (swarm testing: every seed also draws which faults are on and how often), and the faults.
+
+use applyd::engine::fake::FakeTimings;
+use applyd::machine::{ApplyOptions, ControlOp, EngineKind, Params};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// The size and pace of a simulated world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub workers: u8,
+    pub applies: u8,
+    pub targets: u8,
+    /// Simulated time with faults on.
+    pub fault_ms: u64,
+    /// The heal phase's bound: every apply must be terminal within it.
+    pub heal_ms: u64,
+    pub params: Params,
+    pub heartbeat_ms: u64,
+    /// The store-side revert window after which the owner skips the revert on its own.
+    pub revert_window_ms: u64,
+    /// Expected faults per simulated hour are scaled by this (percent).
+    pub fault_scale_pct: u64,
+}
+
+const MINUTE: u64 = 60_000;
+
+/// Lease timing shared by the presets: short enough that an hour sees many reclaims.
+pub const SIM_PARAMS: Params = Params {
+    stale_after_ms: 30_000,
+    presumed_loss_ms: 20_000,
+    retry_budget: 3,
+    retry_freshness_ms: 30 * MINUTE,
+};
+
+impl Preset {
+    pub const CI: Preset = Preset {
+        name: "ci",
+        workers: 3,
+        applies: 5,
+        targets: 3,
+        fault_ms: 60 * MINUTE,
+        heal_ms: 2 * 60 * MINUTE,
+        params: SIM_PARAMS,
+        heartbeat_ms: 5_000,
+        revert_window_ms: 10 * MINUTE,
+        fault_scale_pct: 100,
+    };
+
+    pub const SOAK: Preset = Preset {
+        name: "soak",
+        workers: 6,
+        applies: 16,
+        targets: 5,
+        fault_ms: 6 * 60 * MINUTE,
+        heal_ms: 4 * 60 * MINUTE,
+        params: SIM_PARAMS,
+        heartbeat_ms: 5_000,
+        revert_window_ms: 10 * MINUTE,
+        fault_scale_pct: 200,
+    };
+
+    pub fn by_name(name: &str) -> Result<Preset, String> {
+        match name {
+            "ci" => Ok(Preset::CI),
+            "soak" => Ok(Preset::SOAK),
+            other => Err(format!("unknown preset {other:?} (expected ci or soak)")),
+        }
+    }
+}
+
+/// One injected fault. Fully specified, so a schedule of them replays without the RNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The worker process dies (its Spirit runners die with it) and restarts later.
+    Crash {
+        worker: u8,
+        down_ms: u64,
+    },
+    /// The worker freezes (GC pause, stopped VM), then resumes where it was.
+    Pause {
+        worker: u8,
+        for_ms: u64,
+    },
+    /// The worker's heartbeats fail for a while; its other calls still work.
+    HeartbeatStall {
+        worker: u8,
+        for_ms: u64,
+    },
+    /// The worker's next engine call is applied but its reply is lost.
+    LoseReply {
+        worker: u8,
+    },
+    /// The worker's next engine call or probe fails with a 5xx or a timeout.
+    EngineError {
+        worker: u8,
+    },
+    StoreOutage {
+        for_ms: u64,
+    },
+    /// The apply's deploy request goes to an error state (index into the world's applies).
+    DeployRequestError {
+        apply: u8,
+    },
+    DeployRequestDeleted {
+        apply: u8,
+    },
+    RunnerFails {
+        apply: u8,
+        retryable: bool,
+    },
+    /// A user's control request through the API.
+    Request {
+        apply: u8,
+        op: ControlOp,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimedFault {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+/// One apply of a world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyPlan {
+    pub engine: EngineKind,
+    pub target: u8,
+    pub options: ApplyOptions,
+    pub submit_at_ms: u64,
+    /// A Spirit apply whose DDL the engine refuses.
+    pub bad_ddl: bool,
+}
+
+/// Per-command engine fault rates, in tenths of a percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandFaults {
+    /// An engine call is applied but its reply is lost.
+    pub reply_lost_permille: u32,
+    /// An engine call or probe fails with a 5xx or a timeout.
+    pub unreachable_permille: u32,
+}
+
+/// Everything a seed decides before the run starts.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub preset: Preset,
+    pub timings: FakeTimings,
+    pub applies: Vec<ApplyPlan>,
+    pub faults: Vec<TimedFault>,
+    pub command_faults: CommandFaults,
+}
+
+const REQUEST_OPS: &[(ControlOp, u32)] = &[
+    (ControlOp::Stop, 3),
+    (ControlOp::Start, 3),
+    (ControlOp::Cancel, 1),
+    (ControlOp::Cutover, 2),
+    (ControlOp::Revert, 1),
+    (ControlOp::SkipRevert, 2),
+];
+
+fn weighted_op(rng: &mut ChaCha8Rng) -> ControlOp {
+    let total: u32 = REQUEST_OPS.iter().map(|(_, w)| w).sum();
+    let mut x = rng.random_range(0..total);
+    for (op, w) in REQUEST_OPS {
+        if x < *w {
+            return *op;
+        }
+        x -= w;
+    }
+    unreachable!("weights cover the range")
+}
+
+/// The engines' pace for one seed.
+pub fn draw_timings(rng: &mut ChaCha8Rng) -> FakeTimings {
+    FakeTimings {
+        branch_ready_ms: rng.random_range(1_000..10_000),
+        validate_ms: rng.random_range(2_000..20_000),
+        deploy_ms: rng.random_range(20_000..10 * MINUTE),
+        cutover_ms: rng.random_range(2_000..30_000),
+        revert_ms: rng.random_range(10_000..60_000),
+        server_revert_window_ms: 60 * MINUTE,
+        spirit_rows: rng.random_range(100_000..2_000_000),
+        spirit_rows_per_s: 2_000,
+        spirit_checkpoint_every_ms: 5_000,
+    }
+}
+
+pub fn draw_applies(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<ApplyPlan> {
+    let submit_window = preset.fault_ms * 2 / 3;
+    (0..preset.applies)
+        .map(|_| {
+            let engine = if rng.random_bool(0.5) {
+                EngineKind::PlanetScale
+            } else {
+                EngineKind::Spirit
+            };
+            ApplyPlan {
+                engine,
+                target: rng.random_range(0..preset.targets),
+                options: ApplyOptions {
+                    defer_deploy: engine == EngineKind::PlanetScale && rng.random_bool(0.2),
+                    defer_cutover: rng.random_bool(0.25),
+                    skip_revert: rng.random_bool(0.5),
+                },
+                submit_at_ms: if rng.random_bool(0.3) {
+                    0
+                } else {
+                    rng.random_range(0..submit_window)
+                },
+                bad_ddl: engine == EngineKind::Spirit && rng.random_bool(0.05),
+            }
+        })
+        .collect()
+}
+
+/// Swarm testing: each fault kind is off for some seeds, and its rate varies between seeds.
+fn count(rng: &mut ChaCha8Rng, preset: &Preset, max_per_hour: u64) -> u64 {
+    if rng.random_bool(0.25) {
+        return 0;
+    }
+    let hours_milli = preset.fault_ms * 1000 / (60 * MINUTE);
+    let mean = rng.random_range(0..=max_per_hour) * hours_milli * preset.fault_scale_pct / 100_000;
+    rng.random_range(0..=2 * mean)
+}
+
+pub fn draw_faults(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
+    let p = preset.params;
+    let mut out = Vec::new();
+    let w = preset.workers;
+    let a = preset.applies;
+    let kinds: [(u64, u8); 10] = [
+        (6, 0),  // crash
+        (3, 1),  // pause
+        (3, 2),  // heartbeat stall
+        (15, 3), // lost reply
+        (20, 4), // 5xx / timeout
+        (2, 5),  // store outage
+        (1, 6),  // deploy request error
+        (1, 7),  // deploy request deleted
+        (4, 8),  // runner fails
+        (20, 9), // user request
+    ];
+    for (max, kind) in kinds {
+        for _ in 0..count(rng, preset, max) {
+            let at_ms = rng.random_range(0..preset.fault_ms);
+            let fault = match kind {
+                0 => Fault::Crash {
+                    worker: rng.random_range(0..w),
+                    down_ms: rng.random_range(1_000..5 * MINUTE),
+                },
+                1 => Fault::Pause {
+                    worker: rng.random_range(0..w),
+                    for_ms: rng.random_range(p.stale_after_ms / 2..4 * p.stale_after_ms),
+                },
+                2 => Fault::HeartbeatStall {
+                    worker: rng.random_range(0..w),
+                    for_ms: rng.random_range(p.presumed_loss_ms / 2..2 * p.stale_after_ms),
+                },
+                3 => Fault::LoseReply {
+                    worker: rng.random_range(0..w),
+                },
+                4 => Fault::EngineError {
+                    worker: rng.random_range(0..w),
+                },
+                5 => Fault::StoreOutage {
+                    for_ms: rng.random_range(5_000..90_000),
+                },
+                6 => Fault::DeployRequestError {
+                    apply: rng.random_range(0..a),
+                },
+                7 => Fault::DeployRequestDeleted {
+                    apply: rng.random_range(0..a),
+                },
+                8 => Fault::RunnerFails {
+                    apply: rng.random_range(0..a),
+                    retryable: rng.random_bool(0.7),
+                },
+                _ => Fault::Request {
+                    apply: rng.random_range(0..a),
+                    op: weighted_op(rng),
+                },
+            };
+            out.push(TimedFault { at_ms, fault });
+            // Users change their minds: a second request on the same apply moments later (stop
+            // then start, cancel after stop, ...) exercises the races between requests.
+            // A user stops an apply whose runner misbehaves.
+            let follow_up = match fault {
+                Fault::Request { apply, .. } if rng.random_bool(0.4) => {
+                    Some((apply, weighted_op(rng)))
+                }
+                Fault::RunnerFails { apply, .. } if rng.random_bool(0.5) => {
+                    Some((apply, ControlOp::Stop))
+                }
+                _ => None,
+            };
+            if let Some((apply, op)) = follow_up {
+                out.push(TimedFault {
+                    at_ms: at_ms + rng.random_range(0..5_000),
+                    fault: Fault::Request { apply, op },
+                });
+            }
+        }
+    }
+    // Stable sort: equal times keep their drawing order, so the schedule is a function of the seed.
+    out.sort_by_key(|f| f.at_ms);
+    out
+}
+
+impl World {
+    /// The whole world of one seed, drawn from the run's one RNG (which the run then continues
+    /// to use for latencies and jitter).
+    pub fn draw(rng: &mut ChaCha8Rng, preset: Preset) -> World {
+        let timings = draw_timings(rng);
+        let applies = draw_applies(rng, &preset);
+        let faults = draw_faults(rng, &preset);
+        let mut rate = |max: u32| {
+            if rng.random_bool(0.25) {
+                0
+            } else {
+                rng.random_range(0..=max)
+            }
+        };
+        let command_faults = CommandFaults {
+            reply_lost_permille: rate(50),
+            unreachable_permille: rate(50),
+        };
+        World {
+            preset,
+            timings,
+            applies,
+            faults,
+            command_faults,
+        }
+    }
+}

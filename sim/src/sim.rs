@@ -1,0 +1,1125 @@
+//! The discrete-event loop. Workers run applyd's real `Drive` one command at a time through
+//! `worker::sync_exec::step` against the real `MemoryStore` and the fake engines; the clock jumps
+//! from event to event. Every command takes a drawn latency, so a crash (or any fault) can land
+//! between any two commands of a drive.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use applyd::engine::fake::{FakeEngines, InjectedFault};
+use applyd::machine::claim::{shipped_class, ClaimClass};
+use applyd::machine::invariants::{
+    check_world, cutover_after_gate, justified_completion, lease_loss_bound, legal_step,
+    stale_write, stop_dominance, ApplyFacts, Violation, STALE_EPOCH_WRITE,
+};
+use applyd::machine::table::{is_human_wait, is_settled};
+use applyd::machine::{
+    ApplyState, ControlOp, ControlStatus, EngineCall, EngineKind, EngineState, Mutant, Rules,
+};
+use applyd::store::memory::{ManualClock, MemoryRow, MemoryStore};
+use applyd::store::{ApplyRecord, Lease, NewApply, StoreError, Target};
+use applyd::worker::sync_exec::{step, Stepped};
+use applyd::worker::{ApplyId, ApplySnapshot, Drive, WaitFor, WriteOutcome};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::preset::{Fault, Preset, World};
+use crate::trace::{Action, Trace, TraceEvent};
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    Violation(Violation),
+    /// The heal phase ended with an apply that is not terminal.
+    Wedged(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub at_ms: u64,
+    pub kind: FailureKind,
+    pub recent: Vec<TraceEvent>,
+}
+
+impl Failure {
+    /// A short label: the broken invariant's name, or `wedged`.
+    pub fn label(&self) -> String {
+        match &self.kind {
+            FailureKind::Violation(v) => v.invariant.to_string(),
+            FailureKind::Wedged(_) => "wedged".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.at_ms as f64 / 1000.0;
+        match &self.kind {
+            FailureKind::Violation(v) => write!(f, "violation at {at:.3}s: {v}"),
+            FailureKind::Wedged(what) => write!(f, "wedged at {at:.3}s: {what}"),
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub failure: Option<Failure>,
+    pub events: u64,
+    pub simulated_ms: u64,
+    pub trace_hash: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Step(u8, u32),
+    Heartbeat(u8, u32),
+    Fault(u32),
+    Restart(u8, u32),
+    Resume(u8, u32),
+    StoreUp,
+    Submit(u8),
+    Expire,
+    Human,
+    EndFaults,
+}
+
+struct Worker {
+    host: u32,
+    incarnation: u32,
+    /// Bumped by every claim, drop, crash, pause and resume: events of an older generation are
+    /// void (a dead process's timers do not fire).
+    gen: u32,
+    up: bool,
+    paused: bool,
+    owned: Option<(Drive, Lease)>,
+    last_hb_ok: u64,
+    hb_stall_until: u64,
+    armed: Option<InjectedFault>,
+}
+
+/// How the heal phase treats applies resting in a human wait.
+const HUMAN_EVERY_MS: u64 = 20_000;
+const EXPIRE_EVERY_MS: u64 = 60_000;
+
+pub struct Sim {
+    world: World,
+    preset: Preset,
+    rules: Rules,
+    clock: Arc<ManualClock>,
+    now: u64,
+    store: MemoryStore,
+    engines: FakeEngines,
+    rng: ChaCha8Rng,
+    workers: Vec<Worker>,
+    ids: Vec<Option<ApplyId>>,
+    targets: Vec<Target>,
+    target_keys: Vec<String>,
+    last_state: Vec<ApplyState>,
+    /// An injected engine-side fault touched this apply's work (excuses a refused cutover).
+    engine_faulted: Vec<bool>,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    faults_on: bool,
+    store_down_until: u64,
+    deadline: u64,
+    events: u64,
+    trace: Trace,
+    failure: Option<Failure>,
+    facts: Vec<ApplyFacts>,
+}
+
+fn ddl(i: usize, bad: bool) -> Vec<String> {
+    if bad {
+        vec![format!("GRANT ALL ON app.* TO 'user{i}'")]
+    } else {
+        vec![format!("ALTER TABLE users ADD COLUMN c{i} INT")]
+    }
+}
+
+impl Sim {
+    /// A simulator for one seed: the world and every later choice come from one ChaCha8Rng.
+    pub fn from_seed(seed: u64, preset: Preset, mutant: Option<Mutant>, print: bool) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let world = World::draw(&mut rng, preset);
+        Sim::new(world, rng, mutant, print)
+    }
+
+    /// A simulator over a given world (its fault list may come from anywhere, e.g. proptest).
+    pub fn new(world: World, rng: ChaCha8Rng, mutant: Option<Mutant>, print: bool) -> Sim {
+        let preset = world.preset;
+        let rules = Rules::with_mutant(preset.params, mutant);
+        let clock = Arc::new(ManualClock::new(0));
+        let store =
+            MemoryStore::new(rules, clock.clone()).with_revert_window_ms(preset.revert_window_ms);
+        // PlanetScale's API cannot refuse an older epoch, so its fake does not fence (the
+        // default); Spirit runs in applyd's own process and is told the epoch, so it fences.
+        let mut engines = FakeEngines::new(world.timings);
+        engines.planetscale.fence_epochs = false;
+        engines.spirit.fence_epochs = true;
+        let targets: Vec<Target> = (0..preset.targets)
+            .map(|t| Target {
+                database: format!("db{t}"),
+                environment: "prod".into(),
+            })
+            .collect();
+        let target_keys = targets.iter().map(|t| t.to_string()).collect();
+        let n = world.applies.len();
+        Sim {
+            preset,
+            rules,
+            clock,
+            now: 0,
+            store,
+            engines,
+            rng,
+            workers: (0..preset.workers)
+                .map(|w| Worker {
+                    host: w as u32,
+                    incarnation: 0,
+                    gen: 0,
+                    up: true,
+                    paused: false,
+                    owned: None,
+                    last_hb_ok: 0,
+                    hb_stall_until: 0,
+                    armed: None,
+                })
+                .collect(),
+            ids: vec![None; n],
+            targets,
+            target_keys,
+            last_state: vec![ApplyState::Pending; n],
+            engine_faulted: vec![false; n],
+            queue: BinaryHeap::new(),
+            seq: 0,
+            faults_on: true,
+            store_down_until: 0,
+            deadline: preset.fault_ms + preset.heal_ms,
+            events: 0,
+            trace: Trace::new(print),
+            failure: None,
+            facts: Vec::with_capacity(n),
+            world,
+        }
+    }
+
+    fn at(&mut self, at_ms: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq, ev)));
+    }
+
+    fn jitter(&mut self, lo: u64, hi: u64) -> u64 {
+        self.now + self.rng.random_range(lo..hi)
+    }
+
+    fn record(&mut self, worker: Option<u8>, plan: Option<usize>, action: Action) {
+        let id = plan.and_then(|i| self.ids[i]);
+        self.record_id(worker, id, action);
+    }
+
+    fn record_id(&mut self, worker: Option<u8>, id: Option<ApplyId>, action: Action) {
+        let (state, epoch) = match id.and_then(|id| self.store.row(id)) {
+            Some(r) => (Some(r.state), r.lease_epoch),
+            None => (None, 0),
+        };
+        self.trace.record(TraceEvent {
+            at_ms: self.now,
+            worker,
+            apply: id,
+            action,
+            state,
+            epoch,
+        });
+    }
+
+    fn fail(&mut self, kind: FailureKind) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                at_ms: self.now,
+                kind,
+                recent: self.trace.recent(),
+            });
+        }
+    }
+
+    fn violated(&mut self, r: Result<(), Violation>) {
+        if let Err(v) = r {
+            self.fail(FailureKind::Violation(v));
+        }
+    }
+
+    fn plan_of(&self, id: ApplyId) -> Option<usize> {
+        self.ids.iter().position(|x| *x == Some(id))
+    }
+
+    fn owner(&self, w: u8) -> String {
+        format!("w{w}.{}", self.workers[w as usize].incarnation)
+    }
+
+    /// Schedule the start of a run: first claims, submissions, faults, the sweeper, phase end.
+    fn start(&mut self) {
+        for w in 0..self.preset.workers {
+            let at = self.jitter(0, 3_000);
+            self.at(at, Ev::Step(w, 0));
+        }
+        for i in 0..self.world.applies.len() {
+            let at = self.world.applies[i].submit_at_ms;
+            self.at(at, Ev::Submit(i as u8));
+        }
+        for k in 0..self.world.faults.len() {
+            let at = self.world.faults[k].at_ms;
+            self.at(at, Ev::Fault(k as u32));
+        }
+        self.at(EXPIRE_EVERY_MS, Ev::Expire);
+        self.at(self.preset.fault_ms, Ev::EndFaults);
+    }
+
+    /// Run the seed: the fault phase, then the heal phase, checking invariants after every event.
+    pub fn run(mut self) -> Outcome {
+        self.start();
+        self.event_loop();
+        self.finish()
+    }
+
+    fn event_loop(&mut self) {
+        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+            if at > self.deadline {
+                self.now = self.deadline;
+                self.clock.set(self.now);
+                let what = self.unsettled();
+                self.fail(FailureKind::Wedged(what));
+                return;
+            }
+            self.now = at;
+            self.clock.set(at);
+            if self.handle(ev) {
+                self.events += 1;
+            }
+            if self.failure.is_some() {
+                return;
+            }
+            if self.all_terminal() {
+                return;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        if self.failure.is_none() {
+            self.check_audit();
+        }
+        Outcome {
+            failure: self.failure,
+            events: self.events,
+            simulated_ms: self.now,
+            trace_hash: self.trace.hash(),
+        }
+    }
+
+    fn all_terminal(&self) -> bool {
+        self.ids.iter().all(Option::is_some)
+            && self
+                .last_state
+                .iter()
+                .all(|s| shipped_class(*s) == ClaimClass::Terminal)
+    }
+
+    /// Handles one event; false when it was void (a dead generation's timer).
+    fn handle(&mut self, ev: Ev) -> bool {
+        match ev {
+            Ev::Step(w, gen) => {
+                let wk = &self.workers[w as usize];
+                if wk.gen != gen || !wk.up || wk.paused {
+                    return false;
+                }
+                if wk.owned.is_some() {
+                    self.drive_step(w);
+                } else {
+                    self.claim(w);
+                }
+            }
+            Ev::Heartbeat(w, gen) => {
+                let wk = &self.workers[w as usize];
+                if wk.gen != gen || !wk.up || wk.paused || wk.owned.is_none() {
+                    return false;
+                }
+                self.heartbeat(w);
+                // A drive dropped by this heartbeat bumped the generation: its timer ends here.
+                if self.workers[w as usize].gen == gen {
+                    let at = self.now + self.preset.heartbeat_ms;
+                    self.at(at, Ev::Heartbeat(w, gen));
+                }
+            }
+            Ev::Fault(k) => {
+                if !self.faults_on {
+                    return false;
+                }
+                let f = self.world.faults[k as usize].fault;
+                self.inject(f);
+            }
+            Ev::Restart(w, gen) => {
+                if self.workers[w as usize].gen != gen || self.workers[w as usize].up {
+                    return false;
+                }
+                self.restart(w);
+            }
+            Ev::Resume(w, gen) => {
+                if self.workers[w as usize].gen != gen || !self.workers[w as usize].paused {
+                    return false;
+                }
+                self.resume(w);
+            }
+            Ev::StoreUp => {
+                if self.now < self.store_down_until {
+                    return false;
+                }
+                self.store.set_available(true);
+                self.record(None, None, Action::StoreUp);
+            }
+            Ev::Submit(i) => self.submit(i as usize),
+            Ev::Expire => {
+                if let Ok(n) = self.store.expire_retryable() {
+                    if n > 0 {
+                        self.record(None, None, Action::Expired(n));
+                        self.check();
+                    }
+                }
+                let at = self.now + EXPIRE_EVERY_MS;
+                self.at(at, Ev::Expire);
+            }
+            Ev::Human => {
+                self.act_as_human();
+                let at = self.now + HUMAN_EVERY_MS;
+                self.at(at, Ev::Human);
+            }
+            Ev::EndFaults => self.heal(),
+        }
+        true
+    }
+
+    fn claim(&mut self, w: u8) {
+        let owner = self.owner(w);
+        match self.store.claim(&owner) {
+            Ok(Some(c)) => {
+                let drive = Drive::new(
+                    c.lease.apply,
+                    c.lease.epoch,
+                    c.record.row.engine,
+                    c.pre_claim,
+                    &self.rules,
+                );
+                let id = c.lease.apply;
+                let wk = &mut self.workers[w as usize];
+                wk.owned = Some((drive, c.lease));
+                wk.last_hb_ok = self.now;
+                wk.gen += 1;
+                let gen = wk.gen;
+                let at = self.jitter(1, 15);
+                self.at(at, Ev::Step(w, gen));
+                let at = self.now + self.preset.heartbeat_ms;
+                self.at(at, Ev::Heartbeat(w, gen));
+                self.record_id(Some(w), Some(id), Action::Claimed(c.arm));
+                self.check();
+            }
+            Ok(None) => {
+                let gen = self.workers[w as usize].gen;
+                let at = self.jitter(2_000, 5_000);
+                self.at(at, Ev::Step(w, gen));
+            }
+            Err(_) => {
+                let gen = self.workers[w as usize].gen;
+                let at = self.jitter(2_000, 10_000);
+                self.at(at, Ev::Step(w, gen));
+            }
+        }
+    }
+
+    fn drop_drive(&mut self, w: u8) {
+        let wk = &mut self.workers[w as usize];
+        wk.owned = None;
+        wk.gen += 1;
+        let gen = wk.gen;
+        let at = self.jitter(100, 2_000);
+        self.at(at, Ev::Step(w, gen));
+    }
+
+    fn drive_step(&mut self, w: u8) {
+        let now = self.now;
+        let wk = &mut self.workers[w as usize];
+        let (mut drive, lease) = wk.owned.take().expect("checked by the caller");
+        let age = now - wk.last_hb_ok;
+        let host = wk.host;
+        let armed = wk.armed.take();
+        // A per-command fault holds for this command only; a scheduled one waits for a call.
+        let cf = self.world.command_faults;
+        let per_command = if armed.is_some() {
+            None
+        } else if self.rng.random_range(0..1000) < cf.reply_lost_permille {
+            Some(InjectedFault::ReplyLost)
+        } else if self.rng.random_range(0..1000) < cf.unreachable_permille {
+            Some(InjectedFault::Unreachable)
+        } else {
+            None
+        };
+        self.engines.inject = armed.or(per_command);
+        let stepped = step(
+            &self.store,
+            &mut self.engines,
+            host,
+            &mut drive,
+            &lease,
+            now,
+            age,
+            &self.rules,
+        );
+        // A scheduled fault not consumed (the command was not an engine call) stays armed.
+        let left = self.engines.inject.take();
+        if armed.is_some() {
+            self.workers[w as usize].armed = left;
+        }
+        let id = lease.apply;
+        self.record_id(Some(w), Some(id), Action::Stepped(stepped));
+        self.check_command(id, stepped, age);
+        let delay = match stepped {
+            Stepped::Waited(WaitFor::Poll) => self.rng.random_range(4_000..6_000),
+            Stepped::Waited(WaitFor::Backoff) => self.rng.random_range(2_000..10_000),
+            Stepped::LoadFailed(_) => self.rng.random_range(1_000..5_000),
+            Stepped::Called { .. } => self.rng.random_range(30..600),
+            Stepped::Probed { .. } => self.rng.random_range(20..300),
+            _ => self.rng.random_range(1..15),
+        };
+        if drive.finished().is_some() || matches!(stepped, Stepped::Finished(_)) {
+            self.record_id(Some(w), Some(id), Action::Dropped);
+            self.drop_drive(w);
+        } else {
+            let wk = &mut self.workers[w as usize];
+            wk.owned = Some((drive, lease));
+            let gen = wk.gen;
+            self.at(now + delay, Ev::Step(w, gen));
+        }
+        if !matches!(stepped, Stepped::Waited(_)) {
+            self.check();
+        }
+    }
+
+    fn heartbeat(&mut self, w: u8) {
+        let now = self.now;
+        let wk = &mut self.workers[w as usize];
+        let Some((_, lease)) = wk.owned.as_ref() else {
+            return;
+        };
+        let id = lease.apply;
+        if now < wk.hb_stall_until {
+            self.record_id(Some(w), Some(id), Action::HeartbeatFailed);
+            return;
+        }
+        match self.store.heartbeat(lease) {
+            Ok(()) => self.workers[w as usize].last_hb_ok = now,
+            Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
+                // The operator cancels a drive whose heartbeat finds the lease gone.
+                self.record_id(Some(w), Some(id), Action::HeartbeatLeaseLost);
+                self.drop_drive(w);
+            }
+            Err(_) => self.record_id(Some(w), Some(id), Action::HeartbeatFailed),
+        }
+    }
+
+    fn restart(&mut self, w: u8) {
+        let wk = &mut self.workers[w as usize];
+        wk.up = true;
+        wk.paused = false;
+        wk.incarnation += 1;
+        wk.gen += 1;
+        wk.armed = None;
+        wk.hb_stall_until = 0;
+        let gen = wk.gen;
+        let at = self.jitter(0, 2_000);
+        self.at(at, Ev::Step(w, gen));
+        self.record(Some(w), None, Action::Restarted);
+    }
+
+    fn resume(&mut self, w: u8) {
+        let wk = &mut self.workers[w as usize];
+        wk.paused = false;
+        wk.gen += 1;
+        let gen = wk.gen;
+        let owns = wk.owned.is_some();
+        // The drive and its heartbeat task wake in either order.
+        let at = self.jitter(0, 100);
+        self.at(at, Ev::Step(w, gen));
+        if owns {
+            let at = self.jitter(0, 100);
+            self.at(at, Ev::Heartbeat(w, gen));
+        }
+        let id = self.workers[w as usize]
+            .owned
+            .as_ref()
+            .map(|(_, l)| l.apply);
+        self.record_id(Some(w), id, Action::Resumed);
+    }
+
+    fn submit(&mut self, i: usize) {
+        let plan = self.world.applies[i];
+        let new = NewApply {
+            target: self.targets[plan.target as usize].clone(),
+            engine: plan.engine,
+            ddl: ddl(i, plan.bad_ddl),
+            options: plan.options,
+        };
+        match self.store.submit(new) {
+            Ok(id) => {
+                self.ids[i] = Some(id);
+                self.last_state[i] = ApplyState::Pending;
+                self.record(None, Some(i), Action::Submitted);
+                self.check();
+            }
+            Err(e) => {
+                let retry = match e {
+                    StoreError::ActiveApplyExists { .. } => 30_000,
+                    _ => 5_000,
+                };
+                self.record(None, None, Action::SubmitDeferred);
+                let at = self.now + retry;
+                self.at(at, Ev::Submit(i as u8));
+            }
+        }
+    }
+
+    fn inject(&mut self, f: Fault) {
+        let now = self.now;
+        let mut plan = None;
+        let mut worker = None;
+        match f {
+            Fault::Crash { worker: w, down_ms } => {
+                worker = Some(w);
+                if !self.crash(w) {
+                    return;
+                }
+                let gen = self.workers[w as usize].gen;
+                self.at(now + down_ms, Ev::Restart(w, gen));
+            }
+            Fault::Pause { worker: w, for_ms } => {
+                worker = Some(w);
+                if !self.pause(w) {
+                    return;
+                }
+                let gen = self.workers[w as usize].gen;
+                self.at(now + for_ms, Ev::Resume(w, gen));
+            }
+            Fault::HeartbeatStall { worker: w, for_ms } => {
+                worker = Some(w);
+                let wk = &mut self.workers[w as usize];
+                wk.hb_stall_until = wk.hb_stall_until.max(now + for_ms);
+            }
+            Fault::LoseReply { worker: w } => {
+                worker = Some(w);
+                self.workers[w as usize].armed = Some(InjectedFault::ReplyLost);
+            }
+            Fault::EngineError { worker: w } => {
+                worker = Some(w);
+                self.workers[w as usize].armed = Some(InjectedFault::Unreachable);
+            }
+            Fault::StoreOutage { for_ms } => {
+                self.store.set_available(false);
+                self.store_down_until = self.store_down_until.max(now + for_ms);
+                self.at(now + for_ms, Ev::StoreUp);
+            }
+            Fault::DeployRequestError { apply } | Fault::DeployRequestDeleted { apply } => {
+                let i = apply as usize;
+                plan = Some(i);
+                if let Some(id) = self.ids[i] {
+                    let drs: Vec<u64> = self
+                        .engines
+                        .planetscale
+                        .requests
+                        .values()
+                        // Only live requests fail or vanish; a finished change stays finished.
+                        .filter(|r| {
+                            r.apply == id
+                                && !matches!(
+                                    r.state.engine_state(),
+                                    EngineState::Completed
+                                        | EngineState::Reverted
+                                        | EngineState::Cancelled
+                                        | EngineState::Failed
+                                )
+                        })
+                        .map(|r| r.id)
+                        .collect();
+                    for dr in drs {
+                        self.engine_faulted[i] = true;
+                        if matches!(f, Fault::DeployRequestError { .. }) {
+                            self.engines.planetscale.fail_request(dr, now);
+                        } else {
+                            self.engines.planetscale.delete_request(dr);
+                        }
+                    }
+                }
+            }
+            Fault::RunnerFails { apply, retryable } => {
+                let i = apply as usize;
+                plan = Some(i);
+                if let Some(id) = self.ids[i] {
+                    if self.engines.spirit.fail_runner(now, id, retryable) {
+                        self.engine_faulted[i] = true;
+                    }
+                }
+            }
+            Fault::Request { apply, op } => {
+                let i = apply as usize;
+                let Some(id) = self.ids[i] else {
+                    return;
+                };
+                let accepted = self.store.request(id, op).is_ok();
+                self.record(
+                    None,
+                    Some(i),
+                    Action::Request {
+                        op,
+                        accepted,
+                        human: false,
+                    },
+                );
+                self.check();
+                return;
+            }
+        }
+        self.record(worker, plan, Action::Fault(f));
+        self.check();
+    }
+
+    /// The process dies with its drive and the Spirit runners it hosts. False if already down.
+    fn crash(&mut self, w: u8) -> bool {
+        let wk = &mut self.workers[w as usize];
+        if !wk.up {
+            return false;
+        }
+        wk.up = false;
+        wk.paused = false;
+        wk.owned = None;
+        wk.gen += 1;
+        let host = wk.host;
+        self.engines.crash_host(self.now, host);
+        true
+    }
+
+    /// The process freezes; its timers fire only after `resume`. False if not running.
+    fn pause(&mut self, w: u8) -> bool {
+        let wk = &mut self.workers[w as usize];
+        if !wk.up || wk.paused {
+            return false;
+        }
+        wk.paused = true;
+        wk.gen += 1;
+        true
+    }
+
+    /// Faults stop: crashed workers restart, paused ones resume, the store comes back, and the
+    /// simulator starts acting as the human for applies resting in a human wait.
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.record(None, None, Action::FaultsStop);
+        self.store_down_until = 0;
+        self.store.set_available(true);
+        for w in 0..self.preset.workers {
+            let wk = &mut self.workers[w as usize];
+            wk.hb_stall_until = 0;
+            wk.armed = None;
+            if !wk.up {
+                self.restart(w);
+            } else if wk.paused {
+                self.resume(w);
+            }
+        }
+        self.at(self.now, Ev::Human);
+    }
+
+    /// The heal phase's human: every human wait gets the request that ends it, so every apply
+    /// must reach a terminal state (a wait nobody can act on is a wedge too).
+    fn act_as_human(&mut self) {
+        for i in 0..self.ids.len() {
+            let Some(id) = self.ids[i] else { continue };
+            let Some(row) = self.store.row(id) else {
+                continue;
+            };
+            let op = match row.state {
+                ApplyState::Stopped => {
+                    let start_failed = self
+                        .store
+                        .request_status(id, ControlOp::Start)
+                        .is_some_and(|r| r.status == ControlStatus::Failed);
+                    if start_failed {
+                        ControlOp::Cancel
+                    } else {
+                        ControlOp::Start
+                    }
+                }
+                ApplyState::Paused => ControlOp::Cancel,
+                ApplyState::WaitingForDeploy if is_human_wait(row.state, &row.options) => {
+                    ControlOp::Start
+                }
+                ApplyState::WaitingForCutover if is_human_wait(row.state, &row.options) => {
+                    ControlOp::Cutover
+                }
+                ApplyState::RevertWindow if is_human_wait(row.state, &row.options) => {
+                    ControlOp::SkipRevert
+                }
+                _ => continue,
+            };
+            if self.store.pending_controls(id).has(op) {
+                continue;
+            }
+            let accepted = self.store.request(id, op).is_ok();
+            self.record(
+                None,
+                Some(i),
+                Action::Request {
+                    op,
+                    accepted,
+                    human: true,
+                },
+            );
+        }
+    }
+
+    fn record_of(row: &MemoryRow) -> ApplyRecord {
+        ApplyRecord {
+            row: ApplySnapshot {
+                id: row.id,
+                engine: row.engine,
+                state: row.state,
+                epoch: row.lease_epoch,
+                attempt: row.attempt,
+                options: row.options,
+                resume: row.resume,
+            },
+            spec: row.spec.clone(),
+        }
+    }
+
+    /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
+    fn check_command(&mut self, id: ApplyId, stepped: Stepped, heartbeat_age: u64) {
+        let acted = matches!(
+            stepped,
+            Stepped::Called { .. }
+                | Stepped::Wrote { .. }
+                | Stepped::Requested {
+                    outcome: WriteOutcome::Ok,
+                    ..
+                }
+        );
+        let r = lease_loss_bound(heartbeat_age, self.rules.params.presumed_loss_ms, acted);
+        self.violated(r);
+        let Some(row) = self.store.row(id) else {
+            return;
+        };
+        match stepped {
+            Stepped::Called { call } => {
+                let controls = self.store.pending_controls(id);
+                self.violated(stop_dominance(&controls, row.engine, call));
+                let excused = self.plan_of(id).is_some_and(|i| self.engine_faulted[i]);
+                if matches!(call, EngineCall::Cutover | EngineCall::DropSentinel) && !excused {
+                    let truth = self.engines.truth(&Self::record_of(&row));
+                    self.violated(cutover_after_gate(call, truth));
+                }
+            }
+            Stepped::Requested {
+                op,
+                completed: true,
+                outcome: WriteOutcome::Ok,
+            } => self.violated(justified_completion(op, row.state)),
+            _ => {}
+        }
+    }
+
+    /// The world invariants, after every event that may have changed the world.
+    fn check(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let stale = self.store.stale_writes_landed();
+        if stale > 0 {
+            self.fail(FailureKind::Violation(Violation {
+                invariant: STALE_EPOCH_WRITE,
+                detail: format!("{stale} write(s) landed with an epoch other than the row's"),
+            }));
+            return;
+        }
+        self.facts.clear();
+        for i in 0..self.ids.len() {
+            let Some(id) = self.ids[i] else { continue };
+            let Some(row) = self.store.row(id) else {
+                continue;
+            };
+            let from = self.last_state[i];
+            if let Err(mut v) = legal_step(row.engine, from, row.state) {
+                v.detail = format!("apply {id}: {}", v.detail);
+                self.fail(FailureKind::Violation(v));
+                return;
+            }
+            self.last_state[i] = row.state;
+            let record = Self::record_of(&row);
+            self.facts.push(ApplyFacts {
+                id: id as u32,
+                target: self.world.applies[i].target as u32,
+                engine: row.engine,
+                state: row.state,
+                attempt: row.attempt,
+                controls: self.store.pending_controls(id),
+                deploy_requests_created: self.engines.planetscale.deploy_requests_of(id) as u32,
+                engine_truth: self.engines.truth(&record),
+                runner_alive: self.engines.spirit.runner_alive(id),
+            });
+        }
+        let mut runners = BTreeMap::new();
+        for (t, key) in self.target_keys.iter().enumerate() {
+            runners.insert(t as u32, self.engines.spirit.runners_on(key) as u32);
+        }
+        let r = check_world(&self.facts, &runners, self.rules.params.retry_budget);
+        self.violated(r);
+    }
+
+    /// Once per run: every audited state change is a shipped row and epochs never go back.
+    fn check_audit(&mut self) {
+        let mut last_epoch: BTreeMap<ApplyId, u64> = BTreeMap::new();
+        for e in self.store.audit() {
+            let engine = self
+                .store
+                .row(e.apply)
+                .map_or(EngineKind::Spirit, |r| r.engine);
+            if let Err(mut v) = legal_step(engine, e.from, e.to) {
+                v.detail = format!("apply {} ({}): {}", e.apply, e.cause, v.detail);
+                self.fail(FailureKind::Violation(v));
+                return;
+            }
+            let prev = last_epoch.insert(e.apply, e.epoch).unwrap_or(0);
+            if e.epoch < prev {
+                self.violated(stale_write(prev, e.epoch));
+                return;
+            }
+        }
+    }
+
+    /// What is still not terminal at the heal deadline, for the wedge report.
+    fn unsettled(&self) -> String {
+        let mut out = Vec::new();
+        for (i, plan) in self.world.applies.iter().enumerate() {
+            let Some(id) = self.ids[i] else {
+                out.push(format!(
+                    "apply #{i} ({} on db{}) was never submitted: its target stayed busy",
+                    plan.engine, plan.target
+                ));
+                continue;
+            };
+            let Some(row) = self.store.row(id) else {
+                continue;
+            };
+            if shipped_class(row.state) == ClaimClass::Terminal {
+                continue;
+            }
+            let owner_up = row.lease_owner.as_ref().is_some_and(|o| {
+                (0..self.preset.workers)
+                    .any(|w| self.owner(w) == *o && self.workers[w as usize].owned.is_some())
+            });
+            out.push(format!(
+                "apply {id} ({} on db{}) stuck in {} (epoch {}, owner {} {}, claim class {}, settled {}, pending {:?})",
+                row.engine,
+                plan.target,
+                row.state,
+                row.lease_epoch,
+                row.lease_owner.as_deref().unwrap_or("none"),
+                if owner_up { "driving" } else { "gone" },
+                self.rules.class_of(row.state).name(),
+                is_settled(row.state, &row.options),
+                self.store.pending_controls(id),
+            ));
+        }
+        out.join("; ")
+    }
+}
+
+/// Driving a world step by step from a schedule (see `schedule`).
+impl Sim {
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+
+    pub fn submit_all_now(&mut self) {
+        for i in 0..self.world.applies.len() {
+            self.submit(i);
+        }
+    }
+
+    fn worker_of(st: &crate::schedule::ScheduleStep) -> Result<u8, String> {
+        st.worker
+            .ok_or_else(|| "the step names no worker".to_string())
+    }
+
+    /// One schedule step; an error means the step could not be taken as written.
+    pub fn apply_step(
+        &mut self,
+        st: &crate::schedule::ScheduleStep,
+        plan: Option<usize>,
+    ) -> Result<(), String> {
+        self.now += st.advance_ms.unwrap_or(0);
+        self.clock.set(self.now);
+        self.events += 1;
+        match st.action.as_str() {
+            "claim" | "step" => {
+                let w = Self::worker_of(st)?;
+                let wk = &self.workers[w as usize];
+                if !wk.up || wk.paused {
+                    return Err(format!("worker {w} is not running"));
+                }
+                if wk.owned.is_none() {
+                    self.claim(w);
+                    if self.workers[w as usize].owned.is_none() {
+                        return Err(format!("worker {w} found nothing to claim"));
+                    }
+                } else if st.action == "step" {
+                    self.heartbeat(w);
+                    if self.workers[w as usize].owned.is_some() {
+                        self.drive_step(w);
+                    }
+                }
+            }
+            "crash" => {
+                let w = Self::worker_of(st)?;
+                if !self.crash(w) {
+                    return Err(format!("worker {w} is already down"));
+                }
+                self.record(
+                    Some(w),
+                    None,
+                    Action::Fault(Fault::Crash {
+                        worker: w,
+                        down_ms: 0,
+                    }),
+                );
+            }
+            "restart" => {
+                let w = Self::worker_of(st)?;
+                if self.workers[w as usize].up {
+                    return Err(format!("worker {w} is running"));
+                }
+                self.restart(w);
+            }
+            "pause" => {
+                let w = Self::worker_of(st)?;
+                if !self.pause(w) {
+                    return Err(format!("worker {w} is not running"));
+                }
+                self.record(
+                    Some(w),
+                    None,
+                    Action::Fault(Fault::Pause {
+                        worker: w,
+                        for_ms: 0,
+                    }),
+                );
+            }
+            "resume" => {
+                let w = Self::worker_of(st)?;
+                if !self.workers[w as usize].paused {
+                    return Err(format!("worker {w} is not paused"));
+                }
+                self.resume(w);
+            }
+            "tick" | "heartbeat" => {
+                if let Some(w) = st.worker {
+                    let wk = &self.workers[w as usize];
+                    if wk.up && !wk.paused {
+                        self.heartbeat(w);
+                    }
+                }
+            }
+            "request" => {
+                let i = plan.ok_or("the request names no known apply")?;
+                let op = st.request.ok_or("the request names no operation")?;
+                let id = self.ids[i].ok_or("the apply was never submitted")?;
+                let accepted = self.store.request(id, op).is_ok();
+                self.record(
+                    None,
+                    Some(i),
+                    Action::Request {
+                        op,
+                        accepted,
+                        human: false,
+                    },
+                );
+            }
+            "expire" => {
+                let n = self.store.expire_retryable().unwrap_or(0);
+                self.record(None, None, Action::Expired(n));
+            }
+            other => return Err(format!("unknown action {other:?}")),
+        }
+        self.check();
+        Ok(())
+    }
+
+    /// Whether the store shows what the schedule says the step led to.
+    pub fn compare(
+        &self,
+        st: &crate::schedule::ScheduleStep,
+        plan: Option<usize>,
+    ) -> Option<String> {
+        let id = plan.and_then(|i| self.ids[i]).or_else(|| {
+            st.worker.and_then(|w| {
+                self.workers[w as usize]
+                    .owned
+                    .as_ref()
+                    .map(|(_, l)| l.apply)
+            })
+        })?;
+        let row = self.store.row(id)?;
+        let mut out = Vec::new();
+        if let Some(want) = st.state_after {
+            if want != row.state {
+                out.push(format!("apply {id} is {} (schedule: {want})", row.state));
+            }
+        }
+        if let Some(want) = st.epoch_after {
+            if want != row.lease_epoch {
+                out.push(format!(
+                    "apply {id} epoch {} (schedule: {want})",
+                    row.lease_epoch
+                ));
+            }
+        }
+        (!out.is_empty()).then(|| out.join(", "))
+    }
+
+    /// After a schedule's steps: drop every pending timer, then run the heal phase.
+    pub fn heal_after_steps(mut self) -> Outcome {
+        if self.failure.is_none() {
+            self.queue.clear();
+            for w in 0..self.preset.workers {
+                let wk = &mut self.workers[w as usize];
+                wk.gen += 1;
+                let gen = wk.gen;
+                if wk.up && !wk.paused {
+                    let owns = wk.owned.is_some();
+                    self.at(self.now, Ev::Step(w, gen));
+                    if owns {
+                        self.at(self.now, Ev::Heartbeat(w, gen));
+                    }
+                }
+            }
+            for i in 0..self.ids.len() {
+                if self.ids[i].is_none() {
+                    self.at(self.now, Ev::Submit(i as u8));
+                }
+            }
+            self.at(self.now + EXPIRE_EVERY_MS, Ev::Expire);
+            self.deadline = self.now + self.preset.heal_ms;
+            self.heal();
+            if !self.all_terminal() {
+                self.event_loop();
+            }
+        }
+        self.finish()
+    }
+}
