@@ -19,7 +19,11 @@ use crate::store::{NewApply, Target};
 
 /// The timings of the demo: leases go stale after 3 s so a run takes well under a minute.
 pub fn demo_params() -> Params {
-    Params { stale_after_ms: 3_000, presumed_loss_ms: 2_000, ..Params::DEFAULT }
+    Params {
+        stale_after_ms: 3_000,
+        presumed_loss_ms: 2_000,
+        ..Params::DEFAULT
+    }
 }
 
 pub fn demo_timings() -> FakeTimings {
@@ -47,10 +51,21 @@ pub struct DemoSummary {
     pub ok: bool,
 }
 
-fn runtime(name: &str, host: u32, store: Arc<MemoryStore>, fakes: &Arc<Mutex<FakeEngines>>, clock: Arc<dyn Clock>, rules: Rules) -> Arc<Runtime> {
+fn runtime(
+    name: &str,
+    host: u32,
+    store: Arc<MemoryStore>,
+    fakes: &Arc<Mutex<FakeEngines>>,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+) -> Arc<Runtime> {
     Arc::new(Runtime {
         store,
-        engine: Arc::new(SharedFakeEngines { engines: fakes.clone(), clock, host }),
+        engine: Arc::new(SharedFakeEngines {
+            engines: fakes.clone(),
+            clock,
+            host,
+        }),
         config: RuntimeConfig {
             owner_prefix: name.to_string(),
             drivers: 2,
@@ -77,9 +92,14 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
     let submit = |db: &str, engine: EngineKind, options: ApplyOptions| {
         store
             .submit(NewApply {
-                target: Target { database: db.into(), environment: "production".into() },
+                target: Target {
+                    database: db.into(),
+                    environment: "production".into(),
+                },
                 engine,
-                ddl: vec![format!("ALTER TABLE {db}_events ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT ''")],
+                ddl: vec![format!(
+                    "ALTER TABLE {db}_events ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT ''"
+                )],
                 options,
             })
             .expect("demo targets are distinct")
@@ -87,7 +107,14 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
     let shop = submit("shop", EngineKind::PlanetScale, ApplyOptions::default());
     let billing = submit("billing", EngineKind::PlanetScale, ApplyOptions::default());
     let users = submit("users", EngineKind::Spirit, ApplyOptions::default());
-    let orders = submit("orders", EngineKind::Spirit, ApplyOptions { defer_cutover: true, ..Default::default() });
+    let orders = submit(
+        "orders",
+        EngineKind::Spirit,
+        ApplyOptions {
+            defer_cutover: true,
+            ..Default::default()
+        },
+    );
     out(&format!(
         "submitted apply-{shop} (planetscale shop), apply-{billing} (planetscale billing), apply-{users} (spirit users), apply-{orders} (spirit orders, deferred cutover)"
     ));
@@ -104,7 +131,11 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
         let name = format!("demo-p{host}");
         let rt = runtime(&name, host, store.clone(), &fakes, clock.clone(), rules);
         let task = tokio::spawn(rt.run(shutdown.clone()));
-        processes.push(Process { name, host, task: Some(task) });
+        processes.push(Process {
+            name,
+            host,
+            task: Some(task),
+        });
     };
     spawn(&mut processes);
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -145,18 +176,28 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
                     Some(r) if r.engine == EngineKind::PlanetScale => {
                         let mut parts = Vec::new();
                         if r.resume.branch {
-                            parts.push(format!("branch {}", crate::engine::fake::branch_name(&r.spec.identifier)));
+                            parts.push(format!(
+                                "branch {}",
+                                crate::engine::fake::branch_name(&r.spec.identifier)
+                            ));
                         }
                         if let Some(dr) = r.resume.deploy_request_id {
                             parts.push(format!("deploy request #{dr}"));
                         } else if r.resume.deploy_request_intent {
                             parts.push("deploy-request intent (look up before creating)".into());
                         }
-                        if parts.is_empty() { "nothing yet".into() } else { parts.join(", ") }
+                        if parts.is_empty() {
+                            "nothing yet".into()
+                        } else {
+                            parts.join(", ")
+                        }
                     }
                     Some(r) => format!(
                         "the spirit checkpoint in the target ({} rows)",
-                        prev_checkpoints.get(&r.spec.target.to_string()).copied().unwrap_or(0)
+                        prev_checkpoints
+                            .get(&r.spec.target.to_string())
+                            .copied()
+                            .unwrap_or(0)
                     ),
                     None => "unknown".into(),
                 };
@@ -165,9 +206,21 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
                     t(now), e.apply, e.cause, e.epoch, e.from
                 )
             } else if e.cause.starts_with("claim") {
-                format!("{}  ▶ apply-{} claimed by {who}, epoch {}", t(now), e.apply, e.epoch)
+                format!(
+                    "{}  ▶ apply-{} claimed by {who}, epoch {}",
+                    t(now),
+                    e.apply,
+                    e.epoch
+                )
             } else {
-                format!("{}    apply-{}: {} → {} (epoch {}, {who})", t(now), e.apply, e.from, e.to, e.epoch)
+                format!(
+                    "{}    apply-{}: {} → {} (epoch {}, {who})",
+                    t(now),
+                    e.apply,
+                    e.from,
+                    e.to,
+                    e.epoch
+                )
             };
             out(&line);
         }
@@ -176,11 +229,23 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
         prev_checkpoints = checkpoints.clone();
 
         let mut kill = |processes: &mut Vec<Process>, owner: &str, why: String| {
-            let Some(p) = processes.iter_mut().find(|p| owner.starts_with(&format!("{}/", p.name))) else { return };
+            let Some(p) = processes
+                .iter_mut()
+                .find(|p| owner.starts_with(&format!("{}/", p.name)))
+            else {
+                return;
+            };
             if let Some(task) = p.task.take() {
                 task.abort();
-                fakes.lock().unwrap_or_else(|e| e.into_inner()).crash_host(clock.now_ms(), p.host);
-                out(&format!("{}  ✖ killed {} (SIGKILL: no release, no more heartbeats) {why}", t(now), p.name));
+                fakes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .crash_host(clock.now_ms(), p.host);
+                out(&format!(
+                    "{}  ✖ killed {} (SIGKILL: no release, no more heartbeats) {why}",
+                    t(now),
+                    p.name
+                ));
             }
         };
         if !killed_setup {
@@ -188,7 +253,11 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
                 let dwelled = clock.now_ms().saturating_sub(r.state_entered_at) >= 600;
                 if SETUP_PHASE.contains(&r.state) && r.resume.branch && dwelled {
                     if let Some(owner) = r.lease_owner.clone() {
-                        kill(&mut processes, &owner, format!("while apply-{shop} was in {}", r.state));
+                        kill(
+                            &mut processes,
+                            &owner,
+                            format!("while apply-{shop} was in {}", r.state),
+                        );
                         killed_setup = true;
                         restarts.push((now + Duration::from_millis(1_000), ()));
                     }
@@ -196,11 +265,21 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
             }
         }
         if !killed_copy {
-            let copied = fakes.lock().unwrap_or_else(|e| e.into_inner()).spirit.targets.get("users/production").map_or(0, |t| t.checkpoint_rows);
+            let copied = fakes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .spirit
+                .targets
+                .get("users/production")
+                .map_or(0, |t| t.checkpoint_rows);
             if let Some(r) = by_id.get(&users) {
                 if r.state == ApplyState::Running && copied >= 10_000 {
                     if let Some(owner) = r.lease_owner.clone() {
-                        kill(&mut processes, &owner, format!("while apply-{users} was copying ({copied} rows checkpointed)"));
+                        kill(
+                            &mut processes,
+                            &owner,
+                            format!("while apply-{users} was copying ({copied} rows checkpointed)"),
+                        );
                         killed_copy = true;
                         restarts.push((now + Duration::from_millis(1_000), ()));
                     }
@@ -210,20 +289,43 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
         while let Some(pos) = restarts.iter().position(|(at, _)| *at <= now) {
             restarts.remove(pos);
             spawn(&mut processes);
-            out(&format!("{}  + started {} (a restarted process, new lease owner)", t(now), processes.last().map_or("", |p| p.name.as_str())));
+            out(&format!(
+                "{}  + started {} (a restarted process, new lease owner)",
+                t(now),
+                processes.last().map_or("", |p| p.name.as_str())
+            ));
         }
-        if !cutover_requested && by_id.get(&orders).is_some_and(|r| r.state == ApplyState::WaitingForCutover) {
+        if !cutover_requested
+            && by_id
+                .get(&orders)
+                .is_some_and(|r| r.state == ApplyState::WaitingForCutover)
+        {
             let _ = store.request(orders, ControlOp::Cutover);
             cutover_requested = true;
-            out(&format!("{}  ☞ user requests cutover of apply-{orders}", t(now)));
+            out(&format!(
+                "{}  ☞ user requests cutover of apply-{orders}",
+                t(now)
+            ));
         }
 
         if now.duration_since(last_table) >= Duration::from_secs(2) {
             last_table = now;
             let now_ms = clock.now_ms();
-            out(&format!("{}  {:<9} {:<12} {:<20} {:<26} {:<20} {:>5} {:>8}", t(now), "apply", "engine", "target", "state", "owner", "epoch", "hb age"));
+            out(&format!(
+                "{}  {:<9} {:<12} {:<20} {:<26} {:<20} {:>5} {:>8}",
+                t(now),
+                "apply",
+                "engine",
+                "target",
+                "state",
+                "owner",
+                "epoch",
+                "hb age"
+            ));
             for r in &rows {
-                let hb = r.heartbeat_at.map_or("—".to_string(), |h| format!("{:.1}s", now_ms.saturating_sub(h) as f64 / 1000.0));
+                let hb = r.heartbeat_at.map_or("—".to_string(), |h| {
+                    format!("{:.1}s", now_ms.saturating_sub(h) as f64 / 1000.0)
+                });
                 out(&format!(
                     "        apply-{:<3} {:<12} {:<20} {:<26} {:<20} {:>5} {:>8}",
                     r.id,
@@ -237,7 +339,9 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
             }
         }
 
-        let done = all.iter().all(|id| by_id.get(id).is_some_and(|r| r.state.is_terminal()));
+        let done = all
+            .iter()
+            .all(|id| by_id.get(id).is_some_and(|r| r.state.is_terminal()));
         if done || now >= deadline {
             break;
         }
@@ -250,11 +354,20 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
     }
 
     let fakes = fakes.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lines = vec![format!("summary after {:.1}s:", started.elapsed().as_secs_f64())];
+    let mut lines = vec![format!(
+        "summary after {:.1}s:",
+        started.elapsed().as_secs_f64()
+    )];
     let mut ok = true;
     for id in all {
         let r = store.row(id).expect("submitted above");
-        let reclaims = store.audit().iter().filter(|e| e.apply == id && e.cause.starts_with("claim") && e.from != ApplyState::Pending).count();
+        let reclaims = store
+            .audit()
+            .iter()
+            .filter(|e| {
+                e.apply == id && e.cause.starts_with("claim") && e.from != ApplyState::Pending
+            })
+            .count();
         let engine_work = match r.engine {
             EngineKind::PlanetScale => {
                 let n = fakes.planetscale.deploy_requests_of(id);
@@ -266,7 +379,11 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
                     .spirit
                     .effects
                     .iter()
-                    .filter(|e| e.apply == id && e.call == crate::machine::EngineCall::StartRunner && e.accepted)
+                    .filter(|e| {
+                        e.apply == id
+                            && e.call == crate::machine::EngineCall::StartRunner
+                            && e.accepted
+                    })
                     .count();
                 format!("{starts} runner start(s), at most one alive at a time")
             }
@@ -288,7 +405,8 @@ pub async fn run(mut out: impl FnMut(&str)) -> DemoSummary {
     ));
     ok &= killed_setup && killed_copy && store.stale_writes_landed() == 0;
     lines.push(if ok {
-        "result: every apply completed, each PlanetScale apply has exactly one deploy request".into()
+        "result: every apply completed, each PlanetScale apply has exactly one deploy request"
+            .into()
     } else {
         "result: FAILED (see above)".into()
     });

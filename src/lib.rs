@@ -3,7 +3,9 @@
 //! and every apply is still reclaimed, resumed from what was persisted, and never does its
 //! engine work twice.
 
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod machine;

@@ -1,9 +1,12 @@
 //! The command line. Each subcommand lives in its own module; this file only parses and
 //! dispatches.
 
+mod applies;
 mod bench;
 mod demo;
+mod logging;
 mod migrate;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,26 @@ enum Cmd {
     },
     /// Run the operator on in-process fakes, kill two drivers, and watch every apply finish.
     Demo(demo::DemoArgs),
+    /// Run the operator: a pool of drivers and the HTTP API, against MySQL.
+    Serve(serve::ServeArgs),
+    /// Submit a schema change.
+    Submit(applies::SubmitArgs),
+    /// Show applies: state, lease owner, epoch, heartbeat age, pending requests.
+    Status(applies::StatusArgs),
+    /// Ask the owner to stop a Spirit apply (checkpoint kept; resume with `start`).
+    Stop(applies::ControlArgs),
+    /// Resume a stopped apply, or deploy a deferred PlanetScale deploy request.
+    Start(applies::ControlArgs),
+    /// Cancel an apply (not once deployed: revert or skip-revert then).
+    Cancel(applies::ControlArgs),
+    /// Cut over an apply waiting for cutover.
+    Cutover(applies::ControlArgs),
+    /// Revert a PlanetScale apply in its revert window.
+    Revert(applies::ControlArgs),
+    /// Close the revert window of a PlanetScale apply now.
+    SkipRevert(applies::ControlArgs),
+    /// Serve the fake PlanetScale and Spirit engines over loopback (crash tests, trials).
+    FakeEngines(FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
     Migrate(migrate::MigrateArgs),
     /// Benchmarks (printed figures, measured against a baseline in the same run).
@@ -43,12 +66,48 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Serve(args) => serve::run(args),
+        Cmd::Submit(args) => applies::submit(args),
+        Cmd::Status(args) => applies::status(args),
+        Cmd::Stop(args) => applies::control(crate::machine::ControlOp::Stop, args),
+        Cmd::Start(args) => applies::control(crate::machine::ControlOp::Start, args),
+        Cmd::Cancel(args) => applies::control(crate::machine::ControlOp::Cancel, args),
+        Cmd::Cutover(args) => applies::control(crate::machine::ControlOp::Cutover, args),
+        Cmd::Revert(args) => applies::control(crate::machine::ControlOp::Revert, args),
+        Cmd::SkipRevert(args) => applies::control(crate::machine::ControlOp::SkipRevert, args),
+        Cmd::FakeEngines(args) => {
+            let timings = if args.fast {
+                crate::engine::fake::FakeTimings::fast()
+            } else {
+                crate::engine::fake::FakeTimings::default()
+            };
+            match runtime().block_on(crate::engine::remote_fake::serve(args.listen, timings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("applyd fake-engines: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Migrate(args) => migrate::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }
 
+#[derive(clap::Args)]
+struct FakeEnginesArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Phases of seconds instead of minutes (a deploy in 1.5 s, a Spirit copy in 3 s).
+    #[arg(long)]
+    fast: bool,
+}
+
 /// A multi-threaded tokio runtime for the async subcommands.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }

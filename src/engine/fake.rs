@@ -49,6 +49,23 @@ impl Default for FakeTimings {
     }
 }
 
+impl FakeTimings {
+    /// Phases of seconds: crash tests and trials.
+    pub fn fast() -> FakeTimings {
+        FakeTimings {
+            branch_ready_ms: 300,
+            validate_ms: 300,
+            deploy_ms: 1_500,
+            cutover_ms: 300,
+            revert_ms: 1_000,
+            server_revert_window_ms: 60_000,
+            spirit_rows: 6_000,
+            spirit_rows_per_s: 2_000,
+            spirit_checkpoint_every_ms: 1_000,
+        }
+    }
+}
+
 /// One recorded effect on a fake, for invariants and traces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectRecord {

@@ -19,3 +19,4 @@ pub trait Engine: Send + Sync {
 
 pub mod fake;
 pub mod planetscale_states;
+pub mod remote_fake;

@@ -153,8 +153,15 @@ fn mermaid() -> String {
     let mut merged: BTreeMap<(ApplyState, ApplyState), Vec<String>> = BTreeMap::new();
     for engine in EngineKind::ALL {
         for ((from, to), labels) in edges(*engine) {
-            let short = if *engine == EngineKind::PlanetScale { "ps" } else { "spirit" };
-            merged.entry((from, to)).or_default().push(format!("{short}: {}", labels.join(", ")));
+            let short = if *engine == EngineKind::PlanetScale {
+                "ps"
+            } else {
+                "spirit"
+            };
+            merged
+                .entry((from, to))
+                .or_default()
+                .push(format!("{short}: {}", labels.join(", ")));
         }
     }
     let mut s = String::from("stateDiagram-v2\n");

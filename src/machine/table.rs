@@ -24,7 +24,9 @@ pub enum SetupSignal {
 }
 
 /// What a Spirit probe finds when no runner of this apply is alive (after a crash or restart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum RunnerGone {
     /// The `_spirit_sentinel` table is still there: a deferred cutover was never done.
     SentinelKept,
@@ -106,7 +108,9 @@ impl ToSnake for String {
 }
 
 /// An engine call with an external effect. Each is idempotent or guarded (see `effects`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum EngineCall {
     /// Idempotent: a deterministic name; "already taken" means reuse.
     CreateBranch,
@@ -130,7 +134,9 @@ pub enum EngineCall {
 }
 
 /// A read-only engine query that produces the next observation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Probe {
     GetBranch,
     DiffBranch,

@@ -68,7 +68,10 @@ struct HeartbeatHealth {
 
 impl HeartbeatHealth {
     fn new() -> HeartbeatHealth {
-        HeartbeatHealth { started: Instant::now(), last_ok_ms: AtomicU64::new(0) }
+        HeartbeatHealth {
+            started: Instant::now(),
+            last_ok_ms: AtomicU64::new(0),
+        }
     }
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -77,7 +80,8 @@ impl HeartbeatHealth {
         self.last_ok_ms.store(self.now_ms(), Ordering::SeqCst);
     }
     fn age_ms(&self) -> u64 {
-        self.now_ms().saturating_sub(self.last_ok_ms.load(Ordering::SeqCst))
+        self.now_ms()
+            .saturating_sub(self.last_ok_ms.load(Ordering::SeqCst))
     }
 }
 
@@ -166,7 +170,8 @@ impl Runtime {
                         break;
                     }
                 };
-                ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code()).increment(1);
+                ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code())
+                    .increment(1);
                 if claimed.pre_claim != ApplyState::Pending {
                     ::metrics::counter!("applyd_reclaims_total").increment(1);
                 }
@@ -178,7 +183,11 @@ impl Runtime {
                     arm = claimed.arm.code(),
                     from = %claimed.pre_claim
                 );
-                let end = self.clone().drive_claimed(claimed, shutdown.clone()).instrument(span).await;
+                let end = self
+                    .clone()
+                    .drive_claimed(claimed, shutdown.clone())
+                    .instrument(span)
+                    .await;
                 if end == DriveEnd::ShutDown {
                     break;
                 }
@@ -187,7 +196,11 @@ impl Runtime {
     }
 
     /// Drive one claimed apply with its own heartbeat; contain panics to this apply.
-    pub async fn drive_claimed(self: Arc<Self>, claimed: Claimed, mut shutdown: watch::Receiver<bool>) -> DriveEnd {
+    pub async fn drive_claimed(
+        self: Arc<Self>,
+        claimed: Claimed,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> DriveEnd {
         let health = Arc::new(HeartbeatHealth::new());
         health.mark_ok();
         let lease_lost = Arc::new(Notify::new());
@@ -204,7 +217,8 @@ impl Runtime {
                     match store.heartbeat(&lease).await {
                         Ok(()) => {
                             health.mark_ok();
-                            ::metrics::histogram!("applyd_heartbeat_seconds").record(started.elapsed().as_secs_f64());
+                            ::metrics::histogram!("applyd_heartbeat_seconds")
+                                .record(started.elapsed().as_secs_f64());
                         }
                         Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
                             ::metrics::counter!("applyd_lease_losses_total").increment(1);
@@ -221,7 +235,11 @@ impl Runtime {
             let claimed = claimed.clone();
             let health = health.clone();
             tokio::spawn(async move {
-                let pacing = RuntimePacing { poll: rt.config.poll_interval, backoff: rt.config.backoff, health };
+                let pacing = RuntimePacing {
+                    poll: rt.config.poll_interval,
+                    backoff: rt.config.backoff,
+                    health,
+                };
                 run_drive(
                     rt.store.as_ref(),
                     rt.engine.as_ref(),
@@ -262,11 +280,16 @@ impl Runtime {
                     warn!(finish = ?report.finish, "drive stopped fail-closed; the apply stays claimable");
                 }
             }
-            DriveEnd::LeaseLostByHeartbeat => warn!("lease lost (heartbeat bounced); drive cancelled"),
+            DriveEnd::LeaseLostByHeartbeat => {
+                warn!("lease lost (heartbeat bounced); drive cancelled")
+            }
             DriveEnd::Panicked(msg) => {
                 // Fail only this apply, and not as retryable: a panic would loop.
                 warn!(panic = %msg, "drive panicked; failing the apply");
-                let _ = self.store.write(&claimed.lease, ApplyState::Failed, ResumeState::default()).await;
+                let _ = self
+                    .store
+                    .write(&claimed.lease, ApplyState::Failed, ResumeState::default())
+                    .await;
             }
             DriveEnd::ShutDown => {
                 if let Err(e) = self.store.release(&claimed.lease).await {

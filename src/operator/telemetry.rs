@@ -18,3 +18,59 @@ pub fn install() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Wraps an engine to record the latency and the faults of every probe and call.
+pub struct MeteredEngine(pub std::sync::Arc<dyn crate::engine::Engine>);
+
+fn record(kind: String, started: std::time::Instant, obs: &crate::worker::Observation) {
+    metrics::histogram!("applyd_engine_call_seconds", "call" => kind.clone())
+        .record(started.elapsed().as_secs_f64());
+    if let crate::worker::Observation::Fault(fault) = obs {
+        metrics::counter!("applyd_engine_errors_total", "call" => kind, "fault" => format!("{fault:?}")).increment(1);
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::Engine for MeteredEngine {
+    async fn probe(
+        &self,
+        apply: &crate::store::ApplyRecord,
+        epoch: u64,
+        probe: crate::machine::Probe,
+    ) -> crate::worker::Observation {
+        let started = std::time::Instant::now();
+        let obs = self.0.probe(apply, epoch, probe).await;
+        record(format!("{probe:?}"), started, &obs);
+        obs
+    }
+    async fn call(
+        &self,
+        apply: &crate::store::ApplyRecord,
+        epoch: u64,
+        call: crate::machine::EngineCall,
+    ) -> crate::worker::Observation {
+        let started = std::time::Instant::now();
+        let obs = self.0.call(apply, epoch, call).await;
+        record(format!("{call:?}"), started, &obs);
+        obs
+    }
+}
+
+/// Publish `applyd_applies{state}` from the store every `every`, forever.
+pub async fn publish_apply_states(
+    inspect: std::sync::Arc<dyn crate::store::status::Inspect>,
+    every: std::time::Duration,
+) {
+    loop {
+        match inspect.list(10_000).await {
+            Ok(applies) => {
+                for state in crate::machine::ApplyState::ALL {
+                    let n = applies.iter().filter(|a| a.state == *state).count();
+                    metrics::gauge!("applyd_applies", "state" => state.as_str()).set(n as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count applies by state"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

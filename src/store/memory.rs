@@ -216,6 +216,11 @@ impl MemoryStore {
         pending_of(&inner, id)
     }
 
+    /// The store's clock, for ages shown to people.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     fn now(&self) -> u64 {
         self.clock.now_ms()
     }

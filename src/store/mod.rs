@@ -3,6 +3,8 @@
 
 pub mod memory;
 pub mod mysql;
+pub mod mysql_status;
+pub mod status;
 
 use std::sync::Arc;
 

@@ -60,7 +60,7 @@ pub struct DriveView {
 }
 
 /// A branch as a probe sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BranchStatus {
     Missing,
     Creating,
@@ -68,7 +68,7 @@ pub enum BranchStatus {
 }
 
 /// A Spirit runner as a probe sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RunnerStatus {
     Gone(RunnerGone),
     Copying,
@@ -80,7 +80,7 @@ pub enum RunnerStatus {
 }
 
 /// Why an engine call or probe did not produce a status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EngineFault {
     /// Timeout, 5xx, connection reset: the call may or may not have happened. Retry later.
     Transient,
@@ -93,7 +93,7 @@ pub enum EngineFault {
 }
 
 /// An engine reply, normalised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Observation {
     Branch(BranchStatus),
     BranchDiff { pending: bool },

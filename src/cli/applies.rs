@@ -1,0 +1,200 @@
+//! `applyd submit`, `applyd status` and the control commands: talk to the database directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::machine::{ApplyOptions, ControlOp, EngineKind, Rules};
+use crate::store::mysql::MySqlStore;
+use crate::store::status::{ApplyStatus, Inspect};
+use crate::store::{NewApply, Store, Target};
+
+#[derive(clap::Args)]
+pub struct Db {
+    /// mysql://user:password@host:port/database (or APPLYD_DATABASE_URL)
+    #[arg(long, env = "APPLYD_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+impl Db {
+    async fn open(&self) -> Result<MySqlStore, String> {
+        MySqlStore::connect(&self.database_url, Rules::default())
+            .await
+            .map_err(|e| format!("cannot open the database: {e}"))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    db: Db,
+    /// Target database name.
+    #[arg(long)]
+    database: String,
+    /// Target environment, e.g. production.
+    #[arg(long)]
+    environment: String,
+    /// planetscale or spirit
+    #[arg(long)]
+    engine: EngineKind,
+    /// A DDL statement (repeatable).
+    #[arg(long = "ddl")]
+    ddl: Vec<String>,
+    /// A file of DDL statements separated by `;`.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    defer_cutover: bool,
+    #[arg(long)]
+    defer_deploy: bool,
+    #[arg(long)]
+    skip_revert: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    db: Db,
+    /// One apply (a number or apply-<number>); all recent applies when absent.
+    id: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    db: Db,
+    /// The apply: a number or apply-<number>.
+    id: String,
+}
+
+fn parse_id(raw: &str) -> Result<u64, String> {
+    raw.strip_prefix("apply-")
+        .unwrap_or(raw)
+        .parse()
+        .map_err(|_| format!("{raw:?} is not an apply id (a number, or apply-<number>)"))
+}
+
+fn finish(what: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("applyd {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn submit(args: SubmitArgs) -> ExitCode {
+    let result = super::runtime().block_on(async {
+        let mut ddl = args.ddl.clone();
+        if let Some(path) = &args.file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            ddl.extend(
+                text.split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        if ddl.is_empty() {
+            return Err("no DDL: pass --ddl \"ALTER TABLE ...\" or --file schema.sql".to_string());
+        }
+        let store = args.db.open().await?;
+        let new = NewApply {
+            target: Target {
+                database: args.database.clone(),
+                environment: args.environment.clone(),
+            },
+            engine: args.engine,
+            ddl,
+            options: ApplyOptions {
+                defer_cutover: args.defer_cutover,
+                defer_deploy: args.defer_deploy,
+                skip_revert: args.skip_revert,
+            },
+        };
+        let id = store.submit(new).await.map_err(|e| e.to_string())?;
+        println!("submitted apply-{id}");
+        Ok(())
+    });
+    finish("submit", result)
+}
+
+fn age(ms: Option<u64>) -> String {
+    ms.map_or("—".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+pub fn print_table(applies: &[ApplyStatus]) {
+    println!(
+        "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8}  pending",
+        "apply", "engine", "target", "state", "owner", "epoch", "hb age"
+    );
+    for a in applies {
+        println!(
+            "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8}  {}",
+            a.identifier,
+            a.engine.as_str(),
+            a.target.to_string(),
+            a.state.as_str(),
+            a.lease_owner.as_deref().unwrap_or("—"),
+            a.lease_epoch,
+            age(a.heartbeat_age_ms),
+            a.pending_requests
+                .iter()
+                .map(|o| o.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+}
+
+pub fn status(args: StatusArgs) -> ExitCode {
+    let result = super::runtime().block_on(async {
+        let store = args.db.open().await?;
+        let applies = match &args.id {
+            Some(raw) => vec![store
+                .status(parse_id(raw)?)
+                .await
+                .map_err(|e| e.to_string())?],
+            None => store.list(100).await.map_err(|e| e.to_string())?,
+        };
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&applies).map_err(|e| e.to_string())?
+            );
+            return Ok(());
+        }
+        print_table(&applies);
+        if let [one] = applies.as_slice() {
+            println!("\nddl:");
+            for d in &one.ddl {
+                println!("  {d};");
+            }
+            if let Some(e) = &one.error {
+                println!("error: {e}");
+            }
+            for (op, status) in &one.requests {
+                println!("request {op}: {status}");
+            }
+        }
+        Ok(())
+    });
+    finish("status", result)
+}
+
+pub fn control(op: ControlOp, args: ControlArgs) -> ExitCode {
+    let result = super::runtime().block_on(async {
+        let id = parse_id(&args.id)?;
+        let store = args.db.open().await?;
+        let outcome = store.request(id, op).await.map_err(|e| e.to_string())?;
+        println!(
+            "{op} requested for apply-{id} ({outcome:?}); the owner acts on it at its next step"
+        );
+        Ok(())
+    });
+    finish(op.as_str(), result)
+}

@@ -1,0 +1,148 @@
+//! `Inspect` for the MySQL store: read-only listings for the CLI, the API and the status page.
+//! Ages are computed by the database clock.
+
+use async_trait::async_trait;
+use sqlx::mysql::MySqlRow;
+use sqlx::Row;
+
+use super::mysql::MySqlStore;
+use super::status::{ApplyStatus, Inspect};
+use super::{StoreError, Target};
+use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
+use crate::worker::ApplyId;
+
+const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
+     CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us";
+
+fn bad(id: ApplyId, column: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::BadRow {
+        apply: id,
+        column,
+        detail: detail.to_string(),
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
+    let id: u64 = row.try_get("id").map_err(unavailable)?;
+    let text = |col: &'static str| -> Result<String, StoreError> {
+        row.try_get_unchecked::<String, _>(col)
+            .map_err(|e| bad(id, col, e))
+    };
+    let state: ApplyState = text("state")?.parse().map_err(|e| bad(id, "state", e))?;
+    let engine: EngineKind = text("engine")?.parse().map_err(|e| bad(id, "engine", e))?;
+    let options: ApplyOptions =
+        serde_json::from_str(&text("options")?).map_err(|e| bad(id, "options", e))?;
+    let ddl: Vec<String> = serde_json::from_str(&text("ddl")?).map_err(|e| bad(id, "ddl", e))?;
+    let lease_owner: Option<String> = row
+        .try_get_unchecked("lease_owner")
+        .map_err(|e| bad(id, "lease_owner", e))?;
+    let age_us: Option<i64> = row
+        .try_get("heartbeat_age_us")
+        .map_err(|e| bad(id, "heartbeat_at", e))?;
+    Ok(ApplyStatus {
+        id,
+        identifier: row
+            .try_get_unchecked::<Option<String>, _>("apply_identifier")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("apply-{id}")),
+        target: Target {
+            database: text("database_name")?,
+            environment: text("environment")?,
+        },
+        engine,
+        state,
+        options,
+        ddl,
+        attempt: row.try_get("attempt").map_err(|e| bad(id, "attempt", e))?,
+        heartbeat_age_ms: lease_owner
+            .as_ref()
+            .filter(|_| state.is_active())
+            .and(age_us)
+            .map(|us| (us.max(0) / 1000) as u64),
+        lease_owner,
+        lease_epoch: row
+            .try_get("lease_epoch")
+            .map_err(|e| bad(id, "lease_epoch", e))?,
+        error: row
+            .try_get_unchecked("error_message")
+            .map_err(|e| bad(id, "error_message", e))?,
+        pending_requests: Vec::new(),
+        requests: Vec::new(),
+    })
+}
+
+impl MySqlStore {
+    async fn attach_requests(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
+        let rows = sqlx::query("SELECT operation, status, error_message FROM apply_control_requests WHERE apply_id = ? ORDER BY id")
+            .bind(status.id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(unavailable)?;
+        for r in rows {
+            let op: String = r
+                .try_get_unchecked("operation")
+                .map_err(|e| bad(status.id, "operation", e))?;
+            let Ok(op) = op.parse::<ControlOp>() else {
+                tracing::warn!(apply = status.id, operation = %op, "unknown control operation in apply_control_requests; skipped");
+                continue;
+            };
+            let st: String = r
+                .try_get_unchecked("status")
+                .map_err(|e| bad(status.id, "status", e))?;
+            let msg: Option<String> = r
+                .try_get_unchecked("error_message")
+                .map_err(|e| bad(status.id, "error_message", e))?;
+            if st == "pending" {
+                status.pending_requests.push(op);
+            }
+            status
+                .requests
+                .push((op, msg.map_or(st.clone(), |m| format!("{st}: {m}"))));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Inspect for MySqlStore {
+    async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM applies a ORDER BY a.id DESC LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(limit as u64)
+            .fetch_all(self.pool())
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match decode(r) {
+                Ok(mut s) => {
+                    self.attach_requests(&mut s).await?;
+                    out.push(s);
+                }
+                // One unreadable row must not hide the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an unreadable apply row in the listing")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM applies a WHERE a.id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(unavailable)?;
+        let mut s = decode(&row.ok_or(StoreError::RowGone(id))?)?;
+        self.attach_requests(&mut s).await?;
+        Ok(s)
+    }
+}

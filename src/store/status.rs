@@ -1,0 +1,97 @@
+//! Read-only views of applies for the CLI, the HTTP API and the status page.
+
+use async_trait::async_trait;
+
+use super::memory::MemoryStore;
+use super::{StoreError, Target};
+use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
+use crate::worker::ApplyId;
+
+/// One apply as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyStatus {
+    pub id: ApplyId,
+    pub identifier: String,
+    pub target: Target,
+    pub engine: EngineKind,
+    pub state: ApplyState,
+    pub options: ApplyOptions,
+    pub ddl: Vec<String>,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    /// By the store's clock; `None` when no lease is held.
+    pub heartbeat_age_ms: Option<u64>,
+    pub error: Option<String>,
+    pub pending_requests: Vec<ControlOp>,
+    /// The last request of each kind and how it ended (`pending`, `completed`, `failed: why`).
+    pub requests: Vec<(ControlOp, String)>,
+}
+
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// Applies, newest first.
+    async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError>;
+    /// One apply; `RowGone` when it does not exist.
+    async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError>;
+}
+
+impl MemoryStore {
+    fn status_of(&self, row: &super::memory::MemoryRow, now: u64) -> ApplyStatus {
+        let mut pending = Vec::new();
+        let mut requests = Vec::new();
+        for op in ControlOp::ALL {
+            if let Some(req) = self.request_status(row.id, *op) {
+                if req.status == crate::machine::ControlStatus::Pending {
+                    pending.push(*op);
+                }
+                let text = match &req.message {
+                    Some(m) => format!("{}: {m}", req.status),
+                    None => req.status.to_string(),
+                };
+                requests.push((*op, text));
+            }
+        }
+        ApplyStatus {
+            id: row.id,
+            identifier: row.spec.identifier.clone(),
+            target: row.spec.target.clone(),
+            engine: row.engine,
+            state: row.state,
+            options: row.options,
+            ddl: row.spec.ddl.clone(),
+            attempt: row.attempt,
+            lease_owner: row.lease_owner.clone(),
+            lease_epoch: row.lease_epoch,
+            heartbeat_age_ms: row
+                .lease_owner
+                .as_ref()
+                .filter(|_| row.state.is_active())
+                .and(row.heartbeat_at)
+                .map(|h| now.saturating_sub(h)),
+            error: row.error_message.clone(),
+            pending_requests: pending,
+            requests,
+        }
+    }
+}
+
+#[async_trait]
+impl Inspect for MemoryStore {
+    async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError> {
+        let now = self.now_ms();
+        Ok(self
+            .rows()
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|r| self.status_of(r, now))
+            .collect())
+    }
+
+    async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError> {
+        let now = self.now_ms();
+        let row = self.row(id).ok_or(StoreError::RowGone(id))?;
+        Ok(self.status_of(&row, now))
+    }
+}

@@ -1,0 +1,185 @@
+//! The HTTP API over real HTTP on loopback, backed by the memory store.
+
+use std::sync::Arc;
+
+use applyd::api::{router, ApiState};
+use applyd::config::Secret;
+use applyd::machine::Rules;
+use applyd::store::memory::{ManualClock, MemoryStore};
+use serde_json::json;
+
+async fn start(token: Option<&str>) -> String {
+    let store = Arc::new(MemoryStore::new(
+        Rules::default(),
+        Arc::new(ManualClock::new(0)),
+    ));
+    let state = ApiState {
+        store: store.clone(),
+        inspect: store,
+        token: token.map(Secret::new),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: Some(applyd::operator::telemetry::install()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn apply_body(db: &str, engine: &str) -> serde_json::Value {
+    json!({
+        "target": { "database": db, "environment": "prod" },
+        "engine": engine,
+        "ddl": ["ALTER TABLE t ADD COLUMN c INT"],
+        "options": { "defer_cutover": true }
+    })
+}
+
+#[tokio::test]
+async fn submit_list_control_and_errors_speak_plainly() {
+    let base = start(Some("t0ken")).await;
+    let http = reqwest::Client::new();
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("t0ken");
+
+    let created = auth(
+        http.post(format!("{base}/v1/applies"))
+            .json(&apply_body("shop", "planetscale")),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    let dup = auth(
+        http.post(format!("{base}/v1/applies"))
+            .json(&apply_body("shop", "spirit")),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(dup.status(), 409);
+    assert!(dup.text().await.unwrap().contains("another active apply"));
+
+    let bad = auth(
+        http.post(format!("{base}/v1/applies"))
+            .json(&json!({"target": {"database": "x"}, "engine": "spirit", "ddl": []})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = bad.text().await.unwrap();
+    assert!(
+        text.contains("environment"),
+        "names the missing field: {text}"
+    );
+
+    let wrong_engine = auth(
+        http.post(format!("{base}/v1/applies"))
+            .json(&apply_body("y", "oracle")),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(wrong_engine.status(), 400);
+    assert!(wrong_engine.text().await.unwrap().contains("oracle"));
+
+    let no_token = http.get(format!("{base}/v1/applies")).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let wrong = http
+        .get(format!("{base}/v1/applies"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(
+        !wrong.text().await.unwrap().contains("t0ken"),
+        "the token never appears in errors"
+    );
+
+    let stop = auth(http.post(format!("{base}/v1/applies/{id}/stop")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), 409);
+    assert!(
+        stop.text().await.unwrap().contains("cancel"),
+        "planetscale stop says to cancel instead"
+    );
+
+    let cancel = auth(http.post(format!("{base}/v1/applies/apply-{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let again = auth(http.post(format!("{base}/v1/applies/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert!(again.text().await.unwrap().contains("AlreadyPending"));
+
+    let unknown = auth(http.post(format!("{base}/v1/applies/{id}/explode")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    assert!(unknown.text().await.unwrap().contains("explode"));
+
+    let missing = auth(http.get(format!("{base}/v1/applies/999")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let list: Vec<serde_json::Value> = auth(http.get(format!("{base}/v1/applies")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["state"], "pending");
+    assert_eq!(list[0]["pending_requests"][0], "cancel");
+
+    let page = auth(http.get(format!("{base}/")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("apply-1") && page.contains("stateDiagram-v2"));
+    let mermaid = http
+        .get(format!("{base}/v1/table?format=mermaid"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(mermaid.contains("preparing_branch"));
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_refuses_to_listen_beyond_loopback() {
+    let store = Arc::new(MemoryStore::new(
+        Rules::default(),
+        Arc::new(ManualClock::new(0)),
+    ));
+    let state = ApiState {
+        store: store.clone(),
+        inspect: store,
+        token: None,
+        wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: None,
+    };
+    let err = applyd::api::serve(state, "0.0.0.0:0".parse().unwrap(), async {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without a token"), "{err}");
+}

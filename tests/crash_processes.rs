@@ -1,0 +1,241 @@
+//! Crash test on real processes: MariaDB, the fake engines served over loopback, and three
+//! `applyd serve` processes with a 2 s lease. A loop SIGKILLs and restarts a random process every
+//! few seconds and SIGSTOPs one past its lease once. Every apply must still complete, with no
+//! deploy request created twice, no write with a stale epoch landed, and no apply lost.
+
+mod store_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use applyd::machine::{ApplyOptions, ApplyState, EngineKind, Rules};
+use applyd::store::mysql::MySqlStore;
+use applyd::store::status::Inspect;
+use applyd::store::{NewApply, Store, Target};
+
+const BIN: &str = env!("CARGO_BIN_EXE_applyd");
+
+struct Proc {
+    child: Child,
+    host: u32,
+}
+
+fn spawn_operator(db_url: &str, engines_url: &str, host: u32) -> Proc {
+    let child = Command::new(BIN)
+        .arg("serve")
+        .env("APPLYD_DATABASE_URL", db_url)
+        .env("APPLYD_ENGINES", "remote-fake")
+        .env("APPLYD_REMOTE_FAKE_URL", engines_url)
+        .env("APPLYD_REMOTE_FAKE_HOST", host.to_string())
+        .env("APPLYD_OWNER", format!("crash-p{host}"))
+        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
+        .env("APPLYD_STALE_AFTER_MS", "2000")
+        .env("APPLYD_PRESUMED_LOSS_MS", "1500")
+        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
+        .env("APPLYD_POLL_INTERVAL_MS", "200")
+        .env("APPLYD_DRIVERS", "4")
+        .env("APPLYD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start applyd serve");
+    Proc { child, host }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+struct Cleanup(Vec<Child>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
+    let Some(url) = store_support::mysql_url() else {
+        return;
+    };
+    let (options, name) = store_support::fresh_database(&url).await;
+    let db_url = format!("{}/{name}", url.trim_end_matches('/'));
+    let store = MySqlStore::connect_with(options, Rules::default(), 8)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+
+    let mut engines = Command::new(BIN)
+        .args(["fake-engines", "--listen", "127.0.0.1:0", "--fast"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the fake engines");
+    let mut line = String::new();
+    BufReader::new(engines.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
+    let http = reqwest::Client::new();
+
+    let mut ids = Vec::new();
+    for i in 0..30u32 {
+        let engine = if i % 2 == 0 {
+            EngineKind::PlanetScale
+        } else {
+            EngineKind::Spirit
+        };
+        let id = store
+            .submit(NewApply {
+                target: Target {
+                    database: format!("db{i}"),
+                    environment: "prod".into(),
+                },
+                engine,
+                ddl: vec![format!("ALTER TABLE t{i} ADD COLUMN c INT")],
+                options: ApplyOptions {
+                    skip_revert: true,
+                    ..Default::default()
+                },
+            })
+            .await
+            .expect("submit");
+        ids.push(id);
+    }
+
+    let mut procs: Vec<Proc> = (1..=3)
+        .map(|h| spawn_operator(&db_url, &engines_url, h))
+        .collect();
+    let mut next_host = 4u32;
+    let mut cleanup = Cleanup(Vec::new());
+    // A fixed pseudo-random sequence keeps the schedule reproducible.
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let chaos_until = Instant::now() + Duration::from_secs(20);
+    let mut stopped_once = false;
+    let mut kills = 0;
+    while Instant::now() < chaos_until {
+        tokio::time::sleep(Duration::from_millis(1_500 + next() % 2_000)).await;
+        let victim = (next() % procs.len() as u64) as usize;
+        if !stopped_once && kills == 2 {
+            // Frozen past its lease: peers reclaim; when it wakes, its writes must bounce.
+            let pid = procs[victim].child.id();
+            signal(pid, "-STOP");
+            tokio::time::sleep(Duration::from_millis(3_500)).await;
+            signal(pid, "-CONT");
+            stopped_once = true;
+            continue;
+        }
+        let mut dead = std::mem::replace(
+            &mut procs[victim],
+            spawn_operator(&db_url, &engines_url, next_host),
+        );
+        next_host += 1;
+        let _ = dead.child.kill();
+        let _ = dead.child.wait();
+        // The runners a killed process hosted die with it.
+        let _ = http
+            .post(format!("{engines_url}/crash-host/{}", dead.host))
+            .send()
+            .await;
+        kills += 1;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let statuses = loop {
+        let all = store.list(100).await.expect("list");
+        if all.iter().all(|a| a.state.is_terminal()) || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for p in &procs {
+        signal(p.child.id(), "-TERM");
+    }
+    for p in procs {
+        cleanup.0.push(p.child);
+    }
+    cleanup.0.push(engines);
+
+    assert_eq!(statuses.len(), 30, "no apply lost");
+    let unfinished: Vec<String> = statuses
+        .iter()
+        .filter(|a| a.state != ApplyState::Completed)
+        .map(|a| {
+            format!(
+                "{} {} owner {:?} epoch {}",
+                a.identifier, a.state, a.lease_owner, a.lease_epoch
+            )
+        })
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "every apply completes: {unfinished:#?}"
+    );
+    assert!(
+        kills >= 4 && stopped_once,
+        "the chaos loop ran: {kills} kills"
+    );
+
+    let facts: applyd::engine::remote_fake::Facts = http
+        .get(format!("{engines_url}/facts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (apply, n) in &facts.deploy_requests {
+        assert_eq!(*n, 1, "apply {apply} has {n} deploy requests");
+    }
+    assert_eq!(
+        facts.deploy_requests.len(),
+        15,
+        "every PlanetScale apply created its deploy request"
+    );
+
+    // The audit log: every write carries the epoch of the latest claim before it.
+    let logs = store.stored_logs().await.expect("logs");
+    let mut current: std::collections::BTreeMap<u64, u64> = Default::default();
+    let mut reclaims = 0;
+    for l in &logs {
+        if l.cause.starts_with("claim") {
+            let prev = current.insert(l.apply, l.epoch).unwrap_or(0);
+            assert!(
+                l.epoch > prev,
+                "claim epochs only grow: {prev} then {} on apply {}",
+                l.epoch,
+                l.apply
+            );
+            if l.from != "pending" {
+                reclaims += 1;
+            }
+        } else if l.cause == "write" {
+            assert_eq!(
+                Some(&l.epoch),
+                current.get(&l.apply),
+                "a write with a stale epoch landed on apply {}: {} -> {} ({})",
+                l.apply,
+                l.from,
+                l.to,
+                l.cause
+            );
+        }
+    }
+    assert!(reclaims > 0, "the crashes forced reclaims");
+    eprintln!(
+        "crash test: {kills} kills, 1 stop past the lease, {reclaims} reclaims, {} audit entries",
+        logs.len()
+    );
+    store_support::drop_database(&url, &name).await;
+}
