@@ -319,7 +319,9 @@ impl Rules {
 
     /// Retry expiry: a `failed_retryable` apply past its budget or freshness becomes `failed`.
     pub fn retry_expiry(&self, row: &ClaimView) -> Option<ExpiryReason> {
-        if self.class_of(row.state) != ClaimClass::RetryPath {
+        // Expiry is an unfenced write: a live owner (processing a stop or cancel on the
+        // `failed_retryable` row) would land its next fenced write on the expired, terminal row.
+        if self.class_of(row.state) != ClaimClass::RetryPath || !row.lease_is_free(self) {
             return None;
         }
         if row.attempt >= self.params.retry_budget {

@@ -154,6 +154,26 @@ pub fn completion_is_justified(op: ControlOp, state: ApplyState) -> bool {
     }
 }
 
+impl Rules {
+    /// [`accepts_request`] under these rules. The #269 switch re-opens the hole upstream's API
+    /// had: a stop reaching a deployed PlanetScale apply in its revert window.
+    pub fn accepts_request(
+        &self,
+        engine: EngineKind,
+        state: ApplyState,
+        op: ControlOp,
+        pending: &PendingControls,
+    ) -> Result<(), Refusal> {
+        if self.has(super::rules::Mutant::StopInRevertWindow)
+            && op == ControlOp::Stop
+            && state == RevertWindow
+        {
+            return Ok(());
+        }
+        accepts_request(engine, state, op, pending)
+    }
+}
+
 /// Whether the HTTP/CLI surface accepts a new request (before it becomes durable).
 pub fn accepts_request(
     engine: EngineKind,

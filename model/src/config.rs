@@ -1,0 +1,122 @@
+//! Model configurations: the presets and their bounds.
+
+use applyd::machine::{ApplyOptions, EngineKind, Params};
+
+use crate::state::{MAX_APPLIES, MAX_WORKERS};
+
+/// One modelled milliseconds-per-tick scale: the rules see ages in milliseconds.
+pub const TICK_MS: u64 = 1000;
+
+/// One apply of the configuration: it is submitted by the model's user when its target is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApplySpec {
+    pub engine: EngineKind,
+    pub target: u8,
+    pub options: ApplyOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    Ci,
+    Full,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Ci => "ci",
+            Preset::Full => "full",
+        }
+    }
+}
+
+/// Everything that sizes the explored state space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub preset: &'static str,
+    pub workers: usize,
+    pub applies: Vec<ApplySpec>,
+    /// Crashes and pauses together (a pause is a worker freezing right after a read).
+    pub faults: u8,
+    /// Injected engine faults: lost replies, transient and permanent failures, runner failures.
+    pub engine_faults: u8,
+    /// User control requests (stop, start, cancel, cutover, revert, skip-revert).
+    pub requests: u8,
+    /// Ticks after which a heartbeat is stale.
+    pub stale_ticks: u8,
+    /// Ticks of failed heartbeats after which a driver presumes its lease lost.
+    pub presumed_ticks: u8,
+    pub retry_budget: u32,
+}
+
+impl Config {
+    pub fn preset(p: Preset) -> Config {
+        let ps = ApplySpec {
+            engine: EngineKind::PlanetScale,
+            target: 0,
+            options: ApplyOptions::default(),
+        };
+        let sp = ApplySpec {
+            engine: EngineKind::Spirit,
+            target: 0,
+            options: ApplyOptions::default(),
+        };
+        match p {
+            Preset::Ci => Config {
+                preset: "ci",
+                workers: 2,
+                applies: vec![sp, ps],
+                faults: 1,
+                engine_faults: 0,
+                requests: 1,
+                stale_ticks: 2,
+                presumed_ticks: 1,
+                retry_budget: 1,
+            },
+            Preset::Full => Config {
+                preset: "full",
+                workers: 2,
+                applies: vec![sp, ps],
+                faults: 1,
+                engine_faults: 1,
+                requests: 2,
+                stale_ticks: 2,
+                presumed_ticks: 1,
+                retry_budget: 1,
+            },
+        }
+    }
+
+    /// Resize to `applies` applies on one target, alternating Spirit and PlanetScale.
+    pub fn with_applies(mut self, n: usize) -> Config {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.push(self.applies[i % 2]);
+        }
+        self.applies = out;
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(format!("--workers must be 1..={MAX_WORKERS}"));
+        }
+        if self.applies.is_empty() || self.applies.len() > MAX_APPLIES {
+            return Err(format!("--applies must be 1..={MAX_APPLIES}"));
+        }
+        if self.presumed_ticks == 0 || self.presumed_ticks >= self.stale_ticks {
+            return Err("presumed-loss ticks must be in 1..stale ticks".into());
+        }
+        self.params().validate()
+    }
+
+    pub fn params(&self) -> Params {
+        Params {
+            stale_after_ms: self.stale_ticks as u64 * TICK_MS,
+            presumed_loss_ms: self.presumed_ticks as u64 * TICK_MS,
+            retry_budget: self.retry_budget,
+            // Retry freshness is not modelled: the clock only measures heartbeats.
+            retry_freshness_ms: 365 * 24 * 3600 * 1000,
+        }
+    }
+}

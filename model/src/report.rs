@@ -1,0 +1,224 @@
+//! Readable counterexamples and their export as a schedule (docs/schedule-format.md).
+
+use applyd::machine::{ControlOp, EngineKind, Mutant};
+use applyd::worker::Command;
+use serde_json::{json, Value};
+
+use crate::config::TICK_MS;
+use crate::graph::Found;
+use crate::state::{Action, Outcome, State, Worker};
+use crate::world::ApplydModel;
+
+/// One step of a counterexample, in the words of the schedule format.
+pub struct Step {
+    pub worker: Option<u8>,
+    pub action: &'static str,
+    pub apply: Option<u8>,
+    pub advance_ms: Option<u64>,
+    pub request: Option<ControlOp>,
+    pub engine: Option<Outcome>,
+    pub state_after: Option<&'static str>,
+    pub epoch_after: Option<u8>,
+    pub note: String,
+}
+
+fn command_text(cmd: &Command) -> String {
+    match cmd {
+        Command::Write { to, .. } => format!("write {to}"),
+        Command::Complete(op) => format!("complete {op} request"),
+        Command::Fail(op, why) => format!("fail {op} request ({})", why.message()),
+        Command::Call(c) => format!("call {c:?}"),
+        Command::Probe(p) => format!("probe {p:?}"),
+        Command::Wait(w) => format!("wait ({w:?})"),
+        Command::Finish(f) => format!("finish ({f:?})"),
+    }
+}
+
+fn drive_apply(s: &State, w: u8) -> Option<u8> {
+    match s.workers[w as usize] {
+        Worker::Driving { drive, .. } => Some(drive.apply as u8 - 1),
+        _ => None,
+    }
+}
+
+pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step> {
+    let mut out = Vec::new();
+    for i in 1..path.len() {
+        let (before, _) = &path[i - 1];
+        let (after, action) = &path[i];
+        let action = action.expect("every step but the first has an action");
+        let mut st = Step {
+            worker: None,
+            action: "tick",
+            apply: None,
+            advance_ms: None,
+            request: None,
+            engine: None,
+            state_after: None,
+            epoch_after: None,
+            note: String::new(),
+        };
+        match action {
+            Action::Submit(a) => {
+                st.action = "submit";
+                st.apply = Some(a);
+                st.note = format!("{} apply submitted", model.spec(a as usize).engine);
+            }
+            Action::Claim(w, a) => {
+                st.worker = Some(w);
+                st.action = "claim";
+                st.apply = Some(a);
+                let row = &before.rows[a as usize];
+                st.note = match model.claim_of(row, model.spec(a as usize).engine) {
+                    Some((arm, _)) if after.rows[a as usize].epoch != row.epoch => {
+                        format!("claim {} ({})", arm.code(), arm.describe())
+                    }
+                    _ => "claim refused: the target is busy, the start request fails".into(),
+                };
+            }
+            Action::Step(w, o) | Action::Resume(w, o) => {
+                let resumed = matches!(action, Action::Resume(..));
+                st.worker = Some(w);
+                st.action = if resumed { "resume" } else { "step" };
+                st.apply = drive_apply(before, w);
+                st.engine = Some(o);
+                let p = model.prepare(before, w as usize, resumed);
+                st.note = match p.as_ref().and_then(|p| p.cmd.as_ref()) {
+                    Some(cmd) => {
+                        let mut t = command_text(cmd);
+                        if matches!(cmd, Command::Call(_) | Command::Probe(_)) {
+                            t.push_str(&format!(" -> engine {}", o.name()));
+                        }
+                        t
+                    }
+                    None => "heartbeat and read refused: lease lost".into(),
+                };
+                if resumed {
+                    st.note.push_str(" (on the read made before the pause)");
+                }
+            }
+            Action::Crash(w) => {
+                st.worker = Some(w);
+                st.action = "crash";
+                st.apply = drive_apply(before, w);
+                st.note = "the worker process dies (its Spirit runners die with it) and restarts at once with an empty memory".into();
+            }
+            Action::Restart(w) => {
+                st.worker = Some(w);
+                st.action = "restart";
+                st.note = "the worker comes back with an empty memory".into();
+            }
+            Action::Pause(w) => {
+                st.worker = Some(w);
+                st.action = "pause";
+                st.apply = drive_apply(before, w);
+                st.note = "the worker reads its row, then freezes (no heartbeats)".into();
+            }
+            Action::Tick => {
+                st.advance_ms = Some(TICK_MS);
+                st.note = "time passes: heartbeats age".into();
+            }
+            Action::Request(a, op) => {
+                st.action = "request";
+                st.apply = Some(a);
+                st.request = Some(op);
+                st.note = format!("the user requests {op}");
+            }
+            Action::Expire => {
+                st.action = "expire";
+                st.apply = (0..model.cfg.applies.len())
+                    .find(|a| before.rows[*a].state != after.rows[*a].state)
+                    .map(|a| a as u8);
+                st.note = "retry expiry".into();
+            }
+        }
+        if let Some(a) = st.apply {
+            let row = &after.rows[a as usize];
+            st.state_after = Some(row.state.as_str());
+            st.epoch_after = Some(row.epoch);
+        }
+        out.push(st);
+    }
+    out
+}
+
+pub fn print(model: &ApplydModel, found: &Found) -> String {
+    let what = if found.property == found.violation.invariant {
+        found.violation.to_string()
+    } else {
+        format!("{} — {}", found.property, found.violation)
+    };
+    let mut text = format!(
+        "violation: {what}\ncounterexample ({} steps):\n",
+        found.path.len() - 1
+    );
+    for (i, s) in steps(model, &found.path).iter().enumerate() {
+        let who = s.worker.map_or("--".to_string(), |w| format!("w{w}"));
+        let apply = match (s.apply, s.state_after, s.epoch_after) {
+            (Some(a), Some(st), Some(e)) => format!("apply {} {st} epoch {e}", a + 1),
+            _ => "-".into(),
+        };
+        let action = match s.request {
+            Some(op) => format!("request {op}"),
+            None => s.action.to_string(),
+        };
+        text.push_str(&format!(
+            "{:>4}. {:<3} {:<15} {:<44} {}\n",
+            i + 1,
+            who,
+            action,
+            apply,
+            s.note
+        ));
+    }
+    text
+}
+
+pub fn schedule(model: &ApplydModel, mutant: Option<Mutant>, found: &Found) -> Value {
+    let p = model.params();
+    let applies: Vec<Value> = model
+        .cfg
+        .applies
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({
+                "id": i + 1,
+                "engine": match a.engine { EngineKind::PlanetScale => "planetscale", EngineKind::Spirit => "spirit" },
+                "target": a.target,
+                "options": a.options,
+            })
+        })
+        .collect();
+    let steps: Vec<Value> = steps(model, &found.path)
+        .into_iter()
+        .map(|s| {
+            json!({
+                "worker": s.worker,
+                "action": s.action,
+                "apply": s.apply.map(|a| a + 1),
+                "advance_ms": s.advance_ms,
+                "request": s.request.map(|op| op.as_str()),
+                "engine": s.engine.map(|o| o.name()),
+                "state_after": s.state_after,
+                "epoch_after": s.epoch_after,
+                "note": s.note,
+            })
+        })
+        .collect();
+    json!({
+        "format": "applyd-schedule/1",
+        "mutant": mutant.map(|m| m.name()),
+        "params": {
+            "stale_after_ms": p.stale_after_ms,
+            "presumed_loss_ms": p.presumed_loss_ms,
+            "retry_budget": p.retry_budget,
+            "retry_freshness_ms": p.retry_freshness_ms,
+        },
+        "tick_ms": TICK_MS,
+        "workers": model.cfg.workers,
+        "applies": applies,
+        "steps": steps,
+        "violation": format!("{}: {}", found.property, found.violation),
+    })
+}

@@ -1,0 +1,817 @@
+//! The stateright `Model`: the store (MemoryStore's semantics over compact rows), the workers
+//! (applyd's own `Drive`), the abstract engines, the user and the clock.
+
+use std::collections::BTreeMap;
+
+use applyd::machine::invariants::{
+    check_world, cutover_after_gate, justified_completion, legal_step, stale_write, stop_dominance,
+    ApplyFacts, Violation,
+};
+use applyd::machine::table::{is_settled, Event, TABLE};
+use applyd::machine::{ApplyState, ClaimArm, ClaimView, ControlOp, EngineKind, Params, Rules};
+use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
+use stateright::{Model, Property};
+
+use crate::config::{ApplySpec, Config, TICK_MS};
+use crate::engine;
+use crate::state::{Action, Eng, Flaw, Frozen, Outcome, Row, State, Worker, MAX_WORKERS};
+
+pub const WORLD: &str = "world invariants";
+pub const STEP: &str = "step invariants";
+pub const RECLAIMABLE: &str = "reclaimability";
+pub const NO_WEDGE: &str = "no wedge";
+
+/// The control requests the model's user may make.
+pub const USER_OPS: [ControlOp; 6] = [
+    ControlOp::Stop,
+    ControlOp::Start,
+    ControlOp::Cancel,
+    ControlOp::Cutover,
+    ControlOp::Revert,
+    ControlOp::SkipRevert,
+];
+
+#[derive(Debug, Clone)]
+pub struct ApplydModel {
+    pub cfg: Config,
+    pub rules: Rules,
+    /// Keep real epochs instead of relabelling them by rank (replaying a path for export).
+    pub raw_epochs: bool,
+}
+
+/// What a worker is about to do, computed from the state without changing it.
+pub struct Prepared {
+    pub apply: usize,
+    pub drive: Drive,
+    pub hb_age: u8,
+    /// The heartbeat landed (the row's heartbeat is refreshed).
+    pub heartbeat: bool,
+    /// `None` when the read was refused (lease lost).
+    pub view: Option<DriveView>,
+    pub cmd: Option<Command>,
+}
+
+impl ApplydModel {
+    pub fn new(cfg: Config, mutant: Option<applyd::machine::Mutant>) -> ApplydModel {
+        let rules = Rules::with_mutant(cfg.params(), mutant);
+        ApplydModel {
+            cfg,
+            rules,
+            raw_epochs: false,
+        }
+    }
+
+    pub fn params(&self) -> Params {
+        self.rules.params
+    }
+
+    pub fn spec(&self, a: usize) -> ApplySpec {
+        self.cfg.applies[a]
+    }
+
+    pub fn initial(&self) -> State {
+        let mut workers = [Worker::Unused; MAX_WORKERS];
+        for w in workers.iter_mut().take(self.cfg.workers) {
+            *w = Worker::Idle;
+        }
+        State {
+            rows: [Row::ABSENT; crate::state::MAX_APPLIES],
+            eng: [Eng::NONE; crate::state::MAX_APPLIES],
+            workers,
+            faults_left: self.cfg.faults,
+            engine_faults_left: self.cfg.engine_faults,
+            requests_left: self.cfg.requests,
+            flaw: None,
+        }
+    }
+
+    fn applies(&self) -> usize {
+        self.cfg.applies.len()
+    }
+
+    pub fn claim_view(&self, row: &Row) -> ClaimView {
+        ClaimView {
+            state: row.state,
+            leased: row.leased,
+            heartbeat_age_ms: row.hb_age.map(|t| t as u64 * TICK_MS),
+            attempt: row.attempt as u32,
+            updated_age_ms: 0,
+            has_children: true,
+            controls: row.controls,
+        }
+    }
+
+    pub fn snapshot(&self, s: &State, a: usize) -> ApplySnapshot {
+        let row = &s.rows[a];
+        let spec = self.spec(a);
+        ApplySnapshot {
+            id: a as u64 + 1,
+            engine: spec.engine,
+            state: row.state,
+            epoch: row.epoch as u64,
+            attempt: row.attempt as u32,
+            options: spec.options,
+            resume: row.resume,
+        }
+    }
+
+    fn active_on_target(&self, s: &State, a: usize) -> bool {
+        let target = self.spec(a).target;
+        (0..self.applies()).any(|b| {
+            b != a
+                && s.rows[b].present
+                && s.rows[b].state.is_active()
+                && self.spec(b).target == target
+        })
+    }
+
+    fn allowed(&self, row: &Row, epoch: u64) -> bool {
+        self.rules.write_allowed(row.epoch as u64, epoch)
+    }
+
+    /// The claim a worker would make on apply `a`: the arm and the row's new state.
+    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<(ClaimArm, ApplyState)> {
+        let arm = self.rules.matching_arm(&self.claim_view(row))?;
+        let id = TABLE.lookup(&self.rules, engine, row.state, Event::Claim(arm))?;
+        Some((arm, TABLE.row(id).to))
+    }
+
+    /// Heartbeat, read and decide, for a step (`resumed == false`) or a resume from a pause.
+    pub fn prepare(&self, s: &State, w: usize, resumed: bool) -> Option<Prepared> {
+        let Worker::Driving {
+            drive,
+            hb_age,
+            frozen,
+        } = s.workers[w]
+        else {
+            return None;
+        };
+        if frozen.is_some() != resumed {
+            return None;
+        }
+        let a = drive.apply as usize - 1;
+        let row = &s.rows[a];
+        let mut drive = drive;
+        let mut hb_age = hb_age;
+        let (heartbeat, view) = if let Some(f) = frozen {
+            // The read happened before the pause; the driver acts on it without a heartbeat.
+            (false, Some((f.row, f.controls)))
+        } else {
+            let ok = self.allowed(row, drive.epoch);
+            if ok {
+                hb_age = 0;
+            }
+            (ok, ok.then(|| (self.snapshot(s, a), row.controls)))
+        };
+        let view = view.map(|(snap, controls)| DriveView {
+            row: snap,
+            controls,
+            revert_window_expired: false,
+            heartbeat_ok_age_ms: hb_age as u64 * TICK_MS,
+        });
+        // A wait is followed at once by the next decision on the same read: the wait itself
+        // changes nothing that anyone else can see.
+        let cmd = view.as_ref().map(|v| {
+            let mut cmd = drive.next(v, &self.rules);
+            for _ in 0..3 {
+                if !matches!(cmd, Command::Wait(_)) {
+                    break;
+                }
+                cmd = drive.next(v, &self.rules);
+            }
+            cmd
+        });
+        Some(Prepared {
+            apply: a,
+            drive,
+            hb_age,
+            heartbeat,
+            view,
+            cmd,
+        })
+    }
+
+    fn outcomes(&self, s: &State, p: &Prepared, out: &mut Vec<Outcome>) {
+        let engine = self.spec(p.apply).engine;
+        let e = &s.eng[p.apply];
+        match p.cmd {
+            Some(Command::Call(c)) => {
+                engine::call_outcomes(engine, e, c, p.drive.epoch as u8, s.engine_faults_left, out)
+            }
+            Some(Command::Probe(_)) => engine::probe_outcomes(engine, e, out),
+            _ => out.push(Outcome::Ok),
+        }
+    }
+
+    fn flag(&self, s: &mut State, a: usize, r: Result<(), Violation>, flaw: Flaw) {
+        if r.is_err() && s.flaw.is_none() {
+            s.flaw = Some((a as u8, flaw));
+        }
+    }
+
+    /// Run the prepared command against the store and the engine.
+    fn execute(&self, s: &mut State, w: usize, p: Prepared, outcome: Outcome) {
+        let a = p.apply;
+        let spec = self.spec(a);
+        let mut drive = p.drive;
+        if p.heartbeat {
+            s.rows[a].hb_age = Some(0);
+        }
+        let mut idle = false;
+        match (p.view, p.cmd) {
+            (None, _) | (_, None) => {
+                drive.on_store(WriteOutcome::LeaseLost);
+            }
+            (Some(view), Some(cmd)) => match cmd {
+                Command::Write { to, resume } => {
+                    let row = s.rows[a];
+                    if !self.allowed(&row, drive.epoch) {
+                        drive.on_store(WriteOutcome::LeaseLost);
+                    } else if to.is_active()
+                        && !row.state.is_active()
+                        && self.rules.checks_target_on_reactivation()
+                        && self.active_on_target(s, a)
+                    {
+                        drive.on_store(WriteOutcome::TargetBusy);
+                    } else {
+                        let writer = drive.epoch as u8;
+                        self.flag(
+                            s,
+                            a,
+                            stale_write(row.epoch as u64, drive.epoch),
+                            Flaw::StaleWrite {
+                                row: row.epoch,
+                                writer,
+                            },
+                        );
+                        self.flag(
+                            s,
+                            a,
+                            legal_step(spec.engine, row.state, to),
+                            Flaw::LegalStep(spec.engine, row.state, to),
+                        );
+                        let r = &mut s.rows[a];
+                        r.state = to;
+                        r.resume = resume;
+                        r.hb_age = Some(0);
+                        drive.on_store(WriteOutcome::Ok);
+                    }
+                }
+                Command::Complete(op) | Command::Fail(op, _) => {
+                    let row = s.rows[a];
+                    if !self.allowed(&row, drive.epoch) {
+                        drive.on_store(WriteOutcome::LeaseLost);
+                    } else {
+                        if row.controls.has(op) {
+                            if matches!(cmd, Command::Complete(_)) {
+                                self.flag(
+                                    s,
+                                    a,
+                                    justified_completion(op, row.state),
+                                    Flaw::Justified(op, row.state),
+                                );
+                            }
+                            s.rows[a].controls.set(op, false);
+                            if op == ControlOp::Start {
+                                s.rows[a].controls.start_newer_than_lease = false;
+                            }
+                        }
+                        drive.on_store(WriteOutcome::Ok);
+                    }
+                }
+                Command::Call(c) => {
+                    // "Pending" is as of the driver's last read: a request that lands after
+                    // it races the call and is seen at the next decision.
+                    self.flag(
+                        s,
+                        a,
+                        stop_dominance(&view.controls, spec.engine, c),
+                        Flaw::StopDominance(view.controls, spec.engine, c),
+                    );
+                    let truth = engine::truth(spec.engine, &s.eng[a]);
+                    self.flag(
+                        s,
+                        a,
+                        cutover_after_gate(c, truth),
+                        Flaw::CutoverGate(c, truth),
+                    );
+                    let obs = engine::call(
+                        spec.engine,
+                        &mut s.eng[a],
+                        &view.row,
+                        &spec.options,
+                        drive.epoch as u8,
+                        w as u8,
+                        c,
+                        outcome,
+                    );
+                    drive.on_engine(obs);
+                }
+                Command::Probe(pr) => {
+                    let obs = engine::probe(
+                        spec.engine,
+                        &mut s.eng[a],
+                        &view.row,
+                        &spec.options,
+                        pr,
+                        outcome,
+                    );
+                    drive.on_engine(obs);
+                }
+                Command::Wait(_) => {}
+                Command::Finish(f) => {
+                    if f == applyd::worker::Finish::ReleaseForRetry {
+                        let row = &mut s.rows[a];
+                        if self.rules.write_allowed(row.epoch as u64, drive.epoch) {
+                            row.leased = false;
+                            row.hb_age = None;
+                        }
+                    }
+                    idle = true;
+                }
+            },
+        }
+        if outcome.is_fault() {
+            s.engine_faults_left -= 1;
+        }
+        if idle || drive.finished().is_some() {
+            s.workers[w] = Worker::Idle;
+        } else {
+            s.workers[w] = Worker::Driving {
+                drive,
+                hb_age: p.hb_age,
+                frozen: None,
+            };
+        }
+    }
+
+    /// A copy with epochs relabelled by rank (as `step` leaves them unless `raw_epochs`).
+    pub fn relabelled(&self, s: &State) -> State {
+        let mut n = *s;
+        self.relabel_epochs(&mut n);
+        n
+    }
+
+    /// Relabel each apply's epochs by rank: only their order matters to the rules, and the
+    /// state space stays finite although claims go on forever.
+    fn relabel_epochs(&self, s: &mut State) {
+        for a in 0..self.applies() {
+            let mut seen: [u64; 16] = [0; 16];
+            let mut n = 0;
+            let mut add = |v: u64| {
+                if !seen[..n].contains(&v) && n < seen.len() {
+                    seen[n] = v;
+                    n += 1;
+                }
+            };
+            add(s.rows[a].epoch as u64);
+            add(s.eng[a].seen_epoch as u64);
+            if let Some(r) = s.eng[a].runner {
+                add(r.epoch as u64);
+            }
+            for w in s.workers.iter() {
+                if let Worker::Driving { drive, frozen, .. } = w {
+                    if drive.apply as usize == a + 1 {
+                        add(drive.epoch);
+                        if let Some(f) = frozen {
+                            add(f.row.epoch);
+                        }
+                    }
+                }
+            }
+            let ranks = &mut seen[..n];
+            ranks.sort_unstable();
+            let base = if ranks.first() == Some(&0) { 0 } else { 1 };
+            let map = |v: u64| -> u64 { ranks.iter().position(|x| *x == v).unwrap() as u64 + base };
+            s.rows[a].epoch = map(s.rows[a].epoch as u64) as u8;
+            s.eng[a].seen_epoch = map(s.eng[a].seen_epoch as u64) as u8;
+            if let Some(r) = s.eng[a].runner.as_mut() {
+                r.epoch = map(r.epoch as u64) as u8;
+            }
+            for w in s.workers.iter_mut() {
+                if let Worker::Driving { drive, frozen, .. } = w {
+                    if drive.apply as usize == a + 1 {
+                        drive.epoch = map(drive.epoch);
+                        if let Some(f) = frozen.as_mut() {
+                            f.row.epoch = map(f.row.epoch);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The facts the shared state invariants look at.
+    pub fn facts(&self, s: &State) -> (Vec<ApplyFacts>, BTreeMap<u32, u32>) {
+        let mut facts = Vec::with_capacity(self.applies());
+        let mut runners = BTreeMap::new();
+        for a in 0..self.applies() {
+            let row = &s.rows[a];
+            let spec = self.spec(a);
+            let e = &s.eng[a];
+            if e.runner.is_some() {
+                *runners.entry(spec.target as u32).or_insert(0) += 1;
+            }
+            if !row.present {
+                continue;
+            }
+            facts.push(ApplyFacts {
+                id: a as u32 + 1,
+                target: spec.target as u32,
+                engine: spec.engine,
+                state: row.state,
+                attempt: row.attempt as u32,
+                controls: row.controls,
+                deploy_requests_created: e.drs as u32,
+                engine_truth: engine::truth(spec.engine, e),
+                runner_alive: e.runner.is_some(),
+            });
+        }
+        (facts, runners)
+    }
+
+    pub fn world_violation(&self, s: &State) -> Option<Violation> {
+        let (facts, runners) = self.facts(s);
+        check_world(&facts, &runners, self.rules.params.retry_budget).err()
+    }
+
+    pub fn step_violation(&self, s: &State) -> Option<Violation> {
+        let (_, f) = s.flaw?;
+        match f {
+            Flaw::LegalStep(e, from, to) => legal_step(e, from, to).err(),
+            Flaw::StaleWrite { row, writer } => stale_write(row as u64, writer as u64).err(),
+            Flaw::StopDominance(c, e, call) => stop_dominance(&c, e, call).err(),
+            Flaw::CutoverGate(c, t) => cutover_after_gate(c, t).err(),
+            Flaw::Justified(op, st) => justified_completion(op, st).err(),
+        }
+    }
+
+    /// Whether a live driver holds apply `a` under its current epoch.
+    pub fn owned(&self, s: &State, a: usize) -> bool {
+        s.workers.iter().any(|w| {
+            matches!(w, Worker::Driving { drive, .. }
+                if drive.apply as usize == a + 1 && drive.epoch == s.rows[a].epoch as u64)
+        })
+    }
+
+    /// Every apply whose owner is dead and whose lease is free is matched by a claim arm (or
+    /// by retry expiry), unless it rests in a terminal or human-wait state.
+    pub fn unreclaimable(&self, s: &State) -> Option<Violation> {
+        for a in 0..self.applies() {
+            let row = &s.rows[a];
+            let spec = self.spec(a);
+            if !row.present || is_settled(row.state, &spec.options) || self.owned(s, a) {
+                continue;
+            }
+            let view = self.claim_view(row);
+            if !view.lease_is_free(&self.rules) {
+                continue;
+            }
+            if self.claim_of(row, spec.engine).is_none() && self.rules.retry_expiry(&view).is_none()
+            {
+                return Some(Violation {
+                    invariant: RECLAIMABLE,
+                    detail: format!(
+                        "apply {} is {} with a dead owner and a stale lease, and no claim arm matches it",
+                        a + 1,
+                        row.state
+                    ),
+                });
+            }
+        }
+        None
+    }
+
+    /// An apply rests: absent (not submitted yet), terminal, or in an explicit human wait.
+    pub fn settled(&self, s: &State, a: usize) -> bool {
+        !s.rows[a].present || is_settled(s.rows[a].state, &self.spec(a).options)
+    }
+
+    pub fn any_violation(&self, s: &State) -> Option<Violation> {
+        self.step_violation(s)
+            .or_else(|| self.world_violation(s))
+            .or_else(|| self.unreclaimable(s))
+    }
+
+    /// The raw successor (no canonicalisation of workers).
+    pub fn step(&self, s: &State, action: Action) -> Option<State> {
+        let mut n = *s;
+        match action {
+            Action::Submit(a) => {
+                let a = a as usize;
+                if s.rows[a].present || self.active_on_target(s, a) {
+                    return None;
+                }
+                n.rows[a] = Row {
+                    present: true,
+                    ..Row::ABSENT
+                };
+            }
+            Action::Claim(w, a) => {
+                let (w, a) = (w as usize, a as usize);
+                if s.workers[w] != Worker::Idle || !s.rows[a].present {
+                    return None;
+                }
+                let row = s.rows[a];
+                let engine = self.spec(a).engine;
+                let (arm, to) = self.claim_of(&row, engine)?;
+                let pre = row.state;
+                if to.is_active()
+                    && !pre.is_active()
+                    && self.rules.checks_target_on_reactivation()
+                    && self.active_on_target(s, a)
+                {
+                    // MemoryStore fails the start and leaves the row alone.
+                    if !row.controls.start {
+                        return None;
+                    }
+                    n.rows[a].controls.set(ControlOp::Start, false);
+                    n.rows[a].controls.start_newer_than_lease = false;
+                } else {
+                    self.flag(
+                        &mut n,
+                        a,
+                        legal_step(engine, pre, to),
+                        Flaw::LegalStep(engine, pre, to),
+                    );
+                    let r = &mut n.rows[a];
+                    r.epoch += 1;
+                    r.leased = true;
+                    r.hb_age = Some(0);
+                    if arm == ClaimArm::A3Retry {
+                        r.attempt += 1;
+                    }
+                    r.state = to;
+                    r.controls.start_newer_than_lease = false;
+                    n.workers[w] = Worker::Driving {
+                        drive: Drive::new(a as u64 + 1, r.epoch as u64, engine, pre, &self.rules),
+                        hb_age: 0,
+                        frozen: None,
+                    };
+                }
+            }
+            Action::Step(w, o) => {
+                let p = self.prepare(s, w as usize, false)?;
+                self.execute(&mut n, w as usize, p, o);
+            }
+            Action::Resume(w, o) => {
+                let p = self.prepare(s, w as usize, true)?;
+                self.execute(&mut n, w as usize, p, o);
+            }
+            Action::Pause(w) => {
+                let w = w as usize;
+                let Worker::Driving {
+                    drive,
+                    hb_age,
+                    frozen: None,
+                } = s.workers[w]
+                else {
+                    return None;
+                };
+                let a = drive.apply as usize - 1;
+                if s.faults_left == 0 || !self.allowed(&s.rows[a], drive.epoch) {
+                    return None;
+                }
+                n.faults_left -= 1;
+                n.workers[w] = Worker::Driving {
+                    drive,
+                    hb_age,
+                    frozen: Some(Frozen {
+                        row: self.snapshot(s, a),
+                        controls: s.rows[a].controls,
+                    }),
+                };
+            }
+            Action::Crash(w) => {
+                let w = w as usize;
+                if s.faults_left == 0
+                    || matches!(s.workers[w], Worker::Unused | Worker::Crashed)
+                    || (s.workers[w] == Worker::Idle && s.hosted_by(w) == 0)
+                {
+                    return None;
+                }
+                n.faults_left -= 1;
+                // The process dies and a fresh one takes its place at once: a worker that stays
+                // down is a fresh one that does not act, which the interleavings already cover.
+                n.workers[w] = Worker::Idle;
+                for e in n.eng.iter_mut() {
+                    if e.runner.is_some_and(|r| r.host as usize == w) {
+                        e.runner = None;
+                    }
+                }
+            }
+            Action::Restart(w) => {
+                if s.workers[w as usize] != Worker::Crashed {
+                    return None;
+                }
+                n.workers[w as usize] = Worker::Idle;
+            }
+            Action::Tick => {
+                let stale = self.cfg.stale_ticks;
+                let presumed = self.cfg.presumed_ticks;
+                let mut changed = false;
+                for r in n.rows.iter_mut() {
+                    if let Some(age) = r.hb_age.as_mut() {
+                        if r.leased && *age < stale {
+                            *age += 1;
+                            changed = true;
+                        }
+                    }
+                }
+                for w in n.workers.iter_mut() {
+                    if let Worker::Driving { hb_age, .. } = w {
+                        if *hb_age < presumed {
+                            *hb_age += 1;
+                            changed = true;
+                        }
+                    }
+                }
+                if !changed {
+                    return None;
+                }
+            }
+            Action::Request(a, op) => {
+                let a = a as usize;
+                let row = s.rows[a];
+                if (s.requests_left == 0 && op != ControlOp::Start)
+                    || !row.present
+                    || row.controls.has(op)
+                    || !self.request_matters(&row, a, op)
+                {
+                    return None;
+                }
+                self.rules
+                    .accepts_request(self.spec(a).engine, row.state, op, &row.controls)
+                    .ok()?;
+                // A start only matters after a stop (or at a deferred deploy), so the stops
+                // bound the starts: starts do not spend the request budget.
+                if op != ControlOp::Start {
+                    n.requests_left -= 1;
+                }
+                n.rows[a].controls.set(op, true);
+                if op == ControlOp::Start {
+                    n.rows[a].controls.start_newer_than_lease = true;
+                }
+            }
+            Action::Expire => {
+                let mut any = false;
+                for a in 0..self.applies() {
+                    let row = s.rows[a];
+                    if row.present && self.rules.retry_expiry(&self.claim_view(&row)).is_some() {
+                        let engine = self.spec(a).engine;
+                        let to = TABLE
+                            .lookup(&self.rules, engine, row.state, Event::RetryExpired)
+                            .map_or(ApplyState::Failed, |id| TABLE.row(id).to);
+                        self.flag(
+                            &mut n,
+                            a,
+                            legal_step(engine, row.state, to),
+                            Flaw::LegalStep(engine, row.state, to),
+                        );
+                        n.rows[a].state = to;
+                        any = true;
+                    }
+                }
+                if !any {
+                    return None;
+                }
+            }
+        }
+        if !self.raw_epochs {
+            self.relabel_epochs(&mut n);
+        }
+        Some(n)
+    }
+
+    pub fn enabled(&self, s: &State, out: &mut Vec<Action>) {
+        if s.flaw.is_some() {
+            return;
+        }
+        let mut outcomes = Vec::new();
+        // Applies are submitted in order (the first absent one), which keeps one interleaving
+        // of submissions; every order of everything else is explored.
+        if let Some(a) = (0..self.applies()).find(|a| !s.rows[*a].present) {
+            out.push(Action::Submit(a as u8));
+        }
+        // Canonical states may put unused slots anywhere: look at every slot.
+        for w in 0..MAX_WORKERS {
+            let wb = w as u8;
+            match s.workers[w] {
+                Worker::Unused => {}
+                Worker::Crashed => out.push(Action::Restart(wb)),
+                Worker::Idle => {
+                    for a in 0..self.applies() {
+                        if s.rows[a].present {
+                            out.push(Action::Claim(wb, a as u8));
+                        }
+                    }
+                    if s.faults_left > 0 && s.hosted_by(w) != 0 {
+                        out.push(Action::Crash(wb));
+                    }
+                }
+                Worker::Driving { frozen, .. } => {
+                    let resumed = frozen.is_some();
+                    if let Some(p) = self.prepare(s, w, resumed) {
+                        outcomes.clear();
+                        self.outcomes(s, &p, &mut outcomes);
+                        for o in outcomes.iter() {
+                            out.push(if resumed {
+                                Action::Resume(wb, *o)
+                            } else {
+                                Action::Step(wb, *o)
+                            });
+                        }
+                    }
+                    if s.faults_left > 0 {
+                        out.push(Action::Crash(wb));
+                        if !resumed {
+                            out.push(Action::Pause(wb));
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Action::Tick);
+        {
+            for a in 0..self.applies() {
+                if s.rows[a].present {
+                    for op in USER_OPS {
+                        if self.request_matters(&s.rows[a], a, op) {
+                            out.push(Action::Request(a as u8, op));
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Action::Expire);
+    }
+
+    /// Requests the model's user makes: every one the API accepts, except those that can only
+    /// be completed or wait at once (a cutover the owner does by itself, a start on an apply that
+    /// is neither stopped, nor stopping, nor waiting for its deploy) — they cost budget and
+    /// states and exercise nothing the others do not.
+    fn request_matters(&self, row: &Row, a: usize, op: ControlOp) -> bool {
+        let o = self.spec(a).options;
+        match op {
+            ControlOp::Cutover => o.defer_cutover,
+            ControlOp::Start => {
+                row.controls.stop
+                    || matches!(
+                        row.state,
+                        ApplyState::Stopped | ApplyState::WaitingForDeploy
+                    )
+            }
+            _ => true,
+        }
+    }
+
+    pub fn format(&self, action: &Action) -> String {
+        match action {
+            Action::Submit(a) => format!("submit apply {}", a + 1),
+            Action::Claim(w, a) => format!("w{w} claim apply {}", a + 1),
+            Action::Step(w, o) => format!("w{w} step ({})", o.name()),
+            Action::Crash(w) => format!("w{w} crash"),
+            Action::Restart(w) => format!("w{w} restart"),
+            Action::Pause(w) => format!("w{w} pause"),
+            Action::Resume(w, o) => format!("w{w} resume ({})", o.name()),
+            Action::Tick => "tick".into(),
+            Action::Request(a, op) => format!("request {op} on apply {}", a + 1),
+            Action::Expire => "expire retryable".into(),
+        }
+    }
+}
+
+impl Model for ApplydModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        vec![self.initial()]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        self.enabled(s, actions)
+    }
+
+    fn next_state(&self, s: &State, action: Action) -> Option<State> {
+        self.step(s, action)
+    }
+
+    fn format_action(&self, action: &Action) -> String {
+        self.format(action)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(WORLD, |m: &ApplydModel, s: &State| {
+                m.world_violation(s).is_none()
+            }),
+            Property::always(STEP, |m: &ApplydModel, s: &State| {
+                m.step_violation(s).is_none()
+            }),
+            Property::always(RECLAIMABLE, |m: &ApplydModel, s: &State| {
+                m.unreclaimable(s).is_none()
+            }),
+        ]
+    }
+}
