@@ -1,0 +1,66 @@
+//! A model counterexample replayed against the real worker core: the #302 wedge.
+
+use std::process::Command;
+
+use applyd_sim::schedule::{replay, Schedule};
+use applyd_sim::FailureKind;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/setup-phase-unclaimable.json"
+);
+
+fn fixture() -> Schedule {
+    Schedule::parse(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap()
+}
+
+#[test]
+fn the_setup_phase_unclaimable_schedule_wedges_under_its_mutant() {
+    let s = fixture();
+    let r = replay(&s, s.mutant().unwrap(), false);
+    assert!(r.divergences.is_empty(), "{:?}", r.divergences);
+    let f = r.outcome.failure.expect("the mutant must wedge");
+    match &f.kind {
+        FailureKind::Wedged(what) => {
+            assert!(what.contains("stuck in preparing_branch"), "{what}");
+            assert!(what.contains("unclaimable"), "{what}");
+        }
+        other => panic!("expected a wedge, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_schedule_heals_with_the_shipped_rules() {
+    let s = fixture();
+    let r = replay(&s, None, false);
+    assert!(r.divergences.is_empty(), "{:?}", r.divergences);
+    assert!(
+        r.outcome.failure.is_none(),
+        "{}",
+        r.outcome.failure.unwrap()
+    );
+}
+
+#[test]
+fn the_cli_reproduces_the_wedge_and_prints_a_trace_hash() {
+    let out = Command::new(env!("CARGO_BIN_EXE_applyd-sim"))
+        .args(["replay", "--schedule", FIXTURE])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED wedged"), "{text}");
+    assert!(
+        text.lines().last().unwrap().starts_with("trace-hash: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_schedule_is_an_error_not_a_panic() {
+    assert!(Schedule::parse("{}").is_err());
+    let mut s = fixture();
+    s.format = "applyd-schedule/9".into();
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(Schedule::parse(&text).unwrap_err().contains("format"));
+}
