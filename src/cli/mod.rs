@@ -3,7 +3,9 @@
 
 mod applies;
 mod bench;
+mod check_config;
 mod demo;
+mod fake_planetscale;
 mod logging;
 mod migrate;
 mod serve;
@@ -54,6 +56,10 @@ enum Cmd {
     FakeEngines(FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
     Migrate(migrate::MigrateArgs),
+    /// Validate a configuration file and reach every configured engine.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Serve the fake PlanetScale API over loopback (integration tests, trials).
+    FakePlanetscale(fake_planetscale::FakePlanetScaleArgs),
     /// Benchmarks (printed figures, measured against a baseline in the same run).
     Bench(bench::BenchArgs),
 }
@@ -90,6 +96,8 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Migrate(args) => migrate::run(args),
+        Cmd::CheckConfig(args) => check_config::run(args),
+        Cmd::FakePlanetscale(args) => fake_planetscale::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

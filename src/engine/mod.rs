@@ -18,5 +18,9 @@ pub trait Engine: Send + Sync {
 }
 
 pub mod fake;
+pub mod planetscale;
+pub mod planetscale_fake_server;
 pub mod planetscale_states;
+pub mod real;
 pub mod remote_fake;
+pub mod spirit;

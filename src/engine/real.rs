@@ -1,0 +1,177 @@
+//! The real engines behind one [`Engine`], routed by each apply's engine kind, and the reachability
+//! checks of `applyd check-config`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+
+use super::planetscale::PlanetScaleEngine;
+use super::spirit::{SpiritConfig, SpiritEngine};
+use super::Engine;
+use crate::config::{Config, EngineMode};
+use crate::machine::{EngineCall, EngineKind, Probe};
+use crate::store::ApplyRecord;
+use crate::worker::{EngineFault, Observation};
+
+/// PlanetScale and Spirit, either of which may be unconfigured.
+pub struct RealEngines {
+    pub planetscale: Option<Arc<dyn Engine>>,
+    pub spirit: Option<Arc<dyn Engine>>,
+}
+
+impl RealEngines {
+    fn route(&self, apply: &ApplyRecord) -> Option<&Arc<dyn Engine>> {
+        let e = match apply.row.engine {
+            EngineKind::PlanetScale => self.planetscale.as_ref(),
+            EngineKind::Spirit => self.spirit.as_ref(),
+        };
+        if e.is_none() {
+            tracing::error!(
+                apply = apply.row.id,
+                "apply uses engine {:?}, which this operator has no section for",
+                apply.row.engine
+            );
+        }
+        e
+    }
+}
+
+#[async_trait]
+impl Engine for RealEngines {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+        match self.route(apply) {
+            Some(e) => e.probe(apply, epoch, probe).await,
+            // Another operator may be configured for it; nothing here can help.
+            None => Observation::Fault(EngineFault::Transient),
+        }
+    }
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+        match self.route(apply) {
+            Some(e) => e.call(apply, epoch, call).await,
+            None => Observation::Fault(EngineFault::Transient),
+        }
+    }
+}
+
+/// The engines of `engines.kind = "real"`: PlanetScale from `[engines.planetscale]`, Spirit from
+/// `[engines.spirit]`, routed by `apply.row.engine`.
+pub async fn real_engine(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+    if config.engines.kind != EngineMode::Real {
+        anyhow::bail!("engines.kind is not \"real\"");
+    }
+    let planetscale = match &config.engines.planetscale {
+        Some(ps) => Some(Arc::new(
+            PlanetScaleEngine::from_config(ps).context("engines.planetscale")?,
+        ) as Arc<dyn Engine>),
+        None => None,
+    };
+    let spirit = match &config.engines.spirit {
+        Some(sp) => Some(Arc::new(SpiritEngine::new(
+            SpiritConfig::from_section(sp).context("engines.spirit")?,
+        )) as Arc<dyn Engine>),
+        None => None,
+    };
+    if planetscale.is_none() && spirit.is_none() {
+        anyhow::bail!("engines.kind = \"real\" needs [engines.planetscale] or [engines.spirit]");
+    }
+    Ok(Arc::new(RealEngines {
+        planetscale,
+        spirit,
+    }))
+}
+
+/// One line of a `check-config` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Reach every configured engine: PlanetScale (an authenticated GET of the organisation and,
+/// when configured, the database), Spirit (the binary runs `--help`) and its MySQL target.
+pub async fn check_engines(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut push = |what: &str, r: Result<String, String>| {
+        out.push(match r {
+            Ok(detail) => Check {
+                what: what.into(),
+                ok: true,
+                detail,
+            },
+            Err(detail) => Check {
+                what: what.into(),
+                ok: false,
+                detail,
+            },
+        })
+    };
+    if let Some(ps) = &config.engines.planetscale {
+        match super::planetscale::PlanetScaleClient::from_config(ps) {
+            Err(e) => push("planetscale", Err(format!("{e:#}"))),
+            Ok(client) => {
+                push(
+                    "planetscale organization",
+                    client
+                        .get_organization()
+                        .await
+                        .map(|_| format!("{} reachable at {}", ps.organization, ps.api_url))
+                        .map_err(|e| e.to_string()),
+                );
+                if let Some(db) = &ps.database {
+                    push(
+                        "planetscale database",
+                        client
+                            .get_database(db)
+                            .await
+                            .map(|_| format!("{db} found"))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(sp) = &config.engines.spirit {
+        let bin = sp.binary.display().to_string();
+        let ran = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            tokio::process::Command::new(&sp.binary)
+                .arg("--help")
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await;
+        push(
+            "spirit binary",
+            match ran {
+                Err(_) => Err(format!("{bin} --help did not finish within 20 s")),
+                Ok(Err(e)) => Err(format!("cannot run {bin}: {e}")),
+                Ok(Ok(o)) if o.status.success() => Ok(format!("{bin} runs")),
+                Ok(Ok(o)) => Err(format!(
+                    "{bin} --help exited with {}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                )),
+            },
+        );
+        match SpiritConfig::from_section(sp) {
+            Err(e) => push("spirit target", Err(format!("{e:#}"))),
+            Ok(cfg) => {
+                let target = format!("{}@{}:{}", sp.username, sp.host, sp.port);
+                push(
+                    "spirit mysql target",
+                    SpiritEngine::new(cfg)
+                        .ping(None)
+                        .await
+                        .map(|()| format!("{target} reachable"))
+                        .map_err(|e| format!("{target}: {e}")),
+                );
+            }
+        }
+    }
+    out
+}
