@@ -153,6 +153,7 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
         ApplyState::FailedRetryable,
     )
     .await;
+    let mut last = None;
     for attempt in 1..=Params::DEFAULT.retry_budget {
         let c = claim(&env, "w2").await.expect("retry arm");
         assert_eq!(
@@ -173,8 +174,12 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
             )
             .await
             .unwrap();
+        last = Some(c.lease);
     }
     assert!(claim(&env, "w2").await.is_none(), "budget exhausted");
+    // Expiry never writes under a live owner: it waits for the release (or a stale lease).
+    assert_eq!(env.store.expire_retryable().await.unwrap(), 0);
+    env.store.release(&last.unwrap()).await.unwrap();
     assert_eq!(env.store.expire_retryable().await.unwrap(), 1);
     let row = env.row(id).await;
     assert_eq!(
