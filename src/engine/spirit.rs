@@ -495,6 +495,20 @@ impl SpiritEngine {
             }
         };
         let progress = Arc::new(Mutex::new(Progress::default()));
+        {
+            // The password file is read at start-up; do not leave it behind (an operator killed
+            // outright could not remove it later).
+            let (conf, progress) = (conf.clone(), progress.clone());
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    if !lock(&progress).tail.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = std::fs::remove_file(&conf);
+            });
+        }
         let redact = self.cfg.password.expose().to_string();
         for out in [
             child
