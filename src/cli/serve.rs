@@ -68,7 +68,7 @@ pub async fn engines(config: &Config, host: u32) -> anyhow::Result<Arc<dyn Engin
                 config.engines.remote_fake_host.unwrap_or(host),
             )?)
         }
-        EngineMode::Real => anyhow::bail!(
+        EngineMode::Real => crate::engine::real::real_engine(config).await?,
             "engines.kind = \"real\" needs the [engines.planetscale] and [engines.spirit] sections"
         ),
     })
