@@ -69,8 +69,6 @@ pub async fn engines(config: &Config, host: u32) -> anyhow::Result<Arc<dyn Engin
             )?)
         }
         EngineMode::Real => crate::engine::real::real_engine(config).await?,
-            "engines.kind = \"real\" needs the [engines.planetscale] and [engines.spirit] sections"
-        ),
     })
 }
 
