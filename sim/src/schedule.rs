@@ -148,7 +148,11 @@ pub fn replay(s: &Schedule, mutant: Option<Mutant>, print: bool) -> ScheduleOutc
     let mut sim = Sim::new(world, ChaCha8Rng::seed_from_u64(0), mutant, print);
     let ids: Vec<u64> = s.applies.iter().map(|a| a.id).collect();
     let mut divergences = Vec::new();
-    sim.submit_all_now();
+    // Schedules from the model submit each apply in a step; hand-written ones may rely on all
+    // applies existing from the start.
+    if !s.steps.iter().any(|st| st.action == "submit") {
+        sim.submit_all_now();
+    }
     for (i, st) in s.steps.iter().enumerate() {
         let plan = st.apply.and_then(|id| ids.iter().position(|x| *x == id));
         if let Err(e) = sim.apply_step(st, plan) {

@@ -985,6 +985,16 @@ impl Sim {
                     }
                 }
             }
+            "submit" => {
+                let i = plan.ok_or("the submit names no known apply")?;
+                if self.ids[i].is_some() {
+                    return Err("the apply was already submitted".into());
+                }
+                self.submit(i);
+                if self.ids[i].is_none() {
+                    return Err("the store refused the submission (target busy)".into());
+                }
+            }
             "crash" => {
                 let w = Self::worker_of(st)?;
                 if !self.crash(w) {
@@ -998,13 +1008,15 @@ impl Sim {
                         down_ms: 0,
                     }),
                 );
+                // The model restarts a crashed worker at once, with an empty memory; a separate
+                // `restart` step (hand-written schedules) is then a no-op.
+                self.restart(w);
             }
             "restart" => {
                 let w = Self::worker_of(st)?;
-                if self.workers[w as usize].up {
-                    return Err(format!("worker {w} is running"));
+                if !self.workers[w as usize].up {
+                    self.restart(w);
                 }
-                self.restart(w);
             }
             "pause" => {
                 let w = Self::worker_of(st)?;

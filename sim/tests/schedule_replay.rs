@@ -64,3 +64,29 @@ fn a_bad_schedule_is_an_error_not_a_panic() {
     let text = serde_json::to_string(&s).unwrap();
     assert!(Schedule::parse(&text).unwrap_err().contains("format"));
 }
+
+/// A counterexample exactly as `applyd-model check --preset ci --mutant setup-phase-unclaimable
+/// --export-counterexample FILE` wrote it: it replays without divergence and wedges.
+#[test]
+fn a_schedule_exported_by_the_model_replays_step_for_step_and_wedges() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/model-export-setup-phase-unclaimable.json"
+    );
+    let s = Schedule::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        s.steps.iter().any(|st| st.action == "submit"),
+        "a model export submits in steps"
+    );
+    let r = replay(&s, s.mutant().unwrap(), false);
+    assert!(r.divergences.is_empty(), "{:?}", r.divergences);
+    match r.outcome.failure.expect("the mutant must wedge").kind {
+        FailureKind::Wedged(what) => assert!(what.contains("stuck in preparing_branch"), "{what}"),
+        other => panic!("expected a wedge, got {other:?}"),
+    }
+    let healed = replay(&s, None, false);
+    assert!(
+        healed.outcome.failure.is_none(),
+        "the shipped rules heal the same schedule"
+    );
+}
