@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 
-use super::{Command, Drive, DriveView, Finish, WaitFor, WriteOutcome};
+use super::sync_exec::store_outcome;
+use super::{Command, Drive, DriveView, Finish, WaitFor};
 use crate::engine::Engine;
 use crate::machine::Rules;
 use crate::store::{Claimed, DriveInputs, Store, StoreError};
@@ -34,16 +35,6 @@ pub struct DriveReport {
     pub finish: Finish,
     pub commands: u64,
     pub engine_calls: u64,
-}
-
-fn outcome_of(result: Result<(), StoreError>) -> WriteOutcome {
-    match result {
-        Ok(()) => WriteOutcome::Ok,
-        Err(StoreError::LeaseLost { .. }) => WriteOutcome::LeaseLost,
-        Err(StoreError::RowGone(_)) => WriteOutcome::RowGone,
-        Err(StoreError::ActiveApplyExists { .. }) => WriteOutcome::TargetBusy,
-        Err(_) => WriteOutcome::Unavailable,
-    }
 }
 
 /// Drive one claimed apply to the end of its drive. `max_commands` bounds a runaway drive.
@@ -111,12 +102,12 @@ pub async fn run_drive(
         stale = true;
         match drive.next(&view, rules) {
             Command::Write { to, resume } => {
-                drive.on_store(outcome_of(store.write(lease, to, resume).await))
+                drive.on_store(store_outcome(store.write(lease, to, resume).await))
             }
             Command::Complete(op) => {
-                drive.on_store(outcome_of(store.complete_request(lease, op).await))
+                drive.on_store(store_outcome(store.complete_request(lease, op).await))
             }
-            Command::Fail(op, why) => drive.on_store(outcome_of(
+            Command::Fail(op, why) => drive.on_store(store_outcome(
                 store.fail_request(lease, op, &why.message()).await,
             )),
             Command::Call(call) => {

@@ -32,6 +32,7 @@ pub enum Stepped {
     LoadFailed(WriteOutcome),
 }
 
+/// How a store result reads to the worker core (shared by both executors).
 pub fn store_outcome(result: Result<(), StoreError>) -> WriteOutcome {
     match result {
         Ok(()) => WriteOutcome::Ok,
