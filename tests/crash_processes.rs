@@ -206,32 +206,14 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
 
     // The audit log: every write carries the epoch of the latest claim before it.
     let logs = store.stored_logs().await.expect("logs");
-    let mut current: std::collections::BTreeMap<u64, u64> = Default::default();
-    let mut reclaims = 0;
-    for l in &logs {
-        if l.cause.starts_with("claim") {
-            let prev = current.insert(l.apply, l.epoch).unwrap_or(0);
-            assert!(
-                l.epoch > prev,
-                "claim epochs only grow: {prev} then {} on apply {}",
-                l.epoch,
-                l.apply
-            );
-            if l.from != "pending" {
-                reclaims += 1;
-            }
-        } else if l.cause == "write" {
-            assert_eq!(
-                Some(&l.epoch),
-                current.get(&l.apply),
-                "a write with a stale epoch landed on apply {}: {} -> {} ({})",
-                l.apply,
-                l.from,
-                l.to,
-                l.cause
-            );
-        }
-    }
+    let audit =
+        applyd::store::audit::summarise(logs.iter().map(|l| applyd::store::audit::AuditFact {
+            apply: l.apply,
+            cause: &l.cause,
+            epoch: l.epoch,
+        }));
+    assert!(audit.fencing_held(), "fencing failed: {audit:?}");
+    let reclaims = audit.reclaims;
     assert!(reclaims > 0, "the crashes forced reclaims");
     eprintln!(
         "crash test: {kills} kills, 1 stop past the lease, {reclaims} reclaims, {} audit entries",

@@ -403,6 +403,60 @@ async fn a_displaced_owner_is_fenced_everywhere(env: Env) {
     env.cleanup().await;
 }
 
+async fn a_failed_drive_records_why_keeps_the_resume_state_and_is_fenced(env: Env) {
+    let id = submit(&env, "users", EngineKind::PlanetScale).await;
+    let old = claim(&env, "w1").await.unwrap().lease;
+    let resume = ResumeState {
+        branch: true,
+        deploy_request_intent: true,
+        deploy_request_id: Some(7),
+    };
+    env.store
+        .write(&old, ApplyState::ValidatingDeployRequest, resume)
+        .await
+        .unwrap();
+    env.advance(STALE);
+    let new = claim(&env, "w2").await.expect("reclaim").lease;
+    assert!(matches!(
+        env.store.fail_apply(&old, "boom").await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(env.row(id).await.state, "validating_deploy_request");
+    env.store
+        .fail_apply(&new, "the drive panicked: boom")
+        .await
+        .expect("the owner fails its apply");
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.error.as_deref(), row.resume),
+        ("failed", Some("the drive panicked: boom"), resume)
+    );
+    assert!(
+        matches!(
+            env.store.fail_apply(&new, "again").await,
+            Err(StoreError::Refused(_))
+        ),
+        "a terminal row is never rewritten"
+    );
+    assert_eq!(
+        env.row(id).await.error.as_deref(),
+        Some("the drive panicked: boom")
+    );
+    let audit = env.audit().await;
+    let last = audit.last().unwrap();
+    assert_eq!(
+        (
+            last.from.as_str(),
+            last.to.as_str(),
+            last.epoch,
+            last.cause.as_str()
+        ),
+        ("validating_deploy_request", "failed", new.epoch, "write")
+    );
+    assert!(claim(&env, "w3").await.is_none(), "failed is not retried");
+    env.cleanup().await;
+}
+
 async fn two_heartbeats_within_one_second_keep_the_lease(env: Env) {
     submit(&env, "users", EngineKind::Spirit).await;
     let c = claim(&env, "w1").await.unwrap();
@@ -739,6 +793,7 @@ conformance!(
     a8_a_stop_claims_a_paused_apply,
     terminal_applies_are_never_claimed,
     a_displaced_owner_is_fenced_everywhere,
+    a_failed_drive_records_why_keeps_the_resume_state_and_is_fenced,
     two_heartbeats_within_one_second_keep_the_lease,
     heartbeats_keep_the_row_from_peers,
     resume_state_is_persisted_with_the_state,

@@ -24,6 +24,8 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Claims/s, heartbeats/s and claim latency of the MySQL store vs a raw UPDATE baseline.
     Store(StoreArgs),
+    /// Crash → reclaim latency, idle RSS and CPU, and queries per active apply of `applyd serve`.
+    Operator(super::bench_operator::OperatorArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,7 +44,10 @@ struct StoreArgs {
 const LEVELS: &[usize] = &[1, 4, 16];
 
 pub fn run(args: BenchArgs) -> ExitCode {
-    let BenchWhat::Store(args) = args.what;
+    let args = match args.what {
+        BenchWhat::Store(args) => args,
+        BenchWhat::Operator(args) => return super::bench_operator::run(args),
+    };
     match super::runtime().block_on(bench_store(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,6 +3,7 @@
 
 mod applies;
 mod bench;
+mod bench_operator;
 mod check_config;
 mod demo;
 mod fake_planetscale;

@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::engine::Engine;
 use crate::machine::{ApplyState, Rules};
 use crate::store::{Claimed, Store, StoreError};
-use crate::worker::{run_drive, DriveReport, Finish, Pacing, ResumeState, WaitFor};
+use crate::worker::{run_drive, DriveReport, Finish, Pacing, WaitFor};
 
 /// How a process runs its drivers.
 #[derive(Debug, Clone)]
@@ -286,10 +286,10 @@ impl Runtime {
             DriveEnd::Panicked(msg) => {
                 // Fail only this apply, and not as retryable: a panic would loop.
                 warn!(panic = %msg, "drive panicked; failing the apply");
-                let _ = self
-                    .store
-                    .write(&claimed.lease, ApplyState::Failed, ResumeState::default())
-                    .await;
+                let reason = format!("the operator's drive panicked: {msg}");
+                if let Err(e) = self.store.fail_apply(&claimed.lease, &reason).await {
+                    warn!(error = %e, "could not record the panic; the apply stays claimable");
+                }
             }
             DriveEnd::ShutDown => {
                 if let Err(e) = self.store.release(&claimed.lease).await {

@@ -437,6 +437,34 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let row = self.owned(&mut inner, lease)?;
+        let from = row.state;
+        if from.is_terminal() {
+            return Err(StoreError::Refused(format!(
+                "apply {} is already {from}",
+                lease.apply
+            )));
+        }
+        row.state = ApplyState::Failed;
+        row.error_message = Some(reason.to_string());
+        row.updated_at = now;
+        row.heartbeat_at = Some(now);
+        row.state_entered_at = now;
+        inner.audit.push(AuditEntry {
+            apply: lease.apply,
+            from,
+            to: ApplyState::Failed,
+            epoch: lease.epoch,
+            owner: Some(lease.owner.clone()),
+            at_ms: now,
+            cause: "write".into(),
+        });
+        Ok(())
+    }
+
     fn finish_request(
         &self,
         lease: &Lease,
@@ -626,5 +654,8 @@ impl Store for MemoryStore {
     }
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
         MemoryStore::expire_retryable(self)
+    }
+    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        MemoryStore::fail_apply(self, lease, reason)
     }
 }

@@ -1,6 +1,7 @@
 //! The store interface: claims, fenced writes, heartbeats, control requests. `memory` is the
 //! reference semantics (simulator, demo, tests); the MySQL store implements the same trait.
 
+pub mod audit;
 pub mod memory;
 pub mod mysql;
 pub mod mysql_status;
@@ -173,4 +174,8 @@ pub trait Store: Send + Sync {
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
     /// Move expired `failed_retryable` applies to `failed`; returns how many.
     async fn expire_retryable(&self) -> Result<u32, StoreError>;
+    /// Fenced move of a non-terminal apply to `failed` with the reason shown to people, keeping
+    /// its persisted engine state (the operator's answer to a drive that panicked: never
+    /// retryable, so a panic cannot loop). A terminal row is refused, never rewritten.
+    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError>;
 }

@@ -925,6 +925,48 @@ impl MySqlStore {
         Ok(())
     }
 
+    async fn fail_apply_once(&self, lease: &Lease, reason: &str) -> Result<(), Failure> {
+        let now = self.now_sql();
+        let mut tx = self.pool.begin().await?;
+        let current = self.lock_owned(&mut tx, lease).await?;
+        let from = ApplyState::from_str(&current.state)
+            .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
+        if from.is_terminal() {
+            return Err(
+                StoreError::Refused(format!("apply {} is already {from}", lease.apply)).into(),
+            );
+        }
+        let sql = format!(
+            "UPDATE applies SET state = ?, error_message = ?, updated_at = {now}, heartbeat_at = {now}, \
+             state_entered_at = {now}, write_seq = write_seq + 1 WHERE id = ? AND lease_epoch = ?"
+        );
+        let done = sqlx::query(&sql)
+            .bind(ApplyState::Failed.as_str())
+            .bind(reason)
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.mirror_operation(&mut tx, lease.apply, ApplyState::Failed, None, &now)
+            .await?;
+        self.log(
+            &mut tx,
+            lease.apply,
+            &current.state,
+            ApplyState::Failed,
+            lease.epoch,
+            Some(&lease.owner),
+            "write",
+            &now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn finish_request_once(
         &self,
         lease: &Lease,
@@ -1324,6 +1366,11 @@ impl Store for MySqlStore {
 
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         self.retrying("request", || self.request_once(apply, op))
+            .await
+    }
+
+    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        self.retrying("fail apply", || self.fail_apply_once(lease, reason))
             .await
     }
 

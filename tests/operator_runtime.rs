@@ -1,0 +1,206 @@
+//! The tokio runtime on the memory store with the fake engines: a panicking drive fails only its
+//! apply and the pool keeps working; a graceful shutdown releases leases so a peer claims at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use applyd::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
+use applyd::engine::Engine;
+use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
+use applyd::operator::{Runtime, RuntimeConfig};
+use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
+use applyd::store::{ApplyRecord, NewApply, Target};
+use applyd::worker::Observation;
+use tokio::sync::{watch, Notify};
+
+/// The fake engines, except that any call or probe for an apply on database `boom` panics.
+struct PanicsOnBoom(SharedFakeEngines);
+
+#[async_trait::async_trait]
+impl Engine for PanicsOnBoom {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+        assert!(apply.spec.target.database != "boom", "engine bug on boom");
+        self.0.probe(apply, epoch, probe).await
+    }
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+        assert!(apply.spec.target.database != "boom", "engine bug on boom");
+        self.0.call(apply, epoch, call).await
+    }
+}
+
+fn rules() -> Rules {
+    Rules::new(Params {
+        stale_after_ms: 3_000,
+        presumed_loss_ms: 2_000,
+        ..Params::DEFAULT
+    })
+}
+
+fn new_apply(db: &str, engine: EngineKind) -> NewApply {
+    NewApply {
+        target: Target {
+            database: db.into(),
+            environment: "prod".into(),
+        },
+        engine,
+        ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+        options: ApplyOptions {
+            skip_revert: true,
+            ..Default::default()
+        },
+    }
+}
+
+fn runtime(
+    name: &str,
+    store: Arc<MemoryStore>,
+    engine: Arc<dyn Engine>,
+    rules: Rules,
+    shutdown_deadline: Duration,
+) -> Arc<Runtime> {
+    Arc::new(Runtime {
+        store,
+        engine,
+        config: RuntimeConfig {
+            owner_prefix: name.into(),
+            drivers: 2,
+            poll_interval: Duration::from_millis(50),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_deadline,
+            max_commands_per_drive: 100_000,
+            rules,
+        },
+        wake: Arc::new(Notify::new()),
+    })
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_drive_fails_only_its_apply_and_the_pool_keeps_working() {
+    let rules = rules();
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let store = Arc::new(MemoryStore::new(rules, clock.clone()));
+    let fakes = Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast())));
+    let engine = Arc::new(PanicsOnBoom(SharedFakeEngines {
+        engines: fakes.clone(),
+        clock,
+        host: 1,
+    }));
+    let boom = store.submit(new_apply("boom", EngineKind::Spirit)).unwrap();
+    let fine = store
+        .submit(new_apply("fine", EngineKind::PlanetScale))
+        .unwrap();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let rt = runtime("p1", store.clone(), engine, rules, Duration::from_secs(1));
+    let pool = tokio::spawn(rt.clone().run(shutdown));
+
+    wait_for(
+        "the panicking apply to fail",
+        Duration::from_secs(20),
+        || store.row(boom).unwrap().state == ApplyState::Failed,
+    )
+    .await;
+    wait_for(
+        "the healthy apply to complete",
+        Duration::from_secs(30),
+        || store.row(fine).unwrap().state == ApplyState::Completed,
+    )
+    .await;
+    // The pool still claims new work after the panic.
+    let later = store
+        .submit(new_apply("later", EngineKind::Spirit))
+        .unwrap();
+    rt.wake.notify_waiters();
+    wait_for(
+        "an apply submitted after the panic",
+        Duration::from_secs(30),
+        || store.row(later).unwrap().state == ApplyState::Completed,
+    )
+    .await;
+    assert!(!pool.is_finished(), "the pool survived the panic");
+
+    // Failed once, not retried in a loop: exactly one claim of the panicking apply.
+    let claims = store
+        .audit()
+        .iter()
+        .filter(|e| e.apply == boom && e.cause.starts_with("claim"))
+        .count();
+    assert_eq!(claims, 1, "{:#?}", store.audit());
+    let row = store.row(boom).unwrap();
+    assert!(
+        row.error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("engine bug on boom")),
+        "the panic is recorded on the apply: {:?}",
+        row.error_message
+    );
+
+    shutdown_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), pool)
+        .await
+        .expect("the pool stops after shutdown")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_releases_the_lease_so_a_peer_claims_at_once() {
+    let rules = rules();
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let store = Arc::new(MemoryStore::new(rules, clock.clone()));
+    // A copy long enough to be in flight when the shutdown comes.
+    let fakes = Arc::new(Mutex::new(FakeEngines::new(FakeTimings {
+        spirit_rows: 10_000_000,
+        ..FakeTimings::fast()
+    })));
+    let engine = Arc::new(SharedFakeEngines {
+        engines: fakes,
+        clock,
+        host: 1,
+    });
+    let id = store
+        .submit(new_apply("copying", EngineKind::Spirit))
+        .unwrap();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let rt = runtime(
+        "p1",
+        store.clone(),
+        engine,
+        rules,
+        Duration::from_millis(300),
+    );
+    let pool = tokio::spawn(rt.run(shutdown));
+    wait_for("the copy to run", Duration::from_secs(20), || {
+        store.row(id).unwrap().state == ApplyState::Running
+    })
+    .await;
+    let epoch = store.row(id).unwrap().lease_epoch;
+
+    shutdown_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), pool)
+        .await
+        .expect("the pool stops within its shutdown deadline")
+        .unwrap();
+    let row = store.row(id).unwrap();
+    assert_eq!(
+        row.state,
+        ApplyState::Running,
+        "shutdown does not change state"
+    );
+    assert_eq!(row.lease_owner, None, "the lease was released");
+
+    // Well inside stale-after (3 s), a peer claims it.
+    let claimed = store
+        .claim("p2/driver-0")
+        .unwrap()
+        .expect("a released apply is claimable at once");
+    assert_eq!(claimed.lease.apply, id);
+    assert!(claimed.lease.epoch > epoch);
+}
