@@ -83,6 +83,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .context("cannot connect to the database")?
             .with_revert_window_ms(config.operator.revert_window_ms),
     );
+    super::migrate::check_schema(store.pool())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let owner_prefix = config
         .operator
         .owner
