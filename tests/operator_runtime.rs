@@ -1,16 +1,19 @@
 //! The tokio runtime on the memory store with the fake engines: a panicking drive fails only its
-//! apply and the pool keeps working; a graceful shutdown releases leases so a peer claims at once.
+//! apply and the pool keeps working; failing heartbeats cancel even a hung drive before a peer
+//! may reclaim; a graceful shutdown releases leases so a peer claims at once.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use applyd::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
 use applyd::engine::Engine;
-use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
-use applyd::operator::{Runtime, RuntimeConfig};
+use applyd::machine::{
+    ApplyOptions, ApplyState, ControlOp, EngineCall, EngineKind, Params, Probe, Rules,
+};
+use applyd::operator::{DriveEnd, Runtime, RuntimeConfig};
 use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
-use applyd::store::{ApplyRecord, NewApply, Target};
-use applyd::worker::Observation;
+use applyd::store::{ApplyRecord, Lease, NewApply, RequestOutcome, Store, StoreError, Target};
+use applyd::worker::{Observation, ResumeState};
 use tokio::sync::{watch, Notify};
 
 /// The fake engines, except that any call or probe for an apply on database `boom` panics.
@@ -203,4 +206,106 @@ async fn graceful_shutdown_releases_the_lease_so_a_peer_claims_at_once() {
         .expect("a released apply is claimable at once");
     assert_eq!(claimed.lease.apply, id);
     assert!(claimed.lease.epoch > epoch);
+}
+
+/// The memory store, except that every heartbeat fails as if the database were unreachable.
+struct HeartbeatsFail(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl applyd::store::Store for HeartbeatsFail {
+    async fn submit(&self, new: NewApply) -> Result<u64, StoreError> {
+        self.0.submit(new)
+    }
+    async fn claim(&self, owner: &str) -> Result<Option<applyd::store::Claimed>, StoreError> {
+        self.0.claim(owner)
+    }
+    async fn load(&self, lease: &Lease) -> Result<applyd::store::DriveInputs, StoreError> {
+        self.0.load(lease)
+    }
+    async fn write(&self, lease: &Lease, to: ApplyState, r: ResumeState) -> Result<(), StoreError> {
+        self.0.write(lease, to, r)
+    }
+    async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
+        Store::complete_request(self.0.as_ref(), lease, op).await
+    }
+    async fn fail_request(&self, l: &Lease, op: ControlOp, why: &str) -> Result<(), StoreError> {
+        Store::fail_request(self.0.as_ref(), l, op, why).await
+    }
+    async fn heartbeat(&self, _lease: &Lease) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.0.release(lease)
+    }
+    async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
+        self.0.request(apply, op)
+    }
+    async fn expire_retryable(&self) -> Result<u32, StoreError> {
+        self.0.expire_retryable()
+    }
+    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        self.0.fail_apply(lease, reason)
+    }
+}
+
+/// An engine whose calls never answer (a hung API or runner), counting them.
+struct Hangs(std::sync::atomic::AtomicU32);
+
+#[async_trait::async_trait]
+impl Engine for Hangs {
+    async fn probe(&self, _: &ApplyRecord, _: u64, _: Probe) -> Observation {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending().await
+    }
+    async fn call(&self, _: &ApplyRecord, _: u64, _: EngineCall) -> Observation {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
+    let rules = rules();
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let memory = Arc::new(MemoryStore::new(rules, clock));
+    let id = memory
+        .submit(new_apply("hung", EngineKind::Spirit))
+        .unwrap();
+    let engine = Arc::new(Hangs(Default::default()));
+    let rt = Arc::new(Runtime {
+        store: Arc::new(HeartbeatsFail(memory.clone())),
+        engine: engine.clone(),
+        config: RuntimeConfig {
+            owner_prefix: "p1".into(),
+            drivers: 1,
+            poll_interval: Duration::from_millis(50),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_deadline: Duration::from_secs(1),
+            max_commands_per_drive: 1_000,
+            rules,
+        },
+        wake: Arc::new(Notify::new()),
+    });
+    let claimed = memory.claim("p1/driver-0").unwrap().expect("claimable");
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), rt.drive_claimed(claimed, shutdown))
+        .await
+        .expect("the drive ends by itself");
+    let took = started.elapsed();
+    assert_eq!(end, DriveEnd::PresumedLost);
+    let bound = Duration::from_millis(rules.params.presumed_loss_ms);
+    let stale = Duration::from_millis(rules.params.stale_after_ms);
+    assert!(took >= bound && took < stale, "ended after {took:?}");
+    assert!(
+        engine.0.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the call was in flight"
+    );
+    let row = memory.row(id).unwrap();
+    assert_eq!(
+        (row.state, row.lease_epoch),
+        (ApplyState::Running, 1),
+        "nothing was written after the heartbeats began to fail"
+    );
 }

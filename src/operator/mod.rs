@@ -119,6 +119,9 @@ pub struct Runtime {
 pub enum DriveEnd {
     Finished(DriveReport),
     LeaseLostByHeartbeat,
+    /// Heartbeats failed for the presumed-loss bound: the drive was cancelled, even inside an
+    /// engine call, before a peer may reclaim.
+    PresumedLost,
     Panicked(String),
     ShutDown,
 }
@@ -264,6 +267,10 @@ impl Runtime {
                 abort.abort();
                 DriveEnd::LeaseLostByHeartbeat
             }
+            _ = presumed_loss(&health, &self.config) => {
+                abort.abort();
+                DriveEnd::PresumedLost
+            }
             _ = wait_shutdown(&mut shutdown, self.config.shutdown_deadline) => {
                 abort.abort();
                 DriveEnd::ShutDown
@@ -282,6 +289,13 @@ impl Runtime {
             }
             DriveEnd::LeaseLostByHeartbeat => {
                 warn!("lease lost (heartbeat bounced); drive cancelled")
+            }
+            DriveEnd::PresumedLost => {
+                ::metrics::counter!("applyd_lease_losses_total").increment(1);
+                warn!(
+                    presumed_loss_ms = self.config.rules.params.presumed_loss_ms,
+                    "heartbeats failing past the presumed-loss bound; drive cancelled, nothing more is written or called"
+                )
             }
             DriveEnd::Panicked(msg) => {
                 // Fail only this apply, and not as retryable: a panic would loop.
@@ -309,6 +323,19 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Resolves once the last good heartbeat is older than the presumed-loss bound. The executor
+/// checks the same bound between steps; this also cuts an engine call that hangs.
+async fn presumed_loss(health: &HeartbeatHealth, config: &RuntimeConfig) {
+    let bound = config.rules.params.presumed_loss_ms;
+    let every = config
+        .heartbeat_interval
+        .min(Duration::from_millis(bound / 4))
+        .max(Duration::from_millis(10));
+    while health.age_ms() < bound {
+        tokio::time::sleep(every).await;
     }
 }
 
