@@ -40,9 +40,10 @@ use super::{
 };
 use crate::machine::control::accepts_request;
 use crate::machine::table::{Event, TABLE};
+use crate::machine::task::task_after_move;
 use crate::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ClaimClass, ClaimView, ControlOp, ControlStatus,
-    EngineKind, PendingControls, Rules,
+    ApplyOptions, ApplyState, ClaimArm, ClaimClass, ClaimView, ClaimedVia, ControlOp,
+    ControlStatus, EngineKind, OperationArm, OperationClaimView, PendingControls, Rules, TaskState,
 };
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
@@ -179,6 +180,67 @@ impl RawApply {
     }
 }
 
+/// The operation columns of the operation claim, with ages computed by the database at `now`.
+fn operation_columns(now: &str) -> String {
+    let pending = ControlStatus::Pending.as_str();
+    let start = ControlOp::Start.as_str();
+    format!(
+        "o.id AS op_id, o.state AS op_state, o.attempt AS op_attempt, o.lease_owner AS op_owner, \
+         CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, {now}) AS SIGNED) AS op_hb_age_us, \
+         CAST(TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) AS SIGNED) AS op_upd_age_us, \
+         CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', o.created_at) AS SIGNED) AS op_created_us, \
+         CAST(EXISTS (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
+           AND r.operation = '{start}' AND r.status = '{pending}' \
+           AND (o.lease_acquired_at IS NULL OR r.updated_at > o.lease_acquired_at)) AS SIGNED) AS op_start_newer"
+    )
+}
+
+/// An operation row as read by the operation claim.
+struct RawOperation {
+    id: u64,
+    state: String,
+    attempt: u32,
+    lease_owner: Option<String>,
+    hb_age_us: Option<i64>,
+    upd_age_us: i64,
+    created_us: i64,
+    start_newer: bool,
+}
+
+impl RawOperation {
+    fn read(row: &MySqlRow) -> Result<RawOperation, sqlx::Error> {
+        Ok(RawOperation {
+            id: row.try_get("op_id")?,
+            state: row.try_get_unchecked("op_state")?,
+            attempt: row.try_get("op_attempt")?,
+            lease_owner: row.try_get_unchecked("op_owner")?,
+            hb_age_us: row.try_get("op_hb_age_us")?,
+            upd_age_us: row.try_get::<Option<i64>, _>("op_upd_age_us")?.unwrap_or(0),
+            created_us: row.try_get::<Option<i64>, _>("op_created_us")?.unwrap_or(0),
+            start_newer: row
+                .try_get::<Option<i64>, _>("op_start_newer")?
+                .unwrap_or(0)
+                != 0,
+        })
+    }
+
+    /// The operation's own lease and state, with its parent's requests (the start compared with
+    /// the operation's lease).
+    fn view(&self, state: ApplyState, parent_controls: PendingControls) -> ClaimView {
+        let mut controls = parent_controls;
+        controls.start_newer_than_lease = controls.start && self.start_newer;
+        ClaimView {
+            state,
+            leased: self.lease_owner.is_some(),
+            heartbeat_age_ms: self.hb_age_us.map(age_ms),
+            attempt: self.attempt,
+            updated_age_ms: age_ms(self.upd_age_us),
+            has_children: true,
+            controls,
+        }
+    }
+}
+
 /// The typed part of an apply row.
 struct Parsed {
     state: ApplyState,
@@ -249,6 +311,29 @@ pub struct StoredApply {
     pub heartbeat_at_us: Option<i64>,
     pub updated_at_us: i64,
     pub state_entered_at_us: i64,
+}
+
+/// An operation row as stored. Times as in [`StoredApply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOperation {
+    pub id: u64,
+    pub apply: ApplyId,
+    pub state: String,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    pub lease_acquired_at_us: Option<i64>,
+    pub heartbeat_at_us: Option<i64>,
+    pub updated_at_us: i64,
+}
+
+/// A task row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTask {
+    pub apply: ApplyId,
+    pub seq: u32,
+    pub state: String,
+    pub attempt: u32,
 }
 
 /// A control request row as stored.
@@ -502,6 +587,72 @@ impl MySqlStore {
         arms.join(" OR ")
     }
 
+    /// The prefilter of the operation claim over `o` (operation) and `a` (its parent), built
+    /// from the claim classes like [`Self::claim_prefilter`]: a superset of the pairs some
+    /// operation arm matches; `Rules::matching_operation_arm` decides.
+    fn operation_prefilter(&self, now: &str) -> String {
+        let rules = &self.rules;
+        let p = &rules.params;
+        let pending = ControlStatus::Pending.as_str();
+        let request = |op: ControlOp| {
+            format!(
+                "(SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
+                 AND r.status = '{pending}' AND r.operation = '{}' LIMIT 1)",
+                op.as_str()
+            )
+        };
+        let stale = p.stale_after_ms.saturating_mul(1000);
+        let lease_free = |t: &str| {
+            format!(
+                "({t}.lease_owner IS NULL OR {t}.heartbeat_at IS NULL \
+                 OR TIMESTAMPDIFF(MICROSECOND, {t}.heartbeat_at, {now}) >= {stale})"
+            )
+        };
+        let start = request(ControlOp::Start);
+        let mut arms = Vec::new();
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            // O1: no pending stop.
+            arms.push(format!(
+                "(o.state IN ({states}) AND {} IS NULL)",
+                request(ControlOp::Stop)
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            // O2 (stale or released), O4 (a pending start may hand the lease off).
+            arms.push(format!(
+                "(o.state IN ({states}) AND ({} OR {start} IS NOT NULL))",
+                lease_free("o")
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StartHeld)) {
+            // O3.
+            arms.push(format!("(o.state IN ({states}) AND {start} IS NOT NULL)"));
+        }
+        if let Some(retry) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            // O5: the parent retries within budget and freshness, or the parent is stale.
+            let mut parent = vec![format!(
+                "(a.state IN ({retry}) AND a.attempt < {budget} \
+                 AND TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) < {fresh})",
+                budget = p.retry_budget,
+                fresh = p.retry_freshness_ms.saturating_mul(1000),
+            )];
+            if let Some(inflight) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+                parent.push(format!("(a.state IN ({inflight}) AND {})", lease_free("a")));
+            }
+            arms.push(format!(
+                "(o.state IN ({retry}) AND ({}))",
+                parent.join(" OR ")
+            ));
+        }
+        // Unknown strings come through so that they are reported; they are never claimed.
+        if let Some(known) = in_list(ApplyState::ALL) {
+            arms.push(format!(
+                "o.state NOT IN ({known}) OR a.state NOT IN ({known})"
+            ));
+        }
+        arms.join(" OR ")
+    }
+
     async fn claim_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
         let now = self.now_sql();
         // `claim_open` (NULL for terminal states) keeps the scan on an index in id order, so
@@ -531,102 +682,215 @@ impl MySqlStore {
             let Ok(parsed) = self.parse(&raw) else {
                 continue;
             };
-            let view = parsed.view(&raw);
-            let Some(arm) = self.rules.matching_arm(&view) else {
+            let Some(arm) = self.rules.matching_arm(&parsed.view(&raw)) else {
                 continue;
             };
-            let Some(row_id) =
-                TABLE.lookup(&self.rules, parsed.engine, parsed.state, Event::Claim(arm))
+            let via = ClaimedVia::Apply(arm);
+            if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                tx.commit().await?;
+                return Ok(Some(claimed));
+            }
+        }
+    }
+
+    /// The operation claim: walk the open operation rows in `(created_at, id)` order, locking
+    /// each candidate and its parent in one `FOR UPDATE SKIP LOCKED` read (the operation is read
+    /// first, so a parent held by its owner or by another claimer skips the pair, never waits),
+    /// confirm an operation arm and an apply arm for the parent, and take both leases.
+    async fn claim_operation_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
+        let now = self.now_sql();
+        let after = "(TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND)";
+        let select = format!(
+            "SELECT {cols}, {op_cols} FROM apply_operations o FORCE INDEX (ix_apply_operations_claim) \
+             STRAIGHT_JOIN applies a ON a.id = o.apply_id \
+             WHERE o.claim_open = 1 AND (o.created_at > {after} OR (o.created_at = {after} AND o.id > ?)) \
+             AND ({filter}) ORDER BY o.created_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            cols = apply_columns(&now),
+            op_cols = operation_columns(&now),
+            filter = self.operation_prefilter(&now),
+        );
+        let mut tx = self.pool.begin().await?;
+        // Before the epoch, so the first read starts at the beginning.
+        let (mut after_us, mut after_id): (i64, u64) = (-1, 0);
+        loop {
+            let Some(row) = sqlx::query(&select)
+                .bind(after_us)
+                .bind(after_us)
+                .bind(after_id)
+                .fetch_optional(&mut *tx)
+                .await?
             else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let raw = RawApply::read(&row)?;
+            let op = RawOperation::read(&row)?;
+            (after_us, after_id) = (op.created_us, op.id);
+            let Ok(parsed) = self.parse(&raw) else {
                 continue;
             };
-            let to = TABLE.row(row_id).to;
-            let pre_claim = parsed.state;
-            let mut sets = format!(
-                "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
-                 heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
-            );
-            if to != pre_claim {
-                sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
-            }
-            let retry = arm == ClaimArm::A3Retry;
-            if retry {
-                sets.push_str(", attempt = attempt + 1, error_message = NULL");
-            }
-            let update =
-                format!("UPDATE applies SET {sets} WHERE id = ? AND lease_epoch = ? AND state = ?");
-            let mut q = sqlx::query(&update).bind(owner);
-            if to != pre_claim {
-                q = q.bind(to.as_str());
-            }
-            let done = q
-                .bind(raw.id)
-                .bind(raw.lease_epoch)
-                .bind(&raw.state)
-                .execute(&mut *tx)
-                .await;
-            match done {
-                Ok(r) if r.rows_affected() == 1 => {}
-                // Cannot happen while we hold the row lock; never guess, look at the next row.
-                Ok(_) => continue,
-                Err(e) if is_duplicate_key(&e) && to.is_active() && !pre_claim.is_active() => {
-                    // Re-activating would give the target a second active apply: refuse the
-                    // start that asked for it, with the reason.
-                    let target = Target {
-                        database: raw.database.clone(),
-                        environment: raw.environment.clone(),
-                    };
-                    let existing = self
-                        .active_on_target(&mut tx, &target, Some(raw.id))
-                        .await?;
-                    let message = format!(
-                        "start refused: another active apply ({existing}) exists on {target}"
-                    );
-                    let sql = format!(
-                        "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
-                         completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
-                    );
-                    sqlx::query(&sql)
-                        .bind(ControlStatus::Failed.as_str())
-                        .bind(&message)
-                        .bind(raw.id)
-                        .bind(ControlOp::Start.as_str())
-                        .bind(ControlStatus::Pending.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+            let op_state = match ApplyState::from_str(&op.state) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.bad_row(raw.id, "apply_operations.state", &op.state, e.to_string());
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+            };
+            let parent = parsed.view(&raw);
+            let view = OperationClaimView {
+                op: op.view(op_state, parsed.controls),
+                parent,
+            };
+            let Some(op_arm) = self.rules.matching_operation_arm(&view) else {
+                continue;
+            };
+            // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+            let Some(parent_arm) = self.rules.matching_arm(&parent) else {
+                continue;
+            };
+            // A stop that committed after this statement's snapshot but before the parent was
+            // locked is seen by a fresh read (a request locks the parent first); it wins.
+            if op_arm == OperationArm::O1Pending && self.stop_pending(&mut tx, raw.id).await? {
+                continue;
             }
-            let epoch = raw.lease_epoch + 1;
-            if to != pre_claim {
-                self.mirror_operation(&mut tx, raw.id, to, None, &now)
-                    .await?;
+            let via = ClaimedVia::Operation {
+                op: op_arm,
+                parent: parent_arm,
+            };
+            if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                tx.commit().await?;
+                return Ok(Some(claimed));
             }
-            self.log(
-                &mut tx,
-                raw.id,
-                &raw.state,
-                to,
-                epoch,
-                Some(owner),
-                &format!("claim {}", arm.code()),
-                &now,
-            )
-            .await?;
-            tx.commit().await?;
-            let attempt = if retry { raw.attempt + 1 } else { raw.attempt };
-            return Ok(Some(Claimed {
-                lease: Lease {
-                    apply: raw.id,
-                    owner: owner.to_string(),
-                    epoch,
-                },
-                arm,
-                pre_claim,
-                record: parsed.record(&raw, to, epoch, attempt),
-            }));
         }
+    }
+
+    async fn stop_pending(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+    ) -> Result<bool, Failure> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM apply_control_requests WHERE apply_id = ? AND operation = ? AND status = ? LIMIT 1",
+        )
+        .bind(apply)
+        .bind(ControlOp::Stop.as_str())
+        .bind(ControlStatus::Pending.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Take the lease of a locked apply and its operation row at one new epoch, moving the apply
+    /// by the transition of the apply arm (its operation and tasks follow). `None`: skip this
+    /// row (no transition, or a re-activation the target refused; the start then fails).
+    async fn take(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        raw: &RawApply,
+        parsed: &Parsed,
+        via: ClaimedVia,
+        owner: &str,
+        now: &str,
+    ) -> Result<Option<Claimed>, Failure> {
+        let arm = via.apply_arm();
+        let Some(row_id) =
+            TABLE.lookup(&self.rules, parsed.engine, parsed.state, Event::Claim(arm))
+        else {
+            return Ok(None);
+        };
+        let to = TABLE.row(row_id).to;
+        let pre_claim = parsed.state;
+        let mut sets = format!(
+            "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
+             heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
+        );
+        if to != pre_claim {
+            sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
+        }
+        let retry = arm == ClaimArm::A3Retry;
+        if retry {
+            sets.push_str(", attempt = attempt + 1, error_message = NULL");
+        }
+        let update =
+            format!("UPDATE applies SET {sets} WHERE id = ? AND lease_epoch = ? AND state = ?");
+        let mut q = sqlx::query(&update).bind(owner);
+        if to != pre_claim {
+            q = q.bind(to.as_str());
+        }
+        let done = q
+            .bind(raw.id)
+            .bind(raw.lease_epoch)
+            .bind(&raw.state)
+            .execute(&mut **tx)
+            .await;
+        match done {
+            Ok(r) if r.rows_affected() == 1 => {}
+            // Cannot happen while we hold the row lock; never guess, look at the next row.
+            Ok(_) => return Ok(None),
+            Err(e) if is_duplicate_key(&e) && to.is_active() && !pre_claim.is_active() => {
+                // Re-activating would give the target a second active apply: refuse the
+                // start that asked for it, with the reason.
+                let target = Target {
+                    database: raw.database.clone(),
+                    environment: raw.environment.clone(),
+                };
+                let existing = self.active_on_target(tx, &target, Some(raw.id)).await?;
+                let message =
+                    format!("start refused: another active apply ({existing}) exists on {target}");
+                let sql = format!(
+                    "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
+                     completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
+                );
+                sqlx::query(&sql)
+                    .bind(ControlStatus::Failed.as_str())
+                    .bind(&message)
+                    .bind(raw.id)
+                    .bind(ControlOp::Start.as_str())
+                    .bind(ControlStatus::Pending.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let epoch = raw.lease_epoch + 1;
+        // The operation row takes the same lease (one epoch for both rows) and mirrors the state;
+        // a retry re-dispatches it, so its own attempt counts too.
+        let op_attempt = if retry { ", attempt = attempt + 1" } else { "" };
+        let op = format!(
+            "UPDATE apply_operations SET lease_owner = ?, lease_epoch = ?, lease_acquired_at = {now}, \
+             heartbeat_at = {now}, updated_at = {now}, state = ?{op_attempt} WHERE apply_id = ?"
+        );
+        sqlx::query(&op)
+            .bind(owner)
+            .bind(epoch)
+            .bind(to.as_str())
+            .bind(raw.id)
+            .execute(&mut **tx)
+            .await?;
+        self.sync_tasks(tx, raw.id, pre_claim, to, now).await?;
+        self.log(
+            tx,
+            raw.id,
+            &raw.state,
+            to,
+            epoch,
+            Some(owner),
+            &format!("claim {}", via.code()),
+            now,
+        )
+        .await?;
+        let attempt = if retry { raw.attempt + 1 } else { raw.attempt };
+        Ok(Some(Claimed {
+            lease: Lease {
+                apply: raw.id,
+                owner: owner.to_string(),
+                epoch,
+            },
+            arm: via,
+            pre_claim,
+            record: parsed.record(raw, to, epoch, attempt),
+        }))
     }
 
     /// The active apply on a target, other than `except`. A duplicate key says one exists; if it
@@ -651,39 +915,85 @@ impl MySqlStore {
         })
     }
 
-    /// Keep the operation row's state (and resume state, when given) with the apply's.
+    /// Bring an apply's task rows along with its move from `from` to `to`, through the one task
+    /// rule (`machine::task::task_after_move`), in one statement: every stored state maps to its
+    /// successor at once, so a task never takes two steps. A task state we cannot read is
+    /// reported and left as it is.
+    async fn sync_tasks(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+        from: ApplyState,
+        to: ApplyState,
+        now: &str,
+    ) -> Result<(), Failure> {
+        if from == to {
+            return Ok(());
+        }
+        let rows = sqlx::query("SELECT DISTINCT state FROM tasks WHERE apply_id = ?")
+            .bind(apply)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut steps = Vec::new();
+        for row in &rows {
+            let text: String = row.try_get_unchecked("state")?;
+            let stored = match TaskState::from_str(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.bad_row(apply, "tasks.state", &text, e.to_string());
+                    continue;
+                }
+            };
+            let step = task_after_move(stored, from, to);
+            if step.state != stored {
+                steps.push((stored, step));
+            }
+        }
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let whens = vec!["WHEN ? THEN ?"; steps.len()].join(" ");
+        let marks = vec!["?"; steps.len()].join(", ");
+        // `attempt` is assigned first: MySQL evaluates SET left to right, so it still sees the
+        // stored state.
+        let sql = format!(
+            "UPDATE tasks SET attempt = attempt + (CASE state {whens} ELSE 0 END), \
+             state = (CASE state {whens} ELSE state END), updated_at = {now} \
+             WHERE apply_id = ? AND state IN ({marks})"
+        );
+        let mut q = sqlx::query(&sql);
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(u32::from(step.retried));
+        }
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(step.state.as_str());
+        }
+        q = q.bind(apply);
+        for (stored, _) in &steps {
+            q = q.bind(stored.as_str());
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// The store's own (unfenced) move of an apply, e.g. retry expiry: its operation row and
+    /// task rows follow.
     async fn mirror_operation(
         &self,
         tx: &mut Transaction<'_, MySql>,
         apply: ApplyId,
-        state: ApplyState,
-        resume: Option<&str>,
+        from: ApplyState,
+        to: ApplyState,
         now: &str,
     ) -> Result<(), Failure> {
-        match resume {
-            Some(resume) => {
-                let sql = format!(
-                    "UPDATE apply_operations SET state = ?, engine_resume_state = ?, updated_at = {now} WHERE apply_id = ?"
-                );
-                sqlx::query(&sql)
-                    .bind(state.as_str())
-                    .bind(resume)
-                    .bind(apply)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            None => {
-                let sql = format!(
-                    "UPDATE apply_operations SET state = ?, updated_at = {now} WHERE apply_id = ?"
-                );
-                sqlx::query(&sql)
-                    .bind(state.as_str())
-                    .bind(apply)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
+        let sql =
+            format!("UPDATE apply_operations SET state = ?, updated_at = {now} WHERE apply_id = ?");
+        sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(apply)
+            .execute(&mut **tx)
+            .await?;
+        self.sync_tasks(tx, apply, from, to, now).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -714,32 +1024,54 @@ impl MySqlStore {
         Ok(())
     }
 
-    /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds it.
+    /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds the
+    /// apply or its operation row.
     async fn zero_rows<'c, E>(&self, exec: E, lease: &Lease) -> Failure
     where
         E: Executor<'c, Database = MySql>,
     {
-        let epoch: Result<Option<u64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT lease_epoch FROM applies WHERE id = ?")
-                .bind(lease.apply)
-                .fetch_optional(exec)
-                .await;
-        match epoch {
-            Err(e) => Failure::Sql(e),
-            Ok(None) => Failure::Store(StoreError::RowGone(lease.apply)),
-            Ok(Some(epoch)) if !self.rules.write_allowed(epoch, lease.epoch) => {
-                Failure::Store(StoreError::LeaseLost {
-                    apply: lease.apply,
-                    epoch: lease.epoch,
-                })
-            }
-            // Every guarded write changes the row, so this means the row moved between the
-            // write and the re-read; look again rather than guess.
-            Ok(Some(_)) => Failure::Retry(format!(
-                "apply {}: fenced write matched no row",
-                lease.apply
-            )),
+        let row = sqlx::query(
+            "SELECT CAST(a.lease_epoch AS SIGNED) AS epoch, \
+             (SELECT CAST(MIN(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_min, \
+             (SELECT CAST(MAX(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_max \
+             FROM applies a WHERE a.id = ?",
+        )
+        .bind(lease.apply)
+        .fetch_optional(exec)
+        .await;
+        let row = match row {
+            Err(e) => return Failure::Sql(e),
+            Ok(None) => return Failure::Store(StoreError::RowGone(lease.apply)),
+            Ok(Some(row)) => row,
+        };
+        let epochs = (|| -> Result<_, sqlx::Error> {
+            Ok((
+                row.try_get::<i64, _>("epoch")?,
+                row.try_get::<Option<i64>, _>("op_min")?,
+                row.try_get::<Option<i64>, _>("op_max")?,
+            ))
+        })();
+        let (epoch, op_min, op_max) = match epochs {
+            Ok(e) => e,
+            Err(e) => return Failure::Sql(e),
+        };
+        let allowed = |e: Option<i64>| {
+            e.is_some_and(|e| self.rules.write_allowed(e.max(0) as u64, lease.epoch))
+        };
+        // The operation lease fences operation writes: an operation row that does not carry this
+        // epoch (or is missing) means the lease is not whole; fail closed.
+        if !allowed(Some(epoch)) || !allowed(op_min) || !allowed(op_max) {
+            return Failure::Store(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            });
         }
+        // Every guarded write changes the row, so this means the row moved between the write
+        // and the re-read; look again rather than guess.
+        Failure::Retry(format!(
+            "apply {}: fenced write matched no row",
+            lease.apply
+        ))
     }
 
     /// Lock the owned row for a fenced read-modify-write: gone and lost leases are errors.
@@ -906,7 +1238,23 @@ impl MySqlStore {
             }
             Err(e) => return Err(e.into()),
         }
-        self.mirror_operation(&mut tx, lease.apply, to, Some(resume), &now)
+        // The operation row is fenced by its own lease, which carries the apply's epoch.
+        let op = format!(
+            "UPDATE apply_operations SET state = ?, engine_resume_state = ?, heartbeat_at = {now}, \
+             updated_at = {now} WHERE apply_id = ? AND lease_epoch = ?"
+        );
+        let done = sqlx::query(&op)
+            .bind(to.as_str())
+            .bind(resume)
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls the apply write back.
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.sync_tasks(&mut tx, lease.apply, from, to, &now)
             .await?;
         if from != to {
             self.log(
@@ -951,17 +1299,27 @@ impl MySqlStore {
         Ok(())
     }
 
-    /// A single fenced UPDATE (heartbeat, release); 0 rows is settled by a re-read.
-    async fn fenced_once(&self, lease: &Lease, sets: &str) -> Result<(), Failure> {
+    /// A single fenced UPDATE of an apply and its operation row together (heartbeat, release),
+    /// each row fenced by its own epoch; 0 rows is settled by a re-read. The apply is locked
+    /// first (`STRAIGHT_JOIN`), the order every other write uses.
+    async fn fenced_once(&self, lease: &Lease, sets: &[(&str, &str)]) -> Result<(), Failure> {
+        let both: Vec<String> = sets
+            .iter()
+            .flat_map(|(col, value)| [format!("a.{col} = {value}"), format!("o.{col} = {value}")])
+            .collect();
         let sql = format!(
-            "UPDATE applies SET {sets}, write_seq = write_seq + 1 WHERE id = ? AND lease_epoch = ?"
+            "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             SET {}, a.write_seq = a.write_seq + 1 \
+             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?",
+            both.join(", ")
         );
         let done = sqlx::query(&sql)
             .bind(lease.apply)
             .bind(lease.epoch)
+            .bind(lease.epoch)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 1 {
+        if done.rows_affected() >= 1 {
             Ok(())
         } else {
             Err(self.zero_rows(&self.pool, lease).await)
@@ -1117,7 +1475,7 @@ impl MySqlStore {
             if done.rows_affected() != 1 {
                 continue;
             }
-            self.mirror_operation(&mut tx, raw.id, to, None, &now)
+            self.mirror_operation(&mut tx, raw.id, parsed.state, to, &now)
                 .await?;
             self.log(
                 &mut tx,
@@ -1176,6 +1534,60 @@ impl MySqlStore {
                     state_entered_at_us: r
                         .try_get::<Option<i64>, _>("state_entered_at")?
                         .unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    /// Every operation row, by id.
+    pub async fn stored_operations(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let us = |col: &str| {
+            format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', o.{col}) AS SIGNED) AS {col}")
+        };
+        let sql = format!(
+            "SELECT o.id, o.apply_id, o.state, o.attempt, o.lease_owner, o.lease_epoch, {}, {}, {} \
+             FROM apply_operations o ORDER BY o.id",
+            us("lease_acquired_at"),
+            us("heartbeat_at"),
+            us("updated_at"),
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredOperation {
+                    id: r.try_get("id")?,
+                    apply: r.try_get("apply_id")?,
+                    state: r.try_get_unchecked("state")?,
+                    attempt: r.try_get("attempt")?,
+                    lease_owner: r.try_get_unchecked("lease_owner")?,
+                    lease_epoch: r.try_get("lease_epoch")?,
+                    lease_acquired_at_us: r.try_get("lease_acquired_at")?,
+                    heartbeat_at_us: r.try_get("heartbeat_at")?,
+                    updated_at_us: r.try_get::<Option<i64>, _>("updated_at")?.unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    /// Every task row, by apply and position.
+    pub async fn stored_tasks(&self) -> Result<Vec<StoredTask>, StoreError> {
+        let rows =
+            sqlx::query("SELECT apply_id, seq, state, attempt FROM tasks ORDER BY apply_id, seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredTask {
+                    apply: r.try_get("apply_id")?,
+                    seq: r.try_get("seq")?,
+                    state: r.try_get_unchecked("state")?,
+                    attempt: r.try_get("attempt")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -1274,6 +1686,11 @@ impl Store for MySqlStore {
         self.retrying("claim", || self.claim_once(owner)).await
     }
 
+    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        self.retrying("claim operation", || self.claim_operation_once(owner))
+            .await
+    }
+
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
         self.retrying("load", || self.load_once(lease)).await
     }
@@ -1310,14 +1727,18 @@ impl Store for MySqlStore {
     }
 
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
-        let sets = format!("heartbeat_at = {}", self.now_sql());
+        let now = self.now_sql();
+        let sets = [("heartbeat_at", now.as_str())];
         self.retrying("heartbeat", || self.fenced_once(lease, &sets))
             .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.retrying("release", || {
-            self.fenced_once(lease, "lease_owner = NULL, heartbeat_at = NULL")
+            self.fenced_once(
+                lease,
+                &[("lease_owner", "NULL"), ("heartbeat_at", "NULL")][..],
+            )
         })
         .await
     }
