@@ -162,27 +162,6 @@ async fn the_generated_columns_agree_with_the_rules() {
         )
         .await;
     }
-    exec(
-        &env,
-        "INSERT INTO apply_operations (apply_id, state, engine_resume_state, created_at, updated_at) \
-         SELECT id, state, '{}', NOW(6), NOW(6) FROM applies",
-    )
-    .await;
-    let ops: Vec<(String, Option<i8>)> = sqlx::query_as(
-        "SELECT CAST(state AS CHAR), claim_open FROM apply_operations ORDER BY apply_id",
-    )
-    .fetch_all(env.mysql_store().unwrap().pool())
-    .await
-    .unwrap();
-    assert_eq!(ops.len(), ApplyState::ALL.len());
-    for ((text, open), state) in ops.iter().zip(ApplyState::ALL) {
-        assert_eq!(text, state.as_str());
-        assert_eq!(
-            open.is_some(),
-            rules.class_of(*state) != ClaimClass::Terminal,
-            "apply_operations.claim_open of {state}"
-        );
-    }
     let rows: Vec<(String, Option<i8>, Option<i8>)> = sqlx::query_as(
         "SELECT CAST(state AS CHAR), active_flag, claim_open FROM applies ORDER BY id",
     )
@@ -328,5 +307,28 @@ async fn the_migration_gives_existing_operations_their_parents_lease() {
         .heartbeat(&c.lease)
         .await
         .expect("the lease is whole");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn operations_are_claimed_in_created_at_order_even_against_id_order() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let first = env.store.submit(new_apply("a")).await.unwrap();
+    let second = env.store.submit(new_apply("b")).await.unwrap();
+    // A clock step backwards between the two submissions.
+    exec(
+        &env,
+        &format!(
+            "UPDATE apply_operations SET created_at = created_at - INTERVAL 1 SECOND WHERE apply_id = {second}"
+        ),
+    )
+    .await;
+    let c = env.store.claim_operation("w1").await.unwrap().unwrap();
+    assert_eq!(c.lease.apply, second, "earliest created first");
+    let c = env.store.claim_operation("w1").await.unwrap().unwrap();
+    assert_eq!(c.lease.apply, first);
+    assert!(env.store.claim_operation("w1").await.unwrap().is_none());
     env.cleanup().await;
 }

@@ -55,6 +55,9 @@ const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const ER_LOCK_DEADLOCK: u16 = 1213;
 /// How often a transaction that lost a deadlock or lock wait is retried from the start.
 const MAX_TRIES: u32 = 5;
+/// Candidates a claim reads per round before locking one: enough that concurrent claimers, who
+/// read the same list, each find an unlocked one.
+const CANDIDATES: usize = 32;
 
 /// Why one attempt at a store operation ended without a result.
 enum Failure {
@@ -188,7 +191,6 @@ fn operation_columns(now: &str) -> String {
         "o.id AS op_id, o.state AS op_state, o.attempt AS op_attempt, o.lease_owner AS op_owner, \
          CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, {now}) AS SIGNED) AS op_hb_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) AS SIGNED) AS op_upd_age_us, \
-         CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', o.created_at) AS SIGNED) AS op_created_us, \
          CAST(EXISTS (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
            AND r.operation = '{start}' AND r.status = '{pending}' \
            AND (o.lease_acquired_at IS NULL OR r.updated_at > o.lease_acquired_at)) AS SIGNED) AS op_start_newer"
@@ -203,7 +205,6 @@ struct RawOperation {
     lease_owner: Option<String>,
     hb_age_us: Option<i64>,
     upd_age_us: i64,
-    created_us: i64,
     start_newer: bool,
 }
 
@@ -216,7 +217,6 @@ impl RawOperation {
             lease_owner: row.try_get_unchecked("op_owner")?,
             hb_age_us: row.try_get("op_hb_age_us")?,
             upd_age_us: row.try_get::<Option<i64>, _>("op_upd_age_us")?.unwrap_or(0),
-            created_us: row.try_get::<Option<i64>, _>("op_created_us")?.unwrap_or(0),
             start_newer: row
                 .try_get::<Option<i64>, _>("op_start_newer")?
                 .unwrap_or(0)
@@ -653,14 +653,84 @@ impl MySqlStore {
         arms.join(" OR ")
     }
 
+    /// Candidate applies after `after`, in id order: a superset of the rows some apply arm
+    /// matches, found through small index ranges built from the claim classes (the pending
+    /// queue, free or stale leases of in-flight states, the retry path, applies with a pending
+    /// request, unknown states). Rows under a live lease are never read, so the cost of a claim
+    /// follows the claimable rows, not the work in flight. A plain (non-locking) read: the
+    /// locking read that follows re-checks every candidate.
+    async fn apply_candidates(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        now: &str,
+        after: ApplyId,
+    ) -> Result<Vec<ApplyId>, Failure> {
+        let rules = &self.rules;
+        let cutoff = self.stale_cutoff(now);
+        let mut parts = Vec::new();
+        let mut binds = 0;
+        let by_state = |states: &str, extra: &str| {
+            format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state IN ({states}){extra} \
+                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            )
+        };
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            parts.push(by_state(&states, ""));
+            binds += 1;
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            parts.push(format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_lease) WHERE state IN ({states}) \
+                 AND (lease_hb IS NULL OR lease_hb <= {cutoff}) AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            ));
+            binds += 1;
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            parts.push(by_state(&states, ""));
+            binds += 1;
+        }
+        parts.push(format!(
+            "(SELECT apply_id AS id FROM apply_control_requests FORCE INDEX (ix_apply_control_requests_status) \
+             WHERE status = '{}' AND apply_id > ? ORDER BY apply_id LIMIT {CANDIDATES})",
+            ControlStatus::Pending.as_str()
+        ));
+        binds += 1;
+        if let Some(known) = in_list(ApplyState::ALL) {
+            parts.push(format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state NOT IN ({known}) \
+                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            ));
+            binds += 1;
+        }
+        let sql = format!(
+            "SELECT DISTINCT id FROM ({}) c ORDER BY id LIMIT {CANDIDATES}",
+            parts.join(" UNION ALL ")
+        );
+        let mut q = sqlx::query_scalar::<_, u64>(&sql);
+        for _ in 0..binds {
+            q = q.bind(after);
+        }
+        Ok(q.fetch_all(&mut **tx).await?)
+    }
+
+    /// `now - stale_after` as an SQL expression (a lease whose heartbeat is at or before it is
+    /// stale, exactly as `TIMESTAMPDIFF(…) >= stale_after`).
+    fn stale_cutoff(&self, now: &str) -> String {
+        format!(
+            "({now} - INTERVAL {} MICROSECOND)",
+            self.rules.params.stale_after_ms.saturating_mul(1000)
+        )
+    }
+
     async fn claim_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
         let now = self.now_sql();
-        // `claim_open` (NULL for terminal states) keeps the scan on an index in id order, so
-        // finished history is never walked; `FOR UPDATE SKIP LOCKED` makes concurrent claimers
-        // take different rows.
+        // The first lockable candidate in id order that the prefilter still admits: `FOR UPDATE
+        // SKIP LOCKED` makes concurrent claimers take different rows, and the PK order means
+        // only that one row stays locked.
+        let marks = vec!["?"; CANDIDATES].join(", ");
         let select = format!(
-            "SELECT {cols} FROM applies a FORCE INDEX (ix_applies_claim) \
-             WHERE a.claim_open = 1 AND a.id > ? AND ({filter}) \
+            "SELECT {cols} FROM applies a WHERE a.id IN ({marks}) AND a.id > ? AND ({filter}) \
              ORDER BY a.id LIMIT 1 FOR UPDATE SKIP LOCKED",
             cols = apply_columns(&now),
             filter = self.claim_prefilter(&now),
@@ -668,99 +738,202 @@ impl MySqlStore {
         let mut tx = self.pool.begin().await?;
         let mut after: ApplyId = 0;
         loop {
-            let Some(row) = sqlx::query(&select)
-                .bind(after)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
+            let ids = self.apply_candidates(&mut tx, &now, after).await?;
+            let Some(last) = ids.last().copied() else {
                 // Commit, not roll back: a refused start (below) must stay refused.
                 tx.commit().await?;
                 return Ok(None);
             };
-            let raw = RawApply::read(&row)?;
-            after = raw.id;
-            let Ok(parsed) = self.parse(&raw) else {
-                continue;
-            };
-            let Some(arm) = self.rules.matching_arm(&parsed.view(&raw)) else {
-                continue;
-            };
-            let via = ClaimedVia::Apply(arm);
-            if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
-                tx.commit().await?;
-                return Ok(Some(claimed));
+            let mut cursor = after;
+            loop {
+                let mut q = sqlx::query(&select);
+                for i in 0..CANDIDATES {
+                    // Id 0 never exists: it pads the list.
+                    q = q.bind(ids.get(i).copied().unwrap_or(0));
+                }
+                let Some(row) = q.bind(cursor).fetch_optional(&mut *tx).await? else {
+                    break;
+                };
+                let raw = RawApply::read(&row)?;
+                cursor = raw.id;
+                let Ok(parsed) = self.parse(&raw) else {
+                    continue;
+                };
+                let Some(arm) = self.rules.matching_arm(&parsed.view(&raw)) else {
+                    continue;
+                };
+                let via = ClaimedVia::Apply(arm);
+                if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                    tx.commit().await?;
+                    return Ok(Some(claimed));
+                }
             }
+            after = last;
         }
     }
 
-    /// The operation claim: walk the open operation rows in `(created_at, id)` order, locking
-    /// each candidate and its parent in one `FOR UPDATE SKIP LOCKED` read (the operation is read
-    /// first, so a parent held by its owner or by another claimer skips the pair, never waits),
-    /// confirm an operation arm and an apply arm for the parent, and take both leases.
+    /// Candidate operations after `(after_us, after_id)`, in `(created_at, id)` order: a superset
+    /// of the operations some operation arm matches, found as [`Self::apply_candidates`] finds
+    /// applies (pending, free or stale leases, retry path, a pending request on the parent,
+    /// unknown states). Each entry is `(created_at in µs, id)`.
+    async fn operation_candidates(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        now: &str,
+        after: (i64, u64),
+    ) -> Result<Vec<(i64, u64)>, Failure> {
+        let rules = &self.rules;
+        let cutoff = self.stale_cutoff(now);
+        let created = "CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', o.created_at) AS SIGNED)";
+        let after_sql = "(o.created_at > (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) \
+             OR (o.created_at = (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) AND o.id > ?))";
+        let part = |index: &str, cond: &str| {
+            format!(
+                "(SELECT {created} AS c_us, o.id FROM apply_operations o FORCE INDEX ({index}) \
+                 WHERE {cond} AND {after_sql} ORDER BY o.created_at, o.id LIMIT {CANDIDATES})"
+            )
+        };
+        let mut parts = Vec::new();
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state IN ({states})"),
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            parts.push(part(
+                "ix_apply_operations_lease",
+                &format!(
+                    "o.state IN ({states}) AND (o.lease_hb IS NULL OR o.lease_hb <= {cutoff})"
+                ),
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state IN ({states})"),
+            ));
+        }
+        parts.push(format!(
+            "(SELECT {created} AS c_us, o.id FROM apply_control_requests r \
+             FORCE INDEX (ix_apply_control_requests_status) \
+             STRAIGHT_JOIN apply_operations o ON o.apply_id = r.apply_id \
+             WHERE r.status = '{}' AND {after_sql} ORDER BY o.created_at, o.id LIMIT {CANDIDATES})",
+            ControlStatus::Pending.as_str()
+        ));
+        if let Some(known) = in_list(ApplyState::ALL) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state NOT IN ({known})"),
+            ));
+        }
+        let sql = format!(
+            "SELECT DISTINCT c_us, id FROM ({}) c ORDER BY c_us, id LIMIT {CANDIDATES}",
+            parts.join(" UNION ALL ")
+        );
+        let mut q = sqlx::query_as::<_, (i64, u64)>(&sql);
+        for _ in 0..parts.len() {
+            q = q.bind(after.0).bind(after.0).bind(after.1);
+        }
+        Ok(q.fetch_all(&mut **tx).await?)
+    }
+
+    /// The operation claim: take candidates in `(created_at, id)` order, locking each with its
+    /// parent in one `FOR UPDATE SKIP LOCKED` read (the operation is read first, so a parent
+    /// held by its owner or by another claimer skips the pair, never waits); confirm an
+    /// operation arm and an apply arm for the parent, and take both leases. Reads walk the
+    /// primary key, so a claimer never holds a row it does not claim.
     async fn claim_operation_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
         let now = self.now_sql();
-        let after = "(TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND)";
-        let select = format!(
-            "SELECT {cols}, {op_cols} FROM apply_operations o FORCE INDEX (ix_apply_operations_claim) \
-             STRAIGHT_JOIN applies a ON a.id = o.apply_id \
-             WHERE o.claim_open = 1 AND (o.created_at > {after} OR (o.created_at = {after} AND o.id > ?)) \
-             AND ({filter}) ORDER BY o.created_at, o.id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        let head = format!(
+            "SELECT {cols}, {op_cols} FROM apply_operations o STRAIGHT_JOIN applies a ON a.id = o.apply_id WHERE",
             cols = apply_columns(&now),
             op_cols = operation_columns(&now),
-            filter = self.operation_prefilter(&now),
         );
+        let filter = self.operation_prefilter(&now);
+        // When the candidates' ids ascend with their (created_at, id) order (operations are
+        // created with the database clock, so this is the rule), one statement locks the first
+        // lockable candidate in primary-key order, as the apply claim does; otherwise each is
+        // tried in turn.
+        let marks = vec!["?"; CANDIDATES].join(", ");
+        let first_of = format!(
+            "{head} o.id IN ({marks}) AND o.id > ? AND ({filter}) ORDER BY o.id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        );
+        let one = format!("{head} o.id = ? AND ({filter}) FOR UPDATE SKIP LOCKED");
         let mut tx = self.pool.begin().await?;
         // Before the epoch, so the first read starts at the beginning.
-        let (mut after_us, mut after_id): (i64, u64) = (-1, 0);
+        let mut after: (i64, u64) = (-1, 0);
         loop {
-            let Some(row) = sqlx::query(&select)
-                .bind(after_us)
-                .bind(after_us)
-                .bind(after_id)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
+            let candidates = self.operation_candidates(&mut tx, &now, after).await?;
+            let Some(last) = candidates.last().copied() else {
                 tx.commit().await?;
                 return Ok(None);
             };
-            let raw = RawApply::read(&row)?;
-            let op = RawOperation::read(&row)?;
-            (after_us, after_id) = (op.created_us, op.id);
-            let Ok(parsed) = self.parse(&raw) else {
-                continue;
-            };
-            let op_state = match ApplyState::from_str(&op.state) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.bad_row(raw.id, "apply_operations.state", &op.state, e.to_string());
+            let ids: Vec<u64> = candidates.iter().map(|(_, id)| *id).collect();
+            let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+            let mut next = 0;
+            let mut cursor = 0;
+            loop {
+                let row = if ascending {
+                    let mut q = sqlx::query(&first_of);
+                    for i in 0..CANDIDATES {
+                        // Id 0 never exists: it pads the list.
+                        q = q.bind(ids.get(i).copied().unwrap_or(0));
+                    }
+                    match q.bind(cursor).fetch_optional(&mut *tx).await? {
+                        Some(row) => row,
+                        None => break,
+                    }
+                } else {
+                    let Some(id) = ids.get(next).copied() else {
+                        break;
+                    };
+                    next += 1;
+                    match sqlx::query(&one).bind(id).fetch_optional(&mut *tx).await? {
+                        Some(row) => row,
+                        None => continue,
+                    }
+                };
+                let raw = RawApply::read(&row)?;
+                let op = RawOperation::read(&row)?;
+                cursor = op.id;
+                let Ok(parsed) = self.parse(&raw) else {
+                    continue;
+                };
+                let op_state = match ApplyState::from_str(&op.state) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.bad_row(raw.id, "apply_operations.state", &op.state, e.to_string());
+                        continue;
+                    }
+                };
+                let parent = parsed.view(&raw);
+                let view = OperationClaimView {
+                    op: op.view(op_state, parsed.controls),
+                    parent,
+                };
+                let Some(op_arm) = self.rules.matching_operation_arm(&view) else {
+                    continue;
+                };
+                // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+                let Some(parent_arm) = self.rules.matching_arm(&parent) else {
+                    continue;
+                };
+                // A stop that committed after this statement's snapshot but before the parent
+                // was locked is seen by a fresh read (a request locks the parent first); it wins.
+                if op_arm == OperationArm::O1Pending && self.stop_pending(&mut tx, raw.id).await? {
                     continue;
                 }
-            };
-            let parent = parsed.view(&raw);
-            let view = OperationClaimView {
-                op: op.view(op_state, parsed.controls),
-                parent,
-            };
-            let Some(op_arm) = self.rules.matching_operation_arm(&view) else {
-                continue;
-            };
-            // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
-            let Some(parent_arm) = self.rules.matching_arm(&parent) else {
-                continue;
-            };
-            // A stop that committed after this statement's snapshot but before the parent was
-            // locked is seen by a fresh read (a request locks the parent first); it wins.
-            if op_arm == OperationArm::O1Pending && self.stop_pending(&mut tx, raw.id).await? {
-                continue;
+                let via = ClaimedVia::Operation {
+                    op: op_arm,
+                    parent: parent_arm,
+                };
+                if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                    tx.commit().await?;
+                    return Ok(Some(claimed));
+                }
             }
-            let via = ClaimedVia::Operation {
-                op: op_arm,
-                parent: parent_arm,
-            };
-            if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
-                tx.commit().await?;
-                return Ok(Some(claimed));
-            }
+            after = last;
         }
     }
 
@@ -916,9 +1089,9 @@ impl MySqlStore {
     }
 
     /// Bring an apply's task rows along with its move from `from` to `to`, through the one task
-    /// rule (`machine::task::task_after_move`), in one statement: every stored state maps to its
-    /// successor at once, so a task never takes two steps. A task state we cannot read is
-    /// reported and left as it is.
+    /// rule (`machine::task::task_after_move`), in one statement: the rule is tabulated for
+    /// every known task state, and each stored state maps to its successor at once, so a task
+    /// never takes two steps. A task state we cannot read matches no entry and is left as it is.
     async fn sync_tasks(
         &self,
         tx: &mut Transaction<'_, MySql>,
@@ -930,25 +1103,11 @@ impl MySqlStore {
         if from == to {
             return Ok(());
         }
-        let rows = sqlx::query("SELECT DISTINCT state FROM tasks WHERE apply_id = ?")
-            .bind(apply)
-            .fetch_all(&mut **tx)
-            .await?;
-        let mut steps = Vec::new();
-        for row in &rows {
-            let text: String = row.try_get_unchecked("state")?;
-            let stored = match TaskState::from_str(&text) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.bad_row(apply, "tasks.state", &text, e.to_string());
-                    continue;
-                }
-            };
-            let step = task_after_move(stored, from, to);
-            if step.state != stored {
-                steps.push((stored, step));
-            }
-        }
+        let steps: Vec<_> = TaskState::ALL
+            .iter()
+            .map(|stored| (*stored, task_after_move(*stored, from, to)))
+            .filter(|(stored, step)| step.state != *stored)
+            .collect();
         if steps.is_empty() {
             return Ok(());
         }
