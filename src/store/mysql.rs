@@ -1,11 +1,19 @@
 //! The production store: MySQL 8 or MariaDB 10.6+ through sqlx, with the semantics of the
 //! reference [`super::memory::MemoryStore`] (one conformance suite in `tests/` runs both).
 //!
-//! - **Claims** run in one READ COMMITTED transaction: `SELECT … ORDER BY id LIMIT 1 FOR UPDATE
-//!   SKIP LOCKED` over a prefilter built from `machine`'s claim classes (the `IN (…)` lists come
-//!   from [`Rules::states_in`]), then each candidate is confirmed by [`Rules::matching_arm`] on
-//!   ages the database computed, its new state comes from [`TABLE`], and a guarded UPDATE takes
-//!   the lease with a new epoch. The prefilter may only be wider than the arms, never narrower.
+//! - **Claims** run in one READ COMMITTED transaction: candidates come from small index ranges
+//!   built from `machine`'s claim classes (the `IN (…)` lists come from [`Rules::states_in`]), so
+//!   rows under a live lease are never walked; then `SELECT … ORDER BY id LIMIT 1 FOR UPDATE SKIP
+//!   LOCKED` over a prefilter from the same classes locks the first one, [`Rules::matching_arm`]
+//!   confirms it on ages the database computed, its new state comes from [`TABLE`], and a
+//!   guarded UPDATE takes the lease with a new epoch. Candidates and prefilter may only be wider
+//!   than the arms, never narrower.
+//! - **Operation claims** (O1–O5, [`Rules::matching_operation_arm`]) take operation rows in
+//!   `(created_at, id)` order, locking each with its parent; the parent is claimed by the apply
+//!   arm that matches it, and both rows take the same lease at one epoch. The operation row's
+//!   epoch fences the operation writes; heartbeats and releases update both rows at once.
+//! - **Task rows** follow every state change of their apply, in its transaction, through
+//!   `machine::task::task_after_move`.
 //! - **Fencing**: every owner write carries `WHERE id = ? AND lease_epoch = ?` and always changes
 //!   the row (`write_seq + 1`, `NOW(6)`), so one row means success under both the rows-matched
 //!   (sqlx) and rows-changed semantics; 0 rows is settled by a re-read (lease lost or row gone).
