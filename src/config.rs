@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::machine::Params;
+use crate::store::ClaimPath;
 
 /// A secret string: printed as `***` everywhere.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub struct OperatorSection {
     pub revert_window_ms: u64,
     /// Lease owner prefix; defaults to `<hostname>/<pid>`.
     pub owner: Option<String>,
+    /// Which claim the drivers make: `operation` (the operation-level arms, then the apply-level
+    /// arms they lack) or `apply` (the apply-level arms only).
+    pub claim_path: ClaimPath,
 }
 
 impl Default for OperatorSection {
@@ -73,6 +77,7 @@ impl Default for OperatorSection {
             shutdown_deadline_ms: 20_000,
             revert_window_ms: 30 * 60 * 1000,
             owner: None,
+            claim_path: ClaimPath::default(),
         }
     }
 }
@@ -338,6 +343,12 @@ impl Config {
         if let Some(n) = number("APPLYD_POLL_INTERVAL_MS")? {
             config.operator.poll_interval_ms = n;
         }
+        if let Some(v) = env("APPLYD_CLAIM_PATH") {
+            config.operator.claim_path = v.parse().map_err(|message| ConfigError::Env {
+                name: "APPLYD_CLAIM_PATH",
+                message,
+            })?;
+        }
         if let Some(v) = env("APPLYD_LOG_FORMAT") {
             config.log.format = match v.as_str() {
                 "json" => LogFormat::Json,
@@ -545,6 +556,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("presumed_loss_ms"), "{err}");
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.operator.claim_path, ClaimPath::Operation);
+        let c = Config::load_with_env(None, env(&[("APPLYD_CLAIM_PATH", "apply")])).unwrap();
+        assert_eq!(c.operator.claim_path, ClaimPath::Apply);
+        let err = Config::load_with_env(None, env(&[("APPLYD_CLAIM_PATH", "row")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("APPLYD_CLAIM_PATH") && err.contains("row"),
+            "{err}"
+        );
+        std::fs::write(&path, "[operator]\nclaim_path = \"apply\"\n").unwrap();
+        let c = Config::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.operator.claim_path, ClaimPath::Apply);
+        std::fs::write(&path, "[operator]\nclaim_path = \"rows\"\n").unwrap();
+        assert!(Config::load_with_env(Some(&path), env(&[])).is_err());
         let err = Config::load_with_env(None, env(&[("APPLYD_DRIVERS", "lots")]))
             .unwrap_err()
             .to_string();

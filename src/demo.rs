@@ -226,6 +226,7 @@ fn runtime(
             shutdown_deadline: Duration::from_secs(2),
             max_commands_per_drive: 1_000_000,
             rules,
+            claim_path: Default::default(),
         },
         wake: Arc::new(Notify::new()),
     })

@@ -73,6 +73,7 @@ fn runtime(
             shutdown_deadline,
             max_commands_per_drive: 100_000,
             rules,
+            claim_path: Default::default(),
         },
         wake: Arc::new(Notify::new()),
     })
@@ -219,6 +220,12 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn claim(&self, owner: &str) -> Result<Option<applyd::store::Claimed>, StoreError> {
         self.0.claim(owner)
     }
+    async fn claim_operation(
+        &self,
+        owner: &str,
+    ) -> Result<Option<applyd::store::Claimed>, StoreError> {
+        self.0.claim_operation(owner)
+    }
     async fn load(&self, lease: &Lease) -> Result<applyd::store::DriveInputs, StoreError> {
         self.0.load(lease)
     }
@@ -284,6 +291,7 @@ async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
             shutdown_deadline: Duration::from_secs(1),
             max_commands_per_drive: 1_000,
             rules,
+            claim_path: Default::default(),
         },
         wake: Arc::new(Notify::new()),
     });

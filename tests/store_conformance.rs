@@ -7,9 +7,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use applyd::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ControlOp, ControlStatus, EngineKind, Params,
+    ApplyOptions, ApplyState, ClaimArm, ClaimedVia, ControlOp, ControlStatus, EngineKind,
+    OperationArm, Params,
 };
-use applyd::store::{Lease, NewApply, RequestOutcome, StoreError, Target};
+use applyd::store::{
+    claim_next, ClaimPath, Claimed, Lease, NewApply, RequestOutcome, StoreError, Target,
+};
 use applyd::worker::{ApplyId, ResumeState};
 use store_support::Env;
 
@@ -67,7 +70,7 @@ async fn a1_claims_a_pending_apply_once(env: Env) {
     assert_eq!(
         (c.arm, c.pre_claim, c.record.row.state),
         (
-            ClaimArm::A1Pending,
+            ClaimedVia::Apply(ClaimArm::A1Pending),
             ApplyState::Pending,
             ApplyState::Running
         )
@@ -118,7 +121,7 @@ async fn a2_reclaims_only_a_stale_lease(env: Env) {
     let second = claim(&env, "w2").await.expect("stale lease is reclaimable");
     assert_eq!(
         (second.arm, second.pre_claim, second.lease.epoch),
-        (ClaimArm::A2Stale, ApplyState::Running, 2)
+        (ClaimedVia::Apply(ClaimArm::A2Stale), ApplyState::Running, 2)
     );
     assert_eq!(second.lease.apply, id);
     assert!(matches!(
@@ -137,7 +140,10 @@ async fn a2_a_released_lease_is_claimable_at_once(env: Env) {
     let second = claim(&env, "w2")
         .await
         .expect("released row is claimable without waiting");
-    assert_eq!((second.arm, second.lease.epoch), (ClaimArm::A2Stale, 2));
+    assert_eq!(
+        (second.arm, second.lease.epoch),
+        (ClaimedVia::Apply(ClaimArm::A2Stale), 2)
+    );
     assert!(matches!(
         env.store.release(&first.lease).await,
         Err(StoreError::LeaseLost { .. })
@@ -159,7 +165,7 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
         assert_eq!(
             (c.arm, c.pre_claim, c.record.row.state),
             (
-                ClaimArm::A3Retry,
+                ClaimedVia::Apply(ClaimArm::A3Retry),
                 ApplyState::FailedRetryable,
                 ApplyState::Running
             )
@@ -235,7 +241,7 @@ async fn a5_a_start_resumes_a_stopped_apply(env: Env) {
     assert_eq!(
         (c.arm, c.pre_claim, c.record.row.state),
         (
-            ClaimArm::A5StoppedStart,
+            ClaimedVia::Apply(ClaimArm::A5StoppedStart),
             ApplyState::Stopped,
             ApplyState::Resuming
         )
@@ -251,7 +257,10 @@ async fn a5_refuses_the_start_when_the_target_is_busy(env: Env) {
     let c = claim(&env, "w2")
         .await
         .expect("the other apply is claimed instead");
-    assert_eq!((c.lease.apply, c.arm), (other, ClaimArm::A1Pending));
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (other, ClaimedVia::Apply(ClaimArm::A1Pending))
+    );
     let (status, message) = env.request_status(stopped, ControlOp::Start).await.unwrap();
     assert_eq!(status, ControlStatus::Failed);
     let message = message.unwrap();
@@ -279,7 +288,7 @@ async fn a6_a_newer_start_hands_off_a_deferred_deploy_lease(env: Env) {
     assert_eq!(
         (c.arm, c.record.row.state, c.lease.epoch),
         (
-            ClaimArm::A6DeferredDeployStart,
+            ClaimedVia::Apply(ClaimArm::A6DeferredDeployStart),
             ApplyState::WaitingForDeploy,
             2
         )
@@ -303,7 +312,10 @@ async fn a7_a_cancel_claims_a_stopped_apply(env: Env) {
     let c = claim(&env, "w2").await.expect("A7");
     assert_eq!(
         (c.arm, c.record.row.state),
-        (ClaimArm::A7StoppedCancel, ApplyState::Stopped)
+        (
+            ClaimedVia::Apply(ClaimArm::A7StoppedCancel),
+            ApplyState::Stopped
+        )
     );
     env.cleanup().await;
 }
@@ -319,7 +331,10 @@ async fn a8_a_stop_claims_a_paused_apply(env: Env) {
     let c = claim(&env, "w2").await.expect("A8");
     assert_eq!(
         (c.arm, c.record.row.state),
-        (ClaimArm::A8PausedControl, ApplyState::Paused)
+        (
+            ClaimedVia::Apply(ClaimArm::A8PausedControl),
+            ApplyState::Paused
+        )
     );
     env.cleanup().await;
 }
@@ -487,7 +502,10 @@ async fn heartbeats_keep_the_row_from_peers(env: Env) {
         assert!(claim(&env, "w2").await.is_none());
     }
     env.advance(STALE);
-    assert_eq!(claim(&env, "w2").await.unwrap().arm, ClaimArm::A2Stale);
+    assert_eq!(
+        claim(&env, "w2").await.unwrap().arm,
+        ClaimedVia::Apply(ClaimArm::A2Stale)
+    );
     env.cleanup().await;
 }
 
@@ -757,6 +775,422 @@ async fn concurrent_claimers_never_share_a_row(env: Env) {
     env.cleanup().await;
 }
 
+// ---- operation claims (O1–O5): the operation row and its parent, one lease
+
+async fn claim_op(env: &Env, owner: &str) -> Option<Claimed> {
+    env.store
+        .claim_operation(owner)
+        .await
+        .expect("claim operation")
+}
+
+fn via(op: OperationArm, parent: ClaimArm) -> ClaimedVia {
+    ClaimedVia::Operation { op, parent }
+}
+
+/// Two times of one store agree (the database stamps each statement of a transaction anew).
+fn near(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.abs_diff(b) <= 500,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The operation row mirrors its apply's state and carries the apply's lease.
+async fn assert_one_lease(env: &Env, id: ApplyId) {
+    let row = env.row(id).await;
+    let op = env.operation(id).await;
+    assert_eq!(
+        (&op.state, &op.owner, op.epoch, op.attempt),
+        (&row.state, &row.owner, row.epoch, row.attempt),
+        "operation row of apply {id}"
+    );
+    assert!(
+        near(op.lease_acquired_at, row.lease_acquired_at)
+            && near(op.heartbeat_at, row.heartbeat_at),
+        "lease times of apply {id}: {op:?} vs {row:?}"
+    );
+}
+
+async fn o1_claims_a_pending_operation_with_its_parent(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    let c = claim_op(&env, "w1").await.expect("O1");
+    assert_eq!(
+        (c.arm, c.pre_claim, c.record.row.state, c.lease.epoch),
+        (
+            via(OperationArm::O1Pending, ClaimArm::A1Pending),
+            ApplyState::Pending,
+            ApplyState::Running,
+            1
+        )
+    );
+    assert_eq!((c.lease.apply, c.lease.owner.as_str()), (id, "w1"));
+    assert_eq!(c.arm.code(), "O1");
+    assert!(claim_op(&env, "w2").await.is_none(), "a fresh lease");
+    assert!(claim(&env, "w2").await.is_none(), "nor by the apply path");
+    let op = env.operation(id).await;
+    assert_eq!(
+        (op.state.as_str(), op.owner.as_deref(), op.epoch),
+        ("running", Some("w1"), 1)
+    );
+    assert_one_lease(&env, id).await;
+    assert_eq!(env.task_states(id).await, ["running"]);
+    assert_eq!(env.audit().await.last().unwrap().cause, "claim O1");
+    env.cleanup().await;
+}
+
+async fn o1_a_pending_stop_gates_a_pending_operation(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    assert!(
+        claim_op(&env, "w1").await.is_none(),
+        "a pending stop holds a pending operation"
+    );
+    // The operation claim path falls back to the apply arms, which take the stop.
+    let c = claim_next(env.store.as_ref(), ClaimPath::Operation, "w1")
+        .await
+        .unwrap()
+        .expect("A1 takes the apply to process the stop");
+    assert_eq!(c.arm, ClaimedVia::Apply(ClaimArm::A1Pending));
+    assert_one_lease(&env, id).await;
+    env.cleanup().await;
+}
+
+async fn o2_reclaims_a_stale_or_released_operation(env: Env) {
+    let id = submit(&env, "users", EngineKind::Spirit).await;
+    let first = claim_op(&env, "w1").await.unwrap();
+    env.advance(STALE - 10_000);
+    assert!(
+        claim_op(&env, "w2").await.is_none(),
+        "heartbeat younger than stale_after"
+    );
+    env.advance(10_000);
+    let second = claim_op(&env, "w2").await.expect("O2");
+    assert_eq!(
+        (second.arm, second.pre_claim, second.lease.epoch),
+        (
+            via(OperationArm::O2Stale, ClaimArm::A2Stale),
+            ApplyState::Running,
+            2
+        )
+    );
+    assert_one_lease(&env, id).await;
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
+    assert!(lost(env.store.heartbeat(&first.lease).await));
+    assert!(lost(
+        env.store
+            .write(&first.lease, ApplyState::Completed, ResumeState::default())
+            .await
+    ));
+    // A heartbeat renews both rows.
+    env.advance(STALE - 10_000);
+    env.store.heartbeat(&second.lease).await.unwrap();
+    assert_one_lease(&env, id).await;
+    env.advance(20_000);
+    assert!(
+        claim_op(&env, "w3").await.is_none(),
+        "renewed by the heartbeat"
+    );
+    // A release frees both rows at once.
+    env.store.release(&second.lease).await.unwrap();
+    let op = env.operation(id).await;
+    assert_eq!((op.owner, op.heartbeat_at), (None, None));
+    let third = claim_op(&env, "w3").await.expect("released");
+    assert_eq!(
+        (third.arm, third.lease.epoch),
+        (via(OperationArm::O2Stale, ClaimArm::A2Stale), 3)
+    );
+    assert_eq!(env.row(id).await.state, "running");
+    env.cleanup().await;
+}
+
+async fn o3_a_start_resumes_a_stopped_operation(env: Env) {
+    let (id, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    assert_eq!(env.operation(id).await.state, "stopped");
+    assert!(claim_op(&env, "w2").await.is_none(), "stopped is held");
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let c = claim_op(&env, "w2").await.expect("O3");
+    assert_eq!(
+        (c.arm, c.pre_claim, c.record.row.state, c.lease.epoch),
+        (
+            via(OperationArm::O3StoppedStart, ClaimArm::A5StoppedStart),
+            ApplyState::Stopped,
+            ApplyState::Resuming,
+            2
+        )
+    );
+    assert_one_lease(&env, id).await;
+    assert_eq!(
+        env.task_states(id).await,
+        ["running"],
+        "a start re-queues stopped tasks"
+    );
+    env.cleanup().await;
+}
+
+async fn o3_refuses_the_start_when_the_target_is_busy(env: Env) {
+    let (stopped, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Stopped).await;
+    let other = submit(&env, "users", EngineKind::Spirit).await;
+    env.store.request(stopped, ControlOp::Start).await.unwrap();
+    let c = claim_op(&env, "w2")
+        .await
+        .expect("the other apply's operation is claimed instead");
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (other, via(OperationArm::O1Pending, ClaimArm::A1Pending))
+    );
+    let (status, message) = env.request_status(stopped, ControlOp::Start).await.unwrap();
+    assert_eq!(status, ControlStatus::Failed);
+    let message = message.unwrap();
+    assert!(
+        message.contains("another active apply") && message.contains(&other.to_string()),
+        "{message}"
+    );
+    let (row, op) = (env.row(stopped).await, env.operation(stopped).await);
+    assert_eq!(
+        (row.state.as_str(), row.epoch, op.state.as_str(), op.epoch),
+        ("stopped", 1, "stopped", 1)
+    );
+    assert!(claim_op(&env, "w3").await.is_none());
+    env.cleanup().await;
+}
+
+async fn o4_a_newer_start_hands_off_a_deferred_deploy_operation(env: Env) {
+    let (id, old) = owned_in(
+        &env,
+        "users",
+        EngineKind::PlanetScale,
+        ApplyState::WaitingForDeploy,
+    )
+    .await;
+    assert!(
+        claim_op(&env, "w2").await.is_none(),
+        "fresh lease, no start"
+    );
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let c = claim_op(&env, "w2").await.expect("O4");
+    assert_eq!(
+        (c.arm, c.record.row.state, c.lease.epoch),
+        (
+            via(
+                OperationArm::O4DeferredDeployStart,
+                ClaimArm::A6DeferredDeployStart
+            ),
+            ApplyState::WaitingForDeploy,
+            2
+        )
+    );
+    assert_one_lease(&env, id).await;
+    assert!(
+        claim_op(&env, "w3").await.is_none() && claim(&env, "w3").await.is_none(),
+        "the start is older than the new lease"
+    );
+    assert!(matches!(
+        env.store
+            .write(&old, ApplyState::Running, ResumeState::default())
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    env.cleanup().await;
+}
+
+async fn o5_retries_within_the_budget_with_attempt_accounting(env: Env) {
+    let (id, _) = owned_in(
+        &env,
+        "users",
+        EngineKind::Spirit,
+        ApplyState::FailedRetryable,
+    )
+    .await;
+    for attempt in 1..=Params::DEFAULT.retry_budget {
+        let c = claim_op(&env, "w2").await.expect("O5");
+        assert_eq!(
+            (c.arm, c.pre_claim, c.record.row.state, c.record.row.attempt),
+            (
+                via(OperationArm::O5Retry, ClaimArm::A3Retry),
+                ApplyState::FailedRetryable,
+                ApplyState::Running,
+                attempt
+            )
+        );
+        assert_one_lease(&env, id).await;
+        assert_eq!(env.operation(id).await.attempt, attempt);
+        let tasks = env.tasks().await;
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.state == "running" && t.attempt == attempt),
+            "a retry re-queues retryable tasks: {tasks:?}"
+        );
+        env.store
+            .write(
+                &c.lease,
+                ApplyState::FailedRetryable,
+                ResumeState::default(),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(claim_op(&env, "w2").await.is_none(), "budget exhausted");
+    assert!(claim(&env, "w2").await.is_none());
+    env.cleanup().await;
+}
+
+async fn o5_respects_the_freshness_window(env: Env) {
+    owned_in(
+        &env,
+        "users",
+        EngineKind::Spirit,
+        ApplyState::FailedRetryable,
+    )
+    .await;
+    env.advance(DAY);
+    assert!(claim_op(&env, "w2").await.is_none(), "past freshness");
+    env.cleanup().await;
+}
+
+async fn o5_claims_a_retryable_operation_under_a_stale_parent(env: Env) {
+    let (id, _) = owned_in(&env, "users", EngineKind::Spirit, ApplyState::Running).await;
+    env.force_operation_state(id, ApplyState::FailedRetryable)
+        .await;
+    assert!(
+        claim_op(&env, "w2").await.is_none(),
+        "the parent's owner is alive"
+    );
+    env.advance(STALE);
+    let c = claim_op(&env, "w2").await.expect("O5 under a stale parent");
+    assert_eq!(
+        (c.arm, c.pre_claim, c.record.row.state, c.record.row.attempt),
+        (
+            via(OperationArm::O5Retry, ClaimArm::A2Stale),
+            ApplyState::Running,
+            ApplyState::Running,
+            0
+        )
+    );
+    // The parent was not failed_retryable: no attempt is counted, and the operation row takes
+    // its parent's state back.
+    assert_one_lease(&env, id).await;
+    assert_eq!(env.operation(id).await.attempt, 0);
+    env.cleanup().await;
+}
+
+async fn concurrent_operation_and_apply_claimers_never_share_a_row(env: Env) {
+    for i in 0..24 {
+        submit(&env, &format!("db{i}"), EngineKind::Spirit).await;
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let store = env.store.clone();
+            tokio::spawn(async move {
+                let owner = format!("w{w}");
+                let mut mine = Vec::new();
+                loop {
+                    // Most claimers take the operation path, a few the apply path.
+                    let next = if w % 4 == 3 {
+                        store.claim(&owner).await
+                    } else {
+                        store.claim_operation(&owner).await
+                    };
+                    match next.unwrap() {
+                        Some(c) => mine.push(c.lease.apply),
+                        None => break,
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (24, 24),
+        "every row claimed exactly once"
+    );
+    assert!(env.rows().await.iter().all(|(_, r)| r.epoch == 1));
+    assert!(env
+        .operations()
+        .await
+        .iter()
+        .all(|(_, o)| o.epoch == 1 && o.state == "running"));
+    env.cleanup().await;
+}
+
+// ---- task rows follow their apply
+
+async fn task_rows_follow_every_state_write(env: Env) {
+    let mut new = new_apply("users", EngineKind::Spirit);
+    new.ddl
+        .push("ALTER TABLE orders ADD COLUMN note TEXT".into());
+    let id = env.store.submit(new).await.unwrap();
+    assert_eq!(env.task_states(id).await, ["pending", "pending"]);
+    let c = claim(&env, "w1").await.unwrap();
+    assert_eq!(env.task_states(id).await, ["running", "running"]);
+    let write = |to: ApplyState, lease: Lease| {
+        let store = env.store.clone();
+        async move {
+            store
+                .write(&lease, to, ResumeState::default())
+                .await
+                .unwrap()
+        }
+    };
+    write(ApplyState::WaitingForCutover, c.lease.clone()).await;
+    assert_eq!(env.task_states(id).await, ["waiting_for_cutover"; 2]);
+    write(ApplyState::Running, c.lease.clone()).await;
+    assert_eq!(
+        env.task_states(id).await,
+        ["waiting_for_cutover"; 2],
+        "no backward progress"
+    );
+    write(ApplyState::Stopped, c.lease.clone()).await;
+    assert_eq!(env.task_states(id).await, ["stopped"; 2]);
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let c = claim(&env, "w2").await.expect("A5");
+    assert_eq!(
+        env.task_states(id).await,
+        ["running"; 2],
+        "re-queued by the start"
+    );
+    write(ApplyState::FailedRetryable, c.lease.clone()).await;
+    assert_eq!(env.task_states(id).await, ["failed_retryable"; 2]);
+    let c = claim(&env, "w3").await.expect("A3");
+    let tasks = env.tasks().await;
+    assert!(
+        tasks.iter().all(|t| t.state == "running" && t.attempt == 1),
+        "{tasks:?}"
+    );
+    write(ApplyState::Completed, c.lease.clone()).await;
+    assert_eq!(env.task_states(id).await, ["completed"; 2]);
+    for to in [ApplyState::Running, ApplyState::Failed] {
+        write(to, c.lease.clone()).await;
+        assert_eq!(
+            env.task_states(id).await,
+            ["completed"; 2],
+            "terminal tasks never move ({to})"
+        );
+    }
+    // Retry expiry fails the tasks of the applies it fails.
+    let (other, lease) = owned_in(
+        &env,
+        "orders",
+        EngineKind::Spirit,
+        ApplyState::FailedRetryable,
+    )
+    .await;
+    env.store.release(&lease).await.unwrap();
+    env.advance(DAY);
+    assert_eq!(env.store.expire_retryable().await.unwrap(), 1);
+    assert_eq!(env.task_states(other).await, ["failed"]);
+    assert_eq!(env.operation(other).await.state, "failed");
+    env.cleanup().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -805,4 +1239,15 @@ conformance!(
     control_requests_are_refused_by_the_rules,
     concurrent_requests_create_one_row,
     concurrent_claimers_never_share_a_row,
+    o1_claims_a_pending_operation_with_its_parent,
+    o1_a_pending_stop_gates_a_pending_operation,
+    o2_reclaims_a_stale_or_released_operation,
+    o3_a_start_resumes_a_stopped_operation,
+    o3_refuses_the_start_when_the_target_is_busy,
+    o4_a_newer_start_hands_off_a_deferred_deploy_operation,
+    o5_retries_within_the_budget_with_attempt_accounting,
+    o5_respects_the_freshness_window,
+    o5_claims_a_retryable_operation_under_a_stale_parent,
+    concurrent_operation_and_apply_claimers_never_share_a_row,
+    task_rows_follow_every_state_write,
 );

@@ -14,7 +14,7 @@ use applyd::store::{Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store
 use applyd::worker::{ApplyId, ResumeState};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use store_support::{AuditView, Env, RowView};
+use store_support::{AuditView, Env, OperationView, RowView};
 
 const STEPS_MS: &[u64] = &[10_000, 30_000, 60_000, 60 * 60 * 1000, 12 * 60 * 60 * 1000];
 const BUCKET_MS: u64 = 10_000;
@@ -27,6 +27,9 @@ enum Op {
         options: ApplyOptions,
     },
     Claim {
+        owner: usize,
+    },
+    ClaimOperation {
         owner: usize,
     },
     Write {
@@ -86,7 +89,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             engine,
             options: ApplyOptions { defer_deploy: defer, ..Default::default() },
         }),
-        4 => (0..3usize).prop_map(|owner| Op::Claim { owner }),
+        3 => (0..3usize).prop_map(|owner| Op::Claim { owner }),
+        3 => (0..3usize).prop_map(|owner| Op::ClaimOperation { owner }),
         4 => (0..8usize, state, 0..3usize).prop_map(|(lease, to, resume)| Op::Write { lease, to, resume }),
         2 => (0..8usize).prop_map(|lease| Op::Heartbeat { lease }),
         1 => (0..8usize).prop_map(|lease| Op::Release { lease }),
@@ -170,7 +174,7 @@ impl Side {
                     self.index(c.lease.apply),
                     c.lease.owner,
                     c.lease.epoch,
-                    c.arm.code(),
+                    c.arm,
                     c.pre_claim,
                     c.record.row.state,
                     c.record.row.attempt,
@@ -234,6 +238,10 @@ impl Side {
                 let r = store.claim(&format!("w{owner}")).await;
                 self.claimed(r)
             }
+            Op::ClaimOperation { owner } => {
+                let r = store.claim_operation(&format!("w{owner}")).await;
+                self.claimed(r)
+            }
             Op::Write { lease, to, resume } => self.unit(
                 store
                     .write(&self.lease(*lease), *to, resume_of(*resume))
@@ -269,8 +277,9 @@ impl Side {
         }
     }
 
-    /// Rows, request statuses and audit, with ids as indexes and times in buckets.
-    async fn snapshot(&self) -> (Vec<(String, RowView)>, Vec<String>, Vec<AuditView>) {
+    /// Rows (apply, operation, task), request statuses and audit, with ids as indexes and times
+    /// in buckets.
+    async fn snapshot(&self) -> Snapshot {
         let bucket = |t: u64| t / BUCKET_MS;
         let rows = self
             .env
@@ -308,8 +317,41 @@ impl Side {
                 a
             })
             .collect();
-        (rows, requests, audit)
+        let operations = self
+            .env
+            .operations()
+            .await
+            .into_iter()
+            .map(|(id, mut o)| {
+                o.lease_acquired_at = o.lease_acquired_at.map(bucket);
+                o.heartbeat_at = o.heartbeat_at.map(bucket);
+                o.updated_at = bucket(o.updated_at);
+                (self.index(id), o)
+            })
+            .collect();
+        let tasks = self
+            .env
+            .tasks()
+            .await
+            .into_iter()
+            .map(|t| (self.index(t.apply), t.seq, t.state, t.attempt))
+            .collect();
+        Snapshot {
+            rows,
+            operations,
+            tasks,
+            requests,
+            audit,
+        }
     }
+}
+
+struct Snapshot {
+    rows: Vec<(String, RowView)>,
+    operations: Vec<(String, OperationView)>,
+    tasks: Vec<(String, u32, String, u32)>,
+    requests: Vec<String>,
+    audit: Vec<AuditView>,
 }
 
 fn same<T: PartialEq + Debug>(
@@ -351,9 +393,19 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     if result.is_ok() {
         let (m, y) = (memory.snapshot().await, mysql.snapshot().await);
         let end = Op::Expire;
-        result = same("final rows", ops.len(), &end, m.0, y.0)
-            .and_then(|_| same("final requests", ops.len(), &end, m.1, y.1))
-            .and_then(|_| same("audit", ops.len(), &end, m.2, y.2));
+        result = same("final rows", ops.len(), &end, m.rows, y.rows)
+            .and_then(|_| {
+                same(
+                    "final operations",
+                    ops.len(),
+                    &end,
+                    m.operations,
+                    y.operations,
+                )
+            })
+            .and_then(|_| same("final tasks", ops.len(), &end, m.tasks, y.tasks))
+            .and_then(|_| same("final requests", ops.len(), &end, m.requests, y.requests))
+            .and_then(|_| same("audit", ops.len(), &end, m.audit, y.audit));
     }
     mysql.env.cleanup().await;
     result

@@ -131,6 +131,7 @@ async fn a_pending_apply_without_children_is_never_claimed() {
         env.store.claim("w1").await.unwrap().is_none(),
         "half-created apply"
     );
+    assert!(env.store.claim_operation("w1").await.unwrap().is_none());
     exec(
         &env,
         "INSERT INTO apply_operations (apply_id, state, engine_resume_state, created_at, updated_at) \
@@ -194,5 +195,140 @@ async fn migrations_apply_twice() {
         .migrate()
         .await
         .expect("a second run is a no-op");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_operation_row_off_its_parents_lease_fences_the_owner() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let id = env.store.submit(new_apply("a")).await.unwrap();
+    let c = env.store.claim_operation("w1").await.unwrap().unwrap();
+    exec(
+        &env,
+        &format!("UPDATE apply_operations SET lease_epoch = 99 WHERE apply_id = {id}"),
+    )
+    .await;
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
+    assert!(lost(
+        env.store
+            .write(
+                &c.lease,
+                ApplyState::WaitingForCutover,
+                ResumeState::default()
+            )
+            .await
+    ));
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.epoch),
+        ("running", 1),
+        "the apply write was rolled back with the operation write"
+    );
+    assert_eq!(env.task_states(id).await, ["running"]);
+    assert!(lost(env.store.heartbeat(&c.lease).await));
+    assert!(lost(env.store.release(&c.lease).await));
+    // Once the apply's heartbeat is stale, a claim makes the lease whole again.
+    env.advance(applyd::machine::Params::DEFAULT.stale_after_ms);
+    let again = env.store.claim("w2").await.unwrap().expect("A2");
+    assert_eq!(again.lease.epoch, 2);
+    assert_eq!(env.operation(id).await.epoch, 2);
+    env.store.heartbeat(&again.lease).await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unknown_operation_and_task_states_are_reported_and_left_alone() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let mut new = new_apply("a");
+    new.ddl.push("ALTER TABLE u ADD COLUMN d INT".into());
+    let id = env.store.submit(new).await.unwrap();
+    exec(
+        &env,
+        &format!("UPDATE apply_operations SET state = 'exploded' WHERE apply_id = {id}"),
+    )
+    .await;
+    assert!(
+        env.store.claim_operation("w1").await.unwrap().is_none(),
+        "an unreadable operation is skipped"
+    );
+    // The apply path claims the readable apply; its operation row mirrors it again.
+    let c = env.store.claim("w1").await.unwrap().expect("A1");
+    assert_eq!(env.operation(id).await.state, "running");
+    exec(
+        &env,
+        &format!("UPDATE tasks SET state = 'melted' WHERE apply_id = {id} AND seq = 0"),
+    )
+    .await;
+    env.store
+        .write(
+            &c.lease,
+            ApplyState::WaitingForCutover,
+            ResumeState::default(),
+        )
+        .await
+        .expect("a task we cannot read does not block its apply");
+    assert_eq!(
+        env.task_states(id).await,
+        ["melted", "waiting_for_cutover"],
+        "the unreadable task is left as it is"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_migration_gives_existing_operations_their_parents_lease() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let id = env.store.submit(new_apply("a")).await.unwrap();
+    let c = env.store.claim("w1").await.unwrap().unwrap();
+    // As an older operator left it: the operation row never leased.
+    exec(
+        &env,
+        &format!(
+            "UPDATE apply_operations SET lease_owner = NULL, lease_epoch = 0, lease_acquired_at = NULL, \
+             heartbeat_at = NULL, state = 'pending' WHERE apply_id = {id}"
+        ),
+    )
+    .await;
+    let sql = include_str!("../migrations/20261201000001_operation_claims.sql");
+    let update = &sql[sql.find("UPDATE").expect("the migration's UPDATE")..];
+    exec(&env, update).await;
+    let op = env.operation(id).await;
+    assert_eq!(
+        (op.state.as_str(), op.owner.as_deref(), op.epoch),
+        ("running", Some("w1"), 1)
+    );
+    env.store
+        .heartbeat(&c.lease)
+        .await
+        .expect("the lease is whole");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn operations_are_claimed_in_created_at_order_even_against_id_order() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let first = env.store.submit(new_apply("a")).await.unwrap();
+    let second = env.store.submit(new_apply("b")).await.unwrap();
+    // A clock step backwards between the two submissions.
+    exec(
+        &env,
+        &format!(
+            "UPDATE apply_operations SET created_at = created_at - INTERVAL 1 SECOND WHERE apply_id = {second}"
+        ),
+    )
+    .await;
+    let c = env.store.claim_operation("w1").await.unwrap().unwrap();
+    assert_eq!(c.lease.apply, second, "earliest created first");
+    let c = env.store.claim_operation("w1").await.unwrap().unwrap();
+    assert_eq!(c.lease.apply, first);
+    assert!(env.store.claim_operation("w1").await.unwrap().is_none());
     env.cleanup().await;
 }

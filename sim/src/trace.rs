@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
-use applyd::machine::{ApplyState, ClaimArm, ControlOp};
+use applyd::machine::{ApplyState, ClaimedVia, ControlOp};
 use applyd::worker::sync_exec::Stepped;
 
 use crate::preset::Fault;
@@ -15,7 +15,7 @@ pub enum Action {
     Submitted,
     /// The submission was refused (target busy or store down); retried later.
     SubmitDeferred,
-    Claimed(ClaimArm),
+    Claimed(ClaimedVia),
     Stepped(Stepped),
     HeartbeatFailed,
     /// A heartbeat found the lease gone: the driver abandons the drive.

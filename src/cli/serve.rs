@@ -112,6 +112,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             shutdown_deadline: OperatorSection::ms(config.operator.shutdown_deadline_ms),
             max_commands_per_drive: 10_000_000,
             rules,
+            claim_path: config.operator.claim_path,
         },
         wake: wake.clone(),
     });

@@ -379,6 +379,72 @@ impl OperationArm {
     }
 }
 
+impl OperationArm {
+    pub const fn describe(self) -> &'static str {
+        match self {
+            OperationArm::O1Pending => "pending operation, no pending stop on its apply",
+            OperationArm::O2Stale => {
+                "stale-reclaimable operation, heartbeat stale or lease released"
+            }
+            OperationArm::O3StoppedStart => "stopped operation whose apply has a pending start",
+            OperationArm::O4DeferredDeployStart => {
+                "operation of a waiting_for_deploy apply with a start newer than its lease"
+            }
+            OperationArm::O5Retry => {
+                "failed_retryable operation: apply retryable within budget, or apply stale"
+            }
+        }
+    }
+}
+
+/// How a claim was made. An operation claim also claims the parent apply in the same
+/// transaction (one lease, one epoch for both rows), through the apply arm that matches the
+/// parent: that arm decides the parent's transition, exactly as on the apply path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClaimedVia {
+    Apply(ClaimArm),
+    Operation { op: OperationArm, parent: ClaimArm },
+}
+
+impl ClaimedVia {
+    /// The arm that selected the row (`A1`…`A8`, `O1`…`O5`).
+    pub const fn code(self) -> &'static str {
+        match self {
+            ClaimedVia::Apply(arm) => arm.code(),
+            ClaimedVia::Operation { op, .. } => op.code(),
+        }
+    }
+
+    /// The apply arm that moved the apply row.
+    pub const fn apply_arm(self) -> ClaimArm {
+        match self {
+            ClaimedVia::Apply(arm) | ClaimedVia::Operation { parent: arm, .. } => arm,
+        }
+    }
+
+    pub const fn operation_arm(self) -> Option<OperationArm> {
+        match self {
+            ClaimedVia::Apply(_) => None,
+            ClaimedVia::Operation { op, .. } => Some(op),
+        }
+    }
+}
+
+impl From<ClaimArm> for ClaimedVia {
+    fn from(arm: ClaimArm) -> Self {
+        ClaimedVia::Apply(arm)
+    }
+}
+
+impl std::fmt::Display for ClaimedVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimedVia::Apply(arm) => f.write_str(arm.code()),
+            ClaimedVia::Operation { op, parent } => write!(f, "{}+{}", op.code(), parent.code()),
+        }
+    }
+}
+
 /// An operation row and its parent apply as the operation claim path sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OperationClaimView {

@@ -11,7 +11,7 @@ pub mod table;
 pub mod task;
 
 pub use claim::{
-    ClaimArm, ClaimClass, ClaimView, OperationArm, OperationClaimView, PendingControls,
+    ClaimArm, ClaimClass, ClaimView, ClaimedVia, OperationArm, OperationClaimView, PendingControls,
 };
 pub use control::{Disposition, Refusal};
 pub use rules::{Mutant, Params, Rules};

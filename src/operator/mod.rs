@@ -14,7 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::engine::Engine;
 use crate::machine::{ApplyState, Rules};
-use crate::store::{Claimed, Store, StoreError};
+use crate::store::{claim_next, ClaimPath, Claimed, Store, StoreError};
 use crate::worker::{run_drive, DriveReport, Finish, Pacing, WaitFor};
 
 /// How a process runs its drivers.
@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     /// Upper bound on commands per drive before it is abandoned as runaway.
     pub max_commands_per_drive: u64,
     pub rules: Rules,
+    /// Which claim the drivers make (see [`ClaimPath`]).
+    pub claim_path: ClaimPath,
 }
 
 impl RuntimeConfig {
@@ -165,14 +167,15 @@ impl Runtime {
                 if *shutdown.borrow() {
                     break;
                 }
-                let claimed = match self.store.claim(&owner).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, owner, "claim failed");
-                        break;
-                    }
-                };
+                let claimed =
+                    match claim_next(self.store.as_ref(), self.config.claim_path, &owner).await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, owner, "claim failed");
+                            break;
+                        }
+                    };
                 ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code())
                     .increment(1);
                 if claimed.pre_claim != ApplyState::Pending {

@@ -14,9 +14,10 @@ use super::{
 };
 use crate::machine::control::accepts_request;
 use crate::machine::table::{Event, TABLE};
+use crate::machine::task::task_after_move;
 use crate::machine::{
-    ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, PendingControls,
-    Rules,
+    ApplyOptions, ApplyState, ClaimArm, ClaimView, ClaimedVia, ControlOp, ControlStatus,
+    EngineKind, OperationClaimView, PendingControls, Rules, TaskState,
 };
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
@@ -84,6 +85,33 @@ pub struct MemoryRow {
     pub state_entered_at: u64,
     pub created_at: u64,
     pub error_message: Option<String>,
+    /// The apply's one operation row (its state mirrors the apply's; its lease is the apply's).
+    pub operation: MemoryOperation,
+    /// One task per DDL statement, in order.
+    pub tasks: Vec<MemoryTask>,
+}
+
+/// The operation row of a single-operation apply. Its lease is taken, renewed and released
+/// together with the parent's, at the same epoch; its own epoch fences the operation writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryOperation {
+    pub id: u64,
+    pub state: ApplyState,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    pub lease_acquired_at: Option<u64>,
+    pub lease_acquired_seq: u64,
+    pub heartbeat_at: Option<u64>,
+    pub updated_at: u64,
+    pub created_at: u64,
+}
+
+/// One task row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryTask {
+    pub state: TaskState,
+    pub attempt: u32,
 }
 
 /// One control request row (unique per apply and operation).
@@ -114,6 +142,7 @@ struct Inner {
     requests: BTreeMap<(ApplyId, ControlOp), MemoryRequest>,
     audit: Vec<AuditEntry>,
     next_id: ApplyId,
+    next_operation_id: u64,
     /// Sequence of changes: orders events that share a millisecond of the manual clock.
     seq: u64,
     /// Writes that landed with an epoch other than the row's (only possible with unfenced writes).
@@ -136,6 +165,7 @@ impl MemoryStore {
             revert_window_ms: 30 * 60 * 1000,
             inner: Mutex::new(Inner {
                 next_id: 1,
+                next_operation_id: 1,
                 available: true,
                 ..Inner::default()
             }),
@@ -216,6 +246,19 @@ impl MemoryStore {
         pending_of(&inner, id)
     }
 
+    /// Fault injection for tests: set an operation row's state alone, as an operator of another
+    /// version might have left it. Returns whether the apply exists.
+    pub fn force_operation_state(&self, id: ApplyId, state: ApplyState) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.rows.get_mut(&id) {
+            Some(row) => {
+                row.operation.state = state;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The store's clock, for ages shown to people.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -237,6 +280,15 @@ impl MemoryStore {
         }
         let id = inner.next_id;
         inner.next_id += 1;
+        let operation_id = inner.next_operation_id;
+        inner.next_operation_id += 1;
+        let tasks = vec![
+            MemoryTask {
+                state: TaskState::Pending,
+                attempt: 0,
+            };
+            new.ddl.len()
+        ];
         let spec = Arc::new(ApplySpec {
             identifier: format!("apply-{id}"),
             target: new.target,
@@ -261,6 +313,19 @@ impl MemoryStore {
                 state_entered_at: now,
                 created_at: now,
                 error_message: None,
+                operation: MemoryOperation {
+                    id: operation_id,
+                    state: ApplyState::Pending,
+                    attempt: 0,
+                    lease_owner: None,
+                    lease_epoch: 0,
+                    lease_acquired_at: None,
+                    lease_acquired_seq: 0,
+                    heartbeat_at: None,
+                    updated_at: now,
+                    created_at: now,
+                },
+                tasks,
             },
         );
         Ok(id)
@@ -286,79 +351,143 @@ impl MemoryStore {
         }
     }
 
+    /// The operation row as the operation arms see it: its own lease, its parent's requests.
+    fn operation_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
+        let op = &row.operation;
+        let mut controls = pending_of(inner, row.id);
+        if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
+            controls.start_newer_than_lease = controls.start
+                && (op.lease_acquired_at.is_none() || start.updated_seq > op.lease_acquired_seq);
+        }
+        ClaimView {
+            state: op.state,
+            leased: op.lease_owner.is_some(),
+            heartbeat_age_ms: op.heartbeat_at.map(|h| now.saturating_sub(h)),
+            attempt: op.attempt,
+            updated_age_ms: now.saturating_sub(op.updated_at),
+            has_children: true,
+            controls,
+        }
+    }
+
     pub fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
         let ids: Vec<ApplyId> = inner.rows.keys().copied().collect();
         for id in ids {
-            let row = &inner.rows[&id];
-            let view = self.claim_view(&inner, row, now);
+            let view = self.claim_view(&inner, &inner.rows[&id], now);
             let Some(arm) = self.rules.matching_arm(&view) else {
                 continue;
             };
-            let Some(row_id) = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm))
-            else {
-                continue;
-            };
-            let to = TABLE.row(row_id).to;
-            let pre_claim = row.state;
-            if to.is_active()
-                && !pre_claim.is_active()
-                && self.rules.checks_target_on_reactivation()
-            {
-                let target = row.spec.target.clone();
-                if let Some(existing) = active_on_target(&inner, &target, Some(id)) {
-                    let message = format!(
-                        "start refused: another active apply ({existing}) exists on {target}"
-                    );
-                    if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Start)) {
-                        req.status = ControlStatus::Failed;
-                        req.updated_at = now;
-                        req.message = Some(message);
-                    }
-                    continue;
-                }
+            if let Some(claimed) = self.take(&mut inner, id, ClaimedVia::Apply(arm), owner, now) {
+                return Ok(Some(claimed));
             }
-            inner.seq += 1;
-            let seq = inner.seq;
-            let row = inner.rows.get_mut(&id).expect("row listed above");
-            row.lease_epoch += 1;
-            row.lease_acquired_seq = seq;
-            row.lease_owner = Some(owner.to_string());
-            row.lease_acquired_at = Some(now);
-            row.heartbeat_at = Some(now);
-            row.updated_at = now;
-            if arm == crate::machine::ClaimArm::A3Retry {
-                row.attempt += 1;
-                row.error_message = None;
-            }
-            if to != pre_claim {
-                row.state = to;
-                row.state_entered_at = now;
-            }
-            let claimed = Claimed {
-                lease: Lease {
-                    apply: id,
-                    owner: owner.to_string(),
-                    epoch: row.lease_epoch,
-                },
-                arm,
-                pre_claim,
-                record: record_of(row),
-            };
-            let epoch = row.lease_epoch;
-            inner.audit.push(AuditEntry {
-                apply: id,
-                from: pre_claim,
-                to,
-                epoch,
-                owner: Some(owner.to_string()),
-                at_ms: now,
-                cause: format!("claim {}", arm.code()),
-            });
-            return Ok(Some(claimed));
         }
         Ok(None)
+    }
+
+    pub fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut order: Vec<(u64, u64, ApplyId)> = inner
+            .rows
+            .values()
+            .map(|r| (r.operation.created_at, r.operation.id, r.id))
+            .collect();
+        order.sort_unstable();
+        for (_, _, id) in order {
+            let row = &inner.rows[&id];
+            let view = OperationClaimView {
+                op: self.operation_view(&inner, row, now),
+                parent: self.claim_view(&inner, row, now),
+            };
+            let Some(op) = self.rules.matching_operation_arm(&view) else {
+                continue;
+            };
+            // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+            let Some(parent) = self.rules.matching_arm(&view.parent) else {
+                continue;
+            };
+            let via = ClaimedVia::Operation { op, parent };
+            if let Some(claimed) = self.take(&mut inner, id, via, owner, now) {
+                return Ok(Some(claimed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Take the lease of an apply and its operation at one new epoch, moving the apply by the
+    /// transition of the apply arm; `None` when the table has no such transition or the target
+    /// re-check refused a re-activation (the start request then fails, with the reason).
+    fn take(
+        &self,
+        inner: &mut Inner,
+        id: ApplyId,
+        via: ClaimedVia,
+        owner: &str,
+        now: u64,
+    ) -> Option<Claimed> {
+        let arm = via.apply_arm();
+        let row = &inner.rows[&id];
+        let row_id = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm))?;
+        let to = TABLE.row(row_id).to;
+        let pre_claim = row.state;
+        if to.is_active() && !pre_claim.is_active() && self.rules.checks_target_on_reactivation() {
+            let target = row.spec.target.clone();
+            if let Some(existing) = active_on_target(inner, &target, Some(id)) {
+                let message =
+                    format!("start refused: another active apply ({existing}) exists on {target}");
+                if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Start)) {
+                    req.status = ControlStatus::Failed;
+                    req.updated_at = now;
+                    req.message = Some(message);
+                }
+                return None;
+            }
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        let row = inner.rows.get_mut(&id).expect("row listed above");
+        row.lease_epoch += 1;
+        row.lease_acquired_seq = seq;
+        row.lease_owner = Some(owner.to_string());
+        row.lease_acquired_at = Some(now);
+        row.heartbeat_at = Some(now);
+        row.updated_at = now;
+        let retry = arm == ClaimArm::A3Retry;
+        if retry {
+            row.attempt += 1;
+            row.error_message = None;
+            row.operation.attempt += 1;
+        }
+        let op = &mut row.operation;
+        op.lease_epoch = row.lease_epoch;
+        op.lease_acquired_seq = seq;
+        op.lease_owner = Some(owner.to_string());
+        op.lease_acquired_at = Some(now);
+        op.heartbeat_at = Some(now);
+        move_state(row, to, now);
+        let claimed = Claimed {
+            lease: Lease {
+                apply: id,
+                owner: owner.to_string(),
+                epoch: row.lease_epoch,
+            },
+            arm: via,
+            pre_claim,
+            record: record_of(row),
+        };
+        let epoch = row.lease_epoch;
+        inner.audit.push(AuditEntry {
+            apply: id,
+            from: pre_claim,
+            to,
+            epoch,
+            owner: Some(owner.to_string()),
+            at_ms: now,
+            cause: format!("claim {}", via.code()),
+        });
+        Some(claimed)
     }
 
     /// The owned row, fenced: a displaced owner gets `LeaseLost`.
@@ -372,6 +501,27 @@ impl MemoryStore {
             .get_mut(&lease.apply)
             .ok_or(StoreError::RowGone(lease.apply))?;
         if self.rules.write_allowed(row.lease_epoch, lease.epoch) {
+            Ok(row)
+        } else {
+            Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    /// The owned row for a write that also touches the operation row, which its own lease
+    /// fences (it always carries the parent's epoch; a mismatch is a lost lease, fail closed).
+    fn owned_with_operation<'a>(
+        &self,
+        inner: &'a mut Inner,
+        lease: &Lease,
+    ) -> Result<&'a mut MemoryRow, StoreError> {
+        let row = self.owned(inner, lease)?;
+        if self
+            .rules
+            .write_allowed(row.operation.lease_epoch, lease.epoch)
+        {
             Ok(row)
         } else {
             Err(StoreError::LeaseLost {
@@ -403,7 +553,7 @@ impl MemoryStore {
         let now = self.now();
         let mut inner = self.lock()?;
         let (from, target, row_epoch) = {
-            let row = self.owned(&mut inner, lease)?;
+            let row = self.owned_with_operation(&mut inner, lease)?;
             (row.state, row.spec.target.clone(), row.lease_epoch)
         };
         if to.is_active() && !from.is_active() && self.rules.checks_target_on_reactivation() {
@@ -418,12 +568,12 @@ impl MemoryStore {
             inner.stale_writes_landed += 1;
         }
         let row = inner.rows.get_mut(&lease.apply).expect("checked above");
-        row.state = to;
         row.resume = resume;
         row.updated_at = now;
         row.heartbeat_at = Some(now);
+        row.operation.heartbeat_at = Some(now);
+        move_state(row, to, now);
         if from != to {
-            row.state_entered_at = now;
             inner.audit.push(AuditEntry {
                 apply: lease.apply,
                 from,
@@ -440,7 +590,7 @@ impl MemoryStore {
     pub fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        let row = self.owned(&mut inner, lease)?;
+        let row = self.owned_with_operation(&mut inner, lease)?;
         let from = row.state;
         if from.is_terminal() {
             return Err(StoreError::Refused(format!(
@@ -448,11 +598,11 @@ impl MemoryStore {
                 lease.apply
             )));
         }
-        row.state = ApplyState::Failed;
         row.error_message = Some(reason.to_string());
         row.updated_at = now;
         row.heartbeat_at = Some(now);
-        row.state_entered_at = now;
+        row.operation.heartbeat_at = Some(now);
+        move_state(row, ApplyState::Failed, now);
         inner.audit.push(AuditEntry {
             apply: lease.apply,
             from,
@@ -501,15 +651,19 @@ impl MemoryStore {
     pub fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        self.owned(&mut inner, lease)?.heartbeat_at = Some(now);
+        let row = self.owned_with_operation(&mut inner, lease)?;
+        row.heartbeat_at = Some(now);
+        row.operation.heartbeat_at = Some(now);
         Ok(())
     }
 
     pub fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
-        let row = self.owned(&mut inner, lease)?;
+        let row = self.owned_with_operation(&mut inner, lease)?;
         row.lease_owner = None;
         row.heartbeat_at = None;
+        row.operation.lease_owner = None;
+        row.operation.heartbeat_at = None;
         Ok(())
     }
 
@@ -560,9 +714,8 @@ impl MemoryStore {
         for (id, reason) in &expired {
             let row = inner.rows.get_mut(id).expect("listed above");
             let from = row.state;
-            row.state = ApplyState::Failed;
             row.updated_at = now;
-            row.state_entered_at = now;
+            move_state(row, ApplyState::Failed, now);
             row.error_message = Some(reason.as_str().to_string());
             let epoch = row.lease_epoch;
             inner.audit.push(AuditEntry {
@@ -577,6 +730,25 @@ impl MemoryStore {
         }
         Ok(expired.len() as u32)
     }
+}
+
+/// Move an apply to `to`: its operation row mirrors the state, and on a change its tasks follow
+/// through the task rule (`machine::task`).
+fn move_state(row: &mut MemoryRow, to: ApplyState, now: u64) {
+    let from = row.state;
+    if from != to {
+        for task in &mut row.tasks {
+            let step = task_after_move(task.state, from, to);
+            task.state = step.state;
+            if step.retried {
+                task.attempt += 1;
+            }
+        }
+        row.state = to;
+        row.state_entered_at = now;
+    }
+    row.operation.state = to;
+    row.operation.updated_at = now;
 }
 
 fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
@@ -620,6 +792,9 @@ impl Store for MemoryStore {
     }
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
         MemoryStore::claim(self, owner)
+    }
+    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        MemoryStore::claim_operation(self, owner)
     }
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
         MemoryStore::load(self, lease)

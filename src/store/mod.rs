@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::machine::{ApplyOptions, ApplyState, ClaimArm, ControlOp, EngineKind, PendingControls};
+use crate::machine::{
+    ApplyOptions, ApplyState, ClaimedVia, ControlOp, EngineKind, PendingControls,
+};
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
 /// Where an apply runs: at most one active apply per target.
@@ -71,10 +73,59 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub lease: Lease,
-    pub arm: ClaimArm,
+    /// The arm that matched: an apply arm, or an operation arm plus the apply arm that moved the
+    /// parent.
+    pub arm: ClaimedVia,
     /// The row's state before the claim (the drive uses it to tell dispatch from resume).
     pub pre_claim: ApplyState,
     pub record: ApplyRecord,
+}
+
+/// Which claim a driver makes: the operation-level arms (upstream's default), or the apply-level
+/// arms only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimPath {
+    /// `claim_operation` first; then `claim` for what only the apply level claims (a pending
+    /// apply with a pending stop, `stopped` + cancel, `paused` + stop/cancel).
+    #[default]
+    Operation,
+    /// `claim` only.
+    Apply,
+}
+
+impl ClaimPath {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClaimPath::Operation => "operation",
+            ClaimPath::Apply => "apply",
+        }
+    }
+}
+
+impl std::str::FromStr for ClaimPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "operation" => Ok(ClaimPath::Operation),
+            "apply" => Ok(ClaimPath::Apply),
+            other => Err(format!("{other:?} is not operation or apply")),
+        }
+    }
+}
+
+/// Claim the next unit of work the way `path` says.
+pub async fn claim_next(
+    store: &dyn Store,
+    path: ClaimPath,
+    owner: &str,
+) -> Result<Option<Claimed>, StoreError> {
+    if path == ClaimPath::Operation {
+        if let Some(claimed) = store.claim_operation(owner).await? {
+            return Ok(Some(claimed));
+        }
+    }
+    store.claim(owner).await
 }
 
 /// What the owner reads before each decision.
@@ -149,9 +200,15 @@ pub trait Store: Send + Sync {
     async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError>;
     /// Claim at most one row through the first matching arm, taking a new lease epoch.
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
+    /// Claim at most one operation row through the first matching operation arm (O1–O5), in
+    /// `(created_at, id)` order, together with its parent apply: both rows take the same new
+    /// lease epoch, and the parent moves by the apply arm that matches it (a parent no apply arm
+    /// matches, e.g. under a peer's fresh lease, leaves the operation alone).
+    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
     /// Re-read the owned row and its pending control requests (fenced: a lost lease is an error).
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError>;
-    /// Fenced write of state and resume state.
+    /// Fenced write of state and resume state; the operation row (fenced by its own lease) and
+    /// the task rows follow in the same transaction.
     async fn write(
         &self,
         lease: &Lease,

@@ -1,11 +1,19 @@
 //! The production store: MySQL 8 or MariaDB 10.6+ through sqlx, with the semantics of the
 //! reference [`super::memory::MemoryStore`] (one conformance suite in `tests/` runs both).
 //!
-//! - **Claims** run in one READ COMMITTED transaction: `SELECT … ORDER BY id LIMIT 1 FOR UPDATE
-//!   SKIP LOCKED` over a prefilter built from `machine`'s claim classes (the `IN (…)` lists come
-//!   from [`Rules::states_in`]), then each candidate is confirmed by [`Rules::matching_arm`] on
-//!   ages the database computed, its new state comes from [`TABLE`], and a guarded UPDATE takes
-//!   the lease with a new epoch. The prefilter may only be wider than the arms, never narrower.
+//! - **Claims** run in one READ COMMITTED transaction: candidates come from small index ranges
+//!   built from `machine`'s claim classes (the `IN (…)` lists come from [`Rules::states_in`]), so
+//!   rows under a live lease are never walked; then `SELECT … ORDER BY id LIMIT 1 FOR UPDATE SKIP
+//!   LOCKED` over a prefilter from the same classes locks the first one, [`Rules::matching_arm`]
+//!   confirms it on ages the database computed, its new state comes from [`TABLE`], and a
+//!   guarded UPDATE takes the lease with a new epoch. Candidates and prefilter may only be wider
+//!   than the arms, never narrower.
+//! - **Operation claims** (O1–O5, [`Rules::matching_operation_arm`]) take operation rows in
+//!   `(created_at, id)` order, locking each with its parent; the parent is claimed by the apply
+//!   arm that matches it, and both rows take the same lease at one epoch. The operation row's
+//!   epoch fences the operation writes; heartbeats and releases update both rows at once.
+//! - **Task rows** follow every state change of their apply, in its transaction, through
+//!   `machine::task::task_after_move`.
 //! - **Fencing**: every owner write carries `WHERE id = ? AND lease_epoch = ?` and always changes
 //!   the row (`write_seq + 1`, `NOW(6)`), so one row means success under both the rows-matched
 //!   (sqlx) and rows-changed semantics; 0 rows is settled by a re-read (lease lost or row gone).
@@ -40,9 +48,10 @@ use super::{
 };
 use crate::machine::control::accepts_request;
 use crate::machine::table::{Event, TABLE};
+use crate::machine::task::task_after_move;
 use crate::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ClaimClass, ClaimView, ControlOp, ControlStatus,
-    EngineKind, PendingControls, Rules,
+    ApplyOptions, ApplyState, ClaimArm, ClaimClass, ClaimView, ClaimedVia, ControlOp,
+    ControlStatus, EngineKind, OperationArm, OperationClaimView, PendingControls, Rules, TaskState,
 };
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
@@ -54,6 +63,9 @@ const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const ER_LOCK_DEADLOCK: u16 = 1213;
 /// How often a transaction that lost a deadlock or lock wait is retried from the start.
 const MAX_TRIES: u32 = 5;
+/// Candidates a claim reads per round before locking one: enough that concurrent claimers, who
+/// read the same list, each find an unlocked one.
+const CANDIDATES: usize = 32;
 
 /// Why one attempt at a store operation ended without a result.
 enum Failure {
@@ -179,6 +191,64 @@ impl RawApply {
     }
 }
 
+/// The operation columns of the operation claim, with ages computed by the database at `now`.
+fn operation_columns(now: &str) -> String {
+    let pending = ControlStatus::Pending.as_str();
+    let start = ControlOp::Start.as_str();
+    format!(
+        "o.id AS op_id, o.state AS op_state, o.attempt AS op_attempt, o.lease_owner AS op_owner, \
+         CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, {now}) AS SIGNED) AS op_hb_age_us, \
+         CAST(TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) AS SIGNED) AS op_upd_age_us, \
+         CAST(EXISTS (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
+           AND r.operation = '{start}' AND r.status = '{pending}' \
+           AND (o.lease_acquired_at IS NULL OR r.updated_at > o.lease_acquired_at)) AS SIGNED) AS op_start_newer"
+    )
+}
+
+/// An operation row as read by the operation claim.
+struct RawOperation {
+    id: u64,
+    state: String,
+    attempt: u32,
+    lease_owner: Option<String>,
+    hb_age_us: Option<i64>,
+    upd_age_us: i64,
+    start_newer: bool,
+}
+
+impl RawOperation {
+    fn read(row: &MySqlRow) -> Result<RawOperation, sqlx::Error> {
+        Ok(RawOperation {
+            id: row.try_get("op_id")?,
+            state: row.try_get_unchecked("op_state")?,
+            attempt: row.try_get("op_attempt")?,
+            lease_owner: row.try_get_unchecked("op_owner")?,
+            hb_age_us: row.try_get("op_hb_age_us")?,
+            upd_age_us: row.try_get::<Option<i64>, _>("op_upd_age_us")?.unwrap_or(0),
+            start_newer: row
+                .try_get::<Option<i64>, _>("op_start_newer")?
+                .unwrap_or(0)
+                != 0,
+        })
+    }
+
+    /// The operation's own lease and state, with its parent's requests (the start compared with
+    /// the operation's lease).
+    fn view(&self, state: ApplyState, parent_controls: PendingControls) -> ClaimView {
+        let mut controls = parent_controls;
+        controls.start_newer_than_lease = controls.start && self.start_newer;
+        ClaimView {
+            state,
+            leased: self.lease_owner.is_some(),
+            heartbeat_age_ms: self.hb_age_us.map(age_ms),
+            attempt: self.attempt,
+            updated_age_ms: age_ms(self.upd_age_us),
+            has_children: true,
+            controls,
+        }
+    }
+}
+
 /// The typed part of an apply row.
 struct Parsed {
     state: ApplyState,
@@ -249,6 +319,29 @@ pub struct StoredApply {
     pub heartbeat_at_us: Option<i64>,
     pub updated_at_us: i64,
     pub state_entered_at_us: i64,
+}
+
+/// An operation row as stored. Times as in [`StoredApply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOperation {
+    pub id: u64,
+    pub apply: ApplyId,
+    pub state: String,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    pub lease_acquired_at_us: Option<i64>,
+    pub heartbeat_at_us: Option<i64>,
+    pub updated_at_us: i64,
+}
+
+/// A task row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTask {
+    pub apply: ApplyId,
+    pub seq: u32,
+    pub state: String,
+    pub attempt: u32,
 }
 
 /// A control request row as stored.
@@ -502,14 +595,150 @@ impl MySqlStore {
         arms.join(" OR ")
     }
 
+    /// The prefilter of the operation claim over `o` (operation) and `a` (its parent), built
+    /// from the claim classes like [`Self::claim_prefilter`]: a superset of the pairs some
+    /// operation arm matches; `Rules::matching_operation_arm` decides.
+    fn operation_prefilter(&self, now: &str) -> String {
+        let rules = &self.rules;
+        let p = &rules.params;
+        let pending = ControlStatus::Pending.as_str();
+        let request = |op: ControlOp| {
+            format!(
+                "(SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
+                 AND r.status = '{pending}' AND r.operation = '{}' LIMIT 1)",
+                op.as_str()
+            )
+        };
+        let stale = p.stale_after_ms.saturating_mul(1000);
+        let lease_free = |t: &str| {
+            format!(
+                "({t}.lease_owner IS NULL OR {t}.heartbeat_at IS NULL \
+                 OR TIMESTAMPDIFF(MICROSECOND, {t}.heartbeat_at, {now}) >= {stale})"
+            )
+        };
+        let start = request(ControlOp::Start);
+        let mut arms = Vec::new();
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            // O1: no pending stop.
+            arms.push(format!(
+                "(o.state IN ({states}) AND {} IS NULL)",
+                request(ControlOp::Stop)
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            // O2 (stale or released), O4 (a pending start may hand the lease off).
+            arms.push(format!(
+                "(o.state IN ({states}) AND ({} OR {start} IS NOT NULL))",
+                lease_free("o")
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StartHeld)) {
+            // O3.
+            arms.push(format!("(o.state IN ({states}) AND {start} IS NOT NULL)"));
+        }
+        if let Some(retry) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            // O5: the parent retries within budget and freshness, or the parent is stale.
+            let mut parent = vec![format!(
+                "(a.state IN ({retry}) AND a.attempt < {budget} \
+                 AND TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) < {fresh})",
+                budget = p.retry_budget,
+                fresh = p.retry_freshness_ms.saturating_mul(1000),
+            )];
+            if let Some(inflight) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+                parent.push(format!("(a.state IN ({inflight}) AND {})", lease_free("a")));
+            }
+            arms.push(format!(
+                "(o.state IN ({retry}) AND ({}))",
+                parent.join(" OR ")
+            ));
+        }
+        // Unknown strings come through so that they are reported; they are never claimed.
+        if let Some(known) = in_list(ApplyState::ALL) {
+            arms.push(format!(
+                "o.state NOT IN ({known}) OR a.state NOT IN ({known})"
+            ));
+        }
+        arms.join(" OR ")
+    }
+
+    /// Candidate applies after `after`, in id order: a superset of the rows some apply arm
+    /// matches, found through small index ranges built from the claim classes (the pending
+    /// queue, free or stale leases of in-flight states, the retry path, applies with a pending
+    /// request, unknown states). Rows under a live lease are never read, so the cost of a claim
+    /// follows the claimable rows, not the work in flight. A plain (non-locking) read: the
+    /// locking read that follows re-checks every candidate.
+    async fn apply_candidates(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        now: &str,
+        after: ApplyId,
+    ) -> Result<Vec<ApplyId>, Failure> {
+        let rules = &self.rules;
+        let cutoff = self.stale_cutoff(now);
+        let mut parts = Vec::new();
+        let mut binds = 0;
+        let by_state = |states: &str, extra: &str| {
+            format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state IN ({states}){extra} \
+                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            )
+        };
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            parts.push(by_state(&states, ""));
+            binds += 1;
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            parts.push(format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_lease) WHERE state IN ({states}) \
+                 AND (lease_hb IS NULL OR lease_hb <= {cutoff}) AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            ));
+            binds += 1;
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            parts.push(by_state(&states, ""));
+            binds += 1;
+        }
+        parts.push(format!(
+            "(SELECT apply_id AS id FROM apply_control_requests FORCE INDEX (ix_apply_control_requests_status) \
+             WHERE status = '{}' AND apply_id > ? ORDER BY apply_id LIMIT {CANDIDATES})",
+            ControlStatus::Pending.as_str()
+        ));
+        binds += 1;
+        if let Some(known) = in_list(ApplyState::ALL) {
+            parts.push(format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state NOT IN ({known}) \
+                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+            ));
+            binds += 1;
+        }
+        let sql = format!(
+            "SELECT DISTINCT id FROM ({}) c ORDER BY id LIMIT {CANDIDATES}",
+            parts.join(" UNION ALL ")
+        );
+        let mut q = sqlx::query_scalar::<_, u64>(&sql);
+        for _ in 0..binds {
+            q = q.bind(after);
+        }
+        Ok(q.fetch_all(&mut **tx).await?)
+    }
+
+    /// `now - stale_after` as an SQL expression (a lease whose heartbeat is at or before it is
+    /// stale, exactly as `TIMESTAMPDIFF(…) >= stale_after`).
+    fn stale_cutoff(&self, now: &str) -> String {
+        format!(
+            "({now} - INTERVAL {} MICROSECOND)",
+            self.rules.params.stale_after_ms.saturating_mul(1000)
+        )
+    }
+
     async fn claim_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
         let now = self.now_sql();
-        // `claim_open` (NULL for terminal states) keeps the scan on an index in id order, so
-        // finished history is never walked; `FOR UPDATE SKIP LOCKED` makes concurrent claimers
-        // take different rows.
+        // The first lockable candidate in id order that the prefilter still admits: `FOR UPDATE
+        // SKIP LOCKED` makes concurrent claimers take different rows, and the PK order means
+        // only that one row stays locked.
+        let marks = vec!["?"; CANDIDATES].join(", ");
         let select = format!(
-            "SELECT {cols} FROM applies a FORCE INDEX (ix_applies_claim) \
-             WHERE a.claim_open = 1 AND a.id > ? AND ({filter}) \
+            "SELECT {cols} FROM applies a WHERE a.id IN ({marks}) AND a.id > ? AND ({filter}) \
              ORDER BY a.id LIMIT 1 FOR UPDATE SKIP LOCKED",
             cols = apply_columns(&now),
             filter = self.claim_prefilter(&now),
@@ -517,116 +746,332 @@ impl MySqlStore {
         let mut tx = self.pool.begin().await?;
         let mut after: ApplyId = 0;
         loop {
-            let Some(row) = sqlx::query(&select)
-                .bind(after)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
+            let ids = self.apply_candidates(&mut tx, &now, after).await?;
+            let Some(last) = ids.last().copied() else {
                 // Commit, not roll back: a refused start (below) must stay refused.
                 tx.commit().await?;
                 return Ok(None);
             };
-            let raw = RawApply::read(&row)?;
-            after = raw.id;
-            let Ok(parsed) = self.parse(&raw) else {
-                continue;
-            };
-            let view = parsed.view(&raw);
-            let Some(arm) = self.rules.matching_arm(&view) else {
-                continue;
-            };
-            let Some(row_id) =
-                TABLE.lookup(&self.rules, parsed.engine, parsed.state, Event::Claim(arm))
-            else {
-                continue;
-            };
-            let to = TABLE.row(row_id).to;
-            let pre_claim = parsed.state;
-            let mut sets = format!(
-                "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
-                 heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
-            );
-            if to != pre_claim {
-                sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
+            let mut cursor = after;
+            loop {
+                let mut q = sqlx::query(&select);
+                for i in 0..CANDIDATES {
+                    // Id 0 never exists: it pads the list.
+                    q = q.bind(ids.get(i).copied().unwrap_or(0));
+                }
+                let Some(row) = q.bind(cursor).fetch_optional(&mut *tx).await? else {
+                    break;
+                };
+                let raw = RawApply::read(&row)?;
+                cursor = raw.id;
+                let Ok(parsed) = self.parse(&raw) else {
+                    continue;
+                };
+                let Some(arm) = self.rules.matching_arm(&parsed.view(&raw)) else {
+                    continue;
+                };
+                let via = ClaimedVia::Apply(arm);
+                if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                    tx.commit().await?;
+                    return Ok(Some(claimed));
+                }
             }
-            let retry = arm == ClaimArm::A3Retry;
-            if retry {
-                sets.push_str(", attempt = attempt + 1, error_message = NULL");
-            }
-            let update =
-                format!("UPDATE applies SET {sets} WHERE id = ? AND lease_epoch = ? AND state = ?");
-            let mut q = sqlx::query(&update).bind(owner);
-            if to != pre_claim {
-                q = q.bind(to.as_str());
-            }
-            let done = q
-                .bind(raw.id)
-                .bind(raw.lease_epoch)
-                .bind(&raw.state)
-                .execute(&mut *tx)
-                .await;
-            match done {
-                Ok(r) if r.rows_affected() == 1 => {}
-                // Cannot happen while we hold the row lock; never guess, look at the next row.
-                Ok(_) => continue,
-                Err(e) if is_duplicate_key(&e) && to.is_active() && !pre_claim.is_active() => {
-                    // Re-activating would give the target a second active apply: refuse the
-                    // start that asked for it, with the reason.
-                    let target = Target {
-                        database: raw.database.clone(),
-                        environment: raw.environment.clone(),
+            after = last;
+        }
+    }
+
+    /// Candidate operations after `(after_us, after_id)`, in `(created_at, id)` order: a superset
+    /// of the operations some operation arm matches, found as [`Self::apply_candidates`] finds
+    /// applies (pending, free or stale leases, retry path, a pending request on the parent,
+    /// unknown states). Each entry is `(created_at in µs, id)`.
+    async fn operation_candidates(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        now: &str,
+        after: (i64, u64),
+    ) -> Result<Vec<(i64, u64)>, Failure> {
+        let rules = &self.rules;
+        let cutoff = self.stale_cutoff(now);
+        let created = "CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', o.created_at) AS SIGNED)";
+        let after_sql = "(o.created_at > (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) \
+             OR (o.created_at = (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) AND o.id > ?))";
+        let part = |index: &str, cond: &str| {
+            format!(
+                "(SELECT {created} AS c_us, o.id FROM apply_operations o FORCE INDEX ({index}) \
+                 WHERE {cond} AND {after_sql} ORDER BY o.created_at, o.id LIMIT {CANDIDATES})"
+            )
+        };
+        let mut parts = Vec::new();
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state IN ({states})"),
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            parts.push(part(
+                "ix_apply_operations_lease",
+                &format!(
+                    "o.state IN ({states}) AND (o.lease_hb IS NULL OR o.lease_hb <= {cutoff})"
+                ),
+            ));
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state IN ({states})"),
+            ));
+        }
+        parts.push(format!(
+            "(SELECT {created} AS c_us, o.id FROM apply_control_requests r \
+             FORCE INDEX (ix_apply_control_requests_status) \
+             STRAIGHT_JOIN apply_operations o ON o.apply_id = r.apply_id \
+             WHERE r.status = '{}' AND {after_sql} ORDER BY o.created_at, o.id LIMIT {CANDIDATES})",
+            ControlStatus::Pending.as_str()
+        ));
+        if let Some(known) = in_list(ApplyState::ALL) {
+            parts.push(part(
+                "ix_apply_operations_state",
+                &format!("o.state NOT IN ({known})"),
+            ));
+        }
+        let sql = format!(
+            "SELECT DISTINCT c_us, id FROM ({}) c ORDER BY c_us, id LIMIT {CANDIDATES}",
+            parts.join(" UNION ALL ")
+        );
+        let mut q = sqlx::query_as::<_, (i64, u64)>(&sql);
+        for _ in 0..parts.len() {
+            q = q.bind(after.0).bind(after.0).bind(after.1);
+        }
+        Ok(q.fetch_all(&mut **tx).await?)
+    }
+
+    /// The operation claim: take candidates in `(created_at, id)` order, locking each with its
+    /// parent in one `FOR UPDATE SKIP LOCKED` read (the operation is read first, so a parent
+    /// held by its owner or by another claimer skips the pair, never waits); confirm an
+    /// operation arm and an apply arm for the parent, and take both leases. Reads walk the
+    /// primary key, so a claimer never holds a row it does not claim.
+    async fn claim_operation_once(&self, owner: &str) -> Result<Option<Claimed>, Failure> {
+        let now = self.now_sql();
+        let head = format!(
+            "SELECT {cols}, {op_cols} FROM apply_operations o STRAIGHT_JOIN applies a ON a.id = o.apply_id WHERE",
+            cols = apply_columns(&now),
+            op_cols = operation_columns(&now),
+        );
+        let filter = self.operation_prefilter(&now);
+        // When the candidates' ids ascend with their (created_at, id) order (operations are
+        // created with the database clock, so this is the rule), one statement locks the first
+        // lockable candidate in primary-key order, as the apply claim does; otherwise each is
+        // tried in turn.
+        let marks = vec!["?"; CANDIDATES].join(", ");
+        let first_of = format!(
+            "{head} o.id IN ({marks}) AND o.id > ? AND ({filter}) ORDER BY o.id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        );
+        let one = format!("{head} o.id = ? AND ({filter}) FOR UPDATE SKIP LOCKED");
+        let mut tx = self.pool.begin().await?;
+        // Before the epoch, so the first read starts at the beginning.
+        let mut after: (i64, u64) = (-1, 0);
+        loop {
+            let candidates = self.operation_candidates(&mut tx, &now, after).await?;
+            let Some(last) = candidates.last().copied() else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let ids: Vec<u64> = candidates.iter().map(|(_, id)| *id).collect();
+            let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+            let mut next = 0;
+            let mut cursor = 0;
+            loop {
+                let row = if ascending {
+                    let mut q = sqlx::query(&first_of);
+                    for i in 0..CANDIDATES {
+                        // Id 0 never exists: it pads the list.
+                        q = q.bind(ids.get(i).copied().unwrap_or(0));
+                    }
+                    match q.bind(cursor).fetch_optional(&mut *tx).await? {
+                        Some(row) => row,
+                        None => break,
+                    }
+                } else {
+                    let Some(id) = ids.get(next).copied() else {
+                        break;
                     };
-                    let existing = self
-                        .active_on_target(&mut tx, &target, Some(raw.id))
-                        .await?;
-                    let message = format!(
-                        "start refused: another active apply ({existing}) exists on {target}"
-                    );
-                    let sql = format!(
-                        "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
-                         completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
-                    );
-                    sqlx::query(&sql)
-                        .bind(ControlStatus::Failed.as_str())
-                        .bind(&message)
-                        .bind(raw.id)
-                        .bind(ControlOp::Start.as_str())
-                        .bind(ControlStatus::Pending.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    next += 1;
+                    match sqlx::query(&one).bind(id).fetch_optional(&mut *tx).await? {
+                        Some(row) => row,
+                        None => continue,
+                    }
+                };
+                let raw = RawApply::read(&row)?;
+                let op = RawOperation::read(&row)?;
+                cursor = op.id;
+                let Ok(parsed) = self.parse(&raw) else {
+                    continue;
+                };
+                let op_state = match ApplyState::from_str(&op.state) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.bad_row(raw.id, "apply_operations.state", &op.state, e.to_string());
+                        continue;
+                    }
+                };
+                let parent = parsed.view(&raw);
+                let view = OperationClaimView {
+                    op: op.view(op_state, parsed.controls),
+                    parent,
+                };
+                let Some(op_arm) = self.rules.matching_operation_arm(&view) else {
+                    continue;
+                };
+                // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+                let Some(parent_arm) = self.rules.matching_arm(&parent) else {
+                    continue;
+                };
+                // A stop that committed after this statement's snapshot but before the parent
+                // was locked is seen by a fresh read (a request locks the parent first); it wins.
+                if op_arm == OperationArm::O1Pending && self.stop_pending(&mut tx, raw.id).await? {
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                let via = ClaimedVia::Operation {
+                    op: op_arm,
+                    parent: parent_arm,
+                };
+                if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
+                    tx.commit().await?;
+                    return Ok(Some(claimed));
+                }
             }
-            let epoch = raw.lease_epoch + 1;
-            if to != pre_claim {
-                self.mirror_operation(&mut tx, raw.id, to, None, &now)
-                    .await?;
-            }
-            self.log(
-                &mut tx,
-                raw.id,
-                &raw.state,
-                to,
-                epoch,
-                Some(owner),
-                &format!("claim {}", arm.code()),
-                &now,
-            )
-            .await?;
-            tx.commit().await?;
-            let attempt = if retry { raw.attempt + 1 } else { raw.attempt };
-            return Ok(Some(Claimed {
-                lease: Lease {
-                    apply: raw.id,
-                    owner: owner.to_string(),
-                    epoch,
-                },
-                arm,
-                pre_claim,
-                record: parsed.record(&raw, to, epoch, attempt),
-            }));
+            after = last;
         }
+    }
+
+    async fn stop_pending(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+    ) -> Result<bool, Failure> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM apply_control_requests WHERE apply_id = ? AND operation = ? AND status = ? LIMIT 1",
+        )
+        .bind(apply)
+        .bind(ControlOp::Stop.as_str())
+        .bind(ControlStatus::Pending.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Take the lease of a locked apply and its operation row at one new epoch, moving the apply
+    /// by the transition of the apply arm (its operation and tasks follow). `None`: skip this
+    /// row (no transition, or a re-activation the target refused; the start then fails).
+    async fn take(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        raw: &RawApply,
+        parsed: &Parsed,
+        via: ClaimedVia,
+        owner: &str,
+        now: &str,
+    ) -> Result<Option<Claimed>, Failure> {
+        let arm = via.apply_arm();
+        let Some(row_id) =
+            TABLE.lookup(&self.rules, parsed.engine, parsed.state, Event::Claim(arm))
+        else {
+            return Ok(None);
+        };
+        let to = TABLE.row(row_id).to;
+        let pre_claim = parsed.state;
+        let mut sets = format!(
+            "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
+             heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
+        );
+        if to != pre_claim {
+            sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
+        }
+        let retry = arm == ClaimArm::A3Retry;
+        if retry {
+            sets.push_str(", attempt = attempt + 1, error_message = NULL");
+        }
+        let update =
+            format!("UPDATE applies SET {sets} WHERE id = ? AND lease_epoch = ? AND state = ?");
+        let mut q = sqlx::query(&update).bind(owner);
+        if to != pre_claim {
+            q = q.bind(to.as_str());
+        }
+        let done = q
+            .bind(raw.id)
+            .bind(raw.lease_epoch)
+            .bind(&raw.state)
+            .execute(&mut **tx)
+            .await;
+        match done {
+            Ok(r) if r.rows_affected() == 1 => {}
+            // Cannot happen while we hold the row lock; never guess, look at the next row.
+            Ok(_) => return Ok(None),
+            Err(e) if is_duplicate_key(&e) && to.is_active() && !pre_claim.is_active() => {
+                // Re-activating would give the target a second active apply: refuse the
+                // start that asked for it, with the reason.
+                let target = Target {
+                    database: raw.database.clone(),
+                    environment: raw.environment.clone(),
+                };
+                let existing = self.active_on_target(tx, &target, Some(raw.id)).await?;
+                let message =
+                    format!("start refused: another active apply ({existing}) exists on {target}");
+                let sql = format!(
+                    "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
+                     completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
+                );
+                sqlx::query(&sql)
+                    .bind(ControlStatus::Failed.as_str())
+                    .bind(&message)
+                    .bind(raw.id)
+                    .bind(ControlOp::Start.as_str())
+                    .bind(ControlStatus::Pending.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let epoch = raw.lease_epoch + 1;
+        // The operation row takes the same lease (one epoch for both rows) and mirrors the state;
+        // a retry re-dispatches it, so its own attempt counts too.
+        let op_attempt = if retry { ", attempt = attempt + 1" } else { "" };
+        let op = format!(
+            "UPDATE apply_operations SET lease_owner = ?, lease_epoch = ?, lease_acquired_at = {now}, \
+             heartbeat_at = {now}, updated_at = {now}, state = ?{op_attempt} WHERE apply_id = ?"
+        );
+        sqlx::query(&op)
+            .bind(owner)
+            .bind(epoch)
+            .bind(to.as_str())
+            .bind(raw.id)
+            .execute(&mut **tx)
+            .await?;
+        self.sync_tasks(tx, raw.id, pre_claim, to, now).await?;
+        self.log(
+            tx,
+            raw.id,
+            &raw.state,
+            to,
+            epoch,
+            Some(owner),
+            &format!("claim {}", via.code()),
+            now,
+        )
+        .await?;
+        let attempt = if retry { raw.attempt + 1 } else { raw.attempt };
+        Ok(Some(Claimed {
+            lease: Lease {
+                apply: raw.id,
+                owner: owner.to_string(),
+                epoch,
+            },
+            arm: via,
+            pre_claim,
+            record: parsed.record(raw, to, epoch, attempt),
+        }))
     }
 
     /// The active apply on a target, other than `except`. A duplicate key says one exists; if it
@@ -651,39 +1096,71 @@ impl MySqlStore {
         })
     }
 
-    /// Keep the operation row's state (and resume state, when given) with the apply's.
+    /// Bring an apply's task rows along with its move from `from` to `to`, through the one task
+    /// rule (`machine::task::task_after_move`), in one statement: the rule is tabulated for
+    /// every known task state, and each stored state maps to its successor at once, so a task
+    /// never takes two steps. A task state we cannot read matches no entry and is left as it is.
+    async fn sync_tasks(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+        from: ApplyState,
+        to: ApplyState,
+        now: &str,
+    ) -> Result<(), Failure> {
+        if from == to {
+            return Ok(());
+        }
+        let steps: Vec<_> = TaskState::ALL
+            .iter()
+            .map(|stored| (*stored, task_after_move(*stored, from, to)))
+            .filter(|(stored, step)| step.state != *stored)
+            .collect();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let whens = vec!["WHEN ? THEN ?"; steps.len()].join(" ");
+        let marks = vec!["?"; steps.len()].join(", ");
+        // `attempt` is assigned first: MySQL evaluates SET left to right, so it still sees the
+        // stored state.
+        let sql = format!(
+            "UPDATE tasks SET attempt = attempt + (CASE state {whens} ELSE 0 END), \
+             state = (CASE state {whens} ELSE state END), updated_at = {now} \
+             WHERE apply_id = ? AND state IN ({marks})"
+        );
+        let mut q = sqlx::query(&sql);
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(u32::from(step.retried));
+        }
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(step.state.as_str());
+        }
+        q = q.bind(apply);
+        for (stored, _) in &steps {
+            q = q.bind(stored.as_str());
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// The store's own (unfenced) move of an apply, e.g. retry expiry: its operation row and
+    /// task rows follow.
     async fn mirror_operation(
         &self,
         tx: &mut Transaction<'_, MySql>,
         apply: ApplyId,
-        state: ApplyState,
-        resume: Option<&str>,
+        from: ApplyState,
+        to: ApplyState,
         now: &str,
     ) -> Result<(), Failure> {
-        match resume {
-            Some(resume) => {
-                let sql = format!(
-                    "UPDATE apply_operations SET state = ?, engine_resume_state = ?, updated_at = {now} WHERE apply_id = ?"
-                );
-                sqlx::query(&sql)
-                    .bind(state.as_str())
-                    .bind(resume)
-                    .bind(apply)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            None => {
-                let sql = format!(
-                    "UPDATE apply_operations SET state = ?, updated_at = {now} WHERE apply_id = ?"
-                );
-                sqlx::query(&sql)
-                    .bind(state.as_str())
-                    .bind(apply)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(())
+        let sql =
+            format!("UPDATE apply_operations SET state = ?, updated_at = {now} WHERE apply_id = ?");
+        sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(apply)
+            .execute(&mut **tx)
+            .await?;
+        self.sync_tasks(tx, apply, from, to, now).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -714,32 +1191,54 @@ impl MySqlStore {
         Ok(())
     }
 
-    /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds it.
+    /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds the
+    /// apply or its operation row.
     async fn zero_rows<'c, E>(&self, exec: E, lease: &Lease) -> Failure
     where
         E: Executor<'c, Database = MySql>,
     {
-        let epoch: Result<Option<u64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT lease_epoch FROM applies WHERE id = ?")
-                .bind(lease.apply)
-                .fetch_optional(exec)
-                .await;
-        match epoch {
-            Err(e) => Failure::Sql(e),
-            Ok(None) => Failure::Store(StoreError::RowGone(lease.apply)),
-            Ok(Some(epoch)) if !self.rules.write_allowed(epoch, lease.epoch) => {
-                Failure::Store(StoreError::LeaseLost {
-                    apply: lease.apply,
-                    epoch: lease.epoch,
-                })
-            }
-            // Every guarded write changes the row, so this means the row moved between the
-            // write and the re-read; look again rather than guess.
-            Ok(Some(_)) => Failure::Retry(format!(
-                "apply {}: fenced write matched no row",
-                lease.apply
-            )),
+        let row = sqlx::query(
+            "SELECT CAST(a.lease_epoch AS SIGNED) AS epoch, \
+             (SELECT CAST(MIN(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_min, \
+             (SELECT CAST(MAX(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_max \
+             FROM applies a WHERE a.id = ?",
+        )
+        .bind(lease.apply)
+        .fetch_optional(exec)
+        .await;
+        let row = match row {
+            Err(e) => return Failure::Sql(e),
+            Ok(None) => return Failure::Store(StoreError::RowGone(lease.apply)),
+            Ok(Some(row)) => row,
+        };
+        let epochs = (|| -> Result<_, sqlx::Error> {
+            Ok((
+                row.try_get::<i64, _>("epoch")?,
+                row.try_get::<Option<i64>, _>("op_min")?,
+                row.try_get::<Option<i64>, _>("op_max")?,
+            ))
+        })();
+        let (epoch, op_min, op_max) = match epochs {
+            Ok(e) => e,
+            Err(e) => return Failure::Sql(e),
+        };
+        let allowed = |e: Option<i64>| {
+            e.is_some_and(|e| self.rules.write_allowed(e.max(0) as u64, lease.epoch))
+        };
+        // The operation lease fences operation writes: an operation row that does not carry this
+        // epoch (or is missing) means the lease is not whole; fail closed.
+        if !allowed(Some(epoch)) || !allowed(op_min) || !allowed(op_max) {
+            return Failure::Store(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            });
         }
+        // Every guarded write changes the row, so this means the row moved between the write
+        // and the re-read; look again rather than guess.
+        Failure::Retry(format!(
+            "apply {}: fenced write matched no row",
+            lease.apply
+        ))
     }
 
     /// Lock the owned row for a fenced read-modify-write: gone and lost leases are errors.
@@ -906,7 +1405,23 @@ impl MySqlStore {
             }
             Err(e) => return Err(e.into()),
         }
-        self.mirror_operation(&mut tx, lease.apply, to, Some(resume), &now)
+        // The operation row is fenced by its own lease, which carries the apply's epoch.
+        let op = format!(
+            "UPDATE apply_operations SET state = ?, engine_resume_state = ?, heartbeat_at = {now}, \
+             updated_at = {now} WHERE apply_id = ? AND lease_epoch = ?"
+        );
+        let done = sqlx::query(&op)
+            .bind(to.as_str())
+            .bind(resume)
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls the apply write back.
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.sync_tasks(&mut tx, lease.apply, from, to, &now)
             .await?;
         if from != to {
             self.log(
@@ -950,7 +1465,21 @@ impl MySqlStore {
         if done.rows_affected() != 1 {
             return Err(self.zero_rows(&mut *tx, lease).await);
         }
-        self.mirror_operation(&mut tx, lease.apply, ApplyState::Failed, None, &now)
+        // The operation row keeps its resume state; it is fenced by its own lease, as in `write`.
+        let op = format!(
+            "UPDATE apply_operations SET state = ?, heartbeat_at = {now}, updated_at = {now} \
+             WHERE apply_id = ? AND lease_epoch = ?"
+        );
+        let done = sqlx::query(&op)
+            .bind(ApplyState::Failed.as_str())
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.sync_tasks(&mut tx, lease.apply, from, ApplyState::Failed, &now)
             .await?;
         self.log(
             &mut tx,
@@ -993,17 +1522,27 @@ impl MySqlStore {
         Ok(())
     }
 
-    /// A single fenced UPDATE (heartbeat, release); 0 rows is settled by a re-read.
-    async fn fenced_once(&self, lease: &Lease, sets: &str) -> Result<(), Failure> {
+    /// A single fenced UPDATE of an apply and its operation row together (heartbeat, release),
+    /// each row fenced by its own epoch; 0 rows is settled by a re-read. The apply is locked
+    /// first (`STRAIGHT_JOIN`), the order every other write uses.
+    async fn fenced_once(&self, lease: &Lease, sets: &[(&str, &str)]) -> Result<(), Failure> {
+        let both: Vec<String> = sets
+            .iter()
+            .flat_map(|(col, value)| [format!("a.{col} = {value}"), format!("o.{col} = {value}")])
+            .collect();
         let sql = format!(
-            "UPDATE applies SET {sets}, write_seq = write_seq + 1 WHERE id = ? AND lease_epoch = ?"
+            "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             SET {}, a.write_seq = a.write_seq + 1 \
+             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?",
+            both.join(", ")
         );
         let done = sqlx::query(&sql)
             .bind(lease.apply)
             .bind(lease.epoch)
+            .bind(lease.epoch)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 1 {
+        if done.rows_affected() >= 1 {
             Ok(())
         } else {
             Err(self.zero_rows(&self.pool, lease).await)
@@ -1159,7 +1698,7 @@ impl MySqlStore {
             if done.rows_affected() != 1 {
                 continue;
             }
-            self.mirror_operation(&mut tx, raw.id, to, None, &now)
+            self.mirror_operation(&mut tx, raw.id, parsed.state, to, &now)
                 .await?;
             self.log(
                 &mut tx,
@@ -1218,6 +1757,60 @@ impl MySqlStore {
                     state_entered_at_us: r
                         .try_get::<Option<i64>, _>("state_entered_at")?
                         .unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    /// Every operation row, by id.
+    pub async fn stored_operations(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let us = |col: &str| {
+            format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', o.{col}) AS SIGNED) AS {col}")
+        };
+        let sql = format!(
+            "SELECT o.id, o.apply_id, o.state, o.attempt, o.lease_owner, o.lease_epoch, {}, {}, {} \
+             FROM apply_operations o ORDER BY o.id",
+            us("lease_acquired_at"),
+            us("heartbeat_at"),
+            us("updated_at"),
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredOperation {
+                    id: r.try_get("id")?,
+                    apply: r.try_get("apply_id")?,
+                    state: r.try_get_unchecked("state")?,
+                    attempt: r.try_get("attempt")?,
+                    lease_owner: r.try_get_unchecked("lease_owner")?,
+                    lease_epoch: r.try_get("lease_epoch")?,
+                    lease_acquired_at_us: r.try_get("lease_acquired_at")?,
+                    heartbeat_at_us: r.try_get("heartbeat_at")?,
+                    updated_at_us: r.try_get::<Option<i64>, _>("updated_at")?.unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    /// Every task row, by apply and position.
+    pub async fn stored_tasks(&self) -> Result<Vec<StoredTask>, StoreError> {
+        let rows =
+            sqlx::query("SELECT apply_id, seq, state, attempt FROM tasks ORDER BY apply_id, seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredTask {
+                    apply: r.try_get("apply_id")?,
+                    seq: r.try_get("seq")?,
+                    state: r.try_get_unchecked("state")?,
+                    attempt: r.try_get("attempt")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -1316,6 +1909,11 @@ impl Store for MySqlStore {
         self.retrying("claim", || self.claim_once(owner)).await
     }
 
+    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        self.retrying("claim operation", || self.claim_operation_once(owner))
+            .await
+    }
+
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
         self.retrying("load", || self.load_once(lease)).await
     }
@@ -1352,14 +1950,18 @@ impl Store for MySqlStore {
     }
 
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
-        let sets = format!("heartbeat_at = {}", self.now_sql());
+        let now = self.now_sql();
+        let sets = [("heartbeat_at", now.as_str())];
         self.retrying("heartbeat", || self.fenced_once(lease, &sets))
             .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.retrying("release", || {
-            self.fenced_once(lease, "lease_owner = NULL, heartbeat_at = NULL")
+            self.fenced_once(
+                lease,
+                &[("lease_owner", "NULL"), ("heartbeat_at", "NULL")][..],
+            )
         })
         .await
     }

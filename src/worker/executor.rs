@@ -169,7 +169,7 @@ mod tests {
                 owner: "w".into(),
                 epoch: 3,
             },
-            arm: ClaimArm::A2Stale,
+            arm: ClaimArm::A2Stale.into(),
             pre_claim: state,
             record: record(state),
         }

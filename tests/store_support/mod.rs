@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use applyd::machine::{ControlOp, ControlStatus, Rules};
+use applyd::machine::{ApplyState, ControlOp, ControlStatus, Rules};
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::mysql::MySqlStore;
 use applyd::store::Store;
@@ -103,6 +103,27 @@ pub struct RowView {
     pub heartbeat_at: Option<u64>,
     pub updated_at: u64,
     pub state_entered_at: u64,
+}
+
+/// An operation row, normalised across the stores (times as in `RowView`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationView {
+    pub state: String,
+    pub attempt: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub lease_acquired_at: Option<u64>,
+    pub heartbeat_at: Option<u64>,
+    pub updated_at: u64,
+}
+
+/// A task row: its state and attempt, by apply and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    pub apply: ApplyId,
+    pub seq: u32,
+    pub state: String,
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +240,127 @@ impl Env {
                         )
                     })
                     .collect()
+            }
+        }
+    }
+
+    /// Every operation row, by apply id.
+    pub async fn operations(&self) -> Vec<(ApplyId, OperationView)> {
+        match &self.backend {
+            Backend::Memory { store, .. } => store
+                .rows()
+                .into_iter()
+                .map(|r| {
+                    let o = r.operation;
+                    (
+                        r.id,
+                        OperationView {
+                            state: o.state.as_str().to_string(),
+                            attempt: o.attempt,
+                            owner: o.lease_owner,
+                            epoch: o.lease_epoch,
+                            lease_acquired_at: o.lease_acquired_at,
+                            heartbeat_at: o.heartbeat_at,
+                            updated_at: o.updated_at,
+                        },
+                    )
+                })
+                .collect(),
+            Backend::MySql { store, base_us, .. } => {
+                let ms = |us: i64| ((us - base_us).max(0) / 1000) as u64;
+                let mut ops: Vec<_> = store
+                    .stored_operations()
+                    .await
+                    .expect("read operations")
+                    .into_iter()
+                    .map(|o| {
+                        (
+                            o.apply,
+                            OperationView {
+                                state: o.state,
+                                attempt: o.attempt,
+                                owner: o.lease_owner,
+                                epoch: o.lease_epoch,
+                                lease_acquired_at: o.lease_acquired_at_us.map(ms),
+                                heartbeat_at: o.heartbeat_at_us.map(ms),
+                                updated_at: ms(o.updated_at_us),
+                            },
+                        )
+                    })
+                    .collect();
+                ops.sort_by_key(|(id, _)| *id);
+                ops
+            }
+        }
+    }
+
+    pub async fn operation(&self, id: ApplyId) -> OperationView {
+        self.operations()
+            .await
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, o)| o)
+            .expect("the operation exists")
+    }
+
+    /// Every task row, by apply and position.
+    pub async fn tasks(&self) -> Vec<TaskView> {
+        match &self.backend {
+            Backend::Memory { store, .. } => store
+                .rows()
+                .into_iter()
+                .flat_map(|r| {
+                    let id = r.id;
+                    r.tasks
+                        .into_iter()
+                        .enumerate()
+                        .map(move |(seq, t)| TaskView {
+                            apply: id,
+                            seq: seq as u32,
+                            state: t.state.as_str().to_string(),
+                            attempt: t.attempt,
+                        })
+                })
+                .collect(),
+            Backend::MySql { store, .. } => store
+                .stored_tasks()
+                .await
+                .expect("read tasks")
+                .into_iter()
+                .map(|t| TaskView {
+                    apply: t.apply,
+                    seq: t.seq,
+                    state: t.state,
+                    attempt: t.attempt,
+                })
+                .collect(),
+        }
+    }
+
+    /// The task states of one apply, in order.
+    pub async fn task_states(&self, id: ApplyId) -> Vec<String> {
+        self.tasks()
+            .await
+            .into_iter()
+            .filter(|t| t.apply == id)
+            .map(|t| t.state)
+            .collect()
+    }
+
+    /// Fault injection: set an operation row's state alone (a row another operator version
+    /// may have left), leaving its lease and its apply as they are.
+    pub async fn force_operation_state(&self, id: ApplyId, state: ApplyState) {
+        match &self.backend {
+            Backend::Memory { store, .. } => {
+                assert!(store.force_operation_state(id, state), "apply {id} exists");
+            }
+            Backend::MySql { store, .. } => {
+                sqlx::query("UPDATE apply_operations SET state = ? WHERE apply_id = ?")
+                    .bind(state.as_str())
+                    .bind(id)
+                    .execute(store.pool())
+                    .await
+                    .expect("force the operation state");
             }
         }
     }
