@@ -44,6 +44,8 @@ pub struct Explored {
     pub found: Option<Found>,
     /// The state budget ran out before the space was exhausted.
     pub truncated: bool,
+    /// Seconds spent in the no-wedge pass (included in `elapsed_s`).
+    pub wedge_s: f64,
 }
 
 fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violation)> {
@@ -146,6 +148,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
         elapsed_s: 0.0,
         found: None,
         truncated,
+        wedge_s: 0.0,
     };
     if let Some((id, name, v)) = found {
         result.found = Some(Found {
@@ -156,7 +159,10 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     } else if check_wedge && !truncated {
         drop(queue);
         drop(seen);
-        if let Some((id, a)) = wedge(&offsets, &edges, &settled, applies) {
+        let t = Instant::now();
+        let w = wedge(&offsets, &edges, &settled, applies);
+        result.wedge_s = t.elapsed().as_secs_f64();
+        if let Some((id, a)) = w {
             let path = replay(model, &parent, &via, id);
             let last = &path.last().unwrap().0;
             result.found = Some(Found {
