@@ -357,54 +357,84 @@ pub enum Action {
     Expire,
 }
 
-/// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for worker
-/// ordering and state fingerprints.
+/// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for state
+/// fingerprints and the drive index. A derived `Hash` feeds it one small field at a time
+/// (flags, enum tags, `u8`s): those are packed eight to a word before mixing, so a state costs
+/// a few multiplications instead of one per field.
 #[derive(Default)]
-pub struct Fx(u64);
+pub struct Fx {
+    h: u64,
+    buf: u64,
+    n: u32,
+}
 
 impl Fx {
+    /// One word into the state: a folded 64x64->128 multiplication, so every input bit
+    /// reaches every output bit (a plain multiply only carries upwards, and packed words then
+    /// collide in their top bytes).
     #[inline]
     fn add(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let m = ((self.h ^ x ^ 0x243f_6a88_85a3_08d3) as u128) * 0x51_7c_c1_b7_27_22_0a_95u128;
+        self.h = (m as u64) ^ ((m >> 64) as u64);
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf |= (b as u64) << (8 * self.n);
+        self.n += 1;
+        if self.n == 8 {
+            let w = self.buf;
+            self.add(w);
+            self.buf = 0;
+            self.n = 0;
+        }
+    }
+
+    /// Small values (tags, lengths, ids) take one byte; others an escape byte and all eight.
+    #[inline]
+    fn int(&mut self, i: u64) {
+        if i < 0xff {
+            self.byte(i as u8);
+        } else {
+            self.byte(0xff);
+            for b in i.to_le_bytes() {
+                self.byte(b);
+            }
+        }
     }
 }
 
 impl Hasher for Fx {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b));
+        for b in bytes {
+            self.byte(*b);
         }
     }
     #[inline]
     fn write_u8(&mut self, i: u8) {
-        self.add(i as u64)
+        self.byte(i)
     }
     #[inline]
     fn write_u16(&mut self, i: u16) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     #[inline]
     fn write_u32(&mut self, i: u32) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     #[inline]
     fn write_u64(&mut self, i: u64) {
-        self.add(i)
+        self.int(i)
     }
     #[inline]
     fn write_usize(&mut self, i: usize) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     fn finish(&self) -> u64 {
-        let mut k = self.0;
+        let mut f = Fx { ..*self };
+        f.add(self.buf ^ (self.n as u64) << 59);
+        let mut k = f.h;
         k ^= k >> 33;
         k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
         k ^= k >> 33;

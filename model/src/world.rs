@@ -40,6 +40,9 @@ pub struct ApplydModel {
     pub rules: Rules,
     /// Keep real epochs instead of relabelling them by rank (replaying a path for export).
     pub raw_epochs: bool,
+    /// Retire displaced drivers within the step that displaced them (see `retire_displaced`);
+    /// off only to spell their noticing steps out in a counterexample.
+    pub retire: bool,
     /// Shared by clones (stateright's threads, the replay): a `DriveId` means one drive.
     pub drives: Arc<Drives>,
 }
@@ -63,6 +66,7 @@ impl ApplydModel {
             cfg,
             rules,
             raw_epochs: false,
+            retire: true,
             drives: Arc::default(),
         }
     }
@@ -728,7 +732,9 @@ impl ApplydModel {
                 }
             }
         }
-        self.retire_displaced(&mut n);
+        if self.retire {
+            self.retire_displaced(&mut n);
+        }
         if !self.raw_epochs {
             self.relabel_epochs(&mut n);
         }
