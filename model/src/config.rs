@@ -64,9 +64,9 @@ impl Config {
         match p {
             Preset::Ci => Config {
                 preset: "ci",
-                workers: 2,
+                workers: 3,
                 applies: vec![sp, ps],
-                faults: 1,
+                faults: 2,
                 engine_faults: 0,
                 requests: 1,
                 stale_ticks: 2,
@@ -75,9 +75,9 @@ impl Config {
             },
             Preset::Full => Config {
                 preset: "full",
-                workers: 2,
+                workers: 4,
                 applies: vec![sp, ps],
-                faults: 2,
+                faults: 4,
                 engine_faults: 0,
                 requests: 1,
                 stale_ticks: 2,

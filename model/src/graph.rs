@@ -4,28 +4,82 @@
 //! AG EF settled(a) for every apply `a` by backward reachability over the stored edges —
 //! stateright's `eventually` cannot see violations on cycles, and every path here is cyclic.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use applyd::machine::invariants::Violation;
 use stateright::Model;
 
-use crate::state::{fingerprint, Action, State, MAX_WORKERS};
+use crate::state::{fingerprint, Action, Outcome, State, MAX_WORKERS};
 use crate::world::{ApplydModel, NO_WEDGE, RECLAIMABLE, STEP, WORLD};
 
-/// Keys are fingerprints already: hash them as themselves.
-#[derive(Default)]
-struct Ident(u64);
-impl Hasher for Ident {
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
+/// Fingerprint -> state id: open addressing, linear probing, one 16-byte slot per entry so a
+/// look-up is one cache miss. Fingerprints are well mixed already, so their low bits index.
+struct Seen {
+    slots: Vec<(u64, u32)>,
+    len: usize,
+}
+
+impl Seen {
+    const EMPTY: u64 = 0;
+
+    fn new() -> Seen {
+        Seen {
+            slots: vec![(Self::EMPTY, 0); 1 << 16],
+            len: 0,
+        }
     }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
+
+    fn key(fp: u64) -> u64 {
+        // 0 marks an empty slot.
+        fp.max(1)
     }
-    fn finish(&self) -> u64 {
-        self.0
+
+    fn home(&self, key: u64) -> usize {
+        key as usize & (self.slots.len() - 1)
+    }
+
+    /// Load the home slot of `fp`: issued for all successors of a state before any probe, the
+    /// cache misses overlap instead of queueing one after another.
+    fn touch(&self, fp: u64) -> u64 {
+        self.slots[self.home(Self::key(fp))].0
+    }
+
+    /// The id stored for `fp`, or `id` after storing it.
+    fn get_or_insert(&mut self, fp: u64, id: u32) -> (u32, bool) {
+        let key = Self::key(fp);
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let (k, v) = self.slots[i];
+            if k == key {
+                return (v, false);
+            }
+            if k == Self::EMPTY {
+                self.slots[i] = (key, id);
+                self.len += 1;
+                if self.len * 4 > self.slots.len() * 3 {
+                    self.grow();
+                }
+                return (id, true);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let bigger = vec![(Self::EMPTY, 0); self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, bigger);
+        let mask = self.slots.len() - 1;
+        for (k, v) in old {
+            if k != Self::EMPTY {
+                let mut i = k as usize & mask;
+                while self.slots[i].0 != Self::EMPTY {
+                    i = (i + 1) & mask;
+                }
+                self.slots[i] = (k, v);
+            }
+        }
     }
 }
 
@@ -44,6 +98,8 @@ pub struct Explored {
     pub found: Option<Found>,
     /// The state budget ran out before the space was exhausted.
     pub truncated: bool,
+    /// Seconds spent in the no-wedge pass (included in `elapsed_s`).
+    pub wedge_s: f64,
 }
 
 fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violation)> {
@@ -59,7 +115,8 @@ fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violatio
 /// Explore everything reachable (up to `max_states` unique states).
 pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explored {
     let start = Instant::now();
-    let mut seen: HashMap<u64, u32, BuildHasherDefault<Ident>> = HashMap::default();
+    let mut seen = Seen::new();
+    let mut succ: Vec<(State, Action, u64)> = Vec::new();
     let mut parent: Vec<u32> = Vec::new();
     let mut via: Vec<Action> = Vec::new();
     let mut settled: Vec<u8> = Vec::new();
@@ -83,7 +140,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     for init in model.init_states() {
         let rep = State::representative(&init);
         let fp = fingerprint(&rep);
-        if seen.insert(fp, parent.len() as u32).is_none() {
+        if seen.get_or_insert(fp, parent.len() as u32).1 {
             parent.push(u32::MAX);
             via.push(Action::Tick);
             settled.push(settled_bits(&rep));
@@ -109,6 +166,8 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
         }
         actions.clear();
         model.actions(&s, &mut actions);
+        succ.clear();
+        let mut touched = 0u64;
         for a in actions.drain(..) {
             let Some(next) = model.next_state(&s, a) else {
                 continue;
@@ -116,18 +175,21 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
             generated += 1;
             let rep = State::representative(&next);
             let fp = fingerprint(&rep);
-            let nid = match seen.get(&fp) {
-                Some(n) => *n,
-                None => {
-                    let n = parent.len() as u32;
-                    seen.insert(fp, n);
-                    parent.push(id);
-                    via.push(a);
-                    settled.push(settled_bits(&rep));
-                    queue.push_back(rep);
-                    n
-                }
-            };
+            succ.push((rep, a, fp));
+        }
+        // In a tight loop, so the loads are in flight together.
+        for (_, _, fp) in succ.iter() {
+            touched ^= seen.touch(*fp);
+        }
+        std::hint::black_box(touched);
+        for (rep, a, fp) in succ.drain(..) {
+            let (nid, new) = seen.get_or_insert(fp, parent.len() as u32);
+            if new {
+                parent.push(id);
+                via.push(a);
+                settled.push(settled_bits(&rep));
+                queue.push_back(rep);
+            }
             if check_wedge {
                 edges.push(nid);
             }
@@ -146,6 +208,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
         elapsed_s: 0.0,
         found: None,
         truncated,
+        wedge_s: 0.0,
     };
     if let Some((id, name, v)) = found {
         result.found = Some(Found {
@@ -156,7 +219,10 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     } else if check_wedge && !truncated {
         drop(queue);
         drop(seen);
-        if let Some((id, a)) = wedge(&offsets, &edges, &settled, applies) {
+        let t = Instant::now();
+        let w = wedge(&offsets, &edges, &settled, applies);
+        result.wedge_s = t.elapsed().as_secs_f64();
+        if let Some((id, a)) = w {
             let path = replay(model, &parent, &via, id);
             let last = &path.last().unwrap().0;
             result.found = Some(Found {
@@ -249,6 +315,7 @@ fn replay(
     chain.reverse();
     let mut raw_model = model.clone();
     raw_model.raw_epochs = true;
+    raw_model.retire = false;
     let mut raw = model.init_states().remove(0);
     let mut out = vec![(raw, None)];
     for a in chain {
@@ -260,6 +327,32 @@ fn replay(
             .step(&raw, a)
             .expect("a recorded action applies to the replayed state");
         out.push((raw, Some(a)));
+        // Spell out the steps in which displaced drivers notice, which the search takes
+        // together with the step that displaced them.
+        let mut retired = raw;
+        model.retire_displaced(&mut retired);
+        for w in 0..MAX_WORKERS {
+            if retired.workers[w] == raw.workers[w] {
+                continue;
+            }
+            for notice in [
+                Action::Resume(w as u8, Outcome::Ok),
+                Action::Step(w as u8, Outcome::Ok),
+            ] {
+                if let Some(n) = raw_model.step(&raw, notice) {
+                    raw = n;
+                    out.push((raw, Some(notice)));
+                }
+            }
+            assert_eq!(
+                raw.workers[w], retired.workers[w],
+                "a displaced driver notices"
+            );
+        }
+        assert_eq!(
+            raw, retired,
+            "noticing changes nothing but the displaced drivers"
+        );
     }
     out
 }

@@ -200,6 +200,10 @@ fn main() -> ExitCode {
                 }
             };
             println!(
+                "no-wedge pass: {:.1}s over {} edges",
+                r.wedge_s, r.generated
+            );
+            println!(
                 "model: preset={preset} states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s result={result}",
                 r.generated,
                 r.unique,

@@ -36,7 +36,7 @@ fn command_text(cmd: &Command) -> String {
 
 fn drive_apply(s: &State, w: u8) -> Option<u8> {
     match s.workers[w as usize] {
-        Worker::Driving { drive, .. } => Some(drive.apply as u8 - 1),
+        Worker::Driving { apply, .. } => Some(apply),
         _ => None,
     }
 }

@@ -1,14 +1,101 @@
 //! The model's state: store rows, abstract engines and workers, in fixed arrays of small values.
 
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
 
 use applyd::machine::{
     ApplyState, ControlOp, EngineCall, EngineKind, EngineState, PendingControls,
 };
-use applyd::worker::{ApplySnapshot, Drive, ResumeState, RunnerStatus};
+use applyd::worker::{Drive, ResumeState, RunnerStatus};
 
 pub const MAX_WORKERS: usize = 4;
 pub const MAX_APPLIES: usize = 3;
+
+/// Pending control requests as a bit set (`PendingControls` is seven bools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Controls(u8);
+
+impl Controls {
+    const NEWER: u8 = 1 << 7;
+
+    fn bit(op: ControlOp) -> u8 {
+        match op {
+            ControlOp::Start => 1,
+            ControlOp::Stop => 2,
+            ControlOp::Cancel => 4,
+            ControlOp::Cutover => 8,
+            ControlOp::Revert => 16,
+            ControlOp::SkipRevert => 32,
+            ControlOp::Release | ControlOp::Volume => 0,
+        }
+    }
+
+    pub fn has(self, op: ControlOp) -> bool {
+        self.0 & Self::bit(op) != 0
+    }
+
+    pub fn set(&mut self, op: ControlOp, pending: bool) {
+        if pending {
+            self.0 |= Self::bit(op);
+        } else {
+            self.0 &= !Self::bit(op);
+        }
+    }
+
+    pub fn start(self) -> bool {
+        self.has(ControlOp::Start)
+    }
+
+    pub fn set_start_newer_than_lease(&mut self, v: bool) {
+        if v {
+            self.0 |= Self::NEWER;
+        } else {
+            self.0 &= !Self::NEWER;
+        }
+    }
+
+    pub fn get(self) -> PendingControls {
+        PendingControls {
+            start: self.has(ControlOp::Start),
+            start_newer_than_lease: self.0 & Self::NEWER != 0,
+            stop: self.has(ControlOp::Stop),
+            cancel: self.has(ControlOp::Cancel),
+            cutover: self.has(ControlOp::Cutover),
+            revert: self.has(ControlOp::Revert),
+            skip_revert: self.has(ControlOp::SkipRevert),
+        }
+    }
+}
+
+/// `ResumeState` in one byte: two flags and the deploy request id (ids are small counters in
+/// the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Resume(u8);
+
+impl Resume {
+    pub fn pack(r: ResumeState) -> Resume {
+        let id = match r.deploy_request_id {
+            None => 0,
+            Some(id) => {
+                assert!(id < 63, "deploy request ids in the model are small");
+                id as u8 + 1
+            }
+        };
+        Resume(r.branch as u8 | (r.deploy_request_intent as u8) << 1 | id << 2)
+    }
+
+    pub fn get(self) -> ResumeState {
+        ResumeState {
+            branch: self.0 & 1 != 0,
+            deploy_request_intent: self.0 & 2 != 0,
+            deploy_request_id: match self.0 >> 2 {
+                0 => None,
+                id => Some(id as u64 - 1),
+            },
+        }
+    }
+}
 
 /// An apply row as the store holds it (MemoryRow without strings and wall-clock times).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,10 +109,10 @@ pub struct Row {
     /// or released.
     pub hb_age: Option<u8>,
     pub attempt: u8,
-    pub resume: ResumeState,
+    pub resume: Resume,
     /// Pending requests; `start_newer_than_lease` is kept as MemoryStore orders it: set when a
     /// start is (re)issued, cleared by a claim.
-    pub controls: PendingControls,
+    pub controls: Controls,
 }
 
 impl Row {
@@ -36,20 +123,8 @@ impl Row {
         leased: false,
         hb_age: None,
         attempt: 0,
-        resume: ResumeState {
-            branch: false,
-            deploy_request_intent: false,
-            deploy_request_id: None,
-        },
-        controls: PendingControls {
-            start: false,
-            start_newer_than_lease: false,
-            stop: false,
-            cancel: false,
-            cutover: false,
-            revert: false,
-            skip_revert: false,
-        },
+        resume: Resume(0),
+        controls: Controls(0),
     };
 }
 
@@ -96,26 +171,101 @@ impl Eng {
     };
 }
 
-/// A row snapshot a paused worker read just before it froze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The row a paused worker read just before it froze (the apply's id, engine and options are
+/// the configuration's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frozen {
-    pub row: ApplySnapshot,
-    pub controls: PendingControls,
+    pub state: ApplyState,
+    pub epoch: u8,
+    pub attempt: u8,
+    pub resume: Resume,
+    pub controls: Controls,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A `Drive` interned by the model (see [`Drives`]), with its apply and epoch zeroed: those
+/// live in the worker, where epoch relabelling reaches them without a look-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DriveId(u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Worker {
     /// A slot beyond the configured number of workers.
     Unused,
     Crashed,
     Idle,
     Driving {
-        drive: Drive,
+        /// The apply (from 0) and the lease epoch the driver holds.
+        apply: u8,
+        epoch: u8,
         /// Ticks since this driver's last successful heartbeat, saturating at presumed-loss.
         hb_age: u8,
+        drive: DriveId,
         /// Paused right after a read: acts on this snapshot when it resumes.
         frozen: Option<Frozen>,
     },
+}
+
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+const CHUNKS: usize = 1 << 14;
+
+/// The distinct `Drive` values met so far. A state holds a 4-byte id instead of the
+/// ~120-byte core (ids, an observation, a cursor), which keeps states small and cheap to hash;
+/// there are few distinct drives. Reads are lock-free (append-only chunks); interning takes a
+/// lock. Ids depend on discovery order, which is deterministic for the single-threaded search.
+pub struct Drives {
+    index: Mutex<HashMap<Drive, u32, BuildHasherDefault<Fx>>>,
+    chunks: Box<[OnceLock<Chunk>]>,
+}
+
+type Chunk = Box<[OnceLock<Drive>]>;
+
+impl Default for Drives {
+    fn default() -> Self {
+        Drives {
+            index: Mutex::new(HashMap::default()),
+            chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Drives {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Drives({})", self.index.lock().unwrap().len())
+    }
+}
+
+impl Drives {
+    /// The id of `d` (whose apply and epoch the caller has zeroed).
+    pub fn intern(&self, d: Drive) -> DriveId {
+        let mut index = self.index.lock().unwrap();
+        if let Some(&id) = index.get(&d) {
+            return DriveId(id);
+        }
+        let id = index.len();
+        assert!(id < CHUNK * CHUNKS, "too many distinct drives");
+        let chunk = self.chunks[id >> CHUNK_BITS]
+            .get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
+        let _ = chunk[id & (CHUNK - 1)].set(d);
+        index.insert(d, id as u32);
+        DriveId(id as u32)
+    }
+
+    pub fn get(&self, id: DriveId) -> Drive {
+        let i = id.0 as usize;
+        *self.chunks[i >> CHUNK_BITS]
+            .get()
+            .and_then(|c| c[i & (CHUNK - 1)].get())
+            .expect("an interned drive")
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// An invariant broken by a step (not visible in a single state), with the inputs needed to
@@ -207,54 +357,84 @@ pub enum Action {
     Expire,
 }
 
-/// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for worker
-/// ordering and state fingerprints.
+/// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for state
+/// fingerprints and the drive index. A derived `Hash` feeds it one small field at a time
+/// (flags, enum tags, `u8`s): those are packed eight to a word before mixing, so a state costs
+/// a few multiplications instead of one per field.
 #[derive(Default)]
-pub struct Fx(u64);
+pub struct Fx {
+    h: u64,
+    buf: u64,
+    n: u32,
+}
 
 impl Fx {
+    /// One word into the state: a folded 64x64->128 multiplication, so every input bit
+    /// reaches every output bit (a plain multiply only carries upwards, and packed words then
+    /// collide in their top bytes).
     #[inline]
     fn add(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let m = ((self.h ^ x ^ 0x243f_6a88_85a3_08d3) as u128) * 0x51_7c_c1_b7_27_22_0a_95u128;
+        self.h = (m as u64) ^ ((m >> 64) as u64);
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf |= (b as u64) << (8 * self.n);
+        self.n += 1;
+        if self.n == 8 {
+            let w = self.buf;
+            self.add(w);
+            self.buf = 0;
+            self.n = 0;
+        }
+    }
+
+    /// Small values (tags, lengths, ids) take one byte; others an escape byte and all eight.
+    #[inline]
+    fn int(&mut self, i: u64) {
+        if i < 0xff {
+            self.byte(i as u8);
+        } else {
+            self.byte(0xff);
+            for b in i.to_le_bytes() {
+                self.byte(b);
+            }
+        }
     }
 }
 
 impl Hasher for Fx {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b));
+        for b in bytes {
+            self.byte(*b);
         }
     }
     #[inline]
     fn write_u8(&mut self, i: u8) {
-        self.add(i as u64)
+        self.byte(i)
     }
     #[inline]
     fn write_u16(&mut self, i: u16) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     #[inline]
     fn write_u32(&mut self, i: u32) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     #[inline]
     fn write_u64(&mut self, i: u64) {
-        self.add(i)
+        self.int(i)
     }
     #[inline]
     fn write_usize(&mut self, i: usize) {
-        self.add(i as u64)
+        self.int(i as u64)
     }
     fn finish(&self) -> u64 {
-        let mut k = self.0;
+        let mut f = Fx { ..*self };
+        f.add(self.buf ^ (self.n as u64) << 59);
+        let mut k = f.h;
         k ^= k >> 33;
         k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
         k ^= k >> 33;
@@ -267,10 +447,6 @@ pub fn fingerprint<T: Hash>(t: &T) -> u64 {
     let mut h = Fx::default();
     t.hash(&mut h);
     h.finish()
-}
-
-fn worker_key(w: &Worker, hosts: u8) -> u64 {
-    fingerprint(&(w, hosts))
 }
 
 impl State {
@@ -288,15 +464,17 @@ impl State {
     /// The representative of the state's worker-symmetry class, and the permutation used:
     /// `rep.workers[i] == self.workers[perm[i]]`.
     pub fn canonical(&self) -> (State, [u8; MAX_WORKERS]) {
-        let mut keyed: [(u64, u8); MAX_WORKERS] = [(0, 0); MAX_WORKERS];
+        // Sorted by content (not a hash): equal keys are equal workers, so swapping them is the
+        // identity and the representative does not depend on the input order.
+        let mut keyed: [(Worker, u8, u8); MAX_WORKERS] = [(Worker::Unused, 0, 0); MAX_WORKERS];
         for (i, w) in self.workers.iter().enumerate() {
-            keyed[i] = (worker_key(w, self.hosted_by(i)), i as u8);
+            keyed[i] = (*w, self.hosted_by(i), i as u8);
         }
         keyed.sort_unstable();
         let mut perm = [0u8; MAX_WORKERS];
         let mut inv = [0u8; MAX_WORKERS];
         let mut out = *self;
-        for (new, (_, old)) in keyed.iter().enumerate() {
+        for (new, (_, _, old)) in keyed.iter().enumerate() {
             perm[new] = *old;
             inv[*old as usize] = new as u8;
             out.workers[new] = self.workers[*old as usize];

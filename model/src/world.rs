@@ -2,6 +2,7 @@
 //! (applyd's own `Drive`), the abstract engines, the user and the clock.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, legal_step, stale_write, stop_dominance,
@@ -14,7 +15,9 @@ use stateright::{Model, Property};
 
 use crate::config::{ApplySpec, Config, TICK_MS};
 use crate::engine;
-use crate::state::{Action, Eng, Flaw, Frozen, Outcome, Row, State, Worker, MAX_WORKERS};
+use crate::state::{
+    Action, DriveId, Drives, Eng, Flaw, Frozen, Outcome, Resume, Row, State, Worker, MAX_WORKERS,
+};
 
 pub const WORLD: &str = "world invariants";
 pub const STEP: &str = "step invariants";
@@ -37,6 +40,11 @@ pub struct ApplydModel {
     pub rules: Rules,
     /// Keep real epochs instead of relabelling them by rank (replaying a path for export).
     pub raw_epochs: bool,
+    /// Retire displaced drivers within the step that displaced them (see `retire_displaced`);
+    /// off only to spell their noticing steps out in a counterexample.
+    pub retire: bool,
+    /// Shared by clones (stateright's threads, the replay): a `DriveId` means one drive.
+    pub drives: Arc<Drives>,
 }
 
 /// What a worker is about to do, computed from the state without changing it.
@@ -58,6 +66,8 @@ impl ApplydModel {
             cfg,
             rules,
             raw_epochs: false,
+            retire: true,
+            drives: Arc::default(),
         }
     }
 
@@ -97,7 +107,44 @@ impl ApplydModel {
             attempt: row.attempt as u32,
             updated_age_ms: 0,
             has_children: true,
-            controls: row.controls,
+            controls: row.controls.get(),
+        }
+    }
+
+    /// The full `Drive` of a driving worker.
+    pub fn drive(&self, apply: u8, epoch: u8, id: DriveId) -> Drive {
+        let mut d = self.drives.get(id);
+        d.apply = apply as u64 + 1;
+        d.epoch = epoch as u64;
+        d
+    }
+
+    /// A driving worker holding `drive`.
+    pub fn driving(&self, drive: Drive, hb_age: u8, frozen: Option<Frozen>) -> Worker {
+        let (apply, epoch) = ((drive.apply - 1) as u8, drive.epoch as u8);
+        let mut d = drive;
+        d.apply = 0;
+        d.epoch = 0;
+        Worker::Driving {
+            apply,
+            epoch,
+            hb_age,
+            drive: self.drives.intern(d),
+            frozen,
+        }
+    }
+
+    /// The snapshot a paused worker read.
+    pub fn frozen_snapshot(&self, a: usize, f: &Frozen) -> ApplySnapshot {
+        let spec = self.spec(a);
+        ApplySnapshot {
+            id: a as u64 + 1,
+            engine: spec.engine,
+            state: f.state,
+            epoch: f.epoch as u64,
+            attempt: f.attempt as u32,
+            options: spec.options,
+            resume: f.resume.get(),
         }
     }
 
@@ -111,7 +158,7 @@ impl ApplydModel {
             epoch: row.epoch as u64,
             attempt: row.attempt as u32,
             options: spec.options,
-            resume: row.resume,
+            resume: row.resume.get(),
         }
     }
 
@@ -139,8 +186,10 @@ impl ApplydModel {
     /// Heartbeat, read and decide, for a step (`resumed == false`) or a resume from a pause.
     pub fn prepare(&self, s: &State, w: usize, resumed: bool) -> Option<Prepared> {
         let Worker::Driving {
-            drive,
+            apply,
+            epoch,
             hb_age,
+            drive,
             frozen,
         } = s.workers[w]
         else {
@@ -149,19 +198,19 @@ impl ApplydModel {
         if frozen.is_some() != resumed {
             return None;
         }
-        let a = drive.apply as usize - 1;
+        let a = apply as usize;
         let row = &s.rows[a];
-        let mut drive = drive;
+        let mut drive = self.drive(apply, epoch, drive);
         let mut hb_age = hb_age;
         let (heartbeat, view) = if let Some(f) = frozen {
             // The read happened before the pause; the driver acts on it without a heartbeat.
-            (false, Some((f.row, f.controls)))
+            (false, Some((self.frozen_snapshot(a, &f), f.controls.get())))
         } else {
             let ok = self.allowed(row, drive.epoch);
             if ok {
                 hb_age = 0;
             }
-            (ok, ok.then(|| (self.snapshot(s, a), row.controls)))
+            (ok, ok.then(|| (self.snapshot(s, a), row.controls.get())))
         };
         let view = view.map(|(snap, controls)| DriveView {
             row: snap,
@@ -252,7 +301,7 @@ impl ApplydModel {
                         );
                         let r = &mut s.rows[a];
                         r.state = to;
-                        r.resume = resume;
+                        r.resume = Resume::pack(resume);
                         r.hb_age = Some(0);
                         drive.on_store(WriteOutcome::Ok);
                     }
@@ -273,7 +322,7 @@ impl ApplydModel {
                             }
                             s.rows[a].controls.set(op, false);
                             if op == ControlOp::Start {
-                                s.rows[a].controls.start_newer_than_lease = false;
+                                s.rows[a].controls.set_start_newer_than_lease(false);
                             }
                         }
                         drive.on_store(WriteOutcome::Ok);
@@ -337,11 +386,7 @@ impl ApplydModel {
         if idle || drive.finished().is_some() {
             s.workers[w] = Worker::Idle;
         } else {
-            s.workers[w] = Worker::Driving {
-                drive,
-                hb_age: p.hb_age,
-                frozen: None,
-            };
+            s.workers[w] = self.driving(drive, p.hb_age, None);
         }
     }
 
@@ -370,11 +415,17 @@ impl ApplydModel {
                 add(r.epoch as u64);
             }
             for w in s.workers.iter() {
-                if let Worker::Driving { drive, frozen, .. } = w {
-                    if drive.apply as usize == a + 1 {
-                        add(drive.epoch);
+                if let Worker::Driving {
+                    apply,
+                    epoch,
+                    frozen,
+                    ..
+                } = w
+                {
+                    if *apply as usize == a {
+                        add(*epoch as u64);
                         if let Some(f) = frozen {
-                            add(f.row.epoch);
+                            add(f.epoch as u64);
                         }
                     }
                 }
@@ -389,11 +440,17 @@ impl ApplydModel {
                 r.epoch = map(r.epoch as u64) as u8;
             }
             for w in s.workers.iter_mut() {
-                if let Worker::Driving { drive, frozen, .. } = w {
-                    if drive.apply as usize == a + 1 {
-                        drive.epoch = map(drive.epoch);
+                if let Worker::Driving {
+                    apply,
+                    epoch,
+                    frozen,
+                    ..
+                } = w
+                {
+                    if *apply as usize == a {
+                        *epoch = map(*epoch as u64) as u8;
                         if let Some(f) = frozen.as_mut() {
-                            f.row.epoch = map(f.row.epoch);
+                            f.epoch = map(f.epoch as u64) as u8;
                         }
                     }
                 }
@@ -421,7 +478,7 @@ impl ApplydModel {
                 engine: spec.engine,
                 state: row.state,
                 attempt: row.attempt as u32,
-                controls: row.controls,
+                controls: row.controls.get(),
                 deploy_requests_created: e.drs as u32,
                 engine_truth: engine::truth(spec.engine, e),
                 runner_alive: e.runner.is_some(),
@@ -449,8 +506,8 @@ impl ApplydModel {
     /// Whether a live driver holds apply `a` under its current epoch.
     pub fn owned(&self, s: &State, a: usize) -> bool {
         s.workers.iter().any(|w| {
-            matches!(w, Worker::Driving { drive, .. }
-                if drive.apply as usize == a + 1 && drive.epoch == s.rows[a].epoch as u64)
+            matches!(w, Worker::Driving { apply, epoch, .. }
+                if *apply as usize == a && *epoch == s.rows[a].epoch)
         })
     }
 
@@ -522,11 +579,11 @@ impl ApplydModel {
                     && self.active_on_target(s, a)
                 {
                     // MemoryStore fails the start and leaves the row alone.
-                    if !row.controls.start {
+                    if !row.controls.start() {
                         return None;
                     }
                     n.rows[a].controls.set(ControlOp::Start, false);
-                    n.rows[a].controls.start_newer_than_lease = false;
+                    n.rows[a].controls.set_start_newer_than_lease(false);
                 } else {
                     self.flag(
                         &mut n,
@@ -542,12 +599,9 @@ impl ApplydModel {
                         r.attempt += 1;
                     }
                     r.state = to;
-                    r.controls.start_newer_than_lease = false;
-                    n.workers[w] = Worker::Driving {
-                        drive: Drive::new(a as u64 + 1, r.epoch as u64, engine, pre, &self.rules),
-                        hb_age: 0,
-                        frozen: None,
-                    };
+                    r.controls.set_start_newer_than_lease(false);
+                    let drive = Drive::new(a as u64 + 1, r.epoch as u64, engine, pre, &self.rules);
+                    n.workers[w] = self.driving(drive, 0, None);
                 }
             }
             Action::Step(w, o) => {
@@ -561,26 +615,27 @@ impl ApplydModel {
             Action::Pause(w) => {
                 let w = w as usize;
                 let Worker::Driving {
-                    drive,
-                    hb_age,
-                    frozen: None,
-                } = s.workers[w]
+                    apply,
+                    epoch,
+                    frozen: frozen @ None,
+                    ..
+                } = &mut n.workers[w]
                 else {
                     return None;
                 };
-                let a = drive.apply as usize - 1;
-                if s.faults_left == 0 || !self.allowed(&s.rows[a], drive.epoch) {
+                let a = *apply as usize;
+                let row = &s.rows[a];
+                if s.faults_left == 0 || !self.allowed(row, *epoch as u64) {
                     return None;
                 }
+                *frozen = Some(Frozen {
+                    state: row.state,
+                    epoch: row.epoch,
+                    attempt: row.attempt,
+                    resume: row.resume,
+                    controls: row.controls,
+                });
                 n.faults_left -= 1;
-                n.workers[w] = Worker::Driving {
-                    drive,
-                    hb_age,
-                    frozen: Some(Frozen {
-                        row: self.snapshot(s, a),
-                        controls: s.rows[a].controls,
-                    }),
-                };
             }
             Action::Crash(w) => {
                 let w = w as usize;
@@ -641,7 +696,7 @@ impl ApplydModel {
                     return None;
                 }
                 self.rules
-                    .accepts_request(self.spec(a).engine, row.state, op, &row.controls)
+                    .accepts_request(self.spec(a).engine, row.state, op, &row.controls.get())
                     .ok()?;
                 // A start only matters after a stop (or at a deferred deploy), so the stops
                 // bound the starts: starts do not spend the request budget.
@@ -650,7 +705,7 @@ impl ApplydModel {
                 }
                 n.rows[a].controls.set(op, true);
                 if op == ControlOp::Start {
-                    n.rows[a].controls.start_newer_than_lease = true;
+                    n.rows[a].controls.set_start_newer_than_lease(true);
                 }
             }
             Action::Expire => {
@@ -677,10 +732,50 @@ impl ApplydModel {
                 }
             }
         }
+        if self.retire {
+            self.retire_displaced(&mut n);
+        }
         if !self.raw_epochs {
             self.relabel_epochs(&mut n);
         }
         Some(n)
+    }
+
+    /// A driver that is not paused and whose lease is gone (its writes are refused) has exactly
+    /// one thing left to do: its next step's heartbeat is refused and it goes idle, touching
+    /// nothing else (no row, no engine, no budget). That step is invisible to everyone else and
+    /// commutes with every other action, and the lease never comes back (epochs only grow), so
+    /// it is taken at once, in the step that displaced the driver. A crash in between is no
+    /// different from a crash of the idle worker (runners stay with the process either way).
+    /// Paused drivers are kept: acting on a stale read is what displaced workers may still do.
+    ///
+    /// A paused driver whose lease is gone is retired the same way when the one command it
+    /// will resume with touches only the store: that write is refused, so resuming changes
+    /// nothing but the worker. Its command is fixed by its frozen read; the only input that
+    /// still moves is its heartbeat age, which can only turn the command into a presumed-loss
+    /// finish, which touches nothing either. Engine calls and probes are kept: they act.
+    pub fn retire_displaced(&self, s: &mut State) {
+        for w in 0..MAX_WORKERS {
+            let Worker::Driving {
+                apply,
+                epoch,
+                frozen,
+                ..
+            } = s.workers[w]
+            else {
+                continue;
+            };
+            if self.allowed(&s.rows[apply as usize], epoch as u64) {
+                continue;
+            }
+            let retire = frozen.is_none()
+                || self
+                    .prepare(s, w, true)
+                    .is_some_and(|p| !matches!(p.cmd, Some(Command::Call(_) | Command::Probe(_))));
+            if retire {
+                s.workers[w] = Worker::Idle;
+            }
+        }
     }
 
     pub fn enabled(&self, s: &State, out: &mut Vec<Action>) {
@@ -755,7 +850,7 @@ impl ApplydModel {
         match op {
             ControlOp::Cutover => o.defer_cutover,
             ControlOp::Start => {
-                row.controls.stop
+                row.controls.has(ControlOp::Stop)
                     || matches!(
                         row.state,
                         ApplyState::Stopped | ApplyState::WaitingForDeploy
