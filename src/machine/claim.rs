@@ -695,6 +695,60 @@ mod tests {
         );
     }
 
+    /// The model checker explores the apply-level arms. For a single-operation apply (the
+    /// operation row mirrors its parent), the operation path must never take a row the apply
+    /// path would not, so that what the model proved covers both claim paths.
+    #[test]
+    fn for_a_single_operation_apply_the_operation_arms_take_nothing_the_apply_arms_refuse() {
+        let rules = Rules::default();
+        let stale = rules.params.stale_after_ms;
+        let budget = rules.params.retry_budget;
+        let fresh = rules.params.retry_freshness_ms;
+        let mut checked = 0u32;
+        for state in ApplyState::ALL {
+            for leased in [false, true] {
+                for hb in [None, Some(1), Some(stale - 1), Some(stale), Some(stale + 1)] {
+                    for attempt in [0, budget - 1, budget] {
+                        for updated in [1, stale + 1, fresh - 1, fresh] {
+                            for controls in 0u8..64 {
+                                let row = ClaimView {
+                                    state: *state,
+                                    leased,
+                                    heartbeat_age_ms: hb,
+                                    attempt,
+                                    updated_age_ms: updated,
+                                    has_children: true,
+                                    controls: PendingControls {
+                                        start: controls & 1 != 0,
+                                        start_newer_than_lease: controls & 2 != 0,
+                                        stop: controls & 4 != 0,
+                                        cancel: controls & 8 != 0,
+                                        cutover: controls & 16 != 0,
+                                        revert: controls & 32 != 0,
+                                        skip_revert: false,
+                                    },
+                                };
+                                let v = OperationClaimView {
+                                    op: row,
+                                    parent: row,
+                                };
+                                if let Some(op_arm) = rules.matching_operation_arm(&v) {
+                                    assert!(
+                                        rules.matching_arm(&row).is_some(),
+                                        "{} takes {row:?}, which no apply arm takes",
+                                        op_arm.code()
+                                    );
+                                }
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000);
+    }
+
     #[cfg(feature = "mutants")]
     #[test]
     fn the_seed_bug_switch_makes_setup_states_unclaimable() {
