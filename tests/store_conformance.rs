@@ -472,6 +472,41 @@ async fn a_failed_drive_records_why_keeps_the_resume_state_and_is_fenced(env: En
     env.cleanup().await;
 }
 
+async fn the_status_view_shows_owner_progress_and_why_an_apply_failed(env: Env) {
+    let mut two = new_apply("users", EngineKind::Spirit);
+    two.ddl
+        .push("ALTER TABLE orders ADD COLUMN source VARCHAR(32)".into());
+    let id = env.store.submit(two).await.unwrap();
+    let before = env.inspect(id).await;
+    assert_eq!(
+        (before.state, before.progress(), before.lease_owner),
+        (ApplyState::Pending, "0/2 tasks".to_string(), None)
+    );
+    let lease = claim(&env, "w1").await.unwrap().lease;
+    env.store
+        .write(&lease, ApplyState::Completed, ResumeState::default())
+        .await
+        .unwrap();
+    let done = env.inspect(id).await;
+    assert_eq!(
+        (done.state, done.progress(), done.lease_epoch),
+        (ApplyState::Completed, "2/2 tasks".to_string(), 1)
+    );
+    let other = submit(&env, "orders", EngineKind::PlanetScale).await;
+    let lease = claim(&env, "w1").await.unwrap().lease;
+    env.store.fail_apply(&lease, "it broke").await.unwrap();
+    let failed = env.inspect(other).await;
+    assert_eq!(
+        (failed.state, failed.error.as_deref(), failed.progress()),
+        (
+            ApplyState::Failed,
+            Some("it broke"),
+            "0/1 tasks".to_string()
+        )
+    );
+    env.cleanup().await;
+}
+
 async fn two_heartbeats_within_one_second_keep_the_lease(env: Env) {
     submit(&env, "users", EngineKind::Spirit).await;
     let c = claim(&env, "w1").await.unwrap();
@@ -1228,6 +1263,7 @@ conformance!(
     terminal_applies_are_never_claimed,
     a_displaced_owner_is_fenced_everywhere,
     a_failed_drive_records_why_keeps_the_resume_state_and_is_fenced,
+    the_status_view_shows_owner_progress_and_why_an_apply_failed,
     two_heartbeats_within_one_second_keep_the_lease,
     heartbeats_keep_the_row_from_peers,
     resume_state_is_persisted_with_the_state,

@@ -240,7 +240,7 @@ async fn page(State(state): State<ApiState>, headers: HeaderMap) -> Result<Html<
     let mut rows = String::new();
     for a in &applies {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&a.identifier),
             a.engine,
             escape(&a.target.to_string()),
@@ -248,6 +248,7 @@ async fn page(State(state): State<ApiState>, headers: HeaderMap) -> Result<Html<
             escape(a.lease_owner.as_deref().unwrap_or("—")),
             a.lease_epoch,
             a.heartbeat_age_ms.map_or("—".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            a.progress(),
             escape(&a.pending_requests.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")),
         ));
     }
@@ -257,7 +258,7 @@ async fn page(State(state): State<ApiState>, headers: HeaderMap) -> Result<Html<
 <meta http-equiv=\"refresh\" content=\"5\">\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
 </head><body><h1>applyd</h1><p>{} applies (newest first; refreshes every 5 s)</p>\
-<table><tr><th>apply</th><th>engine</th><th>target</th><th>state</th><th>lease owner</th><th>epoch</th><th>heartbeat age</th><th>pending requests</th></tr>\n{rows}</table>\
+<table><tr><th>apply</th><th>engine</th><th>target</th><th>state</th><th>lease owner</th><th>epoch</th><th>heartbeat age</th><th>progress</th><th>pending requests</th></tr>\n{rows}</table>\
 <h2>State diagram</h2><p>Generated from the transition table (Mermaid source).</p><pre>{diagram}</pre></body></html>",
         applies.len()
     )))

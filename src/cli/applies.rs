@@ -129,12 +129,12 @@ fn age(ms: Option<u64>) -> String {
 
 pub fn print_table(applies: &[ApplyStatus]) {
     println!(
-        "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8}  pending",
-        "apply", "engine", "target", "state", "owner", "epoch", "hb age"
+        "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8} {:>9}  pending",
+        "apply", "engine", "target", "state", "owner", "epoch", "hb age", "progress"
     );
     for a in applies {
         println!(
-            "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8}  {}",
+            "{:<10} {:<12} {:<24} {:<26} {:<28} {:>5} {:>8} {:>9}  {}",
             a.identifier,
             a.engine.as_str(),
             a.target.to_string(),
@@ -142,6 +142,7 @@ pub fn print_table(applies: &[ApplyStatus]) {
             a.lease_owner.as_deref().unwrap_or("—"),
             a.lease_epoch,
             age(a.heartbeat_age_ms),
+            a.progress(),
             a.pending_requests
                 .iter()
                 .map(|o| o.as_str())

@@ -13,7 +13,9 @@ use crate::worker::ApplyId;
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
-     CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us";
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
+     CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
+     CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed";
 
 fn bad(id: ApplyId, column: &'static str, detail: impl ToString) -> StoreError {
     StoreError::BadRow {
@@ -32,6 +34,10 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
     let text = |col: &'static str| -> Result<String, StoreError> {
         row.try_get_unchecked::<String, _>(col)
             .map_err(|e| bad(id, col, e))
+    };
+    let count = |col: &'static str| -> Result<u32, StoreError> {
+        let n: i64 = row.try_get(col).map_err(|e| bad(id, col, e))?;
+        u32::try_from(n).map_err(|e| bad(id, col, e))
     };
     let state: ApplyState = text("state")?.parse().map_err(|e| bad(id, "state", e))?;
     let engine: EngineKind = text("engine")?.parse().map_err(|e| bad(id, "engine", e))?;
@@ -72,6 +78,8 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
         error: row
             .try_get_unchecked("error_message")
             .map_err(|e| bad(id, "error_message", e))?,
+        tasks_total: count("tasks_total")?,
+        tasks_completed: count("tasks_completed")?,
         pending_requests: Vec::new(),
         requests: Vec::new(),
     })

@@ -23,6 +23,9 @@ pub struct ApplyStatus {
     /// By the store's clock; `None` when no lease is held.
     pub heartbeat_age_ms: Option<u64>,
     pub error: Option<String>,
+    /// Progress: the apply's task rows (one per DDL statement) and how many have completed.
+    pub tasks_total: u32,
+    pub tasks_completed: u32,
     pub pending_requests: Vec<ControlOp>,
     /// The last request of each kind and how it ended (`pending`, `completed`, `failed: why`).
     pub requests: Vec<(ControlOp, String)>,
@@ -34,6 +37,13 @@ pub trait Inspect: Send + Sync {
     async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError>;
     /// One apply; `RowGone` when it does not exist.
     async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError>;
+}
+
+impl ApplyStatus {
+    /// `completed/total tasks`, as the CLI and the status page show it.
+    pub fn progress(&self) -> String {
+        format!("{}/{} tasks", self.tasks_completed, self.tasks_total)
+    }
 }
 
 impl MemoryStore {
@@ -70,6 +80,12 @@ impl MemoryStore {
                 .and(row.heartbeat_at)
                 .map(|h| now.saturating_sub(h)),
             error: row.error_message.clone(),
+            tasks_total: row.tasks.len() as u32,
+            tasks_completed: row
+                .tasks
+                .iter()
+                .filter(|t| t.state == crate::machine::TaskState::Completed)
+                .count() as u32,
             pending_requests: pending,
             requests,
         }

@@ -171,6 +171,15 @@ impl Env {
         matches!(self.backend, Backend::MySql { .. })
     }
 
+    /// The read-only view the CLI, the API and the status page show.
+    pub async fn inspect(&self, id: ApplyId) -> applyd::store::status::ApplyStatus {
+        use applyd::store::status::Inspect;
+        match &self.backend {
+            Backend::Memory { store, .. } => store.status(id).await.expect("status"),
+            Backend::MySql { store, .. } => store.status(id).await.expect("status"),
+        }
+    }
+
     pub fn mysql_store(&self) -> Option<&MySqlStore> {
         match &self.backend {
             Backend::MySql { store, .. } => Some(store),
