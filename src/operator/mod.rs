@@ -167,15 +167,30 @@ impl Runtime {
                 if *shutdown.borrow() {
                     break;
                 }
-                let claimed =
-                    match claim_next(self.store.as_ref(), self.config.claim_path, &owner).await {
-                        Ok(Some(c)) => c,
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(error = %e, owner, "claim failed");
-                            break;
-                        }
-                    };
+                let claim_span =
+                    info_span!("claim", owner = %owner, path = ?self.config.claim_path);
+                let claimed = match claim_next(self.store.as_ref(), self.config.claim_path, &owner)
+                    .instrument(claim_span.clone())
+                    .await
+                {
+                    Ok(Some(c)) => {
+                        claim_span.in_scope(|| {
+                            info!(
+                                apply = c.lease.apply,
+                                epoch = c.lease.epoch,
+                                arm = c.arm.code(),
+                                from = %c.pre_claim,
+                                "claimed"
+                            )
+                        });
+                        c
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        claim_span.in_scope(|| warn!(error = %e, "claim failed"));
+                        break;
+                    }
+                };
                 ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code())
                     .increment(1);
                 if claimed.pre_claim != ApplyState::Pending {
