@@ -125,7 +125,8 @@ impl Backend {
             Backend::MySql(store) => {
                 let now_us = store.now_us().await?;
                 let age_ms = |at_us: i64| (now_us.saturating_sub(at_us).max(0) / 1000) as u64;
-                for r in store.stored_applies().await? {
+                let first = ids.iter().copied().min().unwrap_or(0);
+                for r in store.stored_applies_from(first).await? {
                     if !ids.contains(&r.id) {
                         continue;
                     }
@@ -172,7 +173,7 @@ impl Backend {
                 })
                 .collect()),
             Backend::MySql(store) => store
-                .stored_logs()
+                .stored_logs_from(ids.iter().copied().min().unwrap_or(0))
                 .await?
                 .into_iter()
                 .filter(|e| ids.contains(&e.apply))

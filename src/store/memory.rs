@@ -567,23 +567,12 @@ impl MemoryStore {
         if row_epoch != lease.epoch {
             inner.stale_writes_landed += 1;
         }
-        let row = inner.rows.get_mut(&lease.apply).expect("checked above");
-        row.resume = resume;
-        row.updated_at = now;
-        row.heartbeat_at = Some(now);
-        row.operation.heartbeat_at = Some(now);
-        move_state(row, to, now);
-        if from != to {
-            inner.audit.push(AuditEntry {
-                apply: lease.apply,
-                from,
-                to,
-                epoch: lease.epoch,
-                owner: Some(lease.owner.clone()),
-                at_ms: now,
-                cause: "write".into(),
-            });
-        }
+        inner
+            .rows
+            .get_mut(&lease.apply)
+            .expect("checked above")
+            .resume = resume;
+        owner_move(&mut inner, lease, to, now);
         Ok(())
     }
 
@@ -599,19 +588,7 @@ impl MemoryStore {
             )));
         }
         row.error_message = Some(reason.to_string());
-        row.updated_at = now;
-        row.heartbeat_at = Some(now);
-        row.operation.heartbeat_at = Some(now);
-        move_state(row, ApplyState::Failed, now);
-        inner.audit.push(AuditEntry {
-            apply: lease.apply,
-            from,
-            to: ApplyState::Failed,
-            epoch: lease.epoch,
-            owner: Some(lease.owner.clone()),
-            at_ms: now,
-            cause: "write".into(),
-        });
+        owner_move(&mut inner, lease, ApplyState::Failed, now);
         Ok(())
     }
 
@@ -734,6 +711,30 @@ impl MemoryStore {
 
 /// Move an apply to `to`: its operation row mirrors the state, and on a change its tasks follow
 /// through the task rule (`machine::task`).
+/// A fenced write by the lease's owner: the write heartbeats the apply and its operation, moves
+/// the state (tasks follow) and is audited when the state changes.
+fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, now: u64) {
+    let Some(row) = inner.rows.get_mut(&lease.apply) else {
+        return;
+    };
+    let from = row.state;
+    row.updated_at = now;
+    row.heartbeat_at = Some(now);
+    row.operation.heartbeat_at = Some(now);
+    move_state(row, to, now);
+    if from != to {
+        inner.audit.push(AuditEntry {
+            apply: lease.apply,
+            from,
+            to,
+            epoch: lease.epoch,
+            owner: Some(lease.owner.clone()),
+            at_ms: now,
+            cause: "write".into(),
+        });
+    }
+}
+
 fn move_state(row: &mut MemoryRow, to: ApplyState, now: u64) {
     let from = row.state;
     if from != to {

@@ -1368,24 +1368,47 @@ impl MySqlStore {
         })
     }
 
-    async fn write_once(&self, lease: &Lease, to: ApplyState, resume: &str) -> Result<(), Failure> {
+    /// A fenced move by the lease's owner: `write` (with the resume state) and `fail_apply`
+    /// (with the reason, keeping the resume state, refusing a terminal row).
+    async fn owner_move_once(&self, lease: &Lease, mv: OwnerMove<'_>) -> Result<(), Failure> {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
         let current = self.lock_owned(&mut tx, lease).await?;
         // A row we cannot read is never rewritten.
         let from = ApplyState::from_str(&current.state)
             .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
+        let (to, resume, reason) = match mv {
+            OwnerMove::Write { to, resume } => (to, Some(resume), None),
+            OwnerMove::Fail { reason } => {
+                if from.is_terminal() {
+                    return Err(StoreError::Refused(format!(
+                        "apply {} is already {from}",
+                        lease.apply
+                    ))
+                    .into());
+                }
+                (ApplyState::Failed, None, Some(reason))
+            }
+        };
         let entered = if from != to {
             format!(", state_entered_at = {now}")
         } else {
             String::new()
         };
+        let error = if reason.is_some() {
+            ", error_message = ?"
+        } else {
+            ""
+        };
         let sql = format!(
-            "UPDATE applies SET state = ?, updated_at = {now}, heartbeat_at = {now}, \
+            "UPDATE applies SET state = ?{error}, updated_at = {now}, heartbeat_at = {now}, \
              write_seq = write_seq + 1{entered} WHERE id = ? AND lease_epoch = ?"
         );
-        let done = sqlx::query(&sql)
-            .bind(to.as_str())
+        let mut q = sqlx::query(&sql).bind(to.as_str());
+        if let Some(reason) = reason {
+            q = q.bind(reason);
+        }
+        let done = q
             .bind(lease.apply)
             .bind(lease.epoch)
             .execute(&mut *tx)
@@ -1406,13 +1429,20 @@ impl MySqlStore {
             Err(e) => return Err(e.into()),
         }
         // The operation row is fenced by its own lease, which carries the apply's epoch.
+        let resume_set = if resume.is_some() {
+            "engine_resume_state = ?, "
+        } else {
+            ""
+        };
         let op = format!(
-            "UPDATE apply_operations SET state = ?, engine_resume_state = ?, heartbeat_at = {now}, \
+            "UPDATE apply_operations SET state = ?, {resume_set}heartbeat_at = {now}, \
              updated_at = {now} WHERE apply_id = ? AND lease_epoch = ?"
         );
-        let done = sqlx::query(&op)
-            .bind(to.as_str())
-            .bind(resume)
+        let mut q = sqlx::query(&op).bind(to.as_str());
+        if let Some(resume) = resume {
+            q = q.bind(resume);
+        }
+        let done = q
             .bind(lease.apply)
             .bind(lease.epoch)
             .execute(&mut *tx)
@@ -1436,62 +1466,6 @@ impl MySqlStore {
             )
             .await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn fail_apply_once(&self, lease: &Lease, reason: &str) -> Result<(), Failure> {
-        let now = self.now_sql();
-        let mut tx = self.pool.begin().await?;
-        let current = self.lock_owned(&mut tx, lease).await?;
-        let from = ApplyState::from_str(&current.state)
-            .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
-        if from.is_terminal() {
-            return Err(
-                StoreError::Refused(format!("apply {} is already {from}", lease.apply)).into(),
-            );
-        }
-        let sql = format!(
-            "UPDATE applies SET state = ?, error_message = ?, updated_at = {now}, heartbeat_at = {now}, \
-             state_entered_at = {now}, write_seq = write_seq + 1 WHERE id = ? AND lease_epoch = ?"
-        );
-        let done = sqlx::query(&sql)
-            .bind(ApplyState::Failed.as_str())
-            .bind(reason)
-            .bind(lease.apply)
-            .bind(lease.epoch)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() != 1 {
-            return Err(self.zero_rows(&mut *tx, lease).await);
-        }
-        // The operation row keeps its resume state; it is fenced by its own lease, as in `write`.
-        let op = format!(
-            "UPDATE apply_operations SET state = ?, heartbeat_at = {now}, updated_at = {now} \
-             WHERE apply_id = ? AND lease_epoch = ?"
-        );
-        let done = sqlx::query(&op)
-            .bind(ApplyState::Failed.as_str())
-            .bind(lease.apply)
-            .bind(lease.epoch)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(self.zero_rows(&mut *tx, lease).await);
-        }
-        self.sync_tasks(&mut tx, lease.apply, from, ApplyState::Failed, &now)
-            .await?;
-        self.log(
-            &mut tx,
-            lease.apply,
-            &current.state,
-            ApplyState::Failed,
-            lease.epoch,
-            Some(&lease.owner),
-            "write",
-            &now,
-        )
-        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1721,6 +1695,14 @@ impl MySqlStore {
 
     /// Every apply row, by id.
     pub async fn stored_applies(&self) -> Result<Vec<StoredApply>, StoreError> {
+        self.stored_applies_from(0).await
+    }
+
+    /// The apply rows with `id >= first`, by id (a watcher of recent applies skips history).
+    pub async fn stored_applies_from(
+        &self,
+        first: ApplyId,
+    ) -> Result<Vec<StoredApply>, StoreError> {
         let us = |col: &str| {
             format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', a.{col}) AS SIGNED) AS {col}")
         };
@@ -1728,13 +1710,14 @@ impl MySqlStore {
             "SELECT a.id, a.database_name, a.environment, a.engine, a.state, a.attempt, a.lease_owner, \
              a.lease_epoch, a.error_message, {}, {}, {}, {}, \
              (SELECT o.engine_resume_state FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume \
-             FROM applies a ORDER BY a.id",
+             FROM applies a WHERE a.id >= ? ORDER BY a.id",
             us("lease_acquired_at"),
             us("heartbeat_at"),
             us("updated_at"),
             us("state_entered_at"),
         );
         let rows = sqlx::query(&sql)
+            .bind(first)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -1840,9 +1823,19 @@ impl MySqlStore {
 
     /// The audit log, oldest first.
     pub async fn stored_logs(&self) -> Result<Vec<StoredLog>, StoreError> {
+        self.stored_logs_from(0).await
+    }
+
+    /// The audit entries of applies with `id >= first_apply`, oldest first.
+    pub async fn stored_logs_from(
+        &self,
+        first_apply: ApplyId,
+    ) -> Result<Vec<StoredLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT apply_id, from_state, to_state, lease_epoch, lease_owner, cause FROM apply_logs ORDER BY id",
+            "SELECT apply_id, from_state, to_state, lease_epoch, lease_owner, cause FROM apply_logs \
+             WHERE apply_id >= ? ORDER BY id",
         )
+        .bind(first_apply)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -1872,6 +1865,13 @@ impl MySqlStore {
             .await
             .map_err(unavailable)
     }
+}
+
+/// What an owner's fenced move writes besides the state.
+#[derive(Clone, Copy)]
+enum OwnerMove<'a> {
+    Write { to: ApplyState, resume: &'a str },
+    Fail { reason: &'a str },
 }
 
 struct RawState {
@@ -1926,8 +1926,16 @@ impl Store for MySqlStore {
     ) -> Result<(), StoreError> {
         let resume =
             serde_json::to_string(&resume).map_err(|e| StoreError::Refused(e.to_string()))?;
-        self.retrying("write", || self.write_once(lease, to, &resume))
-            .await
+        self.retrying("write", || {
+            self.owner_move_once(
+                lease,
+                OwnerMove::Write {
+                    to,
+                    resume: &resume,
+                },
+            )
+        })
+        .await
     }
 
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
@@ -1972,8 +1980,10 @@ impl Store for MySqlStore {
     }
 
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
-        self.retrying("fail apply", || self.fail_apply_once(lease, reason))
-            .await
+        self.retrying("fail apply", || {
+            self.owner_move_once(lease, OwnerMove::Fail { reason })
+        })
+        .await
     }
 
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
