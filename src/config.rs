@@ -75,7 +75,7 @@ impl Default for OperatorSection {
             retry_budget: Params::DEFAULT.retry_budget,
             retry_freshness_ms: Params::DEFAULT.retry_freshness_ms,
             shutdown_deadline_ms: 20_000,
-            revert_window_ms: 30 * 60 * 1000,
+            revert_window_ms: Params::DEFAULT.revert_window_ms,
             owner: None,
             claim_path: ClaimPath::default(),
         }
@@ -89,6 +89,7 @@ impl OperatorSection {
             presumed_loss_ms: self.presumed_loss_ms,
             retry_budget: self.retry_budget,
             retry_freshness_ms: self.retry_freshness_ms,
+            revert_window_ms: self.revert_window_ms,
         }
     }
     pub fn ms(v: u64) -> Duration {

@@ -25,6 +25,7 @@ pub fn demo_params() -> Params {
     Params {
         stale_after_ms: 3_000,
         presumed_loss_ms: 2_000,
+        revert_window_ms: DEMO_REVERT_WINDOW_MS,
         ..Params::DEFAULT
     }
 }
@@ -255,16 +256,13 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
     let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
     let (backend, environment) = match where_ {
         DemoStore::Memory => (
-            Backend::Memory(Arc::new(
-                MemoryStore::new(rules, clock.clone()).with_revert_window_ms(DEMO_REVERT_WINDOW_MS),
-            )),
+            Backend::Memory(Arc::new(MemoryStore::new(rules, clock.clone()))),
             "production".to_string(),
         ),
         DemoStore::MySql { url } => {
             let store = MySqlStore::connect(&url, rules)
                 .await
-                .map_err(|e| format!("cannot use the database at --database-url: {e}"))?
-                .with_revert_window_ms(DEMO_REVERT_WINDOW_MS);
+                .map_err(|e| format!("cannot use the database at --database-url: {e}"))?;
             store
                 .migrate()
                 .await

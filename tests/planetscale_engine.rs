@@ -25,6 +25,7 @@ fn rules() -> Rules {
     Rules::new(Params {
         stale_after_ms: STALE_MS,
         presumed_loss_ms: 7_000,
+        revert_window_ms: 60_000,
         ..Params::DEFAULT
     })
 }
@@ -162,7 +163,7 @@ impl Engine for HangAfterCreate<'_> {
 
 fn store() -> (Arc<MemoryStore>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let store = Arc::new(MemoryStore::new(rules(), clock.clone()).with_revert_window_ms(60_000));
+    let store = Arc::new(MemoryStore::new(rules(), clock.clone()));
     (store, clock)
 }
 

@@ -117,6 +117,7 @@ impl Config {
             retry_budget: self.retry_budget,
             // Retry freshness is not modelled: the clock only measures heartbeats.
             retry_freshness_ms: 365 * 24 * 3600 * 1000,
+            ..Params::DEFAULT
         }
     }
 }

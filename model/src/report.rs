@@ -70,8 +70,8 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                 st.apply = Some(a);
                 let row = &before.rows[a as usize];
                 st.note = match model.claim_of(row, model.spec(a as usize).engine) {
-                    Some((arm, _)) if after.rows[a as usize].epoch != row.epoch => {
-                        format!("claim {} ({})", arm.code(), arm.describe())
+                    Some(mv) if after.rows[a as usize].epoch != row.epoch => {
+                        format!("claim {} ({})", mv.arm.code(), mv.arm.describe())
                     }
                     _ => "claim refused: the target is busy, the start request fails".into(),
                 };

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use applyd::machine::claim::ClaimMove;
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, legal_step, stale_write, stop_dominance,
     ApplyFacts, Violation,
 };
-use applyd::machine::table::{is_settled, Event, TABLE};
-use applyd::machine::{ApplyState, ClaimArm, ClaimView, ControlOp, EngineKind, Params, Rules};
+use applyd::machine::table::is_settled;
+use applyd::machine::{ApplyState, ClaimView, ControlOp, EngineKind, Params, Rules};
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
 use stateright::{Model, Property};
 
@@ -177,10 +178,8 @@ impl ApplydModel {
     }
 
     /// The claim a worker would make on apply `a`: the arm and the row's new state.
-    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<(ClaimArm, ApplyState)> {
-        let arm = self.rules.matching_arm(&self.claim_view(row))?;
-        let id = TABLE.lookup(&self.rules, engine, row.state, Event::Claim(arm))?;
-        Some((arm, TABLE.row(id).to))
+    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<ClaimMove> {
+        self.rules.apply_claim(engine, &self.claim_view(row))
     }
 
     /// Heartbeat, read and decide, for a step (`resumed == false`) or a resume from a pause.
@@ -276,11 +275,7 @@ impl ApplydModel {
                     let row = s.rows[a];
                     if !self.allowed(&row, drive.epoch) {
                         drive.on_store(WriteOutcome::LeaseLost);
-                    } else if to.is_active()
-                        && !row.state.is_active()
-                        && self.rules.checks_target_on_reactivation()
-                        && self.active_on_target(s, a)
-                    {
+                    } else if self.rules.reactivates(row.state, to) && self.active_on_target(s, a) {
                         drive.on_store(WriteOutcome::TargetBusy);
                     } else {
                         let writer = drive.epoch as u8;
@@ -571,13 +566,9 @@ impl ApplydModel {
                 }
                 let row = s.rows[a];
                 let engine = self.spec(a).engine;
-                let (arm, to) = self.claim_of(&row, engine)?;
-                let pre = row.state;
-                if to.is_active()
-                    && !pre.is_active()
-                    && self.rules.checks_target_on_reactivation()
-                    && self.active_on_target(s, a)
-                {
+                let mv = self.claim_of(&row, engine)?;
+                let (pre, to) = (row.state, mv.to);
+                if mv.reactivates && self.active_on_target(s, a) {
                     // MemoryStore fails the start and leaves the row alone.
                     if !row.controls.start() {
                         return None;
@@ -595,7 +586,7 @@ impl ApplydModel {
                     r.epoch += 1;
                     r.leased = true;
                     r.hb_age = Some(0);
-                    if arm == ClaimArm::A3Retry {
+                    if mv.counts_attempt {
                         r.attempt += 1;
                     }
                     r.state = to;
@@ -712,11 +703,9 @@ impl ApplydModel {
                 let mut any = false;
                 for a in 0..self.applies() {
                     let row = s.rows[a];
-                    if row.present && self.rules.retry_expiry(&self.claim_view(&row)).is_some() {
-                        let engine = self.spec(a).engine;
-                        let to = TABLE
-                            .lookup(&self.rules, engine, row.state, Event::RetryExpired)
-                            .map_or(ApplyState::Failed, |id| TABLE.row(id).to);
+                    let engine = self.spec(a).engine;
+                    let expiry = self.rules.expiry_move(engine, &self.claim_view(&row));
+                    if let Some((_, to)) = expiry.filter(|_| row.present) {
                         self.flag(
                             &mut n,
                             a,

@@ -19,8 +19,6 @@ pub struct Preset {
     pub heal_ms: u64,
     pub params: Params,
     pub heartbeat_ms: u64,
-    /// The store-side revert window after which the owner skips the revert on its own.
-    pub revert_window_ms: u64,
     /// Expected faults per simulated hour are scaled by this (percent).
     pub fault_scale_pct: u64,
 }
@@ -33,6 +31,7 @@ pub const SIM_PARAMS: Params = Params {
     presumed_loss_ms: 20_000,
     retry_budget: 3,
     retry_freshness_ms: 30 * MINUTE,
+    revert_window_ms: 10 * MINUTE,
 };
 
 impl Preset {
@@ -45,7 +44,6 @@ impl Preset {
         heal_ms: 2 * 60 * MINUTE,
         params: SIM_PARAMS,
         heartbeat_ms: 5_000,
-        revert_window_ms: 10 * MINUTE,
         fault_scale_pct: 100,
     };
 
@@ -58,7 +56,6 @@ impl Preset {
         heal_ms: 4 * 60 * MINUTE,
         params: SIM_PARAMS,
         heartbeat_ms: 5_000,
-        revert_window_ms: 10 * MINUTE,
         fault_scale_pct: 200,
     };
 

@@ -103,6 +103,7 @@ impl Schedule {
             presumed_loss_ms: p.presumed_loss_ms,
             retry_budget: p.retry_budget,
             retry_freshness_ms: p.retry_freshness_ms,
+            ..Preset::CI.params
         });
         let targets = self.applies.iter().map(|a| a.target + 1).max().unwrap_or(1);
         let preset = Preset {

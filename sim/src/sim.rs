@@ -151,8 +151,7 @@ impl Sim {
         let preset = world.preset;
         let rules = Rules::with_mutant(preset.params, mutant);
         let clock = Arc::new(ManualClock::new(0));
-        let store =
-            MemoryStore::new(rules, clock.clone()).with_revert_window_ms(preset.revert_window_ms);
+        let store = MemoryStore::new(rules, clock.clone());
         // PlanetScale's API cannot refuse an older epoch, so its fake does not fence (the
         // default); Spirit runs in applyd's own process and is told the epoch, so it fences.
         let mut engines = FakeEngines::new(world.timings);

@@ -80,8 +80,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(
         MySqlStore::connect(url.expose(), rules)
             .await
-            .context("cannot connect to the database")?
-            .with_revert_window_ms(config.operator.revert_window_ms),
+            .context("cannot connect to the database")?,
     );
     super::migrate::check_schema(store.pool())
         .await

@@ -11,7 +11,8 @@ pub mod table;
 pub mod task;
 
 pub use claim::{
-    ClaimArm, ClaimClass, ClaimView, ClaimedVia, OperationArm, OperationClaimView, PendingControls,
+    ClaimArm, ClaimClass, ClaimMove, ClaimView, ClaimedVia, OperationArm, OperationClaimView,
+    PendingControls,
 };
 pub use control::{Disposition, Refusal};
 pub use rules::{Mutant, Params, Rules};

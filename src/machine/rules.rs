@@ -17,6 +17,9 @@ pub struct Params {
     pub retry_budget: u32,
     /// ... and while they were last updated within this window.
     pub retry_freshness_ms: u64,
+    /// How long a deployed PlanetScale change stays revertible before the owner skips the
+    /// revert on its own (measured from entering `revert_window`).
+    pub revert_window_ms: u64,
 }
 
 impl Params {
@@ -25,6 +28,7 @@ impl Params {
         presumed_loss_ms: 45_000,
         retry_budget: 10,
         retry_freshness_ms: 24 * 60 * 60 * 1000,
+        revert_window_ms: 30 * 60 * 1000,
     };
 
     /// The bound that makes the presumed-loss rule sound: a driver gives up before a peer may

@@ -33,6 +33,10 @@ macro_rules! named_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[ $( $name::$variant ),+ ];
 
+            /// Older spellings still read from the database, with the value each stands for.
+            pub const ALIASES: &'static [(&'static str, $name)] =
+                &[ $( $( ($alias, $name::$target) ),* )? ];
+
             /// The exact string stored in the database.
             pub const fn as_str(self) -> &'static str {
                 match self { $( $name::$variant => $text ),+ }

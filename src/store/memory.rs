@@ -13,11 +13,10 @@ use super::{
     RequestOutcome, Store, StoreError, Target,
 };
 use crate::machine::control::accepts_request;
-use crate::machine::table::{Event, TABLE};
 use crate::machine::task::task_after_move;
 use crate::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ClaimView, ClaimedVia, ControlOp, ControlStatus,
-    EngineKind, OperationClaimView, PendingControls, Rules, TaskState,
+    ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
+    OperationClaimView, PendingControls, Rules, TaskState,
 };
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
@@ -153,7 +152,6 @@ struct Inner {
 pub struct MemoryStore {
     rules: Rules,
     clock: Arc<dyn Clock>,
-    revert_window_ms: u64,
     inner: Mutex<Inner>,
 }
 
@@ -162,7 +160,6 @@ impl MemoryStore {
         MemoryStore {
             rules,
             clock,
-            revert_window_ms: 30 * 60 * 1000,
             inner: Mutex::new(Inner {
                 next_id: 1,
                 next_operation_id: 1,
@@ -170,11 +167,6 @@ impl MemoryStore {
                 ..Inner::default()
             }),
         }
-    }
-
-    pub fn with_revert_window_ms(mut self, ms: u64) -> MemoryStore {
-        self.revert_window_ms = ms;
-        self
     }
 
     pub fn rules(&self) -> &Rules {
@@ -257,6 +249,26 @@ impl MemoryStore {
             }
             None => false,
         }
+    }
+
+    /// Fault injection for tests: store a row exactly as given (any state, lease and times), as
+    /// another process may have left it; ids handed out later stay above it.
+    pub fn put_row(&self, row: MemoryRow) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.next_id = inner.next_id.max(row.id + 1);
+        inner.next_operation_id = inner.next_operation_id.max(row.operation.id + 1);
+        inner.seq = inner
+            .seq
+            .max(row.lease_acquired_seq)
+            .max(row.operation.lease_acquired_seq);
+        inner.rows.insert(row.id, row);
+    }
+
+    /// Fault injection for tests: store a control request exactly as given.
+    pub fn put_request(&self, apply: ApplyId, op: ControlOp, request: MemoryRequest) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.seq = inner.seq.max(request.updated_seq);
+        inner.requests.insert((apply, op), request);
     }
 
     /// The store's clock, for ages shown to people.
@@ -427,12 +439,13 @@ impl MemoryStore {
         owner: &str,
         now: u64,
     ) -> Option<Claimed> {
-        let arm = via.apply_arm();
         let row = &inner.rows[&id];
-        let row_id = TABLE.lookup(&self.rules, row.engine, row.state, Event::Claim(arm))?;
-        let to = TABLE.row(row_id).to;
+        let mv = self
+            .rules
+            .claim_move(row.engine, row.state, via.apply_arm())?;
+        let to = mv.to;
         let pre_claim = row.state;
-        if to.is_active() && !pre_claim.is_active() && self.rules.checks_target_on_reactivation() {
+        if mv.reactivates {
             let target = row.spec.target.clone();
             if let Some(existing) = active_on_target(inner, &target, Some(id)) {
                 let message =
@@ -454,8 +467,7 @@ impl MemoryStore {
         row.lease_acquired_at = Some(now);
         row.heartbeat_at = Some(now);
         row.updated_at = now;
-        let retry = arm == ClaimArm::A3Retry;
-        if retry {
+        if mv.counts_attempt {
             row.attempt += 1;
             row.error_message = None;
             row.operation.attempt += 1;
@@ -537,8 +549,9 @@ impl MemoryStore {
         let row = self.owned(&mut inner, lease)?.clone();
         let controls = pending_of(&inner, row.id);
         Ok(DriveInputs {
-            revert_window_expired: row.state == ApplyState::RevertWindow
-                && now.saturating_sub(row.state_entered_at) >= self.revert_window_ms,
+            revert_window_expired: self
+                .rules
+                .revert_window_expired(row.state, now.saturating_sub(row.state_entered_at)),
             record: record_of(&row),
             controls,
         })
@@ -556,7 +569,7 @@ impl MemoryStore {
             let row = self.owned_with_operation(&mut inner, lease)?;
             (row.state, row.spec.target.clone(), row.lease_epoch)
         };
-        if to.is_active() && !from.is_active() && self.rules.checks_target_on_reactivation() {
+        if self.rules.reactivates(from, to) {
             if let Some(existing) = active_on_target(&inner, &target, Some(lease.apply)) {
                 return Err(StoreError::ActiveApplyExists {
                     target: target.to_string(),
@@ -684,21 +697,21 @@ impl MemoryStore {
         let mut expired = Vec::new();
         for row in inner.rows.values() {
             let view = self.claim_view(&inner, row, now);
-            if let Some(reason) = self.rules.retry_expiry(&view) {
-                expired.push((row.id, reason));
+            if let Some((reason, to)) = self.rules.expiry_move(row.engine, &view) {
+                expired.push((row.id, reason, to));
             }
         }
-        for (id, reason) in &expired {
+        for (id, reason, to) in &expired {
             let row = inner.rows.get_mut(id).expect("listed above");
             let from = row.state;
             row.updated_at = now;
-            move_state(row, ApplyState::Failed, now);
+            move_state(row, *to, now);
             row.error_message = Some(reason.as_str().to_string());
             let epoch = row.lease_epoch;
             inner.audit.push(AuditEntry {
                 apply: *id,
                 from,
-                to: ApplyState::Failed,
+                to: *to,
                 epoch,
                 owner: None,
                 at_ms: now,

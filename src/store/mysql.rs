@@ -28,13 +28,14 @@
 //!
 //! Test clock: [`MySqlStore::advance_clock`] shifts every time expression of this store
 //! (`NOW(6) + INTERVAL n MICROSECOND`), so the conformance suite can drive the database-clock
-//! store and the manual-clock memory store with the same steps. Production never calls it; the
-//! expression is then exactly `NOW(6)`.
+//! store and the manual-clock memory store with the same steps; [`MySqlStore::freeze_clock`]
+//! pins it to one instant, so a test can place a heartbeat exactly on a bound. Production never
+//! calls either; the expression is then exactly `NOW(6)`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,11 +48,10 @@ use super::{
     RequestOutcome, Store, StoreError, Target,
 };
 use crate::machine::control::accepts_request;
-use crate::machine::table::{Event, TABLE};
 use crate::machine::task::task_after_move;
 use crate::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ClaimClass, ClaimView, ClaimedVia, ControlOp,
-    ControlStatus, EngineKind, OperationArm, OperationClaimView, PendingControls, Rules, TaskState,
+    ApplyOptions, ApplyState, ClaimClass, ClaimView, ClaimedVia, ControlOp, ControlStatus,
+    EngineKind, OperationArm, OperationClaimView, PendingControls, Rules, TaskState,
 };
 use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
@@ -365,9 +365,10 @@ pub struct StoredLog {
 pub struct MySqlStore {
     pool: MySqlPool,
     rules: Rules,
-    revert_window_ms: u64,
-    /// Test-only shift of this store's database clock, in microseconds (0 in production).
+    /// Test-only shift of this store's database clock, in microseconds (0 in production); with
+    /// `clock_frozen`, the frozen instant in microseconds since the Unix epoch.
     clock_offset_us: AtomicI64,
+    clock_frozen: AtomicBool,
     /// Bad rows already reported, so a row skipped by every claim is logged once.
     reported: Mutex<BTreeSet<(ApplyId, &'static str, String)>>,
 }
@@ -398,15 +399,10 @@ impl MySqlStore {
         MySqlStore {
             pool,
             rules,
-            revert_window_ms: 30 * 60 * 1000,
             clock_offset_us: AtomicI64::new(0),
+            clock_frozen: AtomicBool::new(false),
             reported: Mutex::new(BTreeSet::new()),
         }
-    }
-
-    pub fn with_revert_window_ms(mut self, ms: u64) -> MySqlStore {
-        self.revert_window_ms = ms;
-        self
     }
 
     pub fn pool(&self) -> &MySqlPool {
@@ -432,9 +428,20 @@ impl MySqlStore {
             .fetch_add((ms as i64).saturating_mul(1000), Ordering::SeqCst);
     }
 
+    /// Test-only: stop this store's clock at `at_us` microseconds since the Unix epoch (UTC);
+    /// [`Self::advance_clock`] then moves the frozen instant.
+    pub fn freeze_clock(&self, at_us: i64) {
+        self.clock_offset_us.store(at_us, Ordering::SeqCst);
+        self.clock_frozen.store(true, Ordering::SeqCst);
+    }
+
     /// The store's "now" as an SQL expression.
     fn now_sql(&self) -> String {
-        match self.clock_offset_us.load(Ordering::SeqCst) {
+        let us = self.clock_offset_us.load(Ordering::SeqCst);
+        if self.clock_frozen.load(Ordering::SeqCst) {
+            return format!("(TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {us} MICROSECOND)");
+        }
+        match us {
             0 => "NOW(6)".to_string(),
             us => format!("(NOW(6) + INTERVAL {us} MICROSECOND)"),
         }
@@ -698,8 +705,12 @@ impl MySqlStore {
             parts.push(by_state(&states, ""));
             binds += 1;
         }
+        // DISTINCT: each part yields up to CANDIDATES distinct applies, so the smallest
+        // CANDIDATES ids of the union are exactly the next ones in id order. An apply with two
+        // pending requests would otherwise take two of its part's places and cut it short, and
+        // the applies past that cut would be skipped by this round.
         parts.push(format!(
-            "(SELECT apply_id AS id FROM apply_control_requests FORCE INDEX (ix_apply_control_requests_status) \
+            "(SELECT DISTINCT apply_id AS id FROM apply_control_requests FORCE INDEX (ix_apply_control_requests_status) \
              WHERE status = '{}' AND apply_id > ? ORDER BY apply_id LIMIT {CANDIDATES})",
             ControlStatus::Pending.as_str()
         ));
@@ -822,11 +833,12 @@ impl MySqlStore {
                 &format!("o.state IN ({states})"),
             ));
         }
+        // DISTINCT, as for apply candidates: one operation per place, however many requests.
         parts.push(format!(
-            "(SELECT {created} AS c_us, o.id FROM apply_control_requests r \
+            "(SELECT DISTINCT {created} AS c_us, o.id FROM apply_control_requests r \
              FORCE INDEX (ix_apply_control_requests_status) \
              STRAIGHT_JOIN apply_operations o ON o.apply_id = r.apply_id \
-             WHERE r.status = '{}' AND {after_sql} ORDER BY o.created_at, o.id LIMIT {CANDIDATES})",
+             WHERE r.status = '{}' AND {after_sql} ORDER BY c_us, o.id LIMIT {CANDIDATES})",
             ControlStatus::Pending.as_str()
         ));
         if let Some(known) = in_list(ApplyState::ALL) {
@@ -973,13 +985,13 @@ impl MySqlStore {
         owner: &str,
         now: &str,
     ) -> Result<Option<Claimed>, Failure> {
-        let arm = via.apply_arm();
-        let Some(row_id) =
-            TABLE.lookup(&self.rules, parsed.engine, parsed.state, Event::Claim(arm))
+        let Some(mv) = self
+            .rules
+            .claim_move(parsed.engine, parsed.state, via.apply_arm())
         else {
             return Ok(None);
         };
-        let to = TABLE.row(row_id).to;
+        let to = mv.to;
         let pre_claim = parsed.state;
         let mut sets = format!(
             "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
@@ -988,7 +1000,7 @@ impl MySqlStore {
         if to != pre_claim {
             sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
         }
-        let retry = arm == ClaimArm::A3Retry;
+        let retry = mv.counts_attempt;
         if retry {
             sets.push_str(", attempt = attempt + 1, error_message = NULL");
         }
@@ -1008,7 +1020,7 @@ impl MySqlStore {
             Ok(r) if r.rows_affected() == 1 => {}
             // Cannot happen while we hold the row lock; never guess, look at the next row.
             Ok(_) => return Ok(None),
-            Err(e) if is_duplicate_key(&e) && to.is_active() && !pre_claim.is_active() => {
+            Err(e) if is_duplicate_key(&e) && mv.reactivates => {
                 // Re-activating would give the target a second active apply: refuse the
                 // start that asked for it, with the reason.
                 let target = Target {
@@ -1361,8 +1373,9 @@ impl MySqlStore {
         }
         let parsed = self.parse(&raw)?;
         Ok(DriveInputs {
-            revert_window_expired: parsed.state == ApplyState::RevertWindow
-                && age_ms(raw.state_age_us) >= self.revert_window_ms,
+            revert_window_expired: self
+                .rules
+                .revert_window_expired(parsed.state, age_ms(raw.state_age_us)),
             record: parsed.record(&raw, parsed.state, raw.lease_epoch, raw.attempt),
             controls: parsed.controls,
         })
@@ -1436,7 +1449,7 @@ impl MySqlStore {
         };
         let op = format!(
             "UPDATE apply_operations SET state = ?, {resume_set}heartbeat_at = {now}, \
-             updated_at = {now} WHERE apply_id = ? AND lease_epoch = ?"
+             updated_at = {now}, write_seq = write_seq + 1 WHERE apply_id = ? AND lease_epoch = ?"
         );
         let mut q = sqlx::query(&op).bind(to.as_str());
         if let Some(resume) = resume {
@@ -1480,9 +1493,11 @@ impl MySqlStore {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
         self.lock_owned(&mut tx, lease).await?;
+        // Fenced on its own too (the check above is under the row lock; this holds without it).
         let sql = format!(
-            "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
-             completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
+            "UPDATE apply_control_requests r STRAIGHT_JOIN applies a ON a.id = r.apply_id \
+             SET r.status = ?, r.error_message = ?, r.updated_at = {now}, r.completed_at = {now} \
+             WHERE r.apply_id = ? AND r.operation = ? AND r.status = ? AND a.lease_epoch = ?"
         );
         sqlx::query(&sql)
             .bind(status.as_str())
@@ -1490,6 +1505,7 @@ impl MySqlStore {
             .bind(lease.apply)
             .bind(op.as_str())
             .bind(ControlStatus::Pending.as_str())
+            .bind(lease.epoch)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1506,7 +1522,7 @@ impl MySqlStore {
             .collect();
         let sql = format!(
             "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
-             SET {}, a.write_seq = a.write_seq + 1 \
+             SET {}, a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
              WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?",
             both.join(", ")
         );
@@ -1653,10 +1669,10 @@ impl MySqlStore {
             let Ok(parsed) = self.parse(&raw) else {
                 continue;
             };
-            let Some(reason) = self.rules.retry_expiry(&parsed.view(&raw)) else {
+            let Some((reason, to)) = self.rules.expiry_move(parsed.engine, &parsed.view(&raw))
+            else {
                 continue;
             };
-            let to = ApplyState::Failed;
             let sql = format!(
                 "UPDATE applies SET state = ?, error_message = ?, updated_at = {now}, state_entered_at = {now}, \
                  write_seq = write_seq + 1 WHERE id = ? AND state = ? AND lease_epoch = ?"

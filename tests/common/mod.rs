@@ -17,6 +17,7 @@ pub fn rules() -> Rules {
     Rules::new(Params {
         stale_after_ms: STALE_MS,
         presumed_loss_ms: 7_000,
+        revert_window_ms: 60_000,
         ..Params::DEFAULT
     })
 }
@@ -41,7 +42,7 @@ impl World {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let rules = rules();
         World {
-            store: MemoryStore::new(rules, clock.clone()).with_revert_window_ms(60_000),
+            store: MemoryStore::new(rules, clock.clone()),
             clock,
             engines: FakeEngines::new(FakeTimings {
                 spirit_rows: 20_000,

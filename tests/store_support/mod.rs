@@ -148,9 +148,14 @@ impl Env {
 
     /// A MySQL store on a fresh, migrated database; `None` when skipped (see `mysql_url`).
     pub async fn mysql() -> Option<Env> {
+        Env::mysql_with(Rules::default()).await
+    }
+
+    /// [`Env::mysql`] under the given rules.
+    pub async fn mysql_with(rules: Rules) -> Option<Env> {
         let url = mysql_url()?;
         let (options, db) = fresh_database(&url).await;
-        let store = MySqlStore::connect_with(options, Rules::default(), 24)
+        let store = MySqlStore::connect_with(options, rules, 24)
             .await
             .expect("connect the store");
         store.migrate().await.expect("migrate");
@@ -372,6 +377,45 @@ impl Env {
                     .expect("force the operation state");
             }
         }
+    }
+
+    /// Fault injection: give an operation row a lease epoch of its own, as if another lease
+    /// had taken the operation, leaving its apply as it is.
+    pub async fn force_operation_epoch(&self, id: ApplyId, epoch: u64) {
+        match &self.backend {
+            Backend::Memory { store, .. } => {
+                let mut row = store.row(id).expect("the apply exists");
+                row.operation.lease_epoch = epoch;
+                store.put_row(row);
+            }
+            Backend::MySql { store, .. } => {
+                sqlx::query("UPDATE apply_operations SET lease_epoch = ? WHERE apply_id = ?")
+                    .bind(epoch)
+                    .bind(id)
+                    .execute(store.pool())
+                    .await
+                    .expect("force the operation epoch");
+            }
+        }
+    }
+
+    /// Everything the store holds of its applies: rows, operations, tasks, every request and
+    /// the audit log (a write that changed nothing leaves this equal).
+    pub async fn snapshot(&self) -> String {
+        let mut requests = Vec::new();
+        for (id, _) in self.rows().await {
+            for op in ControlOp::ALL {
+                requests.push((id, *op, self.request_status(id, *op).await));
+            }
+        }
+        format!(
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            self.rows().await,
+            self.operations().await,
+            self.tasks().await,
+            requests,
+            self.audit().await
+        )
     }
 
     pub async fn row(&self, id: ApplyId) -> RowView {
