@@ -13,7 +13,8 @@ use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, lease_loss_bound, legal_step,
     stale_write, stop_dominance, ApplyFacts, Violation, STALE_EPOCH_WRITE,
 };
-use applyd::machine::table::{is_human_wait, is_settled};
+use applyd::machine::table::is_settled;
+use applyd::machine::waits::human_release;
 use applyd::machine::{
     ApplyState, ControlOp, ControlStatus, EngineCall, EngineKind, EngineState, Mutant, Rules,
 };
@@ -743,30 +744,17 @@ impl Sim {
             let Some(row) = self.store.row(id) else {
                 continue;
             };
-            let op = match row.state {
-                ApplyState::Stopped => {
-                    let start_failed = self
-                        .store
-                        .request_status(id, ControlOp::Start)
-                        .is_some_and(|r| r.status == ControlStatus::Failed);
-                    if start_failed {
-                        ControlOp::Cancel
-                    } else {
-                        ControlOp::Start
-                    }
-                }
-                ApplyState::Paused => ControlOp::Cancel,
-                ApplyState::WaitingForDeploy if is_human_wait(row.state, &row.options) => {
-                    ControlOp::Start
-                }
-                ApplyState::WaitingForCutover if is_human_wait(row.state, &row.options) => {
-                    ControlOp::Cutover
-                }
-                ApplyState::RevertWindow if is_human_wait(row.state, &row.options) => {
-                    ControlOp::SkipRevert
-                }
-                _ => continue,
+            let Some(mut op) = human_release(row.state, &row.options) else {
+                continue;
             };
+            // A person whose start was refused (the target is busy) gives up instead.
+            let start_failed = self
+                .store
+                .request_status(id, ControlOp::Start)
+                .is_some_and(|r| r.status == ControlStatus::Failed);
+            if op == ControlOp::Start && row.state == ApplyState::Stopped && start_failed {
+                op = ControlOp::Cancel;
+            }
             if self.store.pending_controls(id).has(op) {
                 continue;
             }

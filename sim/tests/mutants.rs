@@ -1,8 +1,9 @@
 //! Every historical bug switched back on is found by `run --seeds` within the ci budget, except
-//! `stop-in-revert-window`, which no store request can reach (see below).
+//! `stop-in-revert-window`: its stop must arrive inside a revert window, which the simulator's
+//! request mix has not done within the budget; the model checker, which places requests
+//! directly, catches it (`model/tests/cli.rs`).
 
-use applyd::machine::control::accepts_request;
-use applyd::machine::{ApplyState, ControlOp, EngineKind, Mutant, PendingControls};
+use applyd::machine::{ApplyState, ControlOp, EngineKind, Mutant, Params, PendingControls, Rules};
 use applyd_sim::{first_failure, Preset};
 
 const CI_SEEDS: u64 = 1_000;
@@ -25,26 +26,25 @@ fn every_reachable_mutant_is_caught_within_the_ci_budget() {
     );
 }
 
-/// The #269 mutant adds a row for a stop request on a PlanetScale apply in its revert window.
-/// The request surface refuses every stop of a PlanetScale apply before it becomes durable, so
-/// a store never holds one and the row cannot fire; only the model, which puts requests in
-/// place directly, reaches it.
+/// The #269 switch re-opens the hole where upstream had it: the request surface (the one
+/// `Rules::accepts_request` every store calls) takes a stop of a PlanetScale apply in its revert
+/// window, which shipped rules refuse for every state.
 #[test]
-fn stop_in_revert_window_is_unreachable_through_the_request_surface() {
+fn stop_in_revert_window_reopens_the_request_surface_and_nothing_else() {
+    let shipped = Rules::default();
+    let mutant = Rules::with_mutant(Params::DEFAULT, Some(Mutant::StopInRevertWindow));
+    let none = PendingControls::default();
     for s in ApplyState::ALL {
+        let stop =
+            |r: &Rules| r.accepts_request(EngineKind::PlanetScale, *s, ControlOp::Stop, &none);
         assert!(
-            accepts_request(
-                EngineKind::PlanetScale,
-                *s,
-                ControlOp::Stop,
-                &PendingControls::default()
-            )
-            .is_err(),
-            "a stop of a planetscale apply in {s} would be accepted"
+            stop(&shipped).is_err(),
+            "a stop of a planetscale apply in {s}"
+        );
+        assert_eq!(
+            stop(&mutant).is_ok(),
+            *s == ApplyState::RevertWindow,
+            "the switch opens exactly the revert window, not {s}"
         );
     }
-    assert_eq!(
-        first_failure(0, 200, Preset::CI, Some(Mutant::StopInRevertWindow)).map(|(s, _)| s),
-        None
-    );
 }

@@ -402,6 +402,17 @@ impl Rules {
         Some((reason, TABLE.row(id).to))
     }
 
+    /// Where an operator failure (a drive that panicked) moves an apply, if it may: every
+    /// non-terminal state has a table row; a terminal one is never rewritten.
+    pub fn operator_failure_move(
+        &self,
+        engine: EngineKind,
+        from: ApplyState,
+    ) -> Option<ApplyState> {
+        let id = TABLE.lookup(self, engine, from, Event::OperatorFailure)?;
+        Some(TABLE.row(id).to)
+    }
+
     /// The revert-window deadline: a deployed change whose revert window has lasted
     /// `revert_window_ms` (counted from entering the state) is no longer revertible; its owner
     /// skips the revert on its own.

@@ -155,8 +155,9 @@ pub fn completion_is_justified(op: ControlOp, state: ApplyState) -> bool {
 }
 
 impl Rules {
-    /// [`accepts_request`] under these rules. The #269 switch re-opens the hole upstream's API
-    /// had: a stop reaching a deployed PlanetScale apply in its revert window.
+    /// Whether the HTTP/CLI surface accepts a new request (before it becomes durable): the one
+    /// entry every store calls. The #269 switch re-opens the hole upstream's API had: a stop
+    /// reaching a deployed PlanetScale apply in its revert window.
     pub fn accepts_request(
         &self,
         engine: EngineKind,
@@ -170,12 +171,11 @@ impl Rules {
         {
             return Ok(());
         }
-        accepts_request(engine, state, op, pending)
+        shipped_accepts_request(engine, state, op, pending)
     }
 }
 
-/// Whether the HTTP/CLI surface accepts a new request (before it becomes durable).
-pub fn accepts_request(
+fn shipped_accepts_request(
     engine: EngineKind,
     state: ApplyState,
     op: ControlOp,

@@ -9,6 +9,7 @@ pub mod rules;
 pub mod states;
 pub mod table;
 pub mod task;
+pub mod waits;
 
 pub use claim::{
     ClaimArm, ClaimClass, ClaimMove, ClaimView, ClaimedVia, OperationArm, OperationClaimView,

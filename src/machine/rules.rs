@@ -174,6 +174,14 @@ impl Rules {
         Rules { params, mutant }
     }
 
+    /// Presumed lease loss: a driver whose heartbeats have failed for `presumed_loss_ms` stops
+    /// issuing engine calls and writes, before a peer may reclaim (`presumed_loss_ms <
+    /// stale_after_ms`).
+    pub fn presumed_lost(&self, heartbeat_ok_age_ms: u64) -> bool {
+        !self.has(Mutant::NoPresumedLeaseLoss)
+            && heartbeat_ok_age_ms >= self.params.presumed_loss_ms
+    }
+
     /// Whether the given historical bug is switched on. Always false in production builds.
     #[inline]
     pub fn has(&self, _mutant: Mutant) -> bool {

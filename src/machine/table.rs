@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use super::claim::{ClaimArm, ClaimClass, SETUP_PHASE};
+use super::claim::{ClaimArm, ClaimClass, REVERT_PHASE, SETUP_PHASE};
 use super::rules::{Mutant, Rules};
 use super::states::{ApplyState, ApplyState::*, ControlOp, EngineKind, EngineState};
 
@@ -67,6 +67,9 @@ pub enum Event {
     Auto(AutoAction),
     /// `failed_retryable` past its budget or freshness.
     RetryExpired,
+    /// The operator itself failed while driving the apply (a drive that panicked): the apply
+    /// fails for good, never retryable, so a panic cannot loop.
+    OperatorFailure,
 }
 
 impl Event {
@@ -82,6 +85,7 @@ impl Event {
             Event::Control(op) => format!("{} request", op.as_str()),
             Event::Auto(a) => format!("auto {}", format!("{a:?}").to_snake()),
             Event::RetryExpired => "retry expired".into(),
+            Event::OperatorFailure => "operator failure".into(),
         }
     }
 }
@@ -351,6 +355,12 @@ fn build() -> Table {
             Some(Failed),
             NONE,
         );
+        let open: Vec<ApplyState> = ApplyState::ALL
+            .iter()
+            .copied()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        b.add(e, &open, Event::OperatorFailure, Some(Failed), NONE);
     }
     // A single-operation apply is never degraded, and a PlanetScale apply never resumes from a
     // stop: a reclaim normalises both to `running`, where the drive knows what to do.
@@ -695,7 +705,7 @@ fn build() -> Table {
     let ps_active: Vec<ApplyState> = PS_CANCELLABLE
         .iter()
         .chain(&[CuttingOver])
-        .chain(REVERT_ONLY)
+        .chain(REVERT_PHASE)
         .copied()
         .collect();
     b.add(
@@ -955,22 +965,10 @@ fn build() -> Table {
     }
 }
 
-const REVERT_ONLY: &[ApplyState] = &[RevertWindow, SkippingRevert, Reverting];
-
-/// Whether the apply rests, legitimately, until a person acts (or a known deadline passes).
-pub fn is_human_wait(state: ApplyState, options: &ApplyOptions) -> bool {
-    match state {
-        Paused | Stopped => true,
-        WaitingForDeploy => options.defer_deploy,
-        WaitingForCutover => options.defer_cutover,
-        RevertWindow => !options.skip_revert,
-        _ => false,
-    }
-}
-
 /// Whether an apply has settled: terminal, or resting in an explicit human wait.
 pub fn is_settled(state: ApplyState, options: &ApplyOptions) -> bool {
-    super::claim::shipped_class(state) == ClaimClass::Terminal || is_human_wait(state, options)
+    super::claim::shipped_class(state) == ClaimClass::Terminal
+        || super::waits::is_human_wait(state, options)
 }
 
 /// The user's options on an apply that change which rows fire.

@@ -344,15 +344,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves once the last good heartbeat is older than the presumed-loss bound. The executor
-/// checks the same bound between steps; this also cuts an engine call that hangs.
+/// Resolves once the last good heartbeat is older than the presumed-loss bound. The rule is
+/// `Rules::presumed_lost`, which the core applies between steps; this watchdog is its one
+/// other reader, and exists because a hung engine call never returns to the core.
 async fn presumed_loss(health: &HeartbeatHealth, config: &RuntimeConfig) {
     let bound = config.rules.params.presumed_loss_ms;
     let every = config
         .heartbeat_interval
         .min(Duration::from_millis(bound / 4))
         .max(Duration::from_millis(10));
-    while health.age_ms() < bound {
+    while !config.rules.presumed_lost(health.age_ms()) {
         tokio::time::sleep(every).await;
     }
 }

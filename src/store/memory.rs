@@ -12,7 +12,6 @@ use super::{
     validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
     RequestOutcome, Store, StoreError, Target,
 };
-use crate::machine::control::accepts_request;
 use crate::machine::task::task_after_move;
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
@@ -594,14 +593,14 @@ impl MemoryStore {
         let mut inner = self.lock()?;
         let row = self.owned_with_operation(&mut inner, lease)?;
         let from = row.state;
-        if from.is_terminal() {
+        let Some(to) = self.rules.operator_failure_move(row.engine, from) else {
             return Err(StoreError::Refused(format!(
                 "apply {} is already {from}",
                 lease.apply
             )));
-        }
+        };
         row.error_message = Some(reason.to_string());
-        owner_move(&mut inner, lease, ApplyState::Failed, now);
+        owner_move(&mut inner, lease, to, now);
         Ok(())
     }
 
@@ -662,7 +661,8 @@ impl MemoryStore {
         let mut inner = self.lock()?;
         let row = inner.rows.get(&apply).ok_or(StoreError::RowGone(apply))?;
         let pending = pending_of(&inner, apply);
-        accepts_request(row.engine, row.state, op, &pending)
+        self.rules
+            .accepts_request(row.engine, row.state, op, &pending)
             .map_err(|r| StoreError::Refused(r.message()))?;
         inner.seq += 1;
         let seq = inner.seq;

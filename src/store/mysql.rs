@@ -47,7 +47,6 @@ use super::{
     validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
     RequestOutcome, Store, StoreError, Target,
 };
-use crate::machine::control::accepts_request;
 use crate::machine::task::task_after_move;
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimClass, ClaimView, ClaimedVia, ControlOp, ControlStatus,
@@ -1260,7 +1259,7 @@ impl MySqlStore {
         lease: &Lease,
     ) -> Result<RawState, Failure> {
         let row = sqlx::query(
-            "SELECT state, lease_epoch, database_name, environment FROM applies WHERE id = ? FOR UPDATE",
+            "SELECT state, engine, lease_epoch, database_name, environment FROM applies WHERE id = ? FOR UPDATE",
         )
         .bind(lease.apply)
         .fetch_optional(&mut **tx)
@@ -1276,6 +1275,7 @@ impl MySqlStore {
         }
         Ok(RawState {
             state: row.try_get_unchecked("state")?,
+            engine: row.try_get_unchecked("engine")?,
             target: Target {
                 database: row.try_get_unchecked("database_name")?,
                 environment: row.try_get_unchecked("environment")?,
@@ -1393,14 +1393,17 @@ impl MySqlStore {
         let (to, resume, reason) = match mv {
             OwnerMove::Write { to, resume } => (to, Some(resume), None),
             OwnerMove::Fail { reason } => {
-                if from.is_terminal() {
+                let engine = EngineKind::from_str(&current.engine).map_err(|e| {
+                    self.bad_row(lease.apply, "engine", &current.engine, e.to_string())
+                })?;
+                let Some(to) = self.rules.operator_failure_move(engine, from) else {
                     return Err(StoreError::Refused(format!(
                         "apply {} is already {from}",
                         lease.apply
                     ))
                     .into());
-                }
-                (ApplyState::Failed, None, Some(reason))
+                };
+                (to, None, Some(reason))
             }
         };
         let entered = if from != to {
@@ -1581,7 +1584,8 @@ impl MySqlStore {
                 existing = Some(status);
             }
         }
-        accepts_request(engine, state, op, &pending)
+        self.rules
+            .accepts_request(engine, state, op, &pending)
             .map_err(|r| StoreError::Refused(r.message()))?;
         let outcome = match existing {
             Some(ControlStatus::Pending) => RequestOutcome::AlreadyPending,
@@ -1892,6 +1896,7 @@ enum OwnerMove<'a> {
 
 struct RawState {
     state: String,
+    engine: String,
     target: Target,
 }
 

@@ -2,6 +2,7 @@ use crate::machine::control::{settle_on_terminal, Disposition, PRECEDENCE};
 use crate::machine::table::{
     probe_for, AutoAction, Effect, Event, ResumeField, RowId, SetupSignal, TABLE,
 };
+use crate::machine::waits::auto_action;
 use crate::machine::{
     ApplyState, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules,
 };
@@ -174,9 +175,7 @@ impl Drive {
         if let Some(f) = self.finished {
             return Command::Finish(f);
         }
-        if !rules.has(Mutant::NoPresumedLeaseLoss)
-            && view.heartbeat_ok_age_ms >= rules.params.presumed_loss_ms
-        {
+        if rules.presumed_lost(view.heartbeat_ok_age_ms) {
             return Command::Finish(Finish::PresumedLost);
         }
         if std::mem::take(&mut self.backoff) {
@@ -239,9 +238,13 @@ impl Drive {
             return Command::Finish(Finish::ReleaseForRetry);
         }
 
-        if let Some(action) = self
-            .auto_action(view)
-            .filter(|a| *a != AutoAction::Cutover || self.gate_seen)
+        if let Some(action) = auto_action(
+            self.engine,
+            view.row.state,
+            &view.row.options,
+            view.revert_window_expired,
+        )
+        .filter(|a| *a != AutoAction::Cutover || self.gate_seen)
         {
             if let Some(row) = TABLE.lookup(rules, engine, state, Event::Auto(action)) {
                 return self.start_plan(row, None, view, rules);
@@ -281,24 +284,6 @@ impl Drive {
             }
             Some(p) => Command::Probe(p),
             None => Command::Wait(WaitFor::Poll),
-        }
-    }
-
-    fn auto_action(&self, view: &DriveView) -> Option<AutoAction> {
-        let o = &view.row.options;
-        match (self.engine, view.row.state) {
-            (EngineKind::PlanetScale, ApplyState::WaitingForDeploy) if !o.defer_deploy => {
-                Some(AutoAction::Deploy)
-            }
-            (EngineKind::PlanetScale, ApplyState::WaitingForCutover) if !o.defer_cutover => {
-                Some(AutoAction::Cutover)
-            }
-            (EngineKind::PlanetScale, ApplyState::RevertWindow)
-                if o.skip_revert || view.revert_window_expired =>
-            {
-                Some(AutoAction::SkipRevert)
-            }
-            _ => None,
         }
     }
 

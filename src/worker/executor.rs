@@ -79,7 +79,9 @@ pub async fn run_drive(
                     return report;
                 }
                 Err(_) => {
-                    if pacing.heartbeat_ok_age_ms() >= rules.params.presumed_loss_ms {
+                    // The same rule the core applies between steps, here for a read that
+                    // failed before the core could be asked.
+                    if rules.presumed_lost(pacing.heartbeat_ok_age_ms()) {
                         report.finish = Finish::PresumedLost;
                         return report;
                     }

@@ -537,3 +537,57 @@ fn the_cases_cover_every_state_both_paths_and_every_arm() {
         assert!(read.contains(&op), "the arms read {op}");
     }
 }
+
+/// An operator failure (a drive that panicked) moves every non-terminal state by its table row,
+/// and refuses a terminal one: no path changes a state outside the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_failure_follows_the_table_in_both_stores() {
+    let rules = Rules::default();
+    let owned = cases::lease_cases(&rules)[3];
+    let mut all = Vec::new();
+    for state in cases::state_texts() {
+        for engine in cases::engine_texts(false) {
+            all.push(Case::mirrored(engine, Side::new(state, owned), vec![]));
+        }
+    }
+    let expect = |case: &Case| -> Result<String, String> {
+        let (Some(engine), Some(state)) = (case.engine.value(), case.apply.state.value()) else {
+            return Err("unreadable row".into());
+        };
+        rules
+            .operator_failure_move(engine, state)
+            .map(|to| to.as_str().to_string())
+            .ok_or_else(|| format!("request refused: apply {{id}} is already {state}"))
+    };
+    let reason = "the drive panicked";
+    for case in &all {
+        let Some(store) = memory_store(rules, case) else {
+            continue;
+        };
+        let got = store
+            .fail_apply(&lease_of(1, &owned), reason)
+            .map(|()| store.row(1).unwrap().state.as_str().to_string())
+            .map_err(|e| e.to_string().replace("apply 1 ", "apply {id} "));
+        assert_eq!(got, expect(case), "memory: {case}");
+    }
+    let Some(mut db) = MySqlCases::new(rules).await else {
+        return;
+    };
+    let refs: Vec<&Case> = all.iter().collect();
+    let ids = db.insert(&refs).await;
+    for (id, case) in ids.iter().zip(&all) {
+        let got = match db.store.fail_apply(&lease_of(*id, &owned), reason).await {
+            Ok(()) => {
+                let row = db.store.stored_applies_from(*id).await.unwrap().remove(0);
+                assert_eq!(row.error_message.as_deref(), Some(reason), "{case}");
+                Ok(row.state)
+            }
+            Err(StoreError::BadRow { .. }) => Err("unreadable row".into()),
+            Err(e) => Err(e
+                .to_string()
+                .replace(&format!("apply {id} "), "apply {id} ")),
+        };
+        assert_eq!(got, expect(case), "MySQL: {case}");
+    }
+    db.cleanup().await;
+}
