@@ -4,7 +4,6 @@
 pub mod audit;
 pub mod memory;
 pub mod mysql;
-pub mod mysql_status;
 pub mod status;
 
 use std::sync::Arc;

@@ -5,10 +5,10 @@ use async_trait::async_trait;
 use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
-use super::mysql::MySqlStore;
-use super::status::{ApplyStatus, Inspect};
-use super::{StoreError, Target};
+use super::MySqlStore;
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
+use crate::store::status::{ApplyStatus, Inspect};
+use crate::store::{StoreError, Target};
 use crate::worker::ApplyId;
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \

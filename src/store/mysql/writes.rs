@@ -1,0 +1,494 @@
+//! Owner writes and the rows that follow them: fenced state writes and failures, heartbeats and
+//! releases, request completion, submit and load; task rows and the audit log.
+
+use std::str::FromStr;
+
+use sqlx::{Executor, MySql, Row, Transaction};
+
+use super::super::{DriveInputs, Lease, NewApply, StoreError, Target};
+
+use super::rows::{apply_columns, identifier, RawApply};
+use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
+use crate::machine::task::task_after_move;
+use crate::machine::{ApplyState, ControlOp, ControlStatus, EngineKind, TaskState};
+use crate::worker::{ApplyId, ResumeState};
+
+impl MySqlStore {
+    /// The active apply on a target, other than `except`. A duplicate key says one exists; if it
+    /// finished in between, the caller retries.
+    pub(super) async fn active_on_target(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        target: &Target,
+        except: Option<ApplyId>,
+    ) -> Result<ApplyId, Failure> {
+        let existing: Option<ApplyId> = sqlx::query_scalar(
+            "SELECT id FROM applies WHERE database_name = ? AND environment = ? AND active_flag = 1 \
+             AND id <> ? LIMIT 1",
+        )
+        .bind(&target.database)
+        .bind(&target.environment)
+        .bind(except.unwrap_or(0))
+        .fetch_optional(&mut **tx)
+        .await?;
+        existing.ok_or_else(|| {
+            Failure::Retry(format!("the active apply on {target} finished meanwhile"))
+        })
+    }
+
+    /// Bring an apply's task rows along with its move from `from` to `to`, through the one task
+    /// rule (`machine::task::task_after_move`), in one statement: the rule is tabulated for
+    /// every known task state, and each stored state maps to its successor at once, so a task
+    /// never takes two steps. A task state we cannot read matches no entry and is left as it is.
+    pub(super) async fn sync_tasks(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+        from: ApplyState,
+        to: ApplyState,
+        now: &str,
+    ) -> Result<(), Failure> {
+        if from == to {
+            return Ok(());
+        }
+        let steps: Vec<_> = TaskState::ALL
+            .iter()
+            .map(|stored| (*stored, task_after_move(*stored, from, to)))
+            .filter(|(stored, step)| step.state != *stored)
+            .collect();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let whens = vec!["WHEN ? THEN ?"; steps.len()].join(" ");
+        let marks = vec!["?"; steps.len()].join(", ");
+        // `attempt` is assigned first: MySQL evaluates SET left to right, so it still sees the
+        // stored state.
+        let sql = format!(
+            "UPDATE tasks SET attempt = attempt + (CASE state {whens} ELSE 0 END), \
+             state = (CASE state {whens} ELSE state END), updated_at = {now} \
+             WHERE apply_id = ? AND state IN ({marks})"
+        );
+        let mut q = sqlx::query(&sql);
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(u32::from(step.retried));
+        }
+        for (stored, step) in &steps {
+            q = q.bind(stored.as_str()).bind(step.state.as_str());
+        }
+        q = q.bind(apply);
+        for (stored, _) in &steps {
+            q = q.bind(stored.as_str());
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// The store's own (unfenced) move of an apply, e.g. retry expiry: its operation row and
+    /// task rows follow.
+    pub(super) async fn mirror_operation(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+        from: ApplyState,
+        to: ApplyState,
+        now: &str,
+    ) -> Result<(), Failure> {
+        let sql =
+            format!("UPDATE apply_operations SET state = ?, updated_at = {now} WHERE apply_id = ?");
+        sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(apply)
+            .execute(&mut **tx)
+            .await?;
+        self.sync_tasks(tx, apply, from, to, now).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn log(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        apply: ApplyId,
+        from: &str,
+        to: ApplyState,
+        epoch: u64,
+        owner: Option<&str>,
+        cause: &str,
+        now: &str,
+    ) -> Result<(), Failure> {
+        let sql = format!(
+            "INSERT INTO apply_logs (apply_id, from_state, to_state, lease_epoch, lease_owner, cause, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, {now})"
+        );
+        sqlx::query(&sql)
+            .bind(apply)
+            .bind(from)
+            .bind(to.as_str())
+            .bind(epoch)
+            .bind(owner)
+            .bind(cause)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds the
+    /// apply or its operation row.
+    pub(super) async fn zero_rows<'c, E>(&self, exec: E, lease: &Lease) -> Failure
+    where
+        E: Executor<'c, Database = MySql>,
+    {
+        let row = sqlx::query(
+            "SELECT CAST(a.lease_epoch AS SIGNED) AS epoch, \
+             (SELECT CAST(MIN(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_min, \
+             (SELECT CAST(MAX(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_max \
+             FROM applies a WHERE a.id = ?",
+        )
+        .bind(lease.apply)
+        .fetch_optional(exec)
+        .await;
+        let row = match row {
+            Err(e) => return Failure::Sql(e),
+            Ok(None) => return Failure::Store(StoreError::RowGone(lease.apply)),
+            Ok(Some(row)) => row,
+        };
+        let epochs = (|| -> Result<_, sqlx::Error> {
+            Ok((
+                row.try_get::<i64, _>("epoch")?,
+                row.try_get::<Option<i64>, _>("op_min")?,
+                row.try_get::<Option<i64>, _>("op_max")?,
+            ))
+        })();
+        let (epoch, op_min, op_max) = match epochs {
+            Ok(e) => e,
+            Err(e) => return Failure::Sql(e),
+        };
+        let allowed = |e: Option<i64>| {
+            e.is_some_and(|e| self.rules.write_allowed(e.max(0) as u64, lease.epoch))
+        };
+        // The operation lease fences operation writes: an operation row that does not carry this
+        // epoch (or is missing) means the lease is not whole; fail closed.
+        if !allowed(Some(epoch)) || !allowed(op_min) || !allowed(op_max) {
+            return Failure::Store(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            });
+        }
+        // Every guarded write changes the row, so this means the row moved between the write
+        // and the re-read; look again rather than guess.
+        Failure::Retry(format!(
+            "apply {}: fenced write matched no row",
+            lease.apply
+        ))
+    }
+
+    /// Lock the owned row for a fenced read-modify-write: gone and lost leases are errors.
+    pub(super) async fn lock_owned(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        lease: &Lease,
+    ) -> Result<RawState, Failure> {
+        let row = sqlx::query(
+            "SELECT state, engine, lease_epoch, database_name, environment FROM applies WHERE id = ? FOR UPDATE",
+        )
+        .bind(lease.apply)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(StoreError::RowGone(lease.apply))?;
+        let epoch: u64 = row.try_get("lease_epoch")?;
+        if !self.rules.write_allowed(epoch, lease.epoch) {
+            return Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            }
+            .into());
+        }
+        Ok(RawState {
+            state: row.try_get_unchecked("state")?,
+            engine: row.try_get_unchecked("engine")?,
+            target: Target {
+                database: row.try_get_unchecked("database_name")?,
+                environment: row.try_get_unchecked("environment")?,
+            },
+        })
+    }
+
+    pub(super) async fn submit_once(&self, new: &NewApply) -> Result<ApplyId, Failure> {
+        let now = self.now_sql();
+        let options =
+            serde_json::to_string(&new.options).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let ddl =
+            serde_json::to_string(&new.ddl).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let resume = serde_json::to_string(&ResumeState::default())
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let pending = ApplyState::Pending.as_str();
+        let mut tx = self.pool.begin().await?;
+        let insert = format!(
+            "INSERT INTO applies (database_name, environment, engine, state, options, ddl, \
+             state_entered_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, {now}, {now}, {now})"
+        );
+        let inserted = sqlx::query(&insert)
+            .bind(&new.target.database)
+            .bind(&new.target.environment)
+            .bind(new.engine.as_str())
+            .bind(pending)
+            .bind(&options)
+            .bind(&ddl)
+            .execute(&mut *tx)
+            .await;
+        let id = match inserted {
+            Ok(done) => done.last_insert_id(),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self.active_on_target(&mut tx, &new.target, None).await?;
+                return Err(StoreError::ActiveApplyExists {
+                    target: new.target.to_string(),
+                    existing,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query("UPDATE applies SET apply_identifier = ? WHERE id = ?")
+            .bind(identifier(id))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let op = format!(
+            "INSERT INTO apply_operations (apply_id, state, engine_resume_state, created_at, updated_at) \
+             VALUES (?, ?, ?, {now}, {now})"
+        );
+        let op_id = sqlx::query(&op)
+            .bind(id)
+            .bind(pending)
+            .bind(&resume)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_id();
+        let values = vec![format!("(?, ?, ?, ?, ?, {now}, {now})"); new.ddl.len()].join(", ");
+        let tasks = format!(
+            "INSERT INTO tasks (apply_id, apply_operation_id, seq, ddl, state, created_at, updated_at) VALUES {values}"
+        );
+        let mut q = sqlx::query(&tasks);
+        for (seq, ddl) in new.ddl.iter().enumerate() {
+            q = q
+                .bind(id)
+                .bind(op_id)
+                .bind(seq as u32)
+                .bind(ddl)
+                .bind(crate::machine::TaskState::Pending.as_str());
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(super) async fn load_once(&self, lease: &Lease) -> Result<DriveInputs, Failure> {
+        let now = self.now_sql();
+        let sql = format!(
+            "SELECT {} FROM applies a WHERE a.id = ?",
+            apply_columns(&now)
+        );
+        let row = sqlx::query(&sql)
+            .bind(lease.apply)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::RowGone(lease.apply))?;
+        let raw = RawApply::read(&row)?;
+        if !self.rules.write_allowed(raw.lease_epoch, lease.epoch) {
+            return Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            }
+            .into());
+        }
+        let parsed = self.parse(&raw)?;
+        Ok(DriveInputs {
+            revert_window_expired: self
+                .rules
+                .revert_window_expired(parsed.state, age_ms(raw.state_age_us)),
+            record: parsed.record(&raw, parsed.state, raw.lease_epoch, raw.attempt),
+            controls: parsed.controls,
+        })
+    }
+
+    /// A fenced move by the lease's owner: `write` (with the resume state) and `fail_apply`
+    /// (with the reason, keeping the resume state, refusing a terminal row).
+    pub(super) async fn owner_move_once(
+        &self,
+        lease: &Lease,
+        mv: OwnerMove<'_>,
+    ) -> Result<(), Failure> {
+        let now = self.now_sql();
+        let mut tx = self.pool.begin().await?;
+        let current = self.lock_owned(&mut tx, lease).await?;
+        // A row we cannot read is never rewritten.
+        let from = ApplyState::from_str(&current.state)
+            .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
+        let (to, resume, reason) = match mv {
+            OwnerMove::Write { to, resume } => (to, Some(resume), None),
+            OwnerMove::Fail { reason } => {
+                let engine = EngineKind::from_str(&current.engine).map_err(|e| {
+                    self.bad_row(lease.apply, "engine", &current.engine, e.to_string())
+                })?;
+                let Some(to) = self.rules.operator_failure_move(engine, from) else {
+                    return Err(StoreError::Refused(format!(
+                        "apply {} is already {from}",
+                        lease.apply
+                    ))
+                    .into());
+                };
+                (to, None, Some(reason))
+            }
+        };
+        let entered = if from != to {
+            format!(", state_entered_at = {now}")
+        } else {
+            String::new()
+        };
+        let error = if reason.is_some() {
+            ", error_message = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE applies SET state = ?{error}, updated_at = {now}, heartbeat_at = {now}, \
+             write_seq = write_seq + 1{entered} WHERE id = ? AND lease_epoch = ?"
+        );
+        let mut q = sqlx::query(&sql).bind(to.as_str());
+        if let Some(reason) = reason {
+            q = q.bind(reason);
+        }
+        let done = q
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await;
+        match done {
+            Ok(r) if r.rows_affected() == 1 => {}
+            Ok(_) => return Err(self.zero_rows(&mut *tx, lease).await),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self
+                    .active_on_target(&mut tx, &current.target, Some(lease.apply))
+                    .await?;
+                return Err(StoreError::ActiveApplyExists {
+                    target: current.target.to_string(),
+                    existing,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // The operation row is fenced by its own lease, which carries the apply's epoch.
+        let resume_set = if resume.is_some() {
+            "engine_resume_state = ?, "
+        } else {
+            ""
+        };
+        let op = format!(
+            "UPDATE apply_operations SET state = ?, {resume_set}heartbeat_at = {now}, \
+             updated_at = {now}, write_seq = write_seq + 1 WHERE apply_id = ? AND lease_epoch = ?"
+        );
+        let mut q = sqlx::query(&op).bind(to.as_str());
+        if let Some(resume) = resume {
+            q = q.bind(resume);
+        }
+        let done = q
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls the apply write back.
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.sync_tasks(&mut tx, lease.apply, from, to, &now)
+            .await?;
+        if from != to {
+            self.log(
+                &mut tx,
+                lease.apply,
+                &current.state,
+                to,
+                lease.epoch,
+                Some(&lease.owner),
+                "write",
+                &now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn finish_request_once(
+        &self,
+        lease: &Lease,
+        op: ControlOp,
+        status: ControlStatus,
+        message: Option<&str>,
+    ) -> Result<(), Failure> {
+        let now = self.now_sql();
+        let mut tx = self.pool.begin().await?;
+        self.lock_owned(&mut tx, lease).await?;
+        // Fenced on its own too (the check above is under the row lock; this holds without it).
+        let sql = format!(
+            "UPDATE apply_control_requests r STRAIGHT_JOIN applies a ON a.id = r.apply_id \
+             SET r.status = ?, r.error_message = ?, r.updated_at = {now}, r.completed_at = {now} \
+             WHERE r.apply_id = ? AND r.operation = ? AND r.status = ? AND a.lease_epoch = ?"
+        );
+        sqlx::query(&sql)
+            .bind(status.as_str())
+            .bind(message)
+            .bind(lease.apply)
+            .bind(op.as_str())
+            .bind(ControlStatus::Pending.as_str())
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A single fenced UPDATE of an apply and its operation row together (heartbeat, release),
+    /// each row fenced by its own epoch; 0 rows is settled by a re-read. The apply is locked
+    /// first (`STRAIGHT_JOIN`), the order every other write uses.
+    pub(super) async fn fenced_once(
+        &self,
+        lease: &Lease,
+        sets: &[(&str, &str)],
+    ) -> Result<(), Failure> {
+        let both: Vec<String> = sets
+            .iter()
+            .flat_map(|(col, value)| [format!("a.{col} = {value}"), format!("o.{col} = {value}")])
+            .collect();
+        let sql = format!(
+            "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             SET {}, a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
+             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?",
+            both.join(", ")
+        );
+        let done = sqlx::query(&sql)
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .bind(lease.epoch)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() >= 1 {
+            Ok(())
+        } else {
+            Err(self.zero_rows(&self.pool, lease).await)
+        }
+    }
+}
+
+/// What an owner's fenced move writes besides the state.
+#[derive(Clone, Copy)]
+pub(super) enum OwnerMove<'a> {
+    Write { to: ApplyState, resume: &'a str },
+    Fail { reason: &'a str },
+}
+
+pub(super) struct RawState {
+    pub(super) state: String,
+    pub(super) engine: String,
+    pub(super) target: Target,
+}
