@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
+use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::claim::SETUP_PHASE;
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, Params, Rules};
 use crate::operator::{Runtime, RuntimeConfig};
@@ -18,7 +19,6 @@ use crate::store::audit::{self, AuditFact};
 use crate::store::memory::{Clock, MemoryStore, MonotonicClock};
 use crate::store::mysql::MySqlStore;
 use crate::store::{NewApply, Store, StoreError, Target};
-use crate::worker::{ApplyId, ResumeState};
 
 /// The timings of the demo: leases go stale after 3 s so a run takes well under a minute.
 pub fn demo_params() -> Params {

@@ -11,4 +11,5 @@ pub mod engine;
 pub mod machine;
 pub mod operator;
 pub mod store;
+pub mod testkit;
 pub mod worker;

@@ -4,7 +4,7 @@
 mod common;
 
 use applyd::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
-use applyd::worker::sync_exec::Stepped;
+use applyd::testkit::Stepped;
 use common::{World, STALE_MS};
 
 #[test]

@@ -13,9 +13,10 @@ use applyd::engine::planetscale::{
 use applyd::engine::planetscale_fake_server::{quick_timings, router, FakeServerOptions, Faults};
 use applyd::engine::Engine;
 use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
+use applyd::operator::{run_drive, Pacing};
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::{ApplyRecord, NewApply, Target};
-use applyd::worker::{run_drive, ApplyId, Finish, Observation, Pacing, WaitFor};
+use applyd::worker::{ApplyId, Finish, Observation, WaitFor};
 use async_trait::async_trait;
 use serde_json::Value;
 

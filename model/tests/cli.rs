@@ -27,6 +27,20 @@ fn the_shipped_rules_pass_the_ci_preset() {
     for field in ["unique=", "depth=", "elapsed=", "rate="] {
         assert!(last.contains(field), "{last}");
     }
+    // Pinned, as stateright's own examples pin theirs: a model that quietly explores less (a
+    // lost action, a coarser state) fails here, and one that explores more says so.
+    let count = |name: &str| -> u64 {
+        let field = last
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {last}"));
+        field.parse().unwrap_or_else(|_| panic!("{name} in {last}"))
+    };
+    assert_eq!(
+        (count("states="), count("unique="), count("depth=")),
+        (44_482_357, 8_161_707, 61),
+        "the ci preset's state space changed: {last}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use applyd::machine::{
 };
 use applyd::store::memory::{ManualClock, MemoryRow, MemoryStore};
 use applyd::store::{ApplyRecord, Lease, NewApply, StoreError, Target};
-use applyd::worker::sync_exec::{step, Stepped};
+use applyd::testkit::{step, Stepped};
 use applyd::worker::{ApplyId, ApplySnapshot, Drive, WaitFor, WriteOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use applyd::machine::{ApplyState, ClaimedVia, ControlOp};
-use applyd::worker::sync_exec::Stepped;
+use applyd::testkit::Stepped;
 
 use crate::preset::Fault;
 

@@ -18,10 +18,10 @@ use sqlx::{Connection, Executor, Row};
 
 use crate::config::OperatorSection;
 use crate::engine::fake::FakeTimings;
+use crate::machine::apply::ApplyId;
 use crate::machine::{ApplyOptions, EngineKind, Rules};
 use crate::store::mysql::MySqlStore;
 use crate::store::{NewApply, Store, Target};
-use crate::worker::ApplyId;
 
 #[derive(clap::Args)]
 pub struct OperatorArgs {

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use super::planetscale_states::DeployState;
+use crate::machine::apply::ApplyId;
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::{BranchStatus, EngineFault, Observation, RunnerStatus};
 use crate::machine::table::RunnerGone;
 use crate::machine::{EngineCall, EngineKind, EngineState, Probe};
-use crate::store::ApplyRecord;
-use crate::worker::{ApplyId, BranchStatus, EngineFault, Observation, RunnerStatus};
 
 /// The deterministic branch name of an apply: a resumed drive finds the same branch.
 pub fn branch_name(identifier: &str) -> String {

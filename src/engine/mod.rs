@@ -4,9 +4,9 @@
 
 use async_trait::async_trait;
 
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::Observation;
 use crate::machine::{EngineCall, Probe};
-use crate::store::ApplyRecord;
-use crate::worker::Observation;
 
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]

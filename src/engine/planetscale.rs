@@ -24,9 +24,9 @@ use super::fake::branch_name;
 use super::planetscale_states::DeployState;
 use super::Engine;
 use crate::config::{PlanetScaleSection, Secret};
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::{BranchStatus, EngineFault, Observation};
 use crate::machine::{EngineCall, EngineState, Probe};
-use crate::store::ApplyRecord;
-use crate::worker::{BranchStatus, EngineFault, Observation};
 
 /// How long a branch password created for applying DDL stays valid.
 const BRANCH_PASSWORD_TTL_S: u64 = 3600;

@@ -21,9 +21,10 @@ use tokio::sync::Mutex;
 
 use super::fake::{FakeDeployRequest, FakePlanetScale, FakeTimings};
 use super::planetscale_states::DeployState;
+use crate::machine::apply::{ApplyRecord, ApplySpec, Target};
+use crate::machine::apply::{ApplySnapshot, ResumeState};
+use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind};
-use crate::store::{ApplyRecord, ApplySpec, Target};
-use crate::worker::{ApplySnapshot, EngineFault, Observation, ResumeState};
 
 /// Fault injection, changeable at run time through `POST /_fake/faults`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]

@@ -10,9 +10,9 @@ use super::planetscale::PlanetScaleEngine;
 use super::spirit::{SpiritConfig, SpiritEngine};
 use super::Engine;
 use crate::config::{Config, EngineMode};
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{EngineCall, EngineKind, Probe};
-use crate::store::ApplyRecord;
-use crate::worker::{EngineFault, Observation};
 
 /// PlanetScale and Spirit, either of which may be unconfigured.
 pub struct RealEngines {

@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::fake::{FakeEngines, FakeTimings};
 use super::Engine;
+use crate::machine::apply::ApplySnapshot;
+use crate::machine::apply::{ApplyRecord, ApplySpec};
+use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{EngineCall, Probe};
 use crate::store::memory::{Clock, MonotonicClock};
-use crate::store::{ApplyRecord, ApplySpec};
-use crate::worker::{ApplySnapshot, EngineFault, Observation};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireApply {
@@ -29,7 +30,7 @@ pub struct WireApply {
     pub epoch: u64,
     pub attempt: u32,
     pub options: crate::machine::ApplyOptions,
-    pub resume: crate::worker::ResumeState,
+    pub resume: crate::machine::apply::ResumeState,
     pub spec: ApplySpec,
 }
 

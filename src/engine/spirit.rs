@@ -31,10 +31,11 @@ use tokio::io::AsyncReadExt;
 
 use super::Engine;
 use crate::config::{Secret, SpiritSection};
+use crate::machine::apply::ApplyId;
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::{EngineFault, Observation, RunnerStatus};
 use crate::machine::table::RunnerGone;
 use crate::machine::{EngineCall, Probe};
-use crate::store::ApplyRecord;
-use crate::worker::{ApplyId, EngineFault, Observation, RunnerStatus};
 
 /// Output lines kept per runner for error reports.
 const TAIL_LINES: usize = 40;

@@ -1,9 +1,11 @@
 //! The pure rules of applyd: states, claim classes and arms, the transition table, control
 //! requests and invariants. No I/O, no async, no clock reads, no randomness.
 
+pub mod apply;
 pub mod claim;
 pub mod control;
 pub mod invariants;
+pub mod observe;
 pub mod render;
 pub mod rules;
 pub mod states;

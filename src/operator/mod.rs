@@ -2,6 +2,7 @@
 //! and running the worker core against the store and the engines, with a fenced heartbeat per
 //! claimed apply, presumed lease loss, panic containment and graceful shutdown.
 
+pub mod executor;
 pub mod telemetry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,8 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::engine::Engine;
 use crate::machine::{ApplyState, Rules};
 use crate::store::{claim_next, ClaimPath, Claimed, Store, StoreError};
-use crate::worker::{run_drive, DriveReport, Finish, Pacing, WaitFor};
+use crate::worker::{Finish, WaitFor};
+pub use executor::{run_drive, DriveReport, Immediate, Pacing};
 
 /// How a process runs its drivers.
 #[derive(Debug, Clone)]

@@ -22,10 +22,10 @@ pub fn install() -> PrometheusHandle {
 /// Wraps an engine to record the latency and the faults of every probe and call.
 pub struct MeteredEngine(pub std::sync::Arc<dyn crate::engine::Engine>);
 
-fn record(kind: String, started: std::time::Instant, obs: &crate::worker::Observation) {
+fn record(kind: String, started: std::time::Instant, obs: &crate::machine::observe::Observation) {
     metrics::histogram!("applyd_engine_call_seconds", "call" => kind.clone())
         .record(started.elapsed().as_secs_f64());
-    if let crate::worker::Observation::Fault(fault) = obs {
+    if let crate::machine::observe::Observation::Fault(fault) = obs {
         metrics::counter!("applyd_engine_errors_total", "call" => kind, "fault" => format!("{fault:?}")).increment(1);
     }
 }
@@ -37,7 +37,7 @@ impl crate::engine::Engine for MeteredEngine {
         apply: &crate::store::ApplyRecord,
         epoch: u64,
         probe: crate::machine::Probe,
-    ) -> crate::worker::Observation {
+    ) -> crate::machine::observe::Observation {
         let started = std::time::Instant::now();
         let obs = self.0.probe(apply, epoch, probe).await;
         record(format!("{probe:?}"), started, &obs);
@@ -48,7 +48,7 @@ impl crate::engine::Engine for MeteredEngine {
         apply: &crate::store::ApplyRecord,
         epoch: u64,
         call: crate::machine::EngineCall,
-    ) -> crate::worker::Observation {
+    ) -> crate::machine::observe::Observation {
         let started = std::time::Instant::now();
         let obs = self.0.call(apply, epoch, call).await;
         record(format!("{call:?}"), started, &obs);

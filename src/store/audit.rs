@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::worker::ApplyId;
+use crate::machine::apply::ApplyId;
 
 /// One audit entry as the checks need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use super::{
     validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
     RequestOutcome, Store, StoreError, Target,
 };
+use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
 use crate::machine::task::task_after_move;
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
     OperationClaimView, PendingControls, Rules, TaskState,
 };
-use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
 /// Milliseconds of the store's clock. Production reads the database clock; here it is injected.
 pub trait Clock: Send + Sync {

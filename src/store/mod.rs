@@ -6,29 +6,13 @@ pub mod memory;
 pub mod mysql;
 pub mod status;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
+use crate::machine::apply::{ApplyId, ResumeState, WriteOutcome};
+pub use crate::machine::apply::{ApplyRecord, ApplySpec, Target};
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimedVia, ControlOp, EngineKind, PendingControls,
 };
-use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
-
-/// Where an apply runs: at most one active apply per target.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Target {
-    pub database: String,
-    pub environment: String,
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.database, self.environment)
-    }
-}
 
 /// The longest database or environment name a target may have (MySQL's identifier limit; the
 /// MySQL store's columns are this wide).
@@ -42,22 +26,6 @@ pub struct NewApply {
     pub ddl: Vec<String>,
     #[serde(default)]
     pub options: ApplyOptions,
-}
-
-/// The immutable part of an apply that engines need.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ApplySpec {
-    /// External identifier, e.g. `apply-42`; the deterministic branch name derives from it.
-    pub identifier: String,
-    pub target: Target,
-    pub ddl: Vec<String>,
-}
-
-/// An apply as read by its owner: the mutable row plus its spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApplyRecord {
-    pub row: ApplySnapshot,
-    pub spec: Arc<ApplySpec>,
 }
 
 /// The owner's capability: every guarded write carries it.
@@ -190,6 +158,17 @@ pub fn validate_new_apply(new: &NewApply) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// How a store result reads to the worker core (the operator's executor and the test kit's).
+pub fn store_outcome(result: Result<(), StoreError>) -> WriteOutcome {
+    match result {
+        Ok(()) => WriteOutcome::Ok,
+        Err(StoreError::LeaseLost { .. }) => WriteOutcome::LeaseLost,
+        Err(StoreError::RowGone(_)) => WriteOutcome::RowGone,
+        Err(StoreError::ActiveApplyExists { .. }) => WriteOutcome::TargetBusy,
+        Err(_) => WriteOutcome::Unavailable,
+    }
 }
 
 #[cfg_attr(test, mockall::automock)]

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 
 use super::memory::MemoryStore;
 use super::{StoreError, Target};
+use crate::machine::apply::ApplyId;
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
-use crate::worker::ApplyId;
 
 /// One apply as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -8,7 +8,7 @@ use applyd::engine::fake::{FakeEngines, FakeTimings};
 use applyd::machine::{ApplyState, EngineKind, Params, Rules};
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::{Lease, NewApply, Target};
-use applyd::worker::sync_exec::{step, Stepped};
+use applyd::testkit::{step, Stepped};
 use applyd::worker::{Drive, WaitFor};
 
 pub const STALE_MS: u64 = 10_000;

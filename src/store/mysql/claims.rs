@@ -9,10 +9,10 @@ use super::super::{Claimed, Lease, Target};
 
 use super::rows::{apply_columns, operation_columns, Parsed, RawApply, RawOperation};
 use super::{in_list, is_duplicate_key, Failure, MySqlStore, CANDIDATES};
+use crate::machine::apply::ApplyId;
 use crate::machine::{
     ApplyState, ClaimClass, ClaimedVia, ControlOp, ControlStatus, OperationArm, OperationClaimView,
 };
-use crate::worker::ApplyId;
 
 impl MySqlStore {
     /// The prefilter of the claim query: a superset of the rows some arm matches, built from the

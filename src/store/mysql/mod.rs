@@ -51,10 +51,10 @@ use sqlx::Executor;
 use super::{
     validate_new_apply, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError,
 };
+use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{
     ApplyOptions, ApplyState, ControlOp, ControlStatus, EngineKind, PendingControls, Rules,
 };
-use crate::worker::{ApplyId, ResumeState};
 
 /// The embedded schema migrations (`applyd migrate` applies them).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -9,10 +9,10 @@ use super::super::{RequestOutcome, StoreError};
 
 use super::rows::{apply_columns, RawApply};
 use super::{in_list, is_duplicate_key, Failure, MySqlStore};
+use crate::machine::apply::ApplyId;
 use crate::machine::{
     ApplyState, ClaimClass, ControlOp, ControlStatus, EngineKind, PendingControls,
 };
-use crate::worker::ApplyId;
 
 impl MySqlStore {
     pub(super) async fn request_once(

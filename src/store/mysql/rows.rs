@@ -9,10 +9,10 @@ use sqlx::Row;
 use super::super::{ApplyRecord, ApplySpec, StoreError, Target};
 
 use super::{age_ms, unavailable, MySqlStore};
+use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, PendingControls,
 };
-use crate::worker::{ApplyId, ApplySnapshot, ResumeState};
 
 /// The apply columns every read uses, with ages computed by the database at `now`.
 pub(super) fn apply_columns(now: &str) -> String {

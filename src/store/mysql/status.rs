@@ -6,10 +6,10 @@ use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
 use super::MySqlStore;
+use crate::machine::apply::ApplyId;
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
 use crate::store::status::{ApplyStatus, Inspect};
 use crate::store::{StoreError, Target};
-use crate::worker::ApplyId;
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \

@@ -9,9 +9,9 @@ use super::super::{DriveInputs, Lease, NewApply, StoreError, Target};
 
 use super::rows::{apply_columns, identifier, RawApply};
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
+use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::task::task_after_move;
 use crate::machine::{ApplyState, ControlOp, ControlStatus, EngineKind, TaskState};
-use crate::worker::{ApplyId, ResumeState};
 
 impl MySqlStore {
     /// The active apply on a target, other than `except`. A duplicate key says one exists; if it

@@ -1,12 +1,13 @@
-//! A synchronous executor of one command, against the memory store and the fake engines. The
-//! simulator and the core's property tests run drives with it on virtual time; it is the same
-//! mapping of store and engine results that the async executor performs.
+//! The test kit: a synchronous executor of one command, against the memory store and the fake
+//! engines. The simulator and the core's property tests run drives with it on virtual time; it
+//! maps store results as the operator's async executor does (`store::store_outcome`).
 
-use super::{Command, Drive, DriveView, WaitFor, WriteOutcome};
 use crate::engine::fake::FakeEngines;
 use crate::machine::{EngineCall, Probe, Rules};
 use crate::store::memory::MemoryStore;
-use crate::store::{Lease, StoreError};
+use crate::store::store_outcome;
+use crate::store::Lease;
+use crate::worker::{Command, Drive, DriveView, Finish, WaitFor, WriteOutcome};
 
 /// What one executed command did, for traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,20 +28,9 @@ pub enum Stepped {
         probe: Probe,
     },
     Waited(WaitFor),
-    Finished(super::Finish),
+    Finished(Finish),
     /// The owner could not even read its row.
     LoadFailed(WriteOutcome),
-}
-
-/// How a store result reads to the worker core (shared by both executors).
-pub fn store_outcome(result: Result<(), StoreError>) -> WriteOutcome {
-    match result {
-        Ok(()) => WriteOutcome::Ok,
-        Err(StoreError::LeaseLost { .. }) => WriteOutcome::LeaseLost,
-        Err(StoreError::RowGone(_)) => WriteOutcome::RowGone,
-        Err(StoreError::ActiveApplyExists { .. }) => WriteOutcome::TargetBusy,
-        Err(_) => WriteOutcome::Unavailable,
-    }
 }
 
 /// Run the drive's next command. `heartbeat_ok_age_ms` is the driver's view of its heartbeats.
@@ -105,7 +95,7 @@ pub fn step(
         }
         Command::Wait(why) => Stepped::Waited(why),
         Command::Finish(f) => {
-            if f == super::Finish::ReleaseForRetry {
+            if f == Finish::ReleaseForRetry {
                 let _ = store.release(lease);
             }
             Stepped::Finished(f)

@@ -3,11 +3,11 @@
 
 use async_trait::async_trait;
 
-use super::sync_exec::store_outcome;
-use super::{Command, Drive, DriveView, Finish, WaitFor};
 use crate::engine::Engine;
 use crate::machine::Rules;
+use crate::store::store_outcome;
 use crate::store::{Claimed, DriveInputs, Store, StoreError};
+use crate::worker::{Command, Drive, DriveView, Finish, WaitFor};
 
 /// How a driver waits and how healthy its heartbeats are; the operator sleeps on tokio time,
 /// tests return at once.

@@ -1,0 +1,51 @@
+//! What an engine reply says once normalised: the worker core maps these to table events. Types
+//! only; the engine adapters produce them, the core reads them.
+
+use super::states::EngineState;
+use super::table::RunnerGone;
+
+/// A branch as a probe sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BranchStatus {
+    Missing,
+    Creating,
+    Ready,
+}
+
+/// A Spirit runner as a probe sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum RunnerStatus {
+    Gone(RunnerGone),
+    Copying,
+    WaitingOnSentinel,
+    Completed,
+    Failed { retryable: bool },
+    Stopped,
+    Cancelled,
+}
+
+/// Why an engine call or probe did not produce a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum EngineFault {
+    /// Timeout, 5xx, connection reset: the call may or may not have happened. Retry later.
+    Transient,
+    /// The engine refuses for good (bad DDL, unsupported database).
+    Permanent,
+    /// The deploy request or branch the apply relies on is gone.
+    NotFound,
+    /// The engine has seen a newer lease epoch for this apply: we were displaced.
+    StaleEpoch,
+}
+
+/// An engine reply, normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Observation {
+    Branch(BranchStatus),
+    BranchDiff { pending: bool },
+    BranchValid,
+    NoDeployRequest,
+    DeployRequest { id: u64, state: EngineState },
+    Runner(RunnerStatus),
+    Accepted,
+    Fault(EngineFault),
+}
