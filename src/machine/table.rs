@@ -400,13 +400,7 @@ fn build() -> Table {
     );
     b.add(
         sp,
-        &[
-            Running,
-            Resuming,
-            WaitingForCutover,
-            Recovering,
-            CuttingOver,
-        ],
+        SPIRIT_LIVE,
         Event::Claim(ClaimArm::A2Stale),
         same,
         NONE,
@@ -761,13 +755,7 @@ fn build() -> Table {
     );
     b.add(
         sp,
-        &[
-            Running,
-            Resuming,
-            Recovering,
-            CuttingOver,
-            WaitingForCutover,
-        ],
+        SPIRIT_LIVE,
         Event::RunnerGone(RunnerGone::NothingLeft),
         Some(Completed),
         PERSIST,
@@ -831,13 +819,7 @@ fn build() -> Table {
     );
     b.add(
         sp,
-        &[
-            Running,
-            Resuming,
-            Recovering,
-            CuttingOver,
-            WaitingForCutover,
-        ],
+        SPIRIT_LIVE,
         Event::Engine(EngineState::Completed),
         Some(Completed),
         PERSIST,
