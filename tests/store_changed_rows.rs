@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use applyd::machine::{ApplyState, ControlOp, EngineKind, Rules};
 use applyd::store::mysql::MySqlStore;
-use applyd::store::{NewApply, Store, Target};
+use applyd::store::Store;
 use applyd::worker::ResumeState;
 use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::{Connection, Executor};
@@ -126,15 +126,7 @@ async fn owner_writes_that_change_no_column_keep_the_lease(matched_rows: bool) {
     store.migrate().await.expect("migrate");
     store.freeze_clock(store.now_us().await.expect("clock"));
     let id = store
-        .submit(NewApply {
-            target: Target {
-                database: "users".into(),
-                environment: "prod".into(),
-            },
-            engine: EngineKind::Spirit,
-            ddl: vec!["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)".into()],
-            options: Default::default(),
-        })
+        .submit(store_support::new_apply("users", EngineKind::Spirit))
         .await
         .expect("submit");
     let lease = store.claim("w1").await.unwrap().expect("claim").lease;

@@ -7,29 +7,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use applyd::machine::{
-    ApplyOptions, ApplyState, ClaimArm, ClaimedVia, ControlOp, ControlStatus, EngineKind,
-    OperationArm, Params,
+    ApplyState, ClaimArm, ClaimedVia, ControlOp, ControlStatus, EngineKind, OperationArm, Params,
 };
-use applyd::store::{
-    claim_next, ClaimPath, Claimed, Lease, NewApply, RequestOutcome, StoreError, Target,
-};
+use applyd::store::{claim_next, ClaimPath, Claimed, Lease, RequestOutcome, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
-use store_support::Env;
+use store_support::{new_apply, Env};
 
 const STALE: u64 = Params::DEFAULT.stale_after_ms;
 const DAY: u64 = 24 * 60 * 60 * 1000;
-
-fn new_apply(db: &str, engine: EngineKind) -> NewApply {
-    NewApply {
-        target: Target {
-            database: db.into(),
-            environment: "prod".into(),
-        },
-        engine,
-        ddl: vec!["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)".into()],
-        options: ApplyOptions::default(),
-    }
-}
 
 async fn submit(env: &Env, db: &str, engine: EngineKind) -> ApplyId {
     env.store

@@ -6,7 +6,7 @@
 mod store_support;
 
 use applyd::machine::{ApplyState, ControlOp, EngineKind, Params, Rules};
-use applyd::store::{Lease, NewApply, StoreError, Target};
+use applyd::store::{Lease, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
 use store_support::Env;
 
@@ -60,15 +60,7 @@ impl GuardedWrite {
 async fn displaced(env: &Env) -> (ApplyId, Lease, Lease) {
     let id = env
         .store
-        .submit(NewApply {
-            target: Target {
-                database: "users".into(),
-                environment: "prod".into(),
-            },
-            engine: EngineKind::Spirit,
-            ddl: vec!["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)".into()],
-            options: Default::default(),
-        })
+        .submit(store_support::new_apply("users", EngineKind::Spirit))
         .await
         .expect("submit");
     let old = env.store.claim("w1").await.unwrap().expect("claim").lease;

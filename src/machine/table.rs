@@ -398,13 +398,7 @@ fn build() -> Table {
         same,
         NONE,
     );
-    b.add(
-        sp,
-        SPIRIT_LIVE,
-        Event::Claim(ClaimArm::A2Stale),
-        same,
-        NONE,
-    );
+    b.add(sp, SPIRIT_LIVE, Event::Claim(ClaimArm::A2Stale), same, NONE);
     b.add(
         sp,
         &[Stopped],

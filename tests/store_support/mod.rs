@@ -19,6 +19,19 @@ use sqlx::{Connection, Executor};
 
 pub const URL_VAR: &str = "APPLYD_TEST_DATABASE_URL";
 
+/// A one-statement apply on `db`/prod.
+pub fn new_apply(db: &str, engine: applyd::machine::EngineKind) -> applyd::store::NewApply {
+    applyd::store::NewApply {
+        target: applyd::store::Target {
+            database: db.into(),
+            environment: "prod".into(),
+        },
+        engine,
+        ddl: vec!["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)".into()],
+        options: Default::default(),
+    }
+}
+
 /// The server URL, or `None` (with a note) when the MySQL tests may be skipped.
 pub fn mysql_url() -> Option<String> {
     match std::env::var(URL_VAR) {
