@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use applyd::machine::claim::ClaimMove;
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, legal_step, stale_write, stop_dominance,
     ApplyFacts, Violation,
 };
+use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
 use applyd::machine::{ApplyState, ClaimView, ControlOp, EngineKind, Params, Rules};
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod claim;
 pub mod control;
 pub mod invariants;
+pub mod moves;
 pub mod observe;
 pub mod render;
 pub mod rules;
@@ -14,10 +15,10 @@ pub mod task;
 pub mod waits;
 
 pub use claim::{
-    ClaimArm, ClaimClass, ClaimMove, ClaimView, ClaimedVia, OperationArm, OperationClaimView,
-    PendingControls,
+    ClaimArm, ClaimClass, ClaimView, ClaimedVia, OperationArm, OperationClaimView, PendingControls,
 };
 pub use control::{Disposition, Refusal};
+pub use moves::{ClaimMove, ExpiryReason};
 pub use rules::{Mutant, Params, Rules};
 pub use states::{
     ApplyState, ControlOp, ControlStatus, EngineKind, EngineState, TaskState, UnknownName,
