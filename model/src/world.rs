@@ -1,5 +1,8 @@
 //! The stateright `Model`: the store (MemoryStore's semantics over compact rows), the workers
 //! (applyd's own `Drive`), the abstract engines, the user and the clock.
+//!
+//! Over 700 lines: the compact store and the actions are one state type's transition function;
+//! its seams (store moves, worker steps, user requests) are the next split.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -834,6 +837,8 @@ impl ApplydModel {
     /// be completed or wait at once (a cutover the owner does by itself, a start on an apply that
     /// is neither stopped, nor stopping, nor waiting for its deploy) — they cost budget and
     /// states and exercise nothing the others do not.
+    /// An exploration budget, not a claim or request rule: the API's acceptance is still
+    /// `Rules::accepts_request` (checked when the request is made).
     fn request_matters(&self, row: &Row, a: usize, op: ControlOp) -> bool {
         let o = self.spec(a).options;
         match op {

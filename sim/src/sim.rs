@@ -2,6 +2,9 @@
 //! `worker::sync_exec::step` against the real `MemoryStore` and the fake engines; the clock jumps
 //! from event to event. Every command takes a drawn latency, so a crash (or any fault) can land
 //! between any two commands of a drive.
+//!
+//! Over 700 lines: fault injection, the simulated people, drives and the heal phase share one
+//! event loop's state; they are the seams it will be split along.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};

@@ -16,6 +16,9 @@
 //!   supersedes an older runner of the same apply here, an older epoch is refused.
 //! - The child gets SIGTERM when this process dies (PR_SET_PDEATHSIG), so a runner never
 //!   outlives its operator for long; Spirit's own table lock keeps a second runner out meanwhile.
+//!
+//! Over 700 lines: the process runner, the argument builder and the inspection of Spirit's
+//! tables; the inspection is the first seam to split off.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
