@@ -250,6 +250,9 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
         self.0.expire_retryable()
     }
+    async fn may_have_work(&self) -> Result<bool, StoreError> {
+        self.0.may_have_work()
+    }
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         self.0.fail_apply(lease, reason)
     }

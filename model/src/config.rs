@@ -1,5 +1,6 @@
 //! Model configurations: the presets and their bounds.
 
+use applyd::machine::claim::ClaimPath;
 use applyd::machine::{ApplyOptions, EngineKind, Params};
 
 use crate::state::{MAX_APPLIES, MAX_WORKERS};
@@ -47,6 +48,8 @@ pub struct Config {
     /// Ticks of failed heartbeats after which a driver presumes its lease lost.
     pub presumed_ticks: u8,
     pub retry_budget: u32,
+    /// The claims the workers make: the operation path production uses, or the apply arms only.
+    pub claim_path: ClaimPath,
 }
 
 impl Config {
@@ -67,22 +70,24 @@ impl Config {
                 workers: 3,
                 applies: vec![sp, ps],
                 faults: 2,
-                engine_faults: 0,
+                engine_faults: 1,
                 requests: 1,
                 stale_ticks: 2,
                 presumed_ticks: 1,
                 retry_budget: 1,
+                claim_path: ClaimPath::Operation,
             },
             Preset::Full => Config {
                 preset: "full",
                 workers: 4,
                 applies: vec![sp, ps],
                 faults: 4,
-                engine_faults: 0,
+                engine_faults: 1,
                 requests: 1,
                 stale_ticks: 2,
                 presumed_ticks: 1,
                 retry_budget: 1,
+                claim_path: ClaimPath::Operation,
             },
         }
     }

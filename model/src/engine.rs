@@ -202,10 +202,10 @@ fn dr_effect(call: EngineCall, dr: EngineState) -> DrEffect {
     }
 }
 
-/// Injected call faults. A transient failure before the effect and a permanent refusal are
-/// left out: the first is a lost reply without the effect (the core treats both alike, and an
-/// idempotent call makes them equivalent), the second ends the apply as a failed probe does.
-const FAULTS: [Outcome; 1] = [Outcome::LostReply];
+/// Injected call faults: a reply lost after the call took effect, and a transient failure
+/// before it did (the core sees the same fault; only the engine's truth differs). A permanent
+/// refusal is left out: it ends the apply as a failed probe does, which the work failures cover.
+const FAULTS: [Outcome; 2] = [Outcome::LostReply, Outcome::Transient];
 
 /// The answers a call may get.
 pub fn call_outcomes(

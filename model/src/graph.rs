@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use applyd::machine::invariants::Violation;
+use applyd::machine::ClaimedVia;
 use stateright::Model;
 
 use crate::state::{fingerprint, Action, Outcome, State, MAX_WORKERS};
@@ -100,6 +101,51 @@ pub struct Explored {
     pub truncated: bool,
     /// Seconds spent in the no-wedge pass (included in `elapsed_s`).
     pub wedge_s: f64,
+    pub coverage: Coverage,
+}
+
+/// How many unique states were first reached by each kind of step the presets must explore: a
+/// model whose claim path or engine faults quietly stopped firing shows zeros here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    pub claims_via_operation_arms: u64,
+    pub claims_via_apply_arms: u64,
+    pub lost_replies: u64,
+    pub transient_failures: u64,
+}
+
+impl Coverage {
+    fn count(&mut self, model: &ApplydModel, from: &State, action: Action) {
+        match action {
+            Action::Claim(_, a) => {
+                let engine = model.spec(a as usize).engine;
+                match model.claim_of(&from.rows[a as usize], engine) {
+                    Some((ClaimedVia::Operation { .. }, _)) => self.claims_via_operation_arms += 1,
+                    Some((ClaimedVia::Apply(_), _)) => self.claims_via_apply_arms += 1,
+                    None => {}
+                }
+            }
+            Action::Step(_, o) | Action::Resume(_, o) => match o {
+                Outcome::LostReply => self.lost_replies += 1,
+                Outcome::Transient => self.transient_failures += 1,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "coverage: claims via operation arms={} via apply arms={} lost replies={} transient failures={}",
+            self.claims_via_operation_arms,
+            self.claims_via_apply_arms,
+            self.lost_replies,
+            self.transient_failures
+        )
+    }
 }
 
 fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violation)> {
@@ -125,6 +171,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     let mut depth_of_level_end: Vec<u32> = Vec::new();
     let mut queue: VecDeque<State> = VecDeque::new();
     let mut generated = 0u64;
+    let mut coverage = Coverage::default();
     let mut actions = Vec::new();
     let applies = model.cfg.applies.len();
     let settled_bits = |s: &State| -> u8 {
@@ -185,6 +232,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
         for (rep, a, fp) in succ.drain(..) {
             let (nid, new) = seen.get_or_insert(fp, parent.len() as u32);
             if new {
+                coverage.count(model, &s, a);
                 parent.push(id);
                 via.push(a);
                 settled.push(settled_bits(&rep));
@@ -209,6 +257,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
         found: None,
         truncated,
         wedge_s: 0.0,
+        coverage,
     };
     if let Some((id, name, v)) = found {
         result.found = Some(Found {

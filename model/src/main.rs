@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use applyd::machine::claim::ClaimPath;
 use applyd::machine::Mutant;
 use applyd_model::{graph, report, ApplydModel, Config, Preset, State};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,6 +36,12 @@ struct Shape {
     /// Crash budget (crashes and pauses together).
     #[arg(long)]
     crashes: Option<u8>,
+    /// Engine-fault budget (lost replies and transient failures of engine calls).
+    #[arg(long)]
+    engine_faults: Option<u8>,
+    /// The claims the workers make: `operation` (production's default) or `apply`.
+    #[arg(long)]
+    claim_path: Option<ClaimPath>,
     /// Historical bug to switch on (see `applyd-model mutants`).
     #[arg(long)]
     mutant: Option<String>,
@@ -84,6 +91,12 @@ fn build(shape: &Shape) -> Result<(ApplydModel, Option<Mutant>, &'static str), S
     }
     if let Some(k) = shape.crashes {
         cfg.faults = k;
+    }
+    if let Some(k) = shape.engine_faults {
+        cfg.engine_faults = k;
+    }
+    if let Some(path) = shape.claim_path {
+        cfg.claim_path = path;
     }
     cfg.validate()?;
     let mutant = match &shape.mutant {
@@ -144,10 +157,11 @@ fn main() -> ExitCode {
             };
             let c = &model.cfg;
             println!(
-                "model: {} workers, {} applies on 1 target ({}), crash budget {}, engine faults {}, requests {}, stale after {} ticks, presumed loss {} ticks, retry budget {}, mutant {}",
+                "model: {} workers, {} applies on 1 target ({}), {} claim path, crash budget {}, engine faults {}, requests {}, stale after {} ticks, presumed loss {} ticks, retry budget {}, mutant {}",
                 c.workers,
                 c.applies.len(),
                 c.applies.iter().map(|a| a.engine.as_str()).collect::<Vec<_>>().join(", "),
+                c.claim_path.as_str(),
                 c.faults,
                 c.engine_faults,
                 c.requests,
@@ -203,6 +217,7 @@ fn main() -> ExitCode {
                 "no-wedge pass: {:.1}s over {} edges",
                 r.wedge_s, r.generated
             );
+            println!("{}", r.coverage);
             println!(
                 "model: preset={preset} states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s result={result}",
                 r.generated,

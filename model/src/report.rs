@@ -1,6 +1,6 @@
 //! Readable counterexamples and their export as a schedule (docs/schedule-format.md).
 
-use applyd::machine::{ControlOp, EngineKind, Mutant};
+use applyd::machine::{ClaimedVia, ControlOp, EngineKind, Mutant};
 use applyd::worker::Command;
 use serde_json::{json, Value};
 
@@ -70,9 +70,14 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                 st.apply = Some(a);
                 let row = &before.rows[a as usize];
                 st.note = match model.claim_of(row, model.spec(a as usize).engine) {
-                    Some(mv) if after.rows[a as usize].epoch != row.epoch => {
-                        format!("claim {} ({})", mv.arm.code(), mv.arm.describe())
-                    }
+                    Some((via, mv)) if after.rows[a as usize].epoch != row.epoch => match via {
+                        ClaimedVia::Operation { op, .. } => format!(
+                            "claim {via} ({}; parent: {})",
+                            op.describe(),
+                            mv.arm.describe()
+                        ),
+                        ClaimedVia::Apply(_) => format!("claim {via} ({})", mv.arm.describe()),
+                    },
                     _ => "claim refused: the target is busy, the start request fails".into(),
                 };
             }

@@ -13,7 +13,9 @@ use applyd::machine::invariants::{
 };
 use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
-use applyd::machine::{ApplyState, ClaimView, ControlOp, EngineKind, Params, Rules};
+use applyd::machine::{
+    ApplyState, ClaimView, ClaimedVia, ControlOp, EngineKind, OperationClaimView, Params, Rules,
+};
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
 use stateright::{Model, Property};
 
@@ -180,9 +182,17 @@ impl ApplydModel {
         self.rules.write_allowed(row.epoch as u64, epoch)
     }
 
-    /// The claim a worker would make on apply `a`: the arm and the row's new state.
-    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<ClaimMove> {
-        self.rules.apply_claim(engine, &self.claim_view(row))
+    /// The claim a worker on the configured path would make on apply `a`: how it was claimed
+    /// and the move. The operation row of a single-operation apply mirrors the apply row (both
+    /// stores write them together; `tests/store_conformance.rs` checks the mirror), so the
+    /// operation arms read the same compact row as the apply arms.
+    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<(ClaimedVia, ClaimMove)> {
+        let view = self.claim_view(row);
+        let both = OperationClaimView {
+            op: view,
+            parent: view,
+        };
+        self.rules.path_claim(self.cfg.claim_path, engine, &both)
     }
 
     /// Heartbeat, read and decide, for a step (`resumed == false`) or a resume from a pause.
@@ -569,7 +579,7 @@ impl ApplydModel {
                 }
                 let row = s.rows[a];
                 let engine = self.spec(a).engine;
-                let mv = self.claim_of(&row, engine)?;
+                let (_, mv) = self.claim_of(&row, engine)?;
                 let (pre, to) = (row.state, mv.to);
                 if mv.reactivates && self.active_on_target(s, a) {
                     // MemoryStore fails the start and leaves the row alone.

@@ -38,8 +38,56 @@ fn the_shipped_rules_pass_the_ci_preset() {
     };
     assert_eq!(
         (count("states="), count("unique="), count("depth=")),
-        (44_482_357, 8_161_707, 61),
+        (117_163_861, 21_133_567, 62),
         "the ci preset's state space changed: {last}"
+    );
+    assert!(
+        out.contains("operation claim path") && out.contains("engine faults 1"),
+        "{out}"
+    );
+    // The preset takes the production claim path and injects both kinds of engine fault: each
+    // kind of step must have discovered states of its own.
+    let coverage = out
+        .lines()
+        .find(|l| l.starts_with("coverage:"))
+        .unwrap_or_else(|| panic!("no coverage line: {out}"));
+    for kind in [
+        "via operation arms=",
+        "via apply arms=",
+        "lost replies=",
+        "transient failures=",
+    ] {
+        let n: u64 = coverage
+            .split(kind)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{kind} in {coverage}"));
+        assert!(n > 0, "no state reached {kind}0: {coverage}");
+    }
+}
+
+/// The apply arms alone are the second configuration: they hold every property too, and no claim
+/// goes through an operation arm. (Pinned at two workers to keep the suite short.)
+#[test]
+fn the_apply_claim_path_passes_too() {
+    let o = model(&[
+        "check",
+        "--preset",
+        "ci",
+        "--workers",
+        "2",
+        "--claim-path",
+        "apply",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("apply claim path"), "{out}");
+    assert!(out.contains("claims via operation arms=0 "), "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("model: preset=ci states=46479348 unique=10737318 depth=62 "),
+        "the apply-path state space changed: {last}"
     );
 }
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use applyd::machine::claim::ClaimPath;
 use applyd::machine::Mutant;
 use applyd_sim::schedule::{self, Schedule};
 use applyd_sim::{first_failure, run_seeds, self_check, Preset, Sim};
@@ -36,6 +37,9 @@ enum Command {
         /// Run every seed twice and fail a seed whose two traces differ.
         #[arg(long)]
         self_check: bool,
+        /// The claims the workers make: `operation` (production's default) or `apply`.
+        #[arg(long, default_value = "operation")]
+        claim_path: ClaimPath,
     },
     /// Re-run one seed exactly, or replay a schedule exported by applyd-model.
     Replay {
@@ -52,6 +56,9 @@ enum Command {
         /// Run the seed twice and compare the trace hashes.
         #[arg(long)]
         self_check: bool,
+        /// The claims the workers make: `operation` (production's default) or `apply`.
+        #[arg(long, default_value = "operation")]
+        claim_path: ClaimPath,
     },
     /// For every mutant, the first failing seed within the budget.
     Mutants {
@@ -61,6 +68,9 @@ enum Command {
         start: u64,
         #[arg(long, default_value = "ci")]
         preset: String,
+        /// The claims the workers make: `operation` (production's default) or `apply`.
+        #[arg(long, default_value = "operation")]
+        claim_path: ClaimPath,
     },
 }
 
@@ -68,9 +78,14 @@ fn parse_mutant(m: Option<&str>) -> Result<Option<Mutant>, String> {
     m.map(str::parse).transpose()
 }
 
-fn replay_hint(seed: u64, preset: &str, mutant: Option<Mutant>) -> String {
+fn replay_hint(seed: u64, preset: &str, path: ClaimPath, mutant: Option<Mutant>) -> String {
     let m = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
-    format!("applyd-sim replay {seed} --preset {preset}{m} --trace")
+    let p = if path == ClaimPath::default() {
+        String::new()
+    } else {
+        format!(" --claim-path {}", path.as_str())
+    };
+    format!("applyd-sim replay {seed} --preset {preset}{p}{m} --trace")
 }
 
 fn main() -> ExitCode {
@@ -92,17 +107,22 @@ fn real_main() -> Result<ExitCode, String> {
             mutant,
             jobs,
             self_check,
+            claim_path,
         } => {
-            let p = Preset::by_name(&preset)?;
+            let p = Preset::by_name(&preset)?.with_claim_path(claim_path);
             let mutant = parse_mutant(mutant.as_deref())?;
             let summary = run_seeds(start, seeds, p, mutant, jobs, self_check);
             for (seed, why) in &summary.failed {
                 println!("seed {seed}: FAILED {why}");
-                println!("  replay: {}", replay_hint(*seed, &preset, mutant));
+                println!(
+                    "  replay: {}",
+                    replay_hint(*seed, &preset, claim_path, mutant)
+                );
             }
             println!(
-                "events_per_s={:.0} jobs={jobs} preset={preset} mutant={}",
+                "events_per_s={:.0} jobs={jobs} preset={preset} claim_path={} mutant={}",
                 summary.events_per_s(),
+                claim_path.as_str(),
                 mutant.map_or("none".to_string(), |m| m.to_string())
             );
             println!("{}", summary.line());
@@ -158,10 +178,11 @@ fn real_main() -> Result<ExitCode, String> {
             preset,
             mutant,
             self_check: check,
+            claim_path,
             ..
         } => {
             let seed = seed.ok_or("replay needs a SEED or --schedule FILE")?;
-            let p = Preset::by_name(&preset)?;
+            let p = Preset::by_name(&preset)?.with_claim_path(claim_path);
             let mutant = parse_mutant(mutant.as_deref())?;
             if check {
                 self_check(seed, p, mutant)?;
@@ -195,8 +216,9 @@ fn real_main() -> Result<ExitCode, String> {
             seeds,
             start,
             preset,
+            claim_path,
         } => {
-            let p = Preset::by_name(&preset)?;
+            let p = Preset::by_name(&preset)?.with_claim_path(claim_path);
             let mut missed = 0;
             for m in Mutant::ALL {
                 match first_failure(start, seeds, p, Some(*m)) {

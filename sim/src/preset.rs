@@ -2,6 +2,7 @@
 //! (swarm testing: every seed also draws which faults are on and how often), and the faults.
 
 use applyd::engine::fake::FakeTimings;
+use applyd::machine::claim::ClaimPath;
 use applyd::machine::{ApplyOptions, ControlOp, EngineKind, Params};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -21,6 +22,8 @@ pub struct Preset {
     pub heartbeat_ms: u64,
     /// Expected faults per simulated hour are scaled by this (percent).
     pub fault_scale_pct: u64,
+    /// The claims the workers make (production's default is the operation path).
+    pub claim_path: ClaimPath,
 }
 
 const MINUTE: u64 = 60_000;
@@ -45,6 +48,7 @@ impl Preset {
         params: SIM_PARAMS,
         heartbeat_ms: 5_000,
         fault_scale_pct: 100,
+        claim_path: ClaimPath::Operation,
     };
 
     pub const SOAK: Preset = Preset {
@@ -57,7 +61,12 @@ impl Preset {
         params: SIM_PARAMS,
         heartbeat_ms: 5_000,
         fault_scale_pct: 200,
+        claim_path: ClaimPath::Operation,
     };
+
+    pub const fn with_claim_path(self, claim_path: ClaimPath) -> Preset {
+        Preset { claim_path, ..self }
+    }
 
     pub fn by_name(name: &str) -> Result<Preset, String> {
         match name {

@@ -404,7 +404,7 @@ impl Sim {
 
     fn claim(&mut self, w: u8) {
         let owner = self.owner(w);
-        match self.store.claim(&owner) {
+        match self.store.claim_next(self.preset.claim_path, &owner) {
             Ok(Some(c)) => {
                 let drive = Drive::new(
                     c.lease.apply,

@@ -61,7 +61,7 @@ impl std::fmt::Display for TraceEvent {
         }
         let action = match self.action {
             Action::Stepped(s) => format!("{s:?}"),
-            Action::Claimed(arm) => format!("claimed via {}", arm.code()),
+            Action::Claimed(via) => format!("claimed via {via}"),
             Action::Request {
                 op,
                 accepted,

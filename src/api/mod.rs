@@ -190,7 +190,7 @@ async fn submit(
     authorize(&state, &headers)?;
     let Json(new) = body.map_err(|e| bad_request(format!("invalid apply: {}", e.body_text())))?;
     let id = state.store.submit(new).await?;
-    state.wake.notify_waiters();
+    state.wake.notify_one();
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "id": id, "identifier": format!("apply-{id}") })),
@@ -220,7 +220,7 @@ async fn control(
     let id = parse_id(&id)?;
     let op = parse_control(&op).map_err(bad_request)?;
     let outcome = state.store.request(id, op).await?;
-    state.wake.notify_waiters();
+    state.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "id": id, "request": op.as_str(), "outcome": outcome })),

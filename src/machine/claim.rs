@@ -336,6 +336,59 @@ impl Rules {
     }
 }
 
+/// Which claims a driver makes: the operation-level arms (upstream's default), or the apply-level
+/// arms only.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimPath {
+    /// Operation rows first; then the apply arms for what only the apply level claims (a
+    /// pending apply with a pending stop, `stopped` + cancel, `paused` + stop/cancel).
+    #[default]
+    Operation,
+    /// The apply arms only.
+    Apply,
+}
+
+/// One claim a driver makes: over operation rows (O1–O5, with the parent moved by its apply
+/// arm) or over apply rows (A1–A8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClaimLevel {
+    Operation,
+    Apply,
+}
+
+impl ClaimPath {
+    pub const ALL: [ClaimPath; 2] = [ClaimPath::Operation, ClaimPath::Apply];
+
+    /// The claims a driver on this path makes, in order, until one takes a row.
+    pub const fn levels(self) -> &'static [ClaimLevel] {
+        match self {
+            ClaimPath::Operation => &[ClaimLevel::Operation, ClaimLevel::Apply],
+            ClaimPath::Apply => &[ClaimLevel::Apply],
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClaimPath::Operation => "operation",
+            ClaimPath::Apply => "apply",
+        }
+    }
+}
+
+impl std::str::FromStr for ClaimPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "operation" => Ok(ClaimPath::Operation),
+            "apply" => Ok(ClaimPath::Apply),
+            other => Err(format!("{other:?} is not operation or apply")),
+        }
+    }
+}
+
 /// The operation-level arms for a single-operation apply (upstream O1–O5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OperationArm {

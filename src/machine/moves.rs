@@ -2,7 +2,9 @@
 //! them: a claim through an arm (its table row, landing state, attempt accounting and target
 //! re-check), retry expiry, operator failure, and the revert-window deadline.
 
-use super::claim::{ClaimArm, ClaimView, OperationArm, OperationClaimView};
+use super::claim::{
+    ClaimArm, ClaimLevel, ClaimPath, ClaimView, ClaimedVia, OperationArm, OperationClaimView,
+};
 use super::rules::Rules;
 use super::states::ApplyState::{self, *};
 use super::states::EngineKind;
@@ -55,6 +57,25 @@ impl Rules {
     ) -> Option<(OperationArm, ClaimMove)> {
         let op = self.matching_operation_arm(v)?;
         Some((op, self.apply_claim(engine, &v.parent)?))
+    }
+
+    /// How a driver on `path` claims this row, if it does: through the first level of the path
+    /// that takes it. Levels are separate claims in the stores (another driver may move the row
+    /// between them); for one row on its own, this is the arm and the move it gets.
+    pub fn path_claim(
+        &self,
+        path: ClaimPath,
+        engine: EngineKind,
+        v: &OperationClaimView,
+    ) -> Option<(ClaimedVia, ClaimMove)> {
+        path.levels().iter().find_map(|level| match level {
+            ClaimLevel::Operation => self
+                .operation_claim(engine, v)
+                .map(|(op, mv)| (ClaimedVia::Operation { op, parent: mv.arm }, mv)),
+            ClaimLevel::Apply => self
+                .apply_claim(engine, &v.parent)
+                .map(|mv| (ClaimedVia::Apply(mv.arm), mv)),
+        })
     }
 
     /// A move from `from` to `to` that makes an inactive apply active must re-check its target

@@ -1,10 +1,12 @@
-//! The production runtime: a pool of drivers per process, each claiming one apply at a time
-//! and running the worker core against the store and the engines, with a fenced heartbeat per
-//! claimed apply, presumed lease loss, panic containment and graceful shutdown.
+//! The production runtime: one poller per process claims work for a pool of drivers, each
+//! driving one apply at a time through the worker core against the store and the engines, with
+//! a fenced heartbeat per claimed apply, presumed lease loss, panic containment and graceful
+//! shutdown.
 
 pub mod executor;
 pub mod telemetry;
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,7 +116,7 @@ pub struct Runtime {
     pub store: Arc<dyn Store>,
     pub engine: Arc<dyn Engine>,
     pub config: RuntimeConfig,
-    /// Wakes idle drivers when new work arrives in this process.
+    /// Wakes the poller when new work arrives in this process.
     pub wake: Arc<Notify>,
 }
 
@@ -134,87 +136,110 @@ impl Runtime {
     /// Run until `shutdown` turns true, then stop claiming, let drives finish up to the deadline,
     /// and release the leases still held.
     ///
-    /// Dropping the returned future aborts every driver, drive and heartbeat at once without
-    /// releasing anything — exactly what a killed process leaves behind.
-    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let mut drivers = tokio::task::JoinSet::new();
-        for n in 0..self.config.drivers {
-            let rt = self.clone();
-            let shutdown = shutdown.clone();
-            let owner = format!("{}/driver-{n}", self.config.owner_prefix);
-            drivers.spawn(async move { rt.driver_loop(owner, shutdown).await });
+    /// One poller per process claims for every free driver: an idle process makes one cheap read
+    /// per poll interval ([`Store::may_have_work`]) whatever its driver count. A wake-up (a submit
+    /// in this process) or a driver coming free polls at once.
+    ///
+    /// Dropping the returned future aborts every drive and heartbeat at once without releasing
+    /// anything — exactly what a killed process leaves behind.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut free: BTreeSet<usize> = (0..self.config.drivers).collect();
+        let mut slots: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut drives = tokio::task::JoinSet::new();
+        let mut poll_now = true;
+        while !*shutdown.borrow() {
+            if poll_now && !free.is_empty() {
+                poll_now = false;
+                self.poll(&mut free, &mut slots, &mut drives, &shutdown)
+                    .await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll_interval), if !free.is_empty() => poll_now = true,
+                _ = self.wake.notified() => poll_now = true,
+                Some(done) = drives.join_next_with_id() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some(slot) = slots.remove(&id) {
+                        free.insert(slot);
+                    }
+                    if let Err(e) = done {
+                        warn!(error = %e, "a drive task ended abnormally");
+                    }
+                    poll_now = true;
+                }
+                _ = shutdown.changed() => {}
+            }
         }
-        while drivers.join_next().await.is_some() {}
+        while drives.join_next().await.is_some() {}
     }
 
-    async fn driver_loop(self: Arc<Self>, owner: String, mut shutdown: watch::Receiver<bool>) {
-        let mut first = true;
-        while !*shutdown.borrow() {
-            if !first {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    break;
-                }
+    /// One poll: a cheap read, then expiry and claims for as many free drivers as there is work.
+    async fn poll(
+        self: &Arc<Self>,
+        free: &mut BTreeSet<usize>,
+        slots: &mut HashMap<tokio::task::Id, usize>,
+        drives: &mut tokio::task::JoinSet<DriveEnd>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        match self.store.may_have_work().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                warn!(error = %e, "polling for work failed");
+                return;
             }
-            first = false;
-            // Expiry errors never starve claims.
-            if let Err(e) = self.store.expire_retryable().await {
-                warn!(error = %e, "retry expiry failed; claiming anyway");
+        }
+        // Expiry errors never starve claims.
+        if let Err(e) = self.store.expire_retryable().await {
+            warn!(error = %e, "retry expiry failed; claiming anyway");
+        }
+        while let Some(&slot) = free.first() {
+            if *shutdown.borrow() {
+                return;
             }
-            loop {
-                if *shutdown.borrow() {
-                    break;
+            let owner = format!("{}/driver-{slot}", self.config.owner_prefix);
+            let claim_span = info_span!("claim", owner = %owner, path = ?self.config.claim_path);
+            let claimed = match claim_next(self.store.as_ref(), self.config.claim_path, &owner)
+                .instrument(claim_span.clone())
+                .await
+            {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    claim_span.in_scope(|| warn!(error = %e, "claim failed"));
+                    return;
                 }
-                let claim_span =
-                    info_span!("claim", owner = %owner, path = ?self.config.claim_path);
-                let claimed = match claim_next(self.store.as_ref(), self.config.claim_path, &owner)
-                    .instrument(claim_span.clone())
-                    .await
-                {
-                    Ok(Some(c)) => {
-                        claim_span.in_scope(|| {
-                            info!(
-                                apply = c.lease.apply,
-                                epoch = c.lease.epoch,
-                                arm = c.arm.code(),
-                                from = %c.pre_claim,
-                                "claimed"
-                            )
-                        });
-                        c
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        claim_span.in_scope(|| warn!(error = %e, "claim failed"));
-                        break;
-                    }
-                };
-                ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code())
-                    .increment(1);
-                if claimed.pre_claim != ApplyState::Pending {
-                    ::metrics::counter!("applyd_reclaims_total").increment(1);
-                }
-                let span = info_span!(
-                    "drive",
+            };
+            claim_span.in_scope(|| {
+                info!(
                     apply = claimed.lease.apply,
                     epoch = claimed.lease.epoch,
-                    owner = %owner,
                     arm = claimed.arm.code(),
-                    from = %claimed.pre_claim
-                );
-                let end = self
-                    .clone()
-                    .drive_claimed(claimed, shutdown.clone())
-                    .instrument(span)
-                    .await;
-                if end == DriveEnd::ShutDown {
-                    break;
-                }
+                    from = %claimed.pre_claim,
+                    "claimed"
+                )
+            });
+            ::metrics::counter!("applyd_claims_total", "arm" => claimed.arm.code()).increment(1);
+            if claimed.pre_claim != ApplyState::Pending {
+                ::metrics::counter!("applyd_reclaims_total").increment(1);
             }
+            let span = info_span!(
+                "drive",
+                apply = claimed.lease.apply,
+                epoch = claimed.lease.epoch,
+                owner = %owner,
+                arm = claimed.arm.code(),
+                from = %claimed.pre_claim
+            );
+            free.remove(&slot);
+            let handle = drives.spawn(
+                self.clone()
+                    .drive_claimed(claimed, shutdown.clone())
+                    .instrument(span),
+            );
+            slots.insert(handle.id(), slot);
         }
     }
 

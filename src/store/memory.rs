@@ -13,6 +13,7 @@ use super::{
     RequestOutcome, Store, StoreError, Target,
 };
 use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
+use crate::machine::claim::{ClaimLevel, ClaimPath};
 use crate::machine::task::task_after_move;
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
@@ -397,6 +398,21 @@ impl MemoryStore {
         Ok(None)
     }
 
+    /// Claim the next unit of work the way `path` says (the synchronous twin of
+    /// [`super::claim_next`], for the simulator and tests).
+    pub fn claim_next(&self, path: ClaimPath, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        for level in path.levels() {
+            let claimed = match level {
+                ClaimLevel::Operation => self.claim_operation(owner)?,
+                ClaimLevel::Apply => self.claim(owner)?,
+            };
+            if claimed.is_some() {
+                return Ok(claimed);
+            }
+        }
+        Ok(None)
+    }
+
     pub fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
@@ -691,6 +707,18 @@ impl MemoryStore {
         Ok(outcome)
     }
 
+    /// Exact here: some row matches an apply arm (every operation claim also moves its parent by
+    /// one) or expires.
+    pub fn may_have_work(&self) -> Result<bool, StoreError> {
+        let now = self.now();
+        let inner = self.lock()?;
+        Ok(inner.rows.values().any(|row| {
+            let view = self.claim_view(&inner, row, now);
+            self.rules.matching_arm(&view).is_some()
+                || self.rules.expiry_move(row.engine, &view).is_some()
+        }))
+    }
+
     pub fn expire_retryable(&self) -> Result<u32, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
@@ -843,6 +871,9 @@ impl Store for MemoryStore {
     }
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
         MemoryStore::expire_retryable(self)
+    }
+    async fn may_have_work(&self) -> Result<bool, StoreError> {
+        MemoryStore::may_have_work(self)
     }
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         MemoryStore::fail_apply(self, lease, reason)

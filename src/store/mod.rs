@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::machine::apply::{ApplyId, ResumeState, WriteOutcome};
 pub use crate::machine::apply::{ApplyRecord, ApplySpec, Target};
+pub use crate::machine::claim::{ClaimLevel, ClaimPath};
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimedVia, ControlOp, EngineKind, PendingControls,
 };
@@ -48,51 +49,22 @@ pub struct Claimed {
     pub record: ApplyRecord,
 }
 
-/// Which claim a driver makes: the operation-level arms (upstream's default), or the apply-level
-/// arms only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClaimPath {
-    /// `claim_operation` first; then `claim` for what only the apply level claims (a pending
-    /// apply with a pending stop, `stopped` + cancel, `paused` + stop/cancel).
-    #[default]
-    Operation,
-    /// `claim` only.
-    Apply,
-}
-
-impl ClaimPath {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ClaimPath::Operation => "operation",
-            ClaimPath::Apply => "apply",
-        }
-    }
-}
-
-impl std::str::FromStr for ClaimPath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "operation" => Ok(ClaimPath::Operation),
-            "apply" => Ok(ClaimPath::Apply),
-            other => Err(format!("{other:?} is not operation or apply")),
-        }
-    }
-}
-
 /// Claim the next unit of work the way `path` says.
 pub async fn claim_next(
     store: &dyn Store,
     path: ClaimPath,
     owner: &str,
 ) -> Result<Option<Claimed>, StoreError> {
-    if path == ClaimPath::Operation {
-        if let Some(claimed) = store.claim_operation(owner).await? {
-            return Ok(Some(claimed));
+    for level in path.levels() {
+        let claimed = match level {
+            ClaimLevel::Operation => store.claim_operation(owner).await?,
+            ClaimLevel::Apply => store.claim(owner).await?,
+        };
+        if claimed.is_some() {
+            return Ok(claimed);
         }
     }
-    store.claim(owner).await
+    Ok(None)
 }
 
 /// What the owner reads before each decision.
@@ -209,6 +181,10 @@ pub trait Store: Send + Sync {
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
     /// Move expired `failed_retryable` applies to `failed`; returns how many.
     async fn expire_retryable(&self) -> Result<u32, StoreError>;
+    /// Whether a claim (either path) or a retry expiry may find something now. Never false
+    /// when one would: a superset, like the claim prefilters, so that an idle process polls
+    /// with one cheap read.
+    async fn may_have_work(&self) -> Result<bool, StoreError>;
     /// Fenced move of a non-terminal apply to `failed` with the reason shown to people, keeping
     /// its persisted engine state (the operator's answer to a drive that panicked: never
     /// retryable, so a panic cannot loop). A terminal row is refused, never rewritten.

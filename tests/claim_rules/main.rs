@@ -149,10 +149,16 @@ async fn claims_agree_on_one(
         let mut got = BTreeMap::new();
         let mut order = Vec::new();
         for _ in 0..=ids.len() {
+            let hint = db.store.may_have_work().await.expect("the poll read");
             let Some(c) = claim(&db.store, path).await else {
                 break;
             };
             let id = c.lease.apply;
+            // The idle poller's one read is no narrower than the claims it stands for.
+            assert!(
+                hint,
+                "may_have_work said nothing to do, then a claim took apply {id}"
+            );
             assert!(
                 got.insert(id, (c.arm, c.record.row.state)).is_none(),
                 "apply {id} was claimed twice"
@@ -181,9 +187,14 @@ async fn claims_agree_in_memory(path: Path, cases: Vec<Case>) {
         let Some(store) = memory_store(rules, case) else {
             continue;
         };
+        let hint = store.may_have_work().expect("the poll read");
         let got = claim(&store, path)
             .await
             .map(|c| (c.arm, c.record.row.state));
+        assert!(
+            hint || got.is_none(),
+            "{case}: may_have_work said no, a claim took it"
+        );
         verdict.compare(case, expected(path, &rules, case), got);
     }
     assert!(verdict.checked > 1_000);
@@ -258,7 +269,12 @@ async fn mysql_retry_expiry_takes_exactly_what_the_rules_expire() {
     for round in cases.chunks(4 * ROUND) {
         let refs: Vec<&Case> = round.iter().collect();
         let ids = db.insert(&refs).await;
+        let hint = db.store.may_have_work().await.expect("the poll read");
         let expired = db.store.expire_retryable().await.expect("expire");
+        assert!(
+            hint || expired == 0,
+            "may_have_work said no, expiry expired {expired}"
+        );
         let rows: BTreeMap<ApplyId, _> = db
             .store
             .stored_applies()

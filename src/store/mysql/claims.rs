@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use sqlx::mysql::MySqlConnection;
 use sqlx::{MySql, Transaction};
 
 use super::super::{Claimed, Lease, Target};
@@ -142,7 +143,7 @@ impl MySqlStore {
     /// locking read that follows re-checks every candidate.
     pub(super) async fn apply_candidates(
         &self,
-        tx: &mut Transaction<'_, MySql>,
+        conn: &mut MySqlConnection,
         now: &str,
         after: ApplyId,
     ) -> Result<Vec<ApplyId>, Failure> {
@@ -196,7 +197,16 @@ impl MySqlStore {
         for _ in 0..binds {
             q = q.bind(after);
         }
-        Ok(q.fetch_all(&mut **tx).await?)
+        Ok(q.fetch_all(conn).await?)
+    }
+
+    /// One autocommit read of the apply candidates. Every operation claim also moves its parent
+    /// by an apply arm, and expiry reads only retry-path rows (one of the candidate ranges), so
+    /// no candidates means neither claim nor expiry finds anything.
+    pub(super) async fn may_have_work_once(&self) -> Result<bool, Failure> {
+        let now = self.now_sql();
+        let mut conn = self.pool.acquire().await?;
+        Ok(!self.apply_candidates(&mut conn, &now, 0).await?.is_empty())
     }
 
     /// `now - stale_after` as an SQL expression (a lease whose heartbeat is at or before it is

@@ -432,4 +432,9 @@ impl Store for MySqlStore {
         self.retrying("expire retryable", || self.expire_once())
             .await
     }
+
+    async fn may_have_work(&self) -> Result<bool, StoreError> {
+        self.retrying("poll for work", || self.may_have_work_once())
+            .await
+    }
 }

@@ -1,0 +1,156 @@
+//! One poller per process: an idle process reads the store once per poll interval whatever its
+//! driver count, and new work is still claimed at once on a wake-up. Virtual time (tokio's
+//! paused clock), so a minute of polling takes no wall time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use applyd::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
+use applyd::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, Rules};
+use applyd::operator::{Runtime, RuntimeConfig};
+use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
+use applyd::store::{
+    Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError, Target,
+};
+use applyd::worker::ResumeState;
+use tokio::sync::{watch, Notify};
+
+/// The memory store, counting every call by method.
+struct Counting {
+    inner: Arc<MemoryStore>,
+    calls: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counting {
+    fn count(&self, method: &'static str) {
+        *self.calls.lock().unwrap().entry(method).or_default() += 1;
+    }
+    fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn submit(&self, new: NewApply) -> Result<u64, StoreError> {
+        self.count("submit");
+        self.inner.submit(new)
+    }
+    async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        self.count("claim");
+        self.inner.claim(owner)
+    }
+    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        self.count("claim_operation");
+        self.inner.claim_operation(owner)
+    }
+    async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
+        self.count("load");
+        self.inner.load(lease)
+    }
+    async fn write(&self, lease: &Lease, to: ApplyState, r: ResumeState) -> Result<(), StoreError> {
+        self.count("write");
+        self.inner.write(lease, to, r)
+    }
+    async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
+        self.count("complete_request");
+        Store::complete_request(self.inner.as_ref(), lease, op).await
+    }
+    async fn fail_request(&self, l: &Lease, op: ControlOp, why: &str) -> Result<(), StoreError> {
+        self.count("fail_request");
+        Store::fail_request(self.inner.as_ref(), l, op, why).await
+    }
+    async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.count("heartbeat");
+        self.inner.heartbeat(lease)
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.count("release");
+        self.inner.release(lease)
+    }
+    async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
+        self.count("request");
+        self.inner.request(apply, op)
+    }
+    async fn expire_retryable(&self) -> Result<u32, StoreError> {
+        self.count("expire_retryable");
+        self.inner.expire_retryable()
+    }
+    async fn may_have_work(&self) -> Result<bool, StoreError> {
+        self.count("may_have_work");
+        self.inner.may_have_work()
+    }
+    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        self.count("fail_apply");
+        self.inner.fail_apply(lease, reason)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
+    for drivers in [1, 4, 16] {
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+        let memory = Arc::new(MemoryStore::new(Rules::default(), clock.clone()));
+        let store = Arc::new(Counting {
+            inner: memory.clone(),
+            calls: Mutex::default(),
+        });
+        let engine = Arc::new(SharedFakeEngines {
+            engines: Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast()))),
+            clock,
+            host: 1,
+        });
+        let rt = Arc::new(Runtime {
+            store: store.clone(),
+            engine,
+            config: RuntimeConfig {
+                owner_prefix: "idle".into(),
+                drivers,
+                poll_interval: Duration::from_secs(1),
+                backoff: Duration::from_millis(100),
+                heartbeat_interval: Duration::from_secs(2),
+                shutdown_deadline: Duration::from_secs(1),
+                max_commands_per_drive: 100_000,
+                rules: Rules::default(),
+                claim_path: Default::default(),
+            },
+            wake: Arc::new(Notify::new()),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let pool = tokio::spawn(rt.clone().run(shutdown));
+
+        tokio::time::sleep(Duration::from_millis(60_500)).await;
+        let idle = store.calls();
+        // One read at start, then one per second: 61 in 60.5 s, and nothing else.
+        assert_eq!(
+            idle,
+            BTreeMap::from([("may_have_work", 61)]),
+            "{drivers} drivers"
+        );
+
+        // A submit in this process wakes the poller: the apply is claimed without waiting for
+        // the next poll.
+        let id = memory
+            .submit(NewApply {
+                target: Target {
+                    database: "db".into(),
+                    environment: "prod".into(),
+                },
+                engine: EngineKind::Spirit,
+                ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+                options: ApplyOptions::default(),
+            })
+            .unwrap();
+        rt.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_ne!(
+            memory.row(id).unwrap().state,
+            ApplyState::Pending,
+            "{drivers} drivers: {:?}",
+            store.calls()
+        );
+        let _ = stop.send(true);
+        pool.await.unwrap();
+    }
+}
