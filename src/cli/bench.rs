@@ -4,15 +4,21 @@
 
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlSslMode};
 use sqlx::{Connection, Executor};
 
+use tokio::sync::{watch, Notify};
+
+use super::bench_relay::RoundTripRelay;
+use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
 use crate::machine::Rules;
+use crate::operator::{Runtime, RuntimeConfig};
+use crate::store::memory::{Clock, MonotonicClock};
 use crate::store::mysql::MySqlStore;
-use crate::store::{ClaimPath, Lease, Store};
+use crate::store::{claim_next, ClaimPath, Lease, Store};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -69,16 +75,20 @@ async fn bench_store(args: StoreArgs) -> Result<(), Error> {
     admin
         .execute(format!("CREATE DATABASE `{db}`").as_str())
         .await?;
-    let result = measure(&args, base.clone().database(&db)).await;
+    let result = measure(&args, &base, base.clone().database(&db)).await;
     admin
         .execute(format!("DROP DATABASE IF EXISTS `{db}`").as_str())
         .await?;
     result
 }
 
-async fn measure(args: &StoreArgs, options: MySqlConnectOptions) -> Result<(), Error> {
+async fn measure(
+    args: &StoreArgs,
+    base: &MySqlConnectOptions,
+    options: MySqlConnectOptions,
+) -> Result<(), Error> {
     let window = Duration::from_secs_f64(args.seconds.max(0.1));
-    let store = Arc::new(MySqlStore::connect_with(options, Rules::default(), 40).await?);
+    let store = Arc::new(MySqlStore::connect_with(options.clone(), Rules::default(), 40).await?);
     store.migrate().await?;
     let pool = store.pool().clone();
     let version: String = sqlx::query_scalar("SELECT CAST(VERSION() AS CHAR)")
@@ -109,9 +119,13 @@ async fn measure(args: &StoreArgs, options: MySqlConnectOptions) -> Result<(), E
         "path", "claimers", "claims/s", "median ms", "p99 ms", "÷ baseline(1)", "÷ baseline(same)"
     );
     let mut leases = Vec::new();
+    let mut first_claim_rate = f64::INFINITY;
     for path in [ClaimPath::Apply, ClaimPath::Operation] {
         for (i, &n) in LEVELS.iter().enumerate() {
             let run = claims(&store, path, n, args.rows, window).await?;
+            if n == 1 {
+                first_claim_rate = first_claim_rate.min(run.rate);
+            }
             println!(
                 "  {:>9}  {n:>8}  {:>9.0}  {:>9.2}  {:>8.2}  {:>15.2}  {:>17.2}",
                 path.as_str(),
@@ -130,6 +144,166 @@ async fn measure(args: &StoreArgs, options: MySqlConnectOptions) -> Result<(), E
     for &n in LEVELS {
         let rate = heartbeats(&store, &leases, n, window).await?;
         println!("  {n:>7}  {rate:>12.0}");
+    }
+
+    let (host, port) = (base.get_host().to_string(), base.get_port());
+    let relay = RoundTripRelay::start((host, port)).await?;
+    let counted = Arc::new(
+        MySqlStore::connect_with(
+            options
+                .host("127.0.0.1")
+                .port(relay.addr.port())
+                .ssl_mode(MySqlSslMode::Disabled),
+            Rules::default(),
+            4,
+        )
+        .await?,
+    );
+    round_trips(&counted, &relay).await?;
+    idle_load(&counted, &relay).await?;
+
+    let claim_ratio = first_claim_rate / baseline[0];
+    println!("\ntargets");
+    println!(
+        "  claims/s at 1 claimer ÷ raw commits/s at 1 connection: {claim_ratio:.2} (target ≥ 0.30: {})",
+        verdict(claim_ratio >= 0.30)
+    );
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+/// What `n` sequential calls of `call` cost in round trips, per call: (statements, pool pings).
+async fn per_call<F, Fut>(
+    relay: &RoundTripRelay,
+    n: usize,
+    mut call: F,
+) -> Result<(f64, f64), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    // Warm: the pool's connections and their prepared statements exist before counting (a
+    // connection goes back to the pool after its ping, so the next call may take another).
+    for _ in 0..20 {
+        call().await?;
+    }
+    let (all, pings) = relay.round_trips();
+    for _ in 0..n {
+        call().await?;
+    }
+    let (all2, pings2) = relay.round_trips();
+    let pings = pings2 - pings;
+    let statements = all2 - all - pings;
+    Ok((statements as f64 / n as f64, pings as f64 / n as f64))
+}
+
+/// Round trips of one claim on each path, of a claim that finds nothing, and of the idle poll,
+/// counted by the relay over sequential calls on warm connections. sqlx's pool pings every
+/// connection it takes back (after the caller has its answer); those are shown apart.
+async fn round_trips(store: &Arc<MySqlStore>, relay: &RoundTripRelay) -> Result<(), Error> {
+    const CALLS: usize = 200;
+    println!("\nround trips (counted by a relay in front of the server: a request and its answer is one)");
+    println!(
+        "  {:<44}  {:>10}  {:>10}  {:>8}",
+        "", "statements", "pool pings", "target"
+    );
+    let row = |what: String, (statements, pings): (f64, f64), target: &str| {
+        println!("  {what:<44}  {statements:>10.2}  {pings:>10.2}  {target:>8}");
+    };
+    for path in ClaimPath::ALL {
+        fill_pending(store.pool(), CALLS + 21).await?;
+        let cost = per_call(relay, CALLS, || async {
+            claim_next(store.as_ref(), path, "bench/rt")
+                .await?
+                .ok_or("a prepared pending apply was not claimed")?;
+            Ok(())
+        })
+        .await?;
+        let target = format!("≤ 3 {}", verdict(cost.0 <= 3.0));
+        row(format!("a claim ({} path)", path.as_str()), cost, &target);
+    }
+    store.pool().execute("DELETE FROM applies").await?;
+    for path in ClaimPath::ALL {
+        let cost = per_call(relay, CALLS, || async {
+            claim_next(store.as_ref(), path, "bench/rt").await?;
+            Ok(())
+        })
+        .await?;
+        row(
+            format!("a claim that finds nothing ({} path)", path.as_str()),
+            cost,
+            "",
+        );
+    }
+    let cost = per_call(relay, CALLS, || async {
+        store.may_have_work().await?;
+        Ok(())
+    })
+    .await?;
+    row("the idle poll (`may_have_work`)".into(), cost, "");
+    Ok(())
+}
+
+/// The operator's runtime in this process with no work, at several driver counts: what one
+/// idle process costs the database.
+async fn idle_load(store: &Arc<MySqlStore>, relay: &RoundTripRelay) -> Result<(), Error> {
+    let defaults = crate::config::OperatorSection::default();
+    let poll = Duration::from_millis(defaults.poll_interval_ms);
+    let window = poll * 5;
+    store.pool().execute("DELETE FROM applies").await?;
+    println!(
+        "\nidle load of one process (the operator runtime, no work, poll every {} ms, {:.0} s each)",
+        defaults.poll_interval_ms,
+        window.as_secs_f64()
+    );
+    println!(
+        "  {:>7}  {:>12}  {:>12}  {:>6}",
+        "drivers", "statements/s", "pool pings/s", "target"
+    );
+    for &drivers in LEVELS {
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+        let runtime = Arc::new(Runtime {
+            store: store.clone(),
+            engine: Arc::new(SharedFakeEngines {
+                engines: Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast()))),
+                clock,
+                host: 1,
+            }),
+            config: RuntimeConfig {
+                owner_prefix: "bench/idle".into(),
+                drivers,
+                poll_interval: poll,
+                backoff: Duration::from_millis(defaults.backoff_ms),
+                heartbeat_interval: Duration::from_millis(defaults.heartbeat_interval_ms),
+                shutdown_deadline: Duration::from_millis(defaults.shutdown_deadline_ms),
+                max_commands_per_drive: 10_000_000,
+                rules: Rules::default(),
+                claim_path: defaults.claim_path,
+            },
+            wake: Arc::new(Notify::new()),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let (all, pings) = relay.round_trips();
+        let started = Instant::now();
+        let pool = tokio::spawn(runtime.run(shutdown));
+        tokio::time::sleep(window).await;
+        let (all2, pings2) = relay.round_trips();
+        let secs = started.elapsed().as_secs_f64();
+        let statements = (all2 - all - (pings2 - pings)) as f64 / secs;
+        let pings = (pings2 - pings) as f64 / secs;
+        let _ = stop.send(true);
+        pool.await?;
+        println!(
+            "  {drivers:>7}  {statements:>12.2}  {pings:>12.2}  {:>6}",
+            format!("≤ 1 {}", verdict(statements <= 1.0))
+        );
     }
     Ok(())
 }
@@ -179,15 +353,9 @@ struct ClaimRun {
     leases: Vec<Lease>,
 }
 
-/// `n` claimers take pending applies through `path` until the window closes or none is left.
-async fn claims(
-    store: &Arc<MySqlStore>,
-    path: ClaimPath,
-    n: usize,
-    rows: usize,
-    window: Duration,
-) -> Result<ClaimRun, Error> {
-    let pool = store.pool();
+/// `rows` pending applies with their operation and task rows, each on its own target, made in
+/// bulk (the table is emptied first).
+async fn fill_pending(pool: &MySqlPool, rows: usize) -> Result<(), Error> {
     pool.execute("DELETE FROM applies").await?;
     // Pending applies with their operation rows, each on its own target, made in bulk.
     for chunk in (0..rows).collect::<Vec<_>>().chunks(500) {
@@ -213,6 +381,18 @@ async fn claims(
          SELECT o.apply_id, o.id, 0, 'ALTER TABLE t ENGINE=InnoDB', 'pending', NOW(6), NOW(6) FROM apply_operations o",
     )
     .await?;
+    Ok(())
+}
+
+/// `n` claimers take pending applies through `path` until the window closes or none is left.
+async fn claims(
+    store: &Arc<MySqlStore>,
+    path: ClaimPath,
+    n: usize,
+    rows: usize,
+    window: Duration,
+) -> Result<ClaimRun, Error> {
+    fill_pending(store.pool(), rows).await?;
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|w| {
@@ -223,10 +403,7 @@ async fn claims(
                 let mut leases = Vec::new();
                 while start.elapsed() < window {
                     let t = Instant::now();
-                    let next = match path {
-                        ClaimPath::Apply => store.claim(&owner).await?,
-                        ClaimPath::Operation => store.claim_operation(&owner).await?,
-                    };
+                    let next = claim_next(store.as_ref(), path, &owner).await?;
                     let Some(claimed) = next else {
                         break;
                     };

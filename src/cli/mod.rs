@@ -4,6 +4,7 @@
 mod applies;
 mod bench;
 mod bench_operator;
+mod bench_relay;
 mod check_config;
 mod demo;
 mod fake_planetscale;

@@ -3,12 +3,13 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::MySqlConnection;
-use sqlx::{MySql, Transaction};
+use sqlx::Row;
 
 use super::super::{Claimed, Lease, Target};
 
+use super::claim_tx::{sql_text, ClaimTx};
 use super::rows::{apply_columns, operation_columns, Parsed, RawApply, RawOperation};
+use super::writes::task_sync_sql;
 use super::{in_list, is_duplicate_key, Failure, MySqlStore, CANDIDATES};
 use crate::machine::apply::ApplyId;
 use crate::machine::{
@@ -141,36 +142,27 @@ impl MySqlStore {
     /// request, unknown states). Rows under a live lease are never read, so the cost of a claim
     /// follows the claimable rows, not the work in flight. A plain (non-locking) read: the
     /// locking read that follows re-checks every candidate.
-    pub(super) async fn apply_candidates(
-        &self,
-        conn: &mut MySqlConnection,
-        now: &str,
-        after: ApplyId,
-    ) -> Result<Vec<ApplyId>, Failure> {
+    pub(super) fn apply_candidates_sql(&self, now: &str, after: ApplyId) -> String {
         let rules = &self.rules;
         let cutoff = self.stale_cutoff(now);
         let mut parts = Vec::new();
-        let mut binds = 0;
         let by_state = |states: &str, extra: &str| {
             format!(
                 "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state IN ({states}){extra} \
-                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+                 AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
             )
         };
         if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
             parts.push(by_state(&states, ""));
-            binds += 1;
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
             parts.push(format!(
                 "(SELECT id FROM applies FORCE INDEX (ix_applies_lease) WHERE state IN ({states}) \
-                 AND (lease_hb IS NULL OR lease_hb <= {cutoff}) AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+                 AND (lease_hb IS NULL OR lease_hb <= {cutoff}) AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
             ));
-            binds += 1;
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
             parts.push(by_state(&states, ""));
-            binds += 1;
         }
         // DISTINCT: each part yields up to CANDIDATES distinct applies, so the smallest
         // CANDIDATES ids of the union are exactly the next ones in id order. An apply with two
@@ -178,35 +170,28 @@ impl MySqlStore {
         // the applies past that cut would be skipped by this round.
         parts.push(format!(
             "(SELECT DISTINCT apply_id AS id FROM apply_control_requests FORCE INDEX (ix_apply_control_requests_status) \
-             WHERE status = '{}' AND apply_id > ? ORDER BY apply_id LIMIT {CANDIDATES})",
+             WHERE status = '{}' AND apply_id > {after} ORDER BY apply_id LIMIT {CANDIDATES})",
             ControlStatus::Pending.as_str()
         ));
-        binds += 1;
         if let Some(known) = in_list(ApplyState::ALL) {
             parts.push(format!(
                 "(SELECT id FROM applies FORCE INDEX (ix_applies_state) WHERE state NOT IN ({known}) \
-                 AND id > ? ORDER BY id LIMIT {CANDIDATES})"
+                 AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
             ));
-            binds += 1;
         }
-        let sql = format!(
+        format!(
             "SELECT DISTINCT id FROM ({}) c ORDER BY id LIMIT {CANDIDATES}",
             parts.join(" UNION ALL ")
-        );
-        let mut q = sqlx::query_scalar::<_, u64>(&sql);
-        for _ in 0..binds {
-            q = q.bind(after);
-        }
-        Ok(q.fetch_all(conn).await?)
+        )
     }
 
     /// One autocommit read of the apply candidates. Every operation claim also moves its parent
     /// by an apply arm, and expiry reads only retry-path rows (one of the candidate ranges), so
     /// no candidates means neither claim nor expiry finds anything.
     pub(super) async fn may_have_work_once(&self) -> Result<bool, Failure> {
-        let now = self.now_sql();
-        let mut conn = self.pool.acquire().await?;
-        Ok(!self.apply_candidates(&mut conn, &now, 0).await?.is_empty())
+        let sql = self.apply_candidates_sql(&self.now_sql(), 0);
+        let found: Option<ApplyId> = sqlx::query_scalar(&sql).fetch_optional(&self.pool).await?;
+        Ok(found.is_some())
     }
 
     /// `now - stale_after` as an SQL expression (a lease whose heartbeat is at or before it is
@@ -230,23 +215,31 @@ impl MySqlStore {
             cols = apply_columns(&now),
             filter = self.claim_prefilter(&now),
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ClaimTx::acquire(&self.pool).await?;
         let mut after: ApplyId = 0;
         loop {
-            let ids = self.apply_candidates(&mut tx, &now, after).await?;
+            // Round trip 1: the transaction starts with the candidate read.
+            let ids: Vec<ApplyId> = tx
+                .read(&self.apply_candidates_sql(&now, after))
+                .await?
+                .iter()
+                .map(|row| row.try_get::<ApplyId, _>(0))
+                .collect::<Result<_, _>>()?;
             let Some(last) = ids.last().copied() else {
                 // Commit, not roll back: a refused start (below) must stay refused.
-                tx.commit().await?;
+                tx.finish().await?;
                 return Ok(None);
             };
             let mut cursor = after;
             loop {
+                // Round trip 2: lock the first candidate the prefilter still admits.
+                tx.begin().await?;
                 let mut q = sqlx::query(&select);
                 for i in 0..CANDIDATES {
                     // Id 0 never exists: it pads the list.
                     q = q.bind(ids.get(i).copied().unwrap_or(0));
                 }
-                let Some(row) = q.bind(cursor).fetch_optional(&mut *tx).await? else {
+                let Some(row) = q.bind(cursor).fetch_optional(tx.conn()).await? else {
                     break;
                 };
                 let raw = RawApply::read(&row)?;
@@ -258,8 +251,8 @@ impl MySqlStore {
                     continue;
                 };
                 let via = ClaimedVia::Apply(arm);
+                // Round trip 3: take the lease and commit.
                 if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
-                    tx.commit().await?;
                     return Ok(Some(claimed));
                 }
             }
@@ -271,17 +264,15 @@ impl MySqlStore {
     /// of the operations some operation arm matches, found as [`Self::apply_candidates`] finds
     /// applies (pending, free or stale leases, retry path, a pending request on the parent,
     /// unknown states). Each entry is `(created_at in µs, id)`.
-    pub(super) async fn operation_candidates(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        now: &str,
-        after: (i64, u64),
-    ) -> Result<Vec<(i64, u64)>, Failure> {
+    pub(super) fn operation_candidates_sql(&self, now: &str, after: (i64, u64)) -> String {
         let rules = &self.rules;
         let cutoff = self.stale_cutoff(now);
         let created = "CAST(TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', o.created_at) AS SIGNED)";
-        let after_sql = "(o.created_at > (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) \
-             OR (o.created_at = (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ? MICROSECOND) AND o.id > ?))";
+        let (after_us, after_id) = after;
+        let after_sql = format!(
+            "(o.created_at > (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {after_us} MICROSECOND) \
+             OR (o.created_at = (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {after_us} MICROSECOND) AND o.id > {after_id}))"
+        );
         let part = |index: &str, cond: &str| {
             format!(
                 "(SELECT {created} AS c_us, o.id FROM apply_operations o FORCE INDEX ({index}) \
@@ -323,15 +314,10 @@ impl MySqlStore {
                 &format!("o.state NOT IN ({known})"),
             ));
         }
-        let sql = format!(
+        format!(
             "SELECT DISTINCT c_us, id FROM ({}) c ORDER BY c_us, id LIMIT {CANDIDATES}",
             parts.join(" UNION ALL ")
-        );
-        let mut q = sqlx::query_as::<_, (i64, u64)>(&sql);
-        for _ in 0..parts.len() {
-            q = q.bind(after.0).bind(after.0).bind(after.1);
-        }
-        Ok(q.fetch_all(&mut **tx).await?)
+        )
     }
 
     /// The operation claim: take candidates in `(created_at, id)` order, locking each with its
@@ -359,13 +345,19 @@ impl MySqlStore {
             "{head} o.id IN ({marks}) AND o.id > ? AND ({filter}) ORDER BY o.id LIMIT 1 FOR UPDATE SKIP LOCKED"
         );
         let one = format!("{head} o.id = ? AND ({filter}) FOR UPDATE SKIP LOCKED");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = ClaimTx::acquire(&self.pool).await?;
         // Before the epoch, so the first read starts at the beginning.
         let mut after: (i64, u64) = (-1, 0);
         loop {
-            let candidates = self.operation_candidates(&mut tx, &now, after).await?;
+            // Round trip 1: the transaction starts with the candidate read.
+            let candidates: Vec<(i64, u64)> = tx
+                .read(&self.operation_candidates_sql(&now, after))
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<u64, _>(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
             let Some(last) = candidates.last().copied() else {
-                tx.commit().await?;
+                tx.finish().await?;
                 return Ok(None);
             };
             let ids: Vec<u64> = candidates.iter().map(|(_, id)| *id).collect();
@@ -373,13 +365,15 @@ impl MySqlStore {
             let mut next = 0;
             let mut cursor = 0;
             loop {
+                // Round trip 2: lock the first candidate pair the prefilter still admits.
+                tx.begin().await?;
                 let row = if ascending {
                     let mut q = sqlx::query(&first_of);
                     for i in 0..CANDIDATES {
                         // Id 0 never exists: it pads the list.
                         q = q.bind(ids.get(i).copied().unwrap_or(0));
                     }
-                    match q.bind(cursor).fetch_optional(&mut *tx).await? {
+                    match q.bind(cursor).fetch_optional(tx.conn()).await? {
                         Some(row) => row,
                         None => break,
                     }
@@ -388,7 +382,7 @@ impl MySqlStore {
                         break;
                     };
                     next += 1;
-                    match sqlx::query(&one).bind(id).fetch_optional(&mut *tx).await? {
+                    match sqlx::query(&one).bind(id).fetch_optional(tx.conn()).await? {
                         Some(row) => row,
                         None => continue,
                     }
@@ -418,17 +412,12 @@ impl MySqlStore {
                 let Some(parent_arm) = self.rules.matching_arm(&parent) else {
                     continue;
                 };
-                // A stop that committed after this statement's snapshot but before the parent
-                // was locked is seen by a fresh read (a request locks the parent first); it wins.
-                if op_arm == OperationArm::O1Pending && self.stop_pending(&mut tx, raw.id).await? {
-                    continue;
-                }
                 let via = ClaimedVia::Operation {
                     op: op_arm,
                     parent: parent_arm,
                 };
+                // Round trip 3: take the lease and commit.
                 if let Some(claimed) = self.take(&mut tx, &raw, &parsed, via, owner, &now).await? {
-                    tx.commit().await?;
                     return Ok(Some(claimed));
                 }
             }
@@ -436,28 +425,13 @@ impl MySqlStore {
         }
     }
 
-    pub(super) async fn stop_pending(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        apply: ApplyId,
-    ) -> Result<bool, Failure> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM apply_control_requests WHERE apply_id = ? AND operation = ? AND status = ? LIMIT 1",
-        )
-        .bind(apply)
-        .bind(ControlOp::Stop.as_str())
-        .bind(ControlStatus::Pending.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-        Ok(found.is_some())
-    }
-
     /// Take the lease of a locked apply and its operation row at one new epoch, moving the apply
-    /// by the transition of the apply arm (its operation and tasks follow). `None`: skip this
-    /// row (no transition, or a re-activation the target refused; the start then fails).
+    /// by the transition of the apply arm (its operation and tasks follow), and commit — all in
+    /// one round trip. `None`: skip this row (no transition, a re-activation the target refused,
+    /// or an O1 claim a stop overtook); the transaction is then still usable.
     pub(super) async fn take(
         &self,
-        tx: &mut Transaction<'_, MySql>,
+        tx: &mut ClaimTx,
         raw: &RawApply,
         parsed: &Parsed,
         via: ClaimedVia,
@@ -472,86 +446,80 @@ impl MySqlStore {
         };
         let to = mv.to;
         let pre_claim = parsed.state;
+        let id = raw.id;
+        let epoch = raw.lease_epoch + 1;
+        let owner_sql = sql_text(owner);
+        let to_sql = sql_text(to.as_str());
         let mut sets = format!(
-            "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_acquired_at = {now}, \
+            "lease_epoch = {epoch}, lease_owner = {owner_sql}, lease_acquired_at = {now}, \
              heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
         );
         if to != pre_claim {
-            sets.push_str(&format!(", state = ?, state_entered_at = {now}"));
+            sets.push_str(&format!(", state = {to_sql}, state_entered_at = {now}"));
         }
         let retry = mv.counts_attempt;
         if retry {
             sets.push_str(", attempt = attempt + 1, error_message = NULL");
         }
-        let update =
-            format!("UPDATE applies SET {sets} WHERE id = ? AND lease_epoch = ? AND state = ?");
-        let mut q = sqlx::query(&update).bind(owner);
-        if to != pre_claim {
-            q = q.bind(to.as_str());
-        }
-        let done = q
-            .bind(raw.id)
-            .bind(raw.lease_epoch)
-            .bind(&raw.state)
-            .execute(&mut **tx)
-            .await;
-        match done {
-            Ok(r) if r.rows_affected() == 1 => {}
-            // Cannot happen while we hold the row lock; never guess, look at the next row.
-            Ok(_) => return Ok(None),
-            Err(e) if is_duplicate_key(&e) && mv.reactivates => {
-                // Re-activating would give the target a second active apply: refuse the
-                // start that asked for it, with the reason.
-                let target = Target {
-                    database: raw.database.clone(),
-                    environment: raw.environment.clone(),
-                };
-                let existing = self.active_on_target(tx, &target, Some(raw.id)).await?;
-                let message =
-                    format!("start refused: another active apply ({existing}) exists on {target}");
-                let sql = format!(
-                    "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
-                     completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
-                );
-                sqlx::query(&sql)
-                    .bind(ControlStatus::Failed.as_str())
-                    .bind(&message)
-                    .bind(raw.id)
-                    .bind(ControlOp::Start.as_str())
-                    .bind(ControlStatus::Pending.as_str())
-                    .execute(&mut **tx)
-                    .await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let epoch = raw.lease_epoch + 1;
+        // A stop that committed after the locking read's snapshot but before the parent was
+        // locked is seen by this statement's fresh read (a request locks the parent first): it
+        // wins over an O1 claim, which then changes nothing.
+        let stop_gate = if via.operation_arm() == Some(OperationArm::O1Pending) {
+            format!(
+                " AND (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = {id} \
+                 AND r.operation = '{}' AND r.status = '{}' LIMIT 1) IS NULL",
+                ControlOp::Stop.as_str(),
+                ControlStatus::Pending.as_str()
+            )
+        } else {
+            String::new()
+        };
+        // Everything after the apply's UPDATE happens only if it took the lease.
+        let taken = format!("(SELECT g.lease_epoch FROM applies g WHERE g.id = {id}) = {epoch}");
+        let mut statements = vec![
+            format!(
+                "UPDATE applies SET {sets} WHERE id = {id} AND lease_epoch = {} AND state = {}{stop_gate}",
+                raw.lease_epoch,
+                sql_text(&raw.state)
+            ),
+            "SELECT ROW_COUNT() AS taken".to_string(),
+        ];
         // The operation row takes the same lease (one epoch for both rows) and mirrors the state;
         // a retry re-dispatches it, so its own attempt counts too.
         let op_attempt = if retry { ", attempt = attempt + 1" } else { "" };
-        let op = format!(
-            "UPDATE apply_operations SET lease_owner = ?, lease_epoch = ?, lease_acquired_at = {now}, \
-             heartbeat_at = {now}, updated_at = {now}, state = ?{op_attempt} WHERE apply_id = ?"
-        );
-        sqlx::query(&op)
-            .bind(owner)
-            .bind(epoch)
-            .bind(to.as_str())
-            .bind(raw.id)
-            .execute(&mut **tx)
-            .await?;
-        self.sync_tasks(tx, raw.id, pre_claim, to, now).await?;
-        self.log(
-            tx,
-            raw.id,
-            &raw.state,
-            to,
-            epoch,
-            Some(owner),
-            &format!("claim {}", via.code()),
-            now,
-        )
-        .await?;
+        statements.push(format!(
+            "UPDATE apply_operations SET lease_owner = {owner_sql}, lease_epoch = {epoch}, \
+             lease_acquired_at = {now}, heartbeat_at = {now}, updated_at = {now}, state = {to_sql}{op_attempt} \
+             WHERE apply_id = {id} AND {taken}"
+        ));
+        if let Some(tasks) = task_sync_sql(&id.to_string(), pre_claim, to, now) {
+            statements.push(format!("{tasks} AND {taken}"));
+        }
+        statements.push(format!(
+            "INSERT INTO apply_logs (apply_id, from_state, to_state, lease_epoch, lease_owner, cause, created_at) \
+             SELECT {id}, {}, {to_sql}, {epoch}, {owner_sql}, {}, {now} FROM applies g \
+             WHERE g.id = {id} AND g.lease_epoch = {epoch}",
+            sql_text(&raw.state),
+            sql_text(&format!("claim {}", via.code())),
+        ));
+        let rows = match tx.commit_with(&statements).await {
+            Ok(rows) => rows,
+            Err(Failure::Sql(e)) if is_duplicate_key(&e) && mv.reactivates => {
+                // Re-activating would give the target a second active apply: refuse the
+                // start that asked for it, with the reason. Nothing of the claim was written.
+                self.refuse_start(tx, raw, now).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let taken: i64 = match rows.first() {
+            Some(row) => row.try_get("taken")?,
+            None => 0,
+        };
+        if taken != 1 {
+            // Only an O1 claim a stop overtook (the row lock is ours): look at the next row.
+            return Ok(None);
+        }
         let attempt = if retry { raw.attempt + 1 } else { raw.attempt };
         Ok(Some(Claimed {
             lease: Lease {
@@ -563,5 +531,36 @@ impl MySqlStore {
             pre_claim,
             record: parsed.record(raw, to, epoch, attempt),
         }))
+    }
+
+    /// Fail the pending start of an apply whose re-activation the target refused.
+    async fn refuse_start(
+        &self,
+        tx: &mut ClaimTx,
+        raw: &RawApply,
+        now: &str,
+    ) -> Result<(), Failure> {
+        let target = Target {
+            database: raw.database.clone(),
+            environment: raw.environment.clone(),
+        };
+        let existing = self
+            .active_on_target(tx.conn(), &target, Some(raw.id))
+            .await?;
+        let message =
+            format!("start refused: another active apply ({existing}) exists on {target}");
+        let sql = format!(
+            "UPDATE apply_control_requests SET status = ?, error_message = ?, updated_at = {now}, \
+             completed_at = {now} WHERE apply_id = ? AND operation = ? AND status = ?"
+        );
+        sqlx::query(&sql)
+            .bind(ControlStatus::Failed.as_str())
+            .bind(&message)
+            .bind(raw.id)
+            .bind(ControlOp::Start.as_str())
+            .bind(ControlStatus::Pending.as_str())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
     }
 }

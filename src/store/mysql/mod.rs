@@ -123,6 +123,7 @@ fn age_ms(us: i64) -> u64 {
     (us.max(0) / 1000) as u64
 }
 
+mod claim_tx;
 mod claims;
 mod requests;
 mod rows;
@@ -331,6 +332,13 @@ pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before each use: it would be a fourth round trip on every claim. The pool
+        // already pings each connection it takes back; a connection that died while idle
+        // fails its one statement as `Unavailable`, which every caller treats as "try later",
+        // and is then dropped. Idle connections are retired long before a server's
+        // `wait_timeout` (8 h by default) could close them.
+        .test_before_acquire(false)
+        .idle_timeout(Duration::from_secs(300))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use sqlx::mysql::MySqlConnection;
 use sqlx::{Executor, MySql, Row, Transaction};
 
 use super::super::{DriveInputs, Lease, NewApply, StoreError, Target};
@@ -13,12 +14,60 @@ use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::task::task_after_move;
 use crate::machine::{ApplyState, ControlOp, ControlStatus, EngineKind, TaskState};
 
+/// The statement that moves the task rows of apply `apply` (an SQL expression: `?` or an id)
+/// along with its move from `from` to `to`; `None` when no task state changes. The states are
+/// `machine`'s own names.
+pub(super) fn task_sync_sql(
+    apply: &str,
+    from: ApplyState,
+    to: ApplyState,
+    now: &str,
+) -> Option<String> {
+    if from == to {
+        return None;
+    }
+    let steps: Vec<_> = TaskState::ALL
+        .iter()
+        .map(|stored| (*stored, task_after_move(*stored, from, to)))
+        .filter(|(stored, step)| step.state != *stored)
+        .collect();
+    if steps.is_empty() {
+        return None;
+    }
+    let retried: String = steps
+        .iter()
+        .map(|(stored, step)| {
+            format!(
+                " WHEN '{}' THEN {}",
+                stored.as_str(),
+                u32::from(step.retried)
+            )
+        })
+        .collect();
+    let moved: String = steps
+        .iter()
+        .map(|(stored, step)| format!(" WHEN '{}' THEN '{}'", stored.as_str(), step.state.as_str()))
+        .collect();
+    let stored = steps
+        .iter()
+        .map(|(stored, _)| format!("'{}'", stored.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // `attempt` is assigned first: MySQL evaluates SET left to right, so it still sees the
+    // stored state.
+    Some(format!(
+        "UPDATE tasks SET attempt = attempt + (CASE state{retried} ELSE 0 END), \
+         state = (CASE state{moved} ELSE state END), updated_at = {now} \
+         WHERE apply_id = {apply} AND state IN ({stored})"
+    ))
+}
+
 impl MySqlStore {
     /// The active apply on a target, other than `except`. A duplicate key says one exists; if it
     /// finished in between, the caller retries.
     pub(super) async fn active_on_target(
         &self,
-        tx: &mut Transaction<'_, MySql>,
+        conn: &mut MySqlConnection,
         target: &Target,
         except: Option<ApplyId>,
     ) -> Result<ApplyId, Failure> {
@@ -29,7 +78,7 @@ impl MySqlStore {
         .bind(&target.database)
         .bind(&target.environment)
         .bind(except.unwrap_or(0))
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await?;
         existing.ok_or_else(|| {
             Failure::Retry(format!("the active apply on {target} finished meanwhile"))
@@ -48,38 +97,9 @@ impl MySqlStore {
         to: ApplyState,
         now: &str,
     ) -> Result<(), Failure> {
-        if from == to {
-            return Ok(());
+        if let Some(sql) = task_sync_sql("?", from, to, now) {
+            sqlx::query(&sql).bind(apply).execute(&mut **tx).await?;
         }
-        let steps: Vec<_> = TaskState::ALL
-            .iter()
-            .map(|stored| (*stored, task_after_move(*stored, from, to)))
-            .filter(|(stored, step)| step.state != *stored)
-            .collect();
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let whens = vec!["WHEN ? THEN ?"; steps.len()].join(" ");
-        let marks = vec!["?"; steps.len()].join(", ");
-        // `attempt` is assigned first: MySQL evaluates SET left to right, so it still sees the
-        // stored state.
-        let sql = format!(
-            "UPDATE tasks SET attempt = attempt + (CASE state {whens} ELSE 0 END), \
-             state = (CASE state {whens} ELSE state END), updated_at = {now} \
-             WHERE apply_id = ? AND state IN ({marks})"
-        );
-        let mut q = sqlx::query(&sql);
-        for (stored, step) in &steps {
-            q = q.bind(stored.as_str()).bind(u32::from(step.retried));
-        }
-        for (stored, step) in &steps {
-            q = q.bind(stored.as_str()).bind(step.state.as_str());
-        }
-        q = q.bind(apply);
-        for (stored, _) in &steps {
-            q = q.bind(stored.as_str());
-        }
-        q.execute(&mut **tx).await?;
         Ok(())
     }
 
