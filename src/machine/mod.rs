@@ -7,11 +7,13 @@ pub mod control;
 pub mod invariants;
 pub mod moves;
 pub mod observe;
+pub mod policy;
 pub mod render;
 pub mod rules;
 pub mod states;
 pub mod table;
 pub mod task;
+pub mod vocabulary;
 pub mod waits;
 
 pub use claim::{
