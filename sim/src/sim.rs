@@ -21,10 +21,10 @@ use applyd::machine::waits::human_release;
 use applyd::machine::{
     ApplyState, ControlOp, ControlStatus, EngineCall, EngineKind, EngineState, Mutant, Rules,
 };
-use applyd::store::memory::{ManualClock, MemoryRow, MemoryStore};
-use applyd::store::{ApplyRecord, Lease, NewApply, StoreError, Target};
+use applyd::store::memory::{ManualClock, MemoryStore};
+use applyd::store::{Lease, NewApply, StoreError, Target};
 use applyd::testkit::{step, Stepped};
-use applyd::worker::{ApplyId, ApplySnapshot, Drive, WaitFor, WriteOutcome};
+use applyd::worker::{ApplyId, Drive, WaitFor, WriteOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -774,21 +774,6 @@ impl Sim {
         }
     }
 
-    fn record_of(row: &MemoryRow) -> ApplyRecord {
-        ApplyRecord {
-            row: ApplySnapshot {
-                id: row.id,
-                engine: row.engine,
-                state: row.state,
-                epoch: row.lease_epoch,
-                attempt: row.attempt,
-                options: row.options,
-                resume: row.resume,
-            },
-            spec: row.spec.clone(),
-        }
-    }
-
     /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
     fn check_command(&mut self, id: ApplyId, stepped: Stepped, heartbeat_age: u64) {
         let acted = matches!(
@@ -811,7 +796,7 @@ impl Sim {
                 self.violated(stop_dominance(&controls, row.engine, call));
                 let excused = self.plan_of(id).is_some_and(|i| self.engine_faulted[i]);
                 if matches!(call, EngineCall::Cutover | EngineCall::DropSentinel) && !excused {
-                    let truth = self.engines.truth(&Self::record_of(&row));
+                    let truth = self.engines.truth(&row.record());
                     self.violated(cutover_after_gate(call, truth));
                 }
             }
@@ -850,7 +835,7 @@ impl Sim {
                 return;
             }
             self.last_state[i] = row.state;
-            let record = Self::record_of(&row);
+            let record = row.record();
             self.facts.push(ApplyFacts {
                 id: id as u32,
                 target: self.world.applies[i].target as u32,

@@ -7,6 +7,7 @@ mod bench_operator;
 mod bench_relay;
 mod check_config;
 mod demo;
+mod fake_engines;
 mod fake_planetscale;
 mod logging;
 mod migrate;
@@ -55,7 +56,7 @@ enum Cmd {
     /// Close the revert window of a PlanetScale apply now.
     SkipRevert(applies::ControlArgs),
     /// Serve the fake PlanetScale and Spirit engines over loopback (crash tests, trials).
-    FakeEngines(FakeEnginesArgs),
+    FakeEngines(fake_engines::FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
     Migrate(migrate::MigrateArgs),
     /// Validate a configuration file and reach every configured engine.
@@ -83,35 +84,12 @@ pub fn main() -> ExitCode {
         Cmd::Cutover(args) => applies::control(crate::machine::ControlOp::Cutover, args),
         Cmd::Revert(args) => applies::control(crate::machine::ControlOp::Revert, args),
         Cmd::SkipRevert(args) => applies::control(crate::machine::ControlOp::SkipRevert, args),
-        Cmd::FakeEngines(args) => {
-            let timings = if args.fast {
-                crate::engine::fake::FakeTimings::fast()
-            } else {
-                crate::engine::fake::FakeTimings::default()
-            };
-            match runtime().block_on(crate::engine::remote_fake::serve(args.listen, timings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("applyd fake-engines: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::FakeEngines(args) => fake_engines::run(args),
         Cmd::Migrate(args) => migrate::run(args),
         Cmd::CheckConfig(args) => check_config::run(args),
         Cmd::FakePlanetscale(args) => fake_planetscale::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
-}
-
-#[derive(clap::Args)]
-struct FakeEnginesArgs {
-    /// Address to listen on (loopback).
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: std::net::SocketAddr,
-    /// Phases of seconds instead of minutes (a deploy in 1.5 s, a Spirit copy in 3 s).
-    #[arg(long)]
-    fast: bool,
 }
 
 /// A multi-threaded tokio runtime for the async subcommands.

@@ -502,7 +502,7 @@ impl MemoryStore {
             },
             arm: via,
             pre_claim,
-            record: record_of(row),
+            record: row.record(),
         };
         let epoch = row.lease_epoch;
         inner.audit.push(AuditEntry {
@@ -567,7 +567,7 @@ impl MemoryStore {
             revert_window_expired: self
                 .rules
                 .revert_window_expired(row.state, now.saturating_sub(row.state_entered_at)),
-            record: record_of(&row),
+            record: row.record(),
             controls,
         })
     }
@@ -812,18 +812,21 @@ fn active_on_target(inner: &Inner, target: &Target, except: Option<ApplyId>) -> 
         .map(|r| r.id)
 }
 
-fn record_of(row: &MemoryRow) -> ApplyRecord {
-    ApplyRecord {
-        row: ApplySnapshot {
-            id: row.id,
-            engine: row.engine,
-            state: row.state,
-            epoch: row.lease_epoch,
-            attempt: row.attempt,
-            options: row.options,
-            resume: row.resume,
-        },
-        spec: row.spec.clone(),
+impl MemoryRow {
+    /// What a driver knows of this row.
+    pub fn record(&self) -> ApplyRecord {
+        ApplyRecord {
+            row: ApplySnapshot {
+                id: self.id,
+                engine: self.engine,
+                state: self.state,
+                epoch: self.lease_epoch,
+                attempt: self.attempt,
+                options: self.options,
+                resume: self.resume,
+            },
+            spec: self.spec.clone(),
+        }
     }
 }
 

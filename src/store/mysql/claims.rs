@@ -449,7 +449,8 @@ impl MySqlStore {
         let id = raw.id;
         let epoch = raw.lease_epoch + 1;
         let owner_sql = sql_text(owner);
-        let to_sql = sql_text(to.as_str());
+        // `machine`'s own name, never user input.
+        let to_sql = format!("'{}'", to.as_str());
         let mut sets = format!(
             "lease_epoch = {epoch}, lease_owner = {owner_sql}, lease_acquired_at = {now}, \
              heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
@@ -474,15 +475,18 @@ impl MySqlStore {
         } else {
             String::new()
         };
-        // Everything after the apply's UPDATE happens only if it took the lease.
-        let taken = format!("(SELECT g.lease_epoch FROM applies g WHERE g.id = {id}) = {epoch}");
+        // Everything after the apply's UPDATE happens only if it took the lease (a session
+        // variable, set in this round trip before anything reads it).
+        let taken = "@applyd_claim_taken = 1";
         let mut statements = vec![
             format!(
                 "UPDATE applies SET {sets} WHERE id = {id} AND lease_epoch = {} AND state = {}{stop_gate}",
                 raw.lease_epoch,
+                // As stored (a legacy alias stays as it is), so as text.
                 sql_text(&raw.state)
             ),
-            "SELECT ROW_COUNT() AS taken".to_string(),
+            "SET @applyd_claim_taken = ROW_COUNT()".to_string(),
+            "SELECT @applyd_claim_taken AS taken".to_string(),
         ];
         // The operation row takes the same lease (one epoch for both rows) and mirrors the state;
         // a retry re-dispatches it, so its own attempt counts too.
@@ -497,8 +501,7 @@ impl MySqlStore {
         }
         statements.push(format!(
             "INSERT INTO apply_logs (apply_id, from_state, to_state, lease_epoch, lease_owner, cause, created_at) \
-             SELECT {id}, {}, {to_sql}, {epoch}, {owner_sql}, {}, {now} FROM applies g \
-             WHERE g.id = {id} AND g.lease_epoch = {epoch}",
+             SELECT {id}, {}, {to_sql}, {epoch}, {owner_sql}, {}, {now} FROM DUAL WHERE {taken}",
             sql_text(&raw.state),
             sql_text(&format!("claim {}", via.code())),
         ));

@@ -7,7 +7,12 @@
 //!   LOCKED` over a prefilter from the same classes locks the first one, [`Rules::matching_arm`]
 //!   confirms it on ages the database computed, its move comes from [`Rules::claim_move`], and a
 //!   guarded UPDATE takes the lease with a new epoch. Candidates and prefilter may only be wider
-//!   than the arms, never narrower.
+//!   than the arms, never narrower. A claim is three round trips (`claim_tx`): the transaction
+//!   starts with the candidate read, the locking read is the second, and the writes of the apply,
+//!   its operation, its tasks and the audit row go together with the `COMMIT`.
+//! - **The idle poll** ([`Store::may_have_work`]) is the apply candidate read alone, in
+//!   autocommit: every operation claim also moves its parent by an apply arm, and expiry reads
+//!   only retry-path rows, so no candidate means nothing to claim or expire.
 //! - **Operation claims** (O1–O5, [`Rules::matching_operation_arm`]) take operation rows in
 //!   `(created_at, id)` order, locking each with its parent; the parent is claimed by the apply
 //!   arm that matches it, and both rows take the same lease at one epoch. The operation row's
