@@ -259,7 +259,7 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
     );
     println!(
         "  {:<42} {:>10.1} {:>9.2} {:>10.1}",
-        format!("idle, {} drivers polling for work", defaults.drivers),
+        format!("idle, {} drivers, one poller", defaults.drivers),
         idle_qps,
         idle_cpu,
         idle_rss as f64 / 1024.0
