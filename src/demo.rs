@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
-use crate::machine::apply::{ApplyId, ResumeState};
+use crate::machine::apply::ApplyId;
 use crate::machine::claim::SETUP_PHASE;
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, Params, Rules};
 use crate::operator::{Runtime, RuntimeConfig};
 use crate::store::audit::{self, AuditFact};
 use crate::store::memory::{Clock, MemoryStore, MonotonicClock};
 use crate::store::mysql::MySqlStore;
+use crate::store::status::{ApplyStatus, Inspect};
 use crate::store::{NewApply, Store, StoreError, Target};
 
 /// The timings of the demo: leases go stale after 3 s so a run takes well under a minute.
@@ -53,21 +54,6 @@ pub enum DemoStore {
     },
 }
 
-/// An apply as the progress view shows it, whichever store holds it.
-#[derive(Clone)]
-struct Row {
-    id: ApplyId,
-    identifier: String,
-    engine: EngineKind,
-    target: String,
-    state: ApplyState,
-    owner: Option<String>,
-    epoch: u64,
-    heartbeat_age_ms: Option<u64>,
-    state_age_ms: u64,
-    resume: ResumeState,
-}
-
 /// One audit entry, whichever store wrote it.
 struct Log {
     apply: ApplyId,
@@ -99,60 +85,15 @@ impl Backend {
         }
     }
 
-    /// The demo's own applies, by id.
-    async fn rows(&self, ids: &[ApplyId]) -> Result<BTreeMap<ApplyId, Row>, StoreError> {
+    /// The demo's own applies, by id, as the status page reads them.
+    async fn rows(&self, ids: &[ApplyId]) -> Result<BTreeMap<ApplyId, ApplyStatus>, StoreError> {
+        let inspect: &dyn Inspect = match self {
+            Backend::Memory(s) => s.as_ref(),
+            Backend::MySql(s) => s.as_ref(),
+        };
         let mut rows = BTreeMap::new();
-        match self {
-            Backend::Memory(store) => {
-                let now = store.now_ms();
-                for r in store.rows().into_iter().filter(|r| ids.contains(&r.id)) {
-                    rows.insert(
-                        r.id,
-                        Row {
-                            id: r.id,
-                            identifier: r.spec.identifier.clone(),
-                            engine: r.engine,
-                            target: r.spec.target.to_string(),
-                            state: r.state,
-                            owner: r.lease_owner.clone(),
-                            epoch: r.lease_epoch,
-                            heartbeat_age_ms: r.heartbeat_at.map(|h| now.saturating_sub(h)),
-                            state_age_ms: now.saturating_sub(r.state_entered_at),
-                            resume: r.resume,
-                        },
-                    );
-                }
-            }
-            Backend::MySql(store) => {
-                let now_us = store.now_us().await?;
-                let age_ms = |at_us: i64| (now_us.saturating_sub(at_us).max(0) / 1000) as u64;
-                let first = ids.iter().copied().min().unwrap_or(0);
-                for r in store.stored_applies_from(first).await? {
-                    if !ids.contains(&r.id) {
-                        continue;
-                    }
-                    let resume = match &r.resume {
-                        Some(json) => serde_json::from_str(json)
-                            .map_err(|e| bad(r.id, "engine_resume_state", e))?,
-                        None => ResumeState::default(),
-                    };
-                    rows.insert(
-                        r.id,
-                        Row {
-                            id: r.id,
-                            identifier: format!("apply-{}", r.id),
-                            engine: r.engine.parse().map_err(|e| bad(r.id, "engine", e))?,
-                            target: format!("{}/{}", r.database, r.environment),
-                            state: r.state.parse().map_err(|e| bad(r.id, "state", e))?,
-                            owner: r.lease_owner.clone(),
-                            epoch: r.lease_epoch,
-                            heartbeat_age_ms: r.heartbeat_at_us.map(age_ms),
-                            state_age_ms: age_ms(r.state_entered_at_us),
-                            resume,
-                        },
-                    );
-                }
-            }
+        for id in ids {
+            rows.insert(*id, inspect.status(*id).await?);
         }
         Ok(rows)
     }
@@ -341,7 +282,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
     spawn(&mut processes);
 
     let mut seen_audit = 0usize;
-    let mut prev_rows: BTreeMap<ApplyId, Row> = BTreeMap::new();
+    let mut prev_rows: BTreeMap<ApplyId, ApplyStatus> = BTreeMap::new();
     let mut prev_checkpoints: BTreeMap<String, u64> = BTreeMap::new();
     let mut killed_setup = false;
     let mut killed_copy = false;
@@ -404,7 +345,10 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     }
                     Some(r) => format!(
                         "the spirit checkpoint in the target ({} rows)",
-                        prev_checkpoints.get(&r.target).copied().unwrap_or(0)
+                        prev_checkpoints
+                            .get(&r.target.to_string())
+                            .copied()
+                            .unwrap_or(0)
                     ),
                     None => "unknown".into(),
                 };
@@ -459,7 +403,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             if let Some(r) = by_id.get(&shop) {
                 let dwelled = r.state_age_ms >= 600;
                 if SETUP_PHASE.contains(&r.state) && r.resume.branch && dwelled {
-                    if let Some(owner) = r.owner.clone() {
+                    if let Some(owner) = r.lease_owner.clone() {
                         kill(
                             &mut processes,
                             &owner,
@@ -475,7 +419,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             let copied = checkpoints.get(&users_target).copied().unwrap_or(0);
             if let Some(r) = by_id.get(&users) {
                 if r.state == ApplyState::Running && copied >= 10_000 {
-                    if let Some(owner) = r.owner.clone() {
+                    if let Some(owner) = r.lease_owner.clone() {
                         kill(
                             &mut processes,
                             &owner,
@@ -525,16 +469,15 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             for r in by_id.values() {
                 let hb = r
                     .heartbeat_age_ms
-                    .filter(|_| r.owner.is_some() && r.state.is_active())
                     .map_or("—".to_string(), |h| format!("{:.1}s", h as f64 / 1000.0));
                 out(&format!(
                     "        apply-{:<3} {:<12} {:<24} {:<26} {:<20} {:>5} {:>8}",
                     r.id,
                     r.engine.as_str(),
-                    r.target,
+                    r.target.to_string(),
                     r.state.as_str(),
-                    r.owner.clone().unwrap_or_else(|| "—".into()),
-                    r.epoch,
+                    r.lease_owner.clone().unwrap_or_else(|| "—".into()),
+                    r.lease_epoch,
                     hb
                 ));
             }
@@ -609,9 +552,9 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         lines.push(format!(
             "  apply-{id:<3} {:<12} {:<24} {:<10} epoch {:<2} reclaims {reclaims}  {engine_work}",
             r.engine.as_str(),
-            r.target,
+            r.target.to_string(),
             r.state.as_str(),
-            r.epoch
+            r.lease_epoch
         ));
     }
     lines.push(format!(

@@ -16,63 +16,21 @@ use serde::{Deserialize, Serialize};
 
 use super::fake::{FakeEngines, FakeTimings};
 use super::Engine;
-use crate::machine::apply::ApplySnapshot;
-use crate::machine::apply::{ApplyRecord, ApplySpec};
+use crate::machine::apply::ApplyRecord;
 use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{EngineCall, Probe};
 use crate::store::memory::{Clock, MonotonicClock};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireApply {
-    pub id: u64,
-    pub engine: crate::machine::EngineKind,
-    pub state: crate::machine::ApplyState,
-    pub epoch: u64,
-    pub attempt: u32,
-    pub options: crate::machine::ApplyOptions,
-    pub resume: crate::machine::apply::ResumeState,
-    pub spec: ApplySpec,
-}
-
-impl WireApply {
-    fn from_record(r: &ApplyRecord) -> WireApply {
-        WireApply {
-            id: r.row.id,
-            engine: r.row.engine,
-            state: r.row.state,
-            epoch: r.row.epoch,
-            attempt: r.row.attempt,
-            options: r.row.options,
-            resume: r.row.resume,
-            spec: (*r.spec).clone(),
-        }
-    }
-    fn into_record(self) -> ApplyRecord {
-        ApplyRecord {
-            row: ApplySnapshot {
-                id: self.id,
-                engine: self.engine,
-                state: self.state,
-                epoch: self.epoch,
-                attempt: self.attempt,
-                options: self.options,
-                resume: self.resume,
-            },
-            spec: Arc::new(self.spec),
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProbeRequest {
-    pub apply: WireApply,
+    pub apply: ApplyRecord,
     pub epoch: u64,
     pub probe: Probe,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CallRequest {
-    pub apply: WireApply,
+    pub apply: ApplyRecord,
     pub epoch: u64,
     pub host: u32,
     pub call: EngineCall,
@@ -111,7 +69,7 @@ pub fn router(timings: FakeTimings) -> Router {
 
 async fn probe(State(s): State<Arc<Server>>, Json(req): Json<ProbeRequest>) -> Json<Observation> {
     let now = s.clock.now_ms();
-    let apply = req.apply.into_record();
+    let apply = req.apply;
     Json(
         s.engines
             .lock()
@@ -122,7 +80,7 @@ async fn probe(State(s): State<Arc<Server>>, Json(req): Json<ProbeRequest>) -> J
 
 async fn call(State(s): State<Arc<Server>>, Json(req): Json<CallRequest>) -> Json<Observation> {
     let now = s.clock.now_ms();
-    let apply = req.apply.into_record();
+    let apply = req.apply;
     Json(
         s.engines
             .lock()
@@ -222,7 +180,7 @@ impl Engine for RemoteFakeEngine {
         self.post(
             "/probe",
             &ProbeRequest {
-                apply: WireApply::from_record(apply),
+                apply: apply.clone(),
                 epoch,
                 probe,
             },
@@ -233,7 +191,7 @@ impl Engine for RemoteFakeEngine {
         self.post(
             "/call",
             &CallRequest {
-                apply: WireApply::from_record(apply),
+                apply: apply.clone(),
                 epoch,
                 host: self.host,
                 call,

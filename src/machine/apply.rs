@@ -33,8 +33,9 @@ pub struct ApplySpec {
     pub ddl: Vec<String>,
 }
 
-/// An apply as read by its owner: the mutable row plus its spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An apply as read by its owner: the mutable row plus its spec (also what the loopback fake
+/// engines receive).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApplyRecord {
     pub row: ApplySnapshot,
     pub spec: Arc<ApplySpec>,
@@ -58,7 +59,7 @@ pub struct ResumeState {
 }
 
 /// The apply row as the owner last read or wrote it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ApplySnapshot {
     pub id: ApplyId,
     pub engine: EngineKind,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::memory::MemoryStore;
 use super::{StoreError, Target};
-use crate::machine::apply::ApplyId;
+use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
 
 /// One apply as an operator sees it.
@@ -22,6 +22,10 @@ pub struct ApplyStatus {
     pub lease_epoch: u64,
     /// By the store's clock; `None` when no lease is held.
     pub heartbeat_age_ms: Option<u64>,
+    /// How long the apply has been in its state, by the store's clock.
+    pub state_age_ms: u64,
+    /// What the owner persisted for a resume (branch, deploy-request intent and id).
+    pub resume: ResumeState,
     pub error: Option<String>,
     /// Progress: the apply's task rows (one per DDL statement) and how many have completed.
     pub tasks_total: u32,
@@ -79,6 +83,8 @@ impl MemoryStore {
                 .filter(|_| row.state.is_active())
                 .and(row.heartbeat_at)
                 .map(|h| now.saturating_sub(h)),
+            state_age_ms: now.saturating_sub(row.state_entered_at),
+            resume: row.resume,
             error: row.error_message.clone(),
             tasks_total: row.tasks.len() as u32,
             tasks_completed: row

@@ -6,7 +6,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::Row;
 
 use super::MySqlStore;
-use crate::machine::apply::ApplyId;
+use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
 use crate::store::status::{ApplyStatus, Inspect};
 use crate::store::{StoreError, Target};
@@ -14,6 +14,8 @@ use crate::store::{StoreError, Target};
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
      CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, NOW(6)) AS SIGNED) AS state_age_us, \
+     (SELECT CAST(o.engine_resume_state AS CHAR) FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed";
 
@@ -50,6 +52,16 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
     let age_us: Option<i64> = row
         .try_get("heartbeat_age_us")
         .map_err(|e| bad(id, "heartbeat_at", e))?;
+    let state_age_us: Option<i64> = row
+        .try_get("state_age_us")
+        .map_err(|e| bad(id, "state_entered_at", e))?;
+    let resume: Option<String> = row
+        .try_get_unchecked("resume")
+        .map_err(|e| bad(id, "engine_resume_state", e))?;
+    let resume: ResumeState = match resume {
+        Some(json) => serde_json::from_str(&json).map_err(|e| bad(id, "engine_resume_state", e))?,
+        None => ResumeState::default(),
+    };
     Ok(ApplyStatus {
         id,
         identifier: row
@@ -71,6 +83,8 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .filter(|_| state.is_active())
             .and(age_us)
             .map(|us| (us.max(0) / 1000) as u64),
+        state_age_ms: (state_age_us.unwrap_or(0).max(0) / 1000) as u64,
+        resume,
         lease_owner,
         lease_epoch: row
             .try_get("lease_epoch")
