@@ -23,7 +23,7 @@ use applyd::machine::{
 };
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::{Lease, NewApply, StoreError, Target};
-use applyd::testkit::{step, Stepped};
+use applyd::testkit::{self, step, Stepped};
 use applyd::worker::{ApplyId, Drive, WaitFor, WriteOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -404,15 +404,8 @@ impl Sim {
 
     fn claim(&mut self, w: u8) {
         let owner = self.owner(w);
-        match self.store.claim_next(self.preset.claim_path, &owner) {
-            Ok(Some(c)) => {
-                let drive = Drive::new(
-                    c.lease.apply,
-                    c.lease.epoch,
-                    c.record.row.engine,
-                    c.pre_claim,
-                    &self.rules,
-                );
+        match testkit::claim(&self.store, self.preset.claim_path, &owner, &self.rules) {
+            Ok(Some((c, drive))) => {
                 let id = c.lease.apply;
                 let wk = &mut self.workers[w as usize];
                 wk.owned = Some((drive, c.lease));

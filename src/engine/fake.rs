@@ -4,6 +4,9 @@
 //! creation is NOT idempotent, a Spirit runner dies with the process that hosts it while its
 //! checkpoint survives in the target — and they record every effect so invariants can count
 //! deploy requests per apply and runners per target.
+//!
+//! Over 700 lines: the two fakes and the effect log they share; each fake is the next file of
+//! its own.
 
 use std::collections::BTreeMap;
 

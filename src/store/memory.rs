@@ -1,6 +1,10 @@
 //! The in-memory store: the reference semantics of claims, fencing and control requests. The
 //! simulator drives it synchronously with a virtual clock; the demo and tests use it through
 //! the async `Store` trait.
+//!
+//! Over 700 lines: every store operation's reference semantics sits in one place, next to the
+//! row types it mutates, so that each can be read against its MySQL twin under `mysql/`; the
+//! clocks and the async delegation are the pieces that could move out.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,13 +1,35 @@
-//! The test kit: a synchronous executor of one command, against the memory store and the fake
-//! engines. The simulator and the core's property tests run drives with it on virtual time; it
-//! maps store results as the operator's async executor does (`store::store_outcome`).
+//! The test kit: a synchronous claim and a synchronous executor of one command, against the
+//! memory store and the fake engines. The simulator and the core's tests run drives with it on
+//! virtual time; it claims and maps store results as the operator does (`store::claim_next`,
+//! `store::store_outcome`).
 
 use crate::engine::fake::FakeEngines;
 use crate::machine::{EngineCall, Probe, Rules};
 use crate::store::memory::MemoryStore;
 use crate::store::store_outcome;
-use crate::store::Lease;
+use crate::store::{ClaimPath, Claimed, Lease, StoreError};
 use crate::worker::{Command, Drive, DriveView, Finish, WaitFor, WriteOutcome};
+
+/// Claim the next unit of work on `path` as the operator's poller does, and the drive that starts
+/// from the claim.
+pub fn claim(
+    store: &MemoryStore,
+    path: ClaimPath,
+    owner: &str,
+    rules: &Rules,
+) -> Result<Option<(Claimed, Drive)>, StoreError> {
+    let Some(claimed) = store.claim_next(path, owner)? else {
+        return Ok(None);
+    };
+    let drive = Drive::new(
+        claimed.lease.apply,
+        claimed.lease.epoch,
+        claimed.record.row.engine,
+        claimed.pre_claim,
+        rules,
+    );
+    Ok(Some((claimed, drive)))
+}
 
 /// What one executed command did, for traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

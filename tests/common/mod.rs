@@ -7,8 +7,9 @@ use std::sync::Arc;
 use applyd::engine::fake::{FakeEngines, FakeTimings};
 use applyd::machine::{ApplyState, EngineKind, Params, Rules};
 use applyd::store::memory::{ManualClock, MemoryStore};
+use applyd::store::ClaimPath;
 use applyd::store::{Lease, NewApply, Target};
-use applyd::testkit::{step, Stepped};
+use applyd::testkit::{claim, step, Stepped};
 use applyd::worker::{Drive, WaitFor};
 
 pub const STALE_MS: u64 = 10_000;
@@ -90,14 +91,14 @@ impl World {
         let worker = &mut self.workers[w];
         match worker.owned.as_mut() {
             None => {
-                let claimed = self.store.claim(&format!("w{w}")).unwrap()?;
-                let drive = Drive::new(
-                    claimed.lease.apply,
-                    claimed.lease.epoch,
-                    claimed.record.row.engine,
-                    claimed.pre_claim,
+                // The production claim path, as the operator's poller claims.
+                let (claimed, drive) = claim(
+                    &self.store,
+                    ClaimPath::Operation,
+                    &format!("w{w}"),
                     &self.rules,
-                );
+                )
+                .unwrap()?;
                 self.trace.push(format!(
                     "{now} w{w} claims {} via {} epoch {}",
                     claimed.lease.apply,
