@@ -1,0 +1,146 @@
+//! The checks after every event and command: the shared invariants over the world, the audit
+//! log at the end, and what an unsettled run reports.
+
+use super::*;
+
+impl Sim {
+    /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
+    pub(super) fn check_command(&mut self, id: ApplyId, stepped: Stepped, heartbeat_age: u64) {
+        let acted = matches!(
+            stepped,
+            Stepped::Called { .. }
+                | Stepped::Wrote { .. }
+                | Stepped::Requested {
+                    outcome: WriteOutcome::Ok,
+                    ..
+                }
+        );
+        let r = lease_loss_bound(heartbeat_age, self.rules.params.presumed_loss_ms, acted);
+        self.violated(r);
+        let Some(row) = self.store.row(id) else {
+            return;
+        };
+        match stepped {
+            Stepped::Called { call } => {
+                let controls = self.store.pending_controls(id);
+                self.violated(stop_dominance(&controls, row.engine, call));
+                let excused = self.plan_of(id).is_some_and(|i| self.engine_faulted[i]);
+                if matches!(call, EngineCall::Cutover | EngineCall::DropSentinel) && !excused {
+                    let truth = self.engines.truth(&row.record());
+                    self.violated(cutover_after_gate(call, truth));
+                }
+            }
+            Stepped::Requested {
+                op,
+                completed: true,
+                outcome: WriteOutcome::Ok,
+            } => self.violated(justified_completion(op, row.state)),
+            _ => {}
+        }
+    }
+
+    /// The world invariants, after every event that may have changed the world.
+    pub(super) fn check(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let stale = self.store.stale_writes_landed();
+        if stale > 0 {
+            self.fail(FailureKind::Violation(Violation {
+                invariant: STALE_EPOCH_WRITE,
+                detail: format!("{stale} write(s) landed with an epoch other than the row's"),
+            }));
+            return;
+        }
+        self.facts.clear();
+        for i in 0..self.ids.len() {
+            let Some(id) = self.ids[i] else { continue };
+            let Some(row) = self.store.row(id) else {
+                continue;
+            };
+            let from = self.last_state[i];
+            if let Err(mut v) = legal_step(row.engine, from, row.state) {
+                v.detail = format!("apply {id}: {}", v.detail);
+                self.fail(FailureKind::Violation(v));
+                return;
+            }
+            self.last_state[i] = row.state;
+            let record = row.record();
+            self.facts.push(ApplyFacts {
+                id: id as u32,
+                target: self.world.applies[i].target as u32,
+                engine: row.engine,
+                state: row.state,
+                attempt: row.attempt,
+                controls: self.store.pending_controls(id),
+                deploy_requests_created: self.engines.planetscale.deploy_requests_of(id) as u32,
+                engine_truth: self.engines.truth(&record),
+                runner_alive: self.engines.spirit.runner_alive(id),
+            });
+        }
+        let mut runners = BTreeMap::new();
+        for (t, key) in self.target_keys.iter().enumerate() {
+            runners.insert(t as u32, self.engines.spirit.runners_on(key) as u32);
+        }
+        let r = check_world(&self.facts, &runners, self.rules.params.retry_budget);
+        self.violated(r);
+    }
+
+    /// Once per run: every audited state change is a shipped row and epochs never go back.
+    pub(super) fn check_audit(&mut self) {
+        let mut last_epoch: BTreeMap<ApplyId, u64> = BTreeMap::new();
+        for e in self.store.audit() {
+            let engine = self
+                .store
+                .row(e.apply)
+                .map_or(EngineKind::Spirit, |r| r.engine);
+            if let Err(mut v) = legal_step(engine, e.from, e.to) {
+                v.detail = format!("apply {} ({}): {}", e.apply, e.cause, v.detail);
+                self.fail(FailureKind::Violation(v));
+                return;
+            }
+            let prev = last_epoch.insert(e.apply, e.epoch).unwrap_or(0);
+            if e.epoch < prev {
+                self.violated(stale_write(prev, e.epoch));
+                return;
+            }
+        }
+    }
+
+    /// What is still not terminal at the heal deadline, for the wedge report.
+    pub(super) fn unsettled(&self) -> String {
+        let mut out = Vec::new();
+        for (i, plan) in self.world.applies.iter().enumerate() {
+            let Some(id) = self.ids[i] else {
+                out.push(format!(
+                    "apply #{i} ({} on db{}) was never submitted: its target stayed busy",
+                    plan.engine, plan.target
+                ));
+                continue;
+            };
+            let Some(row) = self.store.row(id) else {
+                continue;
+            };
+            if shipped_class(row.state) == ClaimClass::Terminal {
+                continue;
+            }
+            let owner_up = row.lease_owner.as_ref().is_some_and(|o| {
+                (0..self.preset.workers)
+                    .any(|w| self.owner(w) == *o && self.workers[w as usize].owned.is_some())
+            });
+            out.push(format!(
+                "apply {id} ({} on db{}) stuck in {} (epoch {}, owner {} {}, claim class {}, settled {}, pending {:?})",
+                row.engine,
+                plan.target,
+                row.state,
+                row.lease_epoch,
+                row.lease_owner.as_deref().unwrap_or("none"),
+                if owner_up { "driving" } else { "gone" },
+                self.rules.class_of(row.state).name(),
+                is_settled(row.state, &row.options),
+                self.store.pending_controls(id),
+            ));
+        }
+        out.join("; ")
+    }
+}

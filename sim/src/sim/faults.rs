@@ -1,0 +1,135 @@
+//! Fault injection: crashes, pauses, stalls, lost replies, outages and the rest, as the seed
+//! draws them.
+
+use super::*;
+
+impl Sim {
+    pub(super) fn inject(&mut self, f: Fault) {
+        let now = self.now;
+        let mut plan = None;
+        let mut worker = None;
+        match f {
+            Fault::Crash { worker: w, down_ms } => {
+                worker = Some(w);
+                if !self.crash(w) {
+                    return;
+                }
+                let gen = self.workers[w as usize].gen;
+                self.at(now + down_ms, Ev::Restart(w, gen));
+            }
+            Fault::Pause { worker: w, for_ms } => {
+                worker = Some(w);
+                if !self.pause(w) {
+                    return;
+                }
+                let gen = self.workers[w as usize].gen;
+                self.at(now + for_ms, Ev::Resume(w, gen));
+            }
+            Fault::HeartbeatStall { worker: w, for_ms } => {
+                worker = Some(w);
+                let wk = &mut self.workers[w as usize];
+                wk.hb_stall_until = wk.hb_stall_until.max(now + for_ms);
+            }
+            Fault::LoseReply { worker: w } => {
+                worker = Some(w);
+                self.workers[w as usize].armed = Some(InjectedFault::ReplyLost);
+            }
+            Fault::EngineError { worker: w } => {
+                worker = Some(w);
+                self.workers[w as usize].armed = Some(InjectedFault::Unreachable);
+            }
+            Fault::StoreOutage { for_ms } => {
+                self.store.set_available(false);
+                self.store_down_until = self.store_down_until.max(now + for_ms);
+                self.at(now + for_ms, Ev::StoreUp);
+            }
+            Fault::DeployRequestError { apply } | Fault::DeployRequestDeleted { apply } => {
+                let i = apply as usize;
+                plan = Some(i);
+                if let Some(id) = self.ids[i] {
+                    let drs: Vec<u64> = self
+                        .engines
+                        .planetscale
+                        .requests
+                        .values()
+                        // Only live requests fail or vanish; a finished change stays finished.
+                        .filter(|r| {
+                            r.apply == id
+                                && !matches!(
+                                    r.state.engine_state(),
+                                    EngineState::Completed
+                                        | EngineState::Reverted
+                                        | EngineState::Cancelled
+                                        | EngineState::Failed
+                                )
+                        })
+                        .map(|r| r.id)
+                        .collect();
+                    for dr in drs {
+                        self.engine_faulted[i] = true;
+                        if matches!(f, Fault::DeployRequestError { .. }) {
+                            self.engines.planetscale.fail_request(dr, now);
+                        } else {
+                            self.engines.planetscale.delete_request(dr);
+                        }
+                    }
+                }
+            }
+            Fault::RunnerFails { apply, retryable } => {
+                let i = apply as usize;
+                plan = Some(i);
+                if let Some(id) = self.ids[i] {
+                    if self.engines.spirit.fail_runner(now, id, retryable) {
+                        self.engine_faulted[i] = true;
+                    }
+                }
+            }
+            Fault::Request { apply, op } => {
+                let i = apply as usize;
+                let Some(id) = self.ids[i] else {
+                    return;
+                };
+                let accepted = self.store.request(id, op).is_ok();
+                self.record(
+                    None,
+                    Some(i),
+                    Action::Request {
+                        op,
+                        accepted,
+                        human: false,
+                    },
+                );
+                self.check();
+                return;
+            }
+        }
+        self.record(worker, plan, Action::Fault(f));
+        self.check();
+    }
+
+    /// The process dies with its drive and the Spirit runners it hosts. False if already down.
+    pub(super) fn crash(&mut self, w: u8) -> bool {
+        let wk = &mut self.workers[w as usize];
+        if !wk.up {
+            return false;
+        }
+        wk.up = false;
+        wk.paused = false;
+        wk.owned = None;
+        wk.gen += 1;
+        let host = wk.host;
+        self.engines.crash_host(self.now, host);
+        true
+    }
+
+    /// The process freezes; its timers fire only after `resume`. False if not running.
+    pub(super) fn pause(&mut self, w: u8) -> bool {
+        let wk = &mut self.workers[w as usize];
+        if !wk.up || wk.paused {
+            return false;
+        }
+        wk.paused = true;
+        wk.gen += 1;
+        true
+    }
+}
