@@ -15,7 +15,7 @@ use applyd::machine::invariants::{
 use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
 use applyd::machine::{
-    ApplyState, ClaimView, ClaimedVia, ControlOp, EngineKind, OperationClaimView, Params, Rules,
+    ClaimView, ClaimedVia, ControlOp, EngineKind, OperationClaimView, Params, Rules,
 };
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
 use stateright::{Model, Property};

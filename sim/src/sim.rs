@@ -608,6 +608,21 @@ impl Sim {
         self.at(self.now, Ev::Human);
     }
 
+    /// A control request through the store's request surface, as a user or the simulated human
+    /// makes it, recorded whether or not it was accepted.
+    fn request(&mut self, i: usize, id: ApplyId, op: ControlOp, human: bool) {
+        let accepted = self.store.request(id, op).is_ok();
+        self.record(
+            None,
+            Some(i),
+            Action::Request {
+                op,
+                accepted,
+                human,
+            },
+        );
+    }
+
     /// The heal phase's human: every human wait gets the request that ends it, so every apply
     /// must reach a terminal state (a wait nobody can act on is a wedge too).
     fn act_as_human(&mut self) {
@@ -630,16 +645,7 @@ impl Sim {
             if self.store.pending_controls(id).has(op) {
                 continue;
             }
-            let accepted = self.store.request(id, op).is_ok();
-            self.record(
-                None,
-                Some(i),
-                Action::Request {
-                    op,
-                    accepted,
-                    human: true,
-                },
-            );
+            self.request(i, id, op, true);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The enabled actions of a state (with the exploration budgets) and how they are written.
 
+use applyd::machine::{ClaimArm, ClaimClass};
+
 use super::*;
 
 impl ApplydModel {
@@ -76,12 +78,19 @@ impl ApplydModel {
         let o = self.spec(a).options;
         match op {
             ControlOp::Cutover => o.defer_cutover,
+            // Where a claim arm reads a pending start: a start-held apply, or a deferred
+            // deploy's hand-off.
             ControlOp::Start => {
                 row.controls.has(ControlOp::Stop)
-                    || matches!(
-                        row.state,
-                        ApplyState::Stopped | ApplyState::WaitingForDeploy
-                    )
+                    || self.rules.class_of(row.state) == ClaimClass::StartHeld
+                    || self
+                        .rules
+                        .claim_move(
+                            self.spec(a).engine,
+                            row.state,
+                            ClaimArm::A6DeferredDeployStart,
+                        )
+                        .is_some()
             }
             _ => true,
         }

@@ -89,16 +89,7 @@ impl Sim {
                 let Some(id) = self.ids[i] else {
                     return;
                 };
-                let accepted = self.store.request(id, op).is_ok();
-                self.record(
-                    None,
-                    Some(i),
-                    Action::Request {
-                        op,
-                        accepted,
-                        human: false,
-                    },
-                );
+                self.request(i, id, op, false);
                 self.check();
                 return;
             }

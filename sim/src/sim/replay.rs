@@ -112,16 +112,7 @@ impl Sim {
                 let i = plan.ok_or("the request names no known apply")?;
                 let op = st.request.ok_or("the request names no operation")?;
                 let id = self.ids[i].ok_or("the apply was never submitted")?;
-                let accepted = self.store.request(id, op).is_ok();
-                self.record(
-                    None,
-                    Some(i),
-                    Action::Request {
-                        op,
-                        accepted,
-                        human: false,
-                    },
-                );
+                self.request(i, id, op, false);
             }
             "expire" => {
                 let n = self.store.expire_retryable().unwrap_or(0);
