@@ -142,7 +142,8 @@ impl Default for LogSection {
 #[serde(deny_unknown_fields, default)]
 pub struct EnginesSection {
     /// `fake` runs the in-process fakes (trials and tests); `remote-fake` talks to a fake
-    /// engine server (`applyd fake-engines`); `real` uses the PlanetScale and Spirit sections.
+    /// engine server (`applyd fake-engines`: the real PlanetScale client against its copy of the
+    /// API, and its fake Spirit); `real` uses the PlanetScale and Spirit sections.
     pub kind: EngineMode,
     pub remote_fake_url: Option<String>,
     /// This process's host id for the remote fake (runners die with it).

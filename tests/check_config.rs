@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use applyd::engine::planetscale_fake_server::{router, FakeServerOptions};
+use applyd::engine::fake_server::{router, FakeServerOptions};
 
 async fn fake_planetscale() -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -145,7 +145,7 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         let _ = dead.child.wait();
         // The runners a killed process hosted die with it.
         let _ = http
-            .post(format!("{engines_url}/crash-host/{}", dead.host))
+            .post(format!("{engines_url}/_fake/crash-host/{}", dead.host))
             .send()
             .await;
         kills += 1;
@@ -187,22 +187,33 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         "the chaos loop ran: {kills} kills"
     );
 
-    let facts: applyd::engine::remote_fake::Facts = http
-        .get(format!("{engines_url}/facts"))
+    let facts: applyd::engine::fake_server::Facts = http
+        .get(format!("{engines_url}/_fake/facts"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    for (apply, n) in &facts.deploy_requests {
-        assert_eq!(*n, 1, "apply {apply} has {n} deploy requests");
+    for (branch, n) in &facts.deploy_requests {
+        assert_eq!(*n, 1, "branch {branch} has {n} deploy requests");
     }
     assert_eq!(
         facts.deploy_requests.len(),
         15,
         "every PlanetScale apply created its deploy request"
     );
+    assert_eq!(
+        facts.branch_ddl.len(),
+        15,
+        "every PlanetScale apply applied its DDL to its branch"
+    );
+    for (branch, ddl) in &facts.branch_ddl {
+        assert!(
+            ddl.len() == 1 && ddl[0].starts_with("ALTER TABLE t"),
+            "branch {branch} got {ddl:?}"
+        );
+    }
 
     // The audit log: every write carries the epoch of the latest claim before it.
     let logs = store.stored_logs().await.expect("logs");

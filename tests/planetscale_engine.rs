@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use applyd::config::Secret;
+use applyd::engine::fake_server::{quick_timings, router, FakeServerOptions, Faults};
 use applyd::engine::planetscale::{
     BranchCredentials, BranchSql, PlanetScaleClient, PlanetScaleEngine,
 };
-use applyd::engine::planetscale_fake_server::{quick_timings, router, FakeServerOptions, Faults};
 use applyd::engine::Engine;
 use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
 use applyd::operator::{run_drive, Pacing};
@@ -379,7 +379,7 @@ async fn the_fake_planetscale_command_serves_the_api() {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_applyd"))
         .args([
-            "fake-planetscale",
+            "fake-engines",
             "--listen",
             "127.0.0.1:0",
             "--phase-ms",

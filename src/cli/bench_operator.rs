@@ -192,8 +192,13 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
         spirit_rows: u64::MAX / 4,
         ..FakeTimings::default()
     };
+    let engines =
+        crate::engine::fake_server::router(crate::engine::fake_server::FakeServerOptions {
+            timings,
+            ..Default::default()
+        });
     tokio::spawn(async move {
-        let _ = axum::serve(listener, crate::engine::remote_fake::router(timings)).await;
+        let _ = axum::serve(listener, engines).await;
     });
 
     let mut bench = scratch.bench(&engines_url).await?;
@@ -426,7 +431,7 @@ impl Bench {
         for (_, host) in &owned {
             // A Spirit runner lives in its operator's process: it dies with it.
             let _ = http
-                .post(format!("{}/crash-host/{host}", self.engines_url))
+                .post(format!("{}/_fake/crash-host/{host}", self.engines_url))
                 .send()
                 .await;
         }

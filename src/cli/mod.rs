@@ -8,7 +8,6 @@ mod bench_relay;
 mod check_config;
 mod demo;
 mod fake_engines;
-mod fake_planetscale;
 mod logging;
 mod migrate;
 mod serve;
@@ -55,14 +54,12 @@ enum Cmd {
     Revert(applies::ControlArgs),
     /// Close the revert window of a PlanetScale apply now.
     SkipRevert(applies::ControlArgs),
-    /// Serve the fake PlanetScale and Spirit engines over loopback (crash tests, trials).
+    /// Serve the fake PlanetScale (over its API's paths) and Spirit over loopback (tests, trials).
     FakeEngines(fake_engines::FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
     Migrate(migrate::MigrateArgs),
     /// Validate a configuration file and reach every configured engine.
     CheckConfig(check_config::CheckConfigArgs),
-    /// Serve the fake PlanetScale API over loopback (integration tests, trials).
-    FakePlanetscale(fake_planetscale::FakePlanetScaleArgs),
     /// Benchmarks (printed figures, measured against a baseline in the same run).
     Bench(bench::BenchArgs),
 }
@@ -87,7 +84,6 @@ pub fn main() -> ExitCode {
         Cmd::FakeEngines(args) => fake_engines::run(args),
         Cmd::Migrate(args) => migrate::run(args),
         Cmd::CheckConfig(args) => check_config::run(args),
-        Cmd::FakePlanetscale(args) => fake_planetscale::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

@@ -63,7 +63,7 @@ pub async fn engines(config: &Config, host: u32) -> anyhow::Result<Arc<dyn Engin
                 .remote_fake_url
                 .clone()
                 .context("engines.remote_fake_url is missing")?;
-            Arc::new(crate::engine::remote_fake::RemoteFakeEngine::new(
+            Arc::new(crate::engine::remote_fake::remote_fake_engines(
                 &url,
                 config.engines.remote_fake_host.unwrap_or(host),
             )?)

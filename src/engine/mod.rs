@@ -18,8 +18,8 @@ pub trait Engine: Send + Sync {
 }
 
 pub mod fake;
+pub mod fake_server;
 pub mod planetscale;
-pub mod planetscale_fake_server;
 pub mod planetscale_states;
 pub mod real;
 pub mod remote_fake;

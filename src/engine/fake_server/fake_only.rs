@@ -1,0 +1,183 @@
+//! FAKE-ONLY routes (`/_fake/…`): nothing like them exists in the real API. Inspection and
+//! sabotage of deploy requests, the fault knobs, the branch DDL (which in reality travels over a
+//! MySQL connection to the branch), the fake Spirit's call/probe interface, process crashes and
+//! the facts a crash test asserts.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::api::dr_json;
+use super::{err, Faults, Shared};
+use crate::machine::apply::ApplyRecord;
+use crate::machine::{EngineCall, EngineKind, Probe};
+
+pub(super) async fn admin_list(State(s): State<Shared>) -> Response {
+    let now = s.now();
+    let mut g = s.inner.lock().await;
+    g.engines.planetscale.advance(now);
+    let data: Vec<Value> = g
+        .engines
+        .planetscale
+        .requests
+        .values()
+        .map(|r| {
+            let mut v = dr_json(r, g.closed.contains(&r.id));
+            v["deploys"] = json!(r.deploys);
+            v
+        })
+        .collect();
+    let branches: Vec<&String> = g.engines.planetscale.branches.keys().collect();
+    Json(json!({
+        "deploy_requests": data,
+        "branches": branches,
+        "served": g.served,
+        "injected_failures": g.injected_failures,
+        "lost_replies": g.lost_replies,
+    }))
+    .into_response()
+}
+
+pub(super) async fn admin_delete(State(s): State<Shared>, Path(number): Path<u64>) -> Response {
+    let mut g = s.inner.lock().await;
+    g.engines.planetscale.delete_request(number);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) async fn admin_fail(State(s): State<Shared>, Path(number): Path<u64>) -> Response {
+    let now = s.now();
+    let mut g = s.inner.lock().await;
+    g.engines.planetscale.fail_request(number, now);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) async fn admin_faults(State(s): State<Shared>, Json(f): Json<Faults>) -> Response {
+    s.inner.lock().await.faults = f;
+    Json(f).into_response()
+}
+
+/// FAKE-ONLY: what a branch's DDL does when it travels over a MySQL connection to the branch.
+pub(super) async fn admin_branch_ddl(
+    State(s): State<Shared>,
+    Path(branch): Path<String>,
+    Json(ddl): Json<Vec<String>>,
+) -> Response {
+    let mut g = s.inner.lock().await;
+    let Some(b) = g.engines.planetscale.branches.get_mut(&branch) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no branch {branch}"),
+        );
+    };
+    b.changes_applied = true;
+    // Like the real statements on a branch: applying the same DDL again changes nothing.
+    g.branch_ddl.insert(branch, ddl);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A call to the fake Spirit, from the operator process `host`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpiritCall {
+    pub apply: ApplyRecord,
+    pub epoch: u64,
+    pub host: u32,
+    pub call: EngineCall,
+}
+
+/// A probe of the fake Spirit.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpiritProbe {
+    pub apply: ApplyRecord,
+    pub epoch: u64,
+    pub probe: Probe,
+}
+
+/// The refusal of a `/_fake/spirit/` request about an apply of another engine.
+fn not_spirit(apply: &ApplyRecord) -> Option<Response> {
+    (apply.row.engine != EngineKind::Spirit).then(|| {
+        err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            format!(
+                "apply {} uses {:?}; the PlanetScale fake is served over its API",
+                apply.row.id, apply.row.engine
+            ),
+        )
+    })
+}
+
+pub(super) async fn spirit_probe(
+    State(s): State<Shared>,
+    Json(req): Json<SpiritProbe>,
+) -> Response {
+    if let Some(refused) = not_spirit(&req.apply) {
+        return refused;
+    }
+    let now = s.now();
+    let obs = s
+        .inner
+        .lock()
+        .await
+        .engines
+        .probe(now, &req.apply, req.probe);
+    Json(obs).into_response()
+}
+
+pub(super) async fn spirit_call(State(s): State<Shared>, Json(req): Json<SpiritCall>) -> Response {
+    if let Some(refused) = not_spirit(&req.apply) {
+        return refused;
+    }
+    let now = s.now();
+    let obs = s
+        .inner
+        .lock()
+        .await
+        .engines
+        .call(now, req.host, &req.apply, req.epoch, req.call);
+    Json(obs).into_response()
+}
+
+pub(super) async fn admin_crash_host(State(s): State<Shared>, Path(host): Path<u32>) -> Response {
+    let now = s.now();
+    s.inner.lock().await.engines.crash_host(now, host);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// What the fakes hold, for a crash test's assertions.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Facts {
+    /// (branch, deploy requests created for it)
+    pub deploy_requests: Vec<(String, usize)>,
+    /// (branch, the DDL applied to it)
+    pub branch_ddl: Vec<(String, Vec<String>)>,
+    /// (target, Spirit runners alive on it)
+    pub runners: Vec<(String, usize)>,
+    pub runners_started: u64,
+}
+
+pub(super) async fn admin_facts(State(s): State<Shared>) -> Response {
+    let now = s.now();
+    let mut g = s.inner.lock().await;
+    g.engines.advance(now);
+    let mut per_branch: std::collections::BTreeMap<String, usize> = Default::default();
+    for dr in g.engines.planetscale.requests.values() {
+        *per_branch.entry(dr.branch.clone()).or_default() += 1;
+    }
+    Json(Facts {
+        deploy_requests: per_branch.into_iter().collect(),
+        branch_ddl: g.branch_ddl.clone().into_iter().collect(),
+        runners: g
+            .engines
+            .spirit
+            .targets
+            .iter()
+            .map(|(k, t)| (k.clone(), t.runners.len()))
+            .collect(),
+        runners_started: g.engines.spirit.runners_started,
+    })
+    .into_response()
+}
