@@ -151,7 +151,7 @@ fn spirit_stop_then_start_resumes_and_completes() {
     w.run_until(200, |w| w.engines.spirit.runner_alive(id));
     w.store.request(id, ControlOp::Stop).unwrap();
     w.run_until(200, |w| {
-        w.state(id) == ApplyState::Stopped && w.workers[0].owned.is_none()
+        w.state(id) == ApplyState::Stopped && w.workers[0].lease().is_none()
     });
     assert!(!w.engines.spirit.runner_alive(id));
     w.store.request(id, ControlOp::Start).unwrap();
@@ -252,7 +252,7 @@ fn a_second_apply_on_a_busy_target_is_refused_and_a_stopped_one_cannot_restart_o
     w.run_until(200, |w| w.engines.spirit.runner_alive(first));
     w.store.request(first, ControlOp::Stop).unwrap();
     w.run_until(200, |w| {
-        w.state(first) == ApplyState::Stopped && w.workers[0].owned.is_none()
+        w.state(first) == ApplyState::Stopped && w.workers[0].lease().is_none()
     });
     let second = w.submit("users", EngineKind::Spirit, ApplyOptions::default());
     w.store.request(first, ControlOp::Start).unwrap();

@@ -23,9 +23,9 @@ use applyd::machine::{
     ApplyState, ControlOp, ControlStatus, EngineCall, EngineKind, EngineState, Mutant, Rules,
 };
 use applyd::store::memory::{ManualClock, MemoryStore};
-use applyd::store::{Lease, NewApply, StoreError, Target};
-use applyd::testkit::{self, step, Stepped};
-use applyd::worker::{ApplyId, Drive, WaitFor, WriteOutcome};
+use applyd::store::{NewApply, StoreError, Target};
+use applyd::testkit::{Beat, Driver, Stepped};
+use applyd::worker::{ApplyId, WaitFor, WriteOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -95,15 +95,14 @@ enum Ev {
 }
 
 struct Worker {
-    host: u32,
+    /// The drive it owns and its heartbeat record, kept as the core's tests keep them.
+    driver: Driver,
     incarnation: u32,
     /// Bumped by every claim, drop, crash, pause and resume: events of an older generation are
     /// void (a dead process's timers do not fire).
     gen: u32,
     up: bool,
     paused: bool,
-    owned: Option<(Drive, Lease)>,
-    last_hb_ok: u64,
     hb_stall_until: u64,
     armed: Option<InjectedFault>,
 }
@@ -184,13 +183,11 @@ impl Sim {
             rng,
             workers: (0..preset.workers)
                 .map(|w| Worker {
-                    host: w as u32,
+                    driver: Driver::new(w as u32),
                     incarnation: 0,
                     gen: 0,
                     up: true,
                     paused: false,
-                    owned: None,
-                    last_hb_ok: 0,
                     hb_stall_until: 0,
                     armed: None,
                 })
@@ -342,7 +339,7 @@ impl Sim {
                 if wk.gen != gen || !wk.up || wk.paused {
                     return false;
                 }
-                if wk.owned.is_some() {
+                if wk.driver.lease().is_some() {
                     self.drive_step(w);
                 } else {
                     self.claim(w);
@@ -350,7 +347,7 @@ impl Sim {
             }
             Ev::Heartbeat(w, gen) => {
                 let wk = &self.workers[w as usize];
-                if wk.gen != gen || !wk.up || wk.paused || wk.owned.is_none() {
+                if wk.gen != gen || !wk.up || wk.paused || wk.driver.lease().is_none() {
                     return false;
                 }
                 self.heartbeat(w);
@@ -409,12 +406,16 @@ impl Sim {
 
     fn claim(&mut self, w: u8) {
         let owner = self.owner(w);
-        match testkit::claim(&self.store, self.preset.claim_path, &owner, &self.rules) {
-            Ok(Some((c, drive))) => {
+        let wk = &mut self.workers[w as usize];
+        match wk.driver.claim(
+            &self.store,
+            self.preset.claim_path,
+            &owner,
+            &self.rules,
+            self.now,
+        ) {
+            Ok(Some(c)) => {
                 let id = c.lease.apply;
-                let wk = &mut self.workers[w as usize];
-                wk.owned = Some((drive, c.lease));
-                wk.last_hb_ok = self.now;
                 wk.gen += 1;
                 let gen = wk.gen;
                 let at = self.jitter(1, 15);
@@ -439,7 +440,7 @@ impl Sim {
 
     fn drop_drive(&mut self, w: u8) {
         let wk = &mut self.workers[w as usize];
-        wk.owned = None;
+        wk.driver.abandon();
         wk.gen += 1;
         let gen = wk.gen;
         let at = self.jitter(100, 2_000);
@@ -448,11 +449,7 @@ impl Sim {
 
     fn drive_step(&mut self, w: u8) {
         let now = self.now;
-        let wk = &mut self.workers[w as usize];
-        let (mut drive, lease) = wk.owned.take().expect("checked by the caller");
-        let age = now - wk.last_hb_ok;
-        let host = wk.host;
-        let armed = wk.armed.take();
+        let armed = self.workers[w as usize].armed.take();
         // A per-command fault holds for this command only; a scheduled one waits for a call.
         let cf = self.world.command_faults;
         let per_command = if armed.is_some() {
@@ -465,24 +462,18 @@ impl Sim {
             None
         };
         self.engines.inject = armed.or(per_command);
-        let stepped = step(
-            &self.store,
-            &mut self.engines,
-            host,
-            &mut drive,
-            &lease,
-            now,
-            age,
-            &self.rules,
-        );
+        let done = self.workers[w as usize]
+            .driver
+            .step(&self.store, &mut self.engines, now, &self.rules)
+            .expect("checked by the caller");
         // A scheduled fault not consumed (the command was not an engine call) stays armed.
         let left = self.engines.inject.take();
         if armed.is_some() {
             self.workers[w as usize].armed = left;
         }
-        let id = lease.apply;
+        let (id, stepped) = (done.apply, done.stepped);
         self.record_id(Some(w), Some(id), Action::Stepped(stepped));
-        self.check_command(id, stepped, age);
+        self.check_command(id, stepped, done.heartbeat_age_ms);
         let delay = match stepped {
             Stepped::Waited(WaitFor::Poll) => self.rng.random_range(4_000..6_000),
             Stepped::Waited(WaitFor::Backoff) => self.rng.random_range(2_000..10_000),
@@ -491,13 +482,11 @@ impl Sim {
             Stepped::Probed { .. } => self.rng.random_range(20..300),
             _ => self.rng.random_range(1..15),
         };
-        if drive.finished().is_some() || matches!(stepped, Stepped::Finished(_)) {
+        if done.ended {
             self.record_id(Some(w), Some(id), Action::Dropped);
             self.drop_drive(w);
         } else {
-            let wk = &mut self.workers[w as usize];
-            wk.owned = Some((drive, lease));
-            let gen = wk.gen;
+            let gen = self.workers[w as usize].gen;
             self.at(now + delay, Ev::Step(w, gen));
         }
         if !matches!(stepped, Stepped::Waited(_)) {
@@ -508,22 +497,21 @@ impl Sim {
     fn heartbeat(&mut self, w: u8) {
         let now = self.now;
         let wk = &mut self.workers[w as usize];
-        let Some((_, lease)) = wk.owned.as_ref() else {
+        let Some(id) = wk.driver.lease().map(|l| l.apply) else {
             return;
         };
-        let id = lease.apply;
         if now < wk.hb_stall_until {
             self.record_id(Some(w), Some(id), Action::HeartbeatFailed);
             return;
         }
-        match self.store.heartbeat(lease) {
-            Ok(()) => self.workers[w as usize].last_hb_ok = now,
-            Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
+        match wk.driver.heartbeat(&self.store, now) {
+            Some(Beat::Renewed) | None => {}
+            Some(Beat::LeaseGone) => {
                 // The operator cancels a drive whose heartbeat finds the lease gone.
                 self.record_id(Some(w), Some(id), Action::HeartbeatLeaseLost);
                 self.drop_drive(w);
             }
-            Err(_) => self.record_id(Some(w), Some(id), Action::HeartbeatFailed),
+            Some(Beat::Failed) => self.record_id(Some(w), Some(id), Action::HeartbeatFailed),
         }
     }
 
@@ -546,7 +534,7 @@ impl Sim {
         wk.paused = false;
         wk.gen += 1;
         let gen = wk.gen;
-        let owns = wk.owned.is_some();
+        let owns = wk.driver.lease().is_some();
         // The drive and its heartbeat task wake in either order.
         let at = self.jitter(0, 100);
         self.at(at, Ev::Step(w, gen));
@@ -554,10 +542,7 @@ impl Sim {
             let at = self.jitter(0, 100);
             self.at(at, Ev::Heartbeat(w, gen));
         }
-        let id = self.workers[w as usize]
-            .owned
-            .as_ref()
-            .map(|(_, l)| l.apply);
+        let id = self.workers[w as usize].driver.lease().map(|l| l.apply);
         self.record_id(Some(w), id, Action::Resumed);
     }
 

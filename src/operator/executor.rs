@@ -177,11 +177,8 @@ mod tests {
         }
     }
 
-    /// A store whose row follows the writes it accepts.
-    fn store_following_writes(
-        state: Arc<Mutex<ApplyState>>,
-        write_result: Result<(), StoreError>,
-    ) -> MockStore {
+    /// A store whose loads read the apply in `state`.
+    fn store_loading(state: &Arc<Mutex<ApplyState>>) -> MockStore {
         let mut store = MockStore::new();
         let s = state.clone();
         store.expect_load().returning(move |_| {
@@ -191,6 +188,15 @@ mod tests {
                 revert_window_expired: false,
             })
         });
+        store
+    }
+
+    /// A store whose row follows the writes it accepts.
+    fn store_following_writes(
+        state: Arc<Mutex<ApplyState>>,
+        write_result: Result<(), StoreError>,
+    ) -> MockStore {
+        let mut store = store_loading(&state);
         store
             .expect_write()
             .times(1)
@@ -272,16 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reclaimed_spirit_apply_restarts_its_runner_before_anything_is_written() {
-        let state = Arc::new(Mutex::new(ApplyState::Running));
-        let mut store = MockStore::new();
-        let s = state.clone();
-        store.expect_load().returning(move |_| {
-            Ok(DriveInputs {
-                record: record(*s.lock().unwrap()),
-                controls: Default::default(),
-                revert_window_expired: false,
-            })
-        });
+        let mut store = store_loading(&Arc::new(Mutex::new(ApplyState::Running)));
         store.expect_write().never();
         let mut engine = MockEngine::new();
         let mut seq = mockall::Sequence::new();

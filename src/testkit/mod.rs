@@ -124,3 +124,120 @@ pub fn step(
         }
     }
 }
+
+/// One driver of a synchronous harness: the drive it owns and when its heartbeat last renewed
+/// the lease — the bookkeeping the operator keeps in a drive task and its heartbeat task. The
+/// simulator and the core's tests both drive through it; what differs between them (schedules,
+/// injected faults, process crashes) stays theirs.
+#[derive(Debug)]
+pub struct Driver {
+    pub host: u32,
+    owned: Option<(Drive, Lease)>,
+    last_heartbeat_ok: u64,
+}
+
+/// What one heartbeat did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    Renewed,
+    /// The store could not be reached; the drive goes on until its lease is presumed lost.
+    Failed,
+    /// The lease is gone: the drive ended, as the operator cancels a drive in that case.
+    LeaseGone,
+}
+
+/// What one step of a driver did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverStep {
+    pub apply: crate::machine::apply::ApplyId,
+    pub stepped: Stepped,
+    /// The heartbeat age the drive saw.
+    pub heartbeat_age_ms: u64,
+    /// The drive finished; the driver is free.
+    pub ended: bool,
+}
+
+impl Driver {
+    pub fn new(host: u32) -> Driver {
+        Driver {
+            host,
+            owned: None,
+            last_heartbeat_ok: 0,
+        }
+    }
+
+    pub fn lease(&self) -> Option<&Lease> {
+        self.owned.as_ref().map(|(_, lease)| lease)
+    }
+
+    /// Claim on `path` as the operator's poller does; the heartbeat clock starts at the claim.
+    pub fn claim(
+        &mut self,
+        store: &MemoryStore,
+        path: ClaimPath,
+        owner: &str,
+        rules: &Rules,
+        now: u64,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let Some((claimed, drive)) = claim(store, path, owner, rules)? else {
+            return Ok(None);
+        };
+        self.owned = Some((drive, claimed.lease.clone()));
+        self.last_heartbeat_ok = now;
+        Ok(Some(claimed))
+    }
+
+    /// The heartbeat task's tick. Idle drivers have nothing to renew.
+    pub fn heartbeat(&mut self, store: &MemoryStore, now: u64) -> Option<Beat> {
+        let (_, lease) = self.owned.as_ref()?;
+        Some(match store.heartbeat(lease) {
+            Ok(()) => {
+                self.last_heartbeat_ok = now;
+                Beat::Renewed
+            }
+            Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
+                self.owned = None;
+                Beat::LeaseGone
+            }
+            Err(_) => Beat::Failed,
+        })
+    }
+
+    /// Run the owned drive's next command; `None` when idle.
+    pub fn step(
+        &mut self,
+        store: &MemoryStore,
+        engines: &mut FakeEngines,
+        now: u64,
+        rules: &Rules,
+    ) -> Option<DriverStep> {
+        let (drive, lease) = self.owned.as_mut()?;
+        let heartbeat_age_ms = now.saturating_sub(self.last_heartbeat_ok);
+        let stepped = step(
+            store,
+            engines,
+            self.host,
+            drive,
+            lease,
+            now,
+            heartbeat_age_ms,
+            rules,
+        );
+        let apply = lease.apply;
+        let ended = drive.finished().is_some() || matches!(stepped, Stepped::Finished(_));
+        if ended {
+            self.owned = None;
+        }
+        Some(DriverStep {
+            apply,
+            stepped,
+            heartbeat_age_ms,
+            ended,
+        })
+    }
+
+    /// Drop the drive without a word to the store (a crash, or a cancelled drive).
+    pub fn abandon(&mut self) {
+        self.owned = None;
+    }
+}

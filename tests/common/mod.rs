@@ -8,9 +8,9 @@ use applyd::engine::fake::{FakeEngines, FakeTimings};
 use applyd::machine::{ApplyState, EngineKind, Params, Rules};
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::ClaimPath;
-use applyd::store::{Lease, NewApply, Target};
-use applyd::testkit::{claim, step, Stepped};
-use applyd::worker::{Drive, WaitFor};
+use applyd::store::{NewApply, Target};
+use applyd::testkit::{Beat, Driver, Stepped};
+use applyd::worker::WaitFor;
 
 pub const STALE_MS: u64 = 10_000;
 
@@ -23,17 +23,11 @@ pub fn rules() -> Rules {
     })
 }
 
-pub struct Worker {
-    pub host: u32,
-    pub owned: Option<(Drive, Lease)>,
-    pub last_heartbeat_ok: u64,
-}
-
 pub struct World {
     pub clock: Arc<ManualClock>,
     pub store: MemoryStore,
     pub engines: FakeEngines,
-    pub workers: Vec<Worker>,
+    pub workers: Vec<Driver>,
     pub rules: Rules,
     pub trace: Vec<String>,
 }
@@ -49,13 +43,7 @@ impl World {
                 spirit_rows: 20_000,
                 ..FakeTimings::default()
             }),
-            workers: (0..workers)
-                .map(|host| Worker {
-                    host,
-                    owned: None,
-                    last_heartbeat_ok: 0,
-                })
-                .collect(),
+            workers: (0..workers).map(Driver::new).collect(),
             rules,
             trace: Vec::new(),
         }
@@ -89,54 +77,41 @@ impl World {
     pub fn tick_worker(&mut self, w: usize) -> Option<Stepped> {
         let now = self.now();
         let worker = &mut self.workers[w];
-        match worker.owned.as_mut() {
-            None => {
-                // The production claim path, as the operator's poller claims.
-                let (claimed, drive) = claim(
+        let Some(lease) = worker.lease().cloned() else {
+            // The production claim path, as the operator's poller claims.
+            let claimed = worker
+                .claim(
                     &self.store,
                     ClaimPath::Operation,
                     &format!("w{w}"),
                     &self.rules,
+                    now,
                 )
                 .unwrap()?;
-                self.trace.push(format!(
-                    "{now} w{w} claims {} via {} epoch {}",
-                    claimed.lease.apply,
-                    claimed.arm.code(),
-                    claimed.lease.epoch
-                ));
-                worker.owned = Some((drive, claimed.lease));
-                worker.last_heartbeat_ok = now;
-                None
-            }
-            Some((drive, lease)) => {
-                if self.store.heartbeat(lease).is_ok() {
-                    worker.last_heartbeat_ok = now;
-                }
-                let age = now - worker.last_heartbeat_ok;
-                let stepped = step(
-                    &self.store,
-                    &mut self.engines,
-                    worker.host,
-                    drive,
-                    lease,
-                    now,
-                    age,
-                    &self.rules,
-                );
-                self.trace
-                    .push(format!("{now} w{w} apply {} {stepped:?}", lease.apply));
-                if matches!(stepped, Stepped::Finished(_)) {
-                    worker.owned = None;
-                }
-                Some(stepped)
-            }
+            self.trace.push(format!(
+                "{now} w{w} claims {} via {} epoch {}",
+                claimed.lease.apply,
+                claimed.arm.code(),
+                claimed.lease.epoch
+            ));
+            return None;
+        };
+        if worker.heartbeat(&self.store, now) == Some(Beat::LeaseGone) {
+            self.trace
+                .push(format!("{now} w{w} apply {} lease gone", lease.apply));
+            return None;
         }
+        let done = worker.step(&self.store, &mut self.engines, now, &self.rules)?;
+        self.trace.push(format!(
+            "{now} w{w} apply {} {:?}",
+            done.apply, done.stepped
+        ));
+        Some(done.stepped)
     }
 
     pub fn crash(&mut self, w: usize) {
         let now = self.now();
-        self.workers[w].owned = None;
+        self.workers[w].abandon();
         self.engines.crash_host(now, self.workers[w].host);
         self.trace.push(format!("{now} w{w} crashes"));
     }

@@ -125,8 +125,9 @@ impl Sim {
                 continue;
             }
             let owner_up = row.lease_owner.as_ref().is_some_and(|o| {
-                (0..self.preset.workers)
-                    .any(|w| self.owner(w) == *o && self.workers[w as usize].owned.is_some())
+                (0..self.preset.workers).any(|w| {
+                    self.owner(w) == *o && self.workers[w as usize].driver.lease().is_some()
+                })
             });
             out.push(format!(
                 "apply {id} ({} on db{}) stuck in {} (epoch {}, owner {} {}, claim class {}, settled {}, pending {:?})",

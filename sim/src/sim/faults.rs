@@ -106,9 +106,9 @@ impl Sim {
         }
         wk.up = false;
         wk.paused = false;
-        wk.owned = None;
+        wk.driver.abandon();
         wk.gen += 1;
-        let host = wk.host;
+        let host = wk.driver.host;
         self.engines.crash_host(self.now, host);
         true
     }

@@ -34,14 +34,14 @@ impl Sim {
                 if !wk.up || wk.paused {
                     return Err(format!("worker {w} is not running"));
                 }
-                if wk.owned.is_none() {
+                if wk.driver.lease().is_none() {
                     self.claim(w);
-                    if self.workers[w as usize].owned.is_none() {
+                    if self.workers[w as usize].driver.lease().is_none() {
                         return Err(format!("worker {w} found nothing to claim"));
                     }
                 } else if st.action == "step" {
                     self.heartbeat(w);
-                    if self.workers[w as usize].owned.is_some() {
+                    if self.workers[w as usize].driver.lease().is_some() {
                         self.drive_step(w);
                     }
                 }
@@ -131,12 +131,8 @@ impl Sim {
         plan: Option<usize>,
     ) -> Option<String> {
         let id = plan.and_then(|i| self.ids[i]).or_else(|| {
-            st.worker.and_then(|w| {
-                self.workers[w as usize]
-                    .owned
-                    .as_ref()
-                    .map(|(_, l)| l.apply)
-            })
+            st.worker
+                .and_then(|w| self.workers[w as usize].driver.lease().map(|l| l.apply))
         })?;
         let row = self.store.row(id)?;
         let mut out = Vec::new();
@@ -165,7 +161,7 @@ impl Sim {
                 wk.gen += 1;
                 let gen = wk.gen;
                 if wk.up && !wk.paused {
-                    let owns = wk.owned.is_some();
+                    let owns = wk.driver.lease().is_some();
                     self.at(self.now, Ev::Step(w, gen));
                     if owns {
                         self.at(self.now, Ev::Heartbeat(w, gen));

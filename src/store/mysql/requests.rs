@@ -135,12 +135,23 @@ impl MySqlStore {
             return Ok(0);
         };
         let p = &self.rules.params;
-        let select = format!(
-            "SELECT {cols} FROM applies a WHERE a.state IN ({states}) AND (a.attempt >= {budget} \
-             OR TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) >= {fresh}) ORDER BY a.id FOR UPDATE SKIP LOCKED",
-            cols = apply_columns(&now),
+        let expirable = format!(
+            "a.state IN ({states}) AND (a.attempt >= {budget} \
+             OR TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) >= {fresh})",
             budget = p.retry_budget,
             fresh = p.retry_freshness_ms.saturating_mul(1000),
+        );
+        // A plain read first: a busy poll with nothing expirable costs one statement, not a
+        // transaction. The locking read below re-checks, so a row that changes in between is
+        // simply skipped by the rules.
+        let gate = format!("SELECT a.id FROM applies a WHERE {expirable} LIMIT 1");
+        let any: Option<ApplyId> = sqlx::query_scalar(&gate).fetch_optional(&self.pool).await?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let select = format!(
+            "SELECT {cols} FROM applies a WHERE {expirable} ORDER BY a.id FOR UPDATE SKIP LOCKED",
+            cols = apply_columns(&now),
         );
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&select).fetch_all(&mut *tx).await?;
