@@ -239,6 +239,7 @@ fn a_second_apply_on_a_busy_target_is_refused_and_a_stopped_one_cannot_restart_o
     let err = w
         .store
         .submit(applyd::store::NewApply {
+            allow_destructive: false,
             target: applyd::store::Target {
                 database: "users".into(),
                 environment: "prod".into(),
@@ -269,12 +270,14 @@ fn bad_ddl_fails_the_spirit_apply_permanently() {
     let id = w
         .store
         .submit(applyd::store::NewApply {
+            allow_destructive: false,
             target: applyd::store::Target {
                 database: "users".into(),
                 environment: "prod".into(),
             },
             engine: EngineKind::Spirit,
-            ddl: vec!["ALTER TABEL users ADD oops".into()],
+            // Accepted at submit; the table already has `id`, which only the engine finds out.
+            ddl: vec!["ALTER TABLE users ADD COLUMN id INT".into()],
             options: ApplyOptions::default(),
         })
         .unwrap();

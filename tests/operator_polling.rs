@@ -133,6 +133,7 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
         // the next poll.
         let id = memory
             .submit(NewApply {
+                allow_destructive: false,
                 target: Target {
                     database: "db".into(),
                     environment: "prod".into(),

@@ -41,6 +41,7 @@ fn rules() -> Rules {
 
 fn new_apply(db: &str, engine: EngineKind) -> NewApply {
     NewApply {
+        allow_destructive: false,
         target: Target {
             database: db.into(),
             environment: "prod".into(),

@@ -171,6 +171,7 @@ fn store() -> (Arc<MemoryStore>, Arc<ManualClock>) {
 fn submit(store: &MemoryStore, options: ApplyOptions) -> ApplyId {
     store
         .submit(NewApply {
+            allow_destructive: false,
             target: Target {
                 database: "shop".into(),
                 environment: "production".into(),

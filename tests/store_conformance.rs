@@ -633,16 +633,16 @@ async fn a_finished_apply_frees_its_target_and_reactivation_is_refused(env: Env)
         "stopped",
         "the refused write left the row alone"
     );
-    // Targets compare field by field.
-    let mut odd = new_apply("a/b", EngineKind::Spirit);
+    // Targets compare field by field: names differing only in where the fields split.
+    let mut odd = new_apply("a-b", EngineKind::Spirit);
     odd.target.environment = "c".into();
     env.store.submit(odd).await.unwrap();
     let mut other = new_apply("a", EngineKind::Spirit);
-    other.target.environment = "b/c".into();
+    other.target.environment = "b-c".into();
     env.store
         .submit(other)
         .await
-        .expect("a different target that displays alike");
+        .expect("a different target whose fields join alike");
     env.cleanup().await;
 }
 
@@ -651,21 +651,54 @@ async fn submissions_are_validated(env: Env) {
     empty.ddl = vec![" ".into()];
     assert!(matches!(
         env.store.submit(empty).await,
-        Err(StoreError::Refused(_))
+        Err(StoreError::Invalid { field: "ddl", .. })
     ));
-    for bad in ["", " users", "users ", &"x".repeat(65)] {
+    let mut dml = new_apply("users", EngineKind::Spirit);
+    dml.ddl = vec!["DELETE FROM users".into()];
+    assert!(matches!(
+        env.store.submit(dml).await,
+        Err(StoreError::Invalid { field: "ddl", .. })
+    ));
+    let mut drop = new_apply("users", EngineKind::Spirit);
+    drop.ddl = vec!["DROP TABLE users".into()];
+    assert!(
+        matches!(env.store.submit(drop.clone()).await, Err(StoreError::Invalid { field: "ddl", message }) if message.contains("allow_destructive")),
+        "the destructive gate"
+    );
+    for bad in [
+        "",
+        " users",
+        "users ",
+        "a/b",
+        "x'; DROP TABLE applies; --",
+        &"x".repeat(65),
+    ] {
         assert!(
             matches!(
                 env.store.submit(new_apply(bad, EngineKind::Spirit)).await,
-                Err(StoreError::Refused(_))
+                Err(StoreError::Invalid {
+                    field: "database",
+                    ..
+                })
             ),
             "{bad:?}"
         );
     }
+    let mut env_name = new_apply("users", EngineKind::Spirit);
+    env_name.target.environment = "b/c".into();
+    assert!(matches!(
+        env.store.submit(env_name).await,
+        Err(StoreError::Invalid {
+            field: "environment",
+            ..
+        })
+    ));
     env.store
         .submit(new_apply(&"x".repeat(64), EngineKind::Spirit))
         .await
         .expect("64 characters fit");
+    drop.allow_destructive = true;
+    env.store.submit(drop).await.expect("allowed when asked");
     env.cleanup().await;
 }
 

@@ -132,6 +132,7 @@ impl Side {
                 format!("ActiveApplyExists({target}, {})", self.index(*existing))
             }
             StoreError::Refused(m) => format!("Refused({m})"),
+            StoreError::Invalid { field, message } => format!("Invalid({field}, {message})"),
             StoreError::BadRow {
                 apply,
                 column,
@@ -215,6 +216,7 @@ impl Side {
                 options,
             } => {
                 let new = NewApply {
+                    allow_destructive: false,
                     target: Target {
                         database: format!("t{target}"),
                         environment: "prod".into(),

@@ -10,6 +10,7 @@ use store_support::Env;
 
 fn new_apply(db: &str) -> NewApply {
     NewApply {
+        allow_destructive: false,
         target: Target {
             database: db.into(),
             environment: "prod".into(),

@@ -140,7 +140,8 @@ pub struct Sim {
 
 fn ddl(i: usize, bad: bool) -> Vec<String> {
     if bad {
-        vec![format!("GRANT ALL ON app.* TO 'user{i}'")]
+        // Accepted at submit; the fake Spirit refuses it as MySQL would (duplicate column).
+        vec![format!("ALTER TABLE users{i} ADD COLUMN id INT")]
     } else {
         vec![format!("ALTER TABLE users ADD COLUMN c{i} INT")]
     }
@@ -549,6 +550,7 @@ impl Sim {
     fn submit(&mut self, i: usize) {
         let plan = self.world.applies[i];
         let new = NewApply {
+            allow_destructive: false,
             target: self.targets[plan.target as usize].clone(),
             engine: plan.engine,
             ddl: ddl(i, plan.bad_ddl),

@@ -31,12 +31,17 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-/// An error with its HTTP status and a message for the caller.
-pub struct ApiError(StatusCode, String);
+/// An error with its HTTP status and a message for the caller, naming the field at fault
+/// when one is.
+pub struct ApiError(StatusCode, String, Option<&'static str>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = match self.2 {
+            Some(field) => serde_json::json!({ "error": self.1, "field": field }),
+            None => serde_json::json!({ "error": self.1 }),
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -45,17 +50,20 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::RowGone(_) => StatusCode::NOT_FOUND,
             StoreError::ActiveApplyExists { .. } | StoreError::Refused(_) => StatusCode::CONFLICT,
+            StoreError::Invalid { field, .. } => {
+                return ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Some(field))
+            }
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::LeaseLost { .. } | StoreError::BadRow { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        ApiError(status, e.to_string())
+        ApiError(status, e.to_string(), None)
     }
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    ApiError(StatusCode::BAD_REQUEST, msg.into(), None)
 }
 
 /// Compares without an early exit, so response time does not leak the token's prefix.
@@ -75,6 +83,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
             ApiError(
                 StatusCode::UNAUTHORIZED,
                 "missing bearer token (Authorization: Bearer <token>)".into(),
+                None,
             )
         })?;
     if same_secret(presented.trim().as_bytes(), token.expose().as_bytes()) {
@@ -83,6 +92,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "invalid bearer token".into(),
+            None,
         ))
     }
 }

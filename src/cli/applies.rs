@@ -39,9 +39,13 @@ pub struct SubmitArgs {
     /// A DDL statement (repeatable).
     #[arg(long = "ddl")]
     ddl: Vec<String>,
-    /// A file of DDL statements separated by `;`.
+    /// A file of DDL statements separated by `;` (split by the SQL tokenizer, so a `;` in a
+    /// string or a comment does not split).
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Accept statements that can lose data (DROP TABLE, DROP COLUMN, DROP INDEX, MODIFY, …).
+    #[arg(long)]
+    allow_destructive: bool,
     #[arg(long)]
     defer_cutover: bool,
     #[arg(long)]
@@ -92,18 +96,15 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
         if let Some(path) = &args.file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            ddl.extend(
-                text.split(';')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            );
+            let statements = crate::ddl::split_script(&text)
+                .map_err(|e| format!("cannot read the statements of {}: {e}", path.display()))?;
+            ddl.extend(statements);
         }
         if ddl.is_empty() {
             return Err("no DDL: pass --ddl \"ALTER TABLE ...\" or --file schema.sql".to_string());
         }
-        let store = args.db.open().await?;
         let new = NewApply {
+            allow_destructive: args.allow_destructive,
             target: Target {
                 database: args.database.clone(),
                 environment: args.environment.clone(),
@@ -116,6 +117,9 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
                 skip_revert: args.skip_revert,
             },
         };
+        // Refused before the database is even opened: the same check the store makes.
+        crate::store::validate_new_apply(&new).map_err(|e| e.to_string())?;
+        let store = args.db.open().await?;
         let id = store.submit(new).await.map_err(|e| e.to_string())?;
         println!("submitted apply-{id}");
         Ok(())

@@ -352,6 +352,7 @@ impl Bench {
         Ok(self
             .store
             .submit(NewApply {
+                allow_destructive: false,
                 target: Target {
                     database: format!("bench{n}"),
                     environment: "prod".into(),

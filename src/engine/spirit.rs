@@ -158,85 +158,23 @@ pub struct Plan {
     pub statement: String,
 }
 
-/// Parse the apply's DDL into what Spirit accepts, or say plainly why not.
+/// What Spirit gets for the apply's DDL: the change as checked at submit ([`crate::ddl`]),
+/// its tables, and its statements in their normalised form (no comments, so joining them with
+/// `; ` can never comment out the next one), or say plainly why not.
 pub fn plan(database: &str, ddl: &[String]) -> Result<Plan, String> {
-    let stmts: Vec<String> = ddl
-        .iter()
-        .flat_map(|d| d.split(';'))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if stmts.is_empty() {
-        return Err("the apply has no DDL".into());
-    }
-    let mut tables = Vec::new();
-    let mut all_alter = true;
-    for s in &stmts {
-        let upper = s.to_ascii_uppercase();
-        let words: Vec<&str> = upper.split_whitespace().collect();
-        let skip = match words.as_slice() {
-            ["ALTER", "TABLE", ..] => 2,
-            ["CREATE", "TABLE", "IF", "NOT", "EXISTS", ..] => 5,
-            ["CREATE", "TABLE", ..] => 2,
-            ["DROP", "TABLE", "IF", "EXISTS", ..] => 4,
-            ["DROP", "TABLE", ..] => 2,
-            _ => {
-                return Err(format!(
-                    "unsupported statement (Spirit takes ALTER TABLE, CREATE TABLE and DROP TABLE): {:.80}",
-                    s
-                ))
-            }
-        };
-        all_alter &= words[0] == "ALTER";
-        let rest = s
-            .split_whitespace()
-            .skip(skip)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let name = table_name(&rest).ok_or_else(|| format!("no table name in: {s:.80}"))?;
-        let (schema, table) = match name {
-            (Some(schema), t) => (schema, t),
-            (None, t) => (database.to_string(), t),
-        };
-        if schema != database {
-            return Err(format!(
-                "statement names schema {schema:?}, but the apply targets {database:?}: {s:.80}"
-            ));
-        }
-        if !tables.contains(&table) {
-            tables.push(table);
-        }
-    }
-    if stmts.len() > 1 && !all_alter {
-        return Err("several statements in one apply must all be ALTER TABLE (Spirit cuts them over atomically)".into());
-    }
+    // The destructive gate was passed (or not needed) at submit; here only what Spirit can run
+    // matters.
+    let change = crate::ddl::check_change(crate::machine::EngineKind::Spirit, database, ddl, true)
+        .map_err(|e| e.to_string())?;
     Ok(Plan {
-        tables,
-        statement: stmts.join("; "),
+        tables: change.tables(),
+        statement: change
+            .statements
+            .iter()
+            .map(|s| s.normalised.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
     })
-}
-
-/// `[schema.]table` at the start of `s`, with or without backticks.
-fn table_name(s: &str) -> Option<(Option<String>, String)> {
-    fn ident(s: &str) -> Option<(String, &str)> {
-        if let Some(r) = s.strip_prefix('`') {
-            let end = r.find('`')?;
-            Some((r[..end].to_string(), &r[end + 1..]))
-        } else {
-            let end = s
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(s.len());
-            (end > 0).then(|| (s[..end].to_string(), &s[end..]))
-        }
-    }
-    let (first, rest) = ident(s)?;
-    match rest.strip_prefix('.') {
-        Some(r) => {
-            let (second, _) = ident(r)?;
-            Some((Some(first), second))
-        }
-        None => Some((None, first)),
-    }
 }
 
 /// Whether a failed run's output says the change itself is wrong (retrying cannot help).
@@ -919,21 +857,33 @@ mod tests {
             "shop",
             &[
                 "alter table shop.items add index i (a);".into(),
-                "ALTER TABLE orders ENGINE=InnoDB".into(),
+                "ALTER TABLE orders ALTER COLUMN note SET DEFAULT 'x;y'".into(),
             ],
         )
         .unwrap();
         assert_eq!(p.tables, vec!["items", "orders"]);
         assert_eq!(
             p.statement,
-            "alter table shop.items add index i (a); ALTER TABLE orders ENGINE=InnoDB"
+            "ALTER TABLE shop.items ADD INDEX i (a); ALTER TABLE orders ALTER COLUMN note SET DEFAULT 'x;y'"
+        );
+        let p = plan(
+            "shop",
+            &[
+                "ALTER TABLE a ADD c INT -- the next one must not be commented out".into(),
+                "ALTER TABLE b ADD d INT".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            p.statement,
+            "ALTER TABLE a ADD c INT; ALTER TABLE b ADD d INT"
         );
         assert!(plan("shop", &["ALTER TABLE other.t ADD c INT".into()])
             .unwrap_err()
             .contains("other"));
         assert!(plan("shop", &["UPDATE t SET a = 1".into()])
             .unwrap_err()
-            .contains("unsupported"));
+            .contains("not a schema change"));
         assert!(plan(
             "shop",
             &[

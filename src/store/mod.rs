@@ -17,7 +17,7 @@ use crate::machine::{
 
 /// The longest database or environment name a target may have (MySQL's identifier limit; the
 /// MySQL store's columns are this wide).
-pub const MAX_TARGET_NAME: usize = 64;
+pub use crate::ddl::MAX_NAME as MAX_TARGET_NAME;
 
 /// What a user submits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +27,9 @@ pub struct NewApply {
     pub ddl: Vec<String>,
     #[serde(default)]
     pub options: ApplyOptions,
+    /// Accept statements that can lose data (DROP TABLE, DROP COLUMN, …); see [`crate::ddl`].
+    #[serde(default)]
+    pub allow_destructive: bool,
 }
 
 /// The owner's capability: every guarded write carries it.
@@ -95,6 +98,12 @@ pub enum StoreError {
     ActiveApplyExists { target: String, existing: ApplyId },
     #[error("request refused: {0}")]
     Refused(String),
+    /// A submission that can never be accepted as it is (a bad name, a refused statement).
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("apply {apply} has an unreadable {column}: {detail}")]
     BadRow {
         apply: ApplyId,
@@ -106,30 +115,28 @@ pub enum StoreError {
 }
 
 /// The checks every store applies before creating an apply, so that both stores accept and
-/// refuse the same submissions. Names are compared exactly (binary collation in MySQL), so
-/// surrounding whitespace, which MySQL's PAD SPACE comparison would ignore, is refused.
-pub fn validate_new_apply(new: &NewApply) -> Result<(), StoreError> {
-    if new.ddl.iter().all(|d| d.trim().is_empty()) {
-        return Err(StoreError::Refused(
-            "an apply needs at least one DDL statement".into(),
-        ));
-    }
-    for (what, name) in [
+/// refuse the same submissions: the target's names ([`crate::ddl::check_name`]) and the change
+/// itself ([`crate::ddl::check_change`]). Returns the checked change.
+pub fn validate_new_apply(new: &NewApply) -> Result<crate::ddl::CheckedChange, StoreError> {
+    for (field, name) in [
         ("database", &new.target.database),
         ("environment", &new.target.environment),
     ] {
-        if name.is_empty() || name.chars().count() > MAX_TARGET_NAME {
-            return Err(StoreError::Refused(format!(
-                "the target {what} name must have 1 to {MAX_TARGET_NAME} characters"
-            )));
-        }
-        if name.trim() != name {
-            return Err(StoreError::Refused(format!(
-                "the target {what} name {name:?} has surrounding whitespace"
-            )));
-        }
+        crate::ddl::check_name(field, name).map_err(|e| StoreError::Invalid {
+            field,
+            message: e.to_string(),
+        })?;
     }
-    Ok(())
+    crate::ddl::check_change(
+        new.engine,
+        &new.target.database,
+        &new.ddl,
+        new.allow_destructive,
+    )
+    .map_err(|e| StoreError::Invalid {
+        field: "ddl",
+        message: e.to_string(),
+    })
 }
 
 /// How a store result reads to the worker core (the operator's executor and the test kit's).

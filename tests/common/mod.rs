@@ -62,6 +62,7 @@ impl World {
     ) -> u64 {
         self.store
             .submit(NewApply {
+                allow_destructive: false,
                 target: Target {
                     database: db.into(),
                     environment: "prod".into(),

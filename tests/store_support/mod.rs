@@ -22,6 +22,7 @@ pub const URL_VAR: &str = "APPLYD_TEST_DATABASE_URL";
 /// A one-statement apply on `db`/prod.
 pub fn new_apply(db: &str, engine: applyd::machine::EngineKind) -> applyd::store::NewApply {
     applyd::store::NewApply {
+        allow_destructive: false,
         target: applyd::store::Target {
             database: db.into(),
             environment: "prod".into(),
