@@ -147,6 +147,25 @@ fn as_file(case: &Case) -> Option<String> {
     splits_the_same.then(|| case.ddl.join(";\n") + ";\n")
 }
 
+/// The API over loopback on a fresh memory store; its address.
+async fn serve_api() -> std::net::SocketAddr {
+    let store = Arc::new(MemoryStore::new(
+        Rules::default(),
+        Arc::new(ManualClock::new(0)),
+    ));
+    let state = ApiState {
+        store: store.clone(),
+        inspect: store,
+        token: None,
+        wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    addr
+}
+
 fn body(case: &Case, environment: &str) -> serde_json::Value {
     json!({
         "target": { "database": "shop", "environment": environment },
@@ -180,20 +199,7 @@ fn each_case_checks_as_the_table_says_with_the_tables_it_touches() {
 
 #[tokio::test]
 async fn each_case_through_the_api_is_created_or_refused_with_422_and_the_message() {
-    let store = Arc::new(MemoryStore::new(
-        Rules::default(),
-        Arc::new(ManualClock::new(0)),
-    ));
-    let state = ApiState {
-        store: store.clone(),
-        inspect: store,
-        token: None,
-        wake: Arc::new(tokio::sync::Notify::new()),
-        metrics: None,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let addr = serve_api().await;
     let http = reqwest::Client::new();
     for (i, case) in CASES.iter().enumerate() {
         let resp = http
@@ -311,20 +317,7 @@ async fn each_case_through_the_cli_with_ddl_and_with_a_file() {
 
 #[tokio::test]
 async fn target_names_are_refused_with_422_naming_the_field_and_conflicts_stay_409() {
-    let store = Arc::new(MemoryStore::new(
-        Rules::default(),
-        Arc::new(ManualClock::new(0)),
-    ));
-    let state = ApiState {
-        store: store.clone(),
-        inspect: store,
-        token: None,
-        wake: Arc::new(tokio::sync::Notify::new()),
-        metrics: None,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let addr = serve_api().await;
     let http = reqwest::Client::new();
     let long = "d".repeat(65);
     let cases: &[(&str, &str, Option<&str>)] = &[
