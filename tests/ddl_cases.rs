@@ -363,4 +363,21 @@ async fn target_names_are_refused_with_422_naming_the_field_and_conflicts_stay_4
         .await
         .unwrap();
     assert_eq!(again.status(), 409);
+    // The same change again (a retried job) is the live apply: 200, nothing new.
+    let retried = http
+        .post(format!("http://{addr}/v1/applies"))
+        .json(&json!({
+            "target": { "database": "shop", "environment": "prod" },
+            "engine": "spirit",
+            "ddl": ["alter table users add column c int"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    let reply: serde_json::Value = retried.json().await.unwrap();
+    assert_eq!(
+        (reply["id"].as_u64(), reply["adopted"].as_bool()),
+        (Some(1), Some(true))
+    );
 }

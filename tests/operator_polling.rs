@@ -33,9 +33,9 @@ impl Counting {
 
 #[async_trait::async_trait]
 impl Store for Counting {
-    async fn submit(&self, new: NewApply) -> Result<u64, StoreError> {
+    async fn submit_or_adopt(&self, new: NewApply) -> Result<applyd::store::Submitted, StoreError> {
         self.count("submit");
-        self.inner.submit(new)
+        self.inner.submit_or_adopt(new)
     }
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
         self.count("claim");

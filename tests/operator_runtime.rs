@@ -215,8 +215,8 @@ struct HeartbeatsFail(Arc<MemoryStore>);
 
 #[async_trait::async_trait]
 impl applyd::store::Store for HeartbeatsFail {
-    async fn submit(&self, new: NewApply) -> Result<u64, StoreError> {
-        self.0.submit(new)
+    async fn submit_or_adopt(&self, new: NewApply) -> Result<applyd::store::Submitted, StoreError> {
+        self.0.submit_or_adopt(new)
     }
     async fn claim(&self, owner: &str) -> Result<Option<applyd::store::Claimed>, StoreError> {
         self.0.claim(owner)

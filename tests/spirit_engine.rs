@@ -61,6 +61,7 @@ fn record(db: &str, ddl: &str, options: ApplyOptions) -> ApplyRecord {
                 environment: "test".into(),
             },
             ddl: vec![ddl.into()],
+            fingerprint: None,
         }),
     }
 }

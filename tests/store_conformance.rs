@@ -12,7 +12,7 @@ use std::sync::Arc;
 use applyd::machine::{
     ApplyState, ClaimArm, ClaimedVia, ControlOp, ControlStatus, EngineKind, OperationArm, Params,
 };
-use applyd::store::{claim_next, ClaimPath, Claimed, Lease, RequestOutcome, StoreError};
+use applyd::store::{claim_next, ClaimPath, Claimed, Lease, RequestOutcome, StoreError, Submitted};
 use applyd::worker::{ApplyId, ResumeState};
 use store_support::{new_apply, Env};
 
@@ -582,12 +582,15 @@ async fn load_reports_controls_and_the_revert_window(env: Env) {
 async fn one_active_apply_per_target_under_concurrency(env: Env) {
     let store = env.store.clone();
     let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    // Sixteen different changes race for one target.
     let tasks: Vec<_> = (0..16)
-        .map(|_| {
+        .map(|i| {
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.submit(new_apply("orders", EngineKind::Spirit)).await
+                let mut new = new_apply("orders", EngineKind::Spirit);
+                new.ddl = vec![format!("ALTER TABLE orders ADD COLUMN c{i} INT")];
+                store.submit(new).await
             })
         })
         .collect();
@@ -610,6 +613,25 @@ async fn one_active_apply_per_target_under_concurrency(env: Env) {
             .all(|(t, e)| t == "orders/prod" && *e == won[0]),
         "{refused:?}"
     );
+    // Sixteen copies of one change: one apply, fifteen adoptions of it.
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .submit_or_adopt(new_apply("items", EngineKind::Spirit))
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().expect("the same change is never refused"));
+    }
+    assert_eq!(outcomes.iter().filter(|s| !s.adopted).count(), 1);
+    assert!(outcomes.iter().all(|s| s.id == outcomes[0].id));
     env.cleanup().await;
 }
 
@@ -699,6 +721,65 @@ async fn submissions_are_validated(env: Env) {
         .expect("64 characters fit");
     drop.allow_destructive = true;
     env.store.submit(drop).await.expect("allowed when asked");
+    env.cleanup().await;
+}
+
+/// A retried submission of the live change returns that apply; a different change, another
+/// engine, or the same change once the first finished, does not.
+async fn the_same_change_while_live_is_adopted_and_a_different_one_refused(env: Env) {
+    let first = env
+        .store
+        .submit_or_adopt(new_apply("users", EngineKind::Spirit))
+        .await
+        .unwrap();
+    assert!(!first.adopted);
+    // Same change, written differently: the fingerprint is of the normalised statements.
+    let mut again = new_apply("users", EngineKind::Spirit);
+    again.ddl = vec!["alter table users  add column nickname varchar(64) -- retried".into()];
+    assert_eq!(
+        env.store.submit_or_adopt(again).await.unwrap(),
+        Submitted {
+            id: first.id,
+            adopted: true
+        }
+    );
+    let mut different = new_apply("users", EngineKind::Spirit);
+    different.ddl = vec!["ALTER TABLE users ADD COLUMN other INT".into()];
+    assert!(matches!(
+        env.store.submit_or_adopt(different).await,
+        Err(StoreError::ActiveApplyExists { existing, .. }) if existing == first.id
+    ));
+    assert!(matches!(
+        env.store
+            .submit_or_adopt(new_apply("users", EngineKind::PlanetScale))
+            .await,
+        Err(StoreError::ActiveApplyExists { .. })
+    ));
+    let tables: Vec<Option<String>> = env.tasks().await.into_iter().map(|t| t.table).collect();
+    assert_eq!(
+        tables,
+        vec![Some("users".to_string())],
+        "each task names its table"
+    );
+    let c = claim(&env, "w1").await.unwrap();
+    assert_eq!(
+        c.record.spec.fingerprint.as_deref().map(|f| f.len()),
+        Some(71),
+        "the owner reads the reviewed change's fingerprint"
+    );
+    env.store
+        .write(&c.lease, ApplyState::Completed, ResumeState::default())
+        .await
+        .unwrap();
+    let next = env
+        .store
+        .submit_or_adopt(new_apply("users", EngineKind::Spirit))
+        .await
+        .unwrap();
+    assert!(
+        !next.adopted && next.id != first.id,
+        "a finished apply is not adopted"
+    );
     env.cleanup().await;
 }
 
@@ -1292,6 +1373,7 @@ conformance!(
     one_active_apply_per_target_under_concurrency,
     a_finished_apply_frees_its_target_and_reactivation_is_refused,
     submissions_are_validated,
+    the_same_change_while_live_is_adopted_and_a_different_one_refused,
     control_requests_are_unique_and_reset_when_finished,
     control_requests_are_refused_by_the_rules,
     concurrent_requests_create_one_row,

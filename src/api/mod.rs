@@ -199,11 +199,23 @@ async fn submit(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     authorize(&state, &headers)?;
     let Json(new) = body.map_err(|e| bad_request(format!("invalid apply: {}", e.body_text())))?;
-    let id = state.store.submit(new).await?;
-    state.wake.notify_one();
+    let done = state.store.submit_or_adopt(new).await?;
+    let id = done.id;
+    // The same change already live on the target: 200 with that apply, so a retried job is
+    // harmless; nothing new was created.
+    let status = if done.adopted {
+        StatusCode::OK
+    } else {
+        state.wake.notify_one();
+        StatusCode::CREATED
+    };
     Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "id": id, "identifier": format!("apply-{id}") })),
+        status,
+        Json(serde_json::json!({
+            "id": id,
+            "identifier": format!("apply-{id}"),
+            "adopted": done.adopted,
+        })),
     ))
 }
 

@@ -120,8 +120,15 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
         // Refused before the database is even opened: the same check the store makes.
         crate::store::validate_new_apply(&new).map_err(|e| e.to_string())?;
         let store = args.db.open().await?;
-        let id = store.submit(new).await.map_err(|e| e.to_string())?;
-        println!("submitted apply-{id}");
+        let done = store.submit_or_adopt(new).await.map_err(|e| e.to_string())?;
+        if done.adopted {
+            println!(
+                "apply-{} is already live with this change on the target; nothing new was submitted",
+                done.id
+            );
+        } else {
+            println!("submitted apply-{}", done.id);
+        }
         Ok(())
     });
     finish("submit", result)

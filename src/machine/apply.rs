@@ -31,6 +31,10 @@ pub struct ApplySpec {
     pub identifier: String,
     pub target: Target,
     pub ddl: Vec<String>,
+    /// The fingerprint of the change as checked at submit (`None` for applies stored before
+    /// fingerprints existed).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// An apply as read by its owner: the mutable row plus its spec (also what the loopback fake

@@ -160,6 +160,7 @@ mod tests {
                     environment: "prod".into(),
                 },
                 ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+                fingerprint: None,
             }),
         }
     }

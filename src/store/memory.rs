@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
-    RequestOutcome, Store, StoreError, Target,
+    adopts, validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
+    RequestOutcome, Store, StoreError, Submitted, Target,
 };
 use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
 use crate::machine::claim::{ClaimLevel, ClaimPath};
@@ -111,10 +111,12 @@ pub struct MemoryOperation {
 }
 
 /// One task row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryTask {
     pub state: TaskState,
     pub attempt: u32,
+    /// The table its statement touches.
+    pub table: Option<String>,
 }
 
 /// One control request row (unique per apply and operation).
@@ -285,10 +287,24 @@ impl MemoryStore {
     }
 
     pub fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
-        validate_new_apply(&new)?;
+        Ok(self.submit_or_adopt(new)?.id)
+    }
+
+    pub fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
+        let change = validate_new_apply(&new)?;
         let now = self.now();
         let mut inner = self.lock()?;
         if let Some(existing) = active_on_target(&inner, &new.target, None) {
+            let live = inner
+                .rows
+                .get(&existing)
+                .map(|r| (r.engine, r.spec.fingerprint.as_deref()));
+            if live.is_some_and(|live| adopts(live, &new, &change)) {
+                return Ok(Submitted {
+                    id: existing,
+                    adopted: true,
+                });
+            }
             return Err(StoreError::ActiveApplyExists {
                 target: new.target.to_string(),
                 existing,
@@ -298,17 +314,20 @@ impl MemoryStore {
         inner.next_id += 1;
         let operation_id = inner.next_operation_id;
         inner.next_operation_id += 1;
-        let tasks = vec![
-            MemoryTask {
+        let tasks = change
+            .statements
+            .iter()
+            .map(|statement| MemoryTask {
                 state: TaskState::Pending,
                 attempt: 0,
-            };
-            new.ddl.len()
-        ];
+                table: Some(statement.table.clone()),
+            })
+            .collect();
         let spec = Arc::new(ApplySpec {
             identifier: format!("apply-{id}"),
             target: new.target,
             ddl: new.ddl,
+            fingerprint: Some(change.fingerprint),
         });
         inner.rows.insert(
             id,
@@ -344,7 +363,7 @@ impl MemoryStore {
                 tasks,
             },
         );
-        Ok(id)
+        Ok(Submitted { id, adopted: false })
     }
 
     fn claim_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
@@ -836,8 +855,8 @@ impl MemoryRow {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
-        MemoryStore::submit(self, new)
+    async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
+        MemoryStore::submit_or_adopt(self, new)
     }
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
         MemoryStore::claim(self, owner)

@@ -114,6 +114,25 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// What a submission led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Submitted {
+    pub id: ApplyId,
+    /// The change was already live on its target: this is that apply, nothing was created.
+    pub adopted: bool,
+}
+
+/// Whether a submission is the live apply on its target again (a retried CI job): the same
+/// engine and the same reviewed change, by fingerprint. An apply stored without a fingerprint
+/// is never adopted.
+pub fn adopts(
+    live: (EngineKind, Option<&str>),
+    new: &NewApply,
+    change: &crate::ddl::CheckedChange,
+) -> bool {
+    live.0 == new.engine && live.1 == Some(change.fingerprint.as_str())
+}
+
 /// The checks every store applies before creating an apply, so that both stores accept and
 /// refuse the same submissions: the target's names ([`crate::ddl::check_name`]) and the change
 /// itself ([`crate::ddl::check_change`]). Returns the checked change.
@@ -153,8 +172,13 @@ pub fn store_outcome(result: Result<(), StoreError>) -> WriteOutcome {
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Create an apply with its children, atomically; refuses a second active apply per target.
-    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError>;
+    /// Create an apply with its children, atomically. A second active apply on a target is
+    /// refused, unless it is the same change ([`adopts`]): then the live apply is returned.
+    async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError>;
+    /// [`Store::submit_or_adopt`], for callers that only need the id.
+    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
+        Ok(self.submit_or_adopt(new).await?.id)
+    }
     /// Claim at most one row through the first matching arm, taking a new lease epoch.
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
     /// Claim at most one operation row through the first matching operation arm (O1–O5), in

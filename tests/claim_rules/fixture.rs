@@ -219,6 +219,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             identifier: "apply-1".into(),
             target: target(1),
             ddl: vec![DDL.into()],
+            fingerprint: None,
         }),
         engine,
         state,
@@ -249,6 +250,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
         tasks: vec![MemoryTask {
             state: TaskState::Pending,
             attempt: 0,
+            table: Some("users".into()),
         }],
     });
     for r in &case.requests {

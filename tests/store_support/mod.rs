@@ -138,6 +138,7 @@ pub struct TaskView {
     pub seq: u32,
     pub state: String,
     pub attempt: u32,
+    pub table: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +348,7 @@ impl Env {
                             seq: seq as u32,
                             state: t.state.as_str().to_string(),
                             attempt: t.attempt,
+                            table: t.table,
                         })
                 })
                 .collect(),
@@ -360,6 +362,7 @@ impl Env {
                     seq: t.seq,
                     state: t.state,
                     attempt: t.attempt,
+                    table: t.table,
                 })
                 .collect(),
         }

@@ -57,6 +57,7 @@ fn record_for(branch: &str, request: Option<u64>) -> ApplyRecord {
                 environment: "fake".into(),
             },
             ddl: vec![],
+            fingerprint: None,
         }),
     }
 }

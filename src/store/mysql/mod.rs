@@ -55,6 +55,7 @@ use sqlx::Executor;
 
 use super::{
     validate_new_apply, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError,
+    Submitted,
 };
 use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{
@@ -355,9 +356,10 @@ pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
 
 #[async_trait]
 impl Store for MySqlStore {
-    async fn submit(&self, new: NewApply) -> Result<ApplyId, StoreError> {
-        validate_new_apply(&new)?;
-        self.retrying("submit", || self.submit_once(&new)).await
+    async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
+        let change = validate_new_apply(&new)?;
+        self.retrying("submit", || self.submit_once(&new, &change))
+            .await
     }
 
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {

@@ -20,7 +20,7 @@ pub(super) fn apply_columns(now: &str) -> String {
     let start = ControlOp::Start.as_str();
     format!(
         "a.id, a.state, a.engine, a.attempt, a.lease_epoch, a.lease_owner, \
-         a.database_name, a.environment, a.options, a.ddl, \
+         a.database_name, a.environment, a.options, a.ddl, a.ddl_fingerprint, \
          CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, {now}) AS SIGNED) AS hb_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) AS SIGNED) AS upd_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, {now}) AS SIGNED) AS state_age_us, \
@@ -48,6 +48,7 @@ pub(super) struct RawApply {
     pub(super) environment: String,
     pub(super) options: String,
     pub(super) ddl: String,
+    pub(super) fingerprint: Option<String>,
     pub(super) hb_age_us: Option<i64>,
     pub(super) upd_age_us: i64,
     pub(super) state_age_us: i64,
@@ -72,6 +73,7 @@ impl RawApply {
             environment: row.try_get_unchecked("environment")?,
             options: row.try_get_unchecked("options")?,
             ddl: row.try_get_unchecked("ddl")?,
+            fingerprint: row.try_get_unchecked("ddl_fingerprint")?,
             hb_age_us: row.try_get("hb_age_us")?,
             upd_age_us: row.try_get::<Option<i64>, _>("upd_age_us")?.unwrap_or(0),
             state_age_us: row.try_get::<Option<i64>, _>("state_age_us")?.unwrap_or(0),
@@ -190,6 +192,7 @@ impl Parsed {
                     environment: raw.environment.clone(),
                 },
                 ddl: self.ddl.clone(),
+                fingerprint: raw.fingerprint.clone(),
             }),
         }
     }
@@ -240,6 +243,8 @@ pub struct StoredTask {
     pub seq: u32,
     pub state: String,
     pub attempt: u32,
+    /// The table its statement touches (`None` for tasks stored before it was recorded).
+    pub table: Option<String>,
 }
 
 /// A control request row as stored.
@@ -352,11 +357,12 @@ impl MySqlStore {
 
     /// Every task row, by apply and position.
     pub async fn stored_tasks(&self) -> Result<Vec<StoredTask>, StoreError> {
-        let rows =
-            sqlx::query("SELECT apply_id, seq, state, attempt FROM tasks ORDER BY apply_id, seq")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let rows = sqlx::query(
+            "SELECT apply_id, seq, state, attempt, table_name FROM tasks ORDER BY apply_id, seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
         rows.iter()
             .map(|r| {
                 Ok(StoredTask {
@@ -364,6 +370,7 @@ impl MySqlStore {
                     seq: r.try_get("seq")?,
                     state: r.try_get_unchecked("state")?,
                     attempt: r.try_get("attempt")?,
+                    table: r.try_get_unchecked("table_name")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Executor, MySql, Row, Transaction};
 
-use super::super::{DriveInputs, Lease, NewApply, StoreError, Target};
+use super::super::{adopts, DriveInputs, Lease, NewApply, StoreError, Submitted, Target};
+use crate::ddl::CheckedChange;
 
 use super::rows::{apply_columns, identifier, RawApply};
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
@@ -232,7 +233,11 @@ impl MySqlStore {
         })
     }
 
-    pub(super) async fn submit_once(&self, new: &NewApply) -> Result<ApplyId, Failure> {
+    pub(super) async fn submit_once(
+        &self,
+        new: &NewApply,
+        change: &CheckedChange,
+    ) -> Result<Submitted, Failure> {
         let now = self.now_sql();
         let options =
             serde_json::to_string(&new.options).map_err(|e| StoreError::Refused(e.to_string()))?;
@@ -243,8 +248,8 @@ impl MySqlStore {
         let pending = ApplyState::Pending.as_str();
         let mut tx = self.pool.begin().await?;
         let insert = format!(
-            "INSERT INTO applies (database_name, environment, engine, state, options, ddl, \
-             state_entered_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, {now}, {now}, {now})"
+            "INSERT INTO applies (database_name, environment, engine, state, options, ddl, ddl_fingerprint, \
+             state_entered_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, {now}, {now}, {now})"
         );
         let inserted = sqlx::query(&insert)
             .bind(&new.target.database)
@@ -253,12 +258,32 @@ impl MySqlStore {
             .bind(pending)
             .bind(&options)
             .bind(&ddl)
+            .bind(&change.fingerprint)
             .execute(&mut *tx)
             .await;
         let id = match inserted {
             Ok(done) => done.last_insert_id(),
             Err(e) if is_duplicate_key(&e) => {
                 let existing = self.active_on_target(&mut tx, &new.target, None).await?;
+                let row = sqlx::query("SELECT engine, ddl_fingerprint FROM applies WHERE id = ?")
+                    .bind(existing)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                // Binary collations carry the BINARY flag, which sqlx's checked decode refuses.
+                let live = match row {
+                    Some(r) => {
+                        let engine: String = r.try_get_unchecked("engine")?;
+                        let fp: Option<String> = r.try_get_unchecked("ddl_fingerprint")?;
+                        EngineKind::from_str(&engine).ok().map(|e| (e, fp))
+                    }
+                    None => None,
+                };
+                if live.is_some_and(|(engine, fp)| adopts((engine, fp.as_deref()), new, change)) {
+                    return Ok(Submitted {
+                        id: existing,
+                        adopted: true,
+                    });
+                }
                 return Err(StoreError::ActiveApplyExists {
                     target: new.target.to_string(),
                     existing,
@@ -283,22 +308,23 @@ impl MySqlStore {
             .execute(&mut *tx)
             .await?
             .last_insert_id();
-        let values = vec![format!("(?, ?, ?, ?, ?, {now}, {now})"); new.ddl.len()].join(", ");
+        let values = vec![format!("(?, ?, ?, ?, ?, ?, {now}, {now})"); new.ddl.len()].join(", ");
         let tasks = format!(
-            "INSERT INTO tasks (apply_id, apply_operation_id, seq, ddl, state, created_at, updated_at) VALUES {values}"
+            "INSERT INTO tasks (apply_id, apply_operation_id, seq, ddl, table_name, state, created_at, updated_at) VALUES {values}"
         );
         let mut q = sqlx::query(&tasks);
-        for (seq, ddl) in new.ddl.iter().enumerate() {
+        for (seq, (ddl, checked)) in new.ddl.iter().zip(&change.statements).enumerate() {
             q = q
                 .bind(id)
                 .bind(op_id)
                 .bind(seq as u32)
                 .bind(ddl)
+                .bind(&checked.table)
                 .bind(crate::machine::TaskState::Pending.as_str());
         }
         q.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(Submitted { id, adopted: false })
     }
 
     pub(super) async fn load_once(&self, lease: &Lease) -> Result<DriveInputs, Failure> {
