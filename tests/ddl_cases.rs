@@ -166,6 +166,28 @@ async fn serve_api() -> std::net::SocketAddr {
     addr
 }
 
+/// `POST /v1/applies`: the status and the JSON reply.
+async fn post_apply(
+    addr: std::net::SocketAddr,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/applies"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn spirit_apply(database: &str, environment: &str, ddl: &str) -> serde_json::Value {
+    json!({
+        "target": { "database": database, "environment": environment },
+        "engine": "spirit",
+        "ddl": [ddl],
+    })
+}
+
 fn body(case: &Case, environment: &str) -> serde_json::Value {
     json!({
         "target": { "database": "shop", "environment": environment },
@@ -200,16 +222,8 @@ fn each_case_checks_as_the_table_says_with_the_tables_it_touches() {
 #[tokio::test]
 async fn each_case_through_the_api_is_created_or_refused_with_422_and_the_message() {
     let addr = serve_api().await;
-    let http = reqwest::Client::new();
     for (i, case) in CASES.iter().enumerate() {
-        let resp = http
-            .post(format!("http://{addr}/v1/applies"))
-            .json(&body(case, &format!("api{i}")))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let reply: serde_json::Value = resp.json().await.unwrap();
+        let (status, reply) = post_apply(addr, &body(case, &format!("api{i}"))).await;
         match case.want {
             Ok(_) => assert_eq!(status, 201, "case {i}: {reply}"),
             Err(why) => {
@@ -318,7 +332,6 @@ async fn each_case_through_the_cli_with_ddl_and_with_a_file() {
 #[tokio::test]
 async fn target_names_are_refused_with_422_naming_the_field_and_conflicts_stay_409() {
     let addr = serve_api().await;
-    let http = reqwest::Client::new();
     let long = "d".repeat(65);
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("shop", "prod", None),
@@ -331,18 +344,11 @@ async fn target_names_are_refused_with_422_naming_the_field_and_conflicts_stay_4
         ("shop", "", Some("invalid environment: environment \"\" is empty")),
     ];
     for (database, environment, want) in cases {
-        let resp = http
-            .post(format!("http://{addr}/v1/applies"))
-            .json(&json!({
-                "target": { "database": database, "environment": environment },
-                "engine": "spirit",
-                "ddl": ["ALTER TABLE users ADD COLUMN c INT"],
-            }))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let reply: serde_json::Value = resp.json().await.unwrap();
+        let (status, reply) = post_apply(
+            addr,
+            &spirit_apply(database, environment, "ALTER TABLE users ADD COLUMN c INT"),
+        )
+        .await;
         match want {
             None => assert_eq!(status, 201, "{database:?}: {reply}"),
             Some(why) => {
@@ -352,30 +358,19 @@ async fn target_names_are_refused_with_422_naming_the_field_and_conflicts_stay_4
         }
     }
     // A real conflict is still 409.
-    let again = http
-        .post(format!("http://{addr}/v1/applies"))
-        .json(&json!({
-            "target": { "database": "shop", "environment": "prod" },
-            "engine": "spirit",
-            "ddl": ["ALTER TABLE users ADD COLUMN d INT"],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
+    let (status, _) = post_apply(
+        addr,
+        &spirit_apply("shop", "prod", "ALTER TABLE users ADD COLUMN d INT"),
+    )
+    .await;
+    assert_eq!(status, 409);
     // The same change again (a retried job) is the live apply: 200, nothing new.
-    let retried = http
-        .post(format!("http://{addr}/v1/applies"))
-        .json(&json!({
-            "target": { "database": "shop", "environment": "prod" },
-            "engine": "spirit",
-            "ddl": ["alter table users add column c int"],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retried.status(), 200);
-    let reply: serde_json::Value = retried.json().await.unwrap();
+    let (status, reply) = post_apply(
+        addr,
+        &spirit_apply("shop", "prod", "alter table users add column c int"),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eq!(
         (reply["id"].as_u64(), reply["adopted"].as_bool()),
         (Some(1), Some(true))

@@ -160,6 +160,11 @@ pub(super) async fn get_branch(
     .await
 }
 
+/// A request body, or the 422 message naming the fields it needs.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], needs: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("a JSON body with {needs} is required: {e}"))
+}
+
 #[derive(Deserialize)]
 struct NewBranch {
     name: String,
@@ -173,15 +178,9 @@ pub(super) async fn create_branch(
     Path((_org, _db)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: NewBranch = match serde_json::from_slice(&body) {
+    let body: NewBranch = match json_body(&body, "name and parent_branch") {
         Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable",
-                format!("a JSON body with name and parent_branch is required: {e}"),
-            )
-        }
+        Err(message) => return err(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message),
     };
     guarded(&s, &headers, |g, now| {
         if body.parent_branch.as_deref().unwrap_or("main") != "main" {
@@ -284,15 +283,9 @@ pub(super) async fn create_request(
     Path((_org, _db)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: NewRequest = match serde_json::from_slice(&body) {
+    let body: NewRequest = match json_body(&body, "branch and into_branch") {
         Ok(b) => b,
-        Err(e) => {
-            return err(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable",
-                format!("a JSON body with branch and into_branch is required: {e}"),
-            )
-        }
+        Err(message) => return err(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message),
     };
     guarded(&s, &headers, |g, now| {
         if body.into_branch.as_deref().unwrap_or("main") != "main" {
