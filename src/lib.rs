@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod machine;
 pub mod operator;
+pub mod plan;
 pub mod store;
 pub mod testkit;
 pub mod worker;

@@ -1,5 +1,6 @@
 //! What a change may contain, as one table of accepted and refused submissions, run through the
-//! HTTP API, `applyd submit --ddl` and `applyd submit --file`, with the exact messages.
+//! HTTP API, `applyd submit --ddl`, `applyd submit --file` and `applyd submit --plan`, with the
+//! exact messages.
 
 mod store_support;
 
@@ -235,36 +236,56 @@ async fn each_case_through_the_api_is_created_or_refused_with_422_and_the_messag
     }
 }
 
-fn submit(
-    database_url: &str,
-    environment: &str,
-    case: &Case,
-    file: Option<&std::path::Path>,
-) -> (bool, String) {
+/// How the CLI is given a case.
+enum Given<'a> {
+    Flags,
+    File(&'a std::path::Path),
+    Plan(&'a std::path::Path),
+}
+
+/// The case as a plan file (TOML written by the toml crate, so every statement is quoted right).
+fn as_plan(case: &Case, environment: &str) -> String {
+    let mut t = toml::Table::new();
+    t.insert("database".into(), "shop".into());
+    t.insert("environment".into(), environment.into());
+    t.insert("engine".into(), case.engine.into());
+    t.insert(
+        "ddl".into(),
+        toml::Value::Array(case.ddl.iter().map(|d| (*d).into()).collect()),
+    );
+    t.insert("allow_destructive".into(), case.allow_destructive.into());
+    toml::to_string(&t).unwrap()
+}
+
+fn submit(database_url: &str, environment: &str, case: &Case, given: Given) -> (bool, String) {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args([
-        "submit",
-        "--database",
-        "shop",
-        "--environment",
-        environment,
-        "--engine",
-        case.engine,
-    ])
-    .env("APPLYD_DATABASE_URL", database_url);
-    match file {
-        Some(path) => {
+    cmd.arg("submit").env("APPLYD_DATABASE_URL", database_url);
+    if let Given::Plan(path) = given {
+        cmd.arg("--plan").arg(path);
+    } else {
+        cmd.args([
+            "--database",
+            "shop",
+            "--environment",
+            environment,
+            "--engine",
+            case.engine,
+        ]);
+        if case.allow_destructive {
+            cmd.arg("--allow-destructive");
+        }
+    }
+    match given {
+        Given::File(path) => {
             cmd.arg("--file").arg(path);
         }
-        None => {
+        Given::Flags => {
             for d in case.ddl {
                 // `--ddl=…`: a statement may itself start with `--` (a comment).
                 cmd.arg(format!("--ddl={d}"));
             }
         }
-    }
-    if case.allow_destructive {
-        cmd.arg("--allow-destructive");
+        Given::Plan(_) => {}
     }
     let out = cmd.output().expect("run applyd submit");
     let text =
@@ -273,7 +294,7 @@ fn submit(
 }
 
 #[tokio::test]
-async fn each_case_through_the_cli_with_ddl_and_with_a_file() {
+async fn each_case_through_the_cli_with_ddl_with_a_file_and_with_a_plan() {
     let Some(url) = store_support::mysql_url() else {
         return;
     };
@@ -292,12 +313,15 @@ async fn each_case_through_the_cli_with_ddl_and_with_a_file() {
             std::fs::write(&path, text).unwrap();
             path
         });
-        let runs = [(format!("cli{i}"), None), (format!("file{i}"), file)];
-        for (environment, path) in &runs {
-            if environment.starts_with("file") && path.is_none() {
-                continue;
-            }
-            let (success, text) = submit(&db_url, environment, case, path.as_deref());
+        let plan = dir.join(format!("case{i}.toml"));
+        std::fs::write(&plan, as_plan(case, &format!("plan{i}"))).unwrap();
+        let mut runs = vec![(format!("cli{i}"), Given::Flags)];
+        if let Some(path) = &file {
+            runs.push((format!("file{i}"), Given::File(path)));
+        }
+        runs.push((format!("plan{i}"), Given::Plan(&plan)));
+        for (environment, given) in runs {
+            let (success, text) = submit(&db_url, &environment, case, given);
             match case.want {
                 Ok(_) => {
                     assert!(
@@ -325,7 +349,7 @@ async fn each_case_through_the_cli_with_ddl_and_with_a_file() {
         accepted,
         "every accepted submission is stored, nothing else"
     );
-    assert!(accepted >= 40, "{accepted} accepted runs");
+    assert!(accepted >= 60, "{accepted} accepted runs");
     store_support::drop_database(&url, &name).await;
 }
 

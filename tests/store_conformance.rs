@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use applyd::machine::{
     ApplyState, ClaimArm, ClaimedVia, ControlOp, ControlStatus, EngineKind, OperationArm, Params,
+    TaskState,
 };
 use applyd::store::{claim_next, ClaimPath, Claimed, Lease, RequestOutcome, StoreError, Submitted};
 use applyd::worker::{ApplyId, ResumeState};
@@ -470,6 +471,19 @@ async fn the_status_view_shows_owner_progress_and_why_an_apply_failed(env: Env) 
         (before.state, before.progress(), before.lease_owner),
         (ApplyState::Pending, "0/2 tasks".to_string(), None)
     );
+    // Progress table by table, in statement order.
+    let tables: Vec<_> = before
+        .tasks
+        .iter()
+        .map(|t| (t.table.as_deref(), t.state))
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            (Some("users"), TaskState::Pending),
+            (Some("orders"), TaskState::Pending)
+        ]
+    );
     let lease = claim(&env, "w1").await.unwrap().lease;
     env.store
         .write(&lease, ApplyState::Completed, ResumeState::default())
@@ -480,6 +494,7 @@ async fn the_status_view_shows_owner_progress_and_why_an_apply_failed(env: Env) 
         (done.state, done.progress(), done.lease_epoch),
         (ApplyState::Completed, "2/2 tasks".to_string(), 1)
     );
+    assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed));
     let other = submit(&env, "orders", EngineKind::PlanetScale).await;
     let lease = claim(&env, "w1").await.unwrap().lease;
     env.store.fail_apply(&lease, "it broke").await.unwrap();

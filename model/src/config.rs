@@ -20,6 +20,8 @@ pub struct ApplySpec {
 pub enum Preset {
     Ci,
     Full,
+    /// A small world whose stored changes may drift: every start and resume must refuse them.
+    Pin,
 }
 
 impl Preset {
@@ -27,6 +29,7 @@ impl Preset {
         match self {
             Preset::Ci => "ci",
             Preset::Full => "full",
+            Preset::Pin => "pin",
         }
     }
 }
@@ -50,6 +53,8 @@ pub struct Config {
     pub retry_budget: u32,
     /// The claims the workers make: the operation path production uses, or the apply arms only.
     pub claim_path: ClaimPath,
+    /// Alterations of a stored change behind the operator's back (the pin preset's fault).
+    pub drifts: u8,
 }
 
 impl Config {
@@ -76,6 +81,7 @@ impl Config {
                 presumed_ticks: 1,
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
+                drifts: 0,
             },
             Preset::Full => Config {
                 preset: "full",
@@ -88,6 +94,20 @@ impl Config {
                 presumed_ticks: 1,
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
+                drifts: 0,
+            },
+            Preset::Pin => Config {
+                preset: "pin",
+                workers: 2,
+                applies: vec![sp, ps],
+                faults: 1,
+                engine_faults: 0,
+                requests: 1,
+                stale_ticks: 2,
+                presumed_ticks: 1,
+                retry_budget: 1,
+                claim_path: ClaimPath::Operation,
+                drifts: 1,
             },
         }
     }

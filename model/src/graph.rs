@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use applyd::machine::invariants::Violation;
 use applyd::machine::ClaimedVia;
+use applyd::worker::Command;
 use stateright::Model;
 
 use crate::state::{fingerprint, Action, Outcome, State, MAX_WORKERS};
@@ -112,6 +113,9 @@ pub struct Coverage {
     pub claims_via_apply_arms: u64,
     pub lost_replies: u64,
     pub transient_failures: u64,
+    /// Stored changes altered behind the operator's back, and drives that failed one closed.
+    pub drifts: u64,
+    pub failed_closed: u64,
 }
 
 impl Coverage {
@@ -125,11 +129,22 @@ impl Coverage {
                     None => {}
                 }
             }
-            Action::Step(_, o) | Action::Resume(_, o) => match o {
-                Outcome::LostReply => self.lost_replies += 1,
-                Outcome::Transient => self.transient_failures += 1,
-                _ => {}
-            },
+            Action::Step(w, o) | Action::Resume(w, o) => {
+                match o {
+                    Outcome::LostReply => self.lost_replies += 1,
+                    Outcome::Transient => self.transient_failures += 1,
+                    _ => {}
+                }
+                let resumed = matches!(action, Action::Resume(..));
+                if from.drifts_left < model.cfg.drifts
+                    && model
+                        .prepare(from, w as usize, resumed)
+                        .is_some_and(|p| matches!(p.cmd, Some(Command::FailClosed(_))))
+                {
+                    self.failed_closed += 1;
+                }
+            }
+            Action::Drift(_) => self.drifts += 1,
             _ => {}
         }
     }
@@ -139,11 +154,13 @@ impl std::fmt::Display for Coverage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "coverage: claims via operation arms={} via apply arms={} lost replies={} transient failures={}",
+            "coverage: claims via operation arms={} via apply arms={} lost replies={} transient failures={} drifts={} failed closed={}",
             self.claims_via_operation_arms,
             self.claims_via_apply_arms,
             self.lost_replies,
-            self.transient_failures
+            self.transient_failures,
+            self.drifts,
+            self.failed_closed
         )
     }
 }

@@ -23,6 +23,8 @@ struct Cli {
 enum PresetArg {
     Ci,
     Full,
+    /// Stored changes may drift: every start and resume must refuse them.
+    Pin,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +80,7 @@ fn build(shape: &Shape) -> Result<(ApplydModel, Option<Mutant>, &'static str), S
     let preset = match shape.preset {
         PresetArg::Ci => Preset::Ci,
         PresetArg::Full => Preset::Full,
+        PresetArg::Pin => Preset::Pin,
     };
     let mut cfg = Config::preset(preset);
     if let Some(w) = shape.workers {

@@ -29,6 +29,7 @@ fn command_text(cmd: &Command) -> String {
         Command::Fail(op, why) => format!("fail {op} request ({})", why.message()),
         Command::Call(c) => format!("call {c:?}"),
         Command::Probe(p) => format!("probe {p:?}"),
+        Command::FailClosed(c) => format!("fail closed ({})", c.message()),
         Command::Wait(w) => format!("wait ({w:?})"),
         Command::Finish(f) => format!("finish ({f:?})"),
     }
@@ -128,6 +129,13 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                 st.apply = Some(a);
                 st.request = Some(op);
                 st.note = format!("the user requests {op}");
+            }
+            Action::Drift(a) => {
+                st.action = "drift";
+                st.apply = Some(a);
+                st.note =
+                    "the stored DDL is altered: it no longer matches its reviewed fingerprint"
+                        .into();
             }
             Action::Expire => {
                 st.action = "expire";

@@ -113,6 +113,8 @@ pub struct Row {
     /// Pending requests; `start_newer_than_lease` is kept as MemoryStore orders it: set when a
     /// start is (re)issued, cleared by a claim.
     pub controls: Controls,
+    /// The stored DDL was altered after submit: it no longer matches its reviewed fingerprint.
+    pub drifted: bool,
 }
 
 impl Row {
@@ -125,6 +127,7 @@ impl Row {
         attempt: 0,
         resume: Resume(0),
         controls: Controls(0),
+        drifted: false,
     };
 }
 
@@ -180,6 +183,7 @@ pub struct Frozen {
     pub attempt: u8,
     pub resume: Resume,
     pub controls: Controls,
+    pub drifted: bool,
 }
 
 /// A `Drive` interned by the model (see [`Drives`]), with its apply and epoch zeroed: those
@@ -273,10 +277,15 @@ impl Drives {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flaw {
     LegalStep(EngineKind, ApplyState, ApplyState),
-    StaleWrite { row: u8, writer: u8 },
+    StaleWrite {
+        row: u8,
+        writer: u8,
+    },
     StopDominance(PendingControls, EngineKind, EngineCall),
     CutoverGate(EngineCall, Option<EngineState>),
     Justified(ControlOp, ApplyState),
+    /// A DDL-carrying call made on a read whose DDL had drifted.
+    RanDriftedChange(EngineCall),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,6 +296,8 @@ pub struct State {
     pub faults_left: u8,
     pub engine_faults_left: u8,
     pub requests_left: u8,
+    /// Alterations of a stored change the model may still make.
+    pub drifts_left: u8,
     pub flaw: Option<(u8, Flaw)>,
 }
 
@@ -355,6 +366,8 @@ pub enum Action {
     Request(u8, ControlOp),
     /// Retry expiry moves expired `failed_retryable` applies to `failed`.
     Expire,
+    /// Someone alters apply `a`'s stored DDL behind the operator's back.
+    Drift(u8),
 }
 
 /// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for state

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use applyd::machine::invariants::{
-    check_world, cutover_after_gate, justified_completion, legal_step, stale_write, stop_dominance,
-    ApplyFacts, Violation,
+    check_world, cutover_after_gate, justified_completion, legal_step, reviewed_change_only,
+    stale_write, stop_dominance, ApplyFacts, Violation,
 };
 use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
@@ -102,6 +102,7 @@ impl ApplydModel {
             faults_left: self.cfg.faults,
             engine_faults_left: self.cfg.engine_faults,
             requests_left: self.cfg.requests,
+            drifts_left: self.cfg.drifts,
             flaw: None,
         }
     }
@@ -348,6 +349,7 @@ impl ApplydModel {
                     attempt: row.attempt,
                     resume: row.resume,
                     controls: row.controls,
+                    drifted: row.drifted,
                 });
                 n.faults_left -= 1;
             }
@@ -421,6 +423,14 @@ impl ApplydModel {
                 if op == ControlOp::Start {
                     n.rows[a].controls.set_start_newer_than_lease(true);
                 }
+            }
+            Action::Drift(a) => {
+                let row = &mut n.rows[a as usize];
+                if s.drifts_left == 0 || !row.present || row.drifted || row.state.is_terminal() {
+                    return None;
+                }
+                row.drifted = true;
+                n.drifts_left -= 1;
             }
             Action::Expire => {
                 let mut any = false;

@@ -67,6 +67,43 @@ fn the_shipped_rules_pass_the_ci_preset() {
     }
 }
 
+/// The pin preset lets a stored change drift at any point of an apply's life: the shipped rules
+/// never hand a drifted change to an engine, and drives do fail such applies closed.
+#[test]
+fn the_pin_preset_never_runs_a_drifted_change() {
+    let o = model(&["check", "--preset", "pin"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("model: preset=pin states=18253375 unique=4754780 depth=60 "),
+        "the pin preset's state space changed: {last}"
+    );
+    let coverage = out
+        .lines()
+        .find(|l| l.starts_with("coverage:"))
+        .unwrap_or_else(|| panic!("no coverage line: {out}"));
+    for kind in ["drifts=", "failed closed="] {
+        let n: u64 = coverage
+            .split(kind)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{kind} in {coverage}"));
+        assert!(n > 0, "no state reached {kind}0: {coverage}");
+    }
+}
+
+/// The preset that can show a historical bug: the drifted-change bug needs stored changes that
+/// drift, which only the pin preset makes.
+fn preset_for(m: Mutant) -> &'static str {
+    if m == Mutant::RunsDriftedChange {
+        "pin"
+    } else {
+        "ci"
+    }
+}
+
 /// The apply arms alone are the second configuration: they hold every property too, and no claim
 /// goes through an operation arm. (Pinned at two workers to keep the suite short.)
 #[test]
@@ -106,7 +143,7 @@ fn every_mutant_is_caught_with_a_counterexample_and_a_schedule() {
                     let o = model(&[
                         "check",
                         "--preset",
-                        "ci",
+                        preset_for(m),
                         "--mutant",
                         m.name(),
                         "--export-counterexample",

@@ -117,6 +117,11 @@ pub enum Fault {
         apply: u8,
         retryable: bool,
     },
+    /// The apply's stored DDL is altered behind the operator's back (its reviewed fingerprint
+    /// stays): no engine may be handed the altered change.
+    ChangeDrifts {
+        apply: u8,
+    },
     /// A user's control request through the API.
     Request {
         apply: u8,
@@ -317,6 +322,23 @@ pub fn draw_faults(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
     out
 }
 
+/// Stored changes altered behind the operator's back, drawn from a stream of their own so that
+/// adding them left every other draw of a seed as it was.
+fn draw_drifts(rng: &ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
+    let mut side = rng.clone();
+    side.set_stream(DRIFT_STREAM);
+    (0..count(&mut side, preset, 1))
+        .map(|_| TimedFault {
+            at_ms: side.random_range(0..preset.fault_ms),
+            fault: Fault::ChangeDrifts {
+                apply: side.random_range(0..preset.applies),
+            },
+        })
+        .collect()
+}
+
+const DRIFT_STREAM: u64 = 1;
+
 impl World {
     /// The whole world of one seed, drawn from the run's one RNG (which the run then continues
     /// to use for latencies and jitter).
@@ -335,6 +357,9 @@ impl World {
             reply_lost_permille: rate(50),
             unreachable_permille: rate(50),
         };
+        let mut faults = faults;
+        faults.extend(draw_drifts(rng, &preset));
+        faults.sort_by_key(|f| f.at_ms);
         World {
             preset,
             timings,

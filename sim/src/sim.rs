@@ -15,7 +15,7 @@ use applyd::engine::fake::{FakeEngines, InjectedFault};
 use applyd::machine::claim::{shipped_class, ClaimClass};
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, lease_loss_bound, legal_step,
-    stale_write, stop_dominance, ApplyFacts, Violation, STALE_EPOCH_WRITE,
+    reviewed_change_only, stale_write, stop_dominance, ApplyFacts, Violation, STALE_EPOCH_WRITE,
 };
 use applyd::machine::table::is_settled;
 use applyd::machine::waits::human_release;
@@ -127,6 +127,8 @@ pub struct Sim {
     last_state: Vec<ApplyState>,
     /// An injected engine-side fault touched this apply's work (excuses a refused cutover).
     engine_faulted: Vec<bool>,
+    /// This apply's stored DDL was altered after submit.
+    drifted: Vec<bool>,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
     faults_on: bool,
@@ -198,6 +200,7 @@ impl Sim {
             target_keys,
             last_state: vec![ApplyState::Pending; n],
             engine_faulted: vec![false; n],
+            drifted: vec![false; n],
             queue: BinaryHeap::new(),
             seq: 0,
             faults_on: true,

@@ -90,3 +90,37 @@ fn a_schedule_exported_by_the_model_replays_step_for_step_and_wedges() {
         "the shipped rules heal the same schedule"
     );
 }
+
+/// The drifted-change counterexample as `applyd-model check --preset pin --mutant
+/// runs-drifted-change --export-counterexample FILE` wrote it: on the real core the altered
+/// change reaches Spirit under the mutant; under the shipped rules the same schedule fails the
+/// apply closed instead and nothing is handed over.
+#[test]
+fn the_drifted_change_schedule_runs_the_change_only_under_its_mutant() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/model-export-runs-drifted-change.json"
+    );
+    let s = Schedule::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(s.steps.iter().any(|st| st.action == "drift"));
+    let r = replay(&s, s.mutant().unwrap(), false);
+    assert!(r.divergences.is_empty(), "{:?}", r.divergences);
+    match r
+        .outcome
+        .failure
+        .expect("the mutant runs the drifted change")
+        .kind
+    {
+        FailureKind::Violation(v) => assert_eq!(
+            v.invariant,
+            applyd::machine::invariants::REVIEWED_CHANGE_ONLY
+        ),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    let shipped = replay(&s, None, false);
+    assert!(
+        shipped.outcome.failure.is_none(),
+        "the shipped rules fail the apply closed: {:?}",
+        shipped.outcome.failure
+    );
+}

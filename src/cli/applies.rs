@@ -27,15 +27,19 @@ impl Db {
 pub struct SubmitArgs {
     #[command(flatten)]
     db: Db,
+    /// A plan file (TOML) naming the whole submission instead of the options below; see
+    /// README.md for its fields.
+    #[arg(long, conflicts_with_all = ["database", "environment", "engine", "ddl", "file", "allow_destructive", "defer_cutover", "defer_deploy", "skip_revert"])]
+    plan: Option<PathBuf>,
     /// Target database name.
-    #[arg(long)]
-    database: String,
+    #[arg(long, required_unless_present = "plan")]
+    database: Option<String>,
     /// Target environment, e.g. production.
-    #[arg(long)]
-    environment: String,
+    #[arg(long, required_unless_present = "plan")]
+    environment: Option<String>,
     /// planetscale or spirit
-    #[arg(long)]
-    engine: EngineKind,
+    #[arg(long, required_unless_present = "plan")]
+    engine: Option<EngineKind>,
     /// A DDL statement (repeatable).
     #[arg(long = "ddl")]
     ddl: Vec<String>,
@@ -90,32 +94,45 @@ fn finish(what: &str, result: Result<(), String>) -> ExitCode {
     }
 }
 
+/// The submission the flags describe (the plan file is read by `plan::read`).
+fn from_flags(args: &SubmitArgs) -> Result<NewApply, String> {
+    let mut ddl = args.ddl.clone();
+    if let Some(path) = &args.file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let statements = crate::ddl::split_script(&text)
+            .map_err(|e| format!("cannot read the statements of {}: {e}", path.display()))?;
+        ddl.extend(statements);
+    }
+    if ddl.is_empty() {
+        return Err("no DDL: pass --ddl \"ALTER TABLE ...\" or --file schema.sql".to_string());
+    }
+    // clap requires these unless a plan is given.
+    let required = |what: &str| format!("--{what} is required without --plan");
+    Ok(NewApply {
+        allow_destructive: args.allow_destructive,
+        target: Target {
+            database: args.database.clone().ok_or_else(|| required("database"))?,
+            environment: args
+                .environment
+                .clone()
+                .ok_or_else(|| required("environment"))?,
+        },
+        engine: args.engine.ok_or_else(|| required("engine"))?,
+        ddl,
+        options: ApplyOptions {
+            defer_cutover: args.defer_cutover,
+            defer_deploy: args.defer_deploy,
+            skip_revert: args.skip_revert,
+        },
+    })
+}
+
 pub fn submit(args: SubmitArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
-        let mut ddl = args.ddl.clone();
-        if let Some(path) = &args.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let statements = crate::ddl::split_script(&text)
-                .map_err(|e| format!("cannot read the statements of {}: {e}", path.display()))?;
-            ddl.extend(statements);
-        }
-        if ddl.is_empty() {
-            return Err("no DDL: pass --ddl \"ALTER TABLE ...\" or --file schema.sql".to_string());
-        }
-        let new = NewApply {
-            allow_destructive: args.allow_destructive,
-            target: Target {
-                database: args.database.clone(),
-                environment: args.environment.clone(),
-            },
-            engine: args.engine,
-            ddl,
-            options: ApplyOptions {
-                defer_cutover: args.defer_cutover,
-                defer_deploy: args.defer_deploy,
-                skip_revert: args.skip_revert,
-            },
+        let new = match &args.plan {
+            Some(path) => crate::plan::read(path).map_err(|e| e.to_string())?,
+            None => from_flags(&args)?,
         };
         // Refused before the database is even opened: the same check the store makes.
         crate::store::validate_new_apply(&new).map_err(|e| e.to_string())?;
@@ -185,6 +202,13 @@ pub fn status(args: StatusArgs) -> ExitCode {
             println!("\nddl:");
             for d in &one.ddl {
                 println!("  {d};");
+            }
+            if !one.tasks.is_empty() {
+                println!("tasks:");
+                for (i, t) in one.tasks.iter().enumerate() {
+                    let table = t.table.as_deref().unwrap_or("(table not recorded)");
+                    println!("  {}. {table:<32} {}", i + 1, t.state);
+                }
             }
             if let Some(e) = &one.error {
                 println!("error: {e}");

@@ -20,6 +20,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
+use crate::machine::apply::ApplySpec;
 use crate::machine::EngineKind;
 
 /// The longest database or environment name (MySQL's identifier limit).
@@ -242,6 +243,34 @@ pub fn check_change(
         statements,
         fingerprint,
     })
+}
+
+/// Why a stored change may not be handed to an engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    #[error("it was stored without a reviewed fingerprint; submit it again")]
+    Unpinned,
+    #[error("it no longer passes the checks made at submit: {0}")]
+    Unchecked(DdlError),
+    #[error("its statements now fingerprint as {now}, not as the reviewed {reviewed}")]
+    Drifted { reviewed: String, now: String },
+}
+
+/// Whether an apply's stored change is still the one reviewed at submit: checked again as at
+/// submit and fingerprinted again. Its destructive statements were gated when it was
+/// submitted, and the fingerprint covers them, so they are allowed here.
+pub fn pinned(engine: EngineKind, spec: &ApplySpec) -> Result<(), PinError> {
+    let reviewed = spec.fingerprint.as_deref().ok_or(PinError::Unpinned)?;
+    let now = check_change(engine, &spec.target.database, &spec.ddl, true)
+        .map_err(PinError::Unchecked)?
+        .fingerprint;
+    if now != reviewed {
+        return Err(PinError::Drifted {
+            reviewed: reviewed.to_string(),
+            now,
+        });
+    }
+    Ok(())
 }
 
 /// The parser's message without its "sql parser error: " prefix (the caller says what failed).
@@ -479,5 +508,90 @@ fn table_in(name: &ObjectName, database: &str, position: usize) -> Result<String
 impl fmt::Display for DdlKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::apply::Target;
+
+    fn spec(ddl: &str, fingerprint: Option<String>) -> ApplySpec {
+        ApplySpec {
+            identifier: "apply-1".into(),
+            target: Target {
+                database: "shop".into(),
+                environment: "prod".into(),
+            },
+            ddl: vec![ddl.into()],
+            fingerprint,
+        }
+    }
+
+    fn reviewed(ddl: &str) -> Option<String> {
+        Some(
+            check_change(EngineKind::Spirit, "shop", &[ddl.into()], true)
+                .unwrap()
+                .fingerprint,
+        )
+    }
+
+    #[test]
+    fn the_reviewed_change_is_pinned_however_it_is_written() {
+        let fp = reviewed("ALTER TABLE users ADD COLUMN c INT");
+        assert_eq!(
+            pinned(
+                EngineKind::Spirit,
+                &spec("alter table users add column c int", fp)
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_destructive_change_reviewed_with_its_gate_stays_pinned() {
+        let fp = reviewed("ALTER TABLE users DROP COLUMN c");
+        assert_eq!(
+            pinned(
+                EngineKind::Spirit,
+                &spec("ALTER TABLE users DROP COLUMN c", fp)
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_altered_change_is_not() {
+        let fp = reviewed("ALTER TABLE users ADD COLUMN c INT");
+        let got = pinned(
+            EngineKind::Spirit,
+            &spec("ALTER TABLE users ADD COLUMN d INT", fp.clone()),
+        );
+        assert!(
+            matches!(&got, Err(PinError::Drifted { reviewed, now }) if Some(reviewed) == fp.as_ref() && now.starts_with("sha256:") && Some(now) != fp.as_ref()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_change_that_no_longer_passes_the_checks_is_not() {
+        let fp = reviewed("ALTER TABLE users ADD COLUMN c INT");
+        let got = pinned(EngineKind::Spirit, &spec("DELETE FROM users", fp));
+        assert!(matches!(got, Err(PinError::Unchecked(_))), "{got:?}");
+        assert!(got
+            .unwrap_err()
+            .to_string()
+            .starts_with("it no longer passes the checks made at submit: statement 1 is DELETE"));
+    }
+
+    #[test]
+    fn a_change_without_a_fingerprint_is_not() {
+        assert_eq!(
+            pinned(
+                EngineKind::Spirit,
+                &spec("ALTER TABLE users ADD COLUMN c INT", None)
+            ),
+            Err(PinError::Unpinned)
+        );
     }
 }

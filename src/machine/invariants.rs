@@ -231,6 +231,21 @@ pub fn justified_completion(
     }
 }
 
+pub const REVIEWED_CHANGE_ONLY: &str = "only the reviewed change is handed to an engine";
+
+/// S8: a call that hands the stored DDL to an engine is made only while that DDL is the change
+/// reviewed at submit (`change_reviewed` is what the caller read alongside it).
+pub fn reviewed_change_only(call: EngineCall, change_reviewed: bool) -> Result<(), Violation> {
+    if call.hands_over_ddl() && !change_reviewed {
+        Err(Violation {
+            invariant: REVIEWED_CHANGE_ONLY,
+            detail: format!("{call:?} issued with a change that drifted from its review"),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 pub const LEASE_LOSS_BOUND: &str =
     "a driver past the presumed-loss bound neither calls the engine nor writes";
 

@@ -1,6 +1,6 @@
 //! The moves the claim path and the store make on their own, decided here so no store restates
 //! them: a claim through an arm (its table row, landing state, attempt accounting and target
-//! re-check), retry expiry, operator failure, and the revert-window deadline.
+//! re-check), retry expiry, failing closed, and the revert-window deadline.
 
 use super::claim::{
     ClaimArm, ClaimLevel, ClaimPath, ClaimView, ClaimedVia, OperationArm, OperationClaimView,
@@ -95,14 +95,11 @@ impl Rules {
         Some((reason, TABLE.row(id).to))
     }
 
-    /// Where an operator failure (a drive that panicked) moves an apply, if it may: every
-    /// non-terminal state has a table row; a terminal one is never rewritten.
-    pub fn operator_failure_move(
-        &self,
-        engine: EngineKind,
-        from: ApplyState,
-    ) -> Option<ApplyState> {
-        let id = TABLE.lookup(self, engine, from, Event::OperatorFailure)?;
+    /// Where failing an apply closed (a drive that panicked, a change that drifted from its
+    /// review) moves it, if it may: every non-terminal state has a table row; a terminal one is
+    /// never rewritten.
+    pub fn fail_closed_move(&self, engine: EngineKind, from: ApplyState) -> Option<ApplyState> {
+        let id = TABLE.lookup(self, engine, from, Event::FailClosed)?;
         Some(TABLE.row(id).to)
     }
 

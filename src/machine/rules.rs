@@ -78,6 +78,8 @@ pub enum Mutant {
     StopIgnoresTerminalTasks,
     /// #186: the state is written after the engine call instead of before it.
     StateNotSetBeforeEngineCall,
+    /// #613: a resume hands the engine a change that drifted from the reviewed one.
+    RunsDriftedChange,
 }
 
 impl Mutant {
@@ -93,6 +95,7 @@ impl Mutant {
         Mutant::StopStartRaceDropsStart,
         Mutant::StopIgnoresTerminalTasks,
         Mutant::StateNotSetBeforeEngineCall,
+        Mutant::RunsDriftedChange,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -108,6 +111,7 @@ impl Mutant {
             Mutant::StopStartRaceDropsStart => "stop-start-race-drops-start",
             Mutant::StopIgnoresTerminalTasks => "stop-ignores-terminal-tasks",
             Mutant::StateNotSetBeforeEngineCall => "state-not-set-before-engine-call",
+            Mutant::RunsDriftedChange => "runs-drifted-change",
         }
     }
 
@@ -125,6 +129,7 @@ impl Mutant {
             Mutant::StopStartRaceDropsStart => "#424",
             Mutant::StopIgnoresTerminalTasks => "#262",
             Mutant::StateNotSetBeforeEngineCall => "#186",
+            Mutant::RunsDriftedChange => "#613",
         }
     }
 }

@@ -214,7 +214,7 @@ fn build() -> Table {
         row!(e, [Stopped], Claim(A7StoppedCancel) => same, []);
         row!(e, [Paused], Claim(A8PausedControl) => same, []);
         row!(e, [FailedRetryable], RetryExpired => Failed, []);
-        row!(e, open, OperatorFailure => Failed, []);
+        row!(e, open, FailClosed => Failed, []);
     }
     // A single-operation apply is never degraded, and a PlanetScale apply never resumes from a
     // stop: a reclaim normalises both to `running`, where the drive knows what to do.
@@ -395,6 +395,32 @@ mod tests {
                     .any(|e| matches!(e, Effect::Call(_))));
             }
         }
+    }
+
+    #[test]
+    fn every_state_that_hands_ddl_to_an_engine_can_fail_closed_instead() {
+        // The core swaps such a call for failing the apply closed when its change drifted; the
+        // swap must be a step the table allows, and no terminal state hands anything over.
+        let mut handing = 0;
+        for r in TABLE.shipped() {
+            for e in r.effects {
+                if let Effect::Call(call) = e {
+                    if call.hands_over_ddl() {
+                        handing += 1;
+                        let id = TABLE
+                            .lookup(&Rules::default(), r.engine, r.from, Event::FailClosed)
+                            .unwrap_or_else(|| {
+                                panic!("{} {} cannot fail closed", r.engine, r.from)
+                            });
+                        assert_eq!(TABLE.row(id).to, Failed);
+                    }
+                }
+            }
+        }
+        assert!(
+            handing >= 5,
+            "StartRunner and ApplyBranchChanges rows: {handing}"
+        );
     }
 
     #[test]

@@ -59,9 +59,10 @@ pub enum Event {
     Auto(AutoAction),
     /// `failed_retryable` past its budget or freshness.
     RetryExpired,
-    /// The operator itself failed while driving the apply (a drive that panicked): the apply
-    /// fails for good, never retryable, so a panic cannot loop.
-    OperatorFailure,
+    /// The owner fails the apply closed, keeping its engine state for people to inspect: its
+    /// drive panicked (never retryable, so a panic cannot loop), or its stored change no longer
+    /// matches the fingerprint reviewed at submit (upstream #613: never run a drifted change).
+    FailClosed,
 }
 
 impl Event {
@@ -77,7 +78,7 @@ impl Event {
             Event::Control(op) => format!("{} request", op.as_str()),
             Event::Auto(a) => format!("auto {}", format!("{a:?}").to_snake()),
             Event::RetryExpired => "retry expired".into(),
-            Event::OperatorFailure => "operator failure".into(),
+            Event::FailClosed => "fail closed".into(),
         }
     }
 }
@@ -127,6 +128,18 @@ pub enum EngineCall {
     CancelRunner,
     /// `DROP TABLE IF EXISTS _spirit_sentinel`: idempotent.
     DropSentinel,
+}
+
+impl EngineCall {
+    /// The call hands the apply's stored DDL to the engine (a Spirit run or resume, the
+    /// branch's schema change). It is made only while that DDL still matches the fingerprint
+    /// reviewed at submit; otherwise the apply fails closed (upstream #613).
+    pub const fn hands_over_ddl(self) -> bool {
+        matches!(
+            self,
+            EngineCall::StartRunner | EngineCall::ApplyBranchChanges
+        )
+    }
 }
 
 /// A read-only engine query that produces the next observation.

@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::machine::Rules;
 use crate::store::store_outcome;
 use crate::store::{Claimed, DriveInputs, Store, StoreError};
-use crate::worker::{Command, Drive, DriveView, Finish, WaitFor};
+use crate::worker::{Command, Drive, Finish, Read, WaitFor};
 
 /// How a driver waits and how healthy its heartbeats are; the operator sleeps on tokio time,
 /// tests return at once.
@@ -90,19 +90,19 @@ pub async fn run_drive(
                 }
             }
         }
-        let view = DriveView {
-            row: inputs.record.row,
-            controls: inputs.controls,
-            revert_window_expired: inputs.revert_window_expired,
-            heartbeat_ok_age_ms: pacing.heartbeat_ok_age_ms(),
-        };
+        let read = Read::of(
+            &inputs.record,
+            inputs.controls,
+            inputs.revert_window_expired,
+            pacing.heartbeat_ok_age_ms(),
+        );
         report.commands += 1;
         if report.commands > max_commands {
             report.finish = Finish::Inconsistent("the drive exceeded its command budget");
             return report;
         }
         stale = true;
-        match drive.next(&view, rules) {
+        match drive.next(&read.view, rules) {
             Command::Write { to, resume } => {
                 drive.on_store(store_outcome(store.write(lease, to, resume).await))
             }
@@ -119,6 +119,9 @@ pub async fn run_drive(
             Command::Probe(probe) => {
                 drive.on_engine(engine.probe(&inputs.record, lease.epoch, probe).await);
             }
+            Command::FailClosed(cause) => drive.on_store(store_outcome(
+                store.fail_apply(lease, &cause.reason(&read)).await,
+            )),
             Command::Wait(why) => pacing.wait(why).await,
             Command::Finish(finish) => {
                 if finish == Finish::ReleaseForRetry {
@@ -143,6 +146,7 @@ mod tests {
     use crate::worker::{ApplySnapshot, EngineFault, Observation, ResumeState, RunnerStatus};
 
     fn record(state: ApplyState) -> ApplyRecord {
+        let ddl = vec!["ALTER TABLE t ADD COLUMN c INT".to_string()];
         ApplyRecord {
             row: ApplySnapshot {
                 id: 7,
@@ -159,8 +163,12 @@ mod tests {
                     database: "users".into(),
                     environment: "prod".into(),
                 },
-                ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
-                fingerprint: None,
+                ddl: ddl.clone(),
+                fingerprint: Some(
+                    crate::ddl::check_change(EngineKind::Spirit, "users", &ddl, false)
+                        .unwrap()
+                        .fingerprint,
+                ),
             }),
         }
     }

@@ -257,6 +257,22 @@ impl MemoryStore {
         }
     }
 
+    /// Fault injection for tests: replace an apply's stored DDL and nothing else, as an
+    /// out-of-band `UPDATE applies SET ddl = …` would (the reviewed fingerprint stays). Returns
+    /// whether the apply exists.
+    pub fn alter_stored_ddl(&self, id: ApplyId, ddl: Vec<String>) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.rows.get_mut(&id) {
+            Some(row) => {
+                let mut spec = (*row.spec).clone();
+                spec.ddl = ddl;
+                row.spec = Arc::new(spec);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Fault injection for tests: store a row exactly as given (any state, lease and times), as
     /// another process may have left it; ids handed out later stay above it.
     pub fn put_row(&self, row: MemoryRow) {
@@ -632,7 +648,7 @@ impl MemoryStore {
         let mut inner = self.lock()?;
         let row = self.owned_with_operation(&mut inner, lease)?;
         let from = row.state;
-        let Some(to) = self.rules.operator_failure_move(row.engine, from) else {
+        let Some(to) = self.rules.fail_closed_move(row.engine, from) else {
             return Err(StoreError::Refused(format!(
                 "apply {} is already {from}",
                 lease.apply

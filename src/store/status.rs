@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::memory::MemoryStore;
 use super::{StoreError, Target};
 use crate::machine::apply::{ApplyId, ResumeState};
-use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
+use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 
 /// One apply as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -30,9 +30,19 @@ pub struct ApplyStatus {
     /// Progress: the apply's task rows (one per DDL statement) and how many have completed.
     pub tasks_total: u32,
     pub tasks_completed: u32,
+    /// The task rows in statement order: the table each statement touches and its state.
+    pub tasks: Vec<TaskStatus>,
     pub pending_requests: Vec<ControlOp>,
     /// The last request of each kind and how it ended (`pending`, `completed`, `failed: why`).
     pub requests: Vec<(ControlOp, String)>,
+}
+
+/// One task row: one statement of the change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TaskStatus {
+    /// `None` for tasks stored before tables were recorded.
+    pub table: Option<String>,
+    pub state: TaskState,
 }
 
 #[async_trait]
@@ -90,8 +100,16 @@ impl MemoryStore {
             tasks_completed: row
                 .tasks
                 .iter()
-                .filter(|t| t.state == crate::machine::TaskState::Completed)
+                .filter(|t| t.state == TaskState::Completed)
                 .count() as u32,
+            tasks: row
+                .tasks
+                .iter()
+                .map(|t| TaskStatus {
+                    table: t.table.clone(),
+                    state: t.state,
+                })
+                .collect(),
             pending_requests: pending,
             requests,
         }

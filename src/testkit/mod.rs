@@ -8,7 +8,7 @@ use crate::machine::{EngineCall, Probe, Rules};
 use crate::store::memory::MemoryStore;
 use crate::store::store_outcome;
 use crate::store::{ClaimPath, Claimed, Lease, StoreError};
-use crate::worker::{Command, Drive, DriveView, Finish, WaitFor, WriteOutcome};
+use crate::worker::{Command, Drive, FailCause, Finish, Read, WaitFor, WriteOutcome};
 
 /// Claim the next unit of work on `path` as the operator's poller does, and the drive that starts
 /// from the claim.
@@ -49,6 +49,10 @@ pub enum Stepped {
     Probed {
         probe: Probe,
     },
+    FailedClosed {
+        cause: FailCause,
+        outcome: WriteOutcome,
+    },
     Waited(WaitFor),
     Finished(Finish),
     /// The owner could not even read its row.
@@ -77,13 +81,13 @@ pub fn step(
             return Stepped::LoadFailed(outcome);
         }
     };
-    let view = DriveView {
-        row: inputs.record.row,
-        controls: inputs.controls,
-        revert_window_expired: inputs.revert_window_expired,
+    let read = Read::of(
+        &inputs.record,
+        inputs.controls,
+        inputs.revert_window_expired,
         heartbeat_ok_age_ms,
-    };
-    match drive.next(&view, rules) {
+    );
+    match drive.next(&read.view, rules) {
         Command::Write { to, resume } => {
             let outcome = store_outcome(store.write(lease, to, resume));
             drive.on_store(outcome);
@@ -114,6 +118,11 @@ pub fn step(
         Command::Probe(probe) => {
             drive.on_engine(engines.probe(now, &inputs.record, probe));
             Stepped::Probed { probe }
+        }
+        Command::FailClosed(cause) => {
+            let outcome = store_outcome(store.fail_apply(lease, &cause.reason(&read)));
+            drive.on_store(outcome);
+            Stepped::FailedClosed { cause, outcome }
         }
         Command::Wait(why) => Stepped::Waited(why),
         Command::Finish(f) => {

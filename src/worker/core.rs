@@ -8,8 +8,8 @@ use crate::machine::{
 };
 
 use super::{
-    ApplyId, Command, DriveView, EngineFault, Observation, ResumeState, RunnerStatus, WaitFor,
-    WriteOutcome,
+    ApplyId, Command, DriveView, EngineFault, FailCause, Observation, ResumeState, RunnerStatus,
+    WaitFor, WriteOutcome,
 };
 use crate::worker::BranchStatus;
 
@@ -152,7 +152,7 @@ impl Drive {
     pub fn next(&mut self, view: &DriveView, rules: &Rules) -> Command {
         let cmd = self.decide(view, rules);
         self.awaiting = match cmd {
-            Command::Write { .. } => Awaiting::Write,
+            Command::Write { .. } | Command::FailClosed(_) => Awaiting::Write,
             Command::Complete(op) | Command::Fail(op, _) => Awaiting::Request(op),
             Command::Call(_) | Command::Probe(_) => Awaiting::Engine,
             Command::Wait(_) | Command::Finish(_) => Awaiting::Nothing,
@@ -390,6 +390,18 @@ impl Drive {
                     {
                         self.cursor = None;
                         return None;
+                    }
+                    // A change that drifted from its review is never handed to an engine; the
+                    // apply fails closed instead, whichever start or resume this is.
+                    if call.hands_over_ddl()
+                        && !view.change_reviewed
+                        && !rules.has(Mutant::RunsDriftedChange)
+                        && rules
+                            .fail_closed_move(self.engine, view.row.state)
+                            .is_some()
+                    {
+                        self.cursor = None;
+                        return Some(Command::FailClosed(FailCause::ChangeDrifted));
                     }
                     cursor.next += 1;
                     return Some(Command::Call(call));

@@ -10,6 +10,7 @@ pub use self::core::{Drive, Finish};
 pub use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState, WriteOutcome};
 pub use crate::machine::observe::{BranchStatus, EngineFault, Observation, RunnerStatus};
 
+use crate::machine::apply::ApplyRecord;
 use crate::machine::{ApplyState, ControlOp, EngineCall, PendingControls, Probe, Refusal};
 
 /// Everything the core looks at when it decides.
@@ -21,6 +22,8 @@ pub struct DriveView {
     pub revert_window_expired: bool,
     /// Time since this driver's last successful heartbeat, by the driver's own clock.
     pub heartbeat_ok_age_ms: u64,
+    /// The stored DDL still matches the fingerprint reviewed at submit (`ddl::pinned`).
+    pub change_reviewed: bool,
 }
 
 /// Why the core asks the driver to wait before the next decision.
@@ -45,5 +48,64 @@ pub enum Command {
     Call(EngineCall),
     Probe(Probe),
     Wait(WaitFor),
+    /// Fenced move to the table's fail-closed state, keeping the resume state, with the reason
+    /// shown to people (`Store::fail_apply`).
+    FailClosed(FailCause),
     Finish(Finish),
+}
+
+/// Why the core fails an apply closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailCause {
+    /// The stored DDL no longer matches its reviewed fingerprint: it is never handed to an
+    /// engine (upstream #613).
+    ChangeDrifted,
+}
+
+impl FailCause {
+    pub const fn message(self) -> &'static str {
+        match self {
+            FailCause::ChangeDrifted => {
+                "the stored change no longer matches the change reviewed at submit; it was not run"
+            }
+        }
+    }
+
+    /// The reason recorded with the apply: the message, and what the read found.
+    pub fn reason(self, read: &Read) -> String {
+        match (self, &read.pin) {
+            (FailCause::ChangeDrifted, Err(why)) => format!("{}: {why}", self.message()),
+            (FailCause::ChangeDrifted, Ok(())) => self.message().to_string(),
+        }
+    }
+}
+
+/// One read of the owned apply as the core sees it, with what the pin check found.
+pub struct Read {
+    pub view: DriveView,
+    pub pin: Result<(), crate::ddl::PinError>,
+}
+
+impl Read {
+    /// The drive's view of what its owner just read: the stored change is checked against its
+    /// reviewed fingerprint on every read, so a change altered mid-drive is seen before the
+    /// next engine start.
+    pub fn of(
+        record: &ApplyRecord,
+        controls: PendingControls,
+        revert_window_expired: bool,
+        heartbeat_ok_age_ms: u64,
+    ) -> Read {
+        let pin = crate::ddl::pinned(record.row.engine, &record.spec);
+        Read {
+            view: DriveView {
+                row: record.row,
+                controls,
+                revert_window_expired,
+                heartbeat_ok_age_ms,
+                change_reviewed: pin.is_ok(),
+            },
+            pin,
+        }
+    }
 }

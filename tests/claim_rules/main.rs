@@ -571,7 +571,7 @@ async fn operator_failure_follows_the_table_in_both_stores() {
             return Err("unreadable row".into());
         };
         rules
-            .operator_failure_move(engine, state)
+            .fail_closed_move(engine, state)
             .map(|to| to.as_str().to_string())
             .ok_or_else(|| format!("request refused: apply {{id}} is already {state}"))
     };

@@ -396,6 +396,25 @@ impl Env {
         }
     }
 
+    /// Fault injection: alter an apply's stored DDL behind the operator's back, as an
+    /// out-of-band `UPDATE` would; its reviewed fingerprint stays.
+    pub async fn alter_stored_ddl(&self, id: ApplyId, ddl: &[&str]) {
+        let ddl: Vec<String> = ddl.iter().map(|s| s.to_string()).collect();
+        match &self.backend {
+            Backend::Memory { store, .. } => {
+                assert!(store.alter_stored_ddl(id, ddl), "apply {id} exists");
+            }
+            Backend::MySql { store, .. } => {
+                sqlx::query("UPDATE applies SET ddl = ? WHERE id = ?")
+                    .bind(serde_json::to_string(&ddl).unwrap())
+                    .bind(id)
+                    .execute(store.pool())
+                    .await
+                    .expect("alter the stored DDL");
+            }
+        }
+    }
+
     /// Fault injection: give an operation row a lease epoch of its own, as if another lease
     /// had taken the operation, leaving its apply as it is.
     pub async fn force_operation_epoch(&self, id: ApplyId, epoch: u64) {

@@ -66,6 +66,11 @@ impl ApplydModel {
             }
         }
         out.push(Action::Expire);
+        if s.drifts_left > 0 {
+            for a in 0..self.applies() {
+                out.push(Action::Drift(a as u8));
+            }
+        }
     }
 
     /// Requests the model's user makes: every one the API accepts, except those that can only
@@ -108,6 +113,7 @@ impl ApplydModel {
             Action::Tick => "tick".into(),
             Action::Request(a, op) => format!("request {op} on apply {}", a + 1),
             Action::Expire => "expire retryable".into(),
+            Action::Drift(a) => format!("alter apply {}'s stored DDL", a + 1),
         }
     }
 }

@@ -46,6 +46,7 @@ impl ApplydModel {
             Flaw::StopDominance(c, e, call) => stop_dominance(&c, e, call).err(),
             Flaw::CutoverGate(c, t) => cutover_after_gate(c, t).err(),
             Flaw::Justified(op, st) => justified_completion(op, st).err(),
+            Flaw::RanDriftedChange(call) => reviewed_change_only(call, false).err(),
         }
     }
 

@@ -25,19 +25,28 @@ impl ApplydModel {
         let mut hb_age = hb_age;
         let (heartbeat, view) = if let Some(f) = frozen {
             // The read happened before the pause; the driver acts on it without a heartbeat.
-            (false, Some((self.frozen_snapshot(a, &f), f.controls.get())))
+            (
+                false,
+                Some((self.frozen_snapshot(a, &f), f.controls.get(), f.drifted)),
+            )
         } else {
             let ok = self.allowed(row, drive.epoch);
             if ok {
                 hb_age = 0;
             }
-            (ok, ok.then(|| (self.snapshot(s, a), row.controls.get())))
+            (
+                ok,
+                ok.then(|| (self.snapshot(s, a), row.controls.get(), row.drifted)),
+            )
         };
-        let view = view.map(|(snap, controls)| DriveView {
+        // The model's DDL is one bit: the stored change is the reviewed one or it drifted
+        // (what `ddl::pinned` tells production drivers from the text).
+        let view = view.map(|(snap, controls, drifted)| DriveView {
             row: snap,
             controls,
             revert_window_expired: false,
             heartbeat_ok_age_ms: hb_age as u64 * TICK_MS,
+            change_reviewed: !drifted,
         });
         // A wait is followed at once by the next decision on the same read: the wait itself
         // changes nothing that anyone else can see.
@@ -123,6 +132,26 @@ impl ApplydModel {
                         drive.on_store(WriteOutcome::Ok);
                     }
                 }
+                Command::FailClosed(_) => {
+                    let row = s.rows[a];
+                    if !self.allowed(&row, drive.epoch) {
+                        drive.on_store(WriteOutcome::LeaseLost);
+                    } else if let Some(to) = self.rules.fail_closed_move(spec.engine, row.state) {
+                        self.flag(
+                            s,
+                            a,
+                            legal_step(spec.engine, row.state, to),
+                            Flaw::LegalStep(spec.engine, row.state, to),
+                        );
+                        let r = &mut s.rows[a];
+                        r.state = to;
+                        r.hb_age = Some(0);
+                        drive.on_store(WriteOutcome::Ok);
+                    } else {
+                        // The store refuses to rewrite a terminal row.
+                        drive.on_store(WriteOutcome::Unavailable);
+                    }
+                }
                 Command::Complete(op) | Command::Fail(op, _) => {
                     let row = s.rows[a];
                     if !self.allowed(&row, drive.epoch) {
@@ -153,6 +182,12 @@ impl ApplydModel {
                         a,
                         stop_dominance(&view.controls, spec.engine, c),
                         Flaw::StopDominance(view.controls, spec.engine, c),
+                    );
+                    self.flag(
+                        s,
+                        a,
+                        reviewed_change_only(c, view.change_reviewed),
+                        Flaw::RanDriftedChange(c),
                     );
                     let truth = engine::truth(spec.engine, &s.eng[a]);
                     self.flag(

@@ -10,6 +10,7 @@ impl Sim {
             stepped,
             Stepped::Called { .. }
                 | Stepped::Wrote { .. }
+                | Stepped::FailedClosed { .. }
                 | Stepped::Requested {
                     outcome: WriteOutcome::Ok,
                     ..
@@ -24,7 +25,12 @@ impl Sim {
             Stepped::Called { call } => {
                 let controls = self.store.pending_controls(id);
                 self.violated(stop_dominance(&controls, row.engine, call));
-                let excused = self.plan_of(id).is_some_and(|i| self.engine_faulted[i]);
+                let plan = self.plan_of(id);
+                // The step read the row and called the engine at one instant of virtual time:
+                // the DDL it handed over is the one stored now.
+                let reviewed = plan.is_none_or(|i| !self.drifted[i]);
+                self.violated(reviewed_change_only(call, reviewed));
+                let excused = plan.is_some_and(|i| self.engine_faulted[i]);
                 if matches!(call, EngineCall::Cutover | EngineCall::DropSentinel) && !excused {
                     let truth = self.engines.truth(&row.record());
                     self.violated(cutover_after_gate(call, truth));

@@ -84,6 +84,18 @@ impl Sim {
                     }
                 }
             }
+            Fault::ChangeDrifts { apply } => {
+                let i = apply as usize;
+                plan = Some(i);
+                let Some(id) = self.ids[i] else {
+                    return;
+                };
+                // Still a valid change, so only the fingerprint can tell.
+                let altered = vec![format!("ALTER TABLE users ADD COLUMN altered{i} INT")];
+                if self.store.alter_stored_ddl(id, altered) {
+                    self.drifted[i] = true;
+                }
+            }
             Fault::Request { apply, op } => {
                 let i = apply as usize;
                 let Some(id) = self.ids[i] else {

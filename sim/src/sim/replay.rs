@@ -114,6 +114,13 @@ impl Sim {
                 let id = self.ids[i].ok_or("the apply was never submitted")?;
                 self.request(i, id, op, false);
             }
+            "drift" => {
+                let i = plan.ok_or("the drift names no known apply")?;
+                if self.ids[i].is_none() {
+                    return Err("the apply was never submitted".into());
+                }
+                self.inject(Fault::ChangeDrifts { apply: i as u8 });
+            }
             "expire" => {
                 let n = self.store.expire_retryable().unwrap_or(0);
                 self.record(None, None, Action::Expired(n));

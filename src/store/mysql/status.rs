@@ -7,8 +7,8 @@ use sqlx::Row;
 
 use super::MySqlStore;
 use crate::machine::apply::{ApplyId, ResumeState};
-use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
-use crate::store::status::{ApplyStatus, Inspect};
+use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
+use crate::store::status::{ApplyStatus, Inspect, TaskStatus};
 use crate::store::{StoreError, Target};
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
@@ -94,12 +94,35 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .map_err(|e| bad(id, "error_message", e))?,
         tasks_total: count("tasks_total")?,
         tasks_completed: count("tasks_completed")?,
+        tasks: Vec::new(),
         pending_requests: Vec::new(),
         requests: Vec::new(),
     })
 }
 
 impl MySqlStore {
+    async fn attach_tasks(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
+        let rows =
+            sqlx::query("SELECT table_name, state FROM tasks WHERE apply_id = ? ORDER BY seq")
+                .bind(status.id)
+                .fetch_all(self.pool())
+                .await
+                .map_err(unavailable)?;
+        for r in rows {
+            let table: Option<String> = r
+                .try_get_unchecked("table_name")
+                .map_err(|e| bad(status.id, "table_name", e))?;
+            let state: String = r
+                .try_get_unchecked("state")
+                .map_err(|e| bad(status.id, "state", e))?;
+            let state = state
+                .parse::<TaskState>()
+                .map_err(|e| bad(status.id, "tasks.state", e))?;
+            status.tasks.push(TaskStatus { table, state });
+        }
+        Ok(())
+    }
+
     async fn attach_requests(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
         let rows = sqlx::query("SELECT operation, status, error_message FROM apply_control_requests WHERE apply_id = ? ORDER BY id")
             .bind(status.id)
@@ -144,6 +167,7 @@ impl Inspect for MySqlStore {
         for r in &rows {
             match decode(r) {
                 Ok(mut s) => {
+                    self.attach_tasks(&mut s).await?;
                     self.attach_requests(&mut s).await?;
                     out.push(s);
                 }
@@ -164,6 +188,7 @@ impl Inspect for MySqlStore {
             .await
             .map_err(unavailable)?;
         let mut s = decode(&row.ok_or(StoreError::RowGone(id))?)?;
+        self.attach_tasks(&mut s).await?;
         self.attach_requests(&mut s).await?;
         Ok(s)
     }

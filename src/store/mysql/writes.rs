@@ -375,7 +375,7 @@ impl MySqlStore {
                 let engine = EngineKind::from_str(&current.engine).map_err(|e| {
                     self.bad_row(lease.apply, "engine", &current.engine, e.to_string())
                 })?;
-                let Some(to) = self.rules.operator_failure_move(engine, from) else {
+                let Some(to) = self.rules.fail_closed_move(engine, from) else {
                     return Err(StoreError::Refused(format!(
                         "apply {} is already {from}",
                         lease.apply
