@@ -122,6 +122,11 @@ pub enum Fault {
     ChangeDrifts {
         apply: u8,
     },
+    /// The apply's submission is sent again (a retried CI job): while it is live it must be
+    /// adopted, while another apply holds its target it must be refused naming that apply.
+    Resubmit {
+        apply: u8,
+    },
     /// A user's control request through the API.
     Request {
         apply: u8,
@@ -322,22 +327,28 @@ pub fn draw_faults(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
     out
 }
 
-/// Stored changes altered behind the operator's back, drawn from a stream of their own so that
-/// adding them left every other draw of a seed as it was.
-fn draw_drifts(rng: &ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
+/// Stored changes altered behind the operator's back and repeated submissions, drawn from a
+/// stream of their own so that adding them left every other draw of a seed as it was.
+fn draw_submission_faults(rng: &ChaCha8Rng, preset: &Preset) -> Vec<TimedFault> {
     let mut side = rng.clone();
-    side.set_stream(DRIFT_STREAM);
-    (0..count(&mut side, preset, 1))
-        .map(|_| TimedFault {
-            at_ms: side.random_range(0..preset.fault_ms),
-            fault: Fault::ChangeDrifts {
-                apply: side.random_range(0..preset.applies),
-            },
-        })
-        .collect()
+    side.set_stream(SUBMISSION_FAULTS_STREAM);
+    let mut out = Vec::new();
+    for (max, resubmit) in [(1, false), (6, true)] {
+        for _ in 0..count(&mut side, preset, max) {
+            let at_ms = side.random_range(0..preset.fault_ms);
+            let apply = side.random_range(0..preset.applies);
+            let fault = if resubmit {
+                Fault::Resubmit { apply }
+            } else {
+                Fault::ChangeDrifts { apply }
+            };
+            out.push(TimedFault { at_ms, fault });
+        }
+    }
+    out
 }
 
-const DRIFT_STREAM: u64 = 1;
+const SUBMISSION_FAULTS_STREAM: u64 = 1;
 
 impl World {
     /// The whole world of one seed, drawn from the run's one RNG (which the run then continues
@@ -358,7 +369,7 @@ impl World {
             unreachable_permille: rate(50),
         };
         let mut faults = faults;
-        faults.extend(draw_drifts(rng, &preset));
+        faults.extend(draw_submission_faults(rng, &preset));
         faults.sort_by_key(|f| f.at_ms);
         World {
             preset,

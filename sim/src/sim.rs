@@ -15,7 +15,8 @@ use applyd::engine::fake::{FakeEngines, InjectedFault};
 use applyd::machine::claim::{shipped_class, ClaimClass};
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, lease_loss_bound, legal_step,
-    reviewed_change_only, stale_write, stop_dominance, ApplyFacts, Violation, STALE_EPOCH_WRITE,
+    resubmission_adopts, reviewed_change_only, stale_write, stop_dominance, ApplyFacts, Violation,
+    STALE_EPOCH_WRITE,
 };
 use applyd::machine::table::is_settled;
 use applyd::machine::waits::human_release;
@@ -550,16 +551,20 @@ impl Sim {
         self.record_id(Some(w), id, Action::Resumed);
     }
 
-    fn submit(&mut self, i: usize) {
+    /// What the simulated user submits for plan `i` (the same every time it is sent).
+    fn new_apply(&self, i: usize) -> NewApply {
         let plan = self.world.applies[i];
-        let new = NewApply {
+        NewApply {
             allow_destructive: false,
             target: self.targets[plan.target as usize].clone(),
             engine: plan.engine,
             ddl: ddl(i, plan.bad_ddl),
             options: plan.options,
-        };
-        match self.store.submit(new) {
+        }
+    }
+
+    fn submit(&mut self, i: usize) {
+        match self.store.submit(self.new_apply(i)) {
             Ok(id) => {
                 self.ids[i] = Some(id);
                 self.last_state[i] = ApplyState::Pending;

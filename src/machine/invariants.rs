@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::apply::ApplyId;
 use super::claim::PendingControls;
 use super::states::{ApplyState, EngineKind, EngineState};
 use super::table::{EngineCall, TABLE};
@@ -246,6 +247,40 @@ pub fn reviewed_change_only(call: EngineCall, change_reviewed: bool) -> Result<(
     }
 }
 
+pub const RESUBMISSION_ADOPTS: &str = "a repeated submission never starts a second apply";
+
+/// A submission repeated while its apply is live answers with that apply (`answered` is the id
+/// and whether it was adopted); one repeated while another apply holds the target is refused
+/// naming it (`answered` is `None`, `named` the apply the refusal names).
+pub fn resubmission_adopts(
+    live: ApplyId,
+    answered: Option<(ApplyId, bool)>,
+    named: Option<ApplyId>,
+    original_is_live: bool,
+) -> Result<(), Violation> {
+    let ok = match (original_is_live, answered) {
+        (true, Some((id, adopted))) => adopted && id == live,
+        (true, None) => false,
+        (false, Some(_)) => false,
+        (false, None) => named.is_some_and(|n| n != live),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation {
+            invariant: RESUBMISSION_ADOPTS,
+            detail: format!(
+                "apply {live} ({}) resubmitted: answered {answered:?}, refusal naming {named:?}",
+                if original_is_live {
+                    "live"
+                } else {
+                    "not live, its target busy"
+                }
+            ),
+        })
+    }
+}
+
 pub const LEASE_LOSS_BOUND: &str =
     "a driver past the presumed-loss bound neither calls the engine nor writes";
 
@@ -266,5 +301,33 @@ pub fn lease_loss_bound(
         })
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_submission_adopts_the_live_apply_and_nothing_else() {
+        // Live: only the same apply, adopted, will do.
+        assert!(resubmission_adopts(3, Some((3, true)), None, true).is_ok());
+        assert!(resubmission_adopts(3, Some((4, false)), None, true).is_err());
+        assert!(resubmission_adopts(3, Some((3, false)), None, true).is_err());
+        assert!(resubmission_adopts(3, None, Some(3), true).is_err());
+        // Another apply holds the target: a refusal naming it.
+        assert!(resubmission_adopts(3, None, Some(5), false).is_ok());
+        assert!(resubmission_adopts(3, Some((3, true)), None, false).is_err());
+        assert!(resubmission_adopts(3, Some((6, false)), None, false).is_err());
+    }
+
+    #[test]
+    fn only_the_calls_that_hand_over_ddl_need_the_reviewed_change() {
+        assert!(reviewed_change_only(EngineCall::StartRunner, false).is_err());
+        assert!(reviewed_change_only(EngineCall::ApplyBranchChanges, false).is_err());
+        assert!(reviewed_change_only(EngineCall::StartRunner, true).is_ok());
+        // Stopping or cancelling a drifted change's work is always allowed.
+        assert!(reviewed_change_only(EngineCall::CancelRunner, false).is_ok());
+        assert!(reviewed_change_only(EngineCall::CancelDeployRequest, false).is_ok());
     }
 }

@@ -96,6 +96,32 @@ impl Sim {
                     self.drifted[i] = true;
                 }
             }
+            Fault::Resubmit { apply } => {
+                let i = apply as usize;
+                plan = Some(i);
+                let Some(id) = self.ids[i] else {
+                    return;
+                };
+                let target = &self.targets[self.world.applies[i].target as usize];
+                let busy_by = self
+                    .store
+                    .rows()
+                    .into_iter()
+                    .find(|r| r.state.is_active() && r.spec.target == *target)
+                    .map(|r| r.id);
+                // With the target free the submission would rightly start a new apply; the
+                // simulator keeps its one apply per plan and leaves that case to the tests.
+                let Some(holder) = busy_by else {
+                    return;
+                };
+                let (answered, named) = match self.store.submit_or_adopt(self.new_apply(i)) {
+                    Ok(done) => (Some((done.id, done.adopted)), None),
+                    Err(StoreError::ActiveApplyExists { existing, .. }) => (None, Some(existing)),
+                    // An outage refuses everything; nothing to check.
+                    Err(_) => return,
+                };
+                self.violated(resubmission_adopts(id, answered, named, holder == id));
+            }
             Fault::Request { apply, op } => {
                 let i = apply as usize;
                 let Some(id) = self.ids[i] else {
