@@ -4,6 +4,7 @@
 //! Over 700 lines: one test per arm, fence and request rule, each short; they split naturally by
 //! the store module they exercise (claims, writes, requests).
 
+#[macro_use]
 mod store_support;
 
 use std::collections::BTreeSet;
@@ -1341,29 +1342,6 @@ async fn task_rows_follow_every_state_write(env: Env) {
     assert_eq!(env.task_states(other).await, ["failed"]);
     assert_eq!(env.operation(other).await.state, "failed");
     env.cleanup().await;
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Env::memory()).await;
-                }
-            )*
-        }
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    if let Some(env) = super::Env::mysql().await {
-                        super::$name(env).await;
-                    }
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

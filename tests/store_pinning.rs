@@ -3,6 +3,7 @@
 //! nor at a resume; the drive fails the apply closed with the reason instead. An unaltered
 //! change runs, so the engine below is really asked.
 
+#[macro_use]
 mod store_support;
 
 use std::sync::Mutex;
@@ -167,29 +168,6 @@ async fn the_same_change_written_differently_is_still_the_reviewed_one(env: Env)
     assert_eq!(engine.calls(), vec![EngineCall::StartRunner]);
     assert_eq!(env.row(id).await.state, "running");
     env.cleanup().await;
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Env::memory()).await;
-                }
-            )*
-        }
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    if let Some(env) = super::Env::mysql().await {
-                        super::$name(env).await;
-                    }
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

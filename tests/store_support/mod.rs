@@ -520,3 +520,28 @@ impl Env {
         }
     }
 }
+
+/// One test per name against each store: `memory::name` and `mysql::name` call `name(env)`.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Env::memory()).await;
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if let Some(env) = super::Env::mysql().await {
+                        super::$name(env).await;
+                    }
+                }
+            )*
+        }
+    };
+}
