@@ -56,6 +56,9 @@ pub struct OperatorSection {
     pub retry_freshness_ms: u64,
     pub shutdown_deadline_ms: u64,
     pub revert_window_ms: u64,
+    /// How long a parked wait rests before the engine is looked at again (a request wakes it
+    /// at once).
+    pub park_poll_ms: u64,
     /// Lease owner prefix; defaults to `<hostname>/<pid>`.
     pub owner: Option<String>,
     /// Which claim the drivers make: `operation` (the operation-level arms, then the apply-level
@@ -76,6 +79,7 @@ impl Default for OperatorSection {
             retry_freshness_ms: Params::DEFAULT.retry_freshness_ms,
             shutdown_deadline_ms: 20_000,
             revert_window_ms: Params::DEFAULT.revert_window_ms,
+            park_poll_ms: Params::DEFAULT.park_poll_ms,
             owner: None,
             claim_path: ClaimPath::default(),
         }
@@ -90,6 +94,7 @@ impl OperatorSection {
             retry_budget: self.retry_budget,
             retry_freshness_ms: self.retry_freshness_ms,
             revert_window_ms: self.revert_window_ms,
+            park_poll_ms: self.park_poll_ms,
         }
     }
     pub fn ms(v: u64) -> Duration {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
 use crate::machine::apply::ApplyId;
@@ -153,14 +153,14 @@ fn runtime(
     clock: Arc<dyn Clock>,
     rules: Rules,
 ) -> Arc<Runtime> {
-    Arc::new(Runtime {
+    Arc::new(Runtime::new(
         store,
-        engine: Arc::new(SharedFakeEngines {
+        Arc::new(SharedFakeEngines {
             engines: fakes.clone(),
             clock,
             host,
         }),
-        config: RuntimeConfig {
+        RuntimeConfig {
             owner_prefix: name.to_string(),
             drivers: 2,
             poll_interval: Duration::from_millis(200),
@@ -171,8 +171,7 @@ fn runtime(
             rules,
             claim_path: Default::default(),
         },
-        wake: Arc::new(Notify::new()),
-    })
+    ))
 }
 
 /// The revert window of the demo's PlanetScale applies (short, so the demo ends soon).

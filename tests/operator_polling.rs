@@ -14,7 +14,7 @@ use applyd::store::{
     Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError, Target,
 };
 use applyd::worker::ResumeState;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// The memory store, counting every call by method.
 struct Counting {
@@ -69,6 +69,10 @@ impl Store for Counting {
         self.count("release");
         self.inner.release(lease)
     }
+    async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.count("park");
+        self.inner.park(lease)
+    }
     async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         self.count("request");
         self.inner.request(apply, op)
@@ -101,10 +105,10 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
             clock,
             host: 1,
         });
-        let rt = Arc::new(Runtime {
-            store: store.clone(),
+        let rt = Arc::new(Runtime::new(
+            store.clone(),
             engine,
-            config: RuntimeConfig {
+            RuntimeConfig {
                 owner_prefix: "idle".into(),
                 drivers,
                 poll_interval: Duration::from_secs(1),
@@ -115,8 +119,7 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
                 rules: Rules::default(),
                 claim_path: Default::default(),
             },
-            wake: Arc::new(Notify::new()),
-        });
+        ));
         let (stop, shutdown) = watch::channel(false);
         let pool = tokio::spawn(rt.clone().run(shutdown));
 

@@ -14,7 +14,7 @@ use applyd::operator::{DriveEnd, Runtime, RuntimeConfig};
 use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
 use applyd::store::{ApplyRecord, Lease, NewApply, RequestOutcome, Store, StoreError, Target};
 use applyd::worker::{Observation, ResumeState};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// The fake engines, except that any call or probe for an apply on database `boom` panics.
 struct PanicsOnBoom(SharedFakeEngines);
@@ -62,10 +62,10 @@ fn runtime(
     rules: Rules,
     shutdown_deadline: Duration,
 ) -> Arc<Runtime> {
-    Arc::new(Runtime {
+    Arc::new(Runtime::new(
         store,
         engine,
-        config: RuntimeConfig {
+        RuntimeConfig {
             owner_prefix: name.into(),
             drivers: 2,
             poll_interval: Duration::from_millis(50),
@@ -76,8 +76,7 @@ fn runtime(
             rules,
             claim_path: Default::default(),
         },
-        wake: Arc::new(Notify::new()),
-    })
+    ))
 }
 
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
@@ -245,6 +244,9 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.0.release(lease)
     }
+    async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.0.park(lease)
+    }
     async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         self.0.request(apply, op)
     }
@@ -283,10 +285,10 @@ async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
         .submit(new_apply("hung", EngineKind::Spirit))
         .unwrap();
     let engine = Arc::new(Hangs(Default::default()));
-    let rt = Arc::new(Runtime {
-        store: Arc::new(HeartbeatsFail(memory.clone())),
-        engine: engine.clone(),
-        config: RuntimeConfig {
+    let rt = Arc::new(Runtime::new(
+        Arc::new(HeartbeatsFail(memory.clone())),
+        engine.clone(),
+        RuntimeConfig {
             owner_prefix: "p1".into(),
             drivers: 1,
             poll_interval: Duration::from_millis(50),
@@ -297,8 +299,7 @@ async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
             rules,
             claim_path: Default::default(),
         },
-        wake: Arc::new(Notify::new()),
-    });
+    ));
     let claimed = memory.claim("p1/driver-0").unwrap().expect("claimable");
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let started = Instant::now();

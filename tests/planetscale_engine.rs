@@ -294,7 +294,7 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
     let fake = Fake::start(Faults::default(), None).await;
     let (engine, _) = fake.engine(2);
     let engine = Arc::new(engine);
-    let (store, _clock) = store();
+    let (store, clock) = store();
     let id = submit(
         &store,
         ApplyOptions {
@@ -304,24 +304,49 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
     );
     let r = rules();
     let claimed = store.claim("worker").unwrap().unwrap();
-    let (s, e, rr) = (store.clone(), engine.clone(), r);
-    let drive = tokio::spawn(async move {
-        run_drive(s.as_ref(), e.as_ref(), &claimed, &rr, &Sleepy, 50_000).await
-    });
-    until("the apply to wait for its deferred deploy", || async {
-        store.row(id).unwrap().state == ApplyState::WaitingForDeploy
-    })
-    .await;
-    let number = store.row(id).unwrap().resume.deploy_request_id.unwrap();
+    // The deferred deploy is a wait for a person: the drive parks it and gives its driver back.
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_drive(
+            store.as_ref(),
+            engine.as_ref(),
+            &claimed,
+            &r,
+            &Sleepy,
+            50_000,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.finish, Finish::Parked, "{report:?}");
+    let row = store.row(id).unwrap();
+    assert_eq!(
+        (row.state, row.lease_owner),
+        (ApplyState::WaitingForDeploy, None)
+    );
+    let number = row.resume.deploy_request_id.unwrap();
     fake.http
         .delete(format!("{}/_fake/deploy-requests/{number}", fake.url))
         .send()
         .await
         .unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(20), drive)
-        .await
-        .unwrap()
-        .unwrap();
+    // At its wake time a driver looks at the deploy request again and finds it gone.
+    assert!(store.claim("worker").unwrap().is_none(), "parked");
+    clock.advance(r.params.park_poll_ms);
+    let claimed = store.claim("worker").unwrap().expect("woken");
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_drive(
+            store.as_ref(),
+            engine.as_ref(),
+            &claimed,
+            &r,
+            &Sleepy,
+            50_000,
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.finish, Finish::Settled, "{report:?}");
     assert_eq!(store.row(id).unwrap().state, ApplyState::Failed);
     // And the probe says NotFound plainly.

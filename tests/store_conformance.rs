@@ -1344,7 +1344,247 @@ async fn task_rows_follow_every_state_write(env: Env) {
     env.cleanup().await;
 }
 
+// ---- parked waits (A9, O6, and the wake time through A2/O2)
+
+/// A PlanetScale apply with a deferred cutover, owned and written to `waiting_for_cutover`.
+async fn waiting_for_cutover(env: &Env, db: &str) -> (ApplyId, Lease) {
+    let mut new = new_apply(db, EngineKind::PlanetScale);
+    new.options.defer_cutover = true;
+    let id = env.store.submit(new).await.expect("submit");
+    let claimed = claim(env, "w1").await.expect("a fresh apply is claimable");
+    env.store
+        .write(
+            &claimed.lease,
+            ApplyState::WaitingForCutover,
+            ResumeState::default(),
+        )
+        .await
+        .expect("owner write");
+    (id, claimed.lease)
+}
+
+async fn nothing_claims(env: &Env) -> bool {
+    claim_next(env.store.as_ref(), ClaimPath::Operation, "peer")
+        .await
+        .unwrap()
+        .is_none()
+        && claim(env, "peer").await.is_none()
+}
+
+async fn a9_a_request_takes_a_parked_wait_back_at_once(env: Env) {
+    let (id, lease) = waiting_for_cutover(&env, "users").await;
+    env.store
+        .park(&lease)
+        .await
+        .expect("a wait for a person parks");
+    let row = env.row(id).await;
+    assert_eq!(
+        (row.state.as_str(), row.owner.as_deref()),
+        ("waiting_for_cutover", None)
+    );
+    assert_eq!(
+        env.operation(id).await.owner,
+        None,
+        "the operation's lease is released too"
+    );
+    // Parked and unasked: nobody's, not even a poll's.
+    env.advance(STALE * 3);
+    assert!(
+        nothing_claims(&env).await,
+        "a parked wait is not reclaimed before it wakes"
+    );
+    assert!(
+        !env.store.may_have_work().await.unwrap(),
+        "an idle poll skips a parked wait"
+    );
+    env.store.request(id, ControlOp::Cutover).await.unwrap();
+    assert!(env.store.may_have_work().await.unwrap());
+    let c = claim(&env, "w2").await.expect("A9");
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (id, ClaimedVia::Apply(ClaimArm::A9ParkedRequest))
+    );
+    assert_eq!(c.pre_claim, ApplyState::WaitingForCutover);
+    assert_eq!(c.lease.epoch, lease.epoch + 1);
+    assert_one_lease(&env, id).await;
+    // The owner that parked it is displaced: it can neither park nor write any more.
+    assert!(matches!(
+        env.store.park(&lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        env.store
+            .write(&lease, ApplyState::CuttingOver, ResumeState::default())
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    env.cleanup().await;
+}
+
+async fn o6_a_request_takes_a_parked_operation_back_with_its_parent(env: Env) {
+    let (id, lease) = waiting_for_cutover(&env, "users").await;
+    env.store.park(&lease).await.unwrap();
+    assert!(claim_op(&env, "peer").await.is_none());
+    env.store.request(id, ControlOp::Cancel).await.unwrap();
+    let c = claim_op(&env, "w2").await.expect("O6");
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (
+            id,
+            via(OperationArm::O6ParkedRequest, ClaimArm::A9ParkedRequest)
+        )
+    );
+    assert_one_lease(&env, id).await;
+    env.cleanup().await;
+}
+
+async fn a2_takes_a_parked_wait_back_at_its_wake_time(env: Env) {
+    let (id, lease) = waiting_for_cutover(&env, "users").await;
+    env.store.park(&lease).await.unwrap();
+    let poll = Params::DEFAULT.park_poll_ms;
+    env.advance(poll - 1_000);
+    assert!(nothing_claims(&env).await, "1 s before its wake time");
+    env.advance(1_000);
+    let c = claim_next(env.store.as_ref(), ClaimPath::Operation, "w2")
+        .await
+        .unwrap()
+        .expect("woken");
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (id, via(OperationArm::O2Stale, ClaimArm::A2Stale))
+    );
+    let row = env.row(id).await;
+    assert_eq!(row.owner.as_deref(), Some("w2"));
+    // Claimed again, the row no longer rests: its new owner keeps it with heartbeats alone.
+    env.advance(poll);
+    env.store.heartbeat(&c.lease).await.unwrap();
+    assert!(nothing_claims(&env).await);
+    env.cleanup().await;
+}
+
+async fn the_revert_deadline_cuts_a_parked_window_short(env: Env) {
+    let (id, lease) = owned_in(
+        &env,
+        "users",
+        EngineKind::PlanetScale,
+        ApplyState::RevertWindow,
+    )
+    .await;
+    let window = Params::DEFAULT.revert_window_ms;
+    let poll = Params::DEFAULT.park_poll_ms;
+    // Parked with less than one poll of the window left: it wakes at the deadline.
+    env.advance(window - poll / 2);
+    env.store.heartbeat(&lease).await.unwrap();
+    env.store.park(&lease).await.unwrap();
+    env.advance(poll / 2 - 1_000);
+    assert!(nothing_claims(&env).await);
+    env.advance(1_000);
+    let c = claim(&env, "w2")
+        .await
+        .expect("woken at the revert deadline");
+    assert_eq!(c.lease.apply, id);
+    assert!(
+        env.store
+            .load(&c.lease)
+            .await
+            .unwrap()
+            .revert_window_expired
+    );
+    env.cleanup().await;
+}
+
+async fn only_waits_that_park_are_parked(env: Env) {
+    // A Spirit runner waiting on its sentinel is local: its wait never parks.
+    let mut new = new_apply("users", EngineKind::Spirit);
+    new.options.defer_cutover = true;
+    let id = env.store.submit(new).await.unwrap();
+    let c = claim(&env, "w1").await.unwrap();
+    env.store
+        .write(
+            &c.lease,
+            ApplyState::WaitingForCutover,
+            ResumeState::default(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        env.store.park(&c.lease).await,
+        Err(StoreError::Refused(_))
+    ));
+    // A PlanetScale apply that cuts over by itself does not wait for anyone.
+    let (_, running) = owned_in(
+        &env,
+        "orders",
+        EngineKind::PlanetScale,
+        ApplyState::WaitingForCutover,
+    )
+    .await;
+    assert!(matches!(
+        env.store.park(&running).await,
+        Err(StoreError::Refused(_))
+    ));
+    // Both keep their leases.
+    assert_eq!(env.row(id).await.owner.as_deref(), Some("w1"));
+    env.store.heartbeat(&c.lease).await.unwrap();
+    env.store.heartbeat(&running).await.unwrap();
+    env.cleanup().await;
+}
+
+async fn one_heartbeat_keeps_every_lease_and_names_the_lost_ones(env: Env) {
+    let mut leases = Vec::new();
+    for db in ["a", "b", "c"] {
+        submit(&env, db, EngineKind::Spirit).await;
+        leases.push(claim(&env, "w1").await.unwrap().lease);
+    }
+    assert_eq!(
+        env.store.heartbeat_all(&[]).await.unwrap(),
+        Vec::<ApplyId>::new()
+    );
+    for _ in 0..3 {
+        env.advance(STALE - 10_000);
+        assert_eq!(
+            env.store.heartbeat_all(&leases).await.unwrap(),
+            Vec::<ApplyId>::new(),
+            "every lease renewed"
+        );
+        assert!(claim(&env, "w2").await.is_none(), "no lease went stale");
+    }
+    // A peer takes the second apply once its lease goes stale; the next round names it alone
+    // and keeps the others.
+    let mut stale = leases.clone();
+    stale.remove(1);
+    env.advance(STALE - 10_000);
+    env.store.heartbeat_all(&stale).await.unwrap();
+    env.advance(10_000);
+    let taken = claim(&env, "w2")
+        .await
+        .expect("the unrenewed lease went stale");
+    assert_eq!(taken.lease.apply, leases[1].apply);
+    assert_eq!(
+        env.store.heartbeat_all(&leases).await.unwrap(),
+        vec![leases[1].apply]
+    );
+    for lease in [&leases[0], &leases[2]] {
+        let row = env.row(lease.apply).await;
+        assert_eq!((row.owner.as_deref(), row.epoch), (Some("w1"), lease.epoch));
+    }
+    let row = env.row(leases[1].apply).await;
+    assert_eq!(
+        row.owner.as_deref(),
+        Some("w2"),
+        "the peer's lease is untouched"
+    );
+    assert!(near(row.heartbeat_at, row.lease_acquired_at));
+    env.cleanup().await;
+}
+
 conformance!(
+    one_heartbeat_keeps_every_lease_and_names_the_lost_ones,
+    a9_a_request_takes_a_parked_wait_back_at_once,
+    o6_a_request_takes_a_parked_operation_back_with_its_parent,
+    a2_takes_a_parked_wait_back_at_its_wake_time,
+    the_revert_deadline_cuts_a_parked_window_short,
+    only_waits_that_park_are_parked,
     a1_claims_a_pending_apply_once,
     a2_reclaims_only_a_stale_lease,
     a2_a_released_lease_is_claimable_at_once,

@@ -16,7 +16,9 @@ enum GuardedWrite {
     State,
     Fail,
     Heartbeat,
+    HeartbeatAll,
     Release,
+    Park,
     CompleteRequest,
     FailRequest,
 }
@@ -25,7 +27,9 @@ const ALL: &[GuardedWrite] = &[
     GuardedWrite::State,
     GuardedWrite::Fail,
     GuardedWrite::Heartbeat,
+    GuardedWrite::HeartbeatAll,
     GuardedWrite::Release,
+    GuardedWrite::Park,
     GuardedWrite::CompleteRequest,
     GuardedWrite::FailRequest,
 ];
@@ -35,7 +39,9 @@ const OPERATION_WRITES: &[GuardedWrite] = &[
     GuardedWrite::State,
     GuardedWrite::Fail,
     GuardedWrite::Heartbeat,
+    GuardedWrite::HeartbeatAll,
     GuardedWrite::Release,
+    GuardedWrite::Park,
 ];
 
 impl GuardedWrite {
@@ -48,22 +54,38 @@ impl GuardedWrite {
             }
             GuardedWrite::Fail => s.fail_apply(lease, "the drive panicked").await,
             GuardedWrite::Heartbeat => s.heartbeat(lease).await,
+            // The batch reports the lost lease by apply; read as the single heartbeat does.
+            GuardedWrite::HeartbeatAll => {
+                let lost = s.heartbeat_all(std::slice::from_ref(lease)).await?;
+                if lost.contains(&lease.apply) {
+                    Err(StoreError::LeaseLost {
+                        apply: lease.apply,
+                        epoch: lease.epoch,
+                    })
+                } else {
+                    Ok(())
+                }
+            }
             GuardedWrite::Release => s.release(lease).await,
+            GuardedWrite::Park => s.park(lease).await,
             GuardedWrite::CompleteRequest => s.complete_request(lease, ControlOp::Cutover).await,
             GuardedWrite::FailRequest => s.fail_request(lease, ControlOp::Cutover, "no").await,
         }
     }
 }
 
-/// A running Spirit apply with a pending cutover, claimed by `w1`, gone stale and reclaimed by
-/// `w2`: returns the apply, the displaced lease and the current one.
+/// A PlanetScale apply waiting for its deferred cutover (a wait that parks) with a pending
+/// cutover, claimed by `w1`, gone stale and reclaimed by `w2`: returns the apply, the displaced
+/// lease and the current one.
 async fn displaced(env: &Env) -> (ApplyId, Lease, Lease) {
-    let id = env
-        .store
-        .submit(store_support::new_apply("users", EngineKind::Spirit))
-        .await
-        .expect("submit");
+    let mut new = store_support::new_apply("users", EngineKind::PlanetScale);
+    new.options.defer_cutover = true;
+    let id = env.store.submit(new).await.expect("submit");
     let old = env.store.claim("w1").await.unwrap().expect("claim").lease;
+    env.store
+        .write(&old, ApplyState::WaitingForCutover, ResumeState::default())
+        .await
+        .expect("the owner's write");
     env.store
         .request(id, ControlOp::Cutover)
         .await

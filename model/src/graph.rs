@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use applyd::machine::invariants::Violation;
-use applyd::machine::ClaimedVia;
-use applyd::worker::Command;
+use applyd::machine::{ClaimArm, ClaimedVia};
+use applyd::worker::{Command, Finish};
 use stateright::Model;
 
 use crate::state::{fingerprint, Action, Outcome, State, MAX_WORKERS};
@@ -116,6 +116,11 @@ pub struct Coverage {
     /// Stored changes altered behind the operator's back, and drives that failed one closed.
     pub drifts: u64,
     pub failed_closed: u64,
+    /// Waits parked by their owner (driver given back), wake times come, and parked waits
+    /// taken back by a request (A9).
+    pub parks: u64,
+    pub wakes: u64,
+    pub taken_by_request: u64,
 }
 
 impl Coverage {
@@ -128,6 +133,12 @@ impl Coverage {
                     Some((ClaimedVia::Apply(_), _)) => self.claims_via_apply_arms += 1,
                     None => {}
                 }
+                if model
+                    .claim_of(&from.rows[a as usize], engine)
+                    .is_some_and(|(via, _)| via.apply_arm() == ClaimArm::A9ParkedRequest)
+                {
+                    self.taken_by_request += 1;
+                }
             }
             Action::Step(w, o) | Action::Resume(w, o) => {
                 match o {
@@ -136,6 +147,12 @@ impl Coverage {
                     _ => {}
                 }
                 let resumed = matches!(action, Action::Resume(..));
+                if model
+                    .prepare(from, w as usize, resumed)
+                    .is_some_and(|p| matches!(p.cmd, Some(Command::Finish(Finish::Parked))))
+                {
+                    self.parks += 1;
+                }
                 if from.drifts_left < model.cfg.drifts
                     && model
                         .prepare(from, w as usize, resumed)
@@ -145,6 +162,7 @@ impl Coverage {
                 }
             }
             Action::Drift(_) => self.drifts += 1,
+            Action::Wake(_) => self.wakes += 1,
             _ => {}
         }
     }
@@ -154,13 +172,16 @@ impl std::fmt::Display for Coverage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "coverage: claims via operation arms={} via apply arms={} lost replies={} transient failures={} drifts={} failed closed={}",
+            "coverage: claims via operation arms={} via apply arms={} lost replies={} transient failures={} drifts={} failed closed={} parks={} wakes={} taken by request={}",
             self.claims_via_operation_arms,
             self.claims_via_apply_arms,
             self.lost_replies,
             self.transient_failures,
             self.drifts,
-            self.failed_closed
+            self.failed_closed,
+            self.parks,
+            self.wakes,
+            self.taken_by_request
         )
     }
 }

@@ -137,6 +137,11 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                     "the stored DDL is altered: it no longer matches its reviewed fingerprint"
                         .into();
             }
+            Action::Wake(a) => {
+                st.action = "wake";
+                st.apply = Some(a);
+                st.note = "the parked apply's wake time comes".into();
+            }
             Action::Expire => {
                 st.action = "expire";
                 st.apply = (0..model.cfg.applies.len())

@@ -115,6 +115,8 @@ pub struct Row {
     pub controls: Controls,
     /// The stored DDL was altered after submit: it no longer matches its reviewed fingerprint.
     pub drifted: bool,
+    /// Parked by its owner (lease released), before its wake time.
+    pub resting: bool,
 }
 
 impl Row {
@@ -128,6 +130,7 @@ impl Row {
         resume: Resume(0),
         controls: Controls(0),
         drifted: false,
+        resting: false,
     };
 }
 
@@ -368,6 +371,8 @@ pub enum Action {
     Expire,
     /// Someone alters apply `a`'s stored DDL behind the operator's back.
     Drift(u8),
+    /// Parked apply `a`'s wake time comes.
+    Wake(u8),
 }
 
 /// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for state

@@ -120,6 +120,7 @@ impl ApplydModel {
             updated_age_ms: 0,
             has_children: true,
             controls: row.controls.get(),
+            resting: row.resting,
         }
     }
 
@@ -310,6 +311,7 @@ impl ApplydModel {
                     r.epoch += 1;
                     r.leased = true;
                     r.hb_age = Some(0);
+                    r.resting = false;
                     if mv.counts_attempt {
                         r.attempt += 1;
                     }
@@ -423,6 +425,13 @@ impl ApplydModel {
                 if op == ControlOp::Start {
                     n.rows[a].controls.set_start_newer_than_lease(true);
                 }
+            }
+            Action::Wake(a) => {
+                let row = &mut n.rows[a as usize];
+                if !row.resting {
+                    return None;
+                }
+                row.resting = false;
             }
             Action::Drift(a) => {
                 let row = &mut n.rows[a as usize];

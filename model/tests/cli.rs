@@ -38,7 +38,7 @@ fn the_shipped_rules_pass_the_ci_preset() {
     };
     assert_eq!(
         (count("states="), count("unique="), count("depth=")),
-        (117_163_861, 21_133_567, 62),
+        (120_552_135, 21_682_557, 66),
         "the ci preset's state space changed: {last}"
     );
     assert!(
@@ -54,6 +54,9 @@ fn the_shipped_rules_pass_the_ci_preset() {
             "via apply arms=",
             "lost replies=",
             "transient failures=",
+            "parks=",
+            "wakes=",
+            "taken by request=",
         ],
     );
 }
@@ -84,7 +87,7 @@ fn the_pin_preset_never_runs_a_drifted_change() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     let last = out.lines().last().unwrap();
     assert!(
-        last.starts_with("model: preset=pin states=18253375 unique=4754780 depth=60 "),
+        last.starts_with("model: preset=pin states=18748371 unique=4864964 depth=63 "),
         "the pin preset's state space changed: {last}"
     );
     assert_covered(&out, &["drifts=", "failed closed="]);
@@ -119,7 +122,7 @@ fn the_apply_claim_path_passes_too() {
     assert!(out.contains("claims via operation arms=0 "), "{out}");
     let last = out.lines().last().unwrap();
     assert!(
-        last.starts_with("model: preset=ci states=46479348 unique=10737318 depth=62 "),
+        last.starts_with("model: preset=ci states=47252531 unique=10884389 depth=63 "),
         "the apply-path state space changed: {last}"
     );
 }

@@ -35,6 +35,7 @@ pub const SIM_PARAMS: Params = Params {
     retry_budget: 3,
     retry_freshness_ms: 30 * MINUTE,
     revert_window_ms: 10 * MINUTE,
+    park_poll_ms: 2 * MINUTE,
 };
 
 impl Preset {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlSslMode};
 use sqlx::{Connection, Executor};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::bench_relay::RoundTripRelay;
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
@@ -277,14 +277,14 @@ async fn idle_load(store: &Arc<MySqlStore>, relay: &RoundTripRelay) -> Result<()
     );
     for &drivers in LEVELS {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
-        let runtime = Arc::new(Runtime {
-            store: store.clone(),
-            engine: Arc::new(SharedFakeEngines {
+        let runtime = Arc::new(Runtime::new(
+            store.clone(),
+            Arc::new(SharedFakeEngines {
                 engines: Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast()))),
                 clock,
                 host: 1,
             }),
-            config: RuntimeConfig {
+            RuntimeConfig {
                 owner_prefix: "bench/idle".into(),
                 drivers,
                 poll_interval: poll,
@@ -295,8 +295,7 @@ async fn idle_load(store: &Arc<MySqlStore>, relay: &RoundTripRelay) -> Result<()
                 rules: Rules::default(),
                 claim_path: defaults.claim_path,
             },
-            wake: Arc::new(Notify::new()),
-        });
+        ));
         let (stop, shutdown) = watch::channel(false);
         let (all, pings) = relay.round_trips();
         let started = Instant::now();

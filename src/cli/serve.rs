@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, EngineMode, OperatorSection};
@@ -98,11 +98,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store.clone(),
         Duration::from_secs(15),
     ));
-    let wake = Arc::new(Notify::new());
-    let runtime = Arc::new(Runtime {
-        store: store.clone(),
+    let runtime = Arc::new(Runtime::new(
+        store.clone(),
         engine,
-        config: RuntimeConfig {
+        RuntimeConfig {
             owner_prefix: owner_prefix.clone(),
             drivers: config.operator.drivers,
             poll_interval: OperatorSection::ms(config.operator.poll_interval_ms),
@@ -113,9 +112,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             rules,
             claim_path: config.operator.claim_path,
         },
-        wake: wake.clone(),
-    });
+    ));
     runtime.config.validate().map_err(anyhow::Error::msg)?;
+    let wake = runtime.wake.clone();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let api_state = ApiState {
         store: store.clone(),

@@ -148,7 +148,8 @@ impl ApplyState {
 }
 
 /// The claim arms. A1–A6 are upstream's apply-level arms; A7 (cancel of a stopped apply) and
-/// A8 (stop or cancel of a paused apply) close the two holes upstream later found.
+/// A8 (stop or cancel of a paused apply) close the two holes upstream later found; A9 takes a
+/// parked wait back the moment a request arrives (its wake time is A2's business).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ClaimArm {
     /// `pending` with its child rows.
@@ -167,6 +168,8 @@ pub enum ClaimArm {
     A7StoppedCancel,
     /// `paused` with a pending stop or cancel.
     A8PausedControl,
+    /// A parked wait (released by its owner until its wake time) with a pending request.
+    A9ParkedRequest,
 }
 
 impl ClaimArm {
@@ -179,6 +182,7 @@ impl ClaimArm {
         ClaimArm::A6DeferredDeployStart,
         ClaimArm::A7StoppedCancel,
         ClaimArm::A8PausedControl,
+        ClaimArm::A9ParkedRequest,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -191,6 +195,7 @@ impl ClaimArm {
             ClaimArm::A6DeferredDeployStart => "A6",
             ClaimArm::A7StoppedCancel => "A7",
             ClaimArm::A8PausedControl => "A8",
+            ClaimArm::A9ParkedRequest => "A9",
         }
     }
 
@@ -206,6 +211,7 @@ impl ClaimArm {
             }
             ClaimArm::A7StoppedCancel => "stopped with a pending cancel",
             ClaimArm::A8PausedControl => "paused with a pending stop or cancel",
+            ClaimArm::A9ParkedRequest => "parked wait with a pending request, before its wake time",
         }
     }
 }
@@ -269,15 +275,26 @@ pub struct ClaimView {
     /// The apply's task and operation rows exist (creation finished).
     pub has_children: bool,
     pub controls: PendingControls,
+    /// Released into a parked wait whose wake time has not come (by the database clock).
+    /// Only a free lease rests: a held lease is judged by its heartbeat alone.
+    pub resting: bool,
 }
 
 impl ClaimView {
-    /// The current lease is free to take: released, never taken, or stale.
+    /// The current lease is free to take: held with a stale (or no) heartbeat; or not held —
+    /// never taken, released, or parked with its wake time come.
     pub fn lease_is_free(&self, rules: &Rules) -> bool {
-        !self.leased
-            || self
-                .heartbeat_age_ms
+        if self.leased {
+            self.heartbeat_age_ms
                 .is_none_or(|age| age >= rules.params.stale_after_ms)
+        } else {
+            !self.resting
+        }
+    }
+
+    /// Parked by its owner, before its wake time.
+    pub fn is_parked(&self) -> bool {
+        !self.leased && self.resting
     }
 }
 
@@ -304,6 +321,9 @@ impl Rules {
             }
             ClaimArm::A7StoppedCancel => class == ClaimClass::StartHeld && c.cancel,
             ClaimArm::A8PausedControl => class == ClaimClass::HumanHeld && (c.stop || c.cancel),
+            ClaimArm::A9ParkedRequest => {
+                class == ClaimClass::StaleReclaimable && row.is_parked() && c.any()
+            }
         }
     }
 
@@ -389,7 +409,8 @@ impl std::str::FromStr for ClaimPath {
     }
 }
 
-/// The operation-level arms for a single-operation apply (upstream O1–O5).
+/// The operation-level arms for a single-operation apply (upstream O1–O5, and O6 for a parked
+/// wait with a pending request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OperationArm {
     O1Pending,
@@ -397,6 +418,7 @@ pub enum OperationArm {
     O3StoppedStart,
     O4DeferredDeployStart,
     O5Retry,
+    O6ParkedRequest,
 }
 
 impl OperationArm {
@@ -406,6 +428,7 @@ impl OperationArm {
         OperationArm::O3StoppedStart,
         OperationArm::O4DeferredDeployStart,
         OperationArm::O5Retry,
+        OperationArm::O6ParkedRequest,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -415,6 +438,7 @@ impl OperationArm {
             OperationArm::O3StoppedStart => "O3",
             OperationArm::O4DeferredDeployStart => "O4",
             OperationArm::O5Retry => "O5",
+            OperationArm::O6ParkedRequest => "O6",
         }
     }
 }
@@ -432,6 +456,9 @@ impl OperationArm {
             }
             OperationArm::O5Retry => {
                 "failed_retryable operation: apply retryable within budget, or apply stale"
+            }
+            OperationArm::O6ParkedRequest => {
+                "parked operation whose apply has a pending request, before its wake time"
             }
         }
     }
@@ -519,6 +546,9 @@ impl Rules {
                         || (parent_class == ClaimClass::StaleReclaimable
                             && self.lease_free(&v.parent)))
             }
+            OperationArm::O6ParkedRequest => {
+                op_class == ClaimClass::StaleReclaimable && v.op.is_parked() && pc.any()
+            }
         }
     }
 
@@ -556,6 +586,7 @@ mod tests {
             updated_age_ms: Params::DEFAULT.stale_after_ms + 1,
             has_children: true,
             controls: PendingControls::default(),
+            resting: false,
         }
     }
 
@@ -746,12 +777,13 @@ mod tests {
         let fresh = rules.params.retry_freshness_ms;
         let mut checked = 0u32;
         for state in ApplyState::ALL {
-            for leased in [false, true] {
+            for (leased, resting) in [(false, false), (false, true), (true, false), (true, true)] {
                 for hb in [None, Some(1), Some(stale - 1), Some(stale), Some(stale + 1)] {
                     for attempt in [0, budget - 1, budget] {
                         for updated in [1, stale + 1, fresh - 1, fresh] {
                             for controls in 0u8..64 {
                                 let row = ClaimView {
+                                    resting,
                                     state: *state,
                                     leased,
                                     heartbeat_age_ms: hb,
@@ -786,7 +818,72 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 100_000);
+        assert!(checked > 200_000);
+    }
+
+    fn parked(state: ApplyState) -> ClaimView {
+        ClaimView {
+            leased: false,
+            resting: true,
+            ..dead_owner(state)
+        }
+    }
+
+    /// A parked wait is nobody's until a request arrives (A9/O6) or its wake time comes (A2/O2);
+    /// then it is anyone's, whatever its old heartbeat says.
+    #[test]
+    fn a_parked_wait_is_taken_back_by_a_request_or_at_its_wake_time_and_not_before() {
+        let rules = Rules::default();
+        for s in rules.states_in(ClaimClass::StaleReclaimable) {
+            let row = parked(s);
+            let v = |row: ClaimView| OperationClaimView {
+                op: row,
+                parent: row,
+            };
+            assert_eq!(rules.matching_arm(&row), None, "{s} parked");
+            assert_eq!(rules.matching_operation_arm(&v(row)), None, "{s} parked");
+            assert_eq!(rules.retry_expiry(&row), None);
+            for op in crate::machine::ControlOp::ALL {
+                let mut asked = row;
+                asked.controls.set(*op, true);
+                if !asked.controls.any() {
+                    continue;
+                }
+                let arm = rules.matching_arm(&asked);
+                assert!(
+                    matches!(
+                        arm,
+                        Some(ClaimArm::A9ParkedRequest | ClaimArm::A6DeferredDeployStart)
+                    ),
+                    "{s} parked with {op}: {arm:?}"
+                );
+                assert!(
+                    rules.matching_operation_arm(&v(asked)).is_some(),
+                    "{s} {op}"
+                );
+            }
+            let woken = ClaimView {
+                resting: false,
+                ..row
+            };
+            assert_eq!(
+                rules.matching_arm(&woken),
+                Some(ClaimArm::A2Stale),
+                "{s} woken"
+            );
+            assert_eq!(
+                rules.matching_operation_arm(&v(woken)),
+                Some(OperationArm::O2Stale),
+                "{s} woken"
+            );
+        }
+        // A held lease is judged by its heartbeat alone: a row that says it rests but is owned
+        // (an owner claimed it since) is never taken from under a fresh heartbeat.
+        let mut owned = parked(WaitingForCutover);
+        owned.leased = true;
+        owned.heartbeat_age_ms = Some(1);
+        owned.controls.cutover = true;
+        assert_eq!(rules.matching_arm(&owned), None);
     }
 
     #[cfg(feature = "mutants")]

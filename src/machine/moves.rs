@@ -109,6 +109,18 @@ impl Rules {
     pub fn revert_window_expired(&self, state: ApplyState, state_age_ms: u64) -> bool {
         state == RevertWindow && state_age_ms >= self.params.revert_window_ms
     }
+
+    /// How long a wait parked now, `state_age_ms` into `state`, rests before a driver looks at
+    /// it again: the park poll, cut short by the revert deadline so the owner's own skip is
+    /// never late.
+    pub fn park_wake_ms(&self, state: ApplyState, state_age_ms: u64) -> u64 {
+        let poll = self.params.park_poll_ms;
+        if state == RevertWindow {
+            poll.min(self.params.revert_window_ms.saturating_sub(state_age_ms))
+        } else {
+            poll
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -20,6 +20,10 @@ pub struct Params {
     /// How long a deployed PlanetScale change stays revertible before the owner skips the
     /// revert on its own (measured from entering `revert_window`).
     pub revert_window_ms: u64,
+    /// How long a parked wait (a PlanetScale apply waiting for a person, or in its revert
+    /// window) rests before a driver looks at the engine again. A request wakes it at once, and
+    /// the revert deadline caps it.
+    pub park_poll_ms: u64,
 }
 
 impl Params {
@@ -29,6 +33,7 @@ impl Params {
         retry_budget: 10,
         retry_freshness_ms: 24 * 60 * 60 * 1000,
         revert_window_ms: 30 * 60 * 1000,
+        park_poll_ms: 5 * 60 * 1000,
     };
 
     /// The bound that makes the presumed-loss rule sound: a driver gives up before a peer may
@@ -42,6 +47,9 @@ impl Params {
         }
         if self.retry_budget == 0 {
             return Err("retry_budget must be at least 1".into());
+        }
+        if self.park_poll_ms == 0 {
+            return Err("park_poll_ms must be at least 1 so a parked wait rests".into());
         }
         Ok(())
     }

@@ -218,13 +218,18 @@ fn build() -> Table {
     }
     // A single-operation apply is never degraded, and a PlanetScale apply never resumes from a
     // stop: a reclaim normalises both to `running`, where the drive knows what to do.
+    // A parked wait taken back by a request (A9) lands where its wake time (A2) would.
     row!(PS, [Resuming, RunningDegraded], Claim(A2Stale) => Running, []);
+    row!(PS, [Resuming, RunningDegraded], Claim(A9ParkedRequest) => Running, []);
     row!(SP, [RunningDegraded], Claim(A2Stale) => Running, []);
+    row!(SP, [RunningDegraded], Claim(A9ParkedRequest) => Running, []);
     let ps_after_setup = [WaitingForDeploy, WaitingForCutover, CuttingOver, RevertWindow, SkippingRevert, Reverting];
     let ps_stale = concat(&[&[Running], SETUP_PHASE, &ps_after_setup]);
     row!(PS, ps_stale, Claim(A2Stale) => same, []);
+    row!(PS, ps_stale, Claim(A9ParkedRequest) => same, []);
     row!(PS, [WaitingForDeploy], Claim(A6DeferredDeployStart) => same, []);
     row!(SP, SPIRIT_LIVE, Claim(A2Stale) => same, []);
+    row!(SP, SPIRIT_LIVE, Claim(A9ParkedRequest) => same, []);
     row!(SP, [Stopped], Claim(A5StoppedStart) => Resuming, []);
 
     // ---- PlanetScale setup: every intent is persisted before the effect it guards.

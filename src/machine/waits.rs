@@ -1,6 +1,7 @@
 //! Waits: the states an apply rests in until a person acts, the request a person moves each on
-//! with, and the action the owner takes by itself when no person is asked. The worker core, the
-//! simulator's people and the settle checks all read these; none restates them.
+//! with, the action the owner takes by itself when no person is asked, and which waits give
+//! their driver back (parking). The worker core, the stores, the simulator's people and the
+//! settle checks all read these; none restates them.
 
 use super::states::ApplyState::{self, *};
 use super::states::{ControlOp, EngineKind};
@@ -60,6 +61,18 @@ pub fn is_human_wait(state: ApplyState, options: &ApplyOptions) -> bool {
     human_release(state, options).is_some()
 }
 
+/// Whether an owner that has seen its apply resting in `state` gives its driver back: it
+/// releases the lease and the row is parked until a request arrives or its wake time comes
+/// ([`crate::machine::Rules::park_wake_ms`]), when a claim arm takes it back.
+///
+/// Only waits where nothing local must stay alive park: every PlanetScale wait for a person
+/// (the deploy request lives in PlanetScale) and its revert window. A Spirit runner waiting on
+/// its sentinel is a local process that must always have a live lease holder, so a Spirit wait
+/// never parks.
+pub fn parks(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> bool {
+    engine == EngineKind::PlanetScale && gate(state).is_some_and(|g| (g.waits_for_person)(options))
+}
+
 /// The action a PlanetScale owner takes by itself at a gate no person was asked to open, or at
 /// the revert window once its deadline has passed.
 pub fn auto_action(
@@ -112,6 +125,32 @@ mod tests {
             auto_action(EngineKind::PlanetScale, RevertWindow, &o, true),
             Some(AutoAction::SkipRevert)
         );
+    }
+
+    #[test]
+    fn only_planetscale_waits_for_a_person_park() {
+        for o in every_options() {
+            for s in ApplyState::ALL {
+                assert!(!parks(EngineKind::Spirit, *s, &o), "spirit {s}");
+                let person = human_release(*s, &o).is_some() && gate(*s).is_some();
+                assert_eq!(parks(EngineKind::PlanetScale, *s, &o), person, "{s} {o:?}");
+            }
+        }
+        let defer = ApplyOptions {
+            defer_cutover: true,
+            ..Default::default()
+        };
+        assert!(parks(EngineKind::PlanetScale, WaitingForCutover, &defer));
+        assert!(!parks(
+            EngineKind::PlanetScale,
+            WaitingForCutover,
+            &ApplyOptions::default()
+        ));
+        assert!(parks(
+            EngineKind::PlanetScale,
+            RevertWindow,
+            &ApplyOptions::default()
+        ));
     }
 
     #[test]

@@ -124,11 +124,24 @@ pub async fn run_drive(
             )),
             Command::Wait(why) => pacing.wait(why).await,
             Command::Finish(finish) => {
-                if finish == Finish::ReleaseForRetry {
-                    // Best effort: the retry arm does not need the lease cleared.
-                    let _ = store.release(lease).await;
-                }
                 report.finish = finish;
+                match finish {
+                    // Best effort: the retry arm does not need the lease cleared.
+                    Finish::ReleaseForRetry => {
+                        let _ = store.release(lease).await;
+                    }
+                    // A park that did not land leaves the lease held: it goes stale and the
+                    // apply is reclaimed then, as after a crash. A bounced fence is reported.
+                    Finish::Parked => match store.park(lease).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost { .. }) => report.finish = Finish::LeaseLost,
+                        Err(StoreError::RowGone(_)) => report.finish = Finish::RowGone,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "parking failed; the lease is kept until it goes stale")
+                        }
+                    },
+                    _ => {}
+                }
                 return report;
             }
         }

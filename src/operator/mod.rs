@@ -1,15 +1,15 @@
 //! The production runtime: one poller per process claims work for a pool of drivers, each
 //! driving one apply at a time through the worker core against the store and the engines, with
-//! a fenced heartbeat per claimed apply, presumed lease loss, panic containment and graceful
-//! shutdown.
+//! one batched, per-lease fenced heartbeat per process, presumed lease loss, panic containment
+//! and graceful shutdown.
 
 pub mod executor;
+pub mod heartbeats;
 pub mod telemetry;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
@@ -17,9 +17,10 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::engine::Engine;
 use crate::machine::{ApplyState, Rules};
-use crate::store::{claim_next, ClaimPath, Claimed, Store, StoreError};
+use crate::store::{claim_next, ClaimPath, Claimed, Store};
 use crate::worker::{Finish, WaitFor};
 pub use executor::{run_drive, DriveReport, Immediate, Pacing};
+pub use heartbeats::{HeartbeatHealth, Heartbeats};
 
 /// How a process runs its drivers.
 #[derive(Debug, Clone)]
@@ -66,31 +67,6 @@ pub fn default_owner_prefix() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Tracks the last successful heartbeat of one drive.
-struct HeartbeatHealth {
-    started: Instant,
-    last_ok_ms: AtomicU64,
-}
-
-impl HeartbeatHealth {
-    fn new() -> HeartbeatHealth {
-        HeartbeatHealth {
-            started: Instant::now(),
-            last_ok_ms: AtomicU64::new(0),
-        }
-    }
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-    fn mark_ok(&self) {
-        self.last_ok_ms.store(self.now_ms(), Ordering::SeqCst);
-    }
-    fn age_ms(&self) -> u64 {
-        self.now_ms()
-            .saturating_sub(self.last_ok_ms.load(Ordering::SeqCst))
-    }
-}
-
 struct RuntimePacing {
     poll: Duration,
     backoff: Duration,
@@ -118,6 +94,8 @@ pub struct Runtime {
     pub config: RuntimeConfig,
     /// Wakes the poller when new work arrives in this process.
     pub wake: Arc<Notify>,
+    /// Every lease this process holds, renewed together by [`Runtime::run`]'s heartbeat loop.
+    heartbeats: Arc<Heartbeats>,
 }
 
 /// How one drive ended, for the caller's logs and tests.
@@ -133,6 +111,21 @@ pub enum DriveEnd {
 }
 
 impl Runtime {
+    pub fn new(store: Arc<dyn Store>, engine: Arc<dyn Engine>, config: RuntimeConfig) -> Runtime {
+        Runtime {
+            store,
+            engine,
+            config,
+            wake: Arc::new(Notify::new()),
+            heartbeats: Arc::default(),
+        }
+    }
+
+    /// How many leases this process holds right now.
+    pub fn leases_held(&self) -> usize {
+        self.heartbeats.len()
+    }
+
     /// Run until `shutdown` turns true, then stop claiming, let drives finish up to the deadline,
     /// and release the leases still held.
     ///
@@ -143,6 +136,12 @@ impl Runtime {
     /// Dropping the returned future aborts every drive and heartbeat at once without releasing
     /// anything — exactly what a killed process leaves behind.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let heartbeat = tokio::spawn(
+            self.heartbeats
+                .clone()
+                .run(self.store.clone(), self.config.heartbeat_interval),
+        );
+        let _heartbeat_guard = AbortOnDrop(heartbeat.abort_handle());
         let mut free: BTreeSet<usize> = (0..self.config.drivers).collect();
         let mut slots: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut drives = tokio::task::JoinSet::new();
@@ -243,41 +242,17 @@ impl Runtime {
         }
     }
 
-    /// Drive one claimed apply with its own heartbeat; contain panics to this apply.
+    /// Drive one claimed apply; contain panics to this apply. Its lease is renewed by the
+    /// process heartbeat that [`Runtime::run`] keeps (a drive run on its own has none, and ends
+    /// at the presumed-loss bound).
     pub async fn drive_claimed(
         self: Arc<Self>,
         claimed: Claimed,
         mut shutdown: watch::Receiver<bool>,
     ) -> DriveEnd {
-        let health = Arc::new(HeartbeatHealth::new());
-        health.mark_ok();
-        let lease_lost = Arc::new(Notify::new());
-        let heartbeat = {
-            let store = self.store.clone();
-            let lease = claimed.lease.clone();
-            let health = health.clone();
-            let lost = lease_lost.clone();
-            let every = self.config.heartbeat_interval;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let started = Instant::now();
-                    match store.heartbeat(&lease).await {
-                        Ok(()) => {
-                            health.mark_ok();
-                            ::metrics::histogram!("applyd_heartbeat_seconds")
-                                .record(started.elapsed().as_secs_f64());
-                        }
-                        Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
-                            ::metrics::counter!("applyd_lease_losses_total").increment(1);
-                            lost.notify_one();
-                            return;
-                        }
-                        Err(e) => warn!(error = %e, "heartbeat failed"),
-                    }
-                }
-            })
-        };
+        let (held, holding) = self.heartbeats.hold(claimed.lease.clone());
+        let health = held.health.clone();
+        let lease_lost = held.lost.clone();
         let drive = {
             let rt = self.clone();
             let claimed = claimed.clone();
@@ -299,7 +274,6 @@ impl Runtime {
                 .await
             })
         };
-        let _heartbeat_guard = AbortOnDrop(heartbeat.abort_handle());
         let abort = drive.abort_handle();
         let _drive_guard = AbortOnDrop(abort.clone());
         let end = tokio::select! {
@@ -321,7 +295,8 @@ impl Runtime {
                 DriveEnd::ShutDown
             }
         };
-        heartbeat.abort();
+        // Nothing of this drive is renewed past its end (a park or a release is final).
+        drop(holding);
         match &end {
             DriveEnd::Finished(report) => {
                 info!(finish = ?report.finish, commands = report.commands, engine_calls = report.engine_calls, "drive ended");

@@ -84,6 +84,8 @@ pub struct MemoryRow {
     /// request made in the same millisecond, as the database's microsecond clock does).
     pub lease_acquired_seq: u64,
     pub heartbeat_at: Option<u64>,
+    /// Set while the row rests in a parked wait: when it wakes (`Store::park`).
+    pub parked_until: Option<u64>,
     pub updated_at: u64,
     pub state_entered_at: u64,
     pub created_at: u64,
@@ -106,6 +108,7 @@ pub struct MemoryOperation {
     pub lease_acquired_at: Option<u64>,
     pub lease_acquired_seq: u64,
     pub heartbeat_at: Option<u64>,
+    pub parked_until: Option<u64>,
     pub updated_at: u64,
     pub created_at: u64,
 }
@@ -273,6 +276,21 @@ impl MemoryStore {
         }
     }
 
+    /// For replays of model counterexamples: a parked apply's wake time comes now (the model
+    /// abstracts time between a park and its wake to one step). False when it is not parked.
+    pub fn wake_parked(&self, id: ApplyId) -> bool {
+        let now = self.now();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.rows.get_mut(&id) {
+            Some(row) if row.parked_until.is_some_and(|w| w > now) => {
+                row.parked_until = Some(now);
+                row.operation.parked_until = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Fault injection for tests: store a row exactly as given (any state, lease and times), as
     /// another process may have left it; ids handed out later stay above it.
     pub fn put_row(&self, row: MemoryRow) {
@@ -360,6 +378,7 @@ impl MemoryStore {
                 lease_acquired_at: None,
                 lease_acquired_seq: 0,
                 heartbeat_at: None,
+                parked_until: None,
                 updated_at: now,
                 state_entered_at: now,
                 created_at: now,
@@ -373,6 +392,7 @@ impl MemoryStore {
                     lease_acquired_at: None,
                     lease_acquired_seq: 0,
                     heartbeat_at: None,
+                    parked_until: None,
                     updated_at: now,
                     created_at: now,
                 },
@@ -399,6 +419,7 @@ impl MemoryStore {
             updated_age_ms: now.saturating_sub(row.updated_at),
             has_children: true,
             controls,
+            resting: row.parked_until.is_some_and(|wake| wake > now),
         }
     }
 
@@ -418,6 +439,7 @@ impl MemoryStore {
             updated_age_ms: now.saturating_sub(op.updated_at),
             has_children: true,
             controls,
+            resting: op.parked_until.is_some_and(|wake| wake > now),
         }
     }
 
@@ -520,6 +542,7 @@ impl MemoryStore {
         row.lease_owner = Some(owner.to_string());
         row.lease_acquired_at = Some(now);
         row.heartbeat_at = Some(now);
+        row.parked_until = None;
         row.updated_at = now;
         if mv.counts_attempt {
             row.attempt += 1;
@@ -532,6 +555,7 @@ impl MemoryStore {
         op.lease_owner = Some(owner.to_string());
         op.lease_acquired_at = Some(now);
         op.heartbeat_at = Some(now);
+        op.parked_until = None;
         move_state(row, to, now);
         let claimed = Claimed {
             lease: Lease {
@@ -708,6 +732,37 @@ impl MemoryStore {
         row.heartbeat_at = None;
         row.operation.lease_owner = None;
         row.operation.heartbeat_at = None;
+        Ok(())
+    }
+
+    pub fn park(&self, lease: &Lease) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let rules = self.rules;
+        let row = self.owned_with_operation(&mut inner, lease)?;
+        if !crate::machine::waits::parks(row.engine, row.state, &row.options) {
+            return Err(StoreError::Refused(format!(
+                "apply {} in {} does not park",
+                row.id, row.state
+            )));
+        }
+        let wake = now + rules.park_wake_ms(row.state, now.saturating_sub(row.state_entered_at));
+        row.lease_owner = None;
+        row.heartbeat_at = None;
+        row.parked_until = Some(wake);
+        row.operation.lease_owner = None;
+        row.operation.heartbeat_at = None;
+        row.operation.parked_until = Some(wake);
+        let (state, epoch) = (row.state, row.lease_epoch);
+        inner.audit.push(AuditEntry {
+            apply: lease.apply,
+            from: state,
+            to: state,
+            epoch,
+            owner: Some(lease.owner.clone()),
+            at_ms: now,
+            cause: format!("park for {} ms", wake - now),
+        });
         Ok(())
     }
 
@@ -904,6 +959,9 @@ impl Store for MemoryStore {
     }
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
         MemoryStore::heartbeat(self, lease)
+    }
+    async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
+        MemoryStore::park(self, lease)
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         MemoryStore::release(self, lease)

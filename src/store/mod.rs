@@ -206,8 +206,29 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<(), StoreError>;
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Renew every lease a process holds at once, each still fenced by its own epoch (the
+    /// MySQL store does it in one statement). Returns the applies whose lease was found lost
+    /// (the epoch moved on, or the row is gone); every other lease was renewed.
+    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<ApplyId>, StoreError> {
+        let mut lost = Vec::new();
+        for lease in leases {
+            match self.heartbeat(lease).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
+                    lost.push(lease.apply)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(lost)
+    }
     /// Give the row back so a peer may claim it at once (graceful shutdown).
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Fenced: park a wait that gives its driver back (`waits::parks`). The lease is released
+    /// on the apply and its operation, and both rest until `Rules::park_wake_ms` from now (by
+    /// the store's clock); a request wakes them earlier (arms A9/O6). A state that does not
+    /// park is refused and the lease kept.
+    async fn park(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Record a user's control request (unfenced, from the API).
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
     /// Move expired `failed_retryable` applies to `failed`; returns how many.

@@ -77,6 +77,10 @@ pub fn step(
             let outcome = store_outcome(Err(e));
             if outcome != WriteOutcome::Unavailable {
                 drive.on_store(outcome);
+            } else if rules.presumed_lost(heartbeat_ok_age_ms) {
+                // As the operator's executor: a read that keeps failing past the bound ends
+                // the drive before a peer may reclaim.
+                return Stepped::Finished(Finish::PresumedLost);
             }
             return Stepped::LoadFailed(outcome);
         }
@@ -126,8 +130,16 @@ pub fn step(
         }
         Command::Wait(why) => Stepped::Waited(why),
         Command::Finish(f) => {
-            if f == Finish::ReleaseForRetry {
-                let _ = store.release(lease);
+            match f {
+                Finish::ReleaseForRetry => {
+                    let _ = store.release(lease);
+                }
+                // As the operator's executor: a park that does not land keeps the lease until
+                // it goes stale.
+                Finish::Parked => {
+                    let _ = store.park(lease);
+                }
+                _ => {}
             }
             Stepped::Finished(f)
         }

@@ -20,6 +20,9 @@ pub enum Finish {
     Settled,
     /// `failed_retryable`: release the lease so the retry arm may pick it up.
     ReleaseForRetry,
+    /// A wait the engine confirmed, where nothing local must stay alive: park the row
+    /// (`Store::park`) and give the driver back; a request or the wake time brings it back.
+    Parked,
     /// A fenced write bounced, or the engine saw a newer epoch.
     LeaseLost,
     /// Heartbeats failed past the presumed-loss bound: stop before a peer can reclaim.
@@ -157,8 +160,13 @@ impl Drive {
             Command::Call(_) | Command::Probe(_) => Awaiting::Engine,
             Command::Wait(_) | Command::Finish(_) => Awaiting::Nothing,
         };
-        if let Command::Finish(f) = cmd {
-            self.finished = Some(f);
+        match cmd {
+            Command::Finish(f) => self.finished = Some(f),
+            // The gate is proven afresh after every wait: a runner seen at its gate may have
+            // died since (with its process, possibly not this one), and a cutover taken on an
+            // old sighting drops the sentinel of no one (#218).
+            Command::Wait(_) => self.gate_seen = false,
+            _ => {}
         }
         cmd
     }
@@ -266,6 +274,14 @@ impl Drive {
         }
 
         match probe {
+            // A wait the engine just confirmed, with no request in hand, costs no driver.
+            Some(_)
+                if observed
+                    && !controls.any()
+                    && crate::machine::waits::parks(engine, state, &view.row.options) =>
+            {
+                Command::Finish(Finish::Parked)
+            }
             Some(_) if observed => Command::Wait(WaitFor::Poll),
             Some(Probe::FindDeployRequest)
                 if rules.has(Mutant::DeployRequestCreateNotIdempotent)

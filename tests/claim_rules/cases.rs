@@ -69,6 +69,15 @@ pub struct LeaseCase {
     /// `None`: never claimed.
     pub acquired_age: Option<u64>,
     pub epoch: u64,
+    /// Parked: milliseconds from the frozen "now" until the row wakes (0 or less: woken).
+    pub wake_in: Option<i64>,
+}
+
+impl LeaseCase {
+    /// Before its wake time, as the stores compute it (`parked_until > now`).
+    pub fn resting(&self) -> bool {
+        self.wake_in.is_some_and(|w| w > 0)
+    }
 }
 
 /// Never claimed, released, owned without a heartbeat, owned and fresh one millisecond inside
@@ -81,7 +90,13 @@ pub fn lease_cases(rules: &Rules) -> Vec<LeaseCase> {
         hb_age,
         acquired_age: Some(3 * s),
         epoch: 4,
+        wake_in: None,
     };
+    let parked = |name, owner, hb_age, wake_in| LeaseCase {
+        wake_in: Some(wake_in),
+        ..held(name, owner, hb_age)
+    };
+    // The first five are indexed by the cases below (0: never claimed, 4: stale); parks follow.
     vec![
         LeaseCase {
             name: "never claimed",
@@ -89,11 +104,26 @@ pub fn lease_cases(rules: &Rules) -> Vec<LeaseCase> {
             hb_age: None,
             acquired_age: None,
             epoch: 0,
+            wake_in: None,
         },
         held("released", false, None),
         held("owned, no heartbeat", true, None),
         held("owned, fresh", true, Some(s - 1)),
         held("owned, stale at the bound", true, Some(s)),
+        parked("parked, wakes in 1 ms", false, None, 1),
+        parked("parked, woken at the bound", false, None, 0),
+        parked(
+            "parked, old heartbeat, wakes in a minute",
+            false,
+            Some(s + 1),
+            60_000,
+        ),
+        parked(
+            "owned since, fresh, wake time ahead",
+            true,
+            Some(s - 1),
+            60_000,
+        ),
     ]
 }
 
@@ -136,6 +166,7 @@ pub fn ops_the_arms_read(rules: &Rules) -> Vec<ControlOp> {
                         updated_age_ms,
                         has_children: true,
                         controls,
+                        resting: lease.resting(),
                     });
                 }
             }
@@ -281,6 +312,7 @@ impl Case {
             updated_age_ms: side.updated_age,
             has_children,
             controls: self.controls(side),
+            resting: side.lease.resting(),
         }
     }
 

@@ -73,12 +73,14 @@ impl MySqlCases {
         let resume = serde_json::to_string(&ResumeState::default()).unwrap();
         let created = Some(NOW_US - 400 * 24 * 3_600_000_000);
 
-        let row =
-            format!("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time})");
+        let wake = |w: Option<i64>| w.map(|ms| NOW_US + ms * 1000);
+        let row = format!(
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time}, {time})"
+        );
         let sql = format!(
             "INSERT INTO applies (id, apply_identifier, database_name, environment, engine, state, \
              options, ddl, attempt, lease_owner, lease_epoch, lease_acquired_at, heartbeat_at, \
-             state_entered_at, created_at, updated_at) VALUES {}",
+             state_entered_at, created_at, updated_at, parked_until) VALUES {}",
             vec![row; cases.len()].join(", ")
         );
         let mut q = sqlx::query(&sql);
@@ -101,7 +103,8 @@ impl MySqlCases {
                 .bind(at(a.lease.hb_age))
                 .bind(at(Some(case.state_age)))
                 .bind(created)
-                .bind(at(Some(a.updated_age)));
+                .bind(at(Some(a.updated_age)))
+                .bind(wake(a.lease.wake_in));
         }
         q.execute(self.pool()).await.expect("insert applies");
 
@@ -111,11 +114,11 @@ impl MySqlCases {
             .filter_map(|(id, c)| c.op.as_ref().map(|o| (*id, o)))
             .collect();
         if !with_op.is_empty() {
-            let row = format!("(?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time})");
+            let row = format!("(?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time})");
             let sql = format!(
                 "INSERT INTO apply_operations (id, apply_id, state, engine_resume_state, attempt, \
-                 lease_owner, lease_epoch, lease_acquired_at, heartbeat_at, created_at, updated_at) \
-                 VALUES {}",
+                 lease_owner, lease_epoch, lease_acquired_at, heartbeat_at, created_at, updated_at, \
+                 parked_until) VALUES {}",
                 vec![row; with_op.len()].join(", ")
             );
             let mut q = sqlx::query(&sql);
@@ -131,7 +134,8 @@ impl MySqlCases {
                     .bind(at(o.lease.acquired_age))
                     .bind(at(o.lease.hb_age))
                     .bind(created)
-                    .bind(at(Some(o.updated_age)));
+                    .bind(at(Some(o.updated_age)))
+                    .bind(wake(o.lease.wake_in));
             }
             q.execute(self.pool()).await.expect("insert operations");
             let row = format!("(?, ?, 0, ?, ?, {time}, {time})");
@@ -211,6 +215,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
     let op = case.op.as_ref()?;
     let op_state = op.state.typed()?;
     let at = |age: u64| NOW_MS - age;
+    let wake = |w: i64| NOW_MS.saturating_add_signed(w);
     let store = MemoryStore::new(rules, Arc::new(ManualClock::new(NOW_MS)));
     let a = &case.apply;
     store.put_row(MemoryRow {
@@ -231,6 +236,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
         lease_acquired_at: a.lease.acquired_age.map(at),
         lease_acquired_seq: a.lease.acquired_age.map_or(0, seq_at),
         heartbeat_at: a.lease.hb_age.map(at),
+        parked_until: a.lease.wake_in.map(wake),
         updated_at: at(a.updated_age),
         state_entered_at: at(case.state_age),
         created_at: 0,
@@ -244,6 +250,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             lease_acquired_at: op.lease.acquired_age.map(at),
             lease_acquired_seq: op.lease.acquired_age.map_or(0, seq_at),
             heartbeat_at: op.lease.hb_age.map(at),
+            parked_until: op.lease.wake_in.map(wake),
             updated_at: at(op.updated_age),
             created_at: 0,
         },

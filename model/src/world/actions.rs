@@ -66,6 +66,11 @@ impl ApplydModel {
             }
         }
         out.push(Action::Expire);
+        for a in 0..self.applies() {
+            if s.rows[a].resting {
+                out.push(Action::Wake(a as u8));
+            }
+        }
         if s.drifts_left > 0 {
             for a in 0..self.applies() {
                 out.push(Action::Drift(a as u8));
@@ -114,6 +119,7 @@ impl ApplydModel {
             Action::Request(a, op) => format!("request {op} on apply {}", a + 1),
             Action::Expire => "expire retryable".into(),
             Action::Drift(a) => format!("alter apply {}'s stored DDL", a + 1),
+            Action::Wake(a) => format!("parked apply {}'s wake time comes", a + 1),
         }
     }
 }

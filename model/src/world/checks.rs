@@ -59,19 +59,40 @@ impl ApplydModel {
     }
 
     /// Every apply whose owner is dead and whose lease is free is matched by a claim arm (or
-    /// by retry expiry), unless it rests in a terminal or human-wait state.
+    /// by retry expiry), unless it rests in a terminal or human-wait state. A parked apply is
+    /// judged at its wake time, and, with a request pending, at once: a request to a parked
+    /// wait is taken by the next claim.
     pub fn unreclaimable(&self, s: &State) -> Option<Violation> {
         for a in 0..self.applies() {
             let row = &s.rows[a];
             let spec = self.spec(a);
-            if !row.present || is_settled(row.state, &spec.options) || self.owned(s, a) {
+            if !row.present || self.owned(s, a) {
                 continue;
             }
-            let view = self.claim_view(row);
+            let asked = row.resting && !row.leased && row.controls.get().any();
+            if asked && self.claim_of(row, spec.engine).is_none() {
+                return Some(Violation {
+                    invariant: RECLAIMABLE,
+                    detail: format!(
+                        "apply {} is parked in {} with a request pending, and no claim arm takes it",
+                        a + 1,
+                        row.state
+                    ),
+                });
+            }
+            if is_settled(row.state, &spec.options) {
+                continue;
+            }
+            let woken = Row {
+                resting: false,
+                ..*row
+            };
+            let view = self.claim_view(&woken);
             if !view.lease_is_free(&self.rules) {
                 continue;
             }
-            if self.claim_of(row, spec.engine).is_none() && self.rules.retry_expiry(&view).is_none()
+            if self.claim_of(&woken, spec.engine).is_none()
+                && self.rules.retry_expiry(&view).is_none()
             {
                 return Some(Violation {
                     invariant: RECLAIMABLE,

@@ -221,12 +221,16 @@ impl ApplydModel {
                 }
                 Command::Wait(_) => {}
                 Command::Finish(f) => {
-                    if f == applyd::worker::Finish::ReleaseForRetry {
-                        let row = &mut s.rows[a];
-                        if self.rules.write_allowed(row.epoch as u64, drive.epoch) {
-                            row.leased = false;
-                            row.hb_age = None;
-                        }
+                    use applyd::worker::Finish;
+                    let row = &mut s.rows[a];
+                    let fenced = self.rules.write_allowed(row.epoch as u64, drive.epoch);
+                    // As MemoryStore: a release, or a park (`Store::park`) of a wait that parks.
+                    let parks = f == Finish::Parked
+                        && applyd::machine::waits::parks(spec.engine, row.state, &spec.options);
+                    if fenced && (f == Finish::ReleaseForRetry || parks) {
+                        row.leased = false;
+                        row.hb_age = None;
+                        row.resting = parks;
                     }
                     idle = true;
                 }

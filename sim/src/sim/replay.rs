@@ -121,6 +121,13 @@ impl Sim {
                 }
                 self.inject(Fault::ChangeDrifts { apply: i as u8 });
             }
+            "wake" => {
+                let i = plan.ok_or("the wake names no known apply")?;
+                let id = self.ids[i].ok_or("the apply was never submitted")?;
+                if !self.store.wake_parked(id) {
+                    return Err(format!("apply {id} is not parked"));
+                }
+            }
             "expire" => {
                 let n = self.store.expire_retryable().unwrap_or(0);
                 self.record(None, None, Action::Expired(n));

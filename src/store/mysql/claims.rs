@@ -156,9 +156,14 @@ impl MySqlStore {
             parts.push(by_state(&states, ""));
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            // Free leases (parked ones from their wake time), then stale heartbeats.
+            parts.push(format!(
+                "(SELECT id FROM applies FORCE INDEX (ix_applies_free) WHERE state IN ({states}) \
+                 AND lease_free_at <= {now} AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
+            ));
             parts.push(format!(
                 "(SELECT id FROM applies FORCE INDEX (ix_applies_lease) WHERE state IN ({states}) \
-                 AND (lease_hb IS NULL OR lease_hb <= {cutoff}) AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
+                 AND lease_hb <= {cutoff} AND id > {after} ORDER BY id LIMIT {CANDIDATES})"
             ));
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
@@ -288,10 +293,12 @@ impl MySqlStore {
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
             parts.push(part(
+                "ix_apply_operations_free",
+                &format!("o.state IN ({states}) AND o.lease_free_at <= {now}"),
+            ));
+            parts.push(part(
                 "ix_apply_operations_lease",
-                &format!(
-                    "o.state IN ({states}) AND (o.lease_hb IS NULL OR o.lease_hb <= {cutoff})"
-                ),
+                &format!("o.state IN ({states}) AND o.lease_hb <= {cutoff}"),
             ));
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
@@ -453,7 +460,7 @@ impl MySqlStore {
         let to_sql = format!("'{}'", to.as_str());
         let mut sets = format!(
             "lease_epoch = {epoch}, lease_owner = {owner_sql}, lease_acquired_at = {now}, \
-             heartbeat_at = {now}, updated_at = {now}, write_seq = write_seq + 1"
+             heartbeat_at = {now}, parked_until = NULL, updated_at = {now}, write_seq = write_seq + 1"
         );
         if to != pre_claim {
             sets.push_str(&format!(", state = {to_sql}, state_entered_at = {now}"));
@@ -493,7 +500,7 @@ impl MySqlStore {
         let op_attempt = if retry { ", attempt = attempt + 1" } else { "" };
         statements.push(format!(
             "UPDATE apply_operations SET lease_owner = {owner_sql}, lease_epoch = {epoch}, \
-             lease_acquired_at = {now}, heartbeat_at = {now}, updated_at = {now}, state = {to_sql}{op_attempt} \
+             lease_acquired_at = {now}, heartbeat_at = {now}, parked_until = NULL, updated_at = {now}, state = {to_sql}{op_attempt} \
              WHERE apply_id = {id} AND {taken}"
         ));
         if let Some(tasks) = task_sync_sql(&id.to_string(), pre_claim, to, now) {

@@ -421,6 +421,14 @@ impl Store for MySqlStore {
             .await
     }
 
+    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<ApplyId>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying("heartbeat all", || self.heartbeat_all_once(leases))
+            .await
+    }
+
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.retrying("release", || {
             self.fenced_once(
@@ -429,6 +437,10 @@ impl Store for MySqlStore {
             )
         })
         .await
+    }
+
+    async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.retrying("park", || self.park_once(lease)).await
     }
 
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {

@@ -24,6 +24,7 @@ pub(super) fn apply_columns(now: &str) -> String {
          CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, {now}) AS SIGNED) AS hb_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) AS SIGNED) AS upd_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, {now}) AS SIGNED) AS state_age_us, \
+         CAST(COALESCE(a.parked_until > {now}, 0) AS SIGNED) AS resting, \
          CAST(EXISTS (SELECT 1 FROM apply_operations o WHERE o.apply_id = a.id) \
               OR EXISTS (SELECT 1 FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS has_children, \
          (SELECT GROUP_CONCAT(r.operation SEPARATOR ',') FROM apply_control_requests r \
@@ -52,6 +53,8 @@ pub(super) struct RawApply {
     pub(super) hb_age_us: Option<i64>,
     pub(super) upd_age_us: i64,
     pub(super) state_age_us: i64,
+    /// Parked, before its wake time (by the database clock).
+    pub(super) resting: bool,
     pub(super) has_children: bool,
     pub(super) pending_ops: Option<String>,
     pub(super) start_newer: bool,
@@ -77,6 +80,7 @@ impl RawApply {
             hb_age_us: row.try_get("hb_age_us")?,
             upd_age_us: row.try_get::<Option<i64>, _>("upd_age_us")?.unwrap_or(0),
             state_age_us: row.try_get::<Option<i64>, _>("state_age_us")?.unwrap_or(0),
+            resting: row.try_get::<Option<i64>, _>("resting")?.unwrap_or(0) != 0,
             has_children: row.try_get::<Option<i64>, _>("has_children")?.unwrap_or(0) != 0,
             pending_ops: row.try_get_unchecked("pending_ops")?,
             start_newer: row.try_get::<Option<i64>, _>("start_newer")?.unwrap_or(0) != 0,
@@ -93,6 +97,7 @@ pub(super) fn operation_columns(now: &str) -> String {
         "o.id AS op_id, o.state AS op_state, o.attempt AS op_attempt, o.lease_owner AS op_owner, \
          CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, {now}) AS SIGNED) AS op_hb_age_us, \
          CAST(TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) AS SIGNED) AS op_upd_age_us, \
+         CAST(COALESCE(o.parked_until > {now}, 0) AS SIGNED) AS op_resting, \
          CAST(EXISTS (SELECT 1 FROM apply_control_requests r WHERE r.apply_id = o.apply_id \
            AND r.operation = '{start}' AND r.status = '{pending}' \
            AND (o.lease_acquired_at IS NULL OR r.updated_at > o.lease_acquired_at)) AS SIGNED) AS op_start_newer"
@@ -107,6 +112,7 @@ pub(super) struct RawOperation {
     pub(super) lease_owner: Option<String>,
     pub(super) hb_age_us: Option<i64>,
     pub(super) upd_age_us: i64,
+    pub(super) resting: bool,
     pub(super) start_newer: bool,
 }
 
@@ -119,6 +125,7 @@ impl RawOperation {
             lease_owner: row.try_get_unchecked("op_owner")?,
             hb_age_us: row.try_get("op_hb_age_us")?,
             upd_age_us: row.try_get::<Option<i64>, _>("op_upd_age_us")?.unwrap_or(0),
+            resting: row.try_get::<Option<i64>, _>("op_resting")?.unwrap_or(0) != 0,
             start_newer: row
                 .try_get::<Option<i64>, _>("op_start_newer")?
                 .unwrap_or(0)
@@ -139,6 +146,7 @@ impl RawOperation {
             updated_age_ms: age_ms(self.upd_age_us),
             has_children: true,
             controls,
+            resting: self.resting,
         }
     }
 }
@@ -165,6 +173,7 @@ impl Parsed {
             updated_age_ms: age_ms(raw.upd_age_us),
             has_children: raw.has_children,
             controls,
+            resting: raw.resting,
         }
     }
 

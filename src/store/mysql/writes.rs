@@ -465,6 +465,75 @@ impl MySqlStore {
         Ok(())
     }
 
+    /// Park the owned apply (see `Store::park`): its state, engine and options decide whether
+    /// it parks and for how long (`waits::parks`, `Rules::park_wake_ms`); both rows release
+    /// the lease and take the wake time in one transaction, fenced by the epoch.
+    pub(super) async fn park_once(&self, lease: &Lease) -> Result<(), Failure> {
+        let now = self.now_sql();
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT {} FROM applies a WHERE a.id = ? FOR UPDATE",
+            apply_columns(&now)
+        );
+        let row = sqlx::query(&sql)
+            .bind(lease.apply)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::RowGone(lease.apply))?;
+        let raw = RawApply::read(&row)?;
+        if !self.rules.write_allowed(raw.lease_epoch, lease.epoch) {
+            return Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            }
+            .into());
+        }
+        let parsed = self.parse(&raw)?;
+        if !crate::machine::waits::parks(parsed.engine, parsed.state, &parsed.options) {
+            return Err(StoreError::Refused(format!(
+                "apply {} in {} does not park",
+                lease.apply, parsed.state
+            ))
+            .into());
+        }
+        let wake_ms = self
+            .rules
+            .park_wake_ms(parsed.state, age_ms(raw.state_age_us));
+        let wake = format!(
+            "({now} + INTERVAL {} MICROSECOND)",
+            wake_ms.saturating_mul(1000)
+        );
+        let update = format!(
+            "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             SET a.lease_owner = NULL, a.heartbeat_at = NULL, a.parked_until = {wake}, \
+             o.lease_owner = NULL, o.heartbeat_at = NULL, o.parked_until = {wake}, \
+             a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
+             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?"
+        );
+        let done = sqlx::query(&update)
+            .bind(lease.apply)
+            .bind(lease.epoch)
+            .bind(lease.epoch)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.zero_rows(&mut *tx, lease).await);
+        }
+        self.log(
+            &mut tx,
+            lease.apply,
+            parsed.state.as_str(),
+            parsed.state,
+            lease.epoch,
+            Some(&lease.owner),
+            &format!("park for {wake_ms} ms"),
+            &now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(super) async fn finish_request_once(
         &self,
         lease: &Lease,
@@ -492,6 +561,68 @@ impl MySqlStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// One UPDATE renews every lease: each apply row is fenced by its own epoch (a `CASE` on
+    /// the id) and its operation row by the same epoch. When fewer rows changed than leases were
+    /// given, one read names the leases lost.
+    pub(super) async fn heartbeat_all_once(
+        &self,
+        leases: &[Lease],
+    ) -> Result<Vec<ApplyId>, Failure> {
+        let now = self.now_sql();
+        let ids = vec!["?"; leases.len()].join(", ");
+        let cases = " WHEN ? THEN ?".repeat(leases.len());
+        let sql = format!(
+            "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             SET a.heartbeat_at = {now}, o.heartbeat_at = {now}, \
+             a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
+             WHERE a.id IN ({ids}) AND a.lease_epoch = (CASE a.id{cases} END) \
+             AND o.lease_epoch = a.lease_epoch"
+        );
+        let mut q = sqlx::query(&sql);
+        for lease in leases {
+            q = q.bind(lease.apply);
+        }
+        for lease in leases {
+            q = q.bind(lease.apply).bind(lease.epoch);
+        }
+        let done = q.execute(&self.pool).await?;
+        // Each renewed lease changes its apply row and its one operation row.
+        if done.rows_affected() >= 2 * leases.len() as u64 {
+            return Ok(Vec::new());
+        }
+        let read = format!(
+            "SELECT a.id, CAST(a.lease_epoch AS SIGNED) AS epoch, \
+             (SELECT CAST(MIN(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_min, \
+             (SELECT CAST(MAX(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_max \
+             FROM applies a WHERE a.id IN ({ids})"
+        );
+        let mut q = sqlx::query(&read);
+        for lease in leases {
+            q = q.bind(lease.apply);
+        }
+        let mut epochs = std::collections::BTreeMap::new();
+        for row in q.fetch_all(&self.pool).await? {
+            let id: ApplyId = row.try_get("id")?;
+            let e: i64 = row.try_get("epoch")?;
+            let min: Option<i64> = row.try_get("op_min")?;
+            let max: Option<i64> = row.try_get("op_max")?;
+            epochs.insert(id, (e, min, max));
+        }
+        let lost = leases
+            .iter()
+            .filter(|lease| {
+                let holds = |e: Option<i64>| {
+                    e.is_some_and(|e| self.rules.write_allowed(e.max(0) as u64, lease.epoch))
+                };
+                !epochs
+                    .get(&lease.apply)
+                    .is_some_and(|(e, min, max)| holds(Some(*e)) && holds(*min) && holds(*max))
+            })
+            .map(|lease| lease.apply)
+            .collect();
+        Ok(lost)
     }
 
     /// A single fenced UPDATE of an apply and its operation row together (heartbeat, release),
