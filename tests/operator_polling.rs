@@ -73,6 +73,10 @@ impl Store for Counting {
         self.count("park");
         self.inner.park(lease)
     }
+    async fn pending_requests(&self, applies: &[u64]) -> Result<Vec<u64>, StoreError> {
+        self.count("pending_requests");
+        self.inner.pending_requests(applies)
+    }
     async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         self.count("request");
         self.inner.request(apply, op)

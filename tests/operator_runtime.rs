@@ -247,6 +247,9 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
         self.0.park(lease)
     }
+    async fn pending_requests(&self, applies: &[u64]) -> Result<Vec<u64>, StoreError> {
+        self.0.pending_requests(applies)
+    }
     async fn request(&self, apply: u64, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         self.0.request(apply, op)
     }
@@ -321,4 +324,73 @@ async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
         (ApplyState::Running, 1),
         "nothing was written after the heartbeats began to fail"
     );
+}
+
+/// A watched Spirit wait (a runner waiting on its sentinel for a person's cutover) holds no
+/// driver but keeps its lease; when the heartbeats fail past the presumed-loss bound, the watch
+/// ends and the local runner with it, before a peer may reclaim, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_runner_dies_with_its_presumed_lost_lease() {
+    let rules = rules();
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let memory = Arc::new(MemoryStore::new(rules, clock.clone()));
+    let fakes = Arc::new(Mutex::new(FakeEngines::new(FakeTimings {
+        spirit_rows: 200,
+        ..FakeTimings::fast()
+    })));
+    let engine = Arc::new(SharedFakeEngines {
+        engines: fakes.clone(),
+        clock,
+        host: 1,
+    });
+    let mut new = new_apply("watched", EngineKind::Spirit);
+    new.options.defer_cutover = true;
+    let id = memory.submit(new).unwrap();
+    let rt = Arc::new(Runtime::new(
+        Arc::new(HeartbeatsFail(memory.clone())),
+        engine.clone(),
+        RuntimeConfig {
+            owner_prefix: "p1".into(),
+            drivers: 1,
+            poll_interval: Duration::from_millis(50),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_deadline: Duration::from_secs(1),
+            max_commands_per_drive: 100_000,
+            rules,
+            claim_path: Default::default(),
+        },
+    ));
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let pool = tokio::spawn(rt.clone().run(shutdown));
+    wait_for("the runner to be watched", Duration::from_secs(10), || {
+        rt.watched() == 1
+    })
+    .await;
+    let started = Instant::now();
+    let record = memory.row(id).unwrap().record();
+    assert_eq!(
+        engine.probe(&record, 1, Probe::RunnerStatus).await,
+        Observation::Runner(applyd::worker::RunnerStatus::WaitingOnSentinel)
+    );
+    wait_for("the watch to end", Duration::from_secs(10), || {
+        rt.watched() == 0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(rules.params.stale_after_ms),
+        "ended after {took:?}, past stale-after"
+    );
+    assert!(matches!(
+        engine.probe(&record, 1, Probe::RunnerStatus).await,
+        Observation::Runner(applyd::worker::RunnerStatus::Gone(_))
+    ));
+    let row = memory.row(id).unwrap();
+    assert_eq!(
+        (row.state, row.lease_epoch),
+        (ApplyState::WaitingForCutover, 1),
+        "nothing was written once the lease was presumed lost"
+    );
+    pool.abort();
 }

@@ -1,6 +1,7 @@
-//! Waiting costs no driver: the operator, on each store, with every driver's apply parked at a
-//! deferred PlanetScale cutover, still starts and completes new applies; a request to a parked
-//! apply is taken by the next claim, long before its wake time.
+//! Waiting costs no driver: the operator, on each store, with as many applies waiting for a
+//! person's cutover as it has drivers (or more) — PlanetScale ones parked, Spirit ones watched —
+//! still starts and completes new applies; a request to a parked apply is taken by the next
+//! claim, long before its wake time, and one to a watched apply by the next poll.
 
 mod store_support;
 
@@ -30,8 +31,8 @@ fn quick() -> FakeTimings {
     }
 }
 
-fn deferred_cutover(db: &str) -> NewApply {
-    let mut new = new_apply(db, EngineKind::PlanetScale);
+fn deferred_cutover(db: &str, engine: EngineKind) -> NewApply {
+    let mut new = new_apply(db, engine);
     new.options = ApplyOptions {
         defer_cutover: true,
         skip_revert: true,
@@ -85,21 +86,48 @@ async fn waiting_applies_hold_no_driver(env: Env, drivers: usize, waiting: usize
     let (stop, shutdown) = watch::channel(false);
     let running = tokio::spawn(rt.clone().run(shutdown));
 
-    let mut parked = Vec::new();
+    let (mut parked, mut watched) = (Vec::new(), Vec::new());
     for i in 0..waiting {
+        let (engine, into) = if i % 2 == 0 {
+            (EngineKind::PlanetScale, &mut parked)
+        } else {
+            (EngineKind::Spirit, &mut watched)
+        };
         let id = env
             .store
-            .submit(deferred_cutover(&format!("wait{i}")))
+            .submit(deferred_cutover(&format!("wait{i}"), engine))
             .await;
-        parked.push(id.expect("submit"));
+        into.push(id.expect("submit"));
     }
-    until_all(&env, &parked, "every apply to park at its cutover", |r| {
-        r.state == "waiting_for_cutover" && r.owner.is_none()
-    })
+    until_all(
+        &env,
+        &parked,
+        "every PlanetScale apply to park at its cutover",
+        |r| r.state == "waiting_for_cutover" && r.owner.is_none(),
+    )
     .await;
-    assert_eq!(rt.leases_held(), 0, "a parked wait holds no lease");
+    until_all(
+        &env,
+        &watched,
+        "every Spirit runner to wait on its sentinel",
+        |r| r.state == "waiting_for_cutover" && r.owner.is_some(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while rt.watched() < watched.len() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the watches"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rt.leases_held(),
+        watched.len(),
+        "a parked wait holds no lease; a watched one keeps its own"
+    );
 
-    // More drivers' worth of waits than drivers: new work still runs.
+    // More waits than drivers: new work still runs.
     let mut fresh = Vec::new();
     for i in 0..2 {
         let id = env
@@ -116,15 +144,18 @@ async fn waiting_applies_hold_no_driver(env: Env, drivers: usize, waiting: usize
         r.state == "waiting_for_cutover" && r.owner.is_none()
     })
     .await;
+    assert_eq!(rt.watched(), watched.len(), "the watched ones stay watched");
 
-    // Their wake time is minutes away: only the request arm can finish them within the deadline.
-    for id in &parked {
+    // The wake time is minutes away: only the request arm can finish the parked ones in time.
+    let all: Vec<ApplyId> = parked.iter().chain(&watched).copied().collect();
+    for id in &all {
         env.store.request(*id, ControlOp::Cutover).await.unwrap();
     }
-    until_all(&env, &parked, "the cutovers to complete", |r| {
+    until_all(&env, &all, "the cutovers to complete", |r| {
         r.state == "completed"
     })
     .await;
+    assert_eq!((rt.watched(), rt.leases_held()), (0, 0));
     let audit = env.audit().await;
     for id in &parked {
         assert!(
@@ -140,19 +171,19 @@ async fn waiting_applies_hold_no_driver(env: Env, drivers: usize, waiting: usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_four_drivers_four_parked_cutovers_and_two_new_applies() {
+async fn memory_four_drivers_four_waiting_cutovers_and_two_new_applies() {
     waiting_applies_hold_no_driver(Env::memory(), 4, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_four_drivers_four_parked_cutovers_and_two_new_applies() {
+async fn mysql_four_drivers_four_waiting_cutovers_and_two_new_applies() {
     if let Some(env) = Env::mysql().await {
         waiting_applies_hold_no_driver(env, 4, 4).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_two_drivers_twenty_parked_cutovers_and_two_new_applies() {
+async fn mysql_two_drivers_twenty_waiting_cutovers_and_two_new_applies() {
     if let Some(env) = Env::mysql().await {
         waiting_applies_hold_no_driver(env, 2, 20).await;
     }

@@ -928,7 +928,7 @@ async fn concurrent_claimers_never_share_a_row(env: Env) {
     env.cleanup().await;
 }
 
-// ---- operation claims (O1–O5): the operation row and its parent, one lease
+// ---- operation claims (O1–O6): the operation row and its parent, one lease
 
 async fn claim_op(env: &Env, owner: &str) -> Option<Claimed> {
     env.store
@@ -1386,6 +1386,19 @@ async fn a9_a_request_takes_a_parked_wait_back_at_once(env: Env) {
         env.operation(id).await.owner,
         None,
         "the operation's lease is released too"
+    );
+    let status = env.inspect(id).await;
+    let wait = status.wait.clone().expect("a parked wait explains itself");
+    assert!(
+        wait.starts_with("parked: waiting for cutover (no driver held); a cutover request is taken by the next claim"),
+        "{wait}"
+    );
+    let poll = Params::DEFAULT.park_poll_ms;
+    assert!(
+        status
+            .parked_wake_in_ms
+            .is_some_and(|ms| ms > poll - 10_000 && ms <= poll),
+        "{status:?}"
     );
     // Parked and unasked: nobody's, not even a poll's.
     env.advance(STALE * 3);

@@ -22,6 +22,9 @@ pub enum Preset {
     Full,
     /// A small world whose stored changes may drift: every start and resume must refuse them.
     Pin,
+    /// One driver, and more applies than drivers, one of them waiting for a person who never
+    /// comes: the others must still run (waiting costs no driver).
+    Waits,
 }
 
 impl Preset {
@@ -30,6 +33,7 @@ impl Preset {
             Preset::Ci => "ci",
             Preset::Full => "full",
             Preset::Pin => "pin",
+            Preset::Waits => "waits",
         }
     }
 }
@@ -108,6 +112,32 @@ impl Config {
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
                 drifts: 1,
+            },
+            // A PlanetScale apply whose cutover waits for a person, and a Spirit apply on
+            // another target; one worker, no requests at all (the person never comes), one
+            // crash or pause. No wedge means the Spirit apply always completes.
+            Preset::Waits => Config {
+                preset: "waits",
+                workers: 1,
+                applies: vec![
+                    ApplySpec {
+                        options: ApplyOptions {
+                            defer_cutover: true,
+                            skip_revert: true,
+                            ..ApplyOptions::default()
+                        },
+                        ..ps
+                    },
+                    ApplySpec { target: 1, ..sp },
+                ],
+                faults: 1,
+                engine_faults: 0,
+                requests: 0,
+                stale_ticks: 2,
+                presumed_ticks: 1,
+                retry_budget: 1,
+                claim_path: ClaimPath::Operation,
+                drifts: 0,
             },
         }
     }

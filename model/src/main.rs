@@ -25,6 +25,8 @@ enum PresetArg {
     Full,
     /// Stored changes may drift: every start and resume must refuse them.
     Pin,
+    /// One driver, a wait for a person who never comes, and other work that must still run.
+    Waits,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +83,7 @@ fn build(shape: &Shape) -> Result<(ApplydModel, Option<Mutant>, &'static str), S
         PresetArg::Ci => Preset::Ci,
         PresetArg::Full => Preset::Full,
         PresetArg::Pin => Preset::Pin,
+        PresetArg::Waits => Preset::Waits,
     };
     let mut cfg = Config::preset(preset);
     if let Some(w) = shape.workers {

@@ -93,13 +93,30 @@ fn the_pin_preset_never_runs_a_drifted_change() {
     assert_covered(&out, &["drifts=", "failed closed="]);
 }
 
+/// One driver, a PlanetScale apply whose cutover waits for a person who never comes, and a Spirit
+/// apply on another target: the Spirit apply always completes (no wedge), because the wait parks
+/// and gives the driver back; and the parked apply keeps being woken and parked again.
+#[test]
+fn the_waits_preset_never_starves_work_of_its_one_driver() {
+    let o = model(&["check", "--preset", "waits"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("model: preset=waits states=40779 unique=16610 depth=43 "),
+        "the waits preset's state space changed: {last}"
+    );
+    assert_covered(&out, &["parks=", "wakes="]);
+}
+
 /// The preset that can show a historical bug: the drifted-change bug needs stored changes that
-/// drift, which only the pin preset makes.
+/// drift, which only the pin preset makes; a driver held by a wait needs a wait no person ends,
+/// which only the waits preset has.
 fn preset_for(m: Mutant) -> &'static str {
-    if m == Mutant::RunsDriftedChange {
-        "pin"
-    } else {
-        "ci"
+    match m {
+        Mutant::RunsDriftedChange => "pin",
+        Mutant::WaitsHoldDrivers => "waits",
+        _ => "ci",
     }
 }
 

@@ -210,6 +210,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     println!("  {}. {table:<32} {}", i + 1, t.state);
                 }
             }
+            if let Some(w) = &one.wait {
+                println!("wait: {w}");
+            }
             if let Some(e) = &one.error {
                 println!("error: {e}");
             }

@@ -3,7 +3,9 @@
 //!
 //! - Queries per second: the server's `Questions` counter with no operator (the baseline), with
 //!   an idle operator, and with applies being driven; the difference per active apply.
-//! - Idle RSS and CPU of one `applyd serve` process, read from `/proc`.
+//! - Idle RSS and CPU of one `applyd serve` process, read from `/proc`; and the same process
+//!   with `--waiting` applies parked at a deferred PlanetScale cutover (waiting costs no driver
+//!   and, parked, no query: the target is ≤ 1 query/s above idle in total).
 //! - Crash → reclaim latency: N processes each own one running apply; all are SIGKILLed at once
 //!   and a peer's claim of each apply is timed. The design's window, [stale-after − heartbeat
 //!   interval, stale-after + poll interval], is printed as the baseline.
@@ -42,6 +44,9 @@ pub struct OperatorArgs {
     /// Seconds per query-rate and CPU figure.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Applies waiting for a person (a deferred PlanetScale cutover) on one idle process.
+    #[arg(long, default_value_t = 50)]
+    waiting: usize,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -185,11 +190,15 @@ impl Scratch {
 }
 
 async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error> {
-    // Engines whose work never ends by itself: the applies stay in flight while measured.
+    // Engines whose work never ends by itself: the applies stay in flight while measured. The
+    // PlanetScale setup is quick, so the waiting applies reach their gate in seconds.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let engines_url = format!("http://{}", listener.local_addr()?);
     let timings = FakeTimings {
         spirit_rows: u64::MAX / 4,
+        branch_ready_ms: 100,
+        validate_ms: 100,
+        deploy_ms: 300,
         ..FakeTimings::default()
     };
     let engines =
@@ -225,6 +234,27 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
     let idle_rss = rss_kib(pid)?;
     terminate(&mut procs.0[0]).await;
 
+    // The same idle process, with applies parked at a deferred cutover. Spawned after they are
+    // submitted, it drives each to its gate and parks it; then nothing is held.
+    let mut waiting_bench = scratch.bench(&engines_url).await?;
+    for _ in 0..args.waiting {
+        waiting_bench.submit_deferred_cutover().await?;
+    }
+    procs
+        .0
+        .push(waiting_bench.spawn_serve("bench-waiting", defaults)?);
+    let pid = procs.0[1].id();
+    waiting_bench
+        .wait_for_parked(args.waiting, Duration::from_secs(300))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_before = cpu_ticks(pid)?;
+    let waiting_qps = waiting_bench.query_rate(window).await?;
+    let waiting_cpu = cpu_percent(pid, cpu_before, window)?;
+    let waiting_rss = rss_kib(pid)?;
+    terminate(&mut procs.0[1]).await;
+    procs.0.clear();
+
     // Every driver busy, so no claim polling is mixed into the per-apply figure.
     let busy = Knobs {
         drivers: args.active,
@@ -235,7 +265,7 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
         ids.push(bench.submit_spirit().await?);
     }
     procs.0.push(bench.spawn_serve("bench-busy", busy)?);
-    let pid = procs.0[1].id();
+    let pid = procs.0[0].id();
     for id in &ids {
         bench
             .wait_for_claims(*id, 1, Duration::from_secs(60))
@@ -247,7 +277,7 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
     let active_qps = bench.query_rate(window).await?;
     let active_cpu = cpu_percent(pid, cpu_before, window)?;
     let active_rss = rss_kib(pid)?;
-    terminate(&mut procs.0[1]).await;
+    terminate(&mut procs.0[0]).await;
     let per_apply = (active_qps - baseline_qps).max(0.0) / ids.len() as f64;
 
     println!(
@@ -271,10 +301,22 @@ async fn measure(args: &OperatorArgs, scratch: &mut Scratch) -> Result<(), Error
     );
     println!(
         "  {:<42} {:>10.1} {:>9.2} {:>10.1}",
+        format!("idle, {} applies parked for a cutover", args.waiting),
+        waiting_qps,
+        waiting_cpu,
+        waiting_rss as f64 / 1024.0
+    );
+    println!(
+        "  {:<42} {:>10.1} {:>9.2} {:>10.1}",
         format!("{} drivers each driving a Spirit copy", ids.len()),
         active_qps,
         active_cpu,
         active_rss as f64 / 1024.0
+    );
+    println!(
+        "  {} waiting applies add {:.2} queries/s in total above idle (target ≤ 1)",
+        args.waiting,
+        waiting_qps - idle_qps
     );
     println!("  queries/s per active apply: {per_apply:.2} (above the baseline)\n");
 
@@ -362,6 +404,48 @@ impl Bench {
                 options: ApplyOptions::default(),
             })
             .await?)
+    }
+
+    /// A PlanetScale apply whose cutover waits for a person.
+    async fn submit_deferred_cutover(&mut self) -> Result<ApplyId, Error> {
+        let n = self.next_target;
+        self.next_target += 1;
+        Ok(self
+            .store
+            .submit(NewApply {
+                allow_destructive: false,
+                target: Target {
+                    database: format!("wait{n}"),
+                    environment: "prod".into(),
+                },
+                engine: EngineKind::PlanetScale,
+                ddl: vec![format!("ALTER TABLE t{n} ADD COLUMN c INT")],
+                options: ApplyOptions {
+                    defer_cutover: true,
+                    ..Default::default()
+                },
+            })
+            .await?)
+    }
+
+    /// Until `n` applies rest parked at their cutover (no lease held).
+    async fn wait_for_parked(&self, n: usize, limit: Duration) -> Result<(), Error> {
+        let until = Instant::now() + limit;
+        loop {
+            let parked: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM applies WHERE state = 'waiting_for_cutover' \
+                 AND lease_owner IS NULL AND parked_until IS NOT NULL",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            if parked as usize >= n {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(format!("{parked} of {n} applies parked within {limit:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn claims_of(&self, id: ApplyId) -> Result<u64, Error> {

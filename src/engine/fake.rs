@@ -481,6 +481,16 @@ impl FakeSpirit {
         }
     }
 
+    /// Process `host` kills its runner of `apply` as a crash would (`Engine::abandon`).
+    pub fn abandon(&mut self, now: u64, host: u32, apply: ApplyId) {
+        self.advance(now);
+        for target in self.targets.values_mut() {
+            target
+                .runners
+                .retain(|r| r.host != host || r.apply != apply);
+        }
+    }
+
     fn runner_of(target: &FakeTarget, apply: ApplyId) -> Option<&FakeRunner> {
         target.runners.iter().find(|r| r.apply == apply)
     }
@@ -762,5 +772,13 @@ impl super::Engine for SharedFakeEngines {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .call(now, self.host, apply, epoch, call)
+    }
+    async fn abandon(&self, apply: &ApplyRecord) {
+        let now = self.clock.now_ms();
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spirit
+            .abandon(now, self.host, apply.row.id);
     }
 }

@@ -52,6 +52,11 @@ impl Engine for RealEngines {
             None => Observation::Fault(EngineFault::Transient),
         }
     }
+    async fn abandon(&self, apply: &ApplyRecord) {
+        if let Some(e) = self.route(apply) {
+            e.abandon(apply).await
+        }
+    }
 }
 
 /// The engines of `engines.kind = "real"`: PlanetScale from `[engines.planetscale]`, Spirit from

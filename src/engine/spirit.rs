@@ -821,6 +821,18 @@ impl Engine for SpiritEngine {
         }
     }
 
+    /// Kill the local runner as a crash would: Spirit writes nothing on a signal, and its
+    /// periodic checkpoint is what a later resume starts from.
+    async fn abandon(&self, apply: &ApplyRecord) {
+        if let Some(r) = self.take_runner(apply) {
+            tracing::warn!(
+                apply = apply.row.id,
+                "lease presumed lost: killing the local Spirit runner"
+            );
+            self.terminate(r, libc::SIGKILL).await;
+        }
+    }
+
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
         if !self.fence(apply.row.id, epoch) {
             return Observation::Fault(EngineFault::StaleEpoch);

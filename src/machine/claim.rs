@@ -371,8 +371,8 @@ pub enum ClaimPath {
     Apply,
 }
 
-/// One claim a driver makes: over operation rows (O1–O5, with the parent moved by its apply
-/// arm) or over apply rows (A1–A8).
+/// One claim a driver makes: over operation rows (O1–O6, with the parent moved by its apply
+/// arm) or over apply rows (A1–A9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClaimLevel {
     Operation,

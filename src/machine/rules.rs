@@ -88,6 +88,9 @@ pub enum Mutant {
     StateNotSetBeforeEngineCall,
     /// #613: a resume hands the engine a change that drifted from the reviewed one.
     RunsDriftedChange,
+    /// Upstream's design: a drive holds its driver through a wait for a person, so waiting
+    /// applies starve new work of drivers.
+    WaitsHoldDrivers,
 }
 
 impl Mutant {
@@ -104,6 +107,7 @@ impl Mutant {
         Mutant::StopIgnoresTerminalTasks,
         Mutant::StateNotSetBeforeEngineCall,
         Mutant::RunsDriftedChange,
+        Mutant::WaitsHoldDrivers,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -120,6 +124,7 @@ impl Mutant {
             Mutant::StopIgnoresTerminalTasks => "stop-ignores-terminal-tasks",
             Mutant::StateNotSetBeforeEngineCall => "state-not-set-before-engine-call",
             Mutant::RunsDriftedChange => "runs-drifted-change",
+            Mutant::WaitsHoldDrivers => "waits-hold-drivers",
         }
     }
 
@@ -138,6 +143,7 @@ impl Mutant {
             Mutant::StopIgnoresTerminalTasks => "#262",
             Mutant::StateNotSetBeforeEngineCall => "#186",
             Mutant::RunsDriftedChange => "#613",
+            Mutant::WaitsHoldDrivers => "design",
         }
     }
 }

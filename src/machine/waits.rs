@@ -61,16 +61,66 @@ pub fn is_human_wait(state: ApplyState, options: &ApplyOptions) -> bool {
     human_release(state, options).is_some()
 }
 
-/// Whether an owner that has seen its apply resting in `state` gives its driver back: it
-/// releases the lease and the row is parked until a request arrives or its wake time comes
-/// ([`crate::machine::Rules::park_wake_ms`]), when a claim arm takes it back.
-///
-/// Only waits where nothing local must stay alive park: every PlanetScale wait for a person
-/// (the deploy request lives in PlanetScale) and its revert window. A Spirit runner waiting on
-/// its sentinel is a local process that must always have a live lease holder, so a Spirit wait
-/// never parks.
+/// How an owner spends a wait for a person that the engine has confirmed, with no request
+/// pending: either way the wait holds no driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rest {
+    /// Nothing local must stay alive (the deploy request lives in PlanetScale): the owner
+    /// releases the lease and the row is parked until a request arrives (arms A9/O6) or its
+    /// wake time comes ([`crate::machine::Rules::park_wake_ms`], arms A2/O2).
+    Park,
+    /// A local runner is alive (Spirit waiting on its sentinel) and must always have a live
+    /// lease holder: the process keeps the lease, renewed by its heartbeat, and watches the
+    /// runner and the requests without a driver; a request, or the runner leaving its gate,
+    /// hands the apply back to a driver.
+    Watch,
+}
+
+/// How a wait in `state` rests, if it is a wait for a person.
+pub fn rest(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> Option<Rest> {
+    match engine {
+        EngineKind::PlanetScale => gate(state)
+            .filter(|g| (g.waits_for_person)(options))
+            .map(|_| Rest::Park),
+        EngineKind::Spirit => {
+            (state == WaitingForCutover && options.defer_cutover).then_some(Rest::Watch)
+        }
+    }
+}
+
+/// How a wait for a person is held, as people read it (`applyd status`, the API): parked (no
+/// lease, no driver) or watched (the lease kept, no driver), and what moves it on. `None` when
+/// the apply is not resting in such a wait.
+pub fn explain_rest(
+    engine: EngineKind,
+    state: ApplyState,
+    options: &ApplyOptions,
+    leased: bool,
+    parked_wake_in_ms: Option<u64>,
+) -> Option<String> {
+    let op = human_release(state, options)?;
+    let what = state.as_str().replace('_', " ");
+    match (rest(engine, state, options)?, leased, parked_wake_in_ms) {
+        (Rest::Park, false, Some(ms)) if ms > 0 => Some(format!(
+            "parked: {what} (no driver held); a {op} request is taken by the next claim, and a driver looks at the engine again in {} s",
+            ms.div_ceil(1000)
+        )),
+        (Rest::Park, false, _) => Some(format!(
+            "parked: {what} (no driver held); its wake time has come, the next claim looks at the engine"
+        )),
+        (Rest::Park, true, _) => Some(format!(
+            "{what}: its driver parks it once the engine confirms the wait"
+        )),
+        (Rest::Watch, true, _) => Some(format!(
+            "watched: {what} (the runner waits on its sentinel; the lease is kept, no driver held); a {op} request is taken by the next poll"
+        )),
+        (Rest::Watch, false, _) => None,
+    }
+}
+
+/// Whether the wait parks (see [`Rest::Park`]).
 pub fn parks(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> bool {
-    engine == EngineKind::PlanetScale && gate(state).is_some_and(|g| (g.waits_for_person)(options))
+    rest(engine, state, options) == Some(Rest::Park)
 }
 
 /// The action a PlanetScale owner takes by itself at a gate no person was asked to open, or at
@@ -124,6 +174,46 @@ mod tests {
         assert_eq!(
             auto_action(EngineKind::PlanetScale, RevertWindow, &o, true),
             Some(AutoAction::SkipRevert)
+        );
+    }
+
+    #[test]
+    fn a_spirit_runner_waiting_for_a_person_is_watched_never_parked() {
+        for o in every_options() {
+            for s in ApplyState::ALL {
+                let expect = (*s == WaitingForCutover && o.defer_cutover).then_some(Rest::Watch);
+                assert_eq!(rest(EngineKind::Spirit, *s, &o), expect, "{s} {o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_resting_wait_says_how_it_is_held_and_what_moves_it_on() {
+        let defer = ApplyOptions {
+            defer_cutover: true,
+            ..Default::default()
+        };
+        let ps = EngineKind::PlanetScale;
+        assert_eq!(
+            explain_rest(ps, WaitingForCutover, &defer, false, Some(61_500)).as_deref(),
+            Some("parked: waiting for cutover (no driver held); a cutover request is taken by the next claim, and a driver looks at the engine again in 62 s")
+        );
+        assert!(explain_rest(ps, WaitingForCutover, &defer, false, Some(0))
+            .unwrap()
+            .contains("its wake time has come"));
+        assert_eq!(
+            explain_rest(EngineKind::Spirit, WaitingForCutover, &defer, true, None).as_deref(),
+            Some("watched: waiting for cutover (the runner waits on its sentinel; the lease is kept, no driver held); a cutover request is taken by the next poll")
+        );
+        assert!(
+            explain_rest(ps, RevertWindow, &ApplyOptions::default(), false, Some(1))
+                .unwrap()
+                .contains("a skip_revert request")
+        );
+        assert_eq!(explain_rest(ps, Running, &defer, false, None), None);
+        assert_eq!(
+            explain_rest(ps, WaitingForCutover, &ApplyOptions::default(), false, None),
+            None
         );
     }
 

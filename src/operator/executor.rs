@@ -35,6 +35,8 @@ pub struct DriveReport {
     pub finish: Finish,
     pub commands: u64,
     pub engine_calls: u64,
+    /// The apply's state at the drive's last read.
+    pub last_state: crate::machine::ApplyState,
 }
 
 /// Drive one claimed apply to the end of its drive. `max_commands` bounds a runaway drive.
@@ -59,6 +61,7 @@ pub async fn run_drive(
         finish: Finish::Settled,
         commands: 0,
         engine_calls: 0,
+        last_state: row.state,
     };
     let mut inputs: DriveInputs = DriveInputs {
         record: claimed.record.clone(),
@@ -96,6 +99,7 @@ pub async fn run_drive(
             inputs.revert_window_expired,
             pacing.heartbeat_ok_age_ms(),
         );
+        report.last_state = inputs.record.row.state;
         report.commands += 1;
         if report.commands > max_commands {
             report.finish = Finish::Inconsistent("the drive exceeded its command budget");

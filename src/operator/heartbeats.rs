@@ -83,6 +83,13 @@ impl Heartbeats {
         )
     }
 
+    /// Whether `lease` is still held (not found lost by a heartbeat).
+    pub fn holds(&self, lease: &Lease) -> bool {
+        self.lock()
+            .get(&lease.apply)
+            .is_some_and(|h| h.lease.epoch == lease.epoch)
+    }
+
     /// How many leases are held.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -6,6 +6,7 @@
 pub mod executor;
 pub mod heartbeats;
 pub mod telemetry;
+pub mod watched;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::store::{claim_next, ClaimPath, Claimed, Store};
 use crate::worker::{Finish, WaitFor};
 pub use executor::{run_drive, DriveReport, Immediate, Pacing};
 pub use heartbeats::{HeartbeatHealth, Heartbeats};
+use heartbeats::{Held, Holding};
+use watched::{Watched, Watches};
 
 /// How a process runs its drivers.
 #[derive(Debug, Clone)]
@@ -96,6 +99,8 @@ pub struct Runtime {
     pub wake: Arc<Notify>,
     /// Every lease this process holds, renewed together by [`Runtime::run`]'s heartbeat loop.
     heartbeats: Arc<Heartbeats>,
+    /// Waits held without a driver (a Spirit runner waiting for a person's cutover).
+    watches: Watches,
 }
 
 /// How one drive ended, for the caller's logs and tests.
@@ -118,12 +123,18 @@ impl Runtime {
             config,
             wake: Arc::new(Notify::new()),
             heartbeats: Arc::default(),
+            watches: Watches::default(),
         }
     }
 
-    /// How many leases this process holds right now.
+    /// How many leases this process holds right now (drives and watched waits).
     pub fn leases_held(&self) -> usize {
         self.heartbeats.len()
+    }
+
+    /// How many waits this process watches without a driver.
+    pub fn watched(&self) -> usize {
+        self.watches.len()
     }
 
     /// Run until `shutdown` turns true, then stop claiming, let drives finish up to the deadline,
@@ -172,9 +183,20 @@ impl Runtime {
             }
         }
         while drives.join_next().await.is_some() {}
+        // A watched runner must not outlive the lease: end it, then give the lease back so a
+        // peer resumes from the runner's checkpoint at once.
+        for w in self.watches.drain() {
+            self.engine.abandon(&w.claimed.record).await;
+            drop(w.holding);
+            if let Err(e) = self.store.release(&w.claimed.lease).await {
+                warn!(apply = w.claimed.lease.apply, error = %e, "could not release a watched lease on shutdown");
+            }
+        }
     }
 
-    /// One poll: a cheap read, then expiry and claims for as many free drivers as there is work.
+    /// One poll: watched waits first (a request or a runner off its gate hands one to a free
+    /// driver), then a cheap read, then expiry and claims for as many free drivers as there is
+    /// work.
     async fn poll(
         self: &Arc<Self>,
         free: &mut BTreeSet<usize>,
@@ -182,6 +204,39 @@ impl Runtime {
         drives: &mut tokio::task::JoinSet<DriveEnd>,
         shutdown: &watch::Receiver<bool>,
     ) {
+        let round = self
+            .watches
+            .round(
+                self.store.as_ref(),
+                self.engine.as_ref(),
+                &self.heartbeats,
+                &self.config.rules,
+            )
+            .await;
+        for w in round.handoffs {
+            let Some(&slot) = free.first() else {
+                self.watches.put_back(w);
+                continue;
+            };
+            free.remove(&slot);
+            let span = info_span!(
+                "drive",
+                apply = w.claimed.lease.apply,
+                epoch = w.claimed.lease.epoch,
+                owner = %w.claimed.lease.owner,
+                from = %w.claimed.pre_claim,
+                handed = "watch"
+            );
+            let handle = drives.spawn(
+                self.clone()
+                    .drive_held(w.claimed, w.held, w.holding, shutdown.clone())
+                    .instrument(span),
+            );
+            slots.insert(handle.id(), slot);
+        }
+        if free.is_empty() {
+            return;
+        }
         match self.store.may_have_work().await {
             Ok(true) => {}
             Ok(false) => return,
@@ -248,9 +303,21 @@ impl Runtime {
     pub async fn drive_claimed(
         self: Arc<Self>,
         claimed: Claimed,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> DriveEnd {
         let (held, holding) = self.heartbeats.hold(claimed.lease.clone());
+        self.drive_held(claimed, held, holding, shutdown).await
+    }
+
+    /// [`Runtime::drive_claimed`] for a lease already in the heartbeat (a watched wait handed
+    /// back to a driver).
+    async fn drive_held(
+        self: Arc<Self>,
+        claimed: Claimed,
+        held: Held,
+        holding: Holding,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> DriveEnd {
         let health = held.health.clone();
         let lease_lost = held.lost.clone();
         let drive = {
@@ -295,8 +362,21 @@ impl Runtime {
                 DriveEnd::ShutDown
             }
         };
-        // Nothing of this drive is renewed past its end (a park or a release is final).
-        drop(holding);
+        // A watched wait keeps its lease in the heartbeat; nothing else is renewed past its
+        // drive (a park or a release is final).
+        match &end {
+            DriveEnd::Finished(report) if report.finish == Finish::Watched => {
+                self.watches.add(
+                    Watched {
+                        claimed: claimed.clone(),
+                        held,
+                        holding,
+                    },
+                    report.last_state,
+                );
+            }
+            _ => drop(holding),
+        }
         match &end {
             DriveEnd::Finished(report) => {
                 info!(finish = ?report.finish, commands = report.commands, engine_calls = report.engine_calls, "drive ended");

@@ -54,6 +54,9 @@ impl crate::engine::Engine for MeteredEngine {
         record(format!("{call:?}"), started, &obs);
         obs
     }
+    async fn abandon(&self, apply: &crate::store::ApplyRecord) {
+        self.0.abandon(apply).await
+    }
 }
 
 /// Publish `applyd_applies{state}` from the store every `every`, forever.
@@ -62,10 +65,13 @@ pub async fn publish_apply_states(
     every: std::time::Duration,
 ) {
     loop {
-        match inspect.list(10_000).await {
-            Ok(applies) => {
+        match inspect.count_by_state().await {
+            Ok(counts) => {
                 for state in crate::machine::ApplyState::ALL {
-                    let n = applies.iter().filter(|a| a.state == *state).count();
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| s == state.as_str())
+                        .map_or(0, |(_, n)| *n);
                     metrics::gauge!("applyd_applies", "state" => state.as_str()).set(n as f64);
                 }
             }

@@ -735,6 +735,15 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError> {
+        let inner = self.lock()?;
+        Ok(applies
+            .iter()
+            .copied()
+            .filter(|id| pending_of(&inner, *id).any())
+            .collect())
+    }
+
     pub fn park(&self, lease: &Lease) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
@@ -962,6 +971,9 @@ impl Store for MemoryStore {
     }
     async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
         MemoryStore::park(self, lease)
+    }
+    async fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError> {
+        MemoryStore::pending_requests(self, applies)
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         MemoryStore::release(self, lease)

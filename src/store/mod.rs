@@ -181,7 +181,7 @@ pub trait Store: Send + Sync {
     }
     /// Claim at most one row through the first matching arm, taking a new lease epoch.
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
-    /// Claim at most one operation row through the first matching operation arm (O1–O5), in
+    /// Claim at most one operation row through the first matching operation arm (O1–O6), in
     /// `(created_at, id)` order, together with its parent apply: both rows take the same new
     /// lease epoch, and the parent moves by the apply arm that matches it (a parent no apply arm
     /// matches, e.g. under a peer's fresh lease, leaves the operation alone).
@@ -229,6 +229,9 @@ pub trait Store: Send + Sync {
     /// the store's clock); a request wakes them earlier (arms A9/O6). A state that does not
     /// park is refused and the lease kept.
     async fn park(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Which of `applies` have a pending control request (one read, however many): how a
+    /// process watching waits without a driver hears of a request.
+    async fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError>;
     /// Record a user's control request (unfenced, from the API).
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
     /// Move expired `failed_retryable` applies to `failed`; returns how many.

@@ -35,6 +35,10 @@ pub struct ApplyStatus {
     pub pending_requests: Vec<ControlOp>,
     /// The last request of each kind and how it ended (`pending`, `completed`, `failed: why`).
     pub requests: Vec<(ControlOp, String)>,
+    /// Parked: how long until a driver looks at it again, by the store's clock.
+    pub parked_wake_in_ms: Option<u64>,
+    /// How a wait for a person is held and what moves it on (`waits::explain_rest`).
+    pub wait: Option<String>,
 }
 
 /// One task row: one statement of the change.
@@ -51,9 +55,24 @@ pub trait Inspect: Send + Sync {
     async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError>;
     /// One apply; `RowGone` when it does not exist.
     async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError>;
+    /// How many applies are in each state, by the state as stored (one read, whatever the
+    /// number of applies: the gauges poll it).
+    async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
 impl ApplyStatus {
+    /// Fill in [`ApplyStatus::wait`] from the rest of the view.
+    pub fn explain(mut self) -> ApplyStatus {
+        self.wait = crate::machine::waits::explain_rest(
+            self.engine,
+            self.state,
+            &self.options,
+            self.lease_owner.is_some(),
+            self.parked_wake_in_ms,
+        );
+        self
+    }
+
     /// `completed/total tasks`, as the CLI and the status page show it.
     pub fn progress(&self) -> String {
         format!("{}/{} tasks", self.tasks_completed, self.tasks_total)
@@ -112,7 +131,13 @@ impl MemoryStore {
                 .collect(),
             pending_requests: pending,
             requests,
+            parked_wake_in_ms: row
+                .parked_until
+                .filter(|_| row.lease_owner.is_none())
+                .map(|w| w.saturating_sub(now)),
+            wait: None,
         }
+        .explain()
     }
 }
 
@@ -133,5 +158,13 @@ impl Inspect for MemoryStore {
         let now = self.now_ms();
         let row = self.row(id).ok_or(StoreError::RowGone(id))?;
         Ok(self.status_of(&row, now))
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for row in self.rows() {
+            *counts.entry(row.state.as_str().to_string()).or_insert(0) += 1;
+        }
+        Ok(counts.into_iter().collect())
     }
 }

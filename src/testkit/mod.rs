@@ -139,6 +139,19 @@ pub fn step(
                 Finish::Parked => {
                     let _ = store.park(lease);
                 }
+                // The process keeps the lease and watches: here it polls on a fresh drive, which
+                // the store sees exactly as the operator's watcher (lease held and renewed, a
+                // request taken within one poll).
+                Finish::Watched => {
+                    *drive = Drive::new(
+                        lease.apply,
+                        lease.epoch,
+                        drive.engine,
+                        read.view.row.state,
+                        rules,
+                    );
+                    return Stepped::Waited(WaitFor::Poll);
+                }
                 _ => {}
             }
             Stepped::Finished(f)

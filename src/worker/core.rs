@@ -2,7 +2,7 @@ use crate::machine::control::{settle_on_terminal, Disposition, PRECEDENCE};
 use crate::machine::table::{
     probe_for, AutoAction, Effect, Event, ResumeField, RowId, SetupSignal, TABLE,
 };
-use crate::machine::waits::auto_action;
+use crate::machine::waits::{auto_action, Rest};
 use crate::machine::{
     ApplyState, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules,
 };
@@ -23,6 +23,9 @@ pub enum Finish {
     /// A wait the engine confirmed, where nothing local must stay alive: park the row
     /// (`Store::park`) and give the driver back; a request or the wake time brings it back.
     Parked,
+    /// A wait the engine confirmed, where a local runner waits on its gate: the process keeps
+    /// the lease and watches without a driver (`waits::Rest::Watch`). Nothing is written.
+    Watched,
     /// A fenced write bounced, or the engine saw a newer epoch.
     LeaseLost,
     /// Heartbeats failed past the presumed-loss bound: stop before a peer can reclaim.
@@ -275,12 +278,12 @@ impl Drive {
 
         match probe {
             // A wait the engine just confirmed, with no request in hand, costs no driver.
-            Some(_)
-                if observed
-                    && !controls.any()
-                    && crate::machine::waits::parks(engine, state, &view.row.options) =>
-            {
-                Command::Finish(Finish::Parked)
+            Some(_) if observed && !controls.any() && !rules.has(Mutant::WaitsHoldDrivers) => {
+                match crate::machine::waits::rest(engine, state, &view.row.options) {
+                    Some(Rest::Park) => Command::Finish(Finish::Parked),
+                    Some(Rest::Watch) if self.gate_seen => Command::Finish(Finish::Watched),
+                    _ => Command::Wait(WaitFor::Poll),
+                }
             }
             Some(_) if observed => Command::Wait(WaitFor::Poll),
             Some(Probe::FindDeployRequest)

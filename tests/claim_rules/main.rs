@@ -6,8 +6,8 @@
 //! engine, with and without child rows, operation rows that mirror their apply or differ from
 //! it) the rows are stored as the case says, a claim runs, and the store must claim the apply if
 //! and only if `machine` accepts it — through the same arm, landing in the same state — on the
-//! apply path (`Store::claim`, arms A1–A8) and on the operation path (`Store::claim_operation`,
-//! O1–O5 with the parent's apply arm). The same holds for retry expiry, the revert-window
+//! apply path (`Store::claim`, arms A1–A9) and on the operation path (`Store::claim_operation`,
+//! O1–O6 with the parent's apply arm). The same holds for retry expiry, the revert-window
 //! deadline and request acceptance. A state dropped from any SQL list makes a case fail.
 //!
 //! The MySQL store's clock is frozen, so a heartbeat placed exactly on the staleness bound is

@@ -232,7 +232,15 @@ impl ApplydModel {
                         row.hb_age = None;
                         row.resting = parks;
                     }
-                    idle = true;
+                    if f == Finish::Watched {
+                        // The process keeps the lease and watches; the store sees what it sees
+                        // of a drive that polls (`testkit::step` does the same).
+                        let state = row.state;
+                        drive =
+                            Drive::new(drive.apply, drive.epoch, drive.engine, state, &self.rules);
+                    } else {
+                        idle = true;
+                    }
                 }
             },
         }

@@ -1,5 +1,5 @@
 //! Claims: candidate discovery through index ranges, the prefilters built from the claim
-//! classes, the locking read, and taking the lease (apply arms A1–A8, operation arms O1–O5).
+//! classes, the locking read, and taking the lease (apply arms A1–A9, operation arms O1–O6).
 
 use std::str::FromStr;
 

@@ -13,7 +13,7 @@
 //! - **The idle poll** ([`Store::may_have_work`]) is the apply candidate read alone, in
 //!   autocommit: every operation claim also moves its parent by an apply arm, and expiry reads
 //!   only retry-path rows, so no candidate means nothing to claim or expire.
-//! - **Operation claims** (O1–O5, [`Rules::matching_operation_arm`]) take operation rows in
+//! - **Operation claims** (O1–O6, [`Rules::matching_operation_arm`]) take operation rows in
 //!   `(created_at, id)` order, locking each with its parent; the parent is claimed by the apply
 //!   arm that matches it, and both rows take the same lease at one epoch. The operation row's
 //!   epoch fences the operation writes; heartbeats and releases update both rows at once.
@@ -435,6 +435,26 @@ impl Store for MySqlStore {
                 lease,
                 &[("lease_owner", "NULL"), ("heartbeat_at", "NULL")][..],
             )
+        })
+        .await
+    }
+
+    async fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError> {
+        if applies.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying("pending requests", || async {
+            let sql = format!(
+                "SELECT DISTINCT apply_id FROM apply_control_requests \
+                 WHERE status = '{}' AND apply_id IN ({}) ORDER BY apply_id",
+                ControlStatus::Pending.as_str(),
+                vec!["?"; applies.len()].join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, ApplyId>(&sql);
+            for id in applies {
+                q = q.bind(*id);
+            }
+            Ok::<_, Failure>(q.fetch_all(&self.pool).await?)
         })
         .await
     }

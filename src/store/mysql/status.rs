@@ -15,6 +15,7 @@ const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment,
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
      CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
      CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, NOW(6)) AS SIGNED) AS state_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), a.parked_until) AS SIGNED) AS wake_in_us, \
      (SELECT CAST(o.engine_resume_state AS CHAR) FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed";
@@ -55,9 +56,13 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
     let state_age_us: Option<i64> = row
         .try_get("state_age_us")
         .map_err(|e| bad(id, "state_entered_at", e))?;
+    let wake_in_us: Option<i64> = row
+        .try_get("wake_in_us")
+        .map_err(|e| bad(id, "parked_until", e))?;
     let resume: Option<String> = row
         .try_get_unchecked("resume")
         .map_err(|e| bad(id, "engine_resume_state", e))?;
+    let lease_owner_is_none = lease_owner.is_none();
     let resume: ResumeState = match resume {
         Some(json) => serde_json::from_str(&json).map_err(|e| bad(id, "engine_resume_state", e))?,
         None => ResumeState::default(),
@@ -97,7 +102,12 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
         tasks: Vec::new(),
         pending_requests: Vec::new(),
         requests: Vec::new(),
-    })
+        parked_wake_in_ms: wake_in_us
+            .filter(|_| lease_owner_is_none)
+            .map(|us| (us.max(0) / 1000) as u64),
+        wait: None,
+    }
+    .explain())
 }
 
 impl MySqlStore {
@@ -178,6 +188,22 @@ impl Inspect for MySqlStore {
             }
         }
         Ok(out)
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT CAST(state AS CHAR) AS state, CAST(COUNT(*) AS SIGNED) AS n FROM applies GROUP BY state",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get_unchecked("state").map_err(unavailable)?;
+                let n: i64 = r.try_get("n").map_err(unavailable)?;
+                Ok((state, n.max(0) as u64))
+            })
+            .collect()
     }
 
     async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError> {
