@@ -321,7 +321,19 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
 
         for e in logs.iter().skip(seen_audit) {
             let who = e.owner.clone().unwrap_or_else(|| "expiry".into());
-            let line = if e.cause.starts_with("claim") && e.from != ApplyState::Pending {
+            let woke = prev_rows
+                .get(&e.apply)
+                .is_some_and(|r| r.lease_owner.is_none() && r.parked_wake_in_ms.is_some());
+            let line = if e.cause.starts_with("claim") && woke {
+                format!(
+                    "{}  ⏰ apply-{} woke in {} → taken by {who} ({}), epoch {}",
+                    t(now),
+                    e.apply,
+                    e.from,
+                    e.cause,
+                    e.epoch
+                )
+            } else if e.cause.starts_with("claim") && e.from != ApplyState::Pending {
                 // What the previous owner had persisted, as seen just before the reclaim.
                 let persisted = match prev_rows.get(&e.apply) {
                     Some(r) if r.engine == EngineKind::PlanetScale => {
@@ -355,6 +367,13 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                 format!(
                     "{}  ↻ apply-{} lease stale → reclaimed by {who} ({}), epoch {}, resumes in {} from {persisted}",
                     t(now), e.apply, e.cause, e.epoch, e.from
+                )
+            } else if let Some(wake) = e.cause.strip_prefix("park for ") {
+                format!(
+                    "{}  ⏸ apply-{} parked in {} by {who}: no driver held, wakes in {wake} unless a request comes first",
+                    t(now),
+                    e.apply,
+                    e.to
                 )
             } else if e.cause.starts_with("claim") {
                 format!(

@@ -95,6 +95,35 @@ impl Store for Counting {
     }
 }
 
+/// A process polling every second on the counting store, over the fake engines.
+fn polling_runtime(
+    store: Arc<Counting>,
+    clock: Arc<dyn Clock>,
+    owner: &str,
+    drivers: usize,
+) -> Arc<Runtime> {
+    let engine = Arc::new(SharedFakeEngines {
+        engines: Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast()))),
+        clock,
+        host: 1,
+    });
+    Arc::new(Runtime::new(
+        store,
+        engine,
+        RuntimeConfig {
+            owner_prefix: owner.into(),
+            drivers,
+            poll_interval: Duration::from_secs(1),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_secs(2),
+            shutdown_deadline: Duration::from_secs(1),
+            max_commands_per_drive: 100_000,
+            rules: Rules::default(),
+            claim_path: Default::default(),
+        },
+    ))
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
     for drivers in [1, 4, 16] {
@@ -104,26 +133,7 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
             inner: memory.clone(),
             calls: Mutex::default(),
         });
-        let engine = Arc::new(SharedFakeEngines {
-            engines: Arc::new(Mutex::new(FakeEngines::new(FakeTimings::fast()))),
-            clock,
-            host: 1,
-        });
-        let rt = Arc::new(Runtime::new(
-            store.clone(),
-            engine,
-            RuntimeConfig {
-                owner_prefix: "idle".into(),
-                drivers,
-                poll_interval: Duration::from_secs(1),
-                backoff: Duration::from_millis(100),
-                heartbeat_interval: Duration::from_secs(2),
-                shutdown_deadline: Duration::from_secs(1),
-                max_commands_per_drive: 100_000,
-                rules: Rules::default(),
-                claim_path: Default::default(),
-            },
-        ));
+        let rt = polling_runtime(store.clone(), clock, "idle", drivers);
         let (stop, shutdown) = watch::channel(false);
         let pool = tokio::spawn(rt.clone().run(shutdown));
 
@@ -161,4 +171,73 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
         let _ = stop.send(true);
         pool.await.unwrap();
     }
+}
+
+/// Twenty applies parked at a deferred cutover cost an idle process nothing but its one read per
+/// poll, and with both drivers free two new applies are claimed within one poll interval (no
+/// wake-up: the poll finds them).
+#[tokio::test(start_paused = true)]
+async fn parked_waits_cost_a_poll_nothing_and_new_work_starts_within_one_interval() {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let memory = Arc::new(MemoryStore::new(Rules::default(), clock.clone()));
+    let apply = |db: String, engine, defer_cutover| NewApply {
+        allow_destructive: false,
+        target: Target {
+            database: db,
+            environment: "prod".into(),
+        },
+        engine,
+        ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+        options: ApplyOptions {
+            defer_cutover,
+            ..Default::default()
+        },
+    };
+    // Twenty waits for a person, each taken to its gate by an owner that then parked it.
+    for i in 0..20 {
+        let id = memory
+            .submit(apply(format!("wait{i}"), EngineKind::PlanetScale, true))
+            .unwrap();
+        let c = memory.claim("earlier").unwrap().expect("claimable");
+        assert_eq!(c.lease.apply, id);
+        memory
+            .write(
+                &c.lease,
+                ApplyState::WaitingForCutover,
+                ResumeState::default(),
+            )
+            .unwrap();
+        memory.park(&c.lease).unwrap();
+    }
+    let store = Arc::new(Counting {
+        inner: memory.clone(),
+        calls: Mutex::default(),
+    });
+    let rt = polling_runtime(store.clone(), clock, "waits", 2);
+    let (stop, shutdown) = watch::channel(false);
+    let pool = tokio::spawn(rt.clone().run(shutdown));
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    assert_eq!(
+        store.calls(),
+        BTreeMap::from([("may_have_work", 11)]),
+        "twenty parked waits add nothing to an idle poll"
+    );
+    let fresh: Vec<_> = (0..2)
+        .map(|i| {
+            memory
+                .submit(apply(format!("new{i}"), EngineKind::Spirit, false))
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    for id in fresh {
+        assert_ne!(
+            memory.row(id).unwrap().state,
+            ApplyState::Pending,
+            "apply {id} was not claimed within one poll interval: {:?}",
+            store.calls()
+        );
+    }
+    let _ = stop.send(true);
+    pool.await.unwrap();
 }

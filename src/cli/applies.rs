@@ -167,7 +167,13 @@ pub fn print_table(applies: &[ApplyStatus]) {
             a.engine.as_str(),
             a.target.to_string(),
             a.state.as_str(),
-            a.lease_owner.as_deref().unwrap_or("—"),
+            a.lease_owner
+                .as_deref()
+                .unwrap_or(if a.parked_wake_in_ms.is_some() {
+                    "(parked)"
+                } else {
+                    "—"
+                }),
             a.lease_epoch,
             age(a.heartbeat_age_ms),
             a.progress(),

@@ -4,17 +4,19 @@
 //!
 //! Over 700 lines: every store operation's reference semantics sits in one place, next to the
 //! row types it mutates, so that each can be read against its MySQL twin under `mysql/`; the
-//! clocks and the async delegation are the pieces that could move out.
+//! clocks (`clock`) and the async delegation (`delegate`) live beside it.
+
+mod clock;
+mod delegate;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use async_trait::async_trait;
 
 use super::{
     adopts, validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
-    RequestOutcome, Store, StoreError, Submitted, Target,
+    RequestOutcome, StoreError, Submitted, Target,
 };
 use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
 use crate::machine::claim::{ClaimLevel, ClaimPath};
@@ -23,49 +25,6 @@ use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
     OperationClaimView, PendingControls, Rules, TaskState,
 };
-
-/// Milliseconds of the store's clock. Production reads the database clock; here it is injected.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> u64;
-}
-
-/// A clock the caller moves by hand (simulator, tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn new(start_ms: u64) -> ManualClock {
-        ManualClock(AtomicU64::new(start_ms))
-    }
-    pub fn set(&self, ms: u64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Monotonic milliseconds since the store was created (demo).
-#[derive(Debug)]
-pub struct MonotonicClock(std::time::Instant);
-
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        MonotonicClock(std::time::Instant::now())
-    }
-}
-
-impl Clock for MonotonicClock {
-    fn now_ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
-    }
-}
 
 /// One apply row, as the memory store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -930,64 +889,5 @@ impl MemoryRow {
             },
             spec: self.spec.clone(),
         }
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
-        MemoryStore::submit_or_adopt(self, new)
-    }
-    async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
-        MemoryStore::claim(self, owner)
-    }
-    async fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
-        MemoryStore::claim_operation(self, owner)
-    }
-    async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
-        MemoryStore::load(self, lease)
-    }
-    async fn write(
-        &self,
-        lease: &Lease,
-        to: ApplyState,
-        resume: ResumeState,
-    ) -> Result<(), StoreError> {
-        MemoryStore::write(self, lease, to, resume)
-    }
-    async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
-        MemoryStore::complete_request(self, lease, op)
-    }
-    async fn fail_request(
-        &self,
-        lease: &Lease,
-        op: ControlOp,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        MemoryStore::fail_request(self, lease, op, reason)
-    }
-    async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
-        MemoryStore::heartbeat(self, lease)
-    }
-    async fn park(&self, lease: &Lease) -> Result<(), StoreError> {
-        MemoryStore::park(self, lease)
-    }
-    async fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError> {
-        MemoryStore::pending_requests(self, applies)
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        MemoryStore::release(self, lease)
-    }
-    async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
-        MemoryStore::request(self, apply, op)
-    }
-    async fn expire_retryable(&self) -> Result<u32, StoreError> {
-        MemoryStore::expire_retryable(self)
-    }
-    async fn may_have_work(&self) -> Result<bool, StoreError> {
-        MemoryStore::may_have_work(self)
-    }
-    async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
-        MemoryStore::fail_apply(self, lease, reason)
     }
 }
