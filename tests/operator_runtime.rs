@@ -394,3 +394,79 @@ async fn a_watched_runner_dies_with_its_presumed_lost_lease() {
     );
     pool.abort();
 }
+
+/// A watched wait whose lease is taken by a peer ends its runner at the next poll even while
+/// every driver is busy: looking at watched waits never waits for a free driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_runner_dies_with_its_lost_lease_while_every_driver_is_busy() {
+    let rules = rules();
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+    let memory = Arc::new(MemoryStore::new(rules, clock.clone()));
+    // Spirit copies finish at once; a PlanetScale deploy takes ten minutes.
+    let fakes = Arc::new(Mutex::new(FakeEngines::new(FakeTimings {
+        spirit_rows: 200,
+        deploy_ms: 600_000,
+        ..FakeTimings::fast()
+    })));
+    let engine = Arc::new(SharedFakeEngines {
+        engines: fakes.clone(),
+        clock,
+        host: 1,
+    });
+    let mut new = new_apply("watched", EngineKind::Spirit);
+    new.options.defer_cutover = true;
+    let watched = memory.submit(new).unwrap();
+    let rt = Arc::new(Runtime::new(
+        memory.clone(),
+        engine.clone(),
+        RuntimeConfig {
+            owner_prefix: "p1".into(),
+            drivers: 1,
+            poll_interval: Duration::from_millis(50),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_deadline: Duration::from_secs(1),
+            max_commands_per_drive: 1_000_000,
+            rules,
+            claim_path: Default::default(),
+        },
+    ));
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let pool = tokio::spawn(rt.clone().run(shutdown));
+    wait_for("the runner to be watched", Duration::from_secs(10), || {
+        rt.watched() == 1
+    })
+    .await;
+    let busy = memory
+        .submit(new_apply("busy", EngineKind::PlanetScale))
+        .unwrap();
+    wait_for("the one driver to deploy", Duration::from_secs(10), || {
+        memory.row(busy).unwrap().state == ApplyState::Running
+            && memory.row(busy).unwrap().resume.deploy_request_id.is_some()
+    })
+    .await;
+    // A peer takes the watched apply's lease (as after a partition).
+    let mut row = memory.row(watched).unwrap();
+    row.lease_epoch += 1;
+    row.operation.lease_epoch += 1;
+    row.lease_owner = Some("peer".into());
+    memory.put_row(row);
+    wait_for(
+        "the watch to end with its lease",
+        Duration::from_secs(10),
+        || rt.watched() == 0,
+    )
+    .await;
+    let record = memory.row(watched).unwrap().record();
+    assert!(matches!(
+        engine.probe(&record, 2, Probe::RunnerStatus).await,
+        Observation::Runner(applyd::worker::RunnerStatus::Gone(_))
+    ));
+    assert_eq!(
+        memory.row(busy).unwrap().state,
+        ApplyState::Running,
+        "the driver was busy all along"
+    );
+    assert_eq!(rt.leases_held(), 1, "only the busy drive's lease is held");
+    pool.abort();
+}

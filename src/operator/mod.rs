@@ -158,13 +158,17 @@ impl Runtime {
         let mut drives = tokio::task::JoinSet::new();
         let mut poll_now = true;
         while !*shutdown.borrow() {
-            if poll_now && !free.is_empty() {
+            // Watched waits are looked at every poll even with every driver busy: a lease lost or
+            // presumed lost must end its runner at once, whoever is free to drive.
+            let polls = !free.is_empty() || !self.watches.is_empty();
+            if poll_now && polls {
                 poll_now = false;
                 self.poll(&mut free, &mut slots, &mut drives, &shutdown)
                     .await;
             }
+            let polls = !free.is_empty() || !self.watches.is_empty();
             tokio::select! {
-                _ = tokio::time::sleep(self.config.poll_interval), if !free.is_empty() => poll_now = true,
+                _ = tokio::time::sleep(self.config.poll_interval), if polls => poll_now = true,
                 _ = self.wake.notified() => poll_now = true,
                 Some(done) = drives.join_next_with_id() => {
                     let id = match &done {
