@@ -481,13 +481,14 @@ impl FakeSpirit {
         }
     }
 
-    /// Process `host` kills its runner of `apply` as a crash would (`Engine::abandon`).
-    pub fn abandon(&mut self, now: u64, host: u32, apply: ApplyId) {
+    /// Process `host` kills its runner of `apply` started under `epoch` or older, as a crash
+    /// would (`Engine::abandon`).
+    pub fn abandon(&mut self, now: u64, host: u32, apply: ApplyId, epoch: u64) {
         self.advance(now);
         for target in self.targets.values_mut() {
             target
                 .runners
-                .retain(|r| r.host != host || r.apply != apply);
+                .retain(|r| r.host != host || r.apply != apply || r.epoch > epoch);
         }
     }
 
@@ -773,12 +774,12 @@ impl super::Engine for SharedFakeEngines {
             .unwrap_or_else(|p| p.into_inner())
             .call(now, self.host, apply, epoch, call)
     }
-    async fn abandon(&self, apply: &ApplyRecord) {
+    async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
         let now = self.clock.now_ms();
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .spirit
-            .abandon(now, self.host, apply.row.id);
+            .abandon(now, self.host, apply.row.id, epoch);
     }
 }

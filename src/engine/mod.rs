@@ -15,11 +15,12 @@ pub trait Engine: Send + Sync {
     async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation;
     /// A call with an external effect; idempotent or guarded as documented on `EngineCall`.
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation;
-    /// This process no longer holds the apply's lease (presumed lost): end whatever it runs
-    /// locally for it, recording nothing, so nothing of it outlives the lease. The next owner
-    /// finds the engine's persisted state as a crash leaves it. Engines with nothing local
-    /// (PlanetScale) have nothing to do.
-    async fn abandon(&self, _apply: &ApplyRecord) {}
+    /// This process no longer holds the apply's lease at `epoch` (lost, or presumed lost): end
+    /// whatever it runs locally for it under that epoch or an older one, recording nothing, so
+    /// nothing of it outlives the lease; a newer epoch's work (this process may have reclaimed
+    /// the apply since) is left alone. The next owner finds the engine's persisted state as a
+    /// crash leaves it. Engines with nothing local (PlanetScale) have nothing to do.
+    async fn abandon(&self, _apply: &ApplyRecord, _epoch: u64) {}
 }
 
 pub mod fake;

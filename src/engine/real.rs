@@ -52,9 +52,9 @@ impl Engine for RealEngines {
             None => Observation::Fault(EngineFault::Transient),
         }
     }
-    async fn abandon(&self, apply: &ApplyRecord) {
+    async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
         if let Some(e) = self.route(apply) {
-            e.abandon(apply).await
+            e.abandon(apply, epoch).await
         }
     }
 }

@@ -823,8 +823,20 @@ impl Engine for SpiritEngine {
 
     /// Kill the local runner as a crash would: Spirit writes nothing on a signal, and its
     /// periodic checkpoint is what a later resume starts from.
-    async fn abandon(&self, apply: &ApplyRecord) {
-        if let Some(r) = self.take_runner(apply) {
+    async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
+        let runner = {
+            let mut runners = lock(&self.runners);
+            let key = apply.spec.target.to_string();
+            if runners
+                .get(&key)
+                .is_some_and(|r| r.apply == apply.row.id && r.epoch <= epoch)
+            {
+                runners.remove(&key)
+            } else {
+                None
+            }
+        };
+        if let Some(r) = runner {
             tracing::warn!(
                 apply = apply.row.id,
                 "lease presumed lost: killing the local Spirit runner"

@@ -26,6 +26,9 @@ pub struct Params {
     pub park_poll_ms: u64,
 }
 
+/// The longest a parked wait rests between looks at its engine (one day).
+pub const MAX_PARK_POLL_MS: u64 = 24 * 60 * 60 * 1000;
+
 impl Params {
     pub const DEFAULT: Params = Params {
         stale_after_ms: 60_000,
@@ -48,8 +51,11 @@ impl Params {
         if self.retry_budget == 0 {
             return Err("retry_budget must be at least 1".into());
         }
-        if self.park_poll_ms == 0 {
-            return Err("park_poll_ms must be at least 1 so a parked wait rests".into());
+        if self.park_poll_ms == 0 || self.park_poll_ms > MAX_PARK_POLL_MS {
+            return Err(format!(
+                "park_poll_ms ({}) must be between 1 and {MAX_PARK_POLL_MS} (one day): a parked wait rests, and is looked at again at least daily",
+                self.park_poll_ms
+            ));
         }
         Ok(())
     }

@@ -105,9 +105,11 @@ pub fn explain_rest(
             "parked: {what} (no driver held); a {op} request is taken by the next claim, and a driver looks at the engine again in {} s",
             ms.div_ceil(1000)
         )),
-        (Rest::Park, false, _) => Some(format!(
+        (Rest::Park, false, Some(_)) => Some(format!(
             "parked: {what} (no driver held); its wake time has come, the next claim looks at the engine"
         )),
+        // Released without a park (a shutdown): the next claim takes it.
+        (Rest::Park, false, None) => None,
         (Rest::Park, true, _) => Some(format!(
             "{what}: its driver parks it once the engine confirms the wait"
         )),

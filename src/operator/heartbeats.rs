@@ -46,6 +46,23 @@ impl Default for HeartbeatHealth {
     }
 }
 
+/// Resolves once the last good heartbeat is older than the presumed-loss bound (the rule is
+/// `Rules::presumed_lost`, which the core applies between steps): the watchdog of a drive
+/// stuck in an engine call, and of a watched wait.
+pub async fn presumed_loss(
+    health: &HeartbeatHealth,
+    rules: &crate::machine::Rules,
+    heartbeat_interval: Duration,
+) {
+    let bound = rules.params.presumed_loss_ms;
+    let every = heartbeat_interval
+        .min(Duration::from_millis(bound / 4))
+        .max(Duration::from_millis(10));
+    while !rules.presumed_lost(health.age_ms()) {
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// One held lease: how its heartbeats fare, and how its holder hears that it was lost.
 #[derive(Clone)]
 pub struct Held {

@@ -23,7 +23,7 @@ use crate::worker::{Finish, WaitFor};
 pub use executor::{run_drive, DriveReport, Immediate, Pacing};
 pub use heartbeats::{HeartbeatHealth, Heartbeats};
 use heartbeats::{Held, Holding};
-use watched::{Watched, Watches};
+use watched::Watches;
 
 /// How a process runs its drivers.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ pub struct Runtime {
     /// Every lease this process holds, renewed together by [`Runtime::run`]'s heartbeat loop.
     heartbeats: Arc<Heartbeats>,
     /// Waits held without a driver (a Spirit runner waiting for a person's cutover).
-    watches: Watches,
+    watches: Arc<Watches>,
 }
 
 /// How one drive ended, for the caller's logs and tests.
@@ -123,7 +123,7 @@ impl Runtime {
             config,
             wake: Arc::new(Notify::new()),
             heartbeats: Arc::default(),
-            watches: Watches::default(),
+            watches: Arc::default(),
         }
     }
 
@@ -186,16 +186,18 @@ impl Runtime {
                 _ = shutdown.changed() => {}
             }
         }
-        while drives.join_next().await.is_some() {}
+        // Watched waits hold no work in progress: end them first, before the drives' deadline.
         // A watched runner must not outlive the lease: end it, then give the lease back so a
         // peer resumes from the runner's checkpoint at once.
         for w in self.watches.drain() {
-            self.engine.abandon(&w.claimed.record).await;
-            drop(w.holding);
-            if let Err(e) = self.store.release(&w.claimed.lease).await {
-                warn!(apply = w.claimed.lease.apply, error = %e, "could not release a watched lease on shutdown");
+            let lease = w.claimed.lease.clone();
+            self.engine.abandon(&w.claimed.record, lease.epoch).await;
+            drop(w);
+            if let Err(e) = self.store.release(&lease).await {
+                warn!(apply = lease.apply, error = %e, "could not release a watched lease on shutdown");
             }
         }
+        while drives.join_next().await.is_some() {}
     }
 
     /// One poll: watched waits first (a request or a runner off its gate hands one to a free
@@ -371,12 +373,12 @@ impl Runtime {
         match &end {
             DriveEnd::Finished(report) if report.finish == Finish::Watched => {
                 self.watches.add(
-                    Watched {
-                        claimed: claimed.clone(),
-                        held,
-                        holding,
-                    },
+                    claimed.clone(),
+                    held,
+                    holding,
                     report.last_state,
+                    self.engine.clone(),
+                    &self.config,
                 );
             }
             _ => drop(holding),
@@ -422,7 +424,7 @@ impl Runtime {
 }
 
 /// Aborts a spawned task when the owner of the guard goes away (a killed driver kills its drive).
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -430,18 +432,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves once the last good heartbeat is older than the presumed-loss bound. The rule is
-/// `Rules::presumed_lost`, which the core applies between steps; this watchdog is its one
-/// other reader, and exists because a hung engine call never returns to the core.
+/// See [`heartbeats::presumed_loss`]; a hung engine call never returns to the core.
 async fn presumed_loss(health: &HeartbeatHealth, config: &RuntimeConfig) {
-    let bound = config.rules.params.presumed_loss_ms;
-    let every = config
-        .heartbeat_interval
-        .min(Duration::from_millis(bound / 4))
-        .max(Duration::from_millis(10));
-    while !config.rules.presumed_lost(health.age_ms()) {
-        tokio::time::sleep(every).await;
-    }
+    heartbeats::presumed_loss(health, &config.rules, config.heartbeat_interval).await
 }
 
 /// Resolves once shutdown was requested and the deadline after it has passed.

@@ -54,8 +54,8 @@ impl crate::engine::Engine for MeteredEngine {
         record(format!("{call:?}"), started, &obs);
         obs
     }
-    async fn abandon(&self, apply: &crate::store::ApplyRecord) {
-        self.0.abandon(apply).await
+    async fn abandon(&self, apply: &crate::store::ApplyRecord, epoch: u64) {
+        self.0.abandon(apply, epoch).await
     }
 }
 
@@ -67,11 +67,16 @@ pub async fn publish_apply_states(
     loop {
         match inspect.count_by_state().await {
             Ok(counts) => {
+                // Older spellings count under the state they stand for; unknown strings under
+                // none (the claim path reports those rows).
+                let mut by_state = std::collections::BTreeMap::new();
+                for (stored, n) in &counts {
+                    if let Ok(state) = stored.parse::<crate::machine::ApplyState>() {
+                        *by_state.entry(state).or_insert(0u64) += n;
+                    }
+                }
                 for state in crate::machine::ApplyState::ALL {
-                    let n = counts
-                        .iter()
-                        .find(|(s, _)| s == state.as_str())
-                        .map_or(0, |(_, n)| *n);
+                    let n = by_state.get(state).copied().unwrap_or(0);
                     metrics::gauge!("applyd_applies", "state" => state.as_str()).set(n as f64);
                 }
             }

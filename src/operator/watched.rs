@@ -3,25 +3,29 @@
 //! Each poll, one round looks at every watched apply: one store read for pending requests, and a
 //! local look at each runner. An apply with a request, or whose runner left its gate, goes back
 //! to a driver. A lease lost, or presumed lost, ends the watch and the local runner with it
-//! (`Engine::abandon`), before a peer may reclaim.
+//! (`Engine::abandon`) at once: each watch has a watchdog task of its own, as each drive does,
+//! so no store call in a poll can delay it past the bound.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-use super::heartbeats::{Heartbeats, Held, Holding};
+use super::heartbeats::{presumed_loss, Heartbeats, Held, Holding};
+use super::{AbortOnDrop, RuntimeConfig};
 use crate::engine::Engine;
 use crate::machine::apply::ApplyId;
 use crate::machine::{ApplyState, Probe, Rules};
 use crate::store::{Claimed, Store};
 use crate::worker::{Observation, RunnerStatus};
 
-/// One watched wait: the claim it was driven under, and its place in the heartbeat.
+/// One watched wait: the claim it was driven under, its place in the heartbeat, and its
+/// watchdog (aborted when the watch ends or goes back to a driver, which has its own).
 pub struct Watched {
     pub claimed: Claimed,
     pub held: Held,
     pub holding: Holding,
+    _watchdog: AbortOnDrop,
 }
 
 /// The waits this process watches, by apply.
@@ -45,14 +49,63 @@ impl Watches {
     }
 
     /// Watch a wait whose drive just ended with `Finish::Watched`, in `state`.
-    pub fn add(&self, mut w: Watched, state: ApplyState) {
-        w.claimed.pre_claim = state;
+    pub fn add(
+        self: &Arc<Self>,
+        mut claimed: Claimed,
+        held: Held,
+        holding: Holding,
+        state: ApplyState,
+        engine: Arc<dyn Engine>,
+        config: &RuntimeConfig,
+    ) {
+        claimed.pre_claim = state;
+        let lease = claimed.lease.clone();
         info!(
-            apply = w.claimed.lease.apply,
-            epoch = w.claimed.lease.epoch,
+            apply = lease.apply,
+            epoch = lease.epoch,
             "watching the runner without a driver"
         );
-        self.lock().insert(w.claimed.lease.apply, w);
+        let dog = {
+            let watches = self.clone();
+            let (lost, health) = (held.lost.clone(), held.health.clone());
+            let record = claimed.record.clone();
+            let (rules, every) = (config.rules, config.heartbeat_interval);
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = lost.notified() => warn!(apply = lease.apply, "lease lost while watched; ending the local runner"),
+                    _ = presumed_loss(&health, &rules, every) => warn!(
+                        apply = lease.apply,
+                        presumed_loss_ms = rules.params.presumed_loss_ms,
+                        "heartbeats failing past the presumed-loss bound while watched; ending the local runner"
+                    ),
+                }
+                // Only a watch still here: one handed back to a driver aborted this task first.
+                if watches.remove(lease.apply, lease.epoch).is_some() {
+                    engine.abandon(&record, lease.epoch).await;
+                }
+            })
+        };
+        let w = Watched {
+            claimed,
+            held,
+            holding,
+            _watchdog: AbortOnDrop(dog.abort_handle()),
+        };
+        self.lock().insert(lease.apply, w);
+    }
+
+    /// Take the watch of `apply` at `epoch` out, if it is still watched.
+    fn remove(&self, apply: ApplyId, epoch: u64) -> Option<Watched> {
+        let mut map = self.lock();
+        if map
+            .get(&apply)
+            .is_some_and(|w| w.claimed.lease.epoch == epoch)
+        {
+            map.remove(&apply)
+        } else {
+            None
+        }
     }
 
     /// Put back a handoff no driver was free for.
@@ -118,9 +171,10 @@ impl Watches {
             }
         }
         for (id, claimed) in ending {
-            engine.abandon(&claimed.record).await;
-            self.lock().remove(&id);
-            round.ended += 1;
+            if self.remove(id, claimed.lease.epoch).is_some() {
+                engine.abandon(&claimed.record, claimed.lease.epoch).await;
+                round.ended += 1;
+            }
         }
         let ids: Vec<ApplyId> = live.iter().map(|(id, _)| *id).collect();
         let asked = match store.pending_requests(&ids).await {
