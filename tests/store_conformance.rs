@@ -1591,7 +1591,27 @@ async fn one_heartbeat_keeps_every_lease_and_names_the_lost_ones(env: Env) {
     env.cleanup().await;
 }
 
+/// A request for a later state (a revert before the cutover) neither wakes a parked wait nor
+/// keeps it from parking; one the state acts on does.
+async fn a9_a_request_for_a_later_state_leaves_the_wait_parked(env: Env) {
+    let (id, lease) = waiting_for_cutover(&env, "users").await;
+    env.store.request(id, ControlOp::Revert).await.unwrap();
+    env.store.park(&lease).await.unwrap();
+    assert!(
+        nothing_claims(&env).await,
+        "a revert waits for the revert window: it wakes nothing"
+    );
+    env.store.request(id, ControlOp::Cutover).await.unwrap();
+    let c = claim(&env, "w2").await.expect("A9 for the cutover");
+    assert_eq!(
+        (c.lease.apply, c.arm),
+        (id, ClaimedVia::Apply(ClaimArm::A9ParkedRequest))
+    );
+    env.cleanup().await;
+}
+
 conformance!(
+    a9_a_request_for_a_later_state_leaves_the_wait_parked,
     one_heartbeat_keeps_every_lease_and_names_the_lost_ones,
     a9_a_request_takes_a_parked_wait_back_at_once,
     o6_a_request_takes_a_parked_operation_back_with_its_parent,

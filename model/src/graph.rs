@@ -127,14 +127,13 @@ impl Coverage {
     fn count(&mut self, model: &ApplydModel, from: &State, action: Action) {
         match action {
             Action::Claim(_, a) => {
-                let engine = model.spec(a as usize).engine;
-                match model.claim_of(&from.rows[a as usize], engine) {
+                match model.claim_of(a as usize, &from.rows[a as usize]) {
                     Some((ClaimedVia::Operation { .. }, _)) => self.claims_via_operation_arms += 1,
                     Some((ClaimedVia::Apply(_), _)) => self.claims_via_apply_arms += 1,
                     None => {}
                 }
                 if model
-                    .claim_of(&from.rows[a as usize], engine)
+                    .claim_of(a as usize, &from.rows[a as usize])
                     .is_some_and(|(via, _)| via.apply_arm() == ClaimArm::A9ParkedRequest)
                 {
                     self.taken_by_request += 1;

@@ -70,7 +70,7 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                 st.action = "claim";
                 st.apply = Some(a);
                 let row = &before.rows[a as usize];
-                st.note = match model.claim_of(row, model.spec(a as usize).engine) {
+                st.note = match model.claim_of(a as usize, row) {
                     Some((via, mv)) if after.rows[a as usize].epoch != row.epoch => match via {
                         ClaimedVia::Operation { op, .. } => format!(
                             "claim {via} ({}; parent: {})",

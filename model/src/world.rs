@@ -14,9 +14,7 @@ use applyd::machine::invariants::{
 };
 use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
-use applyd::machine::{
-    ClaimView, ClaimedVia, ControlOp, EngineKind, OperationClaimView, Params, Rules,
-};
+use applyd::machine::{ClaimView, ClaimedVia, ControlOp, OperationClaimView, Params, Rules};
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
 use stateright::{Model, Property};
 
@@ -111,7 +109,10 @@ impl ApplydModel {
         self.cfg.applies.len()
     }
 
-    pub fn claim_view(&self, row: &Row) -> ClaimView {
+    /// Apply `a`'s row as the claim arms see it.
+    pub fn claim_view(&self, a: usize, row: &Row) -> ClaimView {
+        let spec = self.spec(a);
+        let controls = row.controls.get();
         ClaimView {
             state: row.state,
             leased: row.leased,
@@ -119,8 +120,11 @@ impl ApplydModel {
             attempt: row.attempt as u32,
             updated_age_ms: 0,
             has_children: true,
-            controls: row.controls.get(),
+            controls,
             resting: row.resting,
+            asks_now: self
+                .rules
+                .acts_now(spec.engine, row.state, &controls, &spec.options),
         }
     }
 
@@ -193,8 +197,9 @@ impl ApplydModel {
     /// and the move. The operation row of a single-operation apply mirrors the apply row (both
     /// stores write them together; `tests/store_conformance.rs` checks the mirror), so the
     /// operation arms read the same compact row as the apply arms.
-    pub fn claim_of(&self, row: &Row, engine: EngineKind) -> Option<(ClaimedVia, ClaimMove)> {
-        let view = self.claim_view(row);
+    pub fn claim_of(&self, a: usize, row: &Row) -> Option<(ClaimedVia, ClaimMove)> {
+        let engine = self.spec(a).engine;
+        let view = self.claim_view(a, row);
         let both = OperationClaimView {
             op: view,
             parent: view,
@@ -291,7 +296,7 @@ impl ApplydModel {
                 }
                 let row = s.rows[a];
                 let engine = self.spec(a).engine;
-                let (_, mv) = self.claim_of(&row, engine)?;
+                let (_, mv) = self.claim_of(a, &row)?;
                 let (pre, to) = (row.state, mv.to);
                 if mv.reactivates && self.active_on_target(s, a) {
                     // MemoryStore fails the start and leaves the row alone.
@@ -446,7 +451,7 @@ impl ApplydModel {
                 for a in 0..self.applies() {
                     let row = s.rows[a];
                     let engine = self.spec(a).engine;
-                    let expiry = self.rules.expiry_move(engine, &self.claim_view(&row));
+                    let expiry = self.rules.expiry_move(engine, &self.claim_view(a, &row));
                     if let Some((_, to)) = expiry.filter(|_| row.present) {
                         self.flag(
                             &mut n,

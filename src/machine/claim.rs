@@ -211,7 +211,9 @@ impl ClaimArm {
             }
             ClaimArm::A7StoppedCancel => "stopped with a pending cancel",
             ClaimArm::A8PausedControl => "paused with a pending stop or cancel",
-            ClaimArm::A9ParkedRequest => "parked wait with a pending request, before its wake time",
+            ClaimArm::A9ParkedRequest => {
+                "parked wait with a request it acts on now, before its wake time"
+            }
         }
     }
 }
@@ -278,6 +280,9 @@ pub struct ClaimView {
     /// Released into a parked wait whose wake time has not come (by the database clock).
     /// Only a free lease rests: a held lease is judged by its heartbeat alone.
     pub resting: bool,
+    /// A pending request the apply acts on in its state (`Rules::acts_now`): what wakes a
+    /// parked wait. A request that must wait for a later state leaves it parked.
+    pub asks_now: bool,
 }
 
 impl ClaimView {
@@ -322,7 +327,7 @@ impl Rules {
             ClaimArm::A7StoppedCancel => class == ClaimClass::StartHeld && c.cancel,
             ClaimArm::A8PausedControl => class == ClaimClass::HumanHeld && (c.stop || c.cancel),
             ClaimArm::A9ParkedRequest => {
-                class == ClaimClass::StaleReclaimable && row.is_parked() && c.any()
+                class == ClaimClass::StaleReclaimable && row.is_parked() && row.asks_now
             }
         }
     }
@@ -458,7 +463,7 @@ impl OperationArm {
                 "failed_retryable operation: apply retryable within budget, or apply stale"
             }
             OperationArm::O6ParkedRequest => {
-                "parked operation whose apply has a pending request, before its wake time"
+                "parked operation whose apply has a request it acts on now, before its wake time"
             }
         }
     }
@@ -547,7 +552,7 @@ impl Rules {
                             && self.lease_free(&v.parent)))
             }
             OperationArm::O6ParkedRequest => {
-                op_class == ClaimClass::StaleReclaimable && v.op.is_parked() && pc.any()
+                op_class == ClaimClass::StaleReclaimable && v.op.is_parked() && v.parent.asks_now
             }
         }
     }
@@ -587,6 +592,7 @@ mod tests {
             has_children: true,
             controls: PendingControls::default(),
             resting: false,
+            asks_now: false,
         }
     }
 
@@ -784,6 +790,7 @@ mod tests {
                             for controls in 0u8..64 {
                                 let row = ClaimView {
                                     resting,
+                                    asks_now: controls & 60 != 0,
                                     state: *state,
                                     leased,
                                     heartbeat_age_ms: hb,
@@ -843,12 +850,21 @@ mod tests {
             assert_eq!(rules.matching_arm(&row), None, "{s} parked");
             assert_eq!(rules.matching_operation_arm(&v(row)), None, "{s} parked");
             assert_eq!(rules.retry_expiry(&row), None);
+            // A request for a later state leaves it parked.
+            let mut early = row;
+            early.controls.cutover = true;
+            assert_eq!(
+                rules.matching_arm(&early),
+                None,
+                "{s} parked, request for later"
+            );
             for op in crate::machine::ControlOp::ALL {
                 let mut asked = row;
                 asked.controls.set(*op, true);
                 if !asked.controls.any() {
                     continue;
                 }
+                asked.asks_now = true;
                 let arm = rules.matching_arm(&asked);
                 assert!(
                     matches!(

@@ -64,6 +64,22 @@ pub enum Disposition {
 }
 
 impl Rules {
+    /// Whether a pending request is one the apply acts on in `state` (taken, completed or
+    /// refused), rather than one that waits for a later state: only those wake a parked wait
+    /// (arms A9/O6) or keep a driver from parking it.
+    pub fn acts_now(
+        &self,
+        engine: EngineKind,
+        state: ApplyState,
+        pending: &PendingControls,
+        options: &ApplyOptions,
+    ) -> bool {
+        PRECEDENCE.iter().any(|op| {
+            pending.has(*op)
+                && self.disposition(engine, state, *op, pending, options) != Disposition::Wait
+        })
+    }
+
     /// The owner's decision for one pending request on a non-settled apply.
     pub fn disposition(
         &self,

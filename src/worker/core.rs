@@ -277,8 +277,13 @@ impl Drive {
         }
 
         match probe {
-            // A wait the engine just confirmed, with no request in hand, costs no driver.
-            Some(_) if observed && !controls.any() && !rules.has(Mutant::WaitsHoldDrivers) => {
+            // A wait the engine just confirmed costs no driver, unless a request it acts on now
+            // is in hand (one for a later state, e.g. a cutover before the deploy, waits parked).
+            Some(_)
+                if observed
+                    && !rules.acts_now(engine, state, &controls, &view.row.options)
+                    && !rules.has(Mutant::WaitsHoldDrivers) =>
+            {
                 match crate::machine::waits::rest(engine, state, &view.row.options) {
                     Some(Rest::Park) => Command::Finish(Finish::Parked),
                     Some(Rest::Watch) if self.gate_seen => Command::Finish(Finish::Watched),

@@ -5,8 +5,8 @@
 use std::fmt;
 
 use applyd::machine::{
-    ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind, OperationClaimView,
-    PendingControls, Rules,
+    ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
+    OperationClaimView, PendingControls, Rules,
 };
 
 /// A value as it is stored: a known name, an older spelling of one, or a string no one knows.
@@ -167,6 +167,12 @@ pub fn ops_the_arms_read(rules: &Rules) -> Vec<ControlOp> {
                         has_children: true,
                         controls,
                         resting: lease.resting(),
+                        asks_now: rules.acts_now(
+                            EngineKind::PlanetScale,
+                            *state,
+                            &controls,
+                            &ApplyOptions::default(),
+                        ),
                     });
                 }
             }
@@ -303,7 +309,8 @@ impl Case {
         c
     }
 
-    fn view(&self, side: &Side, state: ApplyState, has_children: bool) -> ClaimView {
+    fn view(&self, rules: &Rules, side: &Side, state: ApplyState, has_children: bool) -> ClaimView {
+        let controls = self.controls(side);
         ClaimView {
             state,
             leased: side.lease.owner,
@@ -311,34 +318,45 @@ impl Case {
             attempt: side.attempt,
             updated_age_ms: side.updated_age,
             has_children,
-            controls: self.controls(side),
+            controls,
             resting: side.lease.resting(),
+            // The stores read every row with the rules' own decision; an engine no one knows
+            // acts on nothing.
+            asks_now: self
+                .engine
+                .value()
+                .is_some_and(|e| rules.acts_now(e, state, &controls, &ApplyOptions::default())),
         }
     }
 
     /// The apply row as the claim arms see it (`None`: a store cannot read it).
-    pub fn apply_view(&self) -> Option<ClaimView> {
+    pub fn apply_view(&self, rules: &Rules) -> Option<ClaimView> {
         self.engine.value()?;
-        Some(self.view(&self.apply, self.apply.state.value()?, self.op.is_some()))
+        Some(self.view(
+            rules,
+            &self.apply,
+            self.apply.state.value()?,
+            self.op.is_some(),
+        ))
     }
 
     /// The operation row as the operation arms see it.
-    pub fn operation_view(&self) -> Option<ClaimView> {
+    pub fn operation_view(&self, rules: &Rules) -> Option<ClaimView> {
         let op = self.op.as_ref()?;
-        Some(self.view(op, op.state.value()?, true))
+        Some(self.view(rules, op, op.state.value()?, true))
     }
 
     /// `machine`'s decision on the apply path: the arm and the state the claim lands in.
     pub fn expect_apply_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
-        let mv = rules.apply_claim(self.engine.value()?, &self.apply_view()?)?;
+        let mv = rules.apply_claim(self.engine.value()?, &self.apply_view(rules)?)?;
         Some((ClaimedVia::Apply(mv.arm), mv.to))
     }
 
     /// `machine`'s decision on the operation path.
     pub fn expect_operation_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
         let v = OperationClaimView {
-            op: self.operation_view()?,
-            parent: self.apply_view()?,
+            op: self.operation_view(rules)?,
+            parent: self.apply_view(rules)?,
         };
         let (op_arm, mv) = rules.operation_claim(self.engine.value()?, &v)?;
         Some((

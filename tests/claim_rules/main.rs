@@ -253,7 +253,7 @@ fn expiry_cases(rules: &Rules) -> Vec<Case> {
 
 /// What retry expiry does to a row by `machine`: the state it lands in and the reason shown.
 fn expected_expiry(rules: &Rules, case: &Case) -> Option<(String, String)> {
-    let (reason, to) = rules.expiry_move(case.engine.value()?, &case.apply_view()?)?;
+    let (reason, to) = rules.expiry_move(case.engine.value()?, &case.apply_view(rules)?)?;
     Some((to.as_str().to_string(), reason.as_str().to_string()))
 }
 
@@ -520,7 +520,7 @@ fn the_cases_cover_every_state_both_paths_and_every_arm() {
     // is still exercised), and every claim path is taken.
     let mut arms = std::collections::BTreeSet::new();
     for case in mirrored.iter().chain(&pairs) {
-        let Some(parent) = case.apply_view() else {
+        let Some(parent) = case.apply_view(&rules) else {
             continue;
         };
         for arm in applyd::machine::ClaimArm::ALL {
@@ -528,7 +528,7 @@ fn the_cases_cover_every_state_both_paths_and_every_arm() {
                 arms.insert(arm.code());
             }
         }
-        if let Some(op) = case.operation_view() {
+        if let Some(op) = case.operation_view(&rules) {
             let v = applyd::machine::OperationClaimView { op, parent };
             for arm in applyd::machine::OperationArm::ALL {
                 if rules.operation_arm_matches(*arm, &v) {

@@ -69,8 +69,8 @@ impl ApplydModel {
             if !row.present || self.owned(s, a) {
                 continue;
             }
-            let asked = row.resting && !row.leased && row.controls.get().any();
-            if asked && self.claim_of(row, spec.engine).is_none() {
+            let asked = self.claim_view(a, row).is_parked() && self.claim_view(a, row).asks_now;
+            if asked && self.claim_of(a, row).is_none() {
                 return Some(Violation {
                     invariant: RECLAIMABLE,
                     detail: format!(
@@ -87,13 +87,11 @@ impl ApplydModel {
                 resting: false,
                 ..*row
             };
-            let view = self.claim_view(&woken);
+            let view = self.claim_view(a, &woken);
             if !view.lease_is_free(&self.rules) {
                 continue;
             }
-            if self.claim_of(&woken, spec.engine).is_none()
-                && self.rules.retry_expiry(&view).is_none()
-            {
+            if self.claim_of(a, &woken).is_none() && self.rules.retry_expiry(&view).is_none() {
                 return Some(Violation {
                     invariant: RECLAIMABLE,
                     detail: format!(

@@ -379,6 +379,9 @@ impl MemoryStore {
             has_children: true,
             controls,
             resting: row.parked_until.is_some_and(|wake| wake > now),
+            asks_now: self
+                .rules
+                .acts_now(row.engine, row.state, &controls, &row.options),
         }
     }
 
@@ -399,6 +402,9 @@ impl MemoryStore {
             has_children: true,
             controls,
             resting: op.parked_until.is_some_and(|wake| wake > now),
+            asks_now: self
+                .rules
+                .acts_now(row.engine, op.state, &controls, &row.options),
         }
     }
 

@@ -252,7 +252,7 @@ impl MySqlStore {
                 let Ok(parsed) = self.parse(&raw) else {
                     continue;
                 };
-                let Some(arm) = self.rules.matching_arm(&parsed.view(&raw)) else {
+                let Some(arm) = self.rules.matching_arm(&parsed.view(&raw, &self.rules)) else {
                     continue;
                 };
                 let via = ClaimedVia::Apply(arm);
@@ -407,9 +407,18 @@ impl MySqlStore {
                         continue;
                     }
                 };
-                let parent = parsed.view(&raw);
+                let parent = parsed.view(&raw, &self.rules);
                 let view = OperationClaimView {
-                    op: op.view(op_state, parsed.controls),
+                    op: op.view(
+                        op_state,
+                        parsed.controls,
+                        self.rules.acts_now(
+                            parsed.engine,
+                            op_state,
+                            &parsed.controls,
+                            &parsed.options,
+                        ),
+                    ),
                     parent,
                 };
                 let Some(op_arm) = self.rules.matching_operation_arm(&view) else {

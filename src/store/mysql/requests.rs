@@ -161,7 +161,9 @@ impl MySqlStore {
             let Ok(parsed) = self.parse(&raw) else {
                 continue;
             };
-            let Some((reason, to)) = self.rules.expiry_move(parsed.engine, &parsed.view(&raw))
+            let Some((reason, to)) = self
+                .rules
+                .expiry_move(parsed.engine, &parsed.view(&raw, &self.rules))
             else {
                 continue;
             };

@@ -134,8 +134,13 @@ impl RawOperation {
     }
 
     /// The operation's own lease and state, with its parent's requests (the start compared with
-    /// the operation's lease).
-    pub(super) fn view(&self, state: ApplyState, parent_controls: PendingControls) -> ClaimView {
+    /// the operation's lease); `asks_now` is `Rules::acts_now` for the operation's state.
+    pub(super) fn view(
+        &self,
+        state: ApplyState,
+        parent_controls: PendingControls,
+        asks_now: bool,
+    ) -> ClaimView {
         let mut controls = parent_controls;
         controls.start_newer_than_lease = controls.start && self.start_newer;
         ClaimView {
@@ -147,6 +152,7 @@ impl RawOperation {
             has_children: true,
             controls,
             resting: self.resting,
+            asks_now,
         }
     }
 }
@@ -162,7 +168,7 @@ pub(super) struct Parsed {
 }
 
 impl Parsed {
-    pub(super) fn view(&self, raw: &RawApply) -> ClaimView {
+    pub(super) fn view(&self, raw: &RawApply, rules: &crate::machine::Rules) -> ClaimView {
         let mut controls = self.controls;
         controls.start_newer_than_lease = controls.start && raw.start_newer;
         ClaimView {
@@ -174,6 +180,7 @@ impl Parsed {
             has_children: raw.has_children,
             controls,
             resting: raw.resting,
+            asks_now: rules.acts_now(self.engine, self.state, &controls, &self.options),
         }
     }
 
