@@ -62,7 +62,7 @@ pub fn is_human_wait(state: ApplyState, options: &ApplyOptions) -> bool {
 }
 
 /// How an owner spends a wait for a person that the engine has confirmed, with no request
-/// pending: either way the wait holds no driver.
+/// pending that it acts on now (`Rules::acts_now`): either way the wait holds no driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rest {
     /// Nothing local must stay alive (the deploy request lives in PlanetScale): the owner
