@@ -79,6 +79,25 @@ fn runtime(
     ))
 }
 
+/// Process `p1` with one driver, polling every 50 ms and heartbeating every 200 ms.
+fn one_driver(store: Arc<dyn Store>, engine: Arc<dyn Engine>, rules: Rules) -> Arc<Runtime> {
+    Arc::new(Runtime::new(
+        store,
+        engine,
+        RuntimeConfig {
+            owner_prefix: "p1".into(),
+            drivers: 1,
+            poll_interval: Duration::from_millis(50),
+            backoff: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_deadline: Duration::from_secs(1),
+            max_commands_per_drive: 100_000,
+            rules,
+            claim_path: Default::default(),
+        },
+    ))
+}
+
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + deadline;
     while !done() {
@@ -288,21 +307,11 @@ async fn failing_heartbeats_cancel_a_hung_drive_before_a_peer_may_reclaim() {
         .submit(new_apply("hung", EngineKind::Spirit))
         .unwrap();
     let engine = Arc::new(Hangs(Default::default()));
-    let rt = Arc::new(Runtime::new(
+    let rt = one_driver(
         Arc::new(HeartbeatsFail(memory.clone())),
         engine.clone(),
-        RuntimeConfig {
-            owner_prefix: "p1".into(),
-            drivers: 1,
-            poll_interval: Duration::from_millis(50),
-            backoff: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_millis(200),
-            shutdown_deadline: Duration::from_secs(1),
-            max_commands_per_drive: 1_000,
-            rules,
-            claim_path: Default::default(),
-        },
-    ));
+        rules,
+    );
     let claimed = memory.claim("p1/driver-0").unwrap().expect("claimable");
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let started = Instant::now();
@@ -346,21 +355,11 @@ async fn a_watched_runner_dies_with_its_presumed_lost_lease() {
     let mut new = new_apply("watched", EngineKind::Spirit);
     new.options.defer_cutover = true;
     let id = memory.submit(new).unwrap();
-    let rt = Arc::new(Runtime::new(
+    let rt = one_driver(
         Arc::new(HeartbeatsFail(memory.clone())),
         engine.clone(),
-        RuntimeConfig {
-            owner_prefix: "p1".into(),
-            drivers: 1,
-            poll_interval: Duration::from_millis(50),
-            backoff: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_millis(200),
-            shutdown_deadline: Duration::from_secs(1),
-            max_commands_per_drive: 100_000,
-            rules,
-            claim_path: Default::default(),
-        },
-    ));
+        rules,
+    );
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let pool = tokio::spawn(rt.clone().run(shutdown));
     wait_for("the runner to be watched", Duration::from_secs(10), || {
@@ -416,21 +415,7 @@ async fn a_watched_runner_dies_with_its_lost_lease_while_every_driver_is_busy() 
     let mut new = new_apply("watched", EngineKind::Spirit);
     new.options.defer_cutover = true;
     let watched = memory.submit(new).unwrap();
-    let rt = Arc::new(Runtime::new(
-        memory.clone(),
-        engine.clone(),
-        RuntimeConfig {
-            owner_prefix: "p1".into(),
-            drivers: 1,
-            poll_interval: Duration::from_millis(50),
-            backoff: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_millis(200),
-            shutdown_deadline: Duration::from_secs(1),
-            max_commands_per_drive: 1_000_000,
-            rules,
-            claim_path: Default::default(),
-        },
-    ));
+    let rt = one_driver(memory.clone(), engine.clone(), rules);
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let pool = tokio::spawn(rt.clone().run(shutdown));
     wait_for("the runner to be watched", Duration::from_secs(10), || {

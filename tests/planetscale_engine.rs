@@ -303,21 +303,27 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
         },
     );
     let r = rules();
+    let drive = |claimed: &applyd::store::Claimed| {
+        let (store, engine, claimed) = (store.clone(), engine.clone(), claimed.clone());
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                run_drive(
+                    store.as_ref(),
+                    engine.as_ref(),
+                    &claimed,
+                    &r,
+                    &Sleepy,
+                    50_000,
+                ),
+            )
+            .await
+            .unwrap()
+        }
+    };
     let claimed = store.claim("worker").unwrap().unwrap();
     // The deferred deploy is a wait for a person: the drive parks it and gives its driver back.
-    let report = tokio::time::timeout(
-        Duration::from_secs(20),
-        run_drive(
-            store.as_ref(),
-            engine.as_ref(),
-            &claimed,
-            &r,
-            &Sleepy,
-            50_000,
-        ),
-    )
-    .await
-    .unwrap();
+    let report = drive(&claimed).await;
     assert_eq!(report.finish, Finish::Parked, "{report:?}");
     let row = store.row(id).unwrap();
     assert_eq!(
@@ -334,19 +340,7 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
     assert!(store.claim("worker").unwrap().is_none(), "parked");
     clock.advance(r.params.park_poll_ms);
     let claimed = store.claim("worker").unwrap().expect("woken");
-    let report = tokio::time::timeout(
-        Duration::from_secs(20),
-        run_drive(
-            store.as_ref(),
-            engine.as_ref(),
-            &claimed,
-            &r,
-            &Sleepy,
-            50_000,
-        ),
-    )
-    .await
-    .unwrap();
+    let report = drive(&claimed).await;
     assert_eq!(report.finish, Finish::Settled, "{report:?}");
     assert_eq!(store.row(id).unwrap().state, ApplyState::Failed);
     // And the probe says NotFound plainly.

@@ -389,25 +389,26 @@ impl Bench {
     }
 
     async fn submit_spirit(&mut self) -> Result<ApplyId, Error> {
-        let n = self.next_target;
-        self.next_target += 1;
-        Ok(self
-            .store
-            .submit(NewApply {
-                allow_destructive: false,
-                target: Target {
-                    database: format!("bench{n}"),
-                    environment: "prod".into(),
-                },
-                engine: EngineKind::Spirit,
-                ddl: vec![format!("ALTER TABLE t{n} ADD COLUMN c INT")],
-                options: ApplyOptions::default(),
-            })
-            .await?)
+        self.submit("bench", EngineKind::Spirit, ApplyOptions::default())
+            .await
     }
 
     /// A PlanetScale apply whose cutover waits for a person.
     async fn submit_deferred_cutover(&mut self) -> Result<ApplyId, Error> {
+        let options = ApplyOptions {
+            defer_cutover: true,
+            ..Default::default()
+        };
+        self.submit("wait", EngineKind::PlanetScale, options).await
+    }
+
+    /// One apply on a target of its own (`{prefix}{n}`).
+    async fn submit(
+        &mut self,
+        prefix: &str,
+        engine: EngineKind,
+        options: ApplyOptions,
+    ) -> Result<ApplyId, Error> {
         let n = self.next_target;
         self.next_target += 1;
         Ok(self
@@ -415,15 +416,12 @@ impl Bench {
             .submit(NewApply {
                 allow_destructive: false,
                 target: Target {
-                    database: format!("wait{n}"),
+                    database: format!("{prefix}{n}"),
                     environment: "prod".into(),
                 },
-                engine: EngineKind::PlanetScale,
+                engine,
                 ddl: vec![format!("ALTER TABLE t{n} ADD COLUMN c INT")],
-                options: ApplyOptions {
-                    defer_cutover: true,
-                    ..Default::default()
-                },
+                options,
             })
             .await?)
     }

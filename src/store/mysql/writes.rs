@@ -327,15 +327,25 @@ impl MySqlStore {
         Ok(Submitted { id, adopted: false })
     }
 
-    pub(super) async fn load_once(&self, lease: &Lease) -> Result<DriveInputs, Failure> {
-        let now = self.now_sql();
+    /// Read the owned apply row (`lock` adds `FOR UPDATE`): gone and lost leases are errors.
+    async fn read_owned<'c, E>(
+        &self,
+        exec: E,
+        lease: &Lease,
+        now: &str,
+        lock: bool,
+    ) -> Result<RawApply, Failure>
+    where
+        E: Executor<'c, Database = MySql>,
+    {
         let sql = format!(
-            "SELECT {} FROM applies a WHERE a.id = ?",
-            apply_columns(&now)
+            "SELECT {} FROM applies a WHERE a.id = ?{}",
+            apply_columns(now),
+            if lock { " FOR UPDATE" } else { "" }
         );
         let row = sqlx::query(&sql)
             .bind(lease.apply)
-            .fetch_optional(&self.pool)
+            .fetch_optional(exec)
             .await?
             .ok_or(StoreError::RowGone(lease.apply))?;
         let raw = RawApply::read(&row)?;
@@ -346,6 +356,12 @@ impl MySqlStore {
             }
             .into());
         }
+        Ok(raw)
+    }
+
+    pub(super) async fn load_once(&self, lease: &Lease) -> Result<DriveInputs, Failure> {
+        let now = self.now_sql();
+        let raw = self.read_owned(&self.pool, lease, &now, false).await?;
         let parsed = self.parse(&raw)?;
         Ok(DriveInputs {
             revert_window_expired: self
@@ -471,23 +487,7 @@ impl MySqlStore {
     pub(super) async fn park_once(&self, lease: &Lease) -> Result<(), Failure> {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "SELECT {} FROM applies a WHERE a.id = ? FOR UPDATE",
-            apply_columns(&now)
-        );
-        let row = sqlx::query(&sql)
-            .bind(lease.apply)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::RowGone(lease.apply))?;
-        let raw = RawApply::read(&row)?;
-        if !self.rules.write_allowed(raw.lease_epoch, lease.epoch) {
-            return Err(StoreError::LeaseLost {
-                apply: lease.apply,
-                epoch: lease.epoch,
-            }
-            .into());
-        }
+        let raw = self.read_owned(&mut *tx, lease, &now, true).await?;
         let parsed = self.parse(&raw)?;
         if !crate::machine::waits::parks(parsed.engine, parsed.state, &parsed.options) {
             return Err(StoreError::Refused(format!(
