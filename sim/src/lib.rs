@@ -47,6 +47,10 @@ pub struct Summary {
     pub events: u64,
     pub simulated_ms: u64,
     pub elapsed_s: f64,
+    /// Seeds in which more applies rested in a wait for a person at once than there are
+    /// drivers: the waits must have given their drivers back.
+    pub waits_outnumbered_drivers: u64,
+    pub watches: u64,
 }
 
 impl Summary {
@@ -54,11 +58,13 @@ impl Summary {
         let elapsed = self.elapsed_s.max(1e-9);
         let simulated = self.simulated_ms as f64 / 1000.0;
         format!(
-            "sim: seeds={} failed={} events={} simulated={:.0}s elapsed={:.2}s seeds_per_min={:.0} speedup={:.0}x",
+            "sim: seeds={} failed={} events={} simulated={:.0}s waits>drivers_seeds={} watches={} elapsed={:.2}s seeds_per_min={:.0} speedup={:.0}x",
             self.seeds,
             self.failed.len(),
             self.events,
             simulated,
+            self.waits_outnumbered_drivers,
+            self.watches,
             self.elapsed_s,
             self.seeds as f64 * 60.0 / elapsed,
             simulated / elapsed
@@ -116,6 +122,10 @@ pub fn run_seeds(
             Ok(o) => {
                 summary.events += o.events;
                 summary.simulated_ms += o.simulated_ms;
+                summary.watches += u64::from(o.watches);
+                if o.peak_waits > u32::from(preset.workers) {
+                    summary.waits_outnumbered_drivers += 1;
+                }
                 if let Some(f) = o.failure {
                     summary.failed.push((seed, f.to_string()));
                 }

@@ -24,6 +24,36 @@ pub struct Preset {
     pub fault_scale_pct: u64,
     /// The claims the workers make (production's default is the operation path).
     pub claim_path: ClaimPath,
+    /// How often an apply waits for a person.
+    pub waits: WaitOdds,
+}
+
+/// The odds, per thousand applies, of each option that makes an apply wait for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitOdds {
+    /// PlanetScale only.
+    pub defer_deploy_permille: u32,
+    pub defer_cutover_permille: u32,
+    /// The rest hold a PlanetScale revert window.
+    pub skip_revert_permille: u32,
+}
+
+impl WaitOdds {
+    pub const SOME: WaitOdds = WaitOdds {
+        defer_deploy_permille: 200,
+        defer_cutover_permille: 250,
+        skip_revert_permille: 500,
+    };
+    /// Most applies wait for a person: deferred deploys and cutovers, revert windows.
+    pub const MOST: WaitOdds = WaitOdds {
+        defer_deploy_permille: 400,
+        defer_cutover_permille: 700,
+        skip_revert_permille: 200,
+    };
+}
+
+fn odds(rng: &mut ChaCha8Rng, permille: u32) -> bool {
+    rng.random_bool(f64::from(permille) / 1000.0)
 }
 
 const MINUTE: u64 = 60_000;
@@ -50,6 +80,24 @@ impl Preset {
         heartbeat_ms: 5_000,
         fault_scale_pct: 100,
         claim_path: ClaimPath::Operation,
+        waits: WaitOdds::SOME,
+    };
+
+    /// More applies waiting for a person than drivers: two single-driver workers, eight
+    /// applies on six targets, most of them deferred. Waits must give their drivers back, or
+    /// the rest starve (the `no_starvation` check).
+    pub const WAITS: Preset = Preset {
+        name: "waits",
+        workers: 2,
+        applies: 8,
+        targets: 6,
+        fault_ms: 60 * MINUTE,
+        heal_ms: 2 * 60 * MINUTE,
+        params: SIM_PARAMS,
+        heartbeat_ms: 5_000,
+        fault_scale_pct: 100,
+        claim_path: ClaimPath::Operation,
+        waits: WaitOdds::MOST,
     };
 
     pub const SOAK: Preset = Preset {
@@ -63,6 +111,7 @@ impl Preset {
         heartbeat_ms: 5_000,
         fault_scale_pct: 200,
         claim_path: ClaimPath::Operation,
+        waits: WaitOdds::SOME,
     };
 
     pub const fn with_claim_path(self, claim_path: ClaimPath) -> Preset {
@@ -72,8 +121,11 @@ impl Preset {
     pub fn by_name(name: &str) -> Result<Preset, String> {
         match name {
             "ci" => Ok(Preset::CI),
+            "waits" => Ok(Preset::WAITS),
             "soak" => Ok(Preset::SOAK),
-            other => Err(format!("unknown preset {other:?} (expected ci or soak)")),
+            other => Err(format!(
+                "unknown preset {other:?} (expected ci, waits or soak)"
+            )),
         }
     }
 }
@@ -220,9 +272,10 @@ pub fn draw_applies(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<ApplyPlan> {
                 engine,
                 target: rng.random_range(0..preset.targets),
                 options: ApplyOptions {
-                    defer_deploy: engine == EngineKind::PlanetScale && rng.random_bool(0.2),
-                    defer_cutover: rng.random_bool(0.25),
-                    skip_revert: rng.random_bool(0.5),
+                    defer_deploy: engine == EngineKind::PlanetScale
+                        && odds(rng, preset.waits.defer_deploy_permille),
+                    defer_cutover: odds(rng, preset.waits.defer_cutover_permille),
+                    skip_revert: odds(rng, preset.waits.skip_revert_permille),
                 },
                 submit_at_ms: if rng.random_bool(0.3) {
                     0

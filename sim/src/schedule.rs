@@ -146,7 +146,8 @@ pub struct ScheduleOutcome {
 /// Replays the steps, then heals. `mutant` overrides the schedule's own.
 pub fn replay(s: &Schedule, mutant: Option<Mutant>, print: bool) -> ScheduleOutcome {
     let world = s.world();
-    let mut sim = Sim::new(world, ChaCha8Rng::seed_from_u64(0), mutant, print);
+    let mut sim =
+        Sim::new(world, ChaCha8Rng::seed_from_u64(0), mutant, print).holding_watched_waits();
     let ids: Vec<u64> = s.applies.iter().map(|a| a.id).collect();
     let mut divergences = Vec::new();
     // Schedules from the model submit each apply in a step; hand-written ones may rely on all

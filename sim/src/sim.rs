@@ -15,8 +15,8 @@ use applyd::engine::fake::{FakeEngines, InjectedFault};
 use applyd::machine::claim::{shipped_class, ClaimClass};
 use applyd::machine::invariants::{
     check_world, cutover_after_gate, justified_completion, lease_loss_bound, legal_step,
-    resubmission_adopts, reviewed_change_only, stale_write, stop_dominance, ApplyFacts, Violation,
-    STALE_EPOCH_WRITE,
+    no_starvation, resubmission_adopts, reviewed_change_only, stale_write, stop_dominance,
+    ApplyFacts, Violation, STALE_EPOCH_WRITE,
 };
 use applyd::machine::table::is_settled;
 use applyd::machine::waits::human_release;
@@ -25,7 +25,7 @@ use applyd::machine::{
 };
 use applyd::store::memory::{ManualClock, MemoryStore};
 use applyd::store::{NewApply, StoreError, Target};
-use applyd::testkit::{Beat, Driver, Stepped};
+use applyd::testkit::{Beat, Driver, Stepped, WatchedWait};
 use applyd::worker::{ApplyId, WaitFor, WriteOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +36,7 @@ use crate::trace::{Action, Trace, TraceEvent};
 mod checks;
 mod faults;
 mod replay;
+mod watches;
 
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,10 @@ pub struct Outcome {
     pub events: u64,
     pub simulated_ms: u64,
     pub trace_hash: u64,
+    /// The most applies resting in a wait for a person at once.
+    pub peak_waits: u32,
+    /// Watched waits started (drives that gave their driver back to a watch).
+    pub watches: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,6 +94,8 @@ enum Ev {
     Restart(u8, u32),
     Resume(u8, u32),
     StoreUp,
+    /// The process's watcher: heartbeat, watchdog and look at its watched waits.
+    Watch(u8, u32),
     Submit(u8),
     Expire,
     Human,
@@ -106,11 +113,23 @@ struct Worker {
     paused: bool,
     hb_stall_until: u64,
     armed: Option<InjectedFault>,
+    /// Waits this process watches without its driver (`Finish::Watched`), by apply.
+    watches: BTreeMap<ApplyId, WatchedWait>,
+    /// The watcher timer's generation: bumped by crash, pause and resume.
+    watch_gen: u32,
+    watch_timer: bool,
+    /// Since when the driver has been free without a break (idle, or held only by a wait that
+    /// gives its driver back), for the starvation check.
+    free_since: Option<u64>,
 }
 
 /// How the heal phase treats applies resting in a human wait.
 const HUMAN_EVERY_MS: u64 = 20_000;
 const EXPIRE_EVERY_MS: u64 = 60_000;
+/// How long claimable work may wait while a driver is free: a few idle polls (2–5 s), and a
+/// drive's way to confirm a wait and give its driver back (a probe, a few polls of 4–6 s,
+/// back-offs of up to 10 s after an engine error).
+const STARVATION_BOUND_MS: u64 = 60_000;
 
 pub struct Sim {
     world: World,
@@ -139,6 +158,10 @@ pub struct Sim {
     trace: Trace,
     failure: Option<Failure>,
     facts: Vec<ApplyFacts>,
+    /// Since when each apply has been claimable without a break.
+    claimable_since: BTreeMap<ApplyId, u64>,
+    peak_waits: u32,
+    watches_started: u32,
 }
 
 fn ddl(i: usize, bad: bool) -> Vec<String> {
@@ -187,13 +210,17 @@ impl Sim {
             rng,
             workers: (0..preset.workers)
                 .map(|w| Worker {
-                    driver: Driver::new(w as u32),
+                    driver: Driver::freeing_watched_waits(w as u32),
                     incarnation: 0,
                     gen: 0,
                     up: true,
                     paused: false,
                     hb_stall_until: 0,
                     armed: None,
+                    watches: BTreeMap::new(),
+                    watch_gen: 0,
+                    watch_timer: false,
+                    free_since: None,
                 })
                 .collect(),
             ids: vec![None; n],
@@ -211,8 +238,20 @@ impl Sim {
             trace: Trace::new(print),
             failure: None,
             facts: Vec::with_capacity(n),
+            claimable_since: BTreeMap::new(),
+            peak_waits: 0,
+            watches_started: 0,
             world,
         }
+    }
+
+    /// Drivers keep watched waits and poll them, as the model's workers do: the model's
+    /// schedules replay step for step.
+    pub fn holding_watched_waits(mut self) -> Sim {
+        for w in &mut self.workers {
+            w.driver = Driver::new(w.driver.host);
+        }
+        self
     }
 
     fn at(&mut self, at_ms: u64, ev: Ev) {
@@ -304,6 +343,11 @@ impl Sim {
             }
             self.now = at;
             self.clock.set(at);
+            // Before the event changes anything: how long work has waited for a free driver.
+            self.check_starvation();
+            if self.failure.is_some() {
+                return;
+            }
             if self.handle(ev) {
                 self.events += 1;
             }
@@ -325,6 +369,8 @@ impl Sim {
             events: self.events,
             simulated_ms: self.now,
             trace_hash: self.trace.hash(),
+            peak_waits: self.peak_waits,
+            watches: self.watches_started,
         }
     }
 
@@ -388,6 +434,13 @@ impl Sim {
                 self.store.set_available(true);
                 self.record(None, None, Action::StoreUp);
             }
+            Ev::Watch(w, gen) => {
+                let wk = &self.workers[w as usize];
+                if wk.watch_gen != gen || !wk.up || wk.paused {
+                    return false;
+                }
+                self.watch_tick(w);
+            }
             Ev::Submit(i) => self.submit(i as usize),
             Ev::Expire => {
                 if let Ok(n) = self.store.expire_retryable() {
@@ -410,6 +463,10 @@ impl Sim {
     }
 
     fn claim(&mut self, w: u8) {
+        // As the operator's poll: watched waits first, then new work.
+        if self.hand_back_watched(w) {
+            return;
+        }
         let owner = self.owner(w);
         let wk = &mut self.workers[w as usize];
         match wk.driver.claim(
@@ -431,6 +488,9 @@ impl Sim {
                 self.check();
             }
             Ok(None) => {
+                // Nothing is claimable now: every row that matched an arm was refused, and a
+                // refusal fails the request that made it match (a start on a busy target).
+                self.claimable_since.clear();
                 let gen = self.workers[w as usize].gen;
                 let at = self.jitter(2_000, 5_000);
                 self.at(at, Ev::Step(w, gen));
@@ -479,6 +539,9 @@ impl Sim {
         let (id, stepped) = (done.apply, done.stepped);
         self.record_id(Some(w), Some(id), Action::Stepped(stepped));
         self.check_command(id, stepped, done.heartbeat_age_ms);
+        if let Some(wait) = done.watched {
+            self.watch(w, wait);
+        }
         let delay = match stepped {
             Stepped::Waited(WaitFor::Poll) => self.rng.random_range(4_000..6_000),
             Stepped::Waited(WaitFor::Backoff) => self.rng.random_range(2_000..10_000),
@@ -528,6 +591,7 @@ impl Sim {
         wk.gen += 1;
         wk.armed = None;
         wk.hb_stall_until = 0;
+        wk.free_since = None;
         let gen = wk.gen;
         let at = self.jitter(0, 2_000);
         self.at(at, Ev::Step(w, gen));
@@ -549,6 +613,7 @@ impl Sim {
         }
         let id = self.workers[w as usize].driver.lease().map(|l| l.apply);
         self.record_id(Some(w), id, Action::Resumed);
+        self.arm_watcher(w, true);
     }
 
     /// What the simulated user submits for plan `i` (the same every time it is sent).

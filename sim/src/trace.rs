@@ -34,6 +34,10 @@ pub enum Action {
     },
     Expired(u32),
     FaultsStop,
+    /// A watched wait went back to the driver: a request arrived, or the runner left its gate.
+    WatchHandedBack,
+    /// A watched wait ended: its lease was lost or presumed lost, and its runner with it.
+    WatchEnded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,8 +1,10 @@
 //! The `ci` preset: 1,000 seeds, 3 workers, 5 applies on 3 targets, one simulated hour of faults
 //! each, then the heal phase, all with the shipped rules — on the operation claim path production
-//! uses (the preset's default) and on the apply path.
+//! uses (the preset's default) and on the apply path. The `waits` preset: more applies waiting
+//! for a person than drivers, and no claimable work left waiting while a driver is free.
 
 use applyd::machine::claim::ClaimPath;
+use applyd::machine::Mutant;
 use applyd_sim::{run_seeds, Preset};
 
 #[test]
@@ -29,4 +31,23 @@ fn the_ci_preset_passes_with_the_shipped_rules_on_both_claim_paths() {
     }
     // The paths claim rows in different orders: the same seeds are different runs.
     assert_ne!(events[0], events[1], "the claim path made no difference");
+}
+
+#[test]
+fn the_waits_preset_passes_with_more_waits_than_drivers() {
+    let s = run_seeds(0, 500, Preset::WAITS, None, 2, false);
+    println!("{}", s.line());
+    assert!(s.failed.is_empty(), "failing seeds: {:#?}", s.failed);
+    // Most seeds had more applies resting in a person's wait at once than drivers, and some of
+    // those waits were watched Spirit runners rather than parked rows.
+    assert!(s.waits_outnumbered_drivers >= 400, "{}", s.line());
+    assert!(s.watches >= 500, "{}", s.line());
+}
+
+#[test]
+fn a_driver_held_by_a_wait_starves_the_waits_preset() {
+    let (seed, f) = applyd_sim::first_failure(0, 50, Preset::WAITS, Some(Mutant::WaitsHoldDrivers))
+        .expect("waits holding their drivers starve the other applies");
+    println!("seed {seed}: {f}");
+    assert_eq!(f.label(), applyd::machine::invariants::NO_STARVATION, "{f}");
 }

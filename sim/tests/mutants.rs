@@ -1,8 +1,7 @@
 //! Every historical bug switched back on is found by `run --seeds` within the ci budget, except
 //! `stop-in-revert-window`: its stop must arrive inside a revert window, which the simulator's
-//! request mix has not done within the budget; and `waits-hold-drivers`: the simulator's people
-//! end every wait, so a driver held by one is only slow, never starved. The model checker catches
-//! both (`model/tests/cli.rs`; the second in its `waits` preset, where no person comes).
+//! request mix has not done within the budget; the model checker catches it
+//! (`model/tests/cli.rs`).
 
 use applyd::machine::{ApplyState, ControlOp, EngineKind, Mutant, Params, PendingControls, Rules};
 use applyd_sim::{first_failure, Preset};
@@ -13,7 +12,7 @@ const CI_SEEDS: u64 = 1_000;
 fn every_reachable_mutant_is_caught_within_the_ci_budget() {
     let mut missed = Vec::new();
     for m in Mutant::ALL {
-        if matches!(*m, Mutant::StopInRevertWindow | Mutant::WaitsHoldDrivers) {
+        if *m == Mutant::StopInRevertWindow {
             continue;
         }
         match first_failure(0, CI_SEEDS, Preset::CI, Some(*m)) {

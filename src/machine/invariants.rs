@@ -281,6 +281,31 @@ pub fn resubmission_adopts(
     }
 }
 
+pub const NO_STARVATION: &str = "claimable work never waits long while a driver is free";
+
+/// Concurrency is spent on engine work, whatever the number of waiting applies: once `apply`
+/// is claimable and some driver is free (idle, or held only by a wait that gives its driver
+/// back, `Rules::rests_now`), a claim takes it within `bound_ms`. The two ages are how long
+/// each has held without a break.
+pub fn no_starvation(
+    apply: ApplyId,
+    claimable_for_ms: u64,
+    driver_free_for_ms: u64,
+    bound_ms: u64,
+) -> Result<(), Violation> {
+    let waited = claimable_for_ms.min(driver_free_for_ms);
+    if waited > bound_ms {
+        Err(Violation {
+            invariant: NO_STARVATION,
+            detail: format!(
+                "apply {apply} claimable for {claimable_for_ms} ms while a driver was free for {driver_free_for_ms} ms (bound {bound_ms} ms)"
+            ),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 pub const LEASE_LOSS_BOUND: &str =
     "a driver past the presumed-loss bound neither calls the engine nor writes";
 
@@ -329,5 +354,14 @@ mod tests {
         // Stopping or cancelling a drifted change's work is always allowed.
         assert!(reviewed_change_only(EngineCall::CancelRunner, false).is_ok());
         assert!(reviewed_change_only(EngineCall::CancelDeployRequest, false).is_ok());
+    }
+
+    #[test]
+    fn starvation_needs_both_work_and_a_free_driver_past_the_bound() {
+        assert!(no_starvation(1, 90_000, 61_000, 60_000).is_err());
+        // Either side alone is not starvation: all drivers busy, or the work just appeared.
+        assert!(no_starvation(1, 90_000, 10_000, 60_000).is_ok());
+        assert!(no_starvation(1, 5_000, 900_000, 60_000).is_ok());
+        assert!(no_starvation(1, 60_000, 60_000, 60_000).is_ok());
     }
 }

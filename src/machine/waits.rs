@@ -120,6 +120,21 @@ pub fn explain_rest(
     }
 }
 
+impl super::Rules {
+    /// How a confirmed wait in `state` gives its driver back now: it rests, and no pending
+    /// request is one it acts on now (`Rules::acts_now`). The core parks or watches on it; the
+    /// simulator counts a driver held by such a wait as free.
+    pub fn rests_now(
+        &self,
+        engine: EngineKind,
+        state: ApplyState,
+        pending: &super::claim::PendingControls,
+        options: &ApplyOptions,
+    ) -> Option<Rest> {
+        rest(engine, state, options).filter(|_| !self.acts_now(engine, state, pending, options))
+    }
+}
+
 /// Whether the wait parks (see [`Rest::Park`]).
 pub fn parks(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> bool {
     rest(engine, state, options) == Some(Rest::Park)

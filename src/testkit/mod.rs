@@ -54,6 +54,10 @@ pub enum Stepped {
         outcome: WriteOutcome,
     },
     Waited(WaitFor),
+    /// The drive confirmed a watched wait in `state` (`Finish::Watched`): the lease stays held.
+    Watching {
+        state: crate::machine::ApplyState,
+    },
     Finished(Finish),
     /// The owner could not even read its row.
     LoadFailed(WriteOutcome),
@@ -139,18 +143,11 @@ pub fn step(
                 Finish::Parked => {
                     let _ = store.park(lease);
                 }
-                // The process keeps the lease and watches: here it polls on a fresh drive, which
-                // the store sees exactly as the operator's watcher (lease held and renewed, a
-                // request taken within one poll).
+                // The process keeps the lease and watches; what holds it is the caller's choice.
                 Finish::Watched => {
-                    *drive = Drive::new(
-                        lease.apply,
-                        lease.epoch,
-                        drive.engine,
-                        read.view.row.state,
-                        rules,
-                    );
-                    return Stepped::Waited(WaitFor::Poll);
+                    return Stepped::Watching {
+                        state: read.view.row.state,
+                    };
                 }
                 _ => {}
             }
@@ -168,6 +165,21 @@ pub struct Driver {
     pub host: u32,
     owned: Option<(Drive, Lease)>,
     last_heartbeat_ok: u64,
+    /// A watched wait leaves the driver (handed out in [`DriverStep::watched`], as the
+    /// operator hands it to its watcher); otherwise the driver keeps it and polls on a fresh
+    /// drive, which the store sees exactly as the watcher (lease held and renewed, a request
+    /// taken within one poll).
+    frees_on_watch: bool,
+}
+
+/// A watched wait handed out by a driver: the lease, the state the drive confirmed, and when
+/// its heartbeat last renewed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedWait {
+    pub lease: Lease,
+    pub engine: crate::machine::EngineKind,
+    pub state: crate::machine::ApplyState,
+    pub last_heartbeat_ok: u64,
 }
 
 /// What one heartbeat did.
@@ -181,7 +193,7 @@ pub enum Beat {
 }
 
 /// What one step of a driver did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverStep {
     pub apply: crate::machine::apply::ApplyId,
     pub stepped: Stepped,
@@ -189,6 +201,8 @@ pub struct DriverStep {
     pub heartbeat_age_ms: u64,
     /// The drive finished; the driver is free.
     pub ended: bool,
+    /// The drive ended in a watched wait that left the driver.
+    pub watched: Option<WatchedWait>,
 }
 
 impl Driver {
@@ -197,7 +211,23 @@ impl Driver {
             host,
             owned: None,
             last_heartbeat_ok: 0,
+            frees_on_watch: false,
         }
+    }
+
+    /// A driver that hands watched waits out instead of holding them.
+    pub fn freeing_watched_waits(host: u32) -> Driver {
+        Driver {
+            frees_on_watch: true,
+            ..Driver::new(host)
+        }
+    }
+
+    /// Take a watched wait back to drive it (a request arrived, or the runner left its gate).
+    pub fn resume_watched(&mut self, w: WatchedWait, rules: &Rules) {
+        let drive = Drive::new(w.lease.apply, w.lease.epoch, w.engine, w.state, rules);
+        self.owned = Some((drive, w.lease));
+        self.last_heartbeat_ok = w.last_heartbeat_ok;
     }
 
     pub fn lease(&self) -> Option<&Lease> {
@@ -247,7 +277,7 @@ impl Driver {
     ) -> Option<DriverStep> {
         let (drive, lease) = self.owned.as_mut()?;
         let heartbeat_age_ms = now.saturating_sub(self.last_heartbeat_ok);
-        let stepped = step(
+        let mut stepped = step(
             store,
             engines,
             self.host,
@@ -258,7 +288,23 @@ impl Driver {
             rules,
         );
         let apply = lease.apply;
-        let ended = drive.finished().is_some() || matches!(stepped, Stepped::Finished(_));
+        let mut watched = None;
+        if let Stepped::Watching { state } = stepped {
+            if self.frees_on_watch {
+                watched = Some(WatchedWait {
+                    lease: lease.clone(),
+                    engine: drive.engine,
+                    state,
+                    last_heartbeat_ok: self.last_heartbeat_ok,
+                });
+            } else {
+                *drive = Drive::new(lease.apply, lease.epoch, drive.engine, state, rules);
+                stepped = Stepped::Waited(WaitFor::Poll);
+            }
+        }
+        let ended = watched.is_some()
+            || drive.finished().is_some()
+            || matches!(stepped, Stepped::Finished(_));
         if ended {
             self.owned = None;
         }
@@ -267,6 +313,7 @@ impl Driver {
             stepped,
             heartbeat_age_ms,
             ended,
+            watched,
         })
     }
 

@@ -59,6 +59,7 @@ impl Sim {
             return;
         }
         self.facts.clear();
+        let mut resting = 0;
         for i in 0..self.ids.len() {
             let Some(id) = self.ids[i] else { continue };
             let Some(row) = self.store.row(id) else {
@@ -71,6 +72,9 @@ impl Sim {
                 return;
             }
             self.last_state[i] = row.state;
+            if applyd::machine::waits::rest(row.engine, row.state, &row.options).is_some() {
+                resting += 1;
+            }
             let record = row.record();
             self.facts.push(ApplyFacts {
                 id: id as u32,
@@ -84,12 +88,77 @@ impl Sim {
                 runner_alive: self.engines.spirit.runner_alive(id),
             });
         }
+        self.peak_waits = self.peak_waits.max(resting);
         let mut runners = BTreeMap::new();
         for (t, key) in self.target_keys.iter().enumerate() {
             runners.insert(t as u32, self.engines.spirit.runners_on(key) as u32);
         }
         let r = check_world(&self.facts, &runners, self.rules.params.retry_budget);
         self.violated(r);
+        self.stamp_starvation();
+    }
+
+    /// Since when each apply has been claimable, and each driver free: idle, or held only by
+    /// a wait that gives its driver back (`Rules::rests_now`), in a process that runs and can
+    /// reach the store.
+    pub(super) fn stamp_starvation(&mut self) {
+        let now = self.now;
+        // While the store is down nothing can be claimed, nor known claimable.
+        let store_up = now >= self.store_down_until;
+        if let Ok(claimable) = self.store.claimable(self.preset.claim_path) {
+            self.claimable_since.retain(|id, _| claimable.contains(id));
+            for id in claimable {
+                self.claimable_since.entry(id).or_insert(now);
+            }
+        }
+        for w in 0..self.workers.len() {
+            let wk = &self.workers[w];
+            let free = store_up
+                && wk.up
+                && !wk.paused
+                && wk.driver.lease().is_none_or(|l| {
+                    self.store.row(l.apply).is_some_and(|row| {
+                        let pending = self.store.pending_controls(row.id);
+                        self.rules
+                            .rests_now(row.engine, row.state, &pending, &row.options)
+                            .is_some()
+                    })
+                });
+            let wk = &mut self.workers[w];
+            wk.free_since = if free {
+                Some(wk.free_since.unwrap_or(now))
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Claimable work has not waited past the bound while some driver was free (checked before
+    /// each event, on the stamps of the last check: nothing changed in between).
+    pub(super) fn check_starvation(&mut self) {
+        let now = self.now;
+        let Some(free_for) = self
+            .workers
+            .iter()
+            .filter_map(|w| w.free_since)
+            .map(|t| now.saturating_sub(t))
+            .max()
+        else {
+            return;
+        };
+        let waiting: Vec<(ApplyId, u64)> = self
+            .claimable_since
+            .iter()
+            .map(|(id, t)| (*id, now.saturating_sub(*t)))
+            .collect();
+        for (id, claimable_for) in waiting {
+            self.violated(no_starvation(
+                id,
+                claimable_for,
+                free_for,
+                STARVATION_BOUND_MS,
+            ));
+        }
     }
 
     /// Once per run: every audited state change is a shipped row and epochs never go back.

@@ -146,6 +146,11 @@ impl Sim {
         wk.paused = false;
         wk.driver.abandon();
         wk.gen += 1;
+        // Its watches die with it (the runners below too).
+        wk.watches.clear();
+        wk.watch_gen += 1;
+        wk.watch_timer = false;
+        wk.free_since = None;
         let host = wk.driver.host;
         self.engines.crash_host(self.now, host);
         true
@@ -159,6 +164,9 @@ impl Sim {
         }
         wk.paused = true;
         wk.gen += 1;
+        wk.watch_gen += 1;
+        wk.watch_timer = false;
+        wk.free_since = None;
         true
     }
 }

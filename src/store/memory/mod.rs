@@ -409,29 +409,14 @@ impl MemoryStore {
     }
 
     pub fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
-        let now = self.now();
-        let mut inner = self.lock()?;
-        let ids: Vec<ApplyId> = inner.rows.keys().copied().collect();
-        for id in ids {
-            let view = self.claim_view(&inner, &inner.rows[&id], now);
-            let Some(arm) = self.rules.matching_arm(&view) else {
-                continue;
-            };
-            if let Some(claimed) = self.take(&mut inner, id, ClaimedVia::Apply(arm), owner, now) {
-                return Ok(Some(claimed));
-            }
-        }
-        Ok(None)
+        self.claim_at(ClaimLevel::Apply, owner)
     }
 
     /// Claim the next unit of work the way `path` says (the synchronous twin of
     /// [`super::claim_next`], for the simulator and tests).
     pub fn claim_next(&self, path: ClaimPath, owner: &str) -> Result<Option<Claimed>, StoreError> {
         for level in path.levels() {
-            let claimed = match level {
-                ClaimLevel::Operation => self.claim_operation(owner)?,
-                ClaimLevel::Apply => self.claim(owner)?,
-            };
+            let claimed = self.claim_at(*level, owner)?;
             if claimed.is_some() {
                 return Ok(claimed);
             }
@@ -440,28 +425,75 @@ impl MemoryStore {
     }
 
     pub fn claim_operation(&self, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        self.claim_at(ClaimLevel::Operation, owner)
+    }
+
+    /// The applies a claim on `path` would take now, read without taking anything: the
+    /// simulator's measure of work left waiting while a driver is free.
+    pub fn claimable(&self, path: ClaimPath) -> Result<Vec<ApplyId>, StoreError> {
+        let now = self.now();
+        let inner = self.lock()?;
+        let mut out = Vec::new();
+        for level in path.levels() {
+            for id in Self::claim_order(&inner, *level) {
+                if self.claim_match(&inner, id, *level, now).is_some() && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The order claims at `level` look at rows: applies by id, operations oldest first.
+    fn claim_order(inner: &Inner, level: ClaimLevel) -> Vec<ApplyId> {
+        match level {
+            ClaimLevel::Apply => inner.rows.keys().copied().collect(),
+            ClaimLevel::Operation => {
+                let mut order: Vec<(u64, u64, ApplyId)> = inner
+                    .rows
+                    .values()
+                    .map(|r| (r.operation.created_at, r.operation.id, r.id))
+                    .collect();
+                order.sort_unstable();
+                order.into_iter().map(|(_, _, id)| id).collect()
+            }
+        }
+    }
+
+    /// The arm by which a claim at `level` would take `id` now, if any.
+    fn claim_match(
+        &self,
+        inner: &Inner,
+        id: ApplyId,
+        level: ClaimLevel,
+        now: u64,
+    ) -> Option<ClaimedVia> {
+        let row = &inner.rows[&id];
+        match level {
+            ClaimLevel::Apply => {
+                let view = self.claim_view(inner, row, now);
+                self.rules.matching_arm(&view).map(ClaimedVia::Apply)
+            }
+            ClaimLevel::Operation => {
+                let view = OperationClaimView {
+                    op: self.operation_view(inner, row, now),
+                    parent: self.claim_view(inner, row, now),
+                };
+                let op = self.rules.matching_operation_arm(&view)?;
+                // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+                let parent = self.rules.matching_arm(&view.parent)?;
+                Some(ClaimedVia::Operation { op, parent })
+            }
+        }
+    }
+
+    fn claim_at(&self, level: ClaimLevel, owner: &str) -> Result<Option<Claimed>, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        let mut order: Vec<(u64, u64, ApplyId)> = inner
-            .rows
-            .values()
-            .map(|r| (r.operation.created_at, r.operation.id, r.id))
-            .collect();
-        order.sort_unstable();
-        for (_, _, id) in order {
-            let row = &inner.rows[&id];
-            let view = OperationClaimView {
-                op: self.operation_view(&inner, row, now),
-                parent: self.claim_view(&inner, row, now),
-            };
-            let Some(op) = self.rules.matching_operation_arm(&view) else {
+        for id in Self::claim_order(&inner, level) {
+            let Some(via) = self.claim_match(&inner, id, level, now) else {
                 continue;
             };
-            // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
-            let Some(parent) = self.rules.matching_arm(&view.parent) else {
-                continue;
-            };
-            let via = ClaimedVia::Operation { op, parent };
             if let Some(claimed) = self.take(&mut inner, id, via, owner, now) {
                 return Ok(Some(claimed));
             }
