@@ -9,6 +9,7 @@ pub mod moves;
 pub mod observe;
 pub mod policy;
 pub mod render;
+pub mod rollout;
 pub mod rules;
 pub mod states;
 pub mod table;
