@@ -45,8 +45,9 @@ pub enum CutoverGate {
 }
 
 /// A `pending` operation that will never start, so it counts as settled: behind a table step of
-/// its deployment that failed, was cancelled or reverted (under every policy), or behind any
-/// failure when the rollout halts.
+/// its deployment that failed, was cancelled or reverted (under every policy); in a rollout an
+/// operation of which was cancelled or reverted (only the whole apply is cancelled or
+/// reverted); or behind any failure when the rollout halts.
 pub fn is_orphaned(policy: &RolloutPolicy, members: &[Member], i: usize) -> bool {
     let m = &members[i];
     if m.state != ApplyState::Pending {
@@ -55,7 +56,10 @@ pub fn is_orphaned(policy: &RolloutPolicy, members: &[Member], i: usize) -> bool
     let step_ended = members
         .iter()
         .any(|o| o.deployment == m.deployment && o.step < m.step && o.ends_its_steps());
-    step_ended || failure_mode(policy, members) == Some(FailureMode::Halt)
+    let withdrawn = members
+        .iter()
+        .any(|o| matches!(o.state, ApplyState::Cancelled | ApplyState::Reverted));
+    step_ended || withdrawn || failure_mode(policy, members) == Some(FailureMode::Halt)
 }
 
 /// How the rollout treats its failures now, if it has any.

@@ -140,6 +140,16 @@ fn an_ended_table_step_orphans_the_later_steps_under_every_policy() {
 }
 
 #[test]
+fn a_cancelled_or_reverted_operation_withdraws_every_operation_not_started() {
+    for withdrawn in [Cancelled, Reverted] {
+        let p = policy(CutoverPolicy::Parallel, OnFailure::Continue, 2);
+        let m = deployments(&[Completed, withdrawn, Pending]);
+        assert_eq!(start_gate(&p, &m, 2), StartGate::Orphaned);
+        assert_eq!(derive_parent(&p, &m), withdrawn);
+    }
+}
+
+#[test]
 fn a_later_step_waits_for_the_earlier_step_under_every_cutover_policy() {
     for c in CutoverPolicy::ALL {
         let p = policy(c, OnFailure::Halt, 4);
