@@ -547,9 +547,14 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                 e.apply == id && e.cause.starts_with("claim") && e.from != ApplyState::Pending
             })
             .count();
+        // The engines key each change by its operation row.
+        let ops: Vec<u64> = r.operations.iter().map(|o| o.id).collect();
         let engine_work = match r.engine {
             EngineKind::PlanetScale => {
-                let n = fakes.planetscale.deploy_requests_of(id);
+                let n: usize = ops
+                    .iter()
+                    .map(|op| fakes.planetscale.deploy_requests_of(*op))
+                    .sum();
                 ok &= n == 1;
                 format!("{n} deploy request{}", if n == 1 { "" } else { "s" })
             }
@@ -559,7 +564,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     .effects
                     .iter()
                     .filter(|e| {
-                        e.apply == id
+                        ops.contains(&e.operation)
                             && e.call == crate::machine::EngineCall::StartRunner
                             && e.accepted
                     })

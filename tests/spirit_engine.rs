@@ -47,6 +47,7 @@ fn record(db: &str, ddl: &str, options: ApplyOptions) -> ApplyRecord {
     ApplyRecord {
         row: ApplySnapshot {
             id: 1,
+            operation: 1,
             engine: EngineKind::Spirit,
             state: ApplyState::Running,
             epoch: 1,

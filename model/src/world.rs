@@ -156,6 +156,7 @@ impl ApplydModel {
         let spec = self.spec(a);
         ApplySnapshot {
             id: a as u64 + 1,
+            operation: a as u64 + 1,
             engine: spec.engine,
             state: f.state,
             epoch: f.epoch as u64,
@@ -170,6 +171,7 @@ impl ApplydModel {
         let spec = self.spec(a);
         ApplySnapshot {
             id: a as u64 + 1,
+            operation: a as u64 + 1,
             engine: spec.engine,
             state: row.state,
             epoch: row.epoch as u64,

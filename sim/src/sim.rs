@@ -299,6 +299,14 @@ impl Sim {
         }
     }
 
+    /// The operation rows of an apply: the engines key each change by them.
+    fn operations_of(&self, id: ApplyId) -> Vec<u64> {
+        self.store
+            .row(id)
+            .map(|r| vec![r.operation.id])
+            .unwrap_or_default()
+    }
+
     fn plan_of(&self, id: ApplyId) -> Option<usize> {
         self.ids.iter().position(|x| *x == Some(id))
     }

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use super::planetscale_states::DeployState;
-use crate::machine::apply::ApplyId;
 use crate::machine::apply::ApplyRecord;
+use crate::machine::apply::{ApplyId, OperationId};
 use crate::machine::observe::{BranchStatus, EngineFault, Observation, RunnerStatus};
 use crate::machine::table::RunnerGone;
 use crate::machine::{EngineCall, EngineKind, EngineState, Probe};
@@ -74,7 +74,7 @@ impl FakeTimings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectRecord {
     pub at_ms: u64,
-    pub apply: ApplyId,
+    pub operation: OperationId,
     pub epoch: u64,
     pub call: EngineCall,
     pub accepted: bool,
@@ -90,7 +90,7 @@ pub struct FakeBranch {
 pub struct FakeDeployRequest {
     pub id: u64,
     pub branch: String,
-    pub apply: ApplyId,
+    pub operation: OperationId,
     pub state: DeployState,
     pub since: u64,
     pub deploys: u32,
@@ -158,8 +158,8 @@ impl FakePlanetScale {
         }
     }
 
-    fn fenced(&mut self, apply: ApplyId, epoch: u64) -> bool {
-        let seen = self.epochs.entry(apply).or_insert(epoch);
+    fn fenced(&mut self, operation: OperationId, epoch: u64) -> bool {
+        let seen = self.epochs.entry(operation).or_insert(epoch);
         if epoch < *seen && self.fence_epochs {
             return false;
         }
@@ -172,8 +172,11 @@ impl FakePlanetScale {
         self.requests.values().find(|r| r.branch == branch)
     }
 
-    pub fn deploy_requests_of(&self, apply: ApplyId) -> usize {
-        self.requests.values().filter(|r| r.apply == apply).count()
+    pub fn deploy_requests_of(&self, operation: OperationId) -> usize {
+        self.requests
+            .values()
+            .filter(|r| r.operation == operation)
+            .count()
     }
 
     /// A deploy request deleted server-side (fault injection).
@@ -241,11 +244,11 @@ impl FakePlanetScale {
         call: EngineCall,
     ) -> Observation {
         self.advance(now);
-        let id = apply.row.id;
+        let id = apply.row.operation;
         if !self.fenced(id, epoch) {
             self.effects.push(EffectRecord {
                 at_ms: now,
-                apply: id,
+                operation: id,
                 epoch,
                 call,
                 accepted: false,
@@ -281,7 +284,7 @@ impl FakePlanetScale {
                 let dr = FakeDeployRequest {
                     id,
                     branch,
-                    apply: apply.row.id,
+                    operation: apply.row.operation,
                     state: DeployState::Pending,
                     since: now,
                     deploys: 0,
@@ -329,7 +332,7 @@ impl FakePlanetScale {
                         _ => {
                             self.effects.push(EffectRecord {
                                 at_ms: now,
-                                apply: id,
+                                operation: id,
                                 epoch,
                                 call,
                                 accepted: false,
@@ -357,7 +360,7 @@ impl FakePlanetScale {
         };
         self.effects.push(EffectRecord {
             at_ms: now,
-            apply: id,
+            operation: id,
             epoch,
             call,
             accepted,
@@ -366,10 +369,10 @@ impl FakePlanetScale {
     }
 
     /// The engine's truth about an apply: its first deploy request's state.
-    pub fn truth(&self, apply: ApplyId) -> Option<EngineState> {
+    pub fn truth(&self, operation: OperationId) -> Option<EngineState> {
         self.requests
             .values()
-            .find(|r| r.apply == apply)
+            .find(|r| r.operation == operation)
             .map(|r| r.state.engine_state())
     }
 }
@@ -382,7 +385,7 @@ enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeRunner {
-    pub apply: ApplyId,
+    pub operation: OperationId,
     pub epoch: u64,
     /// The worker process that hosts the runner; it dies with it.
     pub host: u32,
@@ -466,9 +469,9 @@ impl FakeSpirit {
             finished.dedup();
             for i in finished.into_iter().rev() {
                 let r = target.runners.remove(i);
-                target.applied_by = Some(r.apply);
+                target.applied_by = Some(r.operation);
                 target.sentinel = false;
-                self.outcomes.insert(r.apply, RunnerStatus::Completed);
+                self.outcomes.insert(r.operation, RunnerStatus::Completed);
             }
         }
     }
@@ -483,21 +486,21 @@ impl FakeSpirit {
 
     /// Process `host` kills its runner of `apply` started under `epoch` or older, as a crash
     /// would (`Engine::abandon`).
-    pub fn abandon(&mut self, now: u64, host: u32, apply: ApplyId, epoch: u64) {
+    pub fn abandon(&mut self, now: u64, host: u32, operation: OperationId, epoch: u64) {
         self.advance(now);
         for target in self.targets.values_mut() {
             target
                 .runners
-                .retain(|r| r.host != host || r.apply != apply || r.epoch > epoch);
+                .retain(|r| r.host != host || r.operation != operation || r.epoch > epoch);
         }
     }
 
-    fn runner_of(target: &FakeTarget, apply: ApplyId) -> Option<&FakeRunner> {
-        target.runners.iter().find(|r| r.apply == apply)
+    fn runner_of(target: &FakeTarget, operation: OperationId) -> Option<&FakeRunner> {
+        target.runners.iter().find(|r| r.operation == operation)
     }
 
     fn status(&self, apply: &ApplyRecord) -> RunnerStatus {
-        let id = apply.row.id;
+        let id = apply.row.operation;
         let target = self.targets.get(&apply.spec.target.to_string());
         if let Some(r) = target.and_then(|t| Self::runner_of(t, id)) {
             return match r.phase {
@@ -532,12 +535,12 @@ impl FakeSpirit {
         call: EngineCall,
     ) -> Observation {
         self.advance(now);
-        let id = apply.row.id;
+        let id = apply.row.operation;
         let seen = *self.epochs.entry(id).or_insert(epoch);
         if self.fence_epochs && epoch < seen {
             self.effects.push(EffectRecord {
                 at_ms: now,
-                apply: id,
+                operation: id,
                 epoch,
                 call,
                 accepted: false,
@@ -557,7 +560,7 @@ impl FakeSpirit {
                 } else if target.applied_by == Some(id) {
                     Observation::Runner(RunnerStatus::Gone(RunnerGone::NothingLeft))
                 } else {
-                    let existing = target.runners.iter().position(|r| r.apply == id);
+                    let existing = target.runners.iter().position(|r| r.operation == id);
                     let supersede = match existing {
                         Some(i) => self.fence_epochs && target.runners[i].epoch < epoch,
                         None => true,
@@ -571,7 +574,7 @@ impl FakeSpirit {
                             target.sentinel = true;
                         }
                         target.runners.push(FakeRunner {
-                            apply: id,
+                            operation: id,
                             epoch,
                             host,
                             started_at: now,
@@ -587,7 +590,7 @@ impl FakeSpirit {
                 }
             }
             EngineCall::StopRunner => {
-                target.runners.retain(|r| r.apply != id);
+                target.runners.retain(|r| r.operation != id);
                 let status = match self.outcomes.get(&id) {
                     Some(done @ (RunnerStatus::Completed | RunnerStatus::Failed { .. })) => *done,
                     _ => RunnerStatus::Stopped,
@@ -596,7 +599,7 @@ impl FakeSpirit {
                 Observation::Runner(status)
             }
             EngineCall::CancelRunner => {
-                target.runners.retain(|r| r.apply != id);
+                target.runners.retain(|r| r.operation != id);
                 if target.applied_by != Some(id) {
                     target.checkpoint_rows = 0;
                     target.sentinel = false;
@@ -614,7 +617,7 @@ impl FakeSpirit {
         };
         self.effects.push(EffectRecord {
             at_ms: now,
-            apply: id,
+            operation: id,
             epoch,
             call,
             accepted: !matches!(obs, Observation::Fault(_)),
@@ -623,18 +626,18 @@ impl FakeSpirit {
     }
 
     /// The engine's truth about an apply's work.
-    pub fn truth(&self, apply: ApplyId, target: &str) -> Option<EngineState> {
+    pub fn truth(&self, operation: OperationId, target: &str) -> Option<EngineState> {
         let t = self.targets.get(target);
-        if let Some(r) = t.and_then(|t| Self::runner_of(t, apply)) {
+        if let Some(r) = t.and_then(|t| Self::runner_of(t, operation)) {
             return Some(match r.phase {
                 Phase::Copying => EngineState::Running,
                 Phase::WaitingOnSentinel => EngineState::WaitingForCutover,
             });
         }
-        if t.is_some_and(|t| t.applied_by == Some(apply)) {
+        if t.is_some_and(|t| t.applied_by == Some(operation)) {
             return Some(EngineState::Completed);
         }
-        self.outcomes.get(&apply).map(|o| match o {
+        self.outcomes.get(&operation).map(|o| match o {
             RunnerStatus::Completed => EngineState::Completed,
             RunnerStatus::Failed { .. } => EngineState::Failed,
             RunnerStatus::Stopped => EngineState::Stopped,
@@ -643,27 +646,27 @@ impl FakeSpirit {
         })
     }
 
-    /// The runner of an apply fails on its own (fault injection): it is gone and reports the
+    /// The runner of an operation fails on its own (fault injection): it is gone and reports the
     /// failure; the checkpoint survives. Returns whether a runner was alive.
-    pub fn fail_runner(&mut self, now: u64, apply: ApplyId, retryable: bool) -> bool {
+    pub fn fail_runner(&mut self, now: u64, operation: OperationId, retryable: bool) -> bool {
         self.advance(now);
         let mut found = false;
         for target in self.targets.values_mut() {
             let before = target.runners.len();
-            target.runners.retain(|r| r.apply != apply);
+            target.runners.retain(|r| r.operation != operation);
             found |= target.runners.len() != before;
         }
         if found {
             self.outcomes
-                .insert(apply, RunnerStatus::Failed { retryable });
+                .insert(operation, RunnerStatus::Failed { retryable });
         }
         found
     }
 
-    pub fn runner_alive(&self, apply: ApplyId) -> bool {
+    pub fn runner_alive(&self, operation: OperationId) -> bool {
         self.targets
             .values()
-            .any(|t| t.runners.iter().any(|r| r.apply == apply))
+            .any(|t| t.runners.iter().any(|r| r.operation == operation))
     }
 
     pub fn runners_on(&self, target: &str) -> usize {
@@ -743,10 +746,10 @@ impl FakeEngines {
 
     pub fn truth(&self, apply: &ApplyRecord) -> Option<EngineState> {
         match apply.row.engine {
-            EngineKind::PlanetScale => self.planetscale.truth(apply.row.id),
+            EngineKind::PlanetScale => self.planetscale.truth(apply.row.operation),
             EngineKind::Spirit => self
                 .spirit
-                .truth(apply.row.id, &apply.spec.target.to_string()),
+                .truth(apply.row.operation, &apply.spec.target.to_string()),
         }
     }
 }
@@ -780,6 +783,6 @@ impl super::Engine for SharedFakeEngines {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .spirit
-            .abandon(now, self.host, apply.row.id, epoch);
+            .abandon(now, self.host, apply.row.operation, epoch);
     }
 }

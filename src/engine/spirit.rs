@@ -235,7 +235,7 @@ impl SpiritEngine {
         let runners = lock(&self.runners);
         runners
             .get(&apply.spec.target.to_string())
-            .filter(|r| r.apply == apply.row.id)
+            .filter(|r| r.apply == apply.row.operation)
             .map(|r| lock(&r.progress).clone())
     }
 
@@ -477,7 +477,7 @@ impl SpiritEngine {
             apply.spec.target
         );
         Ok(Runner {
-            apply: apply.row.id,
+            apply: apply.row.operation,
             epoch,
             child,
             progress,
@@ -533,7 +533,7 @@ impl SpiritEngine {
 
     async fn status(&self, apply: &ApplyRecord) -> Observation {
         let key = apply.spec.target.to_string();
-        let id = apply.row.id;
+        let id = apply.row.operation;
         {
             let mut runners = lock(&self.runners);
             if let Some(r) = runners.get_mut(&key).filter(|r| r.apply == id) {
@@ -585,7 +585,7 @@ impl SpiritEngine {
 
     async fn start(&self, apply: &ApplyRecord, epoch: u64) -> Observation {
         let key = apply.spec.target.to_string();
-        let id = apply.row.id;
+        let id = apply.row.operation;
         let plan = match self.plan_of(apply) {
             Ok(p) => p,
             Err(m) => {
@@ -674,7 +674,10 @@ impl SpiritEngine {
     fn take_runner(&self, apply: &ApplyRecord) -> Option<Runner> {
         let key = apply.spec.target.to_string();
         let mut runners = lock(&self.runners);
-        if runners.get(&key).is_some_and(|r| r.apply == apply.row.id) {
+        if runners
+            .get(&key)
+            .is_some_and(|r| r.apply == apply.row.operation)
+        {
             runners.remove(&key)
         } else {
             None
@@ -682,7 +685,7 @@ impl SpiritEngine {
     }
 
     async fn stop(&self, apply: &ApplyRecord) -> Observation {
-        let id = apply.row.id;
+        let id = apply.row.operation;
         let outcome = match self.take_runner(apply) {
             Some(mut r) => match r.child.try_wait() {
                 Ok(Some(s)) => self.finished(&r, s),
@@ -701,7 +704,7 @@ impl SpiritEngine {
     }
 
     async fn cancel(&self, apply: &ApplyRecord) -> Observation {
-        let id = apply.row.id;
+        let id = apply.row.operation;
         if let Some(r) = self.take_runner(apply) {
             self.terminate(r, libc::SIGKILL).await;
         }
@@ -829,7 +832,7 @@ impl Engine for SpiritEngine {
             let key = apply.spec.target.to_string();
             if runners
                 .get(&key)
-                .is_some_and(|r| r.apply == apply.row.id && r.epoch <= epoch)
+                .is_some_and(|r| r.apply == apply.row.operation && r.epoch <= epoch)
             {
                 runners.remove(&key)
             } else {
@@ -846,7 +849,7 @@ impl Engine for SpiritEngine {
     }
 
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
-        if !self.fence(apply.row.id, epoch) {
+        if !self.fence(apply.row.operation, epoch) {
             return Observation::Fault(EngineFault::StaleEpoch);
         }
         match call {

@@ -9,6 +9,10 @@ use super::table::ApplyOptions;
 
 pub type ApplyId = u64;
 
+/// An operation row's id: the unit engines key a change by (one per deployment and table step
+/// of an apply).
+pub type OperationId = u64;
+
 /// Where an apply runs: at most one active apply per target.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -66,6 +70,9 @@ pub struct ResumeState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ApplySnapshot {
     pub id: ApplyId,
+    /// The operation row this snapshot drives (engines key their per-change state by it).
+    #[serde(default)]
+    pub operation: OperationId,
     pub engine: EngineKind,
     pub state: ApplyState,
     pub epoch: u64,

@@ -167,6 +167,7 @@ mod tests {
         ApplyRecord {
             row: ApplySnapshot {
                 id: 7,
+                operation: 7,
                 engine: EngineKind::Spirit,
                 state,
                 epoch: 3,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::memory::MemoryStore;
 use super::{StoreError, Target};
-use crate::machine::apply::{ApplyId, ResumeState};
+use crate::machine::apply::{ApplyId, OperationId, ResumeState};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 
 /// One apply as an operator sees it.
@@ -39,6 +39,19 @@ pub struct ApplyStatus {
     pub parked_wake_in_ms: Option<u64>,
     /// How a wait for a person is held and what moves it on (`waits::explain_rest`).
     pub wait: Option<String>,
+    /// The apply's operation rows, in rollout order (one for an apply without deployments).
+    pub operations: Vec<OperationStatus>,
+}
+
+/// One operation row: where it runs and its state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperationStatus {
+    pub id: OperationId,
+    /// The deployment (`""` for an apply without deployments).
+    pub deployment: String,
+    /// `step-N` for a table step, `""` for a whole deployment.
+    pub key: String,
+    pub state: ApplyState,
 }
 
 /// One task row: one statement of the change.
@@ -136,6 +149,12 @@ impl MemoryStore {
                 .filter(|_| row.lease_owner.is_none())
                 .map(|w| w.saturating_sub(now)),
             wait: None,
+            operations: vec![OperationStatus {
+                id: row.operation.id,
+                deployment: String::new(),
+                key: String::new(),
+                state: row.operation.state,
+            }],
         }
         .explain()
     }

@@ -83,9 +83,13 @@ impl Sim {
                 state: row.state,
                 attempt: row.attempt,
                 controls: self.store.pending_controls(id),
-                deploy_requests_created: self.engines.planetscale.deploy_requests_of(id) as u32,
+                deploy_requests_created: self
+                    .engines
+                    .planetscale
+                    .deploy_requests_of(record.row.operation)
+                    as u32,
                 engine_truth: self.engines.truth(&record),
-                runner_alive: self.engines.spirit.runner_alive(id),
+                runner_alive: self.engines.spirit.runner_alive(record.row.operation),
             });
         }
         self.peak_waits = self.peak_waits.max(resting);

@@ -47,6 +47,7 @@ impl Sim {
                 let i = apply as usize;
                 plan = Some(i);
                 if let Some(id) = self.ids[i] {
+                    let ops = self.operations_of(id);
                     let drs: Vec<u64> = self
                         .engines
                         .planetscale
@@ -54,7 +55,7 @@ impl Sim {
                         .values()
                         // Only live requests fail or vanish; a finished change stays finished.
                         .filter(|r| {
-                            r.apply == id
+                            ops.contains(&r.operation)
                                 && !matches!(
                                     r.state.engine_state(),
                                     EngineState::Completed
@@ -79,8 +80,10 @@ impl Sim {
                 let i = apply as usize;
                 plan = Some(i);
                 if let Some(id) = self.ids[i] {
-                    if self.engines.spirit.fail_runner(now, id, retryable) {
-                        self.engine_faulted[i] = true;
+                    for op in self.operations_of(id) {
+                        if self.engines.spirit.fail_runner(now, op, retryable) {
+                            self.engine_faulted[i] = true;
+                        }
                     }
                 }
             }

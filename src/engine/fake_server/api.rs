@@ -39,6 +39,7 @@ fn record_for(branch: &str, request: Option<u64>) -> ApplyRecord {
     ApplyRecord {
         row: ApplySnapshot {
             id: 0,
+            operation: 0,
             engine: EngineKind::PlanetScale,
             state: ApplyState::Running,
             epoch: 0,

@@ -918,6 +918,7 @@ impl MemoryRow {
         ApplyRecord {
             row: ApplySnapshot {
                 id: self.id,
+                operation: self.operation.id,
                 engine: self.engine,
                 state: self.state,
                 epoch: self.lease_epoch,

@@ -33,7 +33,9 @@ pub(super) fn apply_columns(now: &str) -> String {
            AND r.operation = '{start}' AND r.status = '{pending}' \
            AND (a.lease_acquired_at IS NULL OR r.updated_at > a.lease_acquired_at)) AS SIGNED) AS start_newer, \
          (SELECT o.engine_resume_state FROM apply_operations o WHERE o.apply_id = a.id \
-           ORDER BY o.id LIMIT 1) AS resume"
+           ORDER BY o.id LIMIT 1) AS resume, \
+         CAST(COALESCE((SELECT MIN(o.id) FROM apply_operations o WHERE o.apply_id = a.id), 0) \
+           AS UNSIGNED) AS operation_id"
     )
 }
 
@@ -59,6 +61,8 @@ pub(super) struct RawApply {
     pub(super) pending_ops: Option<String>,
     pub(super) start_newer: bool,
     pub(super) resume: Option<String>,
+    /// The apply's operation row (0 while it has none).
+    pub(super) operation_id: u64,
 }
 
 impl RawApply {
@@ -85,6 +89,7 @@ impl RawApply {
             pending_ops: row.try_get_unchecked("pending_ops")?,
             start_newer: row.try_get::<Option<i64>, _>("start_newer")?.unwrap_or(0) != 0,
             resume: row.try_get_unchecked("resume")?,
+            operation_id: row.try_get_unchecked("operation_id")?,
         })
     }
 }
@@ -194,6 +199,7 @@ impl Parsed {
         ApplyRecord {
             row: ApplySnapshot {
                 id: raw.id,
+                operation: raw.operation_id,
                 engine: self.engine,
                 state,
                 epoch,

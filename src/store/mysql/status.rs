@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::MySqlStore;
 use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
-use crate::store::status::{ApplyStatus, Inspect, TaskStatus};
+use crate::store::status::{ApplyStatus, Inspect, OperationStatus, TaskStatus};
 use crate::store::{StoreError, Target};
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
@@ -106,6 +106,7 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .filter(|_| lease_owner_is_none)
             .map(|us| (us.max(0) / 1000) as u64),
         wait: None,
+        operations: Vec::new(),
     }
     .explain())
 }
@@ -131,6 +132,42 @@ impl MySqlStore {
             status.tasks.push(TaskStatus { table, state });
         }
         Ok(())
+    }
+
+    async fn attach_operations(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, deployment, operation_key, state FROM apply_operations \
+             WHERE apply_id = ? ORDER BY id",
+        )
+        .bind(status.id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable)?;
+        for r in rows {
+            let text = |col: &'static str| -> Result<String, StoreError> {
+                r.try_get_unchecked::<String, _>(col)
+                    .map_err(|e| bad(status.id, col, e))
+            };
+            let state = text("state")?
+                .parse::<ApplyState>()
+                .map_err(|e| bad(status.id, "apply_operations.state", e))?;
+            status.operations.push(OperationStatus {
+                id: r
+                    .try_get("id")
+                    .map_err(|e| bad(status.id, "apply_operations.id", e))?,
+                deployment: text("deployment")?,
+                key: text("operation_key")?,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    /// Tasks, operations and requests: the parts of a status read beside the apply row.
+    async fn attach_all(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
+        self.attach_tasks(status).await?;
+        self.attach_operations(status).await?;
+        self.attach_requests(status).await
     }
 
     async fn attach_requests(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
@@ -177,8 +214,7 @@ impl Inspect for MySqlStore {
         for r in &rows {
             match decode(r) {
                 Ok(mut s) => {
-                    self.attach_tasks(&mut s).await?;
-                    self.attach_requests(&mut s).await?;
+                    self.attach_all(&mut s).await?;
                     out.push(s);
                 }
                 // One unreadable row must not hide the others.
@@ -214,8 +250,7 @@ impl Inspect for MySqlStore {
             .await
             .map_err(unavailable)?;
         let mut s = decode(&row.ok_or(StoreError::RowGone(id))?)?;
-        self.attach_tasks(&mut s).await?;
-        self.attach_requests(&mut s).await?;
+        self.attach_all(&mut s).await?;
         Ok(s)
     }
 }
