@@ -22,6 +22,9 @@ pub enum StartGate {
     },
     /// A failure under `pause` holds new starts until a person releases the rollout.
     Held,
+    /// An operation was stopped: a stop acts on the whole rollout, so nothing new starts until
+    /// a start resumes it.
+    Stopped { member: usize },
     /// It will never start: see [`is_orphaned`].
     Orphaned,
 }
@@ -84,6 +87,9 @@ pub fn start_gate(policy: &RolloutPolicy, members: &[Member], i: usize) -> Start
     }
     if failure_mode(policy, members) == Some(FailureMode::Hold) {
         return StartGate::Held;
+    }
+    if let Some(member) = members.iter().position(|o| o.state == ApplyState::Stopped) {
+        return StartGate::Stopped { member };
     }
     let earlier_step = members.iter().position(|o| {
         o.deployment == m.deployment && o.step < m.step && o.state != ApplyState::Completed
@@ -159,6 +165,11 @@ impl fmt::Display for StartGate {
             ),
             StartGate::Held => f.write_str(
                 "held by on_failure = pause: `applyd release` lets the rest run, stop or cancel ends it",
+            ),
+            StartGate::Stopped { member } => write!(
+                f,
+                "operation #{} is stopped: nothing starts until a start resumes the rollout",
+                member + 1
             ),
             StartGate::Orphaned => f.write_str("will not run: an earlier failure ended the rollout here"),
         }

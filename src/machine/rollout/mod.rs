@@ -11,9 +11,11 @@
 
 mod derive;
 mod gates;
+mod plan;
 
 pub use derive::derive_parent;
 pub use gates::{cutover_gate, is_orphaned, start_gate, CutoverGate, StartGate};
+pub use plan::{PlanRefusal, PlannedOperation, RolloutPlan, MAX_DEPLOYMENT, MAX_OPERATIONS};
 
 use super::states::ApplyState;
 

@@ -150,6 +150,14 @@ fn a_cancelled_or_reverted_operation_withdraws_every_operation_not_started() {
 }
 
 #[test]
+fn a_stopped_operation_holds_every_new_start() {
+    let p = policy(CutoverPolicy::Parallel, OnFailure::Halt, 3);
+    let m = deployments(&[Stopped, Pending, Pending]);
+    assert_eq!(start_gate(&p, &m, 1), StartGate::Stopped { member: 0 });
+    assert_eq!(derive_parent(&p, &m), Stopped);
+}
+
+#[test]
 fn a_later_step_waits_for_the_earlier_step_under_every_cutover_policy() {
     for c in CutoverPolicy::ALL {
         let p = policy(c, OnFailure::Halt, 4);
@@ -340,6 +348,7 @@ proptest! {
             }
             let in_flight = m.iter().filter(|o| o.in_flight()).count() as u32;
             prop_assert!(in_flight < p.max_drivers);
+            prop_assert!(m.iter().all(|o| o.state != Stopped));
             for (j, o) in m.iter().enumerate() {
                 if o.deployment == m[i].deployment && o.step < m[i].step {
                     prop_assert_eq!(o.state, Completed);
