@@ -61,6 +61,7 @@ fn record(db: &str, ddl: &str, options: ApplyOptions) -> ApplyRecord {
                 database: db.into(),
                 environment: "test".into(),
             },
+            deployment: String::new(),
             ddl: vec![ddl.into()],
             fingerprint: None,
         }),

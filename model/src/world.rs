@@ -202,10 +202,7 @@ impl ApplydModel {
     pub fn claim_of(&self, a: usize, row: &Row) -> Option<(ClaimedVia, ClaimMove)> {
         let engine = self.spec(a).engine;
         let view = self.claim_view(a, row);
-        let both = OperationClaimView {
-            op: view,
-            parent: view,
-        };
+        let both = OperationClaimView::single(view, view);
         self.rules.path_claim(self.cfg.claim_path, engine, &both)
     }
 

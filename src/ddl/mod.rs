@@ -523,6 +523,7 @@ mod tests {
                 database: "shop".into(),
                 environment: "prod".into(),
             },
+            deployment: String::new(),
             ddl: vec![ddl.into()],
             fingerprint,
         }

@@ -501,7 +501,7 @@ impl FakeSpirit {
 
     fn status(&self, apply: &ApplyRecord) -> RunnerStatus {
         let id = apply.row.operation;
-        let target = self.targets.get(&apply.spec.target.to_string());
+        let target = self.targets.get(&apply.spec.place());
         if let Some(r) = target.and_then(|t| Self::runner_of(t, id)) {
             return match r.phase {
                 Phase::Copying => RunnerStatus::Copying,
@@ -548,7 +548,7 @@ impl FakeSpirit {
             return Observation::Fault(EngineFault::StaleEpoch);
         }
         self.epochs.insert(id, seen.max(epoch));
-        let key = apply.spec.target.to_string();
+        let key = apply.spec.place();
         let t = self.timings;
         let target = self.targets.entry(key).or_default();
         let obs = match call {
@@ -749,7 +749,7 @@ impl FakeEngines {
             EngineKind::PlanetScale => self.planetscale.truth(apply.row.operation),
             EngineKind::Spirit => self
                 .spirit
-                .truth(apply.row.operation, &apply.spec.target.to_string()),
+                .truth(apply.row.operation, &apply.spec.place()),
         }
     }
 }

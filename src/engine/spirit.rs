@@ -234,7 +234,7 @@ impl SpiritEngine {
     pub fn progress(&self, apply: &ApplyRecord) -> Option<Progress> {
         let runners = lock(&self.runners);
         runners
-            .get(&apply.spec.target.to_string())
+            .get(&apply.spec.place())
             .filter(|r| r.apply == apply.row.operation)
             .map(|r| lock(&r.progress).clone())
     }
@@ -532,7 +532,7 @@ impl SpiritEngine {
     }
 
     async fn status(&self, apply: &ApplyRecord) -> Observation {
-        let key = apply.spec.target.to_string();
+        let key = apply.spec.place();
         let id = apply.row.operation;
         {
             let mut runners = lock(&self.runners);
@@ -584,7 +584,7 @@ impl SpiritEngine {
     }
 
     async fn start(&self, apply: &ApplyRecord, epoch: u64) -> Observation {
-        let key = apply.spec.target.to_string();
+        let key = apply.spec.place();
         let id = apply.row.operation;
         let plan = match self.plan_of(apply) {
             Ok(p) => p,
@@ -672,7 +672,7 @@ impl SpiritEngine {
     }
 
     fn take_runner(&self, apply: &ApplyRecord) -> Option<Runner> {
-        let key = apply.spec.target.to_string();
+        let key = apply.spec.place();
         let mut runners = lock(&self.runners);
         if runners
             .get(&key)
@@ -829,7 +829,7 @@ impl Engine for SpiritEngine {
     async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
         let runner = {
             let mut runners = lock(&self.runners);
-            let key = apply.spec.target.to_string();
+            let key = apply.spec.place();
             if runners
                 .get(&key)
                 .is_some_and(|r| r.apply == apply.row.operation && r.epoch <= epoch)

@@ -34,11 +34,25 @@ pub struct ApplySpec {
     /// External identifier, e.g. `apply-42`; the deterministic branch name derives from it.
     pub identifier: String,
     pub target: Target,
+    /// The deployment of a rollout's operation (`""` for an apply without deployments).
+    #[serde(default)]
+    pub deployment: String,
     pub ddl: Vec<String>,
     /// The fingerprint of the change as checked at submit (`None` for applies stored before
     /// fingerprints existed).
     #[serde(default)]
     pub fingerprint: Option<String>,
+}
+
+impl ApplySpec {
+    /// Where the change runs, as engines key it: the target, and the deployment if any.
+    pub fn place(&self) -> String {
+        if self.deployment.is_empty() {
+            self.target.to_string()
+        } else {
+            format!("{}@{}", self.target, self.deployment)
+        }
+    }
 }
 
 /// An apply as read by its owner: the mutable row plus its spec (also what the loopback fake

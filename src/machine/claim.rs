@@ -523,6 +523,20 @@ pub struct OperationClaimView {
     /// The operation's own lease and state.
     pub op: ClaimView,
     pub parent: ClaimView,
+    /// The rollout's start gate is open for it (`machine::rollout::start_gate`); always for
+    /// the one operation of an apply without deployments.
+    pub start_open: bool,
+}
+
+impl OperationClaimView {
+    /// The one operation of an apply without deployments: no sibling gates its start.
+    pub const fn single(op: ClaimView, parent: ClaimView) -> OperationClaimView {
+        OperationClaimView {
+            op,
+            parent,
+            start_open: true,
+        }
+    }
 }
 
 impl Rules {
@@ -531,8 +545,7 @@ impl Rules {
         let parent_class = self.class_of(v.parent.state);
         let pc = &v.parent.controls;
         match arm {
-            // A single operation has no earlier sibling, so the copy-start gate is open.
-            OperationArm::O1Pending => v.op.state == Pending && !pc.stop,
+            OperationArm::O1Pending => v.op.state == Pending && !pc.stop && v.start_open,
             OperationArm::O2Stale => {
                 op_class == ClaimClass::StaleReclaimable && self.lease_free(&v.op)
             }
@@ -746,19 +759,13 @@ mod tests {
             if s.is_terminal() || *s == Paused || *s == Pending {
                 continue;
             }
-            let v = OperationClaimView {
-                op: dead_owner(*s),
-                parent: dead_owner(*s),
-            };
+            let v = OperationClaimView::single(dead_owner(*s), dead_owner(*s));
             assert!(
                 rules.matching_operation_arm(&v).is_some(),
                 "operation in {s}"
             );
         }
-        let pending = OperationClaimView {
-            op: dead_owner(Pending),
-            parent: dead_owner(Pending),
-        };
+        let pending = OperationClaimView::single(dead_owner(Pending), dead_owner(Pending));
         assert_eq!(
             rules.matching_operation_arm(&pending),
             Some(OperationArm::O1Pending)
@@ -807,10 +814,7 @@ mod tests {
                                         skip_revert: false,
                                     },
                                 };
-                                let v = OperationClaimView {
-                                    op: row,
-                                    parent: row,
-                                };
+                                let v = OperationClaimView::single(row, row);
                                 if let Some(op_arm) = rules.matching_operation_arm(&v) {
                                     assert!(
                                         rules.matching_arm(&row).is_some(),
@@ -843,10 +847,7 @@ mod tests {
         let rules = Rules::default();
         for s in rules.states_in(ClaimClass::StaleReclaimable) {
             let row = parked(s);
-            let v = |row: ClaimView| OperationClaimView {
-                op: row,
-                parent: row,
-            };
+            let v = |row: ClaimView| OperationClaimView::single(row, row);
             assert_eq!(rules.matching_arm(&row), None, "{s} parked");
             assert_eq!(rules.matching_operation_arm(&v(row)), None, "{s} parked");
             assert_eq!(rules.retry_expiry(&row), None);

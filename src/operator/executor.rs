@@ -181,6 +181,7 @@ mod tests {
                     database: "users".into(),
                     environment: "prod".into(),
                 },
+                deployment: String::new(),
                 ddl: ddl.clone(),
                 fingerprint: Some(
                     crate::ddl::check_change(EngineKind::Spirit, "users", &ddl, false)

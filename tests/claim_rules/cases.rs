@@ -179,7 +179,7 @@ pub fn ops_the_arms_read(rules: &Rules) -> Vec<ControlOp> {
         }
     }
     let decide = |v: &ClaimView| {
-        let both = OperationClaimView { op: *v, parent: *v };
+        let both = OperationClaimView::single(*v, *v);
         (rules.matching_arm(v), rules.matching_operation_arm(&both))
     };
     ControlOp::ALL
@@ -354,10 +354,7 @@ impl Case {
 
     /// `machine`'s decision on the operation path.
     pub fn expect_operation_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
-        let v = OperationClaimView {
-            op: self.operation_view(rules)?,
-            parent: self.apply_view(rules)?,
-        };
+        let v = OperationClaimView::single(self.operation_view(rules)?, self.apply_view(rules)?);
         let (op_arm, mv) = rules.operation_claim(self.engine.value()?, &v)?;
         Some((
             ClaimedVia::Operation {

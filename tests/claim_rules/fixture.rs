@@ -223,6 +223,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
         spec: Arc::new(ApplySpec {
             identifier: "apply-1".into(),
             target: target(1),
+            deployment: String::new(),
             ddl: vec![DDL.into()],
             fingerprint: None,
         }),

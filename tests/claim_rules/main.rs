@@ -529,7 +529,7 @@ fn the_cases_cover_every_state_both_paths_and_every_arm() {
             }
         }
         if let Some(op) = case.operation_view(&rules) {
-            let v = applyd::machine::OperationClaimView { op, parent };
+            let v = applyd::machine::OperationClaimView::single(op, parent);
             for arm in applyd::machine::OperationArm::ALL {
                 if rules.operation_arm_matches(*arm, &v) {
                     arms.insert(arm.code());

@@ -57,6 +57,7 @@ fn record_for(branch: &str, request: Option<u64>) -> ApplyRecord {
                 database: "fake".into(),
                 environment: "fake".into(),
             },
+            deployment: String::new(),
             ddl: vec![],
             fingerprint: None,
         }),

@@ -24,7 +24,9 @@ pub enum StartGate {
     Held,
     /// An operation was stopped: a stop acts on the whole rollout, so nothing new starts until
     /// a start resumes it.
-    Stopped { member: usize },
+    Stopped {
+        member: usize,
+    },
     /// It will never start: see [`is_orphaned`].
     Orphaned,
 }

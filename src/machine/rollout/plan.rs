@@ -112,7 +112,10 @@ impl RolloutPlan {
                 let Some(t) = t.as_deref() else {
                     return Err(refuse(
                         "table_steps",
-                        format!("statement #{} names no single table, so it has no step", i + 1),
+                        format!(
+                            "statement #{} names no single table, so it has no step",
+                            i + 1
+                        ),
                     ));
                 };
                 match order.iter().position(|o| *o == t) {
@@ -185,7 +188,9 @@ mod tests {
                 ("eu-west-1", 1, vec![1]),
             ]
         );
-        let whole = plan(&["a"], false).operations(&tables(&["t", "u"])).unwrap();
+        let whole = plan(&["a"], false)
+            .operations(&tables(&["t", "u"]))
+            .unwrap();
         assert_eq!(whole.len(), 1);
         assert_eq!(whole[0].statements, vec![0, 1]);
     }
@@ -212,9 +217,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("sideways") && e.contains("rolling"), "{e}");
-        let e = serde_json::from_str::<RolloutPlan>(r#"{"deployments": ["a"], "on_failure": "retry"}"#)
-            .unwrap_err()
-            .to_string();
+        let e =
+            serde_json::from_str::<RolloutPlan>(r#"{"deployments": ["a"], "on_failure": "retry"}"#)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("retry") && e.contains("halt"), "{e}");
     }
 }

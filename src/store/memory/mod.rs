@@ -319,6 +319,7 @@ impl MemoryStore {
         let spec = Arc::new(ApplySpec {
             identifier: format!("apply-{id}"),
             target: new.target,
+            deployment: String::new(),
             ddl: new.ddl,
             fingerprint: Some(change.fingerprint),
         });
@@ -475,10 +476,10 @@ impl MemoryStore {
                 self.rules.matching_arm(&view).map(ClaimedVia::Apply)
             }
             ClaimLevel::Operation => {
-                let view = OperationClaimView {
-                    op: self.operation_view(inner, row, now),
-                    parent: self.claim_view(inner, row, now),
-                };
+                let view = OperationClaimView::single(
+                    self.operation_view(inner, row, now),
+                    self.claim_view(inner, row, now),
+                );
                 let op = self.rules.matching_operation_arm(&view)?;
                 // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
                 let parent = self.rules.matching_arm(&view.parent)?;

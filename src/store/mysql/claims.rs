@@ -420,6 +420,8 @@ impl MySqlStore {
                         ),
                     ),
                     parent,
+                    // The MySQL store holds applies of one operation only.
+                    start_open: true,
                 };
                 let Some(op_arm) = self.rules.matching_operation_arm(&view) else {
                     continue;

@@ -213,6 +213,7 @@ impl Parsed {
                     database: raw.database.clone(),
                     environment: raw.environment.clone(),
                 },
+                deployment: String::new(),
                 ddl: self.ddl.clone(),
                 fingerprint: raw.fingerprint.clone(),
             }),
