@@ -38,7 +38,7 @@ fn facts(w: &World) -> Vec<ApplyFacts> {
             let record = w.store.row(r.id).map(|row| applyd::store::ApplyRecord {
                 row: applyd::worker::ApplySnapshot {
                     id: row.id,
-                    operation: row.operation.id,
+                    operation: row.operations[0].id,
                     engine: row.engine,
                     state: row.state,
                     epoch: row.lease_epoch,

@@ -433,7 +433,7 @@ async fn a_watched_runner_dies_with_its_lost_lease_while_every_driver_is_busy() 
     // A peer takes the watched apply's lease (as after a partition).
     let mut row = memory.row(watched).unwrap();
     row.lease_epoch += 1;
-    row.operation.lease_epoch += 1;
+    row.operations[0].lease_epoch += 1;
     row.lease_owner = Some("peer".into());
     memory.put_row(row);
     wait_for(

@@ -347,7 +347,7 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
     let record = ApplyRecord {
         row: applyd::worker::ApplySnapshot {
             id,
-            operation: store.row(id).unwrap().operation.id,
+            operation: store.row(id).unwrap().operations[0].id,
             engine: EngineKind::PlanetScale,
             state: ApplyState::Running,
             epoch: 1,

@@ -303,7 +303,7 @@ impl Sim {
     fn operations_of(&self, id: ApplyId) -> Vec<u64> {
         self.store
             .row(id)
-            .map(|r| vec![r.operation.id])
+            .map(|r| r.operations.iter().map(|o| o.id).collect())
             .unwrap_or_default()
     }
 

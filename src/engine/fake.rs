@@ -747,9 +747,7 @@ impl FakeEngines {
     pub fn truth(&self, apply: &ApplyRecord) -> Option<EngineState> {
         match apply.row.engine {
             EngineKind::PlanetScale => self.planetscale.truth(apply.row.operation),
-            EngineKind::Spirit => self
-                .spirit
-                .truth(apply.row.operation, &apply.spec.place()),
+            EngineKind::Spirit => self.spirit.truth(apply.row.operation, &apply.spec.place()),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::claim::PendingControls;
 use super::states::{ApplyState, EngineKind};
 use super::table::ApplyOptions;
 
@@ -107,4 +108,15 @@ pub enum WriteOutcome {
     TargetBusy,
     /// The store did not answer; nothing is known to have been written.
     Unavailable,
+}
+
+/// What the owner reads before each decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveInputs {
+    pub record: ApplyRecord,
+    pub controls: PendingControls,
+    pub revert_window_expired: bool,
+    /// The rollout's cutover gate is open for this operation (`rollout::cutover_gate`);
+    /// always for the one operation of an apply without deployments.
+    pub cutover_open: bool,
 }

@@ -67,6 +67,7 @@ pub async fn run_drive(
         record: claimed.record.clone(),
         controls: Default::default(),
         revert_window_expired: false,
+        cutover_open: true,
     };
     let mut stale = true;
     loop {
@@ -93,12 +94,7 @@ pub async fn run_drive(
                 }
             }
         }
-        let read = Read::of(
-            &inputs.record,
-            inputs.controls,
-            inputs.revert_window_expired,
-            pacing.heartbeat_ok_age_ms(),
-        );
+        let read = Read::of(&inputs, pacing.heartbeat_ok_age_ms());
         report.last_state = inputs.record.row.state;
         report.commands += 1;
         if report.commands > max_commands {
@@ -214,6 +210,7 @@ mod tests {
                 record: record(*s.lock().unwrap()),
                 controls: Default::default(),
                 revert_window_expired: false,
+                cutover_open: true,
             })
         });
         store

@@ -9,11 +9,9 @@ pub mod status;
 use async_trait::async_trait;
 
 use crate::machine::apply::{ApplyId, ResumeState, WriteOutcome};
-pub use crate::machine::apply::{ApplyRecord, ApplySpec, Target};
+pub use crate::machine::apply::{ApplyRecord, ApplySpec, DriveInputs, Target};
 pub use crate::machine::claim::{ClaimLevel, ClaimPath};
-use crate::machine::{
-    ApplyOptions, ApplyState, ClaimedVia, ControlOp, EngineKind, PendingControls,
-};
+use crate::machine::{ApplyOptions, ApplyState, ClaimedVia, ControlOp, EngineKind};
 
 /// The longest database or environment name a target may have (MySQL's identifier limit; the
 /// MySQL store's columns are this wide).
@@ -68,14 +66,6 @@ pub async fn claim_next(
         }
     }
     Ok(None)
-}
-
-/// What the owner reads before each decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriveInputs {
-    pub record: ApplyRecord,
-    pub controls: PendingControls,
-    pub revert_window_expired: bool,
 }
 
 /// The outcome of a control request submission.

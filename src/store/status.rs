@@ -149,12 +149,16 @@ impl MemoryStore {
                 .filter(|_| row.lease_owner.is_none())
                 .map(|w| w.saturating_sub(now)),
             wait: None,
-            operations: vec![OperationStatus {
-                id: row.operation.id,
-                deployment: String::new(),
-                key: String::new(),
-                state: row.operation.state,
-            }],
+            operations: row
+                .operations
+                .iter()
+                .map(|o| OperationStatus {
+                    id: o.id,
+                    deployment: o.deployment.clone(),
+                    key: o.key.clone(),
+                    state: o.state,
+                })
+                .collect(),
         }
         .explain()
     }

@@ -89,12 +89,7 @@ pub fn step(
             return Stepped::LoadFailed(outcome);
         }
     };
-    let read = Read::of(
-        &inputs.record,
-        inputs.controls,
-        inputs.revert_window_expired,
-        heartbeat_ok_age_ms,
-    );
+    let read = Read::of(&inputs, heartbeat_ok_age_ms);
     match drive.next(&read.view, rules) {
         Command::Write { to, resume } => {
             let outcome = store_outcome(store.write(lease, to, resume));

@@ -238,7 +238,12 @@ impl Drive {
 
         for op in PRECEDENCE.iter().copied().filter(|op| controls.has(*op)) {
             match rules.disposition(engine, state, op, &controls, &view.row.options) {
-                Disposition::Take(_) if op == ControlOp::Cutover && !self.gate_seen => continue,
+                // A cutover needs the engine freshly seen at its gate and the rollout's turn.
+                Disposition::Take(_)
+                    if op == ControlOp::Cutover && !(self.gate_seen && view.cutover_open) =>
+                {
+                    continue
+                }
                 Disposition::Take(row) => return self.start_plan(row, None, view, rules),
                 Disposition::Wait => continue,
                 Disposition::Complete => return Command::Complete(op),
@@ -255,7 +260,7 @@ impl Drive {
             &view.row.options,
             view.revert_window_expired,
         )
-        .filter(|a| *a != AutoAction::Cutover || self.gate_seen)
+        .filter(|a| *a != AutoAction::Cutover || (self.gate_seen && view.cutover_open))
         {
             if let Some(row) = TABLE.lookup(rules, engine, state, Event::Auto(action)) {
                 return self.start_plan(row, None, view, rules);

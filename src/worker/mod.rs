@@ -10,7 +10,6 @@ pub use self::core::{Drive, Finish};
 pub use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState, WriteOutcome};
 pub use crate::machine::observe::{BranchStatus, EngineFault, Observation, RunnerStatus};
 
-use crate::machine::apply::ApplyRecord;
 use crate::machine::{ApplyState, ControlOp, EngineCall, PendingControls, Probe, Refusal};
 
 /// Everything the core looks at when it decides.
@@ -24,6 +23,8 @@ pub struct DriveView {
     pub heartbeat_ok_age_ms: u64,
     /// The stored DDL still matches the fingerprint reviewed at submit (`ddl::pinned`).
     pub change_reviewed: bool,
+    /// The rollout lets this operation cut over now (see [`crate::machine::apply::DriveInputs`]).
+    pub cutover_open: bool,
 }
 
 /// Why the core asks the driver to wait before the next decision.
@@ -90,20 +91,17 @@ impl Read {
     /// The drive's view of what its owner just read: the stored change is checked against its
     /// reviewed fingerprint on every read, so a change altered mid-drive is seen before the
     /// next engine start.
-    pub fn of(
-        record: &ApplyRecord,
-        controls: PendingControls,
-        revert_window_expired: bool,
-        heartbeat_ok_age_ms: u64,
-    ) -> Read {
+    pub fn of(inputs: &crate::machine::apply::DriveInputs, heartbeat_ok_age_ms: u64) -> Read {
+        let record = &inputs.record;
         let pin = crate::ddl::pinned(record.row.engine, &record.spec);
         Read {
             view: DriveView {
                 row: record.row,
-                controls,
-                revert_window_expired,
+                controls: inputs.controls,
+                revert_window_expired: inputs.revert_window_expired,
                 heartbeat_ok_age_ms,
                 change_reviewed: pin.is_ok(),
+                cutover_open: inputs.cutover_open,
             },
             pin,
         }

@@ -218,15 +218,16 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
     let wake = |w: i64| NOW_MS.saturating_add_signed(w);
     let store = MemoryStore::new(rules, Arc::new(ManualClock::new(NOW_MS)));
     let a = &case.apply;
+    let spec = Arc::new(ApplySpec {
+        identifier: "apply-1".into(),
+        target: target(1),
+        deployment: String::new(),
+        ddl: vec![DDL.into()],
+        fingerprint: None,
+    });
     store.put_row(MemoryRow {
         id: 1,
-        spec: Arc::new(ApplySpec {
-            identifier: "apply-1".into(),
-            target: target(1),
-            deployment: String::new(),
-            ddl: vec![DDL.into()],
-            fingerprint: None,
-        }),
+        spec: spec.clone(),
         engine,
         state,
         options: ApplyOptions::default(),
@@ -242,9 +243,19 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
         state_entered_at: at(case.state_age),
         created_at: 0,
         error_message: None,
-        operation: MemoryOperation {
+        rollout: None,
+        operations: vec![MemoryOperation {
             id: 1,
+            deployment: String::new(),
+            deployment_index: 0,
+            step: 0,
+            key: String::new(),
+            spec,
             state: op_state,
+            resume: ResumeState::default(),
+            state_entered_at: at(case.state_age),
+            error_message: None,
+            failed_closed: false,
             attempt: op.attempt,
             lease_owner: op.lease.owner.then(|| "owner".into()),
             lease_epoch: op.lease.epoch,
@@ -254,8 +265,9 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             parked_until: op.lease.wake_in.map(wake),
             updated_at: at(op.updated_age),
             created_at: 0,
-        },
+        }],
         tasks: vec![MemoryTask {
+            operation: 0,
             state: TaskState::Pending,
             attempt: 0,
             table: Some("users".into()),

@@ -349,7 +349,7 @@ async fn memory_retry_expiry_takes_exactly_what_the_rules_expire() {
         });
         assert_eq!(got, expected_expiry(&rules, &case), "{case}");
         assert_eq!(
-            row.operation.state, row.state,
+            row.operations[0].state, row.state,
             "{case}: the operation follows"
         );
         checked += 1;

@@ -280,7 +280,7 @@ impl Env {
                 .rows()
                 .into_iter()
                 .map(|r| {
-                    let o = r.operation;
+                    let o = r.operations[0].clone();
                     (
                         r.id,
                         OperationView {
@@ -421,7 +421,7 @@ impl Env {
         match &self.backend {
             Backend::Memory { store, .. } => {
                 let mut row = store.row(id).expect("the apply exists");
-                row.operation.lease_epoch = epoch;
+                row.operations[0].lease_epoch = epoch;
                 store.put_row(row);
             }
             Backend::MySql { store, .. } => {

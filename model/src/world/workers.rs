@@ -47,6 +47,8 @@ impl ApplydModel {
             revert_window_expired: false,
             heartbeat_ok_age_ms: hb_age as u64 * TICK_MS,
             change_reviewed: !drifted,
+            // The model's applies have one operation each.
+            cutover_open: true,
         });
         // A wait is followed at once by the next decision on the same read: the wait itself
         // changes nothing that anyone else can see.

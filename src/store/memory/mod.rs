@@ -8,6 +8,9 @@
 
 mod clock;
 mod delegate;
+mod rollout;
+
+use rollout::LeaseChange;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 
@@ -18,8 +21,9 @@ use super::{
     adopts, validate_new_apply, ApplyRecord, ApplySpec, Claimed, DriveInputs, Lease, NewApply,
     RequestOutcome, StoreError, Submitted, Target,
 };
-use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
+use crate::machine::apply::{ApplyId, ApplySnapshot, OperationId, ResumeState};
 use crate::machine::claim::{ClaimLevel, ClaimPath};
+use crate::machine::rollout::RolloutPolicy;
 use crate::machine::task::task_after_move;
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ClaimedVia, ControlOp, ControlStatus, EngineKind,
@@ -49,18 +53,38 @@ pub struct MemoryRow {
     pub state_entered_at: u64,
     pub created_at: u64,
     pub error_message: Option<String>,
-    /// The apply's one operation row (its state mirrors the apply's; its lease is the apply's).
-    pub operation: MemoryOperation,
-    /// One task per DDL statement, in order.
+    /// A rollout's policy and release latch; `None` for an apply without deployments.
+    pub rollout: Option<RolloutPolicy>,
+    /// The operation rows, in rollout order: one for an apply without deployments (its state
+    /// mirrors the apply's; its lease is the apply's), one per deployment and table step for a
+    /// rollout (each with its own lease; the apply's state is derived from them, and its
+    /// `lease_epoch` is the counter their epochs are drawn from).
+    pub operations: Vec<MemoryOperation>,
+    /// One task per DDL statement of each operation, in order.
     pub tasks: Vec<MemoryTask>,
 }
 
-/// The operation row of a single-operation apply. Its lease is taken, renewed and released
-/// together with the parent's, at the same epoch; its own epoch fences the operation writes.
+/// An operation row. For an apply without deployments its lease is taken, renewed and released
+/// together with the parent's, at the same epoch, and the apply row holds its resume state;
+/// a rollout's operations hold their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryOperation {
-    pub id: u64,
+    pub id: OperationId,
+    /// The deployment's name and position in the plan (`""` and 0 without deployments).
+    pub deployment: String,
+    pub deployment_index: u32,
+    /// The table step within the deployment (0 without table steps).
+    pub step: u32,
+    /// `step-N` for a table step, `""` for a whole deployment (`rollout::operation_key`).
+    pub key: String,
+    /// What the operation runs: its own identifier, deployment and statements.
+    pub spec: Arc<ApplySpec>,
     pub state: ApplyState,
+    pub resume: ResumeState,
+    pub state_entered_at: u64,
+    pub error_message: Option<String>,
+    /// Failed closed (an inconsistency, not an engine failure).
+    pub failed_closed: bool,
     pub attempt: u32,
     pub lease_owner: Option<String>,
     pub lease_epoch: u64,
@@ -75,6 +99,8 @@ pub struct MemoryOperation {
 /// One task row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryTask {
+    /// Index of its operation in `MemoryRow::operations`.
+    pub operation: usize,
     pub state: TaskState,
     pub attempt: u32,
     /// The table its statement touches.
@@ -95,6 +121,9 @@ pub struct MemoryRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub apply: ApplyId,
+    /// The rollout operation that moved; `None` for an apply without deployments, and for a
+    /// rollout's derived parent state (cause `derived`).
+    pub operation: Option<OperationId>,
     pub from: ApplyState,
     pub to: ApplyState,
     pub epoch: u64,
@@ -212,7 +241,7 @@ impl MemoryStore {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match inner.rows.get_mut(&id) {
             Some(row) => {
-                row.operation.state = state;
+                row.operations[0].state = state;
                 true
             }
             None => false,
@@ -241,10 +270,19 @@ impl MemoryStore {
         let now = self.now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match inner.rows.get_mut(&id) {
-            Some(row) if row.parked_until.is_some_and(|w| w > now) => {
-                row.parked_until = Some(now);
-                row.operation.parked_until = Some(now);
-                true
+            Some(row) => {
+                let mut woke = false;
+                if row.parked_until.is_some_and(|w| w > now) {
+                    row.parked_until = Some(now);
+                    woke = true;
+                }
+                for op in &mut row.operations {
+                    if op.parked_until.is_some_and(|w| w > now) {
+                        op.parked_until = Some(now);
+                        woke = true;
+                    }
+                }
+                woke
             }
             _ => false,
         }
@@ -255,11 +293,11 @@ impl MemoryStore {
     pub fn put_row(&self, row: MemoryRow) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.next_id = inner.next_id.max(row.id + 1);
-        inner.next_operation_id = inner.next_operation_id.max(row.operation.id + 1);
-        inner.seq = inner
-            .seq
-            .max(row.lease_acquired_seq)
-            .max(row.operation.lease_acquired_seq);
+        for op in &row.operations {
+            inner.next_operation_id = inner.next_operation_id.max(op.id + 1);
+            inner.seq = inner.seq.max(op.lease_acquired_seq);
+        }
+        inner.seq = inner.seq.max(row.lease_acquired_seq);
         inner.rows.insert(row.id, row);
     }
 
@@ -311,6 +349,7 @@ impl MemoryStore {
             .statements
             .iter()
             .map(|statement| MemoryTask {
+                operation: 0,
                 state: TaskState::Pending,
                 attempt: 0,
                 table: Some(statement.table.clone()),
@@ -327,7 +366,7 @@ impl MemoryStore {
             id,
             MemoryRow {
                 id,
-                spec,
+                spec: spec.clone(),
                 engine: new.engine,
                 state: ApplyState::Pending,
                 options: new.options,
@@ -343,9 +382,19 @@ impl MemoryStore {
                 state_entered_at: now,
                 created_at: now,
                 error_message: None,
-                operation: MemoryOperation {
+                rollout: None,
+                operations: vec![MemoryOperation {
                     id: operation_id,
+                    deployment: String::new(),
+                    deployment_index: 0,
+                    step: 0,
+                    key: String::new(),
+                    spec: spec.clone(),
                     state: ApplyState::Pending,
+                    resume: ResumeState::default(),
+                    state_entered_at: now,
+                    error_message: None,
+                    failed_closed: false,
                     attempt: 0,
                     lease_owner: None,
                     lease_epoch: 0,
@@ -355,7 +404,7 @@ impl MemoryStore {
                     parked_until: None,
                     updated_at: now,
                     created_at: now,
-                },
+                }],
                 tasks,
             },
         );
@@ -386,9 +435,9 @@ impl MemoryStore {
         }
     }
 
-    /// The operation row as the operation arms see it: its own lease, its parent's requests.
-    fn operation_view(&self, inner: &Inner, row: &MemoryRow, now: u64) -> ClaimView {
-        let op = &row.operation;
+    /// Operation `i` as the operation arms see it: its own lease, its parent's requests.
+    fn operation_view(&self, inner: &Inner, row: &MemoryRow, i: usize, now: u64) -> ClaimView {
+        let op = &row.operations[i];
         let mut controls = pending_of(inner, row.id);
         if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
             controls.start_newer_than_lease = controls.start
@@ -436,8 +485,8 @@ impl MemoryStore {
         let inner = self.lock()?;
         let mut out = Vec::new();
         for level in path.levels() {
-            for id in Self::claim_order(&inner, *level) {
-                if self.claim_match(&inner, id, *level, now).is_some() && !out.contains(&id) {
+            for (id, i) in Self::claim_order(&inner, *level) {
+                if self.claim_match(&inner, id, i, *level, now).is_some() && !out.contains(&id) {
                     out.push(id);
                 }
             }
@@ -445,27 +494,39 @@ impl MemoryStore {
         Ok(out)
     }
 
-    /// The order claims at `level` look at rows: applies by id, operations oldest first.
-    fn claim_order(inner: &Inner, level: ClaimLevel) -> Vec<ApplyId> {
+    /// The order claims at `level` look at rows: applies by id (a rollout's parent is never
+    /// claimed), operations oldest first; each as (apply, operation index).
+    fn claim_order(inner: &Inner, level: ClaimLevel) -> Vec<(ApplyId, usize)> {
         match level {
-            ClaimLevel::Apply => inner.rows.keys().copied().collect(),
+            ClaimLevel::Apply => inner
+                .rows
+                .values()
+                .filter(|r| r.rollout.is_none())
+                .map(|r| (r.id, 0))
+                .collect(),
             ClaimLevel::Operation => {
-                let mut order: Vec<(u64, u64, ApplyId)> = inner
+                let mut order: Vec<(u64, u64, ApplyId, usize)> = inner
                     .rows
                     .values()
-                    .map(|r| (r.operation.created_at, r.operation.id, r.id))
+                    .flat_map(|r| {
+                        r.operations
+                            .iter()
+                            .enumerate()
+                            .map(|(i, o)| (o.created_at, o.id, r.id, i))
+                    })
                     .collect();
                 order.sort_unstable();
-                order.into_iter().map(|(_, _, id)| id).collect()
+                order.into_iter().map(|(_, _, id, i)| (id, i)).collect()
             }
         }
     }
 
-    /// The arm by which a claim at `level` would take `id` now, if any.
+    /// The arm by which a claim at `level` would take operation `i` of `id` now, if any.
     fn claim_match(
         &self,
         inner: &Inner,
         id: ApplyId,
+        i: usize,
         level: ClaimLevel,
         now: u64,
     ) -> Option<ClaimedVia> {
@@ -476,12 +537,16 @@ impl MemoryStore {
                 self.rules.matching_arm(&view).map(ClaimedVia::Apply)
             }
             ClaimLevel::Operation => {
-                let view = OperationClaimView::single(
-                    self.operation_view(inner, row, now),
-                    self.claim_view(inner, row, now),
-                );
+                let view = match row.rollout {
+                    None => OperationClaimView::single(
+                        self.operation_view(inner, row, i, now),
+                        self.claim_view(inner, row, now),
+                    ),
+                    Some(_) => self.member_view(inner, row, i, now),
+                };
                 let op = self.rules.matching_operation_arm(&view)?;
-                // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm.
+                // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm
+                // (for a rollout's operation, the arm that matches the operation itself).
                 let parent = self.rules.matching_arm(&view.parent)?;
                 Some(ClaimedVia::Operation { op, parent })
             }
@@ -491,12 +556,17 @@ impl MemoryStore {
     fn claim_at(&self, level: ClaimLevel, owner: &str) -> Result<Option<Claimed>, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        for id in Self::claim_order(&inner, level) {
-            let Some(via) = self.claim_match(&inner, id, level, now) else {
+        for (id, i) in Self::claim_order(&inner, level) {
+            let Some(via) = self.claim_match(&inner, id, i, level, now) else {
                 continue;
             };
-            if let Some(claimed) = self.take(&mut inner, id, via, owner, now) {
-                return Ok(Some(claimed));
+            let claimed = if inner.rows[&id].rollout.is_some() {
+                self.take_member(&mut inner, id, i, via, owner, now)
+            } else {
+                self.take(&mut inner, id, via, owner, now)
+            };
+            if claimed.is_some() {
+                return Ok(claimed);
             }
         }
         Ok(None)
@@ -545,9 +615,9 @@ impl MemoryStore {
         if mv.counts_attempt {
             row.attempt += 1;
             row.error_message = None;
-            row.operation.attempt += 1;
+            row.operations[0].attempt += 1;
         }
-        let op = &mut row.operation;
+        let op = &mut row.operations[0];
         op.lease_epoch = row.lease_epoch;
         op.lease_acquired_seq = seq;
         op.lease_owner = Some(owner.to_string());
@@ -567,6 +637,7 @@ impl MemoryStore {
         };
         let epoch = row.lease_epoch;
         inner.audit.push(AuditEntry {
+            operation: None,
             apply: id,
             from: pre_claim,
             to,
@@ -608,7 +679,7 @@ impl MemoryStore {
         let row = self.owned(inner, lease)?;
         if self
             .rules
-            .write_allowed(row.operation.lease_epoch, lease.epoch)
+            .write_allowed(row.operations[0].lease_epoch, lease.epoch)
         {
             Ok(row)
         } else {
@@ -622,6 +693,9 @@ impl MemoryStore {
     pub fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.load_member(&inner, lease, now);
+        }
         let row = self.owned(&mut inner, lease)?.clone();
         let controls = pending_of(&inner, row.id);
         Ok(DriveInputs {
@@ -630,6 +704,7 @@ impl MemoryStore {
                 .revert_window_expired(row.state, now.saturating_sub(row.state_entered_at)),
             record: row.record(),
             controls,
+            cutover_open: true,
         })
     }
 
@@ -641,6 +716,9 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.write_member(&mut inner, lease, to, resume, now);
+        }
         let (from, target, row_epoch) = {
             let row = self.owned_with_operation(&mut inner, lease)?;
             (row.state, row.spec.target.clone(), row.lease_epoch)
@@ -668,6 +746,9 @@ impl MemoryStore {
     pub fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.fail_member(&mut inner, lease, reason, now);
+        }
         let row = self.owned_with_operation(&mut inner, lease)?;
         let from = row.state;
         let Some(to) = self.rules.fail_closed_move(row.engine, from) else {
@@ -690,6 +771,9 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.finish_member_request(&mut inner, lease, op, status, message, now);
+        }
         self.owned(&mut inner, lease)?;
         if let Some(req) = inner.requests.get_mut(&(lease.apply, op)) {
             if req.status == ControlStatus::Pending {
@@ -717,19 +801,26 @@ impl MemoryStore {
     pub fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.lease_member(&mut inner, lease, LeaseChange::Renew, now);
+        }
         let row = self.owned_with_operation(&mut inner, lease)?;
         row.heartbeat_at = Some(now);
-        row.operation.heartbeat_at = Some(now);
+        row.operations[0].heartbeat_at = Some(now);
         Ok(())
     }
 
     pub fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.lease_member(&mut inner, lease, LeaseChange::Release, now);
+        }
         let row = self.owned_with_operation(&mut inner, lease)?;
         row.lease_owner = None;
         row.heartbeat_at = None;
-        row.operation.lease_owner = None;
-        row.operation.heartbeat_at = None;
+        row.operations[0].lease_owner = None;
+        row.operations[0].heartbeat_at = None;
         Ok(())
     }
 
@@ -745,6 +836,9 @@ impl MemoryStore {
     pub fn park(&self, lease: &Lease) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        if is_rollout(&inner, lease.apply) {
+            return self.lease_member(&mut inner, lease, LeaseChange::Park, now);
+        }
         let rules = self.rules;
         let row = self.owned_with_operation(&mut inner, lease)?;
         if !crate::machine::waits::parks(row.engine, row.state, &row.options) {
@@ -757,11 +851,12 @@ impl MemoryStore {
         row.lease_owner = None;
         row.heartbeat_at = None;
         row.parked_until = Some(wake);
-        row.operation.lease_owner = None;
-        row.operation.heartbeat_at = None;
-        row.operation.parked_until = Some(wake);
+        row.operations[0].lease_owner = None;
+        row.operations[0].heartbeat_at = None;
+        row.operations[0].parked_until = Some(wake);
         let (state, epoch) = (row.state, row.lease_epoch);
         inner.audit.push(AuditEntry {
+            operation: None,
             apply: lease.apply,
             from: state,
             to: state,
@@ -805,26 +900,50 @@ impl MemoryStore {
                 RequestOutcome::Created
             }
         };
+        if op == ControlOp::Cancel && is_rollout(&inner, apply) {
+            self.withdraw_unstarted(&mut inner, apply, now);
+        }
         Ok(outcome)
     }
 
-    /// Exact here: some row matches an apply arm (every operation claim also moves its parent by
-    /// one) or expires.
+    /// Exact here: some operation or apply matches a claim arm, or some operation expires.
     pub fn may_have_work(&self) -> Result<bool, StoreError> {
         let now = self.now();
         let inner = self.lock()?;
-        Ok(inner.rows.values().any(|row| {
-            let view = self.claim_view(&inner, row, now);
-            self.rules.matching_arm(&view).is_some()
-                || self.rules.expiry_move(row.engine, &view).is_some()
-        }))
+        let claimable = [ClaimLevel::Operation, ClaimLevel::Apply]
+            .iter()
+            .any(|level| {
+                Self::claim_order(&inner, *level)
+                    .into_iter()
+                    .any(|(id, i)| self.claim_match(&inner, id, i, *level, now).is_some())
+            });
+        Ok(claimable
+            || inner.rows.values().any(|row| {
+                (0..row.operations.len()).any(|i| {
+                    let view = match row.rollout {
+                        None => self.claim_view(&inner, row, now),
+                        Some(_) => self.operation_view(&inner, row, i, now),
+                    };
+                    self.rules.expiry_move(row.engine, &view).is_some()
+                })
+            }))
     }
 
     pub fn expire_retryable(&self) -> Result<u32, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
+        let rollouts: Vec<ApplyId> = inner
+            .rows
+            .values()
+            .filter(|r| r.rollout.is_some())
+            .map(|r| r.id)
+            .collect();
+        let mut members_expired = 0;
+        for id in rollouts {
+            members_expired += self.expire_members(&mut inner, id, now);
+        }
         let mut expired = Vec::new();
-        for row in inner.rows.values() {
+        for row in inner.rows.values().filter(|r| r.rollout.is_none()) {
             let view = self.claim_view(&inner, row, now);
             if let Some((reason, to)) = self.rules.expiry_move(row.engine, &view) {
                 expired.push((row.id, reason, to));
@@ -838,6 +957,7 @@ impl MemoryStore {
             row.error_message = Some(reason.as_str().to_string());
             let epoch = row.lease_epoch;
             inner.audit.push(AuditEntry {
+                operation: None,
                 apply: *id,
                 from,
                 to: *to,
@@ -847,8 +967,13 @@ impl MemoryStore {
                 cause: reason.as_str().into(),
             });
         }
-        Ok(expired.len() as u32)
+        Ok(expired.len() as u32 + members_expired)
     }
+}
+
+/// Whether the apply is a rollout (its operations hold their own leases).
+fn is_rollout(inner: &Inner, id: ApplyId) -> bool {
+    inner.rows.get(&id).is_some_and(|r| r.rollout.is_some())
 }
 
 /// Move an apply to `to`: its operation row mirrors the state, and on a change its tasks follow
@@ -862,10 +987,11 @@ fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, now: u64) {
     let from = row.state;
     row.updated_at = now;
     row.heartbeat_at = Some(now);
-    row.operation.heartbeat_at = Some(now);
+    row.operations[0].heartbeat_at = Some(now);
     move_state(row, to, now);
     if from != to {
         inner.audit.push(AuditEntry {
+            operation: None,
             apply: lease.apply,
             from,
             to,
@@ -890,8 +1016,8 @@ fn move_state(row: &mut MemoryRow, to: ApplyState, now: u64) {
         row.state = to;
         row.state_entered_at = now;
     }
-    row.operation.state = to;
-    row.operation.updated_at = now;
+    row.operations[0].state = to;
+    row.operations[0].updated_at = now;
 }
 
 fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
@@ -919,7 +1045,7 @@ impl MemoryRow {
         ApplyRecord {
             row: ApplySnapshot {
                 id: self.id,
-                operation: self.operation.id,
+                operation: self.operations[0].id,
                 engine: self.engine,
                 state: self.state,
                 epoch: self.lease_epoch,

@@ -369,6 +369,8 @@ impl MySqlStore {
                 .revert_window_expired(parsed.state, age_ms(raw.state_age_us)),
             record: parsed.record(&raw, parsed.state, raw.lease_epoch, raw.attempt),
             controls: parsed.controls,
+            // The MySQL store holds applies of one operation only.
+            cutover_open: true,
         })
     }
 

@@ -1,0 +1,650 @@
+//! Rollouts in the memory store: an apply whose change runs as several operations (one per
+//! deployment and table step, `machine::rollout`). Each operation holds its own lease, drawn
+//! from the apply's epoch counter so that `(apply, epoch)` names it; every write is fenced by
+//! it; the apply row holds no lease and its state is only ever written with
+//! `rollout::derive_parent`, under the same lock as the operation move that changed it.
+
+use super::*;
+use crate::machine::rollout::{
+    cutover_gate, derive_parent, start_gate, CutoverGate, Member, RolloutPlan, StartGate,
+};
+
+/// The rollout's operations as the rollout rules see them.
+pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
+    row.operations
+        .iter()
+        .map(|o| Member {
+            deployment: o.deployment_index,
+            step: o.step,
+            state: o.state,
+            failed_closed: o.failed_closed,
+        })
+        .collect()
+}
+
+/// The apply holding `(target, deployment)` while active, other than `except`: an apply
+/// without deployments holds its target's `""`; a rollout holds each of its deployments.
+pub(super) fn active_on_place(
+    inner: &Inner,
+    target: &Target,
+    deployment: &str,
+    except: Option<ApplyId>,
+) -> Option<ApplyId> {
+    inner
+        .rows
+        .values()
+        .find(|r| {
+            Some(r.id) != except
+                && r.state.is_active()
+                && r.spec.target == *target
+                && match r.rollout {
+                    None => deployment.is_empty(),
+                    Some(_) => r.operations.iter().any(|o| o.deployment == deployment),
+                }
+        })
+        .map(|r| r.id)
+}
+
+impl MemoryStore {
+    /// Submit a rollout: the change checked as any submission is, the plan turned into its
+    /// operations (refused naming the field when it cannot be honoured), every deployment
+    /// reserved. The same change sent again while it is live is adopted.
+    pub fn submit_rollout(
+        &self,
+        new: NewApply,
+        plan: &RolloutPlan,
+    ) -> Result<Submitted, StoreError> {
+        let change = validate_new_apply(&new)?;
+        let tables: Vec<Option<String>> = change
+            .statements
+            .iter()
+            .map(|s| Some(s.table.clone()).filter(|t| !t.is_empty()))
+            .collect();
+        let planned = plan.operations(&tables).map_err(|r| StoreError::Invalid {
+            field: r.field,
+            message: r.message,
+        })?;
+        let mut specs = Vec::with_capacity(planned.len());
+        for p in &planned {
+            let ddl: Vec<String> = p.statements.iter().map(|i| new.ddl[*i].clone()).collect();
+            let fingerprint = crate::ddl::check_change(
+                new.engine,
+                &new.target.database,
+                &ddl,
+                new.allow_destructive,
+            )
+            .map_err(|e| StoreError::Invalid {
+                field: "ddl",
+                message: e.to_string(),
+            })?
+            .fingerprint;
+            specs.push((ddl, fingerprint));
+        }
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut holders = Vec::new();
+        for d in &plan.deployments {
+            if let Some(existing) = active_on_place(&inner, &new.target, d, None) {
+                holders.push((d, existing));
+            }
+        }
+        if let Some((d, existing)) = holders.first() {
+            let same = holders.len() == plan.deployments.len()
+                && holders.iter().all(|(_, h)| h == existing)
+                && inner.rows.get(existing).is_some_and(|live| {
+                    live.operations.len() == planned.len()
+                        && adopts(
+                            (live.engine, live.spec.fingerprint.as_deref()),
+                            &new,
+                            &change,
+                        )
+                });
+            if same {
+                return Ok(Submitted {
+                    id: *existing,
+                    adopted: true,
+                });
+            }
+            return Err(StoreError::ActiveApplyExists {
+                target: format!("{}@{d}", new.target),
+                existing: *existing,
+            });
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let mut operations = Vec::with_capacity(planned.len());
+        let mut tasks = Vec::new();
+        for (k, (p, (ddl, fingerprint))) in planned.iter().zip(specs).enumerate() {
+            let op_id = inner.next_operation_id;
+            inner.next_operation_id += 1;
+            // Branch names derive from the identifier: only letters, digits and dashes.
+            let identifier = if plan.table_steps {
+                format!("apply-{id}-d{}-s{}", p.deployment_index + 1, p.step + 1)
+            } else {
+                format!("apply-{id}-d{}", p.deployment_index + 1)
+            };
+            for i in &p.statements {
+                tasks.push(MemoryTask {
+                    operation: k,
+                    state: TaskState::Pending,
+                    attempt: 0,
+                    table: Some(change.statements[*i].table.clone()),
+                });
+            }
+            operations.push(MemoryOperation {
+                id: op_id,
+                deployment: p.deployment.clone(),
+                deployment_index: p.deployment_index,
+                step: p.step,
+                key: crate::machine::rollout::operation_key(plan.table_steps, p.step),
+                spec: Arc::new(ApplySpec {
+                    identifier,
+                    target: new.target.clone(),
+                    deployment: p.deployment.clone(),
+                    ddl,
+                    fingerprint: Some(fingerprint),
+                }),
+                state: ApplyState::Pending,
+                resume: ResumeState::default(),
+                state_entered_at: now,
+                error_message: None,
+                failed_closed: false,
+                attempt: 0,
+                lease_owner: None,
+                lease_epoch: 0,
+                lease_acquired_at: None,
+                lease_acquired_seq: 0,
+                heartbeat_at: None,
+                parked_until: None,
+                updated_at: now,
+                created_at: now,
+            });
+        }
+        let spec = Arc::new(ApplySpec {
+            identifier: format!("apply-{id}"),
+            target: new.target,
+            deployment: String::new(),
+            ddl: new.ddl,
+            fingerprint: Some(change.fingerprint),
+        });
+        inner.rows.insert(
+            id,
+            MemoryRow {
+                id,
+                spec,
+                engine: new.engine,
+                state: ApplyState::Pending,
+                options: new.options,
+                resume: ResumeState::default(),
+                attempt: 0,
+                lease_owner: None,
+                lease_epoch: 0,
+                lease_acquired_at: None,
+                lease_acquired_seq: 0,
+                heartbeat_at: None,
+                parked_until: None,
+                updated_at: now,
+                state_entered_at: now,
+                created_at: now,
+                error_message: None,
+                rollout: Some(plan.policy()),
+                operations,
+                tasks,
+            },
+        );
+        Ok(Submitted { id, adopted: false })
+    }
+
+    /// A rollout operation as the operation arms see it: its own lease and state, with its
+    /// apply's requests, for the operation arm and for the apply arm that moves it; and whether
+    /// its start gate is open.
+    pub(super) fn member_view(
+        &self,
+        inner: &Inner,
+        row: &MemoryRow,
+        i: usize,
+        now: u64,
+    ) -> OperationClaimView {
+        let view = self.operation_view(inner, row, i, now);
+        let policy = row.rollout.unwrap_or_default();
+        OperationClaimView {
+            op: view,
+            parent: view,
+            start_open: start_gate(&policy, &members(row), i) == StartGate::Open,
+        }
+    }
+
+    /// Take operation `i` of a rollout at a new epoch from the apply's counter, moving it by
+    /// the apply arm's transition; the apply's state follows by derivation.
+    pub(super) fn take_member(
+        &self,
+        inner: &mut Inner,
+        id: ApplyId,
+        i: usize,
+        via: ClaimedVia,
+        owner: &str,
+        now: u64,
+    ) -> Option<Claimed> {
+        let row = &inner.rows[&id];
+        let op = &row.operations[i];
+        let mv = self
+            .rules
+            .claim_move(row.engine, op.state, via.apply_arm())?;
+        if self.rules.reactivates(op.state, mv.to) {
+            let (target, deployment) = (row.spec.target.clone(), op.deployment.clone());
+            if let Some(existing) = active_on_place(inner, &target, &deployment, Some(id)) {
+                refuse_start(inner, id, &target, existing, now);
+                return None;
+            }
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        let row = inner.rows.get_mut(&id).expect("row listed above");
+        row.lease_epoch += 1;
+        let epoch = row.lease_epoch;
+        let op = &mut row.operations[i];
+        let pre_claim = op.state;
+        op.lease_epoch = epoch;
+        op.lease_owner = Some(owner.to_string());
+        op.lease_acquired_at = Some(now);
+        op.lease_acquired_seq = seq;
+        op.heartbeat_at = Some(now);
+        op.parked_until = None;
+        op.updated_at = now;
+        if mv.counts_attempt {
+            op.attempt += 1;
+            op.error_message = None;
+        }
+        let op_id = op.id;
+        move_member(row, i, mv.to, now);
+        let lease = Lease {
+            apply: id,
+            owner: owner.to_string(),
+            epoch,
+        };
+        let record = member_record(row, i);
+        inner.audit.push(AuditEntry {
+            apply: id,
+            operation: Some(op_id),
+            from: pre_claim,
+            to: mv.to,
+            epoch,
+            owner: Some(owner.to_string()),
+            at_ms: now,
+            cause: format!("claim {}", via.code()),
+        });
+        rederive(inner, id, now);
+        Some(Claimed {
+            lease,
+            arm: via,
+            pre_claim,
+            record,
+        })
+    }
+
+    /// The operation a lease holds, fenced: no operation of the apply holds that epoch any
+    /// more, so its owner was displaced.
+    pub(super) fn owned_member(&self, inner: &Inner, lease: &Lease) -> Result<usize, StoreError> {
+        let row = inner
+            .rows
+            .get(&lease.apply)
+            .ok_or(StoreError::RowGone(lease.apply))?;
+        row.operations
+            .iter()
+            .position(|o| o.lease_epoch == lease.epoch && lease.epoch > 0)
+            .ok_or(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            })
+    }
+
+    pub(super) fn load_member(
+        &self,
+        inner: &Inner,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<DriveInputs, StoreError> {
+        let i = self.owned_member(inner, lease)?;
+        let row = &inner.rows[&lease.apply];
+        let op = &row.operations[i];
+        let policy = row.rollout.unwrap_or_default();
+        Ok(DriveInputs {
+            revert_window_expired: self
+                .rules
+                .revert_window_expired(op.state, now.saturating_sub(op.state_entered_at)),
+            record: member_record(row, i),
+            controls: pending_of(inner, row.id),
+            cutover_open: cutover_gate(&policy, &members(row), i) == CutoverGate::Open,
+        })
+    }
+
+    /// A fenced write of one operation: a move into `cutting_over` is refused while the
+    /// rollout's cutover gate is closed (checked under the lock, so two operations can never
+    /// both pass it), and a reactivation re-checks the operation's deployment.
+    pub(super) fn write_member(
+        &self,
+        inner: &mut Inner,
+        lease: &Lease,
+        to: ApplyState,
+        resume: ResumeState,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let i = self.owned_member(inner, lease)?;
+        let row = &inner.rows[&lease.apply];
+        let op = &row.operations[i];
+        if to == ApplyState::CuttingOver && op.state != ApplyState::CuttingOver {
+            let gate = cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i);
+            if gate != CutoverGate::Open {
+                return Err(StoreError::Refused(format!(
+                    "operation {} of apply {}: {gate}",
+                    i + 1,
+                    row.id
+                )));
+            }
+        }
+        if self.rules.reactivates(op.state, to) {
+            let (target, deployment) = (row.spec.target.clone(), op.deployment.clone());
+            if let Some(existing) = active_on_place(inner, &target, &deployment, Some(lease.apply))
+            {
+                return Err(StoreError::ActiveApplyExists {
+                    target: format!("{target}@{deployment}"),
+                    existing,
+                });
+            }
+        }
+        let row = inner.rows.get_mut(&lease.apply).expect("checked above");
+        row.operations[i].resume = resume;
+        member_move(inner, lease, i, to, "write", now);
+        Ok(())
+    }
+
+    pub(super) fn fail_member(
+        &self,
+        inner: &mut Inner,
+        lease: &Lease,
+        reason: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let i = self.owned_member(inner, lease)?;
+        let row = inner.rows.get_mut(&lease.apply).expect("owned above");
+        let from = row.operations[i].state;
+        let Some(to) = self.rules.fail_closed_move(row.engine, from) else {
+            return Err(StoreError::Refused(format!(
+                "operation {} of apply {} is already {from}",
+                i + 1,
+                lease.apply
+            )));
+        };
+        let op = &mut row.operations[i];
+        op.error_message = Some(reason.to_string());
+        op.failed_closed = true;
+        row.error_message = Some(format!("{}: {reason}", op.spec.identifier));
+        member_move(inner, lease, i, to, "fail closed", now);
+        Ok(())
+    }
+
+    /// Completing a request of a rollout: it stays pending while another live operation still
+    /// acts on it (a stop reaches every running operation, a cutover every one at the gate),
+    /// and completes once none does. A refusal by one operation fails it.
+    pub(super) fn finish_member_request(
+        &self,
+        inner: &mut Inner,
+        lease: &Lease,
+        op: ControlOp,
+        status: ControlStatus,
+        message: Option<&str>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let i = self.owned_member(inner, lease)?;
+        let row = &inner.rows[&lease.apply];
+        let pending = pending_of(inner, row.id);
+        let policy = row.rollout.unwrap_or_default();
+        let members = members(row);
+        let others_act = status == ControlStatus::Completed
+            && row.operations.iter().enumerate().any(|(j, o)| {
+                j != i
+                    && !o.state.is_terminal()
+                    && !crate::machine::rollout::is_orphaned(&policy, &members, j)
+                    && matches!(
+                        self.rules
+                            .disposition(row.engine, o.state, op, &pending, &row.options),
+                        crate::machine::Disposition::Take(_) | crate::machine::Disposition::Wait
+                    )
+            });
+        if others_act {
+            return Ok(());
+        }
+        if let Some(req) = inner.requests.get_mut(&(lease.apply, op)) {
+            if req.status == ControlStatus::Pending {
+                req.status = status;
+                req.updated_at = now;
+                req.message = message.map(str::to_string);
+            }
+        }
+        Ok(())
+    }
+
+    /// The fenced lease fields of one operation: renewed, released, or parked until `wake`.
+    pub(super) fn lease_member(
+        &self,
+        inner: &mut Inner,
+        lease: &Lease,
+        change: LeaseChange,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let i = self.owned_member(inner, lease)?;
+        let rules = self.rules;
+        let row = inner.rows.get_mut(&lease.apply).expect("owned above");
+        let engine = row.engine;
+        let options = row.options;
+        let op = &mut row.operations[i];
+        match change {
+            LeaseChange::Renew => op.heartbeat_at = Some(now),
+            LeaseChange::Release => {
+                op.lease_owner = None;
+                op.heartbeat_at = None;
+            }
+            LeaseChange::Park => {
+                if !crate::machine::waits::parks(engine, op.state, &options) {
+                    return Err(StoreError::Refused(format!(
+                        "operation {} of apply {} in {} does not park",
+                        i + 1,
+                        lease.apply,
+                        op.state
+                    )));
+                }
+                let wake =
+                    now + rules.park_wake_ms(op.state, now.saturating_sub(op.state_entered_at));
+                op.lease_owner = None;
+                op.heartbeat_at = None;
+                op.parked_until = Some(wake);
+                let (state, id) = (op.state, op.id);
+                inner.audit.push(AuditEntry {
+                    apply: lease.apply,
+                    operation: Some(id),
+                    from: state,
+                    to: state,
+                    epoch: lease.epoch,
+                    owner: Some(lease.owner.clone()),
+                    at_ms: now,
+                    cause: format!("park for {} ms", wake - now),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A cancel accepted on a rollout withdraws, at once, every operation not started: none
+    /// holds a lease, and a claim would only start it to cancel it.
+    pub(super) fn withdraw_unstarted(&self, inner: &mut Inner, id: ApplyId, now: u64) {
+        let Some(row) = inner.rows.get_mut(&id) else {
+            return;
+        };
+        let epoch = row.lease_epoch;
+        let mut moved = Vec::new();
+        for i in 0..row.operations.len() {
+            if row.operations[i].state == ApplyState::Pending {
+                move_member(row, i, ApplyState::Cancelled, now);
+                moved.push(row.operations[i].id);
+            }
+        }
+        for op in moved {
+            inner.audit.push(AuditEntry {
+                apply: id,
+                operation: Some(op),
+                from: ApplyState::Pending,
+                to: ApplyState::Cancelled,
+                epoch,
+                owner: None,
+                at_ms: now,
+                cause: "cancel before start".into(),
+            });
+        }
+        rederive(inner, id, now);
+    }
+
+    /// Retry expiry, per operation: an operation past its retry budget or freshness fails.
+    pub(super) fn expire_members(&self, inner: &mut Inner, id: ApplyId, now: u64) -> u32 {
+        let mut expired = Vec::new();
+        {
+            let row = &inner.rows[&id];
+            for i in 0..row.operations.len() {
+                let view = self.operation_view(inner, row, i, now);
+                if let Some((reason, to)) = self.rules.expiry_move(row.engine, &view) {
+                    expired.push((i, reason, to));
+                }
+            }
+        }
+        for (i, reason, to) in &expired {
+            let row = inner.rows.get_mut(&id).expect("listed above");
+            let from = row.operations[*i].state;
+            let op_id = row.operations[*i].id;
+            let epoch = row.operations[*i].lease_epoch;
+            row.operations[*i].error_message = Some(reason.as_str().to_string());
+            row.operations[*i].updated_at = now;
+            move_member(row, *i, *to, now);
+            inner.audit.push(AuditEntry {
+                apply: id,
+                operation: Some(op_id),
+                from,
+                to: *to,
+                epoch,
+                owner: None,
+                at_ms: now,
+                cause: reason.as_str().into(),
+            });
+        }
+        if !expired.is_empty() {
+            rederive(inner, id, now);
+        }
+        expired.len() as u32
+    }
+}
+
+/// What a fenced lease change does to one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseChange {
+    Renew,
+    Release,
+    Park,
+}
+
+/// A start refused because the operation's deployment is busy fails the start request.
+fn refuse_start(inner: &mut Inner, id: ApplyId, target: &Target, existing: ApplyId, now: u64) {
+    let message = format!("start refused: another active apply ({existing}) exists on {target}");
+    if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Start)) {
+        req.status = ControlStatus::Failed;
+        req.updated_at = now;
+        req.message = Some(message);
+    }
+}
+
+/// The record a drive of operation `i` reads: the operation's state, epoch, attempt and resume
+/// state, and its own spec.
+pub(super) fn member_record(row: &MemoryRow, i: usize) -> ApplyRecord {
+    let op = &row.operations[i];
+    ApplyRecord {
+        row: ApplySnapshot {
+            id: row.id,
+            operation: op.id,
+            engine: row.engine,
+            state: op.state,
+            epoch: op.lease_epoch,
+            attempt: op.attempt,
+            options: row.options,
+            resume: op.resume,
+        },
+        spec: op.spec.clone(),
+    }
+}
+
+/// Move operation `i` to `to`; its tasks follow through the task rule.
+fn move_member(row: &mut MemoryRow, i: usize, to: ApplyState, now: u64) {
+    let from = row.operations[i].state;
+    if from != to {
+        for task in row.tasks.iter_mut().filter(|t| t.operation == i) {
+            let step = task_after_move(task.state, from, to);
+            task.state = step.state;
+            if step.retried {
+                task.attempt += 1;
+            }
+        }
+        row.operations[i].state = to;
+        row.operations[i].state_entered_at = now;
+    }
+    row.operations[i].updated_at = now;
+}
+
+/// A fenced move by the lease's owner: heartbeats the operation, moves it, audits it, and
+/// derives the apply's state.
+fn member_move(inner: &mut Inner, lease: &Lease, i: usize, to: ApplyState, cause: &str, now: u64) {
+    let Some(row) = inner.rows.get_mut(&lease.apply) else {
+        return;
+    };
+    let from = row.operations[i].state;
+    let op_id = row.operations[i].id;
+    row.operations[i].heartbeat_at = Some(now);
+    move_member(row, i, to, now);
+    if from != to {
+        inner.audit.push(AuditEntry {
+            apply: lease.apply,
+            operation: Some(op_id),
+            from,
+            to,
+            epoch: lease.epoch,
+            owner: Some(lease.owner.clone()),
+            at_ms: now,
+            cause: cause.into(),
+        });
+    }
+    rederive(inner, lease.apply, now);
+}
+
+/// Write the apply's derived state if it changed (audited as `derived`).
+pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
+    let Some(row) = inner.rows.get_mut(&id) else {
+        return;
+    };
+    let Some(policy) = row.rollout else {
+        return;
+    };
+    let to = derive_parent(&policy, &members(row));
+    let from = row.state;
+    if from == to {
+        return;
+    }
+    row.state = to;
+    row.state_entered_at = now;
+    row.updated_at = now;
+    let epoch = row.lease_epoch;
+    inner.audit.push(AuditEntry {
+        apply: id,
+        operation: None,
+        from,
+        to,
+        epoch,
+        owner: None,
+        at_ms: now,
+        cause: "derived".into(),
+    });
+}
