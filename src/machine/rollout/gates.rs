@@ -15,7 +15,7 @@ pub enum StartGate {
     WaitsFor {
         member: usize,
     },
-    /// `max_drivers` operations already hold a driver for engine work.
+    /// `max_drivers` operations are already copying.
     Capped {
         in_flight: u32,
         max: u32,
@@ -163,7 +163,7 @@ impl fmt::Display for StartGate {
             }
             StartGate::Capped { in_flight, max } => write!(
                 f,
-                "waits for a driver slot ({in_flight} of max_drivers_per_apply {max} busy)"
+                "waits for a copy slot ({in_flight} of max_drivers_per_apply {max} copying)"
             ),
             StartGate::Held => f.write_str(
                 "held by on_failure = pause: `applyd release` lets the rest run, stop or cancel ends it",

@@ -217,18 +217,21 @@ impl Member {
         )
     }
 
-    /// Holds a driver for engine work: started, not finished, not stopped, and not resting at
-    /// a gate (a gate holds no driver, so it must not count against the cap, or a barrier
-    /// whose operations outnumber the cap would never fill).
+    /// Copying: started, not finished, not stopped, and not yet at the cutover gate. What the
+    /// driver cap counts. An operation at the gate or past it is not copying: counting the gate
+    /// would never let a barrier whose operations outnumber the cap fill. A deploy waiting to
+    /// start counts, so a deferred deploy keeps its slot.
     fn in_flight(&self) -> bool {
         !self.terminal()
             && !matches!(
                 self.state,
                 ApplyState::Pending
                     | ApplyState::Stopped
-                    | ApplyState::WaitingForDeploy
                     | ApplyState::WaitingForCutover
+                    | ApplyState::CuttingOver
                     | ApplyState::RevertWindow
+                    | ApplyState::SkippingRevert
+                    | ApplyState::Reverting
             )
     }
 
