@@ -58,6 +58,7 @@ fn facts(w: &World) -> Vec<ApplyFacts> {
                 },
                 engine: r.engine,
                 state: r.state,
+                holds_target: r.state.is_active(),
                 attempt: r.attempt,
                 controls: w.store.pending_controls(r.id),
                 deploy_requests_created: w.engines.planetscale.deploy_requests_of(r.id) as u32,

@@ -3,6 +3,7 @@
 
 use applyd::engine::fake::FakeTimings;
 use applyd::machine::claim::ClaimPath;
+use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
 use applyd::machine::{ApplyOptions, ControlOp, EngineKind, Params};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +27,9 @@ pub struct Preset {
     pub claim_path: ClaimPath,
     /// How often an apply waits for a person.
     pub waits: WaitOdds,
+    /// Percent of applies that are rollouts (2–4 deployments, mixed policies, some table by
+    /// table).
+    pub rollout_pct: u32,
 }
 
 /// The odds, per thousand applies, of each option that makes an apply wait for a person.
@@ -81,6 +85,7 @@ impl Preset {
         fault_scale_pct: 100,
         claim_path: ClaimPath::Operation,
         waits: WaitOdds::SOME,
+        rollout_pct: 30,
     };
 
     /// More applies waiting for a person than drivers: two single-driver workers, eight
@@ -98,6 +103,7 @@ impl Preset {
         fault_scale_pct: 100,
         claim_path: ClaimPath::Operation,
         waits: WaitOdds::MOST,
+        rollout_pct: 25,
     };
 
     pub const SOAK: Preset = Preset {
@@ -112,6 +118,7 @@ impl Preset {
         fault_scale_pct: 200,
         claim_path: ClaimPath::Operation,
         waits: WaitOdds::SOME,
+        rollout_pct: 30,
     };
 
     pub const fn with_claim_path(self, claim_path: ClaimPath) -> Preset {
@@ -202,7 +209,35 @@ pub struct ApplyPlan {
     pub submit_at_ms: u64,
     /// A Spirit apply whose DDL the engine refuses.
     pub bad_ddl: bool,
+    /// The apply is a rollout of this shape.
+    pub rollout: Option<RolloutShape>,
 }
+
+/// A rollout's shape: its deployments `d1`..`dN`, its policies, and whether it runs table by
+/// table (its change then touches two tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutShape {
+    pub deployments: u8,
+    pub cutover: CutoverPolicy,
+    pub on_failure: OnFailure,
+    pub max_drivers: u8,
+    pub table_steps: bool,
+}
+
+impl RolloutShape {
+    pub fn plan(&self) -> RolloutPlan {
+        RolloutPlan {
+            deployments: (1..=self.deployments).map(|k| format!("d{k}")).collect(),
+            cutover_policy: self.cutover,
+            on_failure: self.on_failure,
+            max_drivers_per_apply: u32::from(self.max_drivers),
+            table_steps: self.table_steps,
+        }
+    }
+}
+
+/// The most deployments a simulated rollout has.
+pub const MAX_DEPLOYMENTS: u8 = 4;
 
 /// Per-command engine fault rates, in tenths of a percent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -283,10 +318,42 @@ pub fn draw_applies(rng: &mut ChaCha8Rng, preset: &Preset) -> Vec<ApplyPlan> {
                     rng.random_range(0..submit_window)
                 },
                 bad_ddl: engine == EngineKind::Spirit && rng.random_bool(0.05),
+                rollout: None,
             }
         })
         .collect()
 }
+
+/// Which applies are rollouts, and their shapes, drawn from a stream of their own so that
+/// adding them left every other draw of a seed as it was.
+fn draw_rollouts(rng: &ChaCha8Rng, preset: &Preset, applies: &mut [ApplyPlan]) {
+    let mut side = rng.clone();
+    side.set_stream(ROLLOUTS_STREAM);
+    for a in applies.iter_mut() {
+        if side.random_range(0..100) >= preset.rollout_pct {
+            continue;
+        }
+        // A Spirit runner cuts over by itself unless a sentinel holds it, so a Spirit rollout
+        // takes its turns by rolling; PlanetScale cutovers are the owner's call.
+        let cutover = match a.engine {
+            EngineKind::Spirit => CutoverPolicy::Rolling,
+            EngineKind::PlanetScale => CutoverPolicy::ALL[side.random_range(0..3)],
+        };
+        a.rollout = Some(RolloutShape {
+            deployments: side.random_range(2..=MAX_DEPLOYMENTS),
+            cutover,
+            on_failure: if side.random_bool(0.5) {
+                OnFailure::Halt
+            } else {
+                OnFailure::Continue
+            },
+            max_drivers: side.random_range(1..=3),
+            table_steps: side.random_bool(0.3),
+        });
+    }
+}
+
+const ROLLOUTS_STREAM: u64 = 2;
 
 /// Swarm testing: each fault kind is off for some seeds, and its rate varies between seeds.
 fn count(rng: &mut ChaCha8Rng, preset: &Preset, max_per_hour: u64) -> u64 {
@@ -409,7 +476,8 @@ impl World {
     /// to use for latencies and jitter).
     pub fn draw(rng: &mut ChaCha8Rng, preset: Preset) -> World {
         let timings = draw_timings(rng);
-        let applies = draw_applies(rng, &preset);
+        let mut applies = draw_applies(rng, &preset);
+        draw_rollouts(rng, &preset, &mut applies);
         let faults = draw_faults(rng, &preset);
         let mut rate = |max: u32| {
             if rng.random_bool(0.25) {

@@ -127,6 +127,7 @@ impl Schedule {
                     options: a.options,
                     submit_at_ms: 0,
                     bad_ddl: false,
+                    rollout: None,
                 })
                 .collect(),
             faults: Vec::new(),

@@ -18,6 +18,7 @@ use applyd::machine::invariants::{
     no_starvation, resubmission_adopts, reviewed_change_only, stale_write, stop_dominance,
     ApplyFacts, Violation, STALE_EPOCH_WRITE,
 };
+use applyd::machine::rollout::{Member, RolloutPolicy};
 use applyd::machine::table::is_settled;
 use applyd::machine::waits::human_release;
 use applyd::machine::{
@@ -143,8 +144,11 @@ pub struct Sim {
     workers: Vec<Worker>,
     ids: Vec<Option<ApplyId>>,
     targets: Vec<Target>,
-    target_keys: Vec<String>,
     last_state: Vec<ApplyState>,
+    /// A rollout's policy and operations at the last check, per plan.
+    last_rollout: Vec<Option<(RolloutPolicy, Vec<Member>)>>,
+    /// Every place a runner may run: each target, and each target's rollout deployments.
+    place_keys: Vec<String>,
     /// An injected engine-side fault touched this apply's work (excuses a refused cutover).
     engine_faulted: Vec<bool>,
     /// This apply's stored DDL was altered after submit.
@@ -164,10 +168,15 @@ pub struct Sim {
     watches_started: u32,
 }
 
-fn ddl(i: usize, bad: bool) -> Vec<String> {
+fn ddl(i: usize, bad: bool, two_tables: bool) -> Vec<String> {
     if bad {
         // Accepted at submit; the fake Spirit refuses it as MySQL would (duplicate column).
         vec![format!("ALTER TABLE users{i} ADD COLUMN id INT")]
+    } else if two_tables {
+        vec![
+            format!("ALTER TABLE users ADD COLUMN c{i} INT"),
+            format!("ALTER TABLE orders ADD COLUMN c{i} INT"),
+        ]
     } else {
         vec![format!("ALTER TABLE users ADD COLUMN c{i} INT")]
     }
@@ -198,7 +207,13 @@ impl Sim {
                 environment: "prod".into(),
             })
             .collect();
-        let target_keys = targets.iter().map(|t| t.to_string()).collect();
+        let target_keys: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let mut place_keys = target_keys.clone();
+        for t in &targets {
+            for k in 1..=crate::preset::MAX_DEPLOYMENTS {
+                place_keys.push(format!("{t}@d{k}"));
+            }
+        }
         let n = world.applies.len();
         Sim {
             preset,
@@ -225,8 +240,9 @@ impl Sim {
                 .collect(),
             ids: vec![None; n],
             targets,
-            target_keys,
             last_state: vec![ApplyState::Pending; n],
+            last_rollout: vec![None; n],
+            place_keys,
             engine_faulted: vec![false; n],
             drifted: vec![false; n],
             queue: BinaryHeap::new(),
@@ -535,6 +551,10 @@ impl Sim {
             None
         };
         self.engines.inject = armed.or(per_command);
+        let epoch = self.workers[w as usize]
+            .driver
+            .lease()
+            .map_or(0, |l| l.epoch);
         let done = self.workers[w as usize]
             .driver
             .step(&self.store, &mut self.engines, now, &self.rules)
@@ -546,7 +566,7 @@ impl Sim {
         }
         let (id, stepped) = (done.apply, done.stepped);
         self.record_id(Some(w), Some(id), Action::Stepped(stepped));
-        self.check_command(id, stepped, done.heartbeat_age_ms);
+        self.check_command(id, epoch, stepped, done.heartbeat_age_ms);
         if let Some(wait) = done.watched {
             self.watch(w, wait);
         }
@@ -631,13 +651,31 @@ impl Sim {
             allow_destructive: false,
             target: self.targets[plan.target as usize].clone(),
             engine: plan.engine,
-            ddl: ddl(i, plan.bad_ddl),
+            ddl: ddl(i, plan.bad_ddl, plan.rollout.is_some_and(|r| r.table_steps)),
             options: plan.options,
         }
     }
 
+    /// Submit plan `i` as the simulated user does (a rollout through its plan).
+    fn send(&self, i: usize) -> Result<applyd::store::Submitted, StoreError> {
+        match self.world.applies[i].rollout {
+            None => self.store.submit_or_adopt(self.new_apply(i)),
+            Some(shape) => self.store.submit_rollout(self.new_apply(i), &shape.plan()),
+        }
+    }
+
+    /// The place index of a rollout's deployment (`d1`.. on target `t`), after the targets.
+    fn place_of(&self, t: u8, deployment: &str) -> u32 {
+        let k = self
+            .place_keys
+            .iter()
+            .position(|p| *p == format!("{}@{deployment}", self.targets[t as usize]))
+            .unwrap_or(usize::MAX);
+        k as u32
+    }
+
     fn submit(&mut self, i: usize) {
-        match self.store.submit(self.new_apply(i)) {
+        match self.send(i).map(|s| s.id) {
             Ok(id) => {
                 self.ids[i] = Some(id);
                 self.last_state[i] = ApplyState::Pending;
@@ -689,6 +727,7 @@ impl Sim {
                 human,
             },
         );
+        self.check();
     }
 
     /// The heal phase's human: every human wait gets the request that ends it, so every apply

@@ -62,6 +62,7 @@ fn run(faults: Vec<TimedFault>, mutant: Option<Mutant>) -> Result<(), String> {
             },
             submit_at_ms: 0,
             bad_ddl: false,
+            rollout: None,
         }],
         faults,
         command_faults: CommandFaults::default(),

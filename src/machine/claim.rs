@@ -376,7 +376,7 @@ pub enum ClaimPath {
     Apply,
 }
 
-/// One claim a driver makes: over operation rows (O1–O6, with the parent moved by its apply
+/// One claim a driver makes: over operation rows (O1–O7, with the parent moved by its apply
 /// arm) or over apply rows (A1–A9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClaimLevel {
@@ -424,6 +424,9 @@ pub enum OperationArm {
     O4DeferredDeployStart,
     O5Retry,
     O6ParkedRequest,
+    /// A stopped operation whose apply has a pending cancel (A7's twin: a rollout's operations
+    /// are only ever claimed by operation arms).
+    O7StoppedCancel,
 }
 
 impl OperationArm {
@@ -434,6 +437,7 @@ impl OperationArm {
         OperationArm::O4DeferredDeployStart,
         OperationArm::O5Retry,
         OperationArm::O6ParkedRequest,
+        OperationArm::O7StoppedCancel,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -444,6 +448,7 @@ impl OperationArm {
             OperationArm::O4DeferredDeployStart => "O4",
             OperationArm::O5Retry => "O5",
             OperationArm::O6ParkedRequest => "O6",
+            OperationArm::O7StoppedCancel => "O7",
         }
     }
 }
@@ -465,6 +470,7 @@ impl OperationArm {
             OperationArm::O6ParkedRequest => {
                 "parked operation whose apply has a request it acts on now, before its wake time"
             }
+            OperationArm::O7StoppedCancel => "stopped operation whose apply has a pending cancel",
         }
     }
 }
@@ -567,6 +573,7 @@ impl Rules {
             OperationArm::O6ParkedRequest => {
                 op_class == ClaimClass::StaleReclaimable && v.op.is_parked() && v.parent.asks_now
             }
+            OperationArm::O7StoppedCancel => op_class == ClaimClass::StartHeld && pc.cancel,
         }
     }
 

@@ -15,6 +15,9 @@ pub struct ApplyFacts {
     pub target: u32,
     pub engine: EngineKind,
     pub state: ApplyState,
+    /// It holds `target` (an apply while active; for a rollout, its first operation on each
+    /// deployment while the rollout is active).
+    pub holds_target: bool,
     pub attempt: u32,
     pub controls: PendingControls,
     /// Deploy requests ever created for this apply.
@@ -52,7 +55,7 @@ pub fn check_world(
 ) -> Result<(), Violation> {
     let mut active: BTreeMap<u32, u32> = BTreeMap::new();
     for a in applies {
-        if a.state.is_active() {
+        if a.holds_target {
             if let Some(other) = active.insert(a.target, a.id) {
                 return Err(Violation {
                     invariant: ONE_ACTIVE_PER_TARGET,
@@ -279,6 +282,65 @@ pub fn resubmission_adopts(
             ),
         })
     }
+}
+
+pub const ROLLOUT_PARENT_DERIVED: &str = "a rollout's state is the derivation of its operations";
+pub const ROLLOUT_START_GATE: &str = "an operation starts only through an open start gate";
+pub const ROLLOUT_CUTOVER_GATE: &str =
+    "an operation cuts over only through an open cutover gate, one at a time";
+
+/// One step of a rollout, from `before` to `after` (its operations in rollout order, with the
+/// policy as it was before the step and as it is now): the parent is the derivation of its operations; an
+/// operation leaves `pending` only through an open start gate (or withdrawn by a cancel); it
+/// enters `cutting_over` only through an open cutover gate; at most one cuts over at a time.
+pub fn rollout_step(
+    policy: &super::rollout::RolloutPolicy,
+    before: &[super::rollout::Member],
+    now_policy: &super::rollout::RolloutPolicy,
+    after: &[super::rollout::Member],
+    parent: ApplyState,
+) -> Result<(), Violation> {
+    use super::rollout::{cutover_gate, derive_parent, start_gate, CutoverGate, StartGate};
+    let derived = derive_parent(now_policy, after);
+    if parent != derived {
+        return Err(Violation {
+            invariant: ROLLOUT_PARENT_DERIVED,
+            detail: format!("the rollout is {parent}, its operations derive {derived}"),
+        });
+    }
+    let cutting = after
+        .iter()
+        .filter(|m| m.state == ApplyState::CuttingOver)
+        .count();
+    if cutting > 1 {
+        return Err(Violation {
+            invariant: ROLLOUT_CUTOVER_GATE,
+            detail: format!("{cutting} operations cut over at once"),
+        });
+    }
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+        if b.state == ApplyState::Pending
+            && !matches!(a.state, ApplyState::Pending | ApplyState::Cancelled)
+        {
+            let gate = start_gate(policy, before, i);
+            if gate != StartGate::Open {
+                return Err(Violation {
+                    invariant: ROLLOUT_START_GATE,
+                    detail: format!("operation {} started to {}: {gate}", i + 1, a.state),
+                });
+            }
+        }
+        if b.state == ApplyState::WaitingForCutover && a.state == ApplyState::CuttingOver {
+            let gate = cutover_gate(policy, before, i);
+            if gate != CutoverGate::Open {
+                return Err(Violation {
+                    invariant: ROLLOUT_CUTOVER_GATE,
+                    detail: format!("operation {} cut over: {gate}", i + 1),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 pub const NO_STARVATION: &str = "claimable work never waits long while a driver is free";

@@ -98,6 +98,12 @@ impl Rules {
     /// Where failing an apply closed (a drive that panicked, a change that drifted from its
     /// review) moves it, if it may: every non-terminal state has a table row; a terminal one is
     /// never rewritten.
+    /// Where a withdrawn operation lands (`Event::Withdraw`); `None` once it has started.
+    pub fn withdraw_move(&self, engine: EngineKind, from: ApplyState) -> Option<ApplyState> {
+        let id = TABLE.lookup(self, engine, from, Event::Withdraw)?;
+        Some(TABLE.row(id).to)
+    }
+
     pub fn fail_closed_move(&self, engine: EngineKind, from: ApplyState) -> Option<ApplyState> {
         let id = TABLE.lookup(self, engine, from, Event::FailClosed)?;
         Some(TABLE.row(id).to)

@@ -215,6 +215,7 @@ fn build() -> Table {
         row!(e, [Paused], Claim(A8PausedControl) => same, []);
         row!(e, [FailedRetryable], RetryExpired => Failed, []);
         row!(e, open, FailClosed => Failed, []);
+        row!(e, [Pending], Withdraw => Cancelled, []);
     }
     // A single-operation apply is never degraded, and a PlanetScale apply never resumes from a
     // stop: a reclaim normalises both to `running`, where the drive knows what to do.

@@ -63,6 +63,9 @@ pub enum Event {
     /// drive panicked (never retryable, so a panic cannot loop), or its stored change no longer
     /// matches the fingerprint reviewed at submit (upstream #613: never run a drifted change).
     FailClosed,
+    /// A rollout's operation that never started is withdrawn by a cancel of its apply: nobody
+    /// holds it, and starting it only to cancel it would touch the engine for nothing.
+    Withdraw,
 }
 
 impl Event {
@@ -79,6 +82,7 @@ impl Event {
             Event::Auto(a) => format!("auto {}", format!("{a:?}").to_snake()),
             Event::RetryExpired => "retry expired".into(),
             Event::FailClosed => "fail closed".into(),
+            Event::Withdraw => "withdraw".into(),
         }
     }
 }

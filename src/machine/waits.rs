@@ -88,6 +88,23 @@ pub fn rest(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> Op
     }
 }
 
+/// How a wait in `state` rests, counting a rollout operation at the cutover gate whose turn
+/// has not come (`cutover_open` false): its siblings move it on, as a person would, so it
+/// holds no driver either.
+pub fn rest_at(
+    engine: EngineKind,
+    state: ApplyState,
+    options: &ApplyOptions,
+    cutover_open: bool,
+) -> Option<Rest> {
+    rest(engine, state, options).or_else(|| {
+        (state == WaitingForCutover && !cutover_open).then_some(match engine {
+            EngineKind::PlanetScale => Rest::Park,
+            EngineKind::Spirit => Rest::Watch,
+        })
+    })
+}
+
 /// How a wait for a person is held, as people read it (`applyd status`, the API): parked (no
 /// lease, no driver) or watched (the lease kept, no driver), and what moves it on. `None` when
 /// the apply is not resting in such a wait.
@@ -121,23 +138,35 @@ pub fn explain_rest(
 }
 
 impl super::Rules {
-    /// How a confirmed wait in `state` gives its driver back now: it rests, and no pending
-    /// request is one it acts on now (`Rules::acts_now`). The core parks or watches on it; the
-    /// simulator counts a driver held by such a wait as free.
+    /// How a confirmed wait in `state` gives its driver back now: it rests (`rest_at`), and no
+    /// pending request is one it acts on now (`Rules::acts_now`). The core parks or watches on
+    /// it; the simulator counts a driver held by such a wait as free.
     pub fn rests_now(
         &self,
         engine: EngineKind,
         state: ApplyState,
         pending: &super::claim::PendingControls,
         options: &ApplyOptions,
+        cutover_open: bool,
     ) -> Option<Rest> {
-        rest(engine, state, options).filter(|_| !self.acts_now(engine, state, pending, options))
+        rest_at(engine, state, options, cutover_open)
+            .filter(|_| !self.acts_now(engine, state, pending, options))
     }
 }
 
 /// Whether the wait parks (see [`Rest::Park`]).
 pub fn parks(engine: EngineKind, state: ApplyState, options: &ApplyOptions) -> bool {
     rest(engine, state, options) == Some(Rest::Park)
+}
+
+/// Whether the wait parks, counting a closed cutover gate (see [`rest_at`]).
+pub fn parks_at(
+    engine: EngineKind,
+    state: ApplyState,
+    options: &ApplyOptions,
+    cutover_open: bool,
+) -> bool {
+    rest_at(engine, state, options, cutover_open) == Some(Rest::Park)
 }
 
 /// The action a PlanetScale owner takes by itself at a gate no person was asked to open, or at

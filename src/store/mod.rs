@@ -171,7 +171,7 @@ pub trait Store: Send + Sync {
     }
     /// Claim at most one row through the first matching arm, taking a new lease epoch.
     async fn claim(&self, owner: &str) -> Result<Option<Claimed>, StoreError>;
-    /// Claim at most one operation row through the first matching operation arm (O1–O6), in
+    /// Claim at most one operation row through the first matching operation arm (O1–O7), in
     /// `(created_at, id)` order, together with its parent apply: both rows take the same new
     /// lease epoch, and the parent moves by the apply arm that matches it (a parent no apply arm
     /// matches, e.g. under a peer's fresh lease, leaves the operation alone).

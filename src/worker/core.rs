@@ -285,7 +285,13 @@ impl Drive {
             // A wait the engine just confirmed costs no driver, unless a request it acts on now
             // is in hand (one for a later state, e.g. a cutover before the deploy, waits parked).
             Some(_) if observed && !rules.has(Mutant::WaitsHoldDrivers) => {
-                match rules.rests_now(engine, state, &controls, &view.row.options) {
+                match rules.rests_now(
+                    engine,
+                    state,
+                    &controls,
+                    &view.row.options,
+                    view.cutover_open,
+                ) {
                     Some(Rest::Park) => Command::Finish(Finish::Parked),
                     Some(Rest::Watch) if self.gate_seen => Command::Finish(Finish::Watched),
                     _ => Command::Wait(WaitFor::Poll),

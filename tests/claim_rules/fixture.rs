@@ -256,6 +256,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             state_entered_at: at(case.state_age),
             error_message: None,
             failed_closed: false,
+            acked: Vec::new(),
             attempt: op.attempt,
             lease_owner: op.lease.owner.then(|| "owner".into()),
             lease_epoch: op.lease.epoch,

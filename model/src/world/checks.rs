@@ -23,6 +23,7 @@ impl ApplydModel {
                 target: spec.target as u32,
                 engine: spec.engine,
                 state: row.state,
+                holds_target: row.state.is_active(),
                 attempt: row.attempt as u32,
                 controls: row.controls.get(),
                 deploy_requests_created: e.drs as u32,

@@ -2,10 +2,17 @@
 //! log at the end, and what an unsettled run reports.
 
 use super::*;
+use applyd::machine::invariants::rollout_step;
 
 impl Sim {
     /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
-    pub(super) fn check_command(&mut self, id: ApplyId, stepped: Stepped, heartbeat_age: u64) {
+    pub(super) fn check_command(
+        &mut self,
+        id: ApplyId,
+        epoch: u64,
+        stepped: Stepped,
+        heartbeat_age: u64,
+    ) {
         let acted = matches!(
             stepped,
             Stepped::Called { .. }
@@ -21,6 +28,10 @@ impl Sim {
         let Some(row) = self.store.row(id) else {
             return;
         };
+        // The operation the drive holds: its record and state are what the command acted on.
+        let Some(record) = row.operation_at(epoch).map(|k| row.record_of(k)) else {
+            return;
+        };
         match stepped {
             Stepped::Called { call } => {
                 let controls = self.store.pending_controls(id);
@@ -32,7 +43,7 @@ impl Sim {
                 self.violated(reviewed_change_only(call, reviewed));
                 let excused = plan.is_some_and(|i| self.engine_faulted[i]);
                 if matches!(call, EngineCall::Cutover | EngineCall::DropSentinel) && !excused {
-                    let truth = self.engines.truth(&row.record());
+                    let truth = self.engines.truth(&record);
                     self.violated(cutover_after_gate(call, truth));
                 }
             }
@@ -40,7 +51,7 @@ impl Sim {
                 op,
                 completed: true,
                 outcome: WriteOutcome::Ok,
-            } => self.violated(justified_completion(op, row.state)),
+            } => self.violated(justified_completion(op, record.row.state)),
             _ => {}
         }
     }
@@ -65,6 +76,13 @@ impl Sim {
             let Some(row) = self.store.row(id) else {
                 continue;
             };
+            if row.rollout.is_some() {
+                if let Err(v) = self.check_rollout(i, &row, &mut resting) {
+                    self.fail(FailureKind::Violation(v));
+                    return;
+                }
+                continue;
+            }
             let from = self.last_state[i];
             if let Err(mut v) = legal_step(row.engine, from, row.state) {
                 v.detail = format!("apply {id}: {}", v.detail);
@@ -81,6 +99,7 @@ impl Sim {
                 target: self.world.applies[i].target as u32,
                 engine: row.engine,
                 state: row.state,
+                holds_target: row.state.is_active(),
                 attempt: row.attempt,
                 controls: self.store.pending_controls(id),
                 deploy_requests_created: self
@@ -94,12 +113,72 @@ impl Sim {
         }
         self.peak_waits = self.peak_waits.max(resting);
         let mut runners = BTreeMap::new();
-        for (t, key) in self.target_keys.iter().enumerate() {
+        for (t, key) in self.place_keys.iter().enumerate() {
             runners.insert(t as u32, self.engines.spirit.runners_on(key) as u32);
         }
         let r = check_world(&self.facts, &runners, self.rules.params.retry_budget);
         self.violated(r);
         self.stamp_starvation();
+    }
+
+    /// One rollout: every operation's step is a row of the table, the step as a whole keeps
+    /// the rollout rules (`rollout_step`), and each operation is a unit of the world facts
+    /// (its first operation on each deployment holds that deployment while the rollout is
+    /// active).
+    fn check_rollout(
+        &mut self,
+        i: usize,
+        row: &applyd::store::memory::MemoryRow,
+        resting: &mut u32,
+    ) -> Result<(), Violation> {
+        let policy = row.rollout.expect("a rollout");
+        let now: Vec<Member> = row
+            .operations
+            .iter()
+            .map(|o| Member {
+                deployment: o.deployment_index,
+                step: o.step,
+                state: o.state,
+                failed_closed: o.failed_closed,
+            })
+            .collect();
+        let (before_policy, before) = self.last_rollout[i]
+            .clone()
+            .unwrap_or_else(|| (policy, now.clone()));
+        for (k, (b, a)) in before.iter().zip(&now).enumerate() {
+            legal_step(row.engine, b.state, a.state).map_err(|mut v| {
+                v.detail = format!("apply {} operation {}: {}", row.id, k + 1, v.detail);
+                v
+            })?;
+        }
+        rollout_step(&before_policy, &before, &policy, &now, row.state).map_err(|mut v| {
+            v.detail = format!("apply {}: {} ({now:?})", row.id, v.detail);
+            v
+        })?;
+        self.last_rollout[i] = Some((policy, now));
+        self.last_state[i] = row.state;
+        let controls = self.store.pending_controls(row.id);
+        let target = self.world.applies[i].target;
+        for (k, op) in row.operations.iter().enumerate() {
+            let gate = row.cutover_open(k);
+            if applyd::machine::waits::rest_at(row.engine, op.state, &row.options, gate).is_some() {
+                *resting += 1;
+            }
+            let record = row.record_of(k);
+            self.facts.push(ApplyFacts {
+                id: op.id as u32,
+                target: self.place_of(target, &op.deployment),
+                engine: row.engine,
+                state: op.state,
+                holds_target: row.state.is_active() && op.step == 0,
+                attempt: op.attempt,
+                controls,
+                deploy_requests_created: self.engines.planetscale.deploy_requests_of(op.id) as u32,
+                engine_truth: self.engines.truth(&record),
+                runner_alive: self.engines.spirit.runner_alive(op.id),
+            });
+        }
+        Ok(())
     }
 
     /// Since when each apply has been claimable, and each driver free: idle, or held only by
@@ -123,8 +202,16 @@ impl Sim {
                 && wk.driver.lease().is_none_or(|l| {
                     self.store.row(l.apply).is_some_and(|row| {
                         let pending = self.store.pending_controls(row.id);
+                        let k = row.operation_at(l.epoch).unwrap_or(0);
+                        let state = row.record_of(k).row.state;
                         self.rules
-                            .rests_now(row.engine, row.state, &pending, &row.options)
+                            .rests_now(
+                                row.engine,
+                                state,
+                                &pending,
+                                &row.options,
+                                row.cutover_open(k),
+                            )
                             .is_some()
                     })
                 });
@@ -167,8 +254,13 @@ impl Sim {
 
     /// Once per run: every audited state change is a shipped row and epochs never go back.
     pub(super) fn check_audit(&mut self) {
-        let mut last_epoch: BTreeMap<ApplyId, u64> = BTreeMap::new();
+        let mut last_epoch: BTreeMap<(ApplyId, Option<u64>), u64> = BTreeMap::new();
         for e in self.store.audit() {
+            // A rollout's derived state moves as its operations do, not by table rows; the
+            // derivation is checked after every event instead.
+            if e.operation.is_none() && e.cause == "derived" {
+                continue;
+            }
             let engine = self
                 .store
                 .row(e.apply)
@@ -178,7 +270,9 @@ impl Sim {
                 self.fail(FailureKind::Violation(v));
                 return;
             }
-            let prev = last_epoch.insert(e.apply, e.epoch).unwrap_or(0);
+            let prev = last_epoch
+                .insert((e.apply, e.operation), e.epoch)
+                .unwrap_or(0);
             if e.epoch < prev {
                 self.violated(stale_write(prev, e.epoch));
                 return;
@@ -220,6 +314,27 @@ impl Sim {
                 is_settled(row.state, &row.options),
                 self.store.pending_controls(id),
             ));
+            if row.rollout.is_some() {
+                let ops: Vec<String> = row
+                    .operations
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{}{} {} (epoch {}, owner {})",
+                            o.deployment,
+                            if o.key.is_empty() {
+                                String::new()
+                            } else {
+                                format!("/{}", o.key)
+                            },
+                            o.state,
+                            o.lease_epoch,
+                            o.lease_owner.as_deref().unwrap_or("none")
+                        )
+                    })
+                    .collect();
+                out.push(format!("  its operations: {}", ops.join(", ")));
+            }
         }
         out.join("; ")
     }

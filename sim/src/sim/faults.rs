@@ -106,18 +106,29 @@ impl Sim {
                     return;
                 };
                 let target = &self.targets[self.world.applies[i].target as usize];
+                // The apply holding the plan's first place: its target, or for a rollout the
+                // target's first deployment.
+                let first_place = if self.world.applies[i].rollout.is_some() {
+                    "d1"
+                } else {
+                    ""
+                };
                 let busy_by = self
                     .store
                     .rows()
                     .into_iter()
-                    .find(|r| r.state.is_active() && r.spec.target == *target)
+                    .find(|r| {
+                        r.state.is_active()
+                            && r.spec.target == *target
+                            && r.operations.iter().any(|o| o.deployment == first_place)
+                    })
                     .map(|r| r.id);
                 // With the target free the submission would rightly start a new apply; the
                 // simulator keeps its one apply per plan and leaves that case to the tests.
                 let Some(holder) = busy_by else {
                     return;
                 };
-                let (answered, named) = match self.store.submit_or_adopt(self.new_apply(i)) {
+                let (answered, named) = match self.send(i) {
                     Ok(done) => (Some((done.id, done.adopted)), None),
                     Err(StoreError::ActiveApplyExists { existing, .. }) => (None, Some(existing)),
                     // An outage refuses everything; nothing to check.

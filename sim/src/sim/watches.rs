@@ -106,10 +106,13 @@ impl Sim {
         let now = self.now;
         let mut back = None;
         for id in ids {
-            let at_gate = self.store.row(id).is_some_and(|row| {
-                self.engines
-                    .spirit
-                    .probe(now, &row.record(), Probe::RunnerStatus)
+            let epoch = self.workers[w as usize].watches[&id].lease.epoch;
+            let record = self
+                .store
+                .row(id)
+                .and_then(|row| row.operation_at(epoch).map(|k| row.record_of(k)));
+            let at_gate = record.is_some_and(|record| {
+                self.engines.spirit.probe(now, &record, Probe::RunnerStatus)
                     == Observation::Runner(RunnerStatus::WaitingOnSentinel)
             });
             if asked.contains(&id) || !at_gate {

@@ -93,6 +93,9 @@ pub fn start_gate(policy: &RolloutPolicy, members: &[Member], i: usize) -> Start
     if let Some(member) = members.iter().position(|o| o.state == ApplyState::Stopped) {
         return StartGate::Stopped { member };
     }
+    if policy.held {
+        return StartGate::Stopped { member: i };
+    }
     let earlier_step = members.iter().position(|o| {
         o.deployment == m.deployment && o.step < m.step && o.state != ApplyState::Completed
     });
@@ -170,7 +173,7 @@ impl fmt::Display for StartGate {
             ),
             StartGate::Stopped { member } => write!(
                 f,
-                "operation #{} is stopped: nothing starts until a start resumes the rollout",
+                "the rollout is stopped (operation #{}): nothing starts until a start resumes it",
                 member + 1
             ),
             StartGate::Orphaned => f.write_str("will not run: an earlier failure ended the rollout here"),

@@ -117,6 +117,9 @@ pub struct RolloutPolicy {
     pub max_drivers: u32,
     /// Released from a `pause` hold: one-way; afterwards a failure behaves like `continue`.
     pub released: bool,
+    /// Stopped by a person: no operation starts until a start (a stop acts on the whole
+    /// rollout, also when nothing is running to stop).
+    pub held: bool,
 }
 
 impl Default for RolloutPolicy {
@@ -126,6 +129,7 @@ impl Default for RolloutPolicy {
             on_failure: OnFailure::Halt,
             max_drivers: 1,
             released: false,
+            held: false,
         }
     }
 }

@@ -64,6 +64,7 @@ impl RolloutPlan {
             on_failure: self.on_failure,
             max_drivers: self.max_drivers_per_apply,
             released: false,
+            held: false,
         }
     }
 

@@ -10,6 +10,7 @@ fn policy(cutover: CutoverPolicy, on_failure: OnFailure, max_drivers: u32) -> Ro
         on_failure,
         max_drivers,
         released: false,
+        held: false,
     }
 }
 
@@ -34,6 +35,7 @@ const ROLLING_HALT: RolloutPolicy = RolloutPolicy {
     on_failure: OnFailure::Halt,
     max_drivers: 1,
     released: false,
+    held: false,
 };
 
 #[test]
@@ -158,6 +160,24 @@ fn a_stopped_operation_holds_every_new_start() {
 }
 
 #[test]
+fn a_stop_holds_every_start_even_with_nothing_running() {
+    let mut p = policy(CutoverPolicy::Rolling, OnFailure::Continue, 1);
+    p.held = true;
+    let m = deployments(&[Pending, Pending]);
+    assert_eq!(start_gate(&p, &m, 0), StartGate::Stopped { member: 0 });
+    assert_eq!(derive_parent(&p, &m), Stopped);
+    let m = deployments(&[Failed, Pending]);
+    assert_eq!(derive_parent(&p, &m), Stopped);
+    let m = deployments(&[Running, Pending]);
+    assert_eq!(derive_parent(&p, &m), Running);
+    p.held = false;
+    assert_eq!(
+        start_gate(&p, &deployments(&[Failed, Pending]), 1),
+        StartGate::Open
+    );
+}
+
+#[test]
 fn a_later_step_waits_for_the_earlier_step_under_every_cutover_policy() {
     for c in CutoverPolicy::ALL {
         let p = policy(c, OnFailure::Halt, 4);
@@ -243,6 +263,12 @@ fn a_shared_wait_names_the_parent_even_before_later_operations_start() {
     assert_eq!(derive_parent(&p, &m), Stopped);
     let m = deployments(&[CuttingOver, Pending]);
     assert_eq!(derive_parent(&p, &m), Running);
+    // Different waits: the earliest phase, the one a person must move on first.
+    let b = policy(CutoverPolicy::Barrier, OnFailure::Halt, 3);
+    let m = deployments(&[WaitingForCutover, WaitingForDeploy, WaitingForCutover]);
+    assert_eq!(derive_parent(&b, &m), WaitingForDeploy);
+    let m = deployments(&[RevertWindow, WaitingForCutover]);
+    assert_eq!(derive_parent(&b, &m), WaitingForCutover);
 }
 
 #[test]
@@ -264,14 +290,20 @@ fn arb_state() -> impl Strategy<Value = ApplyState> {
 }
 
 fn arb_policy() -> impl Strategy<Value = RolloutPolicy> {
-    (0..3usize, 0..3usize, 1..4u32, any::<bool>()).prop_map(|(c, f, max_drivers, released)| {
-        RolloutPolicy {
+    (
+        0..3usize,
+        0..3usize,
+        1..4u32,
+        any::<bool>(),
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(c, f, max_drivers, released, held)| RolloutPolicy {
             cutover: CutoverPolicy::ALL[c],
             on_failure: OnFailure::ALL[f],
             max_drivers,
             released,
-        }
-    })
+            held,
+        })
 }
 
 /// 1–5 operations over 1–3 deployments, with or without table steps.
@@ -349,6 +381,7 @@ proptest! {
             let in_flight = m.iter().filter(|o| o.in_flight()).count() as u32;
             prop_assert!(in_flight < p.max_drivers);
             prop_assert!(m.iter().all(|o| o.state != Stopped));
+            prop_assert!(!p.held);
             for (j, o) in m.iter().enumerate() {
                 if o.deployment == m[i].deployment && o.step < m[i].step {
                     prop_assert_eq!(o.state, Completed);
@@ -399,7 +432,10 @@ proptest! {
             let engine_work = !o.terminal()
                 && !matches!(o.state, Pending | WaitingForCutover)
                 && !waits_for_a_person_or_engine(o.state);
+            // A held rollout has a stop pending for every started operation not yet stopped.
+            let stopping = p.held && o.state != Pending && !o.terminal() && o.state != Stopped;
             engine_work
+                || stopping
                 || waits_for_a_person_or_engine(o.state)
                 || (o.state == Pending && start_gate(&p, &m, i) == StartGate::Open)
                 || (o.state == WaitingForCutover && cutover_gate(&p, &m, i) == CutoverGate::Open)

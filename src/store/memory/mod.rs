@@ -10,7 +10,7 @@ mod clock;
 mod delegate;
 mod rollout;
 
-use rollout::LeaseChange;
+use rollout::{member_record, LeaseChange};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 
@@ -85,6 +85,9 @@ pub struct MemoryOperation {
     pub error_message: Option<String>,
     /// Failed closed (an inconsistency, not an engine failure).
     pub failed_closed: bool,
+    /// A rollout's requests this operation has done its part of, with the request's issue
+    /// sequence: it no longer sees them while others still act on them.
+    pub acked: Vec<(ControlOp, u64)>,
     pub attempt: u32,
     pub lease_owner: Option<String>,
     pub lease_epoch: u64,
@@ -256,8 +259,16 @@ impl MemoryStore {
         match inner.rows.get_mut(&id) {
             Some(row) => {
                 let mut spec = (*row.spec).clone();
-                spec.ddl = ddl;
+                spec.ddl = ddl.clone();
                 row.spec = Arc::new(spec);
+                // A rollout's operations each run their own copy of the change.
+                if row.rollout.is_some() {
+                    for op in &mut row.operations {
+                        let mut spec = (*op.spec).clone();
+                        spec.ddl = ddl.clone();
+                        op.spec = Arc::new(spec);
+                    }
+                }
                 true
             }
             None => false,
@@ -395,6 +406,7 @@ impl MemoryStore {
                     state_entered_at: now,
                     error_message: None,
                     failed_closed: false,
+                    acked: Vec::new(),
                     attempt: 0,
                     lease_owner: None,
                     lease_epoch: 0,
@@ -438,7 +450,10 @@ impl MemoryStore {
     /// Operation `i` as the operation arms see it: its own lease, its parent's requests.
     fn operation_view(&self, inner: &Inner, row: &MemoryRow, i: usize, now: u64) -> ClaimView {
         let op = &row.operations[i];
-        let mut controls = pending_of(inner, row.id);
+        let mut controls = match row.rollout {
+            None => pending_of(inner, row.id),
+            Some(_) => rollout::pending_for(&self.rules, inner, row, i),
+        };
         if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
             controls.start_newer_than_lease = controls.start
                 && (op.lease_acquired_at.is_none() || start.updated_seq > op.lease_acquired_seq);
@@ -494,15 +509,22 @@ impl MemoryStore {
         Ok(out)
     }
 
-    /// The order claims at `level` look at rows: applies by id (a rollout's parent is never
-    /// claimed), operations oldest first; each as (apply, operation index).
+    /// The order claims at `level` look at rows: applies by id, operations oldest first; each
+    /// as (apply, operation index). A rollout has no apply-level lease: on either level its
+    /// operations are claimed, by the operation arms.
     fn claim_order(inner: &Inner, level: ClaimLevel) -> Vec<(ApplyId, usize)> {
         match level {
             ClaimLevel::Apply => inner
                 .rows
                 .values()
-                .filter(|r| r.rollout.is_none())
-                .map(|r| (r.id, 0))
+                .flat_map(|r| {
+                    let n = if r.rollout.is_some() {
+                        r.operations.len()
+                    } else {
+                        1
+                    };
+                    (0..n).map(move |i| (r.id, i))
+                })
                 .collect(),
             ClaimLevel::Operation => {
                 let mut order: Vec<(u64, u64, ApplyId, usize)> = inner
@@ -531,12 +553,12 @@ impl MemoryStore {
         now: u64,
     ) -> Option<ClaimedVia> {
         let row = &inner.rows[&id];
-        match level {
-            ClaimLevel::Apply => {
+        match (level, row.rollout) {
+            (ClaimLevel::Apply, None) => {
                 let view = self.claim_view(inner, row, now);
                 self.rules.matching_arm(&view).map(ClaimedVia::Apply)
             }
-            ClaimLevel::Operation => {
+            (ClaimLevel::Operation, _) | (ClaimLevel::Apply, Some(_)) => {
                 let view = match row.rollout {
                     None => OperationClaimView::single(
                         self.operation_view(inner, row, i, now),
@@ -876,6 +898,7 @@ impl MemoryStore {
         self.rules
             .accepts_request(row.engine, row.state, op, &pending)
             .map_err(|r| StoreError::Refused(r.message()))?;
+
         inner.seq += 1;
         let seq = inner.seq;
         let outcome = match inner.requests.get_mut(&(apply, op)) {
@@ -900,8 +923,8 @@ impl MemoryStore {
                 RequestOutcome::Created
             }
         };
-        if op == ControlOp::Cancel && is_rollout(&inner, apply) {
-            self.withdraw_unstarted(&mut inner, apply, now);
+        if is_rollout(&inner, apply) {
+            self.rollout_request(&mut inner, apply, op, now);
         }
         Ok(outcome)
     }
@@ -1030,16 +1053,36 @@ fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
     pc
 }
 
-/// Targets compare field by field: the display form `db/env` is ambiguous (`a/b`+`c` vs `a`+`b/c`).
+/// The active apply on an apply's target without deployments (the place `""`; a rollout holds
+/// only its named deployments). Targets compare field by field: the display form `db/env` is
+/// ambiguous (`a/b`+`c` vs `a`+`b/c`).
 fn active_on_target(inner: &Inner, target: &Target, except: Option<ApplyId>) -> Option<ApplyId> {
-    inner
-        .rows
-        .values()
-        .find(|r| Some(r.id) != except && r.state.is_active() && r.spec.target == *target)
-        .map(|r| r.id)
+    rollout::active_on_place(inner, target, "", except)
 }
 
 impl MemoryRow {
+    /// What the driver of operation `i` reads: the apply row for an apply without
+    /// deployments, the operation's own record for a rollout's.
+    pub fn record_of(&self, i: usize) -> ApplyRecord {
+        match self.rollout {
+            None => self.record(),
+            Some(_) => member_record(self, i),
+        }
+    }
+
+    /// Whether operation `i` may cut over now (always, without deployments).
+    pub fn cutover_open(&self, i: usize) -> bool {
+        self.rollout.is_none() || rollout::cutover_open(self, i)
+    }
+
+    /// The operation a lease at `epoch` holds (the only one, without deployments).
+    pub fn operation_at(&self, epoch: u64) -> Option<usize> {
+        match self.rollout {
+            None => Some(0),
+            Some(_) => self.operations.iter().position(|o| o.lease_epoch == epoch),
+        }
+    }
+
     /// What a driver knows of this row.
     pub fn record(&self) -> ApplyRecord {
         ApplyRecord {

@@ -22,6 +22,44 @@ pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
         .collect()
 }
 
+/// The apply's pending requests as operation `i` sees them: without those it has done its
+/// part of (until they are issued again, or it reaches a state where it acts on them again:
+/// a start done while running is needed again at a deferred deploy), and without a cutover
+/// while its cutover gate is closed (its turn comes when a sibling's move opens the gate,
+/// which wakes it).
+pub(super) fn pending_for(
+    rules: &Rules,
+    inner: &Inner,
+    row: &MemoryRow,
+    i: usize,
+) -> PendingControls {
+    let all = pending_of(inner, row.id);
+    let mut pending = all;
+    let op = &row.operations[i];
+    for (req, seq) in &op.acked {
+        let same_issue = inner
+            .requests
+            .get(&(row.id, *req))
+            .is_some_and(|r| r.updated_seq == *seq);
+        let acts_again = matches!(
+            rules.disposition(row.engine, op.state, *req, &all, &row.options),
+            crate::machine::Disposition::Take(_)
+        );
+        if same_issue && !acts_again {
+            pending.set(*req, false);
+        }
+    }
+    if !cutover_open(row, i) {
+        pending.set(ControlOp::Cutover, false);
+    }
+    pending
+}
+
+/// Whether operation `i`'s cutover gate is open.
+pub(super) fn cutover_open(row: &MemoryRow, i: usize) -> bool {
+    cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i) == CutoverGate::Open
+}
+
 /// The apply holding `(target, deployment)` while active, other than `except`: an apply
 /// without deployments holds its target's `""`; a rollout holds each of its deployments.
 pub(super) fn active_on_place(
@@ -43,6 +81,16 @@ pub(super) fn active_on_place(
                 }
         })
         .map(|r| r.id)
+}
+
+/// A place of the rollout held by another active apply: checked whenever an operation would
+/// make a stopped rollout active again, for every deployment it reserves.
+fn busy_place(inner: &Inner, id: ApplyId) -> Option<(String, ApplyId)> {
+    let row = &inner.rows[&id];
+    row.operations.iter().find_map(|o| {
+        active_on_place(inner, &row.spec.target, &o.deployment, Some(id))
+            .map(|existing| (o.deployment.clone(), existing))
+    })
 }
 
 impl MemoryStore {
@@ -149,6 +197,7 @@ impl MemoryStore {
                 state_entered_at: now,
                 error_message: None,
                 failed_closed: false,
+                acked: Vec::new(),
                 attempt: 0,
                 lease_owner: None,
                 lease_epoch: 0,
@@ -230,9 +279,9 @@ impl MemoryStore {
         let mv = self
             .rules
             .claim_move(row.engine, op.state, via.apply_arm())?;
-        if self.rules.reactivates(op.state, mv.to) {
-            let (target, deployment) = (row.spec.target.clone(), op.deployment.clone());
-            if let Some(existing) = active_on_place(inner, &target, &deployment, Some(id)) {
+        if self.rules.reactivates(op.state, mv.to) || self.rules.reactivates(row.state, mv.to) {
+            let target = row.spec.target.clone();
+            if let Some((_, existing)) = busy_place(inner, id) {
                 refuse_start(inner, id, &target, existing, now);
                 return None;
             }
@@ -307,14 +356,13 @@ impl MemoryStore {
         let i = self.owned_member(inner, lease)?;
         let row = &inner.rows[&lease.apply];
         let op = &row.operations[i];
-        let policy = row.rollout.unwrap_or_default();
         Ok(DriveInputs {
             revert_window_expired: self
                 .rules
                 .revert_window_expired(op.state, now.saturating_sub(op.state_entered_at)),
             record: member_record(row, i),
-            controls: pending_of(inner, row.id),
-            cutover_open: cutover_gate(&policy, &members(row), i) == CutoverGate::Open,
+            controls: pending_for(&self.rules, inner, row, i),
+            cutover_open: cutover_open(row, i),
         })
     }
 
@@ -342,10 +390,9 @@ impl MemoryStore {
                 )));
             }
         }
-        if self.rules.reactivates(op.state, to) {
-            let (target, deployment) = (row.spec.target.clone(), op.deployment.clone());
-            if let Some(existing) = active_on_place(inner, &target, &deployment, Some(lease.apply))
-            {
+        if self.rules.reactivates(op.state, to) || self.rules.reactivates(row.state, to) {
+            let target = row.spec.target.clone();
+            if let Some((deployment, existing)) = busy_place(inner, lease.apply) {
                 return Err(StoreError::ActiveApplyExists {
                     target: format!("{target}@{deployment}"),
                     existing,
@@ -412,6 +459,13 @@ impl MemoryStore {
                     )
             });
         if others_act {
+            let seq = inner
+                .requests
+                .get(&(lease.apply, op))
+                .map_or(0, |r| r.updated_seq);
+            let row = inner.rows.get_mut(&lease.apply).expect("owned above");
+            row.operations[i].acked.retain(|(r, _)| *r != op);
+            row.operations[i].acked.push((op, seq));
             return Ok(());
         }
         if let Some(req) = inner.requests.get_mut(&(lease.apply, op)) {
@@ -420,6 +474,10 @@ impl MemoryStore {
                 req.updated_at = now;
                 req.message = message.map(str::to_string);
             }
+        }
+        if op == ControlOp::Stop {
+            lift_hold(inner, lease.apply, now);
+            rederive(inner, lease.apply, now);
         }
         Ok(())
     }
@@ -434,6 +492,7 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let i = self.owned_member(inner, lease)?;
         let rules = self.rules;
+        let gate_open = cutover_open(&inner.rows[&lease.apply], i);
         let row = inner.rows.get_mut(&lease.apply).expect("owned above");
         let engine = row.engine;
         let options = row.options;
@@ -445,7 +504,7 @@ impl MemoryStore {
                 op.heartbeat_at = None;
             }
             LeaseChange::Park => {
-                if !crate::machine::waits::parks(engine, op.state, &options) {
+                if !crate::machine::waits::parks_at(engine, op.state, &options, gate_open) {
                     return Err(StoreError::Refused(format!(
                         "operation {} of apply {} in {} does not park",
                         i + 1,
@@ -474,26 +533,61 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// What a request accepted on a rollout does at once: a stop holds every new start and a
+    /// start lifts the hold (`RolloutPolicy::held`); a cancel withdraws the operations not
+    /// started. A stop or start whose effect already holds for the rollout (nothing was
+    /// running to stop) is complete at once: no operation would complete it.
+    pub(super) fn rollout_request(&self, inner: &mut Inner, id: ApplyId, op: ControlOp, now: u64) {
+        let Some(row) = inner.rows.get_mut(&id) else {
+            return;
+        };
+        let Some(policy) = row.rollout.as_mut() else {
+            return;
+        };
+        match op {
+            ControlOp::Stop => policy.held = true,
+            // A start waits for a pending stop, as on any apply; it lifts the hold once the
+            // stop is done (`lift_hold`).
+            ControlOp::Start => {}
+            ControlOp::Cancel => self.withdraw_unstarted(inner, id, now),
+            _ => {}
+        }
+        lift_hold(inner, id, now);
+        rederive(inner, id, now);
+        if matches!(op, ControlOp::Stop | ControlOp::Start) {
+            let state = inner.rows[&id].state;
+            if crate::machine::control::completion_is_justified(op, state) {
+                if let Some(req) = inner.requests.get_mut(&(id, op)) {
+                    req.status = ControlStatus::Completed;
+                    req.updated_at = now;
+                }
+                lift_hold(inner, id, now);
+                rederive(inner, id, now);
+            }
+        }
+    }
+
     /// A cancel accepted on a rollout withdraws, at once, every operation not started: none
     /// holds a lease, and a claim would only start it to cancel it.
-    pub(super) fn withdraw_unstarted(&self, inner: &mut Inner, id: ApplyId, now: u64) {
+    fn withdraw_unstarted(&self, inner: &mut Inner, id: ApplyId, now: u64) {
         let Some(row) = inner.rows.get_mut(&id) else {
             return;
         };
         let epoch = row.lease_epoch;
         let mut moved = Vec::new();
         for i in 0..row.operations.len() {
-            if row.operations[i].state == ApplyState::Pending {
-                move_member(row, i, ApplyState::Cancelled, now);
-                moved.push(row.operations[i].id);
+            let from = row.operations[i].state;
+            if let Some(to) = self.rules.withdraw_move(row.engine, from) {
+                move_member(row, i, to, now);
+                moved.push((row.operations[i].id, from, to));
             }
         }
-        for op in moved {
+        for (op, from, to) in moved {
             inner.audit.push(AuditEntry {
                 apply: id,
                 operation: Some(op),
-                from: ApplyState::Pending,
-                to: ApplyState::Cancelled,
+                from,
+                to,
                 epoch,
                 owner: None,
                 at_ms: now,
@@ -547,6 +641,28 @@ pub(super) enum LeaseChange {
     Renew,
     Release,
     Park,
+}
+
+/// A pending start lifts a stop's hold once no stop is pending. A stopped rollout holds none
+/// of its deployments, so lifting the hold re-checks them all; a busy one fails the start.
+fn lift_hold(inner: &mut Inner, id: ApplyId, now: u64) {
+    let pending = pending_of(inner, id);
+    let Some(row) = inner.rows.get(&id) else {
+        return;
+    };
+    if !(pending.start && !pending.stop && row.rollout.is_some_and(|p| p.held)) {
+        return;
+    }
+    if !row.state.is_active() {
+        if let Some((_, existing)) = busy_place(inner, id) {
+            let target = row.spec.target.clone();
+            refuse_start(inner, id, &target, existing, now);
+            return;
+        }
+    }
+    if let Some(policy) = inner.rows.get_mut(&id).and_then(|r| r.rollout.as_mut()) {
+        policy.held = false;
+    }
 }
 
 /// A start refused because the operation's deployment is busy fails the start request.
@@ -620,7 +736,8 @@ fn member_move(inner: &mut Inner, lease: &Lease, i: usize, to: ApplyState, cause
     rederive(inner, lease.apply, now);
 }
 
-/// Write the apply's derived state if it changed (audited as `derived`).
+/// Write the apply's derived state if it changed (audited as `derived`), and wake every
+/// operation parked at the cutover gate whose turn has now come.
 pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
     let Some(row) = inner.rows.get_mut(&id) else {
         return;
@@ -628,7 +745,30 @@ pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
     let Some(policy) = row.rollout else {
         return;
     };
-    let to = derive_parent(&policy, &members(row));
+    for i in 0..row.operations.len() {
+        let parked = row.operations[i].parked_until.is_some_and(|w| w > now);
+        if parked
+            && row.operations[i].state == ApplyState::WaitingForCutover
+            && cutover_open(row, i)
+        {
+            row.operations[i].parked_until = Some(now);
+        }
+    }
+    let mut to = derive_parent(&policy, &members(row));
+    // A stop whose effect holds for the whole rollout (its running operation failed or
+    // finished before it could stop) is done: no operation is left to complete it.
+    if policy.held && crate::machine::control::completion_is_justified(ControlOp::Stop, to) {
+        if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Stop)) {
+            if req.status == ControlStatus::Pending {
+                req.status = ControlStatus::Completed;
+                req.updated_at = now;
+            }
+        }
+        lift_hold(inner, id, now);
+        let row = inner.rows.get_mut(&id).expect("listed above");
+        to = derive_parent(&row.rollout.unwrap_or_default(), &members(row));
+    }
+    let row = inner.rows.get_mut(&id).expect("listed above");
     let from = row.state;
     if from == to {
         return;

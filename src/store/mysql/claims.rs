@@ -1,5 +1,5 @@
 //! Claims: candidate discovery through index ranges, the prefilters built from the claim
-//! classes, the locking read, and taking the lease (apply arms A1–A9, operation arms O1–O6).
+//! classes, the locking read, and taking the lease (apply arms A1–A9, operation arms O1–O7).
 
 use std::str::FromStr;
 
@@ -108,8 +108,11 @@ impl MySqlStore {
             ));
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::StartHeld)) {
-            // O3.
-            arms.push(format!("(o.state IN ({states}) AND {start} IS NOT NULL)"));
+            // O3 (a pending start), O7 (a pending cancel).
+            arms.push(format!(
+                "(o.state IN ({states}) AND ({start} IS NOT NULL OR {} IS NOT NULL))",
+                request(ControlOp::Cancel)
+            ));
         }
         if let Some(retry) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
             // O5: the parent retries within budget and freshness, or the parent is stale.

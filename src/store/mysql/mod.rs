@@ -13,7 +13,7 @@
 //! - **The idle poll** ([`Store::may_have_work`]) is the apply candidate read alone, in
 //!   autocommit: every operation claim also moves its parent by an apply arm, and expiry reads
 //!   only retry-path rows, so no candidate means nothing to claim or expire.
-//! - **Operation claims** (O1–O6, [`Rules::matching_operation_arm`]) take operation rows in
+//! - **Operation claims** (O1–O7, [`Rules::matching_operation_arm`]) take operation rows in
 //!   `(created_at, id)` order, locking each with its parent; the parent is claimed by the apply
 //!   arm that matches it, and both rows take the same lease at one epoch. The operation row's
 //!   epoch fences the operation writes; heartbeats and releases update both rows at once.
