@@ -4,7 +4,8 @@
 //!
 //! Over 700 lines: every store operation's reference semantics sits in one place, next to the
 //! row types it mutates, so that each can be read against its MySQL twin under `mysql/`; the
-//! clocks (`clock`) and the async delegation (`delegate`) live beside it.
+//! clocks (`clock`), the async delegation (`delegate`) and the operations of rollouts, whose
+//! leases are their own (`rollout`), live beside it.
 
 mod clock;
 mod delegate;
