@@ -524,3 +524,54 @@ fn a_rollout_that_cannot_be_honoured_is_refused_naming_its_field() {
         "{e}"
     );
 }
+
+#[test]
+fn a_paused_rollout_holds_its_later_work_until_a_release_lets_it_continue() {
+    let mut world = World::new(2);
+    let id = world
+        .store
+        .submit_rollout(
+            new_apply("shop", EngineKind::Spirit, ONE_TABLE),
+            &plan(&["a", "b", "c"], CutoverPolicy::Rolling, OnFailure::Pause),
+        )
+        .unwrap()
+        .id;
+    let mut checker = Checker::new();
+    fail_when_running(&mut world, id, 0, &mut checker);
+    world.run_until(5_000, |w| w.state(id) == ApplyState::Paused);
+    for _ in 0..50 {
+        for w in 0..2 {
+            world.tick_worker(w);
+        }
+        world.clock.advance(1_000);
+    }
+    let row = world.store.row(id).unwrap();
+    assert_eq!(
+        row.state,
+        ApplyState::Paused,
+        "held while later work remains"
+    );
+    assert!(row.operations[1..]
+        .iter()
+        .all(|o| o.state == ApplyState::Pending));
+    world.store.request(id, ControlOp::Release).unwrap();
+    assert_eq!(
+        world
+            .store
+            .request_status(id, ControlOp::Release)
+            .unwrap()
+            .status,
+        ControlStatus::Completed
+    );
+    assert!(world.store.row(id).unwrap().rollout.unwrap().released);
+    run(&mut world, id, 40_000);
+    let row = world.store.row(id).unwrap();
+    assert_eq!(
+        row.state,
+        ApplyState::Failed,
+        "the verdict still counts the failure"
+    );
+    assert!(row.operations[1..]
+        .iter()
+        .all(|o| o.state == ApplyState::Completed));
+}

@@ -342,11 +342,7 @@ fn draw_rollouts(rng: &ChaCha8Rng, preset: &Preset, applies: &mut [ApplyPlan]) {
         a.rollout = Some(RolloutShape {
             deployments: side.random_range(2..=MAX_DEPLOYMENTS),
             cutover,
-            on_failure: if side.random_bool(0.5) {
-                OnFailure::Halt
-            } else {
-                OnFailure::Continue
-            },
+            on_failure: OnFailure::ALL[side.random_range(0..3)],
             max_drivers: side.random_range(1..=3),
             table_steps: side.random_bool(0.3),
         });

@@ -169,6 +169,21 @@ pub struct Sim {
     watches_started: u32,
 }
 
+/// Extra heal time for rollouts, whose operations may run one after another: a deploy of up to
+/// ten minutes, and a person's answer, per operation beyond the first.
+fn rollout_allowance(world: &World) -> u64 {
+    const PER_OPERATION_MS: u64 = 15 * 60_000;
+    world
+        .applies
+        .iter()
+        .filter_map(|a| a.rollout)
+        .map(|r| {
+            let steps = if r.table_steps { 2 } else { 1 };
+            (u64::from(r.deployments) * steps - 1) * PER_OPERATION_MS
+        })
+        .sum()
+}
+
 fn ddl(i: usize, bad: bool, two_tables: bool) -> Vec<String> {
     if bad {
         // Accepted at submit; the fake Spirit refuses it as MySQL would (duplicate column).
@@ -250,7 +265,7 @@ impl Sim {
             seq: 0,
             faults_on: true,
             store_down_until: 0,
-            deadline: preset.fault_ms + preset.heal_ms,
+            deadline: preset.fault_ms + preset.heal_ms + rollout_allowance(&world),
             events: 0,
             trace: Trace::new(print),
             failure: None,

@@ -386,8 +386,8 @@ impl MemoryStore {
     }
 
     /// What a request accepted on a rollout does at once: a stop holds every new start and a
-    /// start lifts the hold (`RolloutPolicy::held`); a cancel withdraws the operations not
-    /// started. A stop or start whose effect already holds for the rollout (nothing was
+    /// start lifts the hold (`RolloutPolicy::held`); a release sets the `pause` latch; a
+    /// cancel withdraws the operations not started. A stop or start whose effect already holds for the rollout (nothing was
     /// running to stop) is complete at once: no operation would complete it.
     pub(super) fn rollout_request(&self, inner: &mut Inner, id: ApplyId, op: ControlOp, now: u64) {
         let Some(row) = inner.rows.get_mut(&id) else {
@@ -396,13 +396,28 @@ impl MemoryStore {
         let Some(policy) = row.rollout.as_mut() else {
             return;
         };
+        let mut done_now = false;
         match op {
             ControlOp::Stop => policy.held = true,
+            // The release latch: one-way, and complete at once (nothing more to do; without a
+            // `pause` policy there is nothing to release).
+            ControlOp::Release => {
+                if policy.on_failure == crate::machine::rollout::OnFailure::Pause {
+                    policy.released = true;
+                }
+                done_now = true;
+            }
             // A start waits for a pending stop, as on any apply; it lifts the hold once the
             // stop is done (`lift_hold`).
             ControlOp::Start => {}
             ControlOp::Cancel => self.withdraw_unstarted(inner, id, now),
             _ => {}
+        }
+        if done_now {
+            if let Some(req) = inner.requests.get_mut(&(id, op)) {
+                req.status = ControlStatus::Completed;
+                req.updated_at = now;
+            }
         }
         lift_hold(inner, id, now);
         rederive(inner, id, now);
