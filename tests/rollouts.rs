@@ -44,15 +44,7 @@ fn plan(deployments: &[&str], cutover: CutoverPolicy, on_failure: OnFailure) -> 
 const ONE_TABLE: &[&str] = &["ALTER TABLE users ADD COLUMN nickname VARCHAR(64)"];
 
 fn members(row: &MemoryRow) -> Vec<Member> {
-    row.operations
-        .iter()
-        .map(|o| Member {
-            deployment: o.deployment_index,
-            step: o.step,
-            state: o.state,
-            failed_closed: o.failed_closed,
-        })
-        .collect()
+    row.members()
 }
 
 /// Checks the rollout rules between two snapshots of one rollout.
@@ -111,6 +103,14 @@ impl Checker {
             }
         }
         self.last = Some(row.clone());
+    }
+}
+
+/// One round: every worker steps once, the rules checked after each step.
+fn round(world: &mut World, id: u64, checker: &mut Checker) {
+    for w in 0..world.workers.len() {
+        world.tick_worker(w);
+        checker.check(&world.store.row(id).unwrap());
     }
 }
 
@@ -219,10 +219,7 @@ fn a_parallel_rollout_caps_its_drivers_and_cuts_over_one_at_a_time_in_order() {
         if row.state == ApplyState::Completed {
             break;
         }
-        for w in 0..world.workers.len() {
-            world.tick_worker(w);
-            checker.check(&world.store.row(id).unwrap());
-        }
+        round(&mut world, id, &mut checker);
         world.clock.advance(500);
     }
     assert_eq!(world.state(id), ApplyState::Completed);
@@ -252,10 +249,7 @@ fn a_barrier_rollout_cuts_over_only_once_every_deployment_is_at_the_gate() {
         if row.state == ApplyState::Completed {
             break;
         }
-        for w in 0..world.workers.len() {
-            world.tick_worker(w);
-            checker.check(&world.store.row(id).unwrap());
-        }
+        round(&mut world, id, &mut checker);
         world.clock.advance(500);
     }
     assert_eq!(world.state(id), ApplyState::Completed);
@@ -315,10 +309,7 @@ fn fail_when_running(world: &mut World, id: u64, i: usize, checker: &mut Checker
             assert!(world.engines.spirit.fail_runner(now, op.id, false));
             return;
         }
-        for w in 0..world.workers.len() {
-            world.tick_worker(w);
-            checker.check(&world.store.row(id).unwrap());
-        }
+        round(world, id, checker);
         world.clock.advance(500);
     }
     panic!("operation {i} never ran");

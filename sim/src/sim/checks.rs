@@ -132,16 +132,7 @@ impl Sim {
         resting: &mut u32,
     ) -> Result<(), Violation> {
         let policy = row.rollout.expect("a rollout");
-        let now: Vec<Member> = row
-            .operations
-            .iter()
-            .map(|o| Member {
-                deployment: o.deployment_index,
-                step: o.step,
-                state: o.state,
-                failed_closed: o.failed_closed,
-            })
-            .collect();
+        let now: Vec<Member> = row.members();
         let (before_policy, before) = self.last_rollout[i]
             .clone()
             .unwrap_or_else(|| (policy, now.clone()));

@@ -1071,6 +1071,11 @@ impl MemoryRow {
         }
     }
 
+    /// The operations as the rollout rules see them, in rollout order.
+    pub fn members(&self) -> Vec<crate::machine::rollout::Member> {
+        rollout::members(self)
+    }
+
     /// Whether operation `i` may cut over now (always, without deployments).
     pub fn cutover_open(&self, i: usize) -> bool {
         self.rollout.is_none() || rollout::cutover_open(self, i)
