@@ -226,6 +226,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             store
                 .submit(NewApply {
                     allow_destructive: false,
+                    rollout: None,
                     target: Target {
                         database: db.into(),
                         environment,

@@ -106,6 +106,7 @@ pub fn parse(text: &str, shown: &str, dir: &Path) -> Result<NewApply, PlanError>
             skip_revert: plan.skip_revert,
         },
         allow_destructive: plan.allow_destructive,
+        rollout: None,
     })
 }
 

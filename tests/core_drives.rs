@@ -240,6 +240,7 @@ fn a_second_apply_on_a_busy_target_is_refused_and_a_stopped_one_cannot_restart_o
         .store
         .submit(applyd::store::NewApply {
             allow_destructive: false,
+            rollout: None,
             target: applyd::store::Target {
                 database: "users".into(),
                 environment: "prod".into(),
@@ -271,6 +272,7 @@ fn bad_ddl_fails_the_spirit_apply_permanently() {
         .store
         .submit(applyd::store::NewApply {
             allow_destructive: false,
+            rollout: None,
             target: applyd::store::Target {
                 database: "users".into(),
                 environment: "prod".into(),

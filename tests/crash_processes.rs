@@ -93,6 +93,7 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         let id = store
             .submit(NewApply {
                 allow_destructive: false,
+                rollout: None,
                 target: Target {
                     database: format!("db{i}"),
                     environment: "prod".into(),

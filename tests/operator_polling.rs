@@ -151,6 +151,7 @@ async fn an_idle_process_polls_once_per_interval_whatever_its_driver_count() {
         let id = memory
             .submit(NewApply {
                 allow_destructive: false,
+                rollout: None,
                 target: Target {
                     database: "db".into(),
                     environment: "prod".into(),
@@ -182,6 +183,7 @@ async fn parked_waits_cost_a_poll_nothing_and_new_work_starts_within_one_interva
     let memory = Arc::new(MemoryStore::new(Rules::default(), clock.clone()));
     let apply = |db: String, engine, defer_cutover| NewApply {
         allow_destructive: false,
+        rollout: None,
         target: Target {
             database: db,
             environment: "prod".into(),

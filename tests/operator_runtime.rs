@@ -42,6 +42,7 @@ fn rules() -> Rules {
 fn new_apply(db: &str, engine: EngineKind) -> NewApply {
     NewApply {
         allow_destructive: false,
+        rollout: None,
         target: Target {
             database: db.into(),
             environment: "prod".into(),

@@ -172,6 +172,7 @@ fn submit(store: &MemoryStore, options: ApplyOptions) -> ApplyId {
     store
         .submit(NewApply {
             allow_destructive: false,
+            rollout: None,
             target: Target {
                 database: "shop".into(),
                 environment: "production".into(),

@@ -18,6 +18,7 @@ use common::World;
 fn new_apply(db: &str, engine: EngineKind, ddl: &[&str]) -> NewApply {
     NewApply {
         allow_destructive: false,
+        rollout: None,
         target: Target {
             database: db.into(),
             environment: "prod".into(),

@@ -217,6 +217,7 @@ impl Side {
             } => {
                 let new = NewApply {
                     allow_destructive: false,
+                    rollout: None,
                     target: Target {
                         database: format!("t{target}"),
                         environment: "prod".into(),

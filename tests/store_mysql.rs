@@ -11,6 +11,7 @@ use store_support::Env;
 fn new_apply(db: &str) -> NewApply {
     NewApply {
         allow_destructive: false,
+        rollout: None,
         target: Target {
             database: db.into(),
             environment: "prod".into(),

@@ -111,6 +111,7 @@ fn from_flags(args: &SubmitArgs) -> Result<NewApply, String> {
     let required = |what: &str| format!("--{what} is required without --plan");
     Ok(NewApply {
         allow_destructive: args.allow_destructive,
+        rollout: None,
         target: Target {
             database: args.database.clone().ok_or_else(|| required("database"))?,
             environment: args

@@ -415,6 +415,7 @@ impl Bench {
             .store
             .submit(NewApply {
                 allow_destructive: false,
+                rollout: None,
                 target: Target {
                     database: format!("{prefix}{n}"),
                     environment: "prod".into(),

@@ -28,6 +28,10 @@ pub struct NewApply {
     /// Accept statements that can lose data (DROP TABLE, DROP COLUMN, …); see [`crate::ddl`].
     #[serde(default)]
     pub allow_destructive: bool,
+    /// The deployments and table steps the change rolls across, with its policies; `None`
+    /// runs it as one operation on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::machine::rollout::RolloutPlan>,
 }
 
 /// The owner's capability: every guarded write carries it.

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use super::memory::MemoryStore;
 use super::{StoreError, Target};
 use crate::machine::apply::{ApplyId, OperationId, ResumeState};
+use crate::machine::rollout::{member_gate, Member, RolloutPolicy};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 
 /// One apply as an operator sees it.
@@ -41,6 +42,8 @@ pub struct ApplyStatus {
     pub wait: Option<String>,
     /// The apply's operation rows, in rollout order (one for an apply without deployments).
     pub operations: Vec<OperationStatus>,
+    /// The rollout's policy and latches; `None` for an apply without deployments.
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// One operation row: where it runs and its state.
@@ -51,7 +54,21 @@ pub struct OperationStatus {
     pub deployment: String,
     /// `step-N` for a table step, `""` for a whole deployment.
     pub key: String,
+    /// The deployment's position in the rollout and the table step, from 0.
+    pub deployment_index: u32,
+    pub step: u32,
     pub state: ApplyState,
+    pub attempt: u32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: u64,
+    /// By the store's clock; `None` when no lease is held.
+    pub heartbeat_age_ms: Option<u64>,
+    pub tasks_total: u32,
+    pub tasks_completed: u32,
+    pub failed_closed: bool,
+    pub error: Option<String>,
+    /// Why the rollout holds it back (`rollout::member_gate`); filled by [`ApplyStatus::explain`].
+    pub gate: Option<String>,
 }
 
 /// One task row: one statement of the change.
@@ -83,6 +100,21 @@ impl ApplyStatus {
             self.lease_owner.is_some(),
             self.parked_wake_in_ms,
         );
+        if let Some(policy) = &self.rollout {
+            let members: Vec<Member> = self
+                .operations
+                .iter()
+                .map(|o| Member {
+                    deployment: o.deployment_index,
+                    step: o.step,
+                    state: o.state,
+                    failed_closed: o.failed_closed,
+                })
+                .collect();
+            for (i, o) in self.operations.iter_mut().enumerate() {
+                o.gate = member_gate(policy, &members, i);
+            }
+        }
         self
     }
 
@@ -152,13 +184,34 @@ impl MemoryStore {
             operations: row
                 .operations
                 .iter()
-                .map(|o| OperationStatus {
+                .enumerate()
+                .map(|(i, o)| OperationStatus {
                     id: o.id,
                     deployment: o.deployment.clone(),
                     key: o.key.clone(),
+                    deployment_index: o.deployment_index,
+                    step: o.step,
                     state: o.state,
+                    attempt: o.attempt,
+                    lease_owner: o.lease_owner.clone(),
+                    lease_epoch: o.lease_epoch,
+                    heartbeat_age_ms: o
+                        .lease_owner
+                        .as_ref()
+                        .and(o.heartbeat_at)
+                        .map(|h| now.saturating_sub(h)),
+                    tasks_total: row.tasks.iter().filter(|t| t.operation == i).count() as u32,
+                    tasks_completed: row
+                        .tasks
+                        .iter()
+                        .filter(|t| t.operation == i && t.state == TaskState::Completed)
+                        .count() as u32,
+                    failed_closed: o.failed_closed,
+                    error: o.error_message.clone(),
+                    gate: None,
                 })
                 .collect(),
+            rollout: row.rollout,
         }
         .explain()
     }

@@ -63,6 +63,7 @@ impl World {
         self.store
             .submit(NewApply {
                 allow_destructive: false,
+                rollout: None,
                 target: Target {
                     database: db.into(),
                     environment: "prod".into(),

@@ -23,6 +23,7 @@ pub const URL_VAR: &str = "APPLYD_TEST_DATABASE_URL";
 pub fn new_apply(db: &str, engine: applyd::machine::EngineKind) -> applyd::store::NewApply {
     applyd::store::NewApply {
         allow_destructive: false,
+        rollout: None,
         target: applyd::store::Target {
             database: db.into(),
             environment: "prod".into(),

@@ -9,6 +9,7 @@ impl Sim {
         let plan = self.world.applies[i];
         NewApply {
             allow_destructive: false,
+            rollout: plan.rollout.map(|shape| shape.plan()),
             target: self.targets[plan.target as usize].clone(),
             engine: plan.engine,
             ddl: ddl(i, plan.bad_ddl, plan.rollout.is_some_and(|r| r.table_steps)),
@@ -16,12 +17,9 @@ impl Sim {
         }
     }
 
-    /// Submit plan `i` as the simulated user does (a rollout through its plan).
+    /// Submit plan `i` as the simulated user does.
     pub(super) fn send(&self, i: usize) -> Result<applyd::store::Submitted, StoreError> {
-        match self.world.applies[i].rollout {
-            None => self.store.submit_or_adopt(self.new_apply(i)),
-            Some(shape) => self.store.submit_rollout(self.new_apply(i), &shape.plan()),
-        }
+        self.store.submit_or_adopt(self.new_apply(i))
     }
 
     /// The place index of a rollout's deployment (`d1`.. on target `t`), after the targets.

@@ -203,3 +203,20 @@ impl fmt::Display for CutoverGate {
         }
     }
 }
+
+/// Why operation `i` is held by its rollout right now, for status lines: a `pending` operation
+/// whose start gate is closed, or one waiting for its cutover whose cutover gate is closed.
+/// `None` when the rollout holds nothing back (the operation's own state says the rest).
+pub fn member_gate(policy: &RolloutPolicy, members: &[Member], i: usize) -> Option<String> {
+    match members[i].state {
+        ApplyState::Pending => match start_gate(policy, members, i) {
+            StartGate::Open => None,
+            gate => Some(format!("start: {gate}")),
+        },
+        ApplyState::WaitingForCutover => match cutover_gate(policy, members, i) {
+            CutoverGate::Open => None,
+            gate => Some(format!("cutover: {gate}")),
+        },
+        _ => None,
+    }
+}

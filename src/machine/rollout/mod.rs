@@ -14,7 +14,7 @@ mod gates;
 mod plan;
 
 pub use derive::derive_parent;
-pub use gates::{cutover_gate, is_orphaned, start_gate, CutoverGate, StartGate};
+pub use gates::{cutover_gate, is_orphaned, member_gate, start_gate, CutoverGate, StartGate};
 pub use plan::{PlanRefusal, PlannedOperation, RolloutPlan, MAX_DEPLOYMENT, MAX_OPERATIONS};
 
 use super::states::ApplyState;
@@ -109,7 +109,7 @@ impl OnFailure {
 }
 
 /// A rollout's policy, fixed at submit, and the release latch a person sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct RolloutPolicy {
     pub cutover: CutoverPolicy,
     pub on_failure: OnFailure,

@@ -334,6 +334,9 @@ impl MemoryStore {
     }
 
     pub fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
+        if let Some(plan) = new.rollout.clone() {
+            return self.submit_rollout(new, &plan);
+        }
         let change = validate_new_apply(&new)?;
         let now = self.now();
         let mut inner = self.lock()?;

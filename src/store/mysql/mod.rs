@@ -357,6 +357,12 @@ pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
 #[async_trait]
 impl Store for MySqlStore {
     async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
+        if new.rollout.is_some() {
+            return Err(StoreError::Invalid {
+                field: "deployments",
+                message: "this store does not hold rollouts yet".into(),
+            });
+        }
         let change = validate_new_apply(&new)?;
         self.retrying("submit", || self.submit_once(&new, &change))
             .await

@@ -107,6 +107,7 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .map(|us| (us.max(0) / 1000) as u64),
         wait: None,
         operations: Vec::new(),
+        rollout: None,
     }
     .explain())
 }
@@ -157,7 +158,18 @@ impl MySqlStore {
                     .map_err(|e| bad(status.id, "apply_operations.id", e))?,
                 deployment: text("deployment")?,
                 key: text("operation_key")?,
+                deployment_index: 0,
+                step: 0,
                 state,
+                attempt: 0,
+                lease_owner: None,
+                lease_epoch: 0,
+                heartbeat_age_ms: None,
+                tasks_total: 0,
+                tasks_completed: 0,
+                failed_closed: false,
+                error: None,
+                gate: None,
             });
         }
         Ok(())
