@@ -12,6 +12,7 @@
 mod derive;
 mod gates;
 mod plan;
+pub mod requests;
 
 pub use derive::derive_parent;
 pub use gates::{cutover_gate, is_orphaned, member_gate, start_gate, CutoverGate, StartGate};

@@ -3,6 +3,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::machine::claim::{shipped_class, ClaimClass};
 use crate::machine::states::ApplyState::{self, *};
+use crate::machine::{ApplyOptions, ControlOp, EngineKind, PendingControls, Rules};
 
 fn policy(cutover: CutoverPolicy, on_failure: OnFailure, max_drivers: u32) -> RolloutPolicy {
     RolloutPolicy {
@@ -283,6 +284,115 @@ fn operation_keys_name_table_steps_from_one() {
     assert_eq!(operation_key(false, 0), "");
     assert_eq!(operation_key(true, 0), "step-1");
     assert_eq!(operation_key(true, 2), "step-3");
+}
+
+#[test]
+fn a_release_is_a_one_way_latch_of_pause_only() {
+    let pause = policy(CutoverPolicy::Rolling, OnFailure::Pause, 1);
+    let once = requests::accept(pause, ControlOp::Release);
+    assert!(once.policy.released && once.complete_now);
+    // Nothing takes the latch back: a second release, a stop, a start all keep it.
+    for op in [
+        ControlOp::Release,
+        ControlOp::Stop,
+        ControlOp::Start,
+        ControlOp::Cancel,
+    ] {
+        assert!(requests::accept(once.policy, op).policy.released, "{op}");
+    }
+    let halt = requests::accept(ROLLING_HALT, ControlOp::Release);
+    assert!(!halt.policy.released && halt.complete_now);
+}
+
+#[test]
+fn a_stop_holds_until_a_start_with_no_stop_pending() {
+    let held = requests::accept(ROLLING_HALT, ControlOp::Stop).policy;
+    assert!(held.held);
+    let mut pending = PendingControls {
+        start: true,
+        stop: true,
+        ..PendingControls::default()
+    };
+    assert!(!requests::hold_lifts(&held, &pending));
+    pending.stop = false;
+    assert!(requests::hold_lifts(&held, &pending));
+    assert!(!requests::hold_lifts(&ROLLING_HALT, &pending));
+    assert!(requests::accept(ROLLING_HALT, ControlOp::Cancel).withdraw_unstarted);
+}
+
+#[test]
+fn an_acknowledged_request_is_hidden_until_the_operation_acts_on_it_again() {
+    let rules = Rules::default();
+    let m = deployments(&[Running, Running]);
+    let all = PendingControls {
+        stop: true,
+        ..PendingControls::default()
+    };
+    let p = policy(CutoverPolicy::Parallel, OnFailure::Halt, 2);
+    let opts = ApplyOptions::default();
+    let seen = |m: &[Member], acked: bool| {
+        requests::pending_for(&rules, EngineKind::Spirit, &opts, &p, m, 0, &all, |_| acked)
+    };
+    // Not yet acknowledged: seen. Acknowledged while it still acts on it: seen.
+    assert!(seen(&m, false).stop);
+    assert!(seen(&m, true).stop);
+    // Acknowledged and stopped: hidden, and the other running operation still acts on it.
+    let m = deployments(&[Stopped, Running]);
+    assert!(!seen(&m, true).stop);
+    assert!(requests::acted_on_elsewhere(
+        &rules,
+        EngineKind::Spirit,
+        &opts,
+        &p,
+        &m,
+        0,
+        ControlOp::Stop,
+        &all
+    ));
+    let m = deployments(&[Stopped, Stopped]);
+    assert!(!requests::acted_on_elsewhere(
+        &rules,
+        EngineKind::Spirit,
+        &opts,
+        &p,
+        &m,
+        0,
+        ControlOp::Stop,
+        &all
+    ));
+}
+
+#[test]
+fn a_cutover_is_hidden_behind_a_closed_gate_and_status_says_why() {
+    let rules = Rules::default();
+    let p = policy(CutoverPolicy::Barrier, OnFailure::Halt, 2);
+    let m = deployments(&[WaitingForCutover, Running]);
+    let all = PendingControls {
+        cutover: true,
+        ..PendingControls::default()
+    };
+    let seen = requests::pending_for(
+        &rules,
+        EngineKind::PlanetScale,
+        &ApplyOptions::default(),
+        &p,
+        &m,
+        0,
+        &all,
+        |_| false,
+    );
+    assert!(!seen.cutover);
+    assert_eq!(
+        member_gate(&p, &m, 0).as_deref(),
+        Some("cutover: barrier: waits for operation #2 to reach the cutover gate")
+    );
+    let m = deployments(&[WaitingForCutover, WaitingForCutover]);
+    assert_eq!(requests::wake_at_gate(&p, &m), vec![0]);
+    assert_eq!(member_gate(&p, &m, 0), None);
+    assert_eq!(
+        member_gate(&ROLLING_HALT, &deployments(&[Running, Pending]), 1).as_deref(),
+        Some("start: waits for operation #1 to complete")
+    );
 }
 
 fn arb_state() -> impl Strategy<Value = ApplyState> {

@@ -7,9 +7,7 @@
 mod submit;
 
 use super::*;
-use crate::machine::rollout::{
-    cutover_gate, derive_parent, start_gate, CutoverGate, Member, StartGate,
-};
+use crate::machine::rollout::{cutover_gate, requests, start_gate, CutoverGate, Member, StartGate};
 
 /// The rollout's operations as the rollout rules see them.
 pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
@@ -24,11 +22,7 @@ pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
         .collect()
 }
 
-/// The apply's pending requests as operation `i` sees them: without those it has done its
-/// part of (until they are issued again, or it reaches a state where it acts on them again:
-/// a start done while running is needed again at a deferred deploy), and without a cutover
-/// while its cutover gate is closed (its turn comes when a sibling's move opens the gate,
-/// which wakes it).
+/// The apply's pending requests as operation `i` sees them (`rollout::requests::pending_for`).
 pub(super) fn pending_for(
     rules: &Rules,
     inner: &Inner,
@@ -36,25 +30,25 @@ pub(super) fn pending_for(
     i: usize,
 ) -> PendingControls {
     let all = pending_of(inner, row.id);
-    let mut pending = all;
     let op = &row.operations[i];
-    for (req, seq) in &op.acked {
-        let same_issue = inner
-            .requests
-            .get(&(row.id, *req))
-            .is_some_and(|r| r.updated_seq == *seq);
-        let acts_again = matches!(
-            rules.disposition(row.engine, op.state, *req, &all, &row.options),
-            crate::machine::Disposition::Take(_)
-        );
-        if same_issue && !acts_again {
-            pending.set(*req, false);
-        }
-    }
-    if !cutover_open(row, i) {
-        pending.set(ControlOp::Cutover, false);
-    }
-    pending
+    requests::pending_for(
+        rules,
+        row.engine,
+        &row.options,
+        &row.rollout.unwrap_or_default(),
+        &members(row),
+        i,
+        &all,
+        |req| {
+            op.acked.iter().any(|(r, seq)| {
+                *r == req
+                    && inner
+                        .requests
+                        .get(&(row.id, req))
+                        .is_some_and(|q| q.updated_seq == *seq)
+            })
+        },
+    )
 }
 
 /// Whether operation `i`'s cutover gate is open.
@@ -297,19 +291,17 @@ impl MemoryStore {
         let i = self.owned_member(inner, lease)?;
         let row = &inner.rows[&lease.apply];
         let pending = pending_of(inner, row.id);
-        let policy = row.rollout.unwrap_or_default();
-        let members = members(row);
         let others_act = status == ControlStatus::Completed
-            && row.operations.iter().enumerate().any(|(j, o)| {
-                j != i
-                    && !o.state.is_terminal()
-                    && !crate::machine::rollout::is_orphaned(&policy, &members, j)
-                    && matches!(
-                        self.rules
-                            .disposition(row.engine, o.state, op, &pending, &row.options),
-                        crate::machine::Disposition::Take(_) | crate::machine::Disposition::Wait
-                    )
-            });
+            && requests::acted_on_elsewhere(
+                &self.rules,
+                row.engine,
+                &row.options,
+                &row.rollout.unwrap_or_default(),
+                &members(row),
+                i,
+                op,
+                &pending,
+            );
         if others_act {
             let seq = inner
                 .requests
@@ -396,22 +388,11 @@ impl MemoryStore {
         let Some(policy) = row.rollout.as_mut() else {
             return;
         };
-        let mut done_now = false;
-        match op {
-            ControlOp::Stop => policy.held = true,
-            // The release latch: one-way, and complete at once (nothing more to do; without a
-            // `pause` policy there is nothing to release).
-            ControlOp::Release => {
-                if policy.on_failure == crate::machine::rollout::OnFailure::Pause {
-                    policy.released = true;
-                }
-                done_now = true;
-            }
-            // A start waits for a pending stop, as on any apply; it lifts the hold once the
-            // stop is done (`lift_hold`).
-            ControlOp::Start => {}
-            ControlOp::Cancel => self.withdraw_unstarted(inner, id, now),
-            _ => {}
+        let accepted = requests::accept(*policy, op);
+        *policy = accepted.policy;
+        let done_now = accepted.complete_now;
+        if accepted.withdraw_unstarted {
+            self.withdraw_unstarted(inner, id, now);
         }
         if done_now {
             if let Some(req) = inner.requests.get_mut(&(id, op)) {
@@ -421,9 +402,9 @@ impl MemoryStore {
         }
         lift_hold(inner, id, now);
         rederive(inner, id, now);
-        if matches!(op, ControlOp::Stop | ControlOp::Start) {
+        {
             let state = inner.rows[&id].state;
-            if crate::machine::control::completion_is_justified(op, state) {
+            if requests::settled_by_state(op, state) {
                 if let Some(req) = inner.requests.get_mut(&(id, op)) {
                     req.status = ControlStatus::Completed;
                     req.updated_at = now;
@@ -517,7 +498,10 @@ fn lift_hold(inner: &mut Inner, id: ApplyId, now: u64) {
     let Some(row) = inner.rows.get(&id) else {
         return;
     };
-    if !(pending.start && !pending.stop && row.rollout.is_some_and(|p| p.held)) {
+    if !row
+        .rollout
+        .is_some_and(|p| requests::hold_lifts(&p, &pending))
+    {
         return;
     }
     if !row.state.is_active() {
@@ -606,34 +590,30 @@ fn member_move(inner: &mut Inner, lease: &Lease, i: usize, to: ApplyState, cause
 /// Write the apply's derived state if it changed (audited as `derived`), and wake every
 /// operation parked at the cutover gate whose turn has now come.
 pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
+    let stop_pending = pending_of(inner, id).stop;
     let Some(row) = inner.rows.get_mut(&id) else {
         return;
     };
     let Some(policy) = row.rollout else {
         return;
     };
-    for i in 0..row.operations.len() {
-        let parked = row.operations[i].parked_until.is_some_and(|w| w > now);
-        if parked
-            && row.operations[i].state == ApplyState::WaitingForCutover
-            && cutover_open(row, i)
-        {
+    for i in requests::wake_at_gate(&policy, &members(row)) {
+        if row.operations[i].parked_until.is_some_and(|w| w > now) {
             row.operations[i].parked_until = Some(now);
         }
     }
-    let mut to = derive_parent(&policy, &members(row));
+    let (mut to, stop_done) = requests::derive_settled(&policy, &members(row), stop_pending);
     // A stop whose effect holds for the whole rollout (its running operation failed or
     // finished before it could stop) is done: no operation is left to complete it.
-    if policy.held && crate::machine::control::completion_is_justified(ControlOp::Stop, to) {
+    if stop_done {
         if let Some(req) = inner.requests.get_mut(&(id, ControlOp::Stop)) {
-            if req.status == ControlStatus::Pending {
-                req.status = ControlStatus::Completed;
-                req.updated_at = now;
-            }
+            req.status = ControlStatus::Completed;
+            req.updated_at = now;
         }
         lift_hold(inner, id, now);
         let row = inner.rows.get_mut(&id).expect("listed above");
-        to = derive_parent(&row.rollout.unwrap_or_default(), &members(row));
+        to =
+            crate::machine::rollout::derive_parent(&row.rollout.unwrap_or_default(), &members(row));
     }
     let row = inner.rows.get_mut(&id).expect("listed above");
     let from = row.state;
