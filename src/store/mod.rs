@@ -34,6 +34,15 @@ pub struct NewApply {
     pub rollout: Option<crate::machine::rollout::RolloutPlan>,
 }
 
+/// What a fenced lease change does to one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    Renew,
+    Release,
+    /// Release it until the wait's wake time (`Store::park`).
+    Park,
+}
+
 /// The owner's capability: every guarded write carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lease {
@@ -125,6 +134,63 @@ pub fn adopts(
     change: &crate::ddl::CheckedChange,
 ) -> bool {
     live.0 == new.engine && live.1 == Some(change.fingerprint.as_str())
+}
+
+/// One operation of a rollout as submitted: where it runs, its statements and their tables, and
+/// the fingerprint of its part of the change.
+#[derive(Debug, Clone)]
+pub struct RolloutOperation {
+    pub planned: crate::machine::rollout::PlannedOperation,
+    pub ddl: Vec<String>,
+    pub tables: Vec<String>,
+    pub fingerprint: String,
+}
+
+/// The checks every store applies before creating a rollout: the change as any submission
+/// (`validate_new_apply`), the plan field by field (`RolloutPlan::operations`), and each
+/// operation's part of the change. Returns the checked change and the operations in rollout
+/// order.
+pub fn validate_rollout(
+    new: &NewApply,
+    plan: &crate::machine::rollout::RolloutPlan,
+) -> Result<(crate::ddl::CheckedChange, Vec<RolloutOperation>), StoreError> {
+    let change = validate_new_apply(new)?;
+    let tables: Vec<Option<String>> = change
+        .statements
+        .iter()
+        .map(|s| Some(s.table.clone()).filter(|t| !t.is_empty()))
+        .collect();
+    let planned = plan.operations(&tables).map_err(|r| StoreError::Invalid {
+        field: r.field,
+        message: r.message,
+    })?;
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        let ddl: Vec<String> = p.statements.iter().map(|i| new.ddl[*i].clone()).collect();
+        let tables = p
+            .statements
+            .iter()
+            .map(|i| change.statements[*i].table.clone())
+            .collect();
+        let fingerprint = crate::ddl::check_change(
+            new.engine,
+            &new.target.database,
+            &ddl,
+            new.allow_destructive,
+        )
+        .map_err(|e| StoreError::Invalid {
+            field: "ddl",
+            message: e.to_string(),
+        })?
+        .fingerprint;
+        out.push(RolloutOperation {
+            planned: p,
+            ddl,
+            tables,
+            fingerprint,
+        });
+    }
+    Ok((change, out))
 }
 
 /// The checks every store applies before creating an apply, so that both stores accept and

@@ -37,6 +37,18 @@ pub struct PlannedOperation {
     pub statements: Vec<usize>,
 }
 
+impl PlannedOperation {
+    /// The operation's identifier, unique to it: branch names and engine runs derive from it,
+    /// so only letters, digits and dashes (`apply-7-d2`, `apply-7-d2-s1` for a table step).
+    pub fn identifier(&self, apply: &str, table_steps: bool) -> String {
+        if table_steps {
+            format!("{apply}-d{}-s{}", self.deployment_index + 1, self.step + 1)
+        } else {
+            format!("{apply}-d{}", self.deployment_index + 1)
+        }
+    }
+}
+
 /// Why a plan was refused: the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

@@ -11,7 +11,8 @@ mod clock;
 mod delegate;
 mod rollout;
 
-use rollout::{member_record, LeaseChange};
+use super::LeaseChange;
+use rollout::member_record;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 

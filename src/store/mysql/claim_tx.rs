@@ -73,6 +73,15 @@ impl ClaimTx {
         Ok(rows)
     }
 
+    /// Commit what is open and keep the connection for the next transaction.
+    pub(super) async fn commit(&mut self) -> Result<(), Failure> {
+        if self.open {
+            self.conn().execute("COMMIT").await?;
+            self.open = false;
+        }
+        Ok(())
+    }
+
     /// Commit what is open (a claim that found nothing still commits a refused start).
     pub(super) async fn finish(mut self) -> Result<(), Failure> {
         if self.open {

@@ -8,6 +8,7 @@ use sqlx::Row;
 use super::super::{Claimed, Lease, Target};
 
 use super::claim_tx::{sql_text, ClaimTx};
+use super::rollout::MemberClaim;
 use super::rows::{apply_columns, operation_columns, Parsed, RawApply, RawOperation};
 use super::writes::task_sync_sql;
 use super::{in_list, is_duplicate_key, Failure, MySqlStore, CANDIDATES};
@@ -63,6 +64,9 @@ impl MySqlStore {
         if let Some(states) = in_list(&held) {
             arms.push(format!("(a.state IN ({states}) AND {})", request("")));
         }
+        // A rollout's operations are claimed by the operation arms on their own views (its
+        // apply holds no lease): every open rollout comes through, and the rules decide.
+        arms.push("a.cutover_policy IS NOT NULL".to_string());
         // Unknown strings come through so that they are reported; they are never claimed.
         if let Some(known) = in_list(ApplyState::ALL) {
             arms.push(format!("a.state NOT IN ({known})"));
@@ -130,6 +134,10 @@ impl MySqlStore {
                 parent.join(" OR ")
             ));
         }
+        // A rollout's operation is its own parent, and sees the requests through its
+        // acknowledgements and gates (`rollout::requests::pending_for`): it comes through
+        // whatever its apply's state, and the rules decide on its own view.
+        arms.push("a.cutover_policy IS NOT NULL".to_string());
         // Unknown strings come through so that they are reported; they are never claimed.
         if let Some(known) = in_list(ApplyState::ALL) {
             arms.push(format!(
@@ -172,6 +180,29 @@ impl MySqlStore {
         if let Some(states) = in_list(&rules.states_in(ClaimClass::RetryPath)) {
             parts.push(by_state(&states, ""));
         }
+        // Open rollouts with an operation in one of the operation candidate ranges (the pending
+        // queue, free or stale leases, the retry path, unknown states); a rollout with a
+        // pending request comes through the request part below.
+        let mut op_ranges = Vec::new();
+        for class in [ClaimClass::PendingQueue, ClaimClass::RetryPath] {
+            if let Some(states) = in_list(&rules.states_in(class)) {
+                op_ranges.push(format!("o.state IN ({states})"));
+            }
+        }
+        if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {
+            op_ranges.push(format!(
+                "(o.state IN ({states}) AND (o.lease_free_at <= {now} OR o.lease_hb <= {cutoff}))"
+            ));
+        }
+        if let Some(known) = in_list(ApplyState::ALL) {
+            op_ranges.push(format!("o.state NOT IN ({known})"));
+        }
+        parts.push(format!(
+            "(SELECT a.id FROM applies a FORCE INDEX (ix_applies_rollout) WHERE a.rollout_open = 1 \
+             AND a.id > {after} AND (SELECT 1 FROM apply_operations o WHERE o.apply_id = a.id \
+             AND ({}) LIMIT 1) IS NOT NULL ORDER BY a.id LIMIT {CANDIDATES})",
+            op_ranges.join(" OR ")
+        ));
         // DISTINCT: each part yields up to CANDIDATES distinct applies, so the smallest
         // CANDIDATES ids of the union are exactly the next ones in id order. An apply with two
         // pending requests would otherwise take two of its part's places and cut it short, and
@@ -252,6 +283,15 @@ impl MySqlStore {
                 };
                 let raw = RawApply::read(&row)?;
                 cursor = raw.id;
+                if raw.is_rollout {
+                    match self
+                        .claim_member(&mut tx, raw.id, None, owner, &now)
+                        .await?
+                    {
+                        MemberClaim::Taken(claimed) => return Ok(Some(*claimed)),
+                        MemberClaim::Skipped => continue,
+                    }
+                }
                 let Ok(parsed) = self.parse(&raw) else {
                     continue;
                 };
@@ -400,6 +440,15 @@ impl MySqlStore {
                 let raw = RawApply::read(&row)?;
                 let op = RawOperation::read(&row)?;
                 cursor = op.id;
+                if raw.is_rollout {
+                    match self
+                        .claim_member(&mut tx, raw.id, Some(op.id), owner, &now)
+                        .await?
+                    {
+                        MemberClaim::Taken(claimed) => return Ok(Some(*claimed)),
+                        MemberClaim::Skipped => continue,
+                    }
+                }
                 let Ok(parsed) = self.parse(&raw) else {
                     continue;
                 };
@@ -517,7 +566,7 @@ impl MySqlStore {
              lease_acquired_at = {now}, heartbeat_at = {now}, parked_until = NULL, updated_at = {now}, state = {to_sql}{op_attempt} \
              WHERE apply_id = {id} AND {taken}"
         ));
-        if let Some(tasks) = task_sync_sql(&id.to_string(), pre_claim, to, now) {
+        if let Some(tasks) = task_sync_sql(&format!("apply_id = {id}"), pre_claim, to, now) {
             statements.push(format!("{tasks} AND {taken}"));
         }
         statements.push(format!(

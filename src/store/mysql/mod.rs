@@ -54,8 +54,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolO
 use sqlx::Executor;
 
 use super::{
-    validate_new_apply, Claimed, DriveInputs, Lease, NewApply, RequestOutcome, Store, StoreError,
-    Submitted,
+    validate_new_apply, Claimed, DriveInputs, Lease, LeaseChange, NewApply, RequestOutcome, Store,
+    StoreError, Submitted,
 };
 use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::{
@@ -132,6 +132,7 @@ fn age_ms(us: i64) -> u64 {
 mod claim_tx;
 mod claims;
 mod requests;
+mod rollout;
 mod rows;
 pub mod status;
 mod writes;
@@ -357,11 +358,8 @@ pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
 #[async_trait]
 impl Store for MySqlStore {
     async fn submit_or_adopt(&self, new: NewApply) -> Result<Submitted, StoreError> {
-        if new.rollout.is_some() {
-            return Err(StoreError::Invalid {
-                field: "deployments",
-                message: "this store does not hold rollouts yet".into(),
-            });
+        if let Some(plan) = &new.rollout {
+            return self.submit_rollout(&new, plan).await;
         }
         let change = validate_new_apply(&new)?;
         self.retrying("submit", || self.submit_once(&new, &change))
@@ -423,8 +421,10 @@ impl Store for MySqlStore {
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError> {
         let now = self.now_sql();
         let sets = [("heartbeat_at", now.as_str())];
-        self.retrying("heartbeat", || self.fenced_once(lease, &sets))
-            .await
+        self.retrying("heartbeat", || {
+            self.fenced_once(lease, &sets, LeaseChange::Renew)
+        })
+        .await
     }
 
     async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<ApplyId>, StoreError> {
@@ -440,6 +440,7 @@ impl Store for MySqlStore {
             self.fenced_once(
                 lease,
                 &[("lease_owner", "NULL"), ("heartbeat_at", "NULL")][..],
+                LeaseChange::Release,
             )
         })
         .await

@@ -105,6 +105,9 @@ impl MySqlStore {
                 }
             }
         };
+        if outcome != RequestOutcome::AlreadyPending {
+            self.member_request(&mut tx, apply, op, &now).await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -136,18 +139,19 @@ impl MySqlStore {
         };
         let p = &self.rules.params;
         let expirable = format!(
-            "a.state IN ({states}) AND (a.attempt >= {budget} \
+            "a.state IN ({states}) AND a.cutover_policy IS NULL AND (a.attempt >= {budget} \
              OR TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) >= {fresh})",
             budget = p.retry_budget,
             fresh = p.retry_freshness_ms.saturating_mul(1000),
         );
+        let members = self.expire_rollouts(&now, &states).await?;
         // A plain read first: a busy poll with nothing expirable costs one statement, not a
         // transaction. The locking read below re-checks, so a row that changes in between is
         // simply skipped by the rules.
         let gate = format!("SELECT a.id FROM applies a WHERE {expirable} LIMIT 1");
         let any: Option<ApplyId> = sqlx::query_scalar(&gate).fetch_optional(&self.pool).await?;
         if any.is_none() {
-            return Ok(0);
+            return Ok(members);
         }
         let select = format!(
             "SELECT {cols} FROM applies a WHERE {expirable} ORDER BY a.id FOR UPDATE SKIP LOCKED",
@@ -198,6 +202,27 @@ impl MySqlStore {
             expired += 1;
         }
         tx.commit().await?;
+        Ok(expired + members)
+    }
+
+    /// Retry expiry of the rollouts' operations: a plain read finds the rollouts with an
+    /// operation past its budget or freshness, and each is expired in its own transaction.
+    async fn expire_rollouts(&self, now: &str, states: &str) -> Result<u32, Failure> {
+        let p = &self.rules.params;
+        let sql = format!(
+            "SELECT DISTINCT o.apply_id FROM apply_operations o STRAIGHT_JOIN applies a ON a.id = o.apply_id \
+             WHERE a.rollout_open = 1 AND o.state IN ({states}) AND (o.attempt >= {budget} \
+             OR TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) >= {fresh}) ORDER BY o.apply_id",
+            budget = p.retry_budget,
+            fresh = p.retry_freshness_ms.saturating_mul(1000),
+        );
+        let ids: Vec<ApplyId> = sqlx::query_scalar(&sql).fetch_all(&self.pool).await?;
+        let mut expired = 0;
+        for id in ids {
+            let mut tx = self.pool.begin().await?;
+            expired += self.expire_members(&mut tx, id, now).await?;
+            tx.commit().await?;
+        }
         Ok(expired)
     }
 }

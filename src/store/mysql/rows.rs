@@ -35,7 +35,8 @@ pub(super) fn apply_columns(now: &str) -> String {
          (SELECT o.engine_resume_state FROM apply_operations o WHERE o.apply_id = a.id \
            ORDER BY o.id LIMIT 1) AS resume, \
          CAST(COALESCE((SELECT MIN(o.id) FROM apply_operations o WHERE o.apply_id = a.id), 0) \
-           AS UNSIGNED) AS operation_id"
+           AS UNSIGNED) AS operation_id, \
+         CAST(a.cutover_policy IS NOT NULL AS SIGNED) AS is_rollout"
     )
 }
 
@@ -63,6 +64,8 @@ pub(super) struct RawApply {
     pub(super) resume: Option<String>,
     /// The apply's operation row (0 while it has none).
     pub(super) operation_id: u64,
+    /// A rollout: its operations hold their own leases (`super::rollout`).
+    pub(super) is_rollout: bool,
 }
 
 impl RawApply {
@@ -90,6 +93,7 @@ impl RawApply {
             start_newer: row.try_get::<Option<i64>, _>("start_newer")?.unwrap_or(0) != 0,
             resume: row.try_get_unchecked("resume")?,
             operation_id: row.try_get_unchecked("operation_id")?,
+            is_rollout: row.try_get::<Option<i64>, _>("is_rollout")?.unwrap_or(0) != 0,
         })
     }
 }

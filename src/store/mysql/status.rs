@@ -7,6 +7,7 @@ use sqlx::Row;
 
 use super::MySqlStore;
 use crate::machine::apply::{ApplyId, ResumeState};
+use crate::machine::rollout::{CutoverPolicy, OnFailure, RolloutPolicy};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 use crate::store::status::{ApplyStatus, Inspect, OperationStatus, TaskStatus};
 use crate::store::{StoreError, Target};
@@ -18,7 +19,8 @@ const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment,
      CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), a.parked_until) AS SIGNED) AS wake_in_us, \
      (SELECT CAST(o.engine_resume_state AS CHAR) FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
-     CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed";
+     CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed, \
+     a.cutover_policy, a.on_failure, a.max_drivers, a.released, a.held";
 
 fn bad(id: ApplyId, column: &'static str, detail: impl ToString) -> StoreError {
     StoreError::BadRow {
@@ -30,6 +32,37 @@ fn bad(id: ApplyId, column: &'static str, detail: impl ToString) -> StoreError {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// The rollout policy of an apply row (`None` for an apply of one operation); an unknown
+/// failure policy reads as `halt`, as the rules read it.
+fn rollout_policy(row: &MySqlRow, id: ApplyId) -> Result<Option<RolloutPolicy>, StoreError> {
+    let cutover: Option<String> = row
+        .try_get_unchecked("cutover_policy")
+        .map_err(|e| bad(id, "cutover_policy", e))?;
+    let Some(cutover) = cutover else {
+        return Ok(None);
+    };
+    let cutover = CutoverPolicy::ALL
+        .iter()
+        .copied()
+        .find(|p| p.as_str() == cutover)
+        .ok_or_else(|| bad(id, "cutover_policy", format!("unknown policy {cutover:?}")))?;
+    let on_failure: Option<String> = row
+        .try_get_unchecked("on_failure")
+        .map_err(|e| bad(id, "on_failure", e))?;
+    let flag = |col: &'static str| -> Result<bool, StoreError> {
+        Ok(row.try_get::<i8, _>(col).map_err(|e| bad(id, col, e))? != 0)
+    };
+    Ok(Some(RolloutPolicy {
+        cutover,
+        on_failure: OnFailure::read_stored(on_failure.as_deref().unwrap_or("")),
+        max_drivers: row
+            .try_get("max_drivers")
+            .map_err(|e| bad(id, "max_drivers", e))?,
+        released: flag("released")?,
+        held: flag("held")?,
+    }))
 }
 
 fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
@@ -107,7 +140,7 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .map(|us| (us.max(0) / 1000) as u64),
         wait: None,
         operations: Vec::new(),
-        rollout: None,
+        rollout: rollout_policy(row, id)?,
     }
     .explain())
 }
@@ -137,38 +170,67 @@ impl MySqlStore {
 
     async fn attach_operations(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
         let rows = sqlx::query(
-            "SELECT id, deployment, operation_key, state FROM apply_operations \
-             WHERE apply_id = ? ORDER BY id",
+            "SELECT o.id, o.deployment, o.operation_key, o.deployment_index, o.step, o.state, o.attempt, \
+             o.lease_owner, o.lease_epoch, o.failed_closed, o.error_message, \
+             CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
+             CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id) AS SIGNED) AS tasks_total, \
+             CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id AND t.state = 'completed') AS SIGNED) AS tasks_completed \
+             FROM apply_operations o WHERE o.apply_id = ? ORDER BY o.deployment_index, o.step, o.id",
         )
         .bind(status.id)
         .fetch_all(self.pool())
         .await
         .map_err(unavailable)?;
         for r in rows {
+            let id = status.id;
             let text = |col: &'static str| -> Result<String, StoreError> {
                 r.try_get_unchecked::<String, _>(col)
-                    .map_err(|e| bad(status.id, col, e))
+                    .map_err(|e| bad(id, col, e))
+            };
+            let count = |col: &'static str| -> Result<u32, StoreError> {
+                let n: i64 = r.try_get(col).map_err(|e| bad(id, col, e))?;
+                u32::try_from(n).map_err(|e| bad(id, col, e))
             };
             let state = text("state")?
                 .parse::<ApplyState>()
-                .map_err(|e| bad(status.id, "apply_operations.state", e))?;
+                .map_err(|e| bad(id, "apply_operations.state", e))?;
+            let lease_owner: Option<String> = r
+                .try_get_unchecked("lease_owner")
+                .map_err(|e| bad(id, "apply_operations.lease_owner", e))?;
+            let hb_us: Option<i64> = r
+                .try_get("heartbeat_age_us")
+                .map_err(|e| bad(id, "apply_operations.heartbeat_at", e))?;
             status.operations.push(OperationStatus {
                 id: r
                     .try_get("id")
-                    .map_err(|e| bad(status.id, "apply_operations.id", e))?,
+                    .map_err(|e| bad(id, "apply_operations.id", e))?,
                 deployment: text("deployment")?,
                 key: text("operation_key")?,
-                deployment_index: 0,
-                step: 0,
+                deployment_index: r
+                    .try_get("deployment_index")
+                    .map_err(|e| bad(id, "deployment_index", e))?,
+                step: r.try_get("step").map_err(|e| bad(id, "step", e))?,
                 state,
-                attempt: 0,
-                lease_owner: None,
-                lease_epoch: 0,
-                heartbeat_age_ms: None,
-                tasks_total: 0,
-                tasks_completed: 0,
-                failed_closed: false,
-                error: None,
+                attempt: r
+                    .try_get("attempt")
+                    .map_err(|e| bad(id, "apply_operations.attempt", e))?,
+                heartbeat_age_ms: lease_owner
+                    .as_ref()
+                    .and(hb_us)
+                    .map(|us| (us.max(0) / 1000) as u64),
+                lease_owner,
+                lease_epoch: r
+                    .try_get("lease_epoch")
+                    .map_err(|e| bad(id, "apply_operations.lease_epoch", e))?,
+                tasks_total: count("tasks_total")?,
+                tasks_completed: count("tasks_completed")?,
+                failed_closed: r
+                    .try_get::<i8, _>("failed_closed")
+                    .map_err(|e| bad(id, "failed_closed", e))?
+                    != 0,
+                error: r
+                    .try_get_unchecked("error_message")
+                    .map_err(|e| bad(id, "apply_operations.error_message", e))?,
                 gate: None,
             });
         }
@@ -179,7 +241,10 @@ impl MySqlStore {
     async fn attach_all(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
         self.attach_tasks(status).await?;
         self.attach_operations(status).await?;
-        self.attach_requests(status).await
+        self.attach_requests(status).await?;
+        // Again, now that the operations are read: their gates come from them.
+        *status = status.clone().explain();
+        Ok(())
     }
 
     async fn attach_requests(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {

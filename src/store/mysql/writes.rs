@@ -6,7 +6,10 @@ use std::str::FromStr;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Executor, MySql, Row, Transaction};
 
-use super::super::{adopts, DriveInputs, Lease, NewApply, StoreError, Submitted, Target};
+use super::super::{
+    adopts, DriveInputs, Lease, LeaseChange, NewApply, StoreError, Submitted, Target,
+};
+use super::rollout::Loaded;
 use crate::ddl::CheckedChange;
 
 use super::rows::{apply_columns, identifier, RawApply};
@@ -15,11 +18,11 @@ use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::task::task_after_move;
 use crate::machine::{ApplyState, ControlOp, ControlStatus, EngineKind, TaskState};
 
-/// The statement that moves the task rows of apply `apply` (an SQL expression: `?` or an id)
-/// along with its move from `from` to `to`; `None` when no task state changes. The states are
-/// `machine`'s own names.
+/// The statement that moves the task rows `rows` selects (an SQL condition, e.g. `apply_id =
+/// ?`) along with their apply's or operation's move from `from` to `to`; `None` when no task
+/// state changes. The states are `machine`'s own names.
 pub(super) fn task_sync_sql(
-    apply: &str,
+    rows: &str,
     from: ApplyState,
     to: ApplyState,
     now: &str,
@@ -59,7 +62,7 @@ pub(super) fn task_sync_sql(
     Some(format!(
         "UPDATE tasks SET attempt = attempt + (CASE state{retried} ELSE 0 END), \
          state = (CASE state{moved} ELSE state END), updated_at = {now} \
-         WHERE apply_id = {apply} AND state IN ({stored})"
+         WHERE {rows} AND state IN ({stored})"
     ))
 }
 
@@ -98,7 +101,7 @@ impl MySqlStore {
         to: ApplyState,
         now: &str,
     ) -> Result<(), Failure> {
-        if let Some(sql) = task_sync_sql("?", from, to, now) {
+        if let Some(sql) = task_sync_sql("apply_id = ?", from, to, now) {
             sqlx::query(&sql).bind(apply).execute(&mut **tx).await?;
         }
         Ok(())
@@ -209,14 +212,18 @@ impl MySqlStore {
         lease: &Lease,
     ) -> Result<RawState, Failure> {
         let row = sqlx::query(
-            "SELECT state, engine, lease_epoch, database_name, environment FROM applies WHERE id = ? FOR UPDATE",
+            "SELECT state, engine, lease_epoch, database_name, environment, \
+             CAST(cutover_policy IS NOT NULL AS SIGNED) AS is_rollout FROM applies WHERE id = ? FOR UPDATE",
         )
         .bind(lease.apply)
         .fetch_optional(&mut **tx)
         .await?
         .ok_or(StoreError::RowGone(lease.apply))?;
         let epoch: u64 = row.try_get("lease_epoch")?;
-        if !self.rules.write_allowed(epoch, lease.epoch) {
+        let is_rollout = row.try_get::<i64, _>("is_rollout")? != 0;
+        // A rollout's apply epoch is its counter; the operation's own epoch fences (the caller
+        // hands over to `rollout`).
+        if !is_rollout && !self.rules.write_allowed(epoch, lease.epoch) {
             return Err(StoreError::LeaseLost {
                 apply: lease.apply,
                 epoch: lease.epoch,
@@ -224,6 +231,7 @@ impl MySqlStore {
             .into());
         }
         Ok(RawState {
+            is_rollout,
             state: row.try_get_unchecked("state")?,
             engine: row.try_get_unchecked("engine")?,
             target: Target {
@@ -349,7 +357,7 @@ impl MySqlStore {
             .await?
             .ok_or(StoreError::RowGone(lease.apply))?;
         let raw = RawApply::read(&row)?;
-        if !self.rules.write_allowed(raw.lease_epoch, lease.epoch) {
+        if !raw.is_rollout && !self.rules.write_allowed(raw.lease_epoch, lease.epoch) {
             return Err(StoreError::LeaseLost {
                 apply: lease.apply,
                 epoch: lease.epoch,
@@ -362,6 +370,15 @@ impl MySqlStore {
     pub(super) async fn load_once(&self, lease: &Lease) -> Result<DriveInputs, Failure> {
         let now = self.now_sql();
         let raw = self.read_owned(&self.pool, lease, &now, false).await?;
+        if raw.is_rollout {
+            let mut tx = self.pool.begin().await?;
+            let loaded = Loaded::read(self, &mut tx, lease.apply, &now)
+                .await?
+                .ok_or_else(|| Failure::Retry("apply stopped being a rollout".into()))?;
+            let inputs = self.load_member(&mut tx, &loaded, lease).await?;
+            tx.commit().await?;
+            return Ok(inputs);
+        }
         let parsed = self.parse(&raw)?;
         Ok(DriveInputs {
             revert_window_expired: self
@@ -384,6 +401,12 @@ impl MySqlStore {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
         let current = self.lock_owned(&mut tx, lease).await?;
+        if current.is_rollout {
+            let loaded = self.read_rollout(&mut tx, lease.apply, &now).await?;
+            self.member_owner_move(&mut tx, loaded, lease, mv).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         // A row we cannot read is never rewritten.
         let from = ApplyState::from_str(&current.state)
             .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
@@ -490,6 +513,13 @@ impl MySqlStore {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
         let raw = self.read_owned(&mut *tx, lease, &now, true).await?;
+        if raw.is_rollout {
+            let loaded = self.read_rollout(&mut tx, lease.apply, &now).await?;
+            self.member_lease(&mut tx, loaded, lease, LeaseChange::Park, &now)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         let parsed = self.parse(&raw)?;
         if !crate::machine::waits::parks(parsed.engine, parsed.state, &parsed.options) {
             return Err(StoreError::Refused(format!(
@@ -545,7 +575,13 @@ impl MySqlStore {
     ) -> Result<(), Failure> {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
-        self.lock_owned(&mut tx, lease).await?;
+        if self.lock_owned(&mut tx, lease).await?.is_rollout {
+            let loaded = self.read_rollout(&mut tx, lease.apply, &now).await?;
+            self.finish_member_request(&mut tx, loaded, lease, op, status, message)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         // Fenced on its own too (the check above is under the row lock; this holds without it).
         let sql = format!(
             "UPDATE apply_control_requests r STRAIGHT_JOIN applies a ON a.id = r.apply_id \
@@ -580,7 +616,7 @@ impl MySqlStore {
              SET a.heartbeat_at = {now}, o.heartbeat_at = {now}, \
              a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
              WHERE a.id IN ({ids}) AND a.lease_epoch = (CASE a.id{cases} END) \
-             AND o.lease_epoch = a.lease_epoch"
+             AND o.lease_epoch = a.lease_epoch AND a.cutover_policy IS NULL"
         );
         let mut q = sqlx::query(&sql);
         for lease in leases {
@@ -594,8 +630,23 @@ impl MySqlStore {
         if done.rows_affected() >= 2 * leases.len() as u64 {
             return Ok(Vec::new());
         }
+        // A rollout's operation is fenced by its own epoch alone (its apply's epoch is the
+        // counter): renew those here, in one statement.
+        let pairs = vec!["(?, ?)"; leases.len()].join(", ");
+        let members = format!(
+            "UPDATE apply_operations o STRAIGHT_JOIN applies a ON a.id = o.apply_id \
+             SET o.heartbeat_at = {now}, o.write_seq = o.write_seq + 1 \
+             WHERE a.cutover_policy IS NOT NULL AND o.lease_epoch > 0 \
+             AND (o.apply_id, o.lease_epoch) IN ({pairs})"
+        );
+        let mut q = sqlx::query(&members);
+        for lease in leases {
+            q = q.bind(lease.apply).bind(lease.epoch);
+        }
+        q.execute(&self.pool).await?;
         let read = format!(
-            "SELECT a.id, CAST(a.lease_epoch AS SIGNED) AS epoch, \
+            "SELECT a.id, CAST(a.cutover_policy IS NOT NULL AS SIGNED) AS is_rollout, \
+             CAST(a.lease_epoch AS SIGNED) AS epoch, \
              (SELECT CAST(MIN(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_min, \
              (SELECT CAST(MAX(o.lease_epoch) AS SIGNED) FROM apply_operations o WHERE o.apply_id = a.id) AS op_max \
              FROM applies a WHERE a.id IN ({ids})"
@@ -605,16 +656,45 @@ impl MySqlStore {
             q = q.bind(lease.apply);
         }
         let mut epochs = std::collections::BTreeMap::new();
+        let mut rollouts = std::collections::BTreeSet::new();
         for row in q.fetch_all(&self.pool).await? {
+            if row.try_get::<i64, _>("is_rollout")? != 0 {
+                rollouts.insert(row.try_get::<ApplyId, _>("id")?);
+            }
             let id: ApplyId = row.try_get("id")?;
             let e: i64 = row.try_get("epoch")?;
             let min: Option<i64> = row.try_get("op_min")?;
             let max: Option<i64> = row.try_get("op_max")?;
             epochs.insert(id, (e, min, max));
         }
+        // A rollout's lease holds while one of its operations carries the epoch.
+        let mut held = std::collections::BTreeSet::new();
+        if !rollouts.is_empty() {
+            let mine: Vec<&Lease> = leases
+                .iter()
+                .filter(|l| rollouts.contains(&l.apply))
+                .collect();
+            let sql = format!(
+                "SELECT apply_id, lease_epoch FROM apply_operations WHERE (apply_id, lease_epoch) IN ({})",
+                vec!["(?, ?)"; mine.len()].join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for lease in &mine {
+                q = q.bind(lease.apply).bind(lease.epoch);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                held.insert((
+                    row.try_get::<ApplyId, _>("apply_id")?,
+                    row.try_get::<u64, _>("lease_epoch")?,
+                ));
+            }
+        }
         let lost = leases
             .iter()
             .filter(|lease| {
+                if rollouts.contains(&lease.apply) {
+                    return lease.epoch == 0 || !held.contains(&(lease.apply, lease.epoch));
+                }
                 let holds = |e: Option<i64>| {
                     e.is_some_and(|e| self.rules.write_allowed(e.max(0) as u64, lease.epoch))
                 };
@@ -634,6 +714,7 @@ impl MySqlStore {
         &self,
         lease: &Lease,
         sets: &[(&str, &str)],
+        change: LeaseChange,
     ) -> Result<(), Failure> {
         let both: Vec<String> = sets
             .iter()
@@ -642,7 +723,7 @@ impl MySqlStore {
         let sql = format!(
             "UPDATE applies a STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
              SET {}, a.write_seq = a.write_seq + 1, o.write_seq = o.write_seq + 1 \
-             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ?",
+             WHERE a.id = ? AND a.lease_epoch = ? AND o.lease_epoch = ? AND a.cutover_policy IS NULL",
             both.join(", ")
         );
         let done = sqlx::query(&sql)
@@ -652,10 +733,30 @@ impl MySqlStore {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() >= 1 {
-            Ok(())
-        } else {
-            Err(self.zero_rows(&self.pool, lease).await)
+            return Ok(());
         }
+        let now = self.now_sql();
+        let mut tx = self.pool.begin().await?;
+        if self.lock_owned(&mut tx, lease).await?.is_rollout {
+            let loaded = self.read_rollout(&mut tx, lease.apply, &now).await?;
+            self.member_lease(&mut tx, loaded, lease, change, &now)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        Err(self.zero_rows(&mut *tx, lease).await)
+    }
+
+    /// Rollout `id`, read in `tx` after its apply row was found to be one.
+    pub(super) async fn read_rollout(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        id: ApplyId,
+        now: &str,
+    ) -> Result<Loaded, Failure> {
+        Loaded::read(self, tx, id, now)
+            .await?
+            .ok_or_else(|| Failure::Retry(format!("apply {id} stopped being a rollout")))
     }
 }
 
@@ -667,6 +768,7 @@ pub(super) enum OwnerMove<'a> {
 }
 
 pub(super) struct RawState {
+    pub(super) is_rollout: bool,
     pub(super) state: String,
     pub(super) engine: String,
     pub(super) target: Target,

@@ -483,14 +483,6 @@ impl MemoryStore {
     }
 }
 
-/// What a fenced lease change does to one operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LeaseChange {
-    Renew,
-    Release,
-    Park,
-}
-
 /// A pending start lifts a stop's hold once no stop is pending. A stopped rollout holds none
 /// of its deployments, so lifting the hold re-checks them all; a busy one fails the start.
 fn lift_hold(inner: &mut Inner, id: ApplyId, now: u64) {

@@ -13,32 +13,7 @@ impl MemoryStore {
         new: NewApply,
         plan: &RolloutPlan,
     ) -> Result<Submitted, StoreError> {
-        let change = validate_new_apply(&new)?;
-        let tables: Vec<Option<String>> = change
-            .statements
-            .iter()
-            .map(|s| Some(s.table.clone()).filter(|t| !t.is_empty()))
-            .collect();
-        let planned = plan.operations(&tables).map_err(|r| StoreError::Invalid {
-            field: r.field,
-            message: r.message,
-        })?;
-        let mut specs = Vec::with_capacity(planned.len());
-        for p in &planned {
-            let ddl: Vec<String> = p.statements.iter().map(|i| new.ddl[*i].clone()).collect();
-            let fingerprint = crate::ddl::check_change(
-                new.engine,
-                &new.target.database,
-                &ddl,
-                new.allow_destructive,
-            )
-            .map_err(|e| StoreError::Invalid {
-                field: "ddl",
-                message: e.to_string(),
-            })?
-            .fingerprint;
-            specs.push((ddl, fingerprint));
-        }
+        let (change, planned) = crate::store::validate_rollout(&new, plan)?;
         let now = self.now();
         let mut inner = self.lock()?;
         let mut holders = Vec::new();
@@ -73,21 +48,17 @@ impl MemoryStore {
         inner.next_id += 1;
         let mut operations = Vec::with_capacity(planned.len());
         let mut tasks = Vec::new();
-        for (k, (p, (ddl, fingerprint))) in planned.iter().zip(specs).enumerate() {
+        for (k, op) in planned.into_iter().enumerate() {
+            let p = &op.planned;
             let op_id = inner.next_operation_id;
             inner.next_operation_id += 1;
-            // Branch names derive from the identifier: only letters, digits and dashes.
-            let identifier = if plan.table_steps {
-                format!("apply-{id}-d{}-s{}", p.deployment_index + 1, p.step + 1)
-            } else {
-                format!("apply-{id}-d{}", p.deployment_index + 1)
-            };
-            for i in &p.statements {
+            let identifier = p.identifier(&format!("apply-{id}"), plan.table_steps);
+            for table in &op.tables {
                 tasks.push(MemoryTask {
                     operation: k,
                     state: TaskState::Pending,
                     attempt: 0,
-                    table: Some(change.statements[*i].table.clone()),
+                    table: Some(table.clone()),
                 });
             }
             operations.push(MemoryOperation {
@@ -100,8 +71,8 @@ impl MemoryStore {
                     identifier,
                     target: new.target.clone(),
                     deployment: p.deployment.clone(),
-                    ddl,
-                    fingerprint: Some(fingerprint),
+                    ddl: op.ddl,
+                    fingerprint: Some(op.fingerprint),
                 }),
                 state: ApplyState::Pending,
                 resume: ResumeState::default(),
