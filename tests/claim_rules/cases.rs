@@ -273,6 +273,9 @@ pub struct Case {
     pub requests: Vec<Req>,
     /// Milliseconds since the apply entered its state.
     pub state_age: u64,
+    /// The apply is a rollout of this one operation: its operation is claimed on its own view
+    /// on both paths (its apply holds no lease).
+    pub rollout: bool,
 }
 
 impl Case {
@@ -284,6 +287,7 @@ impl Case {
             op: Some(apply),
             requests,
             state_age: apply.updated_age,
+            rollout: false,
         }
     }
 
@@ -346,14 +350,42 @@ impl Case {
         Some(self.view(rules, op, op.state.value()?, true))
     }
 
+    /// `machine`'s decision for a rollout's operation, on either path: the operation arms on
+    /// its own view (one operation: its start gate is open), and the apply arm that matches it.
+    pub fn expect_rollout_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
+        // A rollout whose apply row cannot be read is not driven at all.
+        self.apply.state.value()?;
+        let op = self.operation_view(rules)?;
+        let v = OperationClaimView {
+            op,
+            parent: op,
+            start_open: true,
+        };
+        let op_arm = rules.matching_operation_arm(&v)?;
+        let mv = rules.apply_claim(self.engine.value()?, &op)?;
+        Some((
+            ClaimedVia::Operation {
+                op: op_arm,
+                parent: mv.arm,
+            },
+            mv.to,
+        ))
+    }
+
     /// `machine`'s decision on the apply path: the arm and the state the claim lands in.
     pub fn expect_apply_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
+        if self.rollout {
+            return self.expect_rollout_claim(rules);
+        }
         let mv = rules.apply_claim(self.engine.value()?, &self.apply_view(rules)?)?;
         Some((ClaimedVia::Apply(mv.arm), mv.to))
     }
 
     /// `machine`'s decision on the operation path.
     pub fn expect_operation_claim(&self, rules: &Rules) -> Option<(ClaimedVia, ApplyState)> {
+        if self.rollout {
+            return self.expect_rollout_claim(rules);
+        }
         let v = OperationClaimView::single(self.operation_view(rules)?, self.apply_view(rules)?);
         let (op_arm, mv) = rules.operation_claim(self.engine.value()?, &v)?;
         Some((
@@ -486,4 +518,25 @@ pub fn operation_pair_cases(rules: &Rules) -> Vec<Case> {
         }
     }
     cases
+}
+
+/// The mirrored cases' operations as the one operation of a rollout: every operation state,
+/// lease, request set and retry point, claimed on the operation's own view. The apply row waits
+/// stopped without a lease, a state no claim range of its own finds: whatever a rollout's
+/// apply shows (its operations' derivation), its operations must be found through them.
+pub fn rollout_cases(rules: &Rules) -> Vec<Case> {
+    // Released at the operations' epoch (the apply's epoch is its operations' counter).
+    let parent = Side::new(Text::Known(ApplyState::Stopped), lease_cases(rules)[1]);
+    mirrored_cases(rules)
+        .into_iter()
+        .map(|c| Case {
+            rollout: true,
+            apply: Side {
+                state: parent.state,
+                lease: parent.lease,
+                ..c.apply
+            },
+            ..c
+        })
+        .collect()
 }

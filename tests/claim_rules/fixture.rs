@@ -75,12 +75,12 @@ impl MySqlCases {
 
         let wake = |w: Option<i64>| w.map(|ms| NOW_US + ms * 1000);
         let row = format!(
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time}, {time})"
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time}, {time}, ?)"
         );
         let sql = format!(
             "INSERT INTO applies (id, apply_identifier, database_name, environment, engine, state, \
              options, ddl, attempt, lease_owner, lease_epoch, lease_acquired_at, heartbeat_at, \
-             state_entered_at, created_at, updated_at, parked_until) VALUES {}",
+             state_entered_at, created_at, updated_at, parked_until, cutover_policy) VALUES {}",
             vec![row; cases.len()].join(", ")
         );
         let mut q = sqlx::query(&sql);
@@ -104,25 +104,27 @@ impl MySqlCases {
                 .bind(at(Some(case.state_age)))
                 .bind(created)
                 .bind(at(Some(a.updated_age)))
-                .bind(wake(a.lease.wake_in));
+                .bind(wake(a.lease.wake_in))
+                .bind(case.rollout.then_some("rolling"));
         }
         q.execute(self.pool()).await.expect("insert applies");
 
-        let with_op: Vec<(ApplyId, &Side)> = ids
+        let with_op: Vec<(ApplyId, &Side, u64)> = ids
             .iter()
             .zip(cases)
-            .filter_map(|(id, c)| c.op.as_ref().map(|o| (*id, o)))
+            .filter_map(|(id, c)| c.op.as_ref().map(|o| (*id, o, c.state_age)))
             .collect();
         if !with_op.is_empty() {
-            let row = format!("(?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time})");
+            let row =
+                format!("(?, ?, ?, ?, ?, ?, ?, {time}, {time}, {time}, {time}, {time}, {time})");
             let sql = format!(
                 "INSERT INTO apply_operations (id, apply_id, state, engine_resume_state, attempt, \
                  lease_owner, lease_epoch, lease_acquired_at, heartbeat_at, created_at, updated_at, \
-                 parked_until) VALUES {}",
+                 parked_until, state_entered_at) VALUES {}",
                 vec![row; with_op.len()].join(", ")
             );
             let mut q = sqlx::query(&sql);
-            for (id, o) in &with_op {
+            for (id, o, state_age) in &with_op {
                 q = q
                     .bind(id)
                     .bind(id)
@@ -135,7 +137,8 @@ impl MySqlCases {
                     .bind(at(o.lease.hb_age))
                     .bind(created)
                     .bind(at(Some(o.updated_age)))
-                    .bind(wake(o.lease.wake_in));
+                    .bind(wake(o.lease.wake_in))
+                    .bind(at(Some(*state_age)));
             }
             q.execute(self.pool()).await.expect("insert operations");
             let row = format!("(?, ?, 0, ?, ?, {time}, {time})");
@@ -144,7 +147,7 @@ impl MySqlCases {
                 vec![row; with_op.len()].join(", ")
             );
             let mut q = sqlx::query(&sql);
-            for (id, _) in &with_op {
+            for (id, _, _) in &with_op {
                 q = q
                     .bind(id)
                     .bind(id)
@@ -243,7 +246,9 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
         state_entered_at: at(case.state_age),
         created_at: 0,
         error_message: None,
-        rollout: None,
+        rollout: case
+            .rollout
+            .then(applyd::machine::rollout::RolloutPolicy::default),
         operations: vec![MemoryOperation {
             id: 1,
             deployment: String::new(),

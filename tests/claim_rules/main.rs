@@ -222,6 +222,22 @@ async fn mysql_operation_claims_take_exactly_what_the_rules_accept_when_the_oper
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_rollout_operations_are_claimed_exactly_as_the_rules_accept_on_both_paths() {
+    let rules = Rules::default();
+    for path in [Path::Apply, Path::Operation] {
+        claims_agree_on_mysql(path, cases::rollout_cases(&rules)).await;
+    }
+}
+
+#[tokio::test]
+async fn memory_rollout_operations_are_claimed_exactly_as_the_rules_accept_on_both_paths() {
+    let rules = Rules::default();
+    for path in [Path::Apply, Path::Operation] {
+        claims_agree_in_memory(path, cases::rollout_cases(&rules)).await;
+    }
+}
+
 #[tokio::test]
 async fn memory_claims_take_exactly_what_the_rules_accept_on_both_paths() {
     let rules = Rules::default();

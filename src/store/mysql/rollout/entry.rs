@@ -39,8 +39,12 @@ impl MySqlStore {
         owner: &str,
         now: &str,
     ) -> Result<MemberClaim, Failure> {
-        let Some(mut loaded) = Loaded::read(self, tx.conn(), id, now).await? else {
-            return Ok(MemberClaim::Skipped);
+        let mut loaded = match Loaded::read(self, tx.conn(), id, now).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(MemberClaim::Skipped),
+            // Reported once by `bad_row`; a rollout we cannot read is never driven or rewritten.
+            Err(Failure::Store(StoreError::BadRow { .. })) => return Ok(MemberClaim::Skipped),
+            Err(e) => return Err(e),
         };
         let pick = (0..loaded.ops.len()).find_map(|i| {
             if only.is_some_and(|op| loaded.ops[i].id != op) {
