@@ -1551,13 +1551,13 @@ async fn one_heartbeat_keeps_every_lease_and_names_the_lost_ones(env: Env) {
     }
     assert_eq!(
         env.store.heartbeat_all(&[]).await.unwrap(),
-        Vec::<ApplyId>::new()
+        Vec::<Lease>::new()
     );
     for _ in 0..3 {
         env.advance(STALE - 10_000);
         assert_eq!(
             env.store.heartbeat_all(&leases).await.unwrap(),
-            Vec::<ApplyId>::new(),
+            Vec::<Lease>::new(),
             "every lease renewed"
         );
         assert!(claim(&env, "w2").await.is_none(), "no lease went stale");
@@ -1575,7 +1575,7 @@ async fn one_heartbeat_keeps_every_lease_and_names_the_lost_ones(env: Env) {
     assert_eq!(taken.lease.apply, leases[1].apply);
     assert_eq!(
         env.store.heartbeat_all(&leases).await.unwrap(),
-        vec![leases[1].apply]
+        vec![leases[1].clone()]
     );
     for lease in [&leases[0], &leases[2]] {
         let row = env.row(lease.apply).await;

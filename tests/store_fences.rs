@@ -57,7 +57,7 @@ impl GuardedWrite {
             // The batch reports the lost lease by apply; read as the single heartbeat does.
             GuardedWrite::HeartbeatAll => {
                 let lost = s.heartbeat_all(std::slice::from_ref(lease)).await?;
-                if lost.contains(&lease.apply) {
+                if lost.contains(lease) {
                     Err(StoreError::LeaseLost {
                         apply: lease.apply,
                         epoch: lease.epoch,

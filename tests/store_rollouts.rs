@@ -165,8 +165,8 @@ async fn each_operation_is_fenced_by_its_own_lease_on_both_claim_paths(env: Env)
             .heartbeat_all(&[stale.clone(), second.lease.clone()])
             .await
             .unwrap(),
-        vec![id],
-        "one lost lease of the apply"
+        vec![stale.clone()],
+        "the lost lease alone, not its apply's other one"
     );
     // The other operation's owner is untouched.
     write(&env, &second.lease, WaitingForCutover).await.unwrap();

@@ -71,14 +71,15 @@ pub struct Held {
     pub lost: Arc<Notify>,
 }
 
-/// The leases this process holds, by apply (a process holds at most one lease per apply).
+/// The leases this process holds, by apply and epoch (one lease each: a process may hold
+/// several operations of one rollout).
 #[derive(Default)]
 pub struct Heartbeats {
-    held: Mutex<BTreeMap<ApplyId, Held>>,
+    held: Mutex<BTreeMap<(ApplyId, u64), Held>>,
 }
 
 impl Heartbeats {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ApplyId, Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(ApplyId, u64), Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -90,7 +91,7 @@ impl Heartbeats {
             health: Arc::new(HeartbeatHealth::new()),
             lost: Arc::new(Notify::new()),
         };
-        self.lock().insert(lease.apply, held.clone());
+        self.lock().insert((lease.apply, lease.epoch), held.clone());
         (
             held,
             Holding {
@@ -102,9 +103,7 @@ impl Heartbeats {
 
     /// Whether `lease` is still held (not found lost by a heartbeat).
     pub fn holds(&self, lease: &Lease) -> bool {
-        self.lock()
-            .get(&lease.apply)
-            .is_some_and(|h| h.lease.epoch == lease.epoch)
+        self.lock().contains_key(&(lease.apply, lease.epoch))
     }
 
     /// How many leases are held.
@@ -131,16 +130,9 @@ impl Heartbeats {
                 ::metrics::histogram!("applyd_heartbeat_seconds")
                     .record(started.elapsed().as_secs_f64());
                 for h in &held {
-                    if lost.contains(&h.lease.apply) {
+                    if lost.contains(&h.lease) {
                         ::metrics::counter!("applyd_lease_losses_total").increment(1);
-                        let mut map = self.lock();
-                        if map
-                            .get(&h.lease.apply)
-                            .is_some_and(|cur| cur.lease.epoch == h.lease.epoch)
-                        {
-                            map.remove(&h.lease.apply);
-                        }
-                        drop(map);
+                        self.lock().remove(&(h.lease.apply, h.lease.epoch));
                         h.lost.notify_one();
                     } else {
                         h.health.mark_ok();
@@ -168,12 +160,8 @@ pub struct Holding {
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        let mut map = self.heartbeats.lock();
-        if map
-            .get(&self.lease.apply)
-            .is_some_and(|h| h.lease.epoch == self.lease.epoch)
-        {
-            map.remove(&self.lease.apply);
-        }
+        self.heartbeats
+            .lock()
+            .remove(&(self.lease.apply, self.lease.epoch));
     }
 }

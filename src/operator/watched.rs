@@ -28,10 +28,11 @@ pub struct Watched {
     _watchdog: AbortOnDrop,
 }
 
-/// The waits this process watches, by apply.
+/// The waits this process watches, by apply and epoch (one lease each: a rollout's operations
+/// are watched one by one).
 #[derive(Default)]
 pub struct Watches {
-    watched: Mutex<BTreeMap<ApplyId, Watched>>,
+    watched: Mutex<BTreeMap<(ApplyId, u64), Watched>>,
 }
 
 /// What one round found.
@@ -44,7 +45,7 @@ pub struct Round {
 }
 
 impl Watches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ApplyId, Watched>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(ApplyId, u64), Watched>> {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -92,25 +93,18 @@ impl Watches {
             holding,
             _watchdog: AbortOnDrop(dog.abort_handle()),
         };
-        self.lock().insert(lease.apply, w);
+        self.lock().insert((lease.apply, lease.epoch), w);
     }
 
     /// Take the watch of `apply` at `epoch` out, if it is still watched.
     fn remove(&self, apply: ApplyId, epoch: u64) -> Option<Watched> {
-        let mut map = self.lock();
-        if map
-            .get(&apply)
-            .is_some_and(|w| w.claimed.lease.epoch == epoch)
-        {
-            map.remove(&apply)
-        } else {
-            None
-        }
+        self.lock().remove(&(apply, epoch))
     }
 
     /// Put back a handoff no driver was free for.
     pub fn put_back(&self, w: Watched) {
-        self.lock().insert(w.claimed.lease.apply, w);
+        self.lock()
+            .insert((w.claimed.lease.apply, w.claimed.lease.epoch), w);
     }
 
     pub fn len(&self) -> usize {
@@ -190,12 +184,12 @@ impl Watches {
                 .await
                 == Observation::Runner(RunnerStatus::WaitingOnSentinel);
             if asked.contains(&id) || !at_gate {
-                handing.push(id);
+                handing.push((id, claimed.lease.epoch));
             }
         }
         let mut map = self.lock();
-        for id in handing {
-            if let Some(w) = map.remove(&id) {
+        for key in handing {
+            if let Some(w) = map.remove(&key) {
                 round.handoffs.push(w);
             }
         }

@@ -267,15 +267,16 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn heartbeat(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Renew every lease a process holds at once, each still fenced by its own epoch (the
-    /// MySQL store does it in one statement). Returns the applies whose lease was found lost
-    /// (the epoch moved on, or the row is gone); every other lease was renewed.
-    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<ApplyId>, StoreError> {
+    /// MySQL store does it in one statement). Returns the leases found lost (the epoch moved
+    /// on, or the row is gone), in the order given; every other lease was renewed. Leases, not
+    /// applies: a process may hold several operations of one rollout.
+    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<Lease>, StoreError> {
         let mut lost = Vec::new();
         for lease in leases {
             match self.heartbeat(lease).await {
                 Ok(()) => {}
                 Err(StoreError::LeaseLost { .. } | StoreError::RowGone(_)) => {
-                    lost.push(lease.apply)
+                    lost.push(lease.clone())
                 }
                 Err(e) => return Err(e),
             }

@@ -427,7 +427,7 @@ impl Store for MySqlStore {
         .await
     }
 
-    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<ApplyId>, StoreError> {
+    async fn heartbeat_all(&self, leases: &[Lease]) -> Result<Vec<Lease>, StoreError> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }

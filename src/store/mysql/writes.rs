@@ -604,10 +604,7 @@ impl MySqlStore {
     /// One UPDATE renews every lease: each apply row is fenced by its own epoch (a `CASE` on
     /// the id) and its operation row by the same epoch. When fewer rows changed than leases were
     /// given, one read names the leases lost.
-    pub(super) async fn heartbeat_all_once(
-        &self,
-        leases: &[Lease],
-    ) -> Result<Vec<ApplyId>, Failure> {
+    pub(super) async fn heartbeat_all_once(&self, leases: &[Lease]) -> Result<Vec<Lease>, Failure> {
         let now = self.now_sql();
         let ids = vec!["?"; leases.len()].join(", ");
         let cases = " WHEN ? THEN ?".repeat(leases.len());
@@ -702,7 +699,7 @@ impl MySqlStore {
                     .get(&lease.apply)
                     .is_some_and(|(e, min, max)| holds(Some(*e)) && holds(*min) && holds(*max))
             })
-            .map(|lease| lease.apply)
+            .cloned()
             .collect();
         Ok(lost)
     }
