@@ -135,8 +135,9 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
             Some(path) => crate::plan::read(path).map_err(|e| e.to_string())?,
             None => from_flags(&args)?,
         };
-        // Refused before the database is even opened: the same check the store makes.
-        crate::store::validate_new_apply(&new).map_err(|e| e.to_string())?;
+        // Refused before the database is even opened: the same checks the store makes,
+        // the rollout's included.
+        crate::plan::check(&new).map_err(|e| e.to_string())?;
         let store = args.db.open().await?;
         let done = store.submit_or_adopt(new).await.map_err(|e| e.to_string())?;
         if done.adopted {
