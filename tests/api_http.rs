@@ -274,3 +274,78 @@ async fn a_rollout_is_submitted_as_json_and_a_bad_one_is_refused_naming_the_fiel
         "{one}"
     );
 }
+
+#[tokio::test]
+async fn release_is_taken_on_a_rollout_and_refused_on_a_single_apply() {
+    let base = start(None).await;
+    let http = reqwest::Client::new();
+    let post = |path: String| http.post(format!("{base}{path}"));
+
+    let single = post("/v1/applies".into())
+        .json(&apply_body("shop", "spirit"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let mut body = apply_body("billing", "spirit");
+    body["rollout"] = json!({"deployments": ["a", "b"], "on_failure": "pause"});
+    let rollout = post("/v1/applies".into())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    let refused = post(format!("/v1/applies/{single}/release"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("is not a rollout"), "{text}");
+    let status = |id: u64| {
+        let url = format!("{base}/v1/applies/{id}");
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let requests = status(single).await["requests"].clone();
+    assert_eq!(requests, json!([]), "nothing was recorded: {requests}");
+
+    let released = post(format!("/v1/applies/apply-{rollout}/release"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 202);
+    let after = status(rollout).await;
+    assert_eq!(after["rollout"]["released"], true, "{after}");
+    assert_eq!(
+        after["requests"],
+        json!([["release", "completed"]]),
+        "{after}"
+    );
+
+    let volume = post(format!("/v1/applies/{rollout}/volume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(volume.status(), 400);
+    assert!(volume.text().await.unwrap().contains("volume"));
+    let missing = post("/v1/applies/999/release".into()).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

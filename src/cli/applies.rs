@@ -237,7 +237,9 @@ pub fn control(op: ControlOp, args: ControlArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
         let id = parse_id(&args.id)?;
         let store = args.db.open().await?;
-        let outcome = store.request(id, op).await.map_err(|e| e.to_string())?;
+        let outcome = crate::api::request_control(&store, &store, id, op)
+            .await
+            .map_err(|e| e.to_string())?;
         println!(
             "{op} requested for apply-{id} ({outcome:?}); the owner acts on it at its next step"
         );

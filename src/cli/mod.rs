@@ -54,6 +54,8 @@ enum Cmd {
     Revert(applies::ControlArgs),
     /// Close the revert window of a PlanetScale apply now.
     SkipRevert(applies::ControlArgs),
+    /// Release a rollout held by `on_failure = pause`: later operations run (one-way).
+    Release(applies::ControlArgs),
     /// Serve the fake PlanetScale (over its API's paths) and Spirit over loopback (tests, trials).
     FakeEngines(fake_engines::FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
@@ -81,6 +83,7 @@ pub fn main() -> ExitCode {
         Cmd::Cutover(args) => applies::control(crate::machine::ControlOp::Cutover, args),
         Cmd::Revert(args) => applies::control(crate::machine::ControlOp::Revert, args),
         Cmd::SkipRevert(args) => applies::control(crate::machine::ControlOp::SkipRevert, args),
+        Cmd::Release(args) => applies::control(crate::machine::ControlOp::Release, args),
         Cmd::FakeEngines(args) => fake_engines::run(args),
         Cmd::Migrate(args) => migrate::run(args),
         Cmd::CheckConfig(args) => check_config::run(args),
