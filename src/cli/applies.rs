@@ -218,7 +218,11 @@ pub fn rollout_lines(a: &ApplyStatus) -> Vec<String> {
                 o.lease_owner.as_ref().map_or("—".to_string(), |owner| {
                     format!("{owner}@{}", o.lease_epoch)
                 }),
-                format!("hb {}", age(o.heartbeat_age_ms)),
+                // As on the apply's line: a finished operation's last heartbeat means nothing.
+                format!(
+                    "hb {}",
+                    age(o.heartbeat_age_ms.filter(|_| o.state.is_active()))
+                ),
                 format!("attempt {}", o.attempt),
                 format!("{}/{} tasks", o.tasks_completed, o.tasks_total),
             ]
@@ -383,6 +387,8 @@ mod tests {
         first.attempt = 1;
         first.lease_epoch = 2;
         first.tasks_completed = 1;
+        first.lease_owner = Some("db-1/17/driver-0".into());
+        first.heartbeat_age_ms = Some(9_000);
         let mut second = operation(1, "us-west-2", ApplyState::Running);
         second.attempt = 2;
         second.lease_owner = Some("db-3/9001/driver-1".into());
@@ -401,7 +407,7 @@ mod tests {
             rollout_lines(&status),
             [
                 "rollout: cutover_policy=rolling on_failure=pause max_drivers_per_apply=1 released=no held=no",
-                "  #1  us-east-1  completed  —                     hb —     attempt 1  1/1 tasks",
+                "  #1  us-east-1  completed  db-1/17/driver-0@2    hb —     attempt 1  1/1 tasks",
                 "  #2  us-west-2  running    db-3/9001/driver-1@4  hb 0.4s  attempt 2  0/1 tasks",
                 "  #3  eu-west-1  pending    —                     hb —     attempt 0  0/1 tasks",
                 "      start: waits for operation #2 to complete",
