@@ -36,7 +36,8 @@ enum Cmd {
         #[arg(long, default_value = "markdown")]
         format: Format,
     },
-    /// Run the operator on in-process fakes, kill two drivers, and watch every apply finish.
+    /// Run the operator on in-process fakes, kill drivers mid-work, and watch every apply and a
+    /// rollout finish.
     Demo(demo::DemoArgs),
     /// Run the operator: a pool of drivers and the HTTP API, against MySQL.
     Serve(serve::ServeArgs),
