@@ -658,9 +658,8 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     r.lease_epoch,
                     hb
                 ));
-                // What `applyd status` prints under a rollout's line (its policy, said once at
-                // submit, left out).
-                for line in crate::cli::rollout_lines(r).iter().skip(1) {
+                // What `applyd status` prints under a rollout's line.
+                for line in crate::cli::rollout_lines(r) {
                     out(&format!("          {line}"));
                 }
             }
