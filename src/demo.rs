@@ -659,7 +659,7 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     hb
                 ));
                 // What `applyd status` prints under a rollout's line.
-                for line in crate::cli::rollout_lines(r) {
+                for line in crate::report::rollout_lines(r) {
                     out(&format!("          {line}"));
                 }
             }

@@ -18,8 +18,6 @@ use clap::{Parser, Subcommand};
 
 use crate::machine::render::{render, Format};
 
-pub use applies::rollout_lines;
-
 /// applyd: crash-safe online schema changes on MySQL (Spirit) and PlanetScale (deploy requests).
 #[derive(Parser)]
 #[command(name = "applyd", version, about, long_about = None)]
