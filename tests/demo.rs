@@ -15,7 +15,7 @@ fn assert_rollout_in_order(summary: &DemoSummary, all: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_kills_two_drivers_and_every_apply_still_completes() {
+async fn the_demo_kills_three_drivers_and_every_apply_and_the_rollout_still_complete() {
     let mut lines = Vec::new();
     let summary = applyd::demo::run(|l| lines.push(l.to_string())).await;
     let all = lines.join("\n") + "\n" + &summary.lines.join("\n");
