@@ -2,7 +2,9 @@
 //! memory store or (with `--database-url`) on MySQL. Three operator "processes" share the work;
 //! the demo kills the one driving a PlanetScale apply in its setup phase and the one hosting a
 //! Spirit copy, and shows the leases going stale, the reclaim, the resume from persisted engine
-//! state, and every apply finishing with exactly one deploy request each.
+//! state, and every apply finishing with exactly one deploy request each. Alongside, a rolling
+//! rollout runs one Spirit change across three deployments; the demo kills the process copying
+//! one of its operations, and the rollout still finishes deployment by deployment.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,9 +13,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
-use crate::machine::apply::ApplyId;
+use crate::engine::Engine;
+use crate::machine::apply::{ApplyId, ApplyRecord, OperationId};
 use crate::machine::claim::SETUP_PHASE;
-use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, Params, Rules};
+use crate::machine::observe::Observation;
+use crate::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
+use crate::machine::{
+    ApplyOptions, ApplyState, ControlOp, EngineCall, EngineKind, Params, Probe, Rules,
+};
 use crate::operator::{Runtime, RuntimeConfig};
 use crate::store::audit::{self, AuditFact};
 use crate::store::memory::{Clock, MemoryStore, MonotonicClock};
@@ -45,6 +52,23 @@ pub fn demo_timings() -> FakeTimings {
     }
 }
 
+/// The rollout's fakes: a copy of a few seconds per deployment, so that three deployments one
+/// after the other (and a kill) fit in the time the other applies take.
+pub fn rollout_timings() -> FakeTimings {
+    FakeTimings {
+        spirit_rows: 12_000,
+        spirit_rows_per_s: 6_000,
+        spirit_checkpoint_every_ms: 500,
+        ..demo_timings()
+    }
+}
+
+/// The rollout's deployments, in rollout order.
+pub const ROLLOUT_DEPLOYMENTS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
+
+/// Rows an operation of the rollout has checkpointed when the demo kills its process: half-way.
+const ROLLOUT_KILL_AT_ROWS: u64 = 6_000;
+
 /// Where the demo keeps its applies.
 pub enum DemoStore {
     Memory,
@@ -57,6 +81,8 @@ pub enum DemoStore {
 /// One audit entry, whichever store wrote it.
 struct Log {
     apply: ApplyId,
+    /// The rollout operation that moved, when the store's log says (the memory store's does).
+    operation: Option<OperationId>,
     from: ApplyState,
     to: ApplyState,
     epoch: u64,
@@ -107,6 +133,7 @@ impl Backend {
                 .filter(|e| ids.contains(&e.apply))
                 .map(|e| Log {
                     apply: e.apply,
+                    operation: e.operation,
                     from: e.from,
                     to: e.to,
                     epoch: e.epoch,
@@ -122,6 +149,7 @@ impl Backend {
                 .map(|e| {
                     Ok(Log {
                         apply: e.apply,
+                        operation: None,
                         from: e.from.parse().map_err(|x| bad(e.apply, "from_state", x))?,
                         to: e.to.parse().map_err(|x| bad(e.apply, "to_state", x))?,
                         epoch: e.epoch,
@@ -143,22 +171,68 @@ struct Process {
 pub struct DemoSummary {
     pub lines: Vec<String>,
     pub ok: bool,
+    /// How the rollout ended; `None` when it did not run (a store without rollouts).
+    pub rollout: Option<RolloutOutcome>,
+}
+
+/// The rollout as the demo saw it end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOutcome {
+    pub parent: ApplyState,
+    /// Deployments in the order their operations were seen completed.
+    pub completed: Vec<String>,
+    /// The process driving one of its operations was killed.
+    pub killed: bool,
+}
+
+/// The demo's engines: the rollout's operations (those with a deployment) on fakes of their own
+/// timings, everything else on the shared demo fakes.
+struct DemoEngines {
+    main: SharedFakeEngines,
+    rollout: SharedFakeEngines,
+}
+
+impl DemoEngines {
+    fn of(&self, apply: &ApplyRecord) -> &SharedFakeEngines {
+        if apply.spec.deployment.is_empty() {
+            &self.main
+        } else {
+            &self.rollout
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for DemoEngines {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+        self.of(apply).probe(apply, epoch, probe).await
+    }
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+        self.of(apply).call(apply, epoch, call).await
+    }
+    async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
+        self.of(apply).abandon(apply, epoch).await
+    }
 }
 
 fn runtime(
     name: &str,
     host: u32,
     store: Arc<dyn Store>,
-    fakes: &Arc<Mutex<FakeEngines>>,
+    fakes: [&Arc<Mutex<FakeEngines>>; 2],
     clock: Arc<dyn Clock>,
     rules: Rules,
 ) -> Arc<Runtime> {
+    let shared = |engines: &Arc<Mutex<FakeEngines>>| SharedFakeEngines {
+        engines: engines.clone(),
+        clock: clock.clone(),
+        host,
+    };
     Arc::new(Runtime::new(
         store,
-        Arc::new(SharedFakeEngines {
-            engines: fakes.clone(),
-            clock,
-            host,
+        Arc::new(DemoEngines {
+            main: shared(fakes[0]),
+            rollout: shared(fakes[1]),
         }),
         RuntimeConfig {
             owner_prefix: name.to_string(),
@@ -184,6 +258,7 @@ pub async fn run(out: impl FnMut(&str)) -> DemoSummary {
         Err(e) => DemoSummary {
             lines: vec![format!("result: FAILED ({e})")],
             ok: false,
+            rollout: None,
         },
     }
 }
@@ -217,30 +292,33 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
     };
     let store = backend.store();
     let fakes = Arc::new(Mutex::new(FakeEngines::new(demo_timings())));
+    let rollout_fakes = Arc::new(Mutex::new(FakeEngines::new(rollout_timings())));
     let (shutdown_tx, shutdown) = watch::channel(false);
 
+    let new_apply = |db: &str, engine: EngineKind, options: ApplyOptions| NewApply {
+        allow_destructive: false,
+        rollout: None,
+        target: Target {
+            database: db.into(),
+            environment: environment.clone(),
+        },
+        engine,
+        ddl: vec![format!(
+            "ALTER TABLE {db}_events ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT ''"
+        )],
+        options,
+    };
     let submit = |db: &'static str, engine: EngineKind, options: ApplyOptions| {
         let store = store.clone();
-        let environment = environment.clone();
+        let new = new_apply(db, engine, options);
         async move {
             store
-                .submit(NewApply {
-                    allow_destructive: false,
-                    rollout: None,
-                    target: Target {
-                        database: db.into(),
-                        environment,
-                    },
-                    engine,
-                    ddl: vec![format!(
-                        "ALTER TABLE {db}_events ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT ''"
-                    )],
-                    options,
-                })
+                .submit(new)
                 .await
                 .map_err(|e| format!("cannot submit the demo apply on {db}: {e}"))
         }
     };
+
     let shop = submit("shop", EngineKind::PlanetScale, ApplyOptions::default()).await?;
     let billing = submit("billing", EngineKind::PlanetScale, ApplyOptions::default()).await?;
     let users = submit("users", EngineKind::Spirit, ApplyOptions::default()).await?;
@@ -253,11 +331,40 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         },
     )
     .await?;
-    let all = [shop, billing, users, orders];
+    let singles = [shop, billing, users, orders];
     let users_target = format!("users/{environment}");
     out(&format!(
         "submitted apply-{shop} (planetscale shop), apply-{billing} (planetscale billing), apply-{users} (spirit users), apply-{orders} (spirit orders, deferred cutover)"
     ));
+    let rollout = {
+        let mut new = new_apply("catalog", EngineKind::Spirit, ApplyOptions::default());
+        new.rollout = Some(RolloutPlan {
+            deployments: ROLLOUT_DEPLOYMENTS.map(String::from).to_vec(),
+            cutover_policy: CutoverPolicy::Rolling,
+            on_failure: OnFailure::Halt,
+            max_drivers_per_apply: 1,
+            table_steps: false,
+        });
+        match store.submit(new).await {
+            Ok(id) => {
+                out(&format!(
+                    "submitted apply-{id} (spirit catalog, a rolling rollout: {})",
+                    ROLLOUT_DEPLOYMENTS.join(" → ")
+                ));
+                Some(id)
+            }
+            // A store that does not hold rollouts yet: the rest of the story runs without it.
+            Err(StoreError::Invalid {
+                field: "deployments",
+                message,
+            }) => {
+                out(&format!("rollout skipped: {message}"));
+                None
+            }
+            Err(e) => return Err(format!("cannot submit the demo rollout on catalog: {e}")),
+        }
+    };
+    let all: Vec<ApplyId> = singles.iter().copied().chain(rollout).collect();
     out(&format!(
         "leases go stale after {} ms without a heartbeat; a driver presumes its lease lost after {} ms",
         rules.params.stale_after_ms, rules.params.presumed_loss_ms
@@ -269,7 +376,14 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         let host = next_host;
         next_host += 1;
         let name = format!("demo-p{host}");
-        let rt = runtime(&name, host, store.clone(), &fakes, clock.clone(), rules);
+        let rt = runtime(
+            &name,
+            host,
+            store.clone(),
+            [&fakes, &rollout_fakes],
+            clock.clone(),
+            rules,
+        );
         let task = tokio::spawn(rt.run(shutdown.clone()));
         processes.push(Process {
             name,
@@ -287,6 +401,10 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
     let mut prev_checkpoints: BTreeMap<String, u64> = BTreeMap::new();
     let mut killed_setup = false;
     let mut killed_copy = false;
+    let mut killed_rollout = false;
+    // The rollout's deployments in the order their operations were seen completed.
+    let mut completed: Vec<String> = Vec::new();
+    let mut prev_rollout_checkpoints: BTreeMap<String, u64> = BTreeMap::new();
     let mut cutover_requested = false;
     let mut restarts: Vec<Instant> = Vec::new();
     let mut last_table = Instant::now() - Duration::from_secs(10);
@@ -311,21 +429,22 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                 continue;
             }
         };
-        let checkpoints: BTreeMap<String, u64> = fakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .spirit
-            .targets
-            .iter()
-            .map(|(k, t)| (k.clone(), t.checkpoint_rows))
-            .collect();
+        let checkpoints = spirit_checkpoints(&fakes);
+        let rollout_checkpoints = spirit_checkpoints(&rollout_fakes);
+        let rollout_now = rollout.and_then(|id| by_id.get(&id));
 
         for e in logs.iter().skip(seen_audit) {
             let who = e.owner.clone().unwrap_or_else(|| "expiry".into());
             let woke = prev_rows
                 .get(&e.apply)
                 .is_some_and(|r| r.lease_owner.is_none() && r.parked_wake_in_ms.is_some());
-            let line = if e.cause.starts_with("claim") && woke {
+            let line = if let Some(r) = rollout_now.filter(|r| r.id == e.apply) {
+                format!(
+                    "{}  {}",
+                    t(now),
+                    rollout_event(e, r, &prev_rollout_checkpoints)
+                )
+            } else if e.cause.starts_with("claim") && woke {
                 format!(
                     "{}  ⏰ apply-{} woke in {} → taken by {who} ({}), epoch {}",
                     t(now),
@@ -398,26 +517,37 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         seen_audit = logs.len();
         prev_rows = by_id.clone();
         prev_checkpoints = checkpoints.clone();
+        prev_rollout_checkpoints = rollout_checkpoints.clone();
+        if let Some(r) = rollout_now {
+            for o in &r.operations {
+                if o.state == ApplyState::Completed && !completed.contains(&o.deployment) {
+                    completed.push(o.deployment.clone());
+                }
+            }
+        }
 
         let mut kill = |processes: &mut Vec<Process>, owner: &str, why: String| {
             let Some(p) = processes
                 .iter_mut()
                 .find(|p| owner.starts_with(&format!("{}/", p.name)))
             else {
-                return;
+                return false;
             };
-            if let Some(task) = p.task.take() {
-                task.abort();
-                fakes
-                    .lock()
+            let Some(task) = p.task.take() else {
+                return false;
+            };
+            task.abort();
+            for f in [&fakes, &rollout_fakes] {
+                f.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .crash_host(clock.now_ms(), p.host);
-                out(&format!(
-                    "{}  ✖ killed {} (SIGKILL: no release, no more heartbeats) {why}",
-                    t(now),
-                    p.name
-                ));
             }
+            out(&format!(
+                "{}  ✖ killed {} (SIGKILL: no release, no more heartbeats) {why}",
+                t(now),
+                p.name
+            ));
+            true
         };
         if !killed_setup {
             if let Some(r) = by_id.get(&shop) {
@@ -448,6 +578,34 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                         killed_copy = true;
                         restarts.push(now + Duration::from_millis(1_000));
                     }
+                }
+            }
+        }
+        // A later operation of the rollout, half-way through its copy: its process dies, and the
+        // rollout must not move on before a peer has reclaimed and finished it.
+        if !killed_rollout {
+            let copying = rollout_now.and_then(|r| {
+                r.operations.iter().enumerate().skip(1).find_map(|(i, o)| {
+                    let rows = rollout_checkpoints
+                        .get(&format!("{}@{}", r.target, o.deployment))
+                        .copied()
+                        .unwrap_or(0);
+                    let owner = o.lease_owner.clone()?;
+                    (o.state == ApplyState::Running && rows >= ROLLOUT_KILL_AT_ROWS).then(|| {
+                        let why = format!(
+                            "while apply-{} #{} {} was copying ({rows} rows checkpointed)",
+                            r.id,
+                            i + 1,
+                            o.deployment
+                        );
+                        (owner, why)
+                    })
+                })
+            });
+            if let Some((owner, why)) = copying {
+                if kill(&mut processes, &owner, why) {
+                    killed_rollout = true;
+                    restarts.push(now + Duration::from_millis(1_000));
                 }
             }
         }
@@ -500,6 +658,10 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     r.lease_epoch,
                     hb
                 ));
+                // What `applyd status` prints under a rollout's line.
+                for line in crate::report::rollout_lines(r) {
+                    out(&format!("          {line}"));
+                }
             }
         }
 
@@ -525,18 +687,33 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         .logs(&all)
         .await
         .map_err(|e| format!("cannot read the audit log: {e}"))?;
-    let fencing = audit::summarise(logs.iter().map(|l| AuditFact {
-        apply: l.apply,
-        cause: &l.cause,
-        epoch: l.epoch,
-    }));
+    // Each operation of a rollout holds its own lease, so its writes are checked against its
+    // own claims (where the log names the operation); every other entry against its apply's.
+    let by_operation = |l: &&Log| l.operation.is_some() && Some(l.apply) == rollout;
+    let fencing = [
+        audit::summarise(
+            logs.iter()
+                .filter(|l| !by_operation(l))
+                .map(|l| fact(l.apply, l)),
+        ),
+        audit::summarise(
+            logs.iter()
+                .filter(by_operation)
+                .map(|l| fact(l.operation.unwrap_or_default(), l)),
+        ),
+    ];
+    let stale_writes: usize = fencing
+        .iter()
+        .map(|f| f.stale_writes.len() + f.non_increasing_claims.len())
+        .sum();
     let fakes = fakes.lock().unwrap_or_else(|e| e.into_inner());
+    let rollout_fakes = rollout_fakes.lock().unwrap_or_else(|e| e.into_inner());
     let mut lines = vec![format!(
         "summary after {:.1}s:",
         started.elapsed().as_secs_f64()
     )];
     let mut ok = true;
-    for id in all {
+    for &id in &all {
         let Some(r) = rows.get(&id) else {
             lines.push(format!("  apply-{id} is gone from the store"));
             ok = false;
@@ -550,7 +727,12 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             .count();
         // The engines key each change by its operation row.
         let ops: Vec<u64> = r.operations.iter().map(|o| o.id).collect();
-        let engine_work = match r.engine {
+        let fakes = if Some(id) == rollout {
+            &rollout_fakes
+        } else {
+            &fakes
+        };
+        let mut engine_work = match r.engine {
             EngineKind::PlanetScale => {
                 let n: usize = ops
                     .iter()
@@ -574,6 +756,14 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             }
         };
         ok &= r.state == ApplyState::Completed;
+        if Some(id) == rollout {
+            let all_completed = r
+                .operations
+                .iter()
+                .all(|o| o.state == ApplyState::Completed);
+            ok &= all_completed && completed == ROLLOUT_DEPLOYMENTS;
+            engine_work.push_str(&format!("; completed {}", completed.join(" → ")));
+        }
         lines.push(format!(
             "  apply-{id:<3} {:<12} {:<24} {:<10} epoch {:<2} reclaims {reclaims}  {engine_work}",
             r.engine.as_str(),
@@ -582,18 +772,80 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
             r.lease_epoch
         ));
     }
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
     lines.push(format!(
-        "  killed: setup-phase driver {}, copying driver {}; stale writes landed: {}",
-        if killed_setup { "yes" } else { "no" },
-        if killed_copy { "yes" } else { "no" },
-        fencing.stale_writes.len() + fencing.non_increasing_claims.len()
+        "  killed: setup-phase driver {}, copying driver {}{}; stale writes landed: {stale_writes}",
+        yes_no(killed_setup),
+        yes_no(killed_copy),
+        match rollout {
+            Some(_) => format!(", rollout driver {}", yes_no(killed_rollout)),
+            None => String::new(),
+        },
     ));
-    ok &= killed_setup && killed_copy && fencing.fencing_held();
-    lines.push(if ok {
-        "result: every apply completed, each PlanetScale apply has exactly one deploy request"
-            .into()
-    } else {
-        "result: FAILED (see above)".into()
+    ok &= killed_setup && killed_copy && stale_writes == 0;
+    ok &= rollout.is_none() || killed_rollout;
+    lines.push(match (ok, rollout) {
+        (true, Some(_)) => "result: every apply completed, each PlanetScale apply has exactly one deploy request, the rollout completed deployment by deployment".into(),
+        (true, None) => "result: every apply completed, each PlanetScale apply has exactly one deploy request".into(),
+        (false, _) => "result: FAILED (see above)".into(),
     });
-    Ok(DemoSummary { lines, ok })
+    let rollout = rollout
+        .and_then(|id| rows.get(&id))
+        .map(|r| RolloutOutcome {
+            parent: r.state,
+            completed,
+            killed: killed_rollout,
+        });
+    Ok(DemoSummary { lines, ok, rollout })
+}
+
+/// The rows each fake Spirit target has checkpointed, by place.
+fn spirit_checkpoints(fakes: &Mutex<FakeEngines>) -> BTreeMap<String, u64> {
+    fakes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .spirit
+        .targets
+        .iter()
+        .map(|(k, t)| (k.clone(), t.checkpoint_rows))
+        .collect()
+}
+
+/// One log entry of the rollout as a progress line, naming the operation by its number and
+/// deployment; `checkpoints` are the Spirit checkpoints just before it, by place.
+fn rollout_event(e: &Log, r: &ApplyStatus, checkpoints: &BTreeMap<String, u64>) -> String {
+    let who = e.owner.as_deref().unwrap_or("the store");
+    let Some((i, o)) = e
+        .operation
+        .and_then(|op| r.operations.iter().enumerate().find(|(_, o)| o.id == op))
+    else {
+        // The parent's own moves: derived from its operations, never driven.
+        return format!(
+            "  apply-{} rollout: {} → {} ({})",
+            e.apply, e.from, e.to, e.cause
+        );
+    };
+    let name = format!("apply-{} #{} {}", e.apply, i + 1, o.deployment);
+    if e.cause.starts_with("claim") && e.from == ApplyState::Pending {
+        format!("▶ {name} started by {who} ({}), epoch {}", e.cause, e.epoch)
+    } else if e.cause.starts_with("claim") {
+        let place = format!("{}@{}", r.target, o.deployment);
+        let rows = checkpoints.get(&place).copied().unwrap_or(0);
+        format!(
+            "↻ {name} lease stale → reclaimed by {who} ({}), epoch {}, resumes in {} from the spirit checkpoint in {place} ({rows} rows)",
+            e.cause, e.epoch, e.from
+        )
+    } else if e.to == ApplyState::Completed {
+        format!("✔ {name} completed (epoch {}, {who})", e.epoch)
+    } else {
+        format!("  {name}: {} → {} (epoch {}, {who})", e.from, e.to, e.epoch)
+    }
+}
+
+fn fact(key: u64, l: &Log) -> AuditFact<'_> {
+    AuditFact {
+        apply: key,
+        cause: l.cause.as_str(),
+        epoch: l.epoch,
+    }
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod machine;
 pub mod operator;
 pub mod plan;
+pub mod report;
 pub mod store;
 pub mod testkit;
 pub mod worker;

@@ -183,3 +183,169 @@ async fn without_a_token_the_api_refuses_to_listen_beyond_loopback() {
         .unwrap_err();
     assert!(err.to_string().contains("without a token"), "{err}");
 }
+
+#[tokio::test]
+async fn a_rollout_is_submitted_as_json_and_a_bad_one_is_refused_naming_the_field() {
+    let base = start(None).await;
+    let http = reqwest::Client::new();
+    let submit = |body: serde_json::Value| http.post(format!("{base}/v1/applies")).json(&body);
+    let rollout_body = |db: &str, rollout: serde_json::Value| {
+        let mut body = apply_body(db, "spirit");
+        body["rollout"] = rollout;
+        body
+    };
+
+    let bad_policy = submit(rollout_body(
+        "shop",
+        json!({"deployments": ["us-east-1", "eu-west-1"], "cutover_policy": "sideways"}),
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(bad_policy.status(), 400);
+    let text = bad_policy.text().await.unwrap();
+    assert!(
+        text.contains("rollout.cutover_policy") && text.contains("sideways"),
+        "names the field and the value: {text}"
+    );
+    assert!(text.contains("rolling"), "lists what is allowed: {text}");
+
+    let twice = submit(rollout_body("shop", json!({"deployments": ["a", "a"]})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 422);
+    let refusal: serde_json::Value = twice.json().await.unwrap();
+    assert_eq!(refusal["field"], "deployments", "{refusal}");
+    assert!(
+        refusal["error"].as_str().unwrap().contains("named twice"),
+        "{refusal}"
+    );
+
+    let list = |http: reqwest::Client| {
+        let url = format!("{base}/v1/applies");
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(list(http.clone()).await.is_empty(), "nothing was written");
+
+    let created = submit(rollout_body(
+        "shop",
+        json!({
+            "deployments": ["us-east-1", "us-west-2", "eu-west-1"],
+            "cutover_policy": "rolling",
+            "on_failure": "pause",
+            "max_drivers_per_apply": 1
+        }),
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let one: serde_json::Value = http
+        .get(format!("{base}/v1/applies/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["rollout"]["cutover"], "rolling", "{one}");
+    assert_eq!(one["rollout"]["on_failure"], "pause", "{one}");
+    let deployments: Vec<&str> = one["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["deployment"].as_str().unwrap())
+        .collect();
+    assert_eq!(deployments, ["us-east-1", "us-west-2", "eu-west-1"]);
+    assert_eq!(
+        one["operations"][1]["gate"], "start: waits for operation #1 to complete",
+        "{one}"
+    );
+}
+
+#[tokio::test]
+async fn release_is_taken_on_a_rollout_and_refused_on_a_single_apply() {
+    let base = start(None).await;
+    let http = reqwest::Client::new();
+    let post = |path: String| http.post(format!("{base}{path}"));
+
+    let single = post("/v1/applies".into())
+        .json(&apply_body("shop", "spirit"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let mut body = apply_body("billing", "spirit");
+    body["rollout"] = json!({"deployments": ["a", "b"], "on_failure": "pause"});
+    let rollout = post("/v1/applies".into())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+
+    let refused = post(format!("/v1/applies/{single}/release"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("is not a rollout"), "{text}");
+    let status = |id: u64| {
+        let url = format!("{base}/v1/applies/{id}");
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let requests = status(single).await["requests"].clone();
+    assert_eq!(requests, json!([]), "nothing was recorded: {requests}");
+
+    let released = post(format!("/v1/applies/apply-{rollout}/release"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 202);
+    let after = status(rollout).await;
+    assert_eq!(after["rollout"]["released"], true, "{after}");
+    assert_eq!(
+        after["requests"],
+        json!([["release", "completed"]]),
+        "{after}"
+    );
+
+    let volume = post(format!("/v1/applies/{rollout}/volume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(volume.status(), 400);
+    assert!(volume.text().await.unwrap().contains("volume"));
+    let missing = post("/v1/applies/999/release".into()).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

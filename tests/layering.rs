@@ -8,7 +8,7 @@ use std::path::Path;
 
 const MODULES: &[&str] = &[
     "machine", "ddl", "worker", "store", "engine", "operator", "testkit", "api", "cli", "config",
-    "demo", "plan",
+    "demo", "plan", "report",
 ];
 
 /// What each layered module may name.
@@ -26,6 +26,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("testkit", &["machine", "worker", "store", "engine"]),
     ("plan", &["machine", "ddl", "store"]),
+    // Text views of what the stores report, for the CLI and the demo.
+    ("report", &["machine", "store"]),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<String>) {

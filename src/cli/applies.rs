@@ -135,8 +135,9 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
             Some(path) => crate::plan::read(path).map_err(|e| e.to_string())?,
             None => from_flags(&args)?,
         };
-        // Refused before the database is even opened: the same check the store makes.
-        crate::store::validate_new_apply(&new).map_err(|e| e.to_string())?;
+        // Refused before the database is even opened: the same checks the store makes,
+        // the rollout's included.
+        crate::plan::check(&new).map_err(|e| e.to_string())?;
         let store = args.db.open().await?;
         let done = store.submit_or_adopt(new).await.map_err(|e| e.to_string())?;
         if done.adopted {
@@ -150,10 +151,6 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
         Ok(())
     });
     finish("submit", result)
-}
-
-fn age(ms: Option<u64>) -> String {
-    ms.map_or("—".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
 }
 
 pub fn print_table(applies: &[ApplyStatus]) {
@@ -176,7 +173,7 @@ pub fn print_table(applies: &[ApplyStatus]) {
                     "—"
                 }),
             a.lease_epoch,
-            age(a.heartbeat_age_ms),
+            crate::report::age(a.heartbeat_age_ms),
             a.progress(),
             a.pending_requests
                 .iter()
@@ -206,6 +203,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
         print_table(&applies);
         if let [one] = applies.as_slice() {
+            for line in crate::report::rollout_lines(one) {
+                println!("{line}");
+            }
             println!("\nddl:");
             for d in &one.ddl {
                 println!("  {d};");
@@ -236,7 +236,9 @@ pub fn control(op: ControlOp, args: ControlArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
         let id = parse_id(&args.id)?;
         let store = args.db.open().await?;
-        let outcome = store.request(id, op).await.map_err(|e| e.to_string())?;
+        let outcome = crate::api::request_control(&store, &store, id, op)
+            .await
+            .map_err(|e| e.to_string())?;
         println!(
             "{op} requested for apply-{id} ({outcome:?}); the owner acts on it at its next step"
         );

@@ -34,7 +34,8 @@ enum Cmd {
         #[arg(long, default_value = "markdown")]
         format: Format,
     },
-    /// Run the operator on in-process fakes, kill two drivers, and watch every apply finish.
+    /// Run the operator on in-process fakes, kill drivers mid-work, and watch every apply and a
+    /// rollout finish.
     Demo(demo::DemoArgs),
     /// Run the operator: a pool of drivers and the HTTP API, against MySQL.
     Serve(serve::ServeArgs),
@@ -54,6 +55,8 @@ enum Cmd {
     Revert(applies::ControlArgs),
     /// Close the revert window of a PlanetScale apply now.
     SkipRevert(applies::ControlArgs),
+    /// Release a rollout held by `on_failure = pause`: later operations run (one-way).
+    Release(applies::ControlArgs),
     /// Serve the fake PlanetScale (over its API's paths) and Spirit over loopback (tests, trials).
     FakeEngines(fake_engines::FakeEnginesArgs),
     /// Apply the embedded schema migrations to a MySQL/MariaDB database.
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Cmd::Cutover(args) => applies::control(crate::machine::ControlOp::Cutover, args),
         Cmd::Revert(args) => applies::control(crate::machine::ControlOp::Revert, args),
         Cmd::SkipRevert(args) => applies::control(crate::machine::ControlOp::SkipRevert, args),
+        Cmd::Release(args) => applies::control(crate::machine::ControlOp::Release, args),
         Cmd::FakeEngines(args) => fake_engines::run(args),
         Cmd::Migrate(args) => migrate::run(args),
         Cmd::CheckConfig(args) => check_config::run(args),
