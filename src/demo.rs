@@ -149,7 +149,7 @@ impl Backend {
                 .map(|e| {
                     Ok(Log {
                         apply: e.apply,
-                        operation: None,
+                        operation: e.operation,
                         from: e.from.parse().map_err(|x| bad(e.apply, "from_state", x))?,
                         to: e.to.parse().map_err(|x| bad(e.apply, "to_state", x))?,
                         epoch: e.epoch,
@@ -352,14 +352,6 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
                     ROLLOUT_DEPLOYMENTS.join(" → ")
                 ));
                 Some(id)
-            }
-            // A store that does not hold rollouts yet: the rest of the story runs without it.
-            Err(StoreError::Invalid {
-                field: "deployments",
-                message,
-            }) => {
-                out(&format!("rollout skipped: {message}"));
-                None
             }
             Err(e) => return Err(format!("cannot submit the demo rollout on catalog: {e}")),
         }
@@ -687,25 +679,15 @@ pub async fn run_on(where_: DemoStore, mut out: impl FnMut(&str)) -> Result<Demo
         .logs(&all)
         .await
         .map_err(|e| format!("cannot read the audit log: {e}"))?;
-    // Each operation of a rollout holds its own lease, so its writes are checked against its
-    // own claims (where the log names the operation); every other entry against its apply's.
-    let by_operation = |l: &&Log| l.operation.is_some() && Some(l.apply) == rollout;
-    let fencing = [
-        audit::summarise(
-            logs.iter()
-                .filter(|l| !by_operation(l))
-                .map(|l| fact(l.apply, l)),
-        ),
-        audit::summarise(
-            logs.iter()
-                .filter(by_operation)
-                .map(|l| fact(l.operation.unwrap_or_default(), l)),
-        ),
-    ];
-    let stale_writes: usize = fencing
-        .iter()
-        .map(|f| f.stale_writes.len() + f.non_increasing_claims.len())
-        .sum();
+    // Each operation of a rollout holds its own lease: its writes are checked against its own
+    // claims.
+    let fencing = audit::summarise(logs.iter().map(|l| AuditFact {
+        apply: l.apply,
+        operation: l.operation,
+        cause: l.cause.as_str(),
+        epoch: l.epoch,
+    }));
+    let stale_writes = fencing.stale_writes.len() + fencing.non_increasing_claims.len();
     let fakes = fakes.lock().unwrap_or_else(|e| e.into_inner());
     let rollout_fakes = rollout_fakes.lock().unwrap_or_else(|e| e.into_inner());
     let mut lines = vec![format!(
@@ -839,13 +821,5 @@ fn rollout_event(e: &Log, r: &ApplyStatus, checkpoints: &BTreeMap<String, u64>) 
         format!("✔ {name} completed (epoch {}, {who})", e.epoch)
     } else {
         format!("  {name}: {} → {} (epoch {}, {who})", e.from, e.to, e.epoch)
-    }
-}
-
-fn fact(key: u64, l: &Log) -> AuditFact<'_> {
-    AuditFact {
-        apply: key,
-        cause: l.cause.as_str(),
-        epoch: l.epoch,
     }
 }

@@ -211,21 +211,10 @@ fn not_one_of<T: Copy>(raw: &str, all: &[T], name: fn(T) -> &'static str) -> Str
 /// honoured (`RolloutPlan::operations`, over the tables the statements touch). The CLI runs it
 /// before opening the database, so a refusal reads the same whichever store is behind.
 pub fn check(new: &NewApply) -> Result<CheckedChange, StoreError> {
-    let change = crate::store::validate_new_apply(new)?;
-    if let Some(rollout) = &new.rollout {
-        let tables: Vec<Option<String>> = change
-            .statements
-            .iter()
-            .map(|s| Some(s.table.clone()).filter(|t| !t.is_empty()))
-            .collect();
-        rollout
-            .operations(&tables)
-            .map_err(|r| StoreError::Invalid {
-                field: r.field,
-                message: r.message,
-            })?;
+    match &new.rollout {
+        Some(plan) => crate::store::validate_rollout(new, plan).map(|(change, _)| change),
+        None => crate::store::validate_new_apply(new),
     }
-    Ok(change)
 }
 
 #[cfg(test)]

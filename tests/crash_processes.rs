@@ -1,7 +1,8 @@
 //! Crash test on real processes: MariaDB, the fake engines served over loopback, and three
 //! `applyd serve` processes with a 2 s lease. A loop SIGKILLs and restarts a random process every
-//! few seconds and SIGSTOPs one past its lease once. Every apply must still complete, with no
-//! deploy request created twice, no write with a stale epoch landed, and no apply lost.
+//! few seconds and SIGSTOPs one past its lease once. Every apply and every operation of four
+//! rollouts must still complete, with no deploy request created twice, no write with a stale
+//! epoch landed, and no apply lost.
 
 mod store_support;
 
@@ -9,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
 use applyd::machine::{ApplyOptions, ApplyState, EngineKind, Rules};
 use applyd::store::mysql::MySqlStore;
 use applyd::store::status::Inspect;
@@ -109,6 +111,40 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
             .expect("submit");
         ids.push(id);
     }
+    // Rollouts: each operation holds its own lease, and several may run at once.
+    let rollouts = [
+        (EngineKind::PlanetScale, CutoverPolicy::Rolling, 3),
+        (EngineKind::PlanetScale, CutoverPolicy::Parallel, 3),
+        (EngineKind::PlanetScale, CutoverPolicy::Barrier, 2),
+        (EngineKind::Spirit, CutoverPolicy::Rolling, 3),
+    ];
+    for (k, (engine, cutover, n)) in rollouts.iter().enumerate() {
+        let id = store
+            .submit(NewApply {
+                allow_destructive: false,
+                rollout: Some(RolloutPlan {
+                    deployments: (1..=*n).map(|d| format!("d{d}")).collect(),
+                    cutover_policy: *cutover,
+                    on_failure: OnFailure::Halt,
+                    max_drivers_per_apply: 2,
+                    table_steps: false,
+                }),
+                target: Target {
+                    database: format!("rollout{k}"),
+                    environment: "prod".into(),
+                },
+                engine: *engine,
+                ddl: vec![format!("ALTER TABLE t_rollout{k} ADD COLUMN c INT")],
+                options: ApplyOptions {
+                    skip_revert: true,
+                    ..Default::default()
+                },
+            })
+            .await
+            .expect("submit a rollout");
+        ids.push(id);
+    }
+    let planetscale_operations = 15 + 3 + 3 + 2;
 
     let mut procs: Vec<Proc> = (1..=3)
         .map(|h| spawn_operator(&db_url, &engines_url, h))
@@ -169,7 +205,17 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
     }
     cleanup.0.push(engines);
 
-    assert_eq!(statuses.len(), 30, "no apply lost");
+    assert_eq!(statuses.len(), 34, "no apply lost");
+    for s in statuses.iter().filter(|s| s.rollout.is_some()) {
+        assert!(
+            s.operations
+                .iter()
+                .all(|o| o.state == ApplyState::Completed),
+            "every operation of {} completed: {:?}",
+            s.identifier,
+            s.operations
+        );
+    }
     let unfinished: Vec<String> = statuses
         .iter()
         .filter(|a| a.state != ApplyState::Completed)
@@ -202,13 +248,13 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
     }
     assert_eq!(
         facts.deploy_requests.len(),
-        15,
-        "every PlanetScale apply created its deploy request"
+        planetscale_operations,
+        "every PlanetScale apply and rollout operation created its deploy request"
     );
     assert_eq!(
         facts.branch_ddl.len(),
-        15,
-        "every PlanetScale apply applied its DDL to its branch"
+        planetscale_operations,
+        "every PlanetScale apply and rollout operation applied its DDL to its branch"
     );
     for (branch, ddl) in &facts.branch_ddl {
         assert!(
@@ -222,6 +268,7 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
     let audit =
         applyd::store::audit::summarise(logs.iter().map(|l| applyd::store::audit::AuditFact {
             apply: l.apply,
+            operation: l.operation,
             cause: &l.cause,
             epoch: l.epoch,
         }));

@@ -45,12 +45,7 @@ async fn the_demo_on_mysql_kills_two_drivers_and_every_apply_still_completes() {
     assert!(summary.ok, "{all}");
     assert!(all.contains("reclaimed by"), "{all}");
     assert!(all.contains("stale writes landed: 0"), "{all}");
-    // Until the MySQL store holds rollouts, the demo says it skipped its rollout.
-    if summary.rollout.is_some() {
-        assert_rollout_in_order(&summary, &all);
-    } else {
-        assert!(all.contains("rollout skipped: "), "{all}");
-    }
+    assert_rollout_in_order(&summary, &all);
     store_support::drop_database(&url, &name).await;
 }
 

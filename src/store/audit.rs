@@ -9,6 +9,9 @@ use crate::machine::apply::ApplyId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditFact<'a> {
     pub apply: ApplyId,
+    /// The rollout operation the entry is about: each holds a lease of its own, so its writes
+    /// are checked against its own claims. `None`: the apply's own lease.
+    pub operation: Option<u64>,
     /// `claim <arm>`, `write`, or an unfenced cause such as a retry expiry.
     pub cause: &'a str,
     pub epoch: u64,
@@ -32,20 +35,21 @@ impl AuditSummary {
 }
 
 /// Walk the log oldest first: every fenced write must carry the epoch of the latest claim of
-/// its apply, and claim epochs must grow.
+/// its lease (its apply's, or its rollout operation's), and claim epochs must grow.
 pub fn summarise<'a>(entries: impl IntoIterator<Item = AuditFact<'a>>) -> AuditSummary {
-    let mut current: BTreeMap<ApplyId, u64> = BTreeMap::new();
+    let mut current: BTreeMap<(ApplyId, Option<u64>), u64> = BTreeMap::new();
     let mut summary = AuditSummary::default();
     for e in entries {
+        let lease = (e.apply, e.operation);
         if e.cause.starts_with("claim") {
-            match current.insert(e.apply, e.epoch) {
+            match current.insert(lease, e.epoch) {
                 Some(prev) if e.epoch <= prev => {
                     summary.non_increasing_claims.push((e.apply, e.epoch))
                 }
                 Some(_) => summary.reclaims += 1,
                 None => {}
             }
-        } else if e.cause == "write" && current.get(&e.apply) != Some(&e.epoch) {
+        } else if e.cause == "write" && current.get(&lease) != Some(&e.epoch) {
             summary.stale_writes.push((e.apply, e.epoch));
         }
     }
@@ -59,9 +63,29 @@ mod tests {
     fn fact(apply: ApplyId, cause: &'static str, epoch: u64) -> AuditFact<'static> {
         AuditFact {
             apply,
+            operation: None,
             cause,
             epoch,
         }
+    }
+
+    #[test]
+    fn each_rollout_operation_is_fenced_by_its_own_claims() {
+        let op = |operation, cause, epoch| AuditFact {
+            operation: Some(operation),
+            ..fact(1, cause, epoch)
+        };
+        let s = summarise([
+            op(10, "claim O1", 1),
+            op(11, "claim O1", 2),
+            // Operation 10 still holds epoch 1 although its apply's counter moved on.
+            op(10, "write", 1),
+            op(11, "write", 2),
+            op(10, "claim O2", 3),
+            op(10, "write", 1),
+        ]);
+        assert_eq!(s.stale_writes, vec![(1, 1)]);
+        assert_eq!(s.reclaims, 1);
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub struct StoredRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLog {
     pub apply: ApplyId,
+    /// The rollout operation the entry is about (`None`: the apply itself).
+    pub operation: Option<u64>,
     pub from: String,
     pub to: String,
     pub epoch: u64,
@@ -436,7 +438,7 @@ impl MySqlStore {
         first_apply: ApplyId,
     ) -> Result<Vec<StoredLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT apply_id, from_state, to_state, lease_epoch, lease_owner, cause FROM apply_logs \
+            "SELECT apply_id, apply_operation_id, from_state, to_state, lease_epoch, lease_owner, cause FROM apply_logs \
              WHERE apply_id >= ? ORDER BY id",
         )
         .bind(first_apply)
@@ -447,6 +449,7 @@ impl MySqlStore {
             .map(|r| {
                 Ok(StoredLog {
                     apply: r.try_get("apply_id")?,
+                    operation: r.try_get("apply_operation_id")?,
                     from: r.try_get_unchecked("from_state")?,
                     to: r.try_get_unchecked("to_state")?,
                     epoch: r.try_get("lease_epoch")?,
