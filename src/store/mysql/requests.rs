@@ -144,13 +144,26 @@ impl MySqlStore {
             budget = p.retry_budget,
             fresh = p.retry_freshness_ms.saturating_mul(1000),
         );
-        let members = self.expire_rollouts(&now, &states).await?;
-        // A plain read first: a busy poll with nothing expirable costs one statement, not a
-        // transaction. The locking read below re-checks, so a row that changes in between is
-        // simply skipped by the rules.
-        let gate = format!("SELECT a.id FROM applies a WHERE {expirable} LIMIT 1");
-        let any: Option<ApplyId> = sqlx::query_scalar(&gate).fetch_optional(&self.pool).await?;
-        if any.is_none() {
+        // One plain read first, for both kinds of apply: a busy poll with nothing expirable
+        // costs one statement, not a transaction. The locking reads that follow re-check, so a
+        // row that changes in between is simply skipped by the rules.
+        let gate = format!(
+            "(SELECT a.id, 0 AS rollout FROM applies a WHERE {expirable} LIMIT 1) UNION ALL \
+             (SELECT DISTINCT o.apply_id, 1 FROM applies a FORCE INDEX (ix_applies_rollout) \
+             STRAIGHT_JOIN apply_operations o ON o.apply_id = a.id \
+             WHERE a.rollout_open = 1 AND o.state IN ({states}) AND (o.attempt >= {budget} \
+             OR TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) >= {fresh}))",
+            budget = p.retry_budget,
+            fresh = p.retry_freshness_ms.saturating_mul(1000),
+        );
+        let found: Vec<(ApplyId, i64)> = sqlx::query_as(&gate).fetch_all(&self.pool).await?;
+        let mut members = 0;
+        for (id, _) in found.iter().filter(|(_, rollout)| *rollout == 1) {
+            let mut tx = self.pool.begin().await?;
+            members += self.expire_members(&mut tx, *id, &now).await?;
+            tx.commit().await?;
+        }
+        if !found.iter().any(|(_, rollout)| *rollout == 0) {
             return Ok(members);
         }
         let select = format!(
@@ -203,26 +216,5 @@ impl MySqlStore {
         }
         tx.commit().await?;
         Ok(expired + members)
-    }
-
-    /// Retry expiry of the rollouts' operations: a plain read finds the rollouts with an
-    /// operation past its budget or freshness, and each is expired in its own transaction.
-    async fn expire_rollouts(&self, now: &str, states: &str) -> Result<u32, Failure> {
-        let p = &self.rules.params;
-        let sql = format!(
-            "SELECT DISTINCT o.apply_id FROM apply_operations o STRAIGHT_JOIN applies a ON a.id = o.apply_id \
-             WHERE a.rollout_open = 1 AND o.state IN ({states}) AND (o.attempt >= {budget} \
-             OR TIMESTAMPDIFF(MICROSECOND, o.updated_at, {now}) >= {fresh}) ORDER BY o.apply_id",
-            budget = p.retry_budget,
-            fresh = p.retry_freshness_ms.saturating_mul(1000),
-        );
-        let ids: Vec<ApplyId> = sqlx::query_scalar(&sql).fetch_all(&self.pool).await?;
-        let mut expired = 0;
-        for id in ids {
-            let mut tx = self.pool.begin().await?;
-            expired += self.expire_members(&mut tx, id, now).await?;
-            tx.commit().await?;
-        }
-        Ok(expired)
     }
 }
