@@ -291,7 +291,7 @@ mod tests {
         let new = submit_here(
             "deployments = [\"us-east-1\", \"us-west-2\", \"eu-west-1\"]\n\
              cutover_policy = \"barrier\"\non_failure = \"pause\"\n\
-             max_drivers_per_apply = 2\ntable_steps = true\n",
+             max_drivers_per_apply = 2\ntable_steps = true\ndefer_cutover = true\n",
         )
         .unwrap();
         assert_eq!(
@@ -316,6 +316,16 @@ mod tests {
             })
         );
         assert_eq!(submit_here("").unwrap().rollout, None);
+    }
+
+    #[test]
+    fn a_spirit_barrier_without_its_sentinel_is_refused_naming_the_policy() {
+        let refused = submit_here("deployments = [\"a\", \"b\"]\ncutover_policy = \"barrier\"\n");
+        let err = refused.expect_err("a Spirit barrier needs defer_cutover");
+        assert!(
+            err.contains("cutover_policy") && err.contains("defer_cutover"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -407,7 +407,14 @@ fn a_stopped_rollout_starts_nothing_new_until_a_start_resumes_it() {
     let id = world
         .store
         .submit_rollout(
-            new_apply("shop", EngineKind::Spirit, ONE_TABLE),
+            NewApply {
+                // Spirit orders cutovers across operations only when it waits on its sentinel.
+                options: ApplyOptions {
+                    defer_cutover: true,
+                    ..ApplyOptions::default()
+                },
+                ..new_apply("shop", EngineKind::Spirit, ONE_TABLE)
+            },
             &plan(&["a", "b"], CutoverPolicy::Parallel, OnFailure::Halt),
         )
         .unwrap()
@@ -439,6 +446,30 @@ fn a_stopped_rollout_starts_nothing_new_until_a_start_resumes_it() {
         ControlStatus::Completed
     );
     world.store.request(id, ControlOp::Start).unwrap();
+    // Both wait for the person's cutover (their sentinels), which then reaches them in turn.
+    let at_gate = |w: &World| {
+        w.store
+            .row(id)
+            .unwrap()
+            .operations
+            .iter()
+            .all(|o| o.state == ApplyState::WaitingForCutover)
+    };
+    for _ in 0..20_000 {
+        if at_gate(&world) {
+            break;
+        }
+        for w in 0..2 {
+            world.tick_worker(w);
+        }
+        world.clock.advance(200);
+    }
+    assert!(
+        at_gate(&world),
+        "{:?}",
+        members(&world.store.row(id).unwrap())
+    );
+    world.store.request(id, ControlOp::Cutover).unwrap();
     run(&mut world, id, 40_000);
     assert_eq!(world.state(id), ApplyState::Completed);
 }

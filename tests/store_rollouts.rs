@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
-use applyd::machine::{ApplyState, ControlOp, EngineKind};
+use applyd::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind};
 use applyd::store::{Claimed, Lease, NewApply, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
 use store_support::{new_apply, Env};
@@ -31,6 +31,11 @@ fn rollout(
             max_drivers_per_apply: max,
             table_steps: false,
         }),
+        // Spirit orders cutovers across operations only when it waits on its sentinel.
+        options: ApplyOptions {
+            defer_cutover: true,
+            ..ApplyOptions::default()
+        },
         ..new_apply(db, EngineKind::Spirit)
     }
 }

@@ -160,10 +160,13 @@ pub fn validate_rollout(
         .iter()
         .map(|s| Some(s.table.clone()).filter(|t| !t.is_empty()))
         .collect();
-    let planned = plan.operations(&tables).map_err(|r| StoreError::Invalid {
+    let refused = |r: crate::machine::rollout::PlanRefusal| StoreError::Invalid {
         field: r.field,
         message: r.message,
-    })?;
+    };
+    plan.check_engine(new.engine, &new.options)
+        .map_err(refused)?;
+    let planned = plan.operations(&tables).map_err(refused)?;
     let mut out = Vec::with_capacity(planned.len());
     for p in planned {
         let ddl: Vec<String> = p.statements.iter().map(|i| new.ddl[*i].clone()).collect();

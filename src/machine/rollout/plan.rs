@@ -3,6 +3,7 @@
 //! the field, before anything is written.
 
 use super::{CutoverPolicy, OnFailure, RolloutPolicy};
+use crate::machine::{ApplyOptions, EngineKind};
 
 /// The rollout part of a submission.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +68,31 @@ fn refuse(field: &'static str, message: impl Into<String>) -> PlanRefusal {
 impl RolloutPlan {
     fn default_max_drivers() -> u32 {
         1
+    }
+
+    /// Whether `engine` can honour the cutover policy. Spirit cuts over by itself unless it
+    /// waits on its sentinel, which it does only with `defer_cutover`: without it nothing could
+    /// hold a Spirit operation at the gate, so only `rolling` (one operation at a time) orders
+    /// its cutovers.
+    pub fn check_engine(
+        &self,
+        engine: EngineKind,
+        options: &ApplyOptions,
+    ) -> Result<(), PlanRefusal> {
+        if engine == EngineKind::Spirit
+            && self.cutover_policy != CutoverPolicy::Rolling
+            && !options.defer_cutover
+        {
+            return Err(refuse(
+                "cutover_policy",
+                format!(
+                    "a Spirit rollout cuts over by itself unless defer_cutover is set, so {} \
+                     cannot order its cutovers: use rolling, or defer_cutover = true",
+                    self.cutover_policy.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The policy the rules read (the release latch starts unset).
@@ -235,5 +261,27 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("retry") && e.contains("halt"), "{e}");
+    }
+
+    #[test]
+    fn a_spirit_rollout_orders_cutovers_only_when_it_can_hold_them() {
+        let mut p = plan(&["a", "b"], false);
+        let hold = ApplyOptions {
+            defer_cutover: true,
+            ..ApplyOptions::default()
+        };
+        for cutover in [CutoverPolicy::Barrier, CutoverPolicy::Parallel] {
+            p.cutover_policy = cutover;
+            let refused = p.check_engine(EngineKind::Spirit, &ApplyOptions::default());
+            assert_eq!(refused.map_err(|r| r.field), Err("cutover_policy"));
+            assert!(p.check_engine(EngineKind::Spirit, &hold).is_ok());
+            assert!(p
+                .check_engine(EngineKind::PlanetScale, &ApplyOptions::default())
+                .is_ok());
+        }
+        p.cutover_policy = CutoverPolicy::Rolling;
+        assert!(p
+            .check_engine(EngineKind::Spirit, &ApplyOptions::default())
+            .is_ok());
     }
 }
