@@ -310,7 +310,7 @@ async fn release_is_taken_on_a_rollout_and_refused_on_a_single_apply() {
         .unwrap();
     assert_eq!(refused.status(), 409);
     let text = refused.text().await.unwrap();
-    assert!(text.contains("is not a rollout"), "{text}");
+    assert!(text.contains("not a rollout"), "{text}");
     let status = |id: u64| {
         let url = format!("{base}/v1/applies/{id}");
         let http = http.clone();

@@ -334,3 +334,39 @@ async fn operations_are_claimed_in_created_at_order_even_against_id_order() {
     assert!(env.store.claim_operation("w1").await.unwrap().is_none());
     env.cleanup().await;
 }
+
+/// Every (re-)issue of a request gets a new number: a rollout's operation that acknowledged
+/// one issue must see the next (`rollout::requests::sees_request`).
+#[tokio::test]
+async fn a_request_issued_again_gets_a_new_issue_number() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let id = env.store.submit(new_apply("a")).await.unwrap();
+    let c = env.store.claim("w1").await.unwrap().unwrap();
+    let issue = || async {
+        sqlx::query_scalar::<_, u64>(
+            "SELECT issue FROM apply_control_requests WHERE apply_id = ? AND operation = 'stop'",
+        )
+        .bind(id)
+        .fetch_one(env.mysql_store().unwrap().pool())
+        .await
+        .unwrap()
+    };
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    assert_eq!(issue().await, 1);
+    env.store
+        .write(&c.lease, ApplyState::Stopped, ResumeState::default())
+        .await
+        .unwrap();
+    env.store
+        .complete_request(&c.lease, ControlOp::Stop)
+        .await
+        .unwrap();
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let again = env.store.claim("w2").await.unwrap().unwrap();
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    assert_eq!(issue().await, 2, "a reset is a new issue");
+    assert!(env.store.load(&again.lease).await.unwrap().controls.stop);
+    env.cleanup().await;
+}

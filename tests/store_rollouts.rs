@@ -408,6 +408,55 @@ async fn a_stop_reaches_every_running_operation(env: Env) {
     env.cleanup().await;
 }
 
+async fn a_request_issued_again_reaches_the_operations_that_did_their_part(env: Env) {
+    use ApplyState::*;
+    let id = submit(
+        &env,
+        rollout(
+            "shop",
+            &["a", "b"],
+            CutoverPolicy::Parallel,
+            OnFailure::Halt,
+            2,
+        ),
+    )
+    .await;
+    let claims = [
+        claim(&env, "w1").await.unwrap(),
+        claim(&env, "w2").await.unwrap(),
+    ];
+    let [one, two] = if claims[0].record.spec.deployment == "a" {
+        claims
+    } else {
+        let [x, y] = claims;
+        [y, x]
+    };
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    for c in [&one, &two] {
+        write(&env, &c.lease, Stopped).await.unwrap();
+        env.store
+            .complete_request(&c.lease, ControlOp::Stop)
+            .await
+            .unwrap();
+    }
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let again = [
+        claim(&env, "w3").await.unwrap(),
+        claim(&env, "w4").await.unwrap(),
+    ];
+    let first = again
+        .iter()
+        .find(|c| c.record.row.operation == one.record.row.operation)
+        .unwrap();
+    write(&env, &first.lease, WaitingForCutover).await.unwrap();
+    write(&env, &first.lease, CuttingOver).await.unwrap();
+    // Issued again: the operation that acknowledged the first issue sees this one (and, cutting
+    // over, refuses it), however it acknowledged the last.
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    assert!(env.store.load(&first.lease).await.unwrap().controls.stop);
+    env.cleanup().await;
+}
+
 async fn concurrent_claimers_never_share_an_operation(env: Env) {
     let id = submit(
         &env,
@@ -469,5 +518,6 @@ conformance!(
     a_cancel_withdraws_the_operations_not_started,
     a_pause_holds_until_a_release,
     a_stop_reaches_every_running_operation,
+    a_request_issued_again_reaches_the_operations_that_did_their_part,
     concurrent_claimers_never_share_an_operation,
 );

@@ -19,7 +19,7 @@ use crate::config::Secret;
 use crate::machine::render::{render, Format};
 use crate::machine::ControlOp;
 use crate::store::status::{ApplyStatus, Inspect};
-use crate::store::{NewApply, RequestOutcome, Store, StoreError};
+use crate::store::{NewApply, Store, StoreError};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -231,24 +231,6 @@ pub fn parse_control(raw: &str) -> Result<ControlOp, String> {
     }
 }
 
-/// Record a person's request on an apply, for the API and the CLI alike. A release only means
-/// something to a rollout (it lifts an `on_failure = pause` hold), so on an apply without one it
-/// is refused before anything is recorded; everything else is the store's to accept or refuse.
-pub async fn request_control(
-    store: &dyn Store,
-    inspect: &dyn Inspect,
-    id: u64,
-    op: ControlOp,
-) -> Result<RequestOutcome, StoreError> {
-    if op == ControlOp::Release && inspect.status(id).await?.rollout.is_none() {
-        return Err(StoreError::Refused(format!(
-            "apply-{id} is not a rollout: release lifts the hold of a rollout with \
-             on_failure = pause, and this apply runs as one operation"
-        )));
-    }
-    store.request(id, op).await
-}
-
 async fn control(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -257,7 +239,7 @@ async fn control(
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
     let op = parse_control(&op).map_err(bad_request)?;
-    let outcome = request_control(state.store.as_ref(), state.inspect.as_ref(), id, op).await?;
+    let outcome = state.store.request(id, op).await?;
     state.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,

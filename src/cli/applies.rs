@@ -236,7 +236,7 @@ pub fn control(op: ControlOp, args: ControlArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
         let id = parse_id(&args.id)?;
         let store = args.db.open().await?;
-        let outcome = crate::api::request_control(&store, &store, id, op)
+        let outcome = crate::store::Store::request(&store, id, op)
             .await
             .map_err(|e| e.to_string())?;
         println!(

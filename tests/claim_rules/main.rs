@@ -461,6 +461,11 @@ fn expected_request(rules: &Rules, case: &Case, op: ControlOp) -> Result<Request
     rules
         .accepts_request(engine, state, op, &pending)
         .map_err(|r| StoreError::Refused(r.message()).to_string())?;
+    if !case.rollout {
+        if let Some(why) = applyd::machine::rollout::requests::refused_without_rollout(op) {
+            return Err(StoreError::Refused(format!("not a rollout: {why}")).to_string());
+        }
+    }
     Ok(match case.requests.iter().find(|r| r.op == op) {
         None => RequestOutcome::Created,
         Some(r) if r.status == ControlStatus::Pending => RequestOutcome::AlreadyPending,

@@ -10,6 +10,14 @@ use crate::machine::{
     ApplyOptions, ApplyState, ControlOp, Disposition, EngineKind, PendingControls, Rules,
 };
 
+/// Why a request only a rollout acts on is refused on an apply of one operation: a release
+/// lifts the hold of `on_failure = pause`, which only a rollout has.
+pub fn refused_without_rollout(op: ControlOp) -> Option<&'static str> {
+    (op == ControlOp::Release).then_some(
+        "release lifts the hold of a rollout with on_failure = pause, and this apply runs as one operation",
+    )
+}
+
 /// What accepting a request on a rollout does at once, before any operation acts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {

@@ -903,6 +903,11 @@ impl MemoryStore {
         self.rules
             .accepts_request(row.engine, row.state, op, &pending)
             .map_err(|r| StoreError::Refused(r.message()))?;
+        if row.rollout.is_none() {
+            if let Some(why) = crate::machine::rollout::requests::refused_without_rollout(op) {
+                return Err(StoreError::Refused(format!("not a rollout: {why}")));
+            }
+        }
 
         inner.seq += 1;
         let seq = inner.seq;

@@ -329,9 +329,14 @@ impl MySqlStore {
         };
         let mut parts = Vec::new();
         if let Some(states) = in_list(&rules.states_in(ClaimClass::PendingQueue)) {
+            // Not under a finished apply: a rollout that ended leaves the operations it never
+            // started pending for good (orphans), and no arm takes them.
             parts.push(part(
                 "ix_apply_operations_state",
-                &format!("o.state IN ({states})"),
+                &format!(
+                    "o.state IN ({states}) AND (SELECT a.claim_open FROM applies a \
+                     WHERE a.id = o.apply_id) IS NOT NULL"
+                ),
             ));
         }
         if let Some(states) = in_list(&rules.states_in(ClaimClass::StaleReclaimable)) {

@@ -41,9 +41,9 @@ impl MySqlStore {
     ) -> Result<MemberClaim, Failure> {
         let mut loaded = match Loaded::read(self, tx.conn(), id, now).await {
             Ok(Some(loaded)) => loaded,
-            Ok(None) => return Ok(MemberClaim::Skipped),
+            Ok(None) => return Self::skip(tx).await,
             // Reported once by `bad_row`; a rollout we cannot read is never driven or rewritten.
-            Err(Failure::Store(StoreError::BadRow { .. })) => return Ok(MemberClaim::Skipped),
+            Err(Failure::Store(StoreError::BadRow { .. })) => return Self::skip(tx).await,
             Err(e) => return Err(e),
         };
         let pick = (0..loaded.ops.len()).find_map(|i| {
@@ -54,16 +54,14 @@ impl MySqlStore {
             let op = self.rules.matching_operation_arm(&view)?;
             // The apply arm that matches the operation itself moves it.
             let parent = self.rules.matching_arm(&view.parent)?;
-            Some((i, ClaimedVia::Operation { op, parent }))
+            let via = ClaimedVia::Operation { op, parent };
+            let mv = self
+                .rules
+                .claim_move(loaded.engine, loaded.ops[i].state, via.apply_arm())?;
+            Some((i, via, mv))
         });
-        let Some((i, via)) = pick else {
-            return Ok(MemberClaim::Skipped);
-        };
-        let Some(mv) = self
-            .rules
-            .claim_move(loaded.engine, loaded.ops[i].state, via.apply_arm())
-        else {
-            return Ok(MemberClaim::Skipped);
+        let Some((i, via, mv)) = pick else {
+            return Self::skip(tx).await;
         };
         let pre_claim = loaded.ops[i].state;
         loaded.counter += 1;
@@ -96,7 +94,12 @@ impl MySqlStore {
             &format!("claim {}", via.code()),
         );
         loaded.rederive(tx.conn()).await?;
-        let record = self.member_record(tx.conn(), &loaded, i).await?;
+        let record = match self.member_record(tx.conn(), &loaded, i).await {
+            Ok(record) => record,
+            // Nothing is written yet: an operation we cannot read is skipped, as any bad row.
+            Err(Failure::Store(StoreError::BadRow { .. })) => return Self::skip(tx).await,
+            Err(e) => return Err(e),
+        };
         match loaded.flush(tx.conn()).await? {
             Ok(()) => {}
             Err(busy) => {
@@ -117,6 +120,13 @@ impl MySqlStore {
             pre_claim,
             record,
         })))
+    }
+
+    /// Nothing taken from this rollout: end the transaction (nothing was written), so its rows
+    /// are not held while the claim looks at the next candidates.
+    async fn skip(tx: &mut ClaimTx) -> Result<MemberClaim, Failure> {
+        tx.commit().await?;
+        Ok(MemberClaim::Skipped)
     }
 
     /// Fail the pending start of a rollout whose deployment `busy` names.

@@ -110,8 +110,11 @@ fn read_cutover(text: &str) -> Option<CutoverPolicy> {
 }
 
 impl Loaded {
-    /// Read rollout `id` in the open transaction on `conn`, locking its apply row and its
-    /// operations. `None` when the apply is not a rollout.
+    /// Read rollout `id` in the open transaction on `conn`, locking its apply row. Its
+    /// operations are read without locks: every writer of them holds the apply row first, but
+    /// for the heartbeat, which touches only the heartbeat (a claim that reads one just before
+    /// it lands takes a lease at the staleness bound, and the old owner's next write is fenced).
+    /// `None` when the apply is not a rollout.
     pub(super) async fn read(
         store: &MySqlStore,
         conn: &mut MySqlConnection,
@@ -196,7 +199,7 @@ impl Loaded {
                AND r.operation = '{start}' AND r.status = '{pending_status}' \
                AND (o.lease_acquired_at IS NULL OR r.updated_at > o.lease_acquired_at)) AS SIGNED) AS start_newer \
              FROM apply_operations o WHERE o.apply_id = ? \
-             ORDER BY o.deployment_index, o.step, o.id FOR UPDATE",
+             ORDER BY o.deployment_index, o.step, o.id",
             start = ControlOp::Start.as_str(),
         );
         let mut ops = Vec::new();

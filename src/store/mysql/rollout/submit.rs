@@ -111,7 +111,9 @@ impl MySqlStore {
                 vec!["(?, ?, ?, ?)"; plan.deployments.len()].join(", ")
             );
             let mut q = sqlx::query(&reserve);
-            for d in &plan.deployments {
+            // In key order, as every reservation insert: two submits never lock in turn.
+            let sorted: std::collections::BTreeSet<&String> = plan.deployments.iter().collect();
+            for d in sorted {
                 q = q
                     .bind(&new.target.database)
                     .bind(&new.target.environment)
