@@ -61,6 +61,16 @@ async fn finish(env: &Env, lease: &Lease) {
         .expect("complete");
 }
 
+/// Two claims by two owners, in rollout order (deployment `a`, then `b`).
+async fn claim_two_in_rollout_order(env: &Env) -> [Claimed; 2] {
+    let mut two = [
+        claim(env, "w1").await.expect("a first operation"),
+        claim(env, "w2").await.expect("a second operation"),
+    ];
+    two.sort_by(|x, y| x.record.spec.deployment.cmp(&y.record.spec.deployment));
+    two
+}
+
 async fn states(env: &Env, id: ApplyId) -> (ApplyState, Vec<ApplyState>) {
     let s = env.inspect(id).await;
     (s.state, s.operations.iter().map(|o| o.state).collect())
@@ -194,13 +204,7 @@ async fn the_cutover_gate_holds_inside_the_write(env: Env) {
         ),
     )
     .await;
-    let one = claim(&env, "w1").await.unwrap();
-    let two = claim(&env, "w2").await.unwrap();
-    let (first, second) = if one.record.spec.deployment == "a" {
-        (one, two)
-    } else {
-        (two, one)
-    };
+    let [first, second] = claim_two_in_rollout_order(&env).await;
     write(&env, &first.lease, WaitingForCutover).await.unwrap();
     // The barrier: the other operation has not reached the gate.
     let refused = write(&env, &first.lease, CuttingOver).await;
@@ -421,16 +425,7 @@ async fn a_request_issued_again_reaches_the_operations_that_did_their_part(env: 
         ),
     )
     .await;
-    let claims = [
-        claim(&env, "w1").await.unwrap(),
-        claim(&env, "w2").await.unwrap(),
-    ];
-    let [one, two] = if claims[0].record.spec.deployment == "a" {
-        claims
-    } else {
-        let [x, y] = claims;
-        [y, x]
-    };
+    let [one, two] = claim_two_in_rollout_order(&env).await;
     env.store.request(id, ControlOp::Stop).await.unwrap();
     for c in [&one, &two] {
         write(&env, &c.lease, Stopped).await.unwrap();
