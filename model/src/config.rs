@@ -1,6 +1,7 @@
 //! Model configurations: the presets and their bounds.
 
 use applyd::machine::claim::ClaimPath;
+use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPolicy};
 use applyd::machine::{ApplyOptions, EngineKind, Params};
 
 use crate::state::{MAX_APPLIES, MAX_WORKERS};
@@ -25,6 +26,14 @@ pub enum Preset {
     /// One driver, and more applies than drivers, one of them waiting for a person who never
     /// comes: the others must still run (waiting costs no driver).
     Waits,
+    /// A rolling Spirit rollout of two deployments that continues past a failure.
+    Rolling,
+    /// A PlanetScale rollout of two deployments behind a cutover barrier, halting on a
+    /// failure.
+    Barrier,
+    /// A PlanetScale rollout of two deployments copying in parallel under a cap of one
+    /// driver, holding on a failure until a person releases it.
+    Pause,
 }
 
 impl Preset {
@@ -34,6 +43,18 @@ impl Preset {
             Preset::Full => "full",
             Preset::Pin => "pin",
             Preset::Waits => "waits",
+            Preset::Rolling => "rolling",
+            Preset::Barrier => "barrier",
+            Preset::Pause => "pause",
+        }
+    }
+
+    /// The worlds a preset checks, in order: `ci` is the single-operation world and then the
+    /// rollout worlds, so that one run proves both.
+    pub fn worlds(self) -> Vec<Preset> {
+        match self {
+            Preset::Ci => vec![Preset::Ci, Preset::Rolling, Preset::Barrier, Preset::Pause],
+            p => vec![p],
         }
     }
 }
@@ -59,6 +80,9 @@ pub struct Config {
     pub claim_path: ClaimPath,
     /// Alterations of a stored change behind the operator's back (the pin preset's fault).
     pub drifts: u8,
+    /// The applies are the operations of one rollout with this policy (deployment `i` is
+    /// `applies[i]`, each its own target), instead of applies of one operation each.
+    pub rollout: Option<RolloutPolicy>,
 }
 
 impl Config {
@@ -86,6 +110,7 @@ impl Config {
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
                 drifts: 0,
+                rollout: None,
             },
             Preset::Full => Config {
                 preset: "full",
@@ -99,6 +124,7 @@ impl Config {
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
                 drifts: 0,
+                rollout: None,
             },
             Preset::Pin => Config {
                 preset: "pin",
@@ -112,6 +138,7 @@ impl Config {
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
                 drifts: 1,
+                rollout: None,
             },
             // A PlanetScale apply whose cutover waits for a person, and a Spirit apply on
             // another target; one worker, no requests at all (the person never comes), one
@@ -138,7 +165,47 @@ impl Config {
                 retry_budget: 1,
                 claim_path: ClaimPath::Operation,
                 drifts: 0,
+                rollout: None,
             },
+            Preset::Rolling => {
+                Config::rollout("rolling", sp, CutoverPolicy::Rolling, OnFailure::Continue)
+            }
+            Preset::Barrier => {
+                Config::rollout("barrier", ps, CutoverPolicy::Barrier, OnFailure::Halt)
+            }
+            Preset::Pause => {
+                Config::rollout("pause", ps, CutoverPolicy::Parallel, OnFailure::Pause)
+            }
+        }
+    }
+
+    /// A rollout world: two deployments of one engine, two workers (one crashes or pauses,
+    /// the other reclaims), an engine fault, and one request of the whole rollout.
+    fn rollout(
+        preset: &'static str,
+        spec: ApplySpec,
+        cutover: CutoverPolicy,
+        on_failure: OnFailure,
+    ) -> Config {
+        Config {
+            preset,
+            workers: 2,
+            applies: vec![spec, ApplySpec { target: 1, ..spec }],
+            faults: 1,
+            engine_faults: 1,
+            requests: 1,
+            stale_ticks: 2,
+            presumed_ticks: 1,
+            retry_budget: 1,
+            claim_path: ClaimPath::Operation,
+            drifts: 0,
+            rollout: Some(RolloutPolicy {
+                cutover,
+                on_failure,
+                max_drivers: 1,
+                released: false,
+                held: false,
+            }),
         }
     }
 
@@ -146,7 +213,14 @@ impl Config {
     pub fn with_applies(mut self, n: usize) -> Config {
         let mut out = Vec::new();
         for i in 0..n {
-            out.push(self.applies[i % 2]);
+            out.push(match self.rollout {
+                // A rollout's operations share its engine, each on its own deployment.
+                Some(_) => ApplySpec {
+                    target: i as u8,
+                    ..self.applies[0]
+                },
+                None => self.applies[i % 2],
+            });
         }
         self.applies = out;
         self
@@ -158,6 +232,9 @@ impl Config {
         }
         if self.applies.is_empty() || self.applies.len() > MAX_APPLIES {
             return Err(format!("--applies must be 1..={MAX_APPLIES}"));
+        }
+        if self.rollout.is_some() && self.drifts > 0 {
+            return Err("the rollout worlds do not alter stored changes".into());
         }
         if self.presumed_ticks == 0 || self.presumed_ticks >= self.stale_ticks {
             return Err("presumed-loss ticks must be in 1..stale ticks".into());

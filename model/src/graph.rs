@@ -127,13 +127,13 @@ impl Coverage {
     fn count(&mut self, model: &ApplydModel, from: &State, action: Action) {
         match action {
             Action::Claim(_, a) => {
-                match model.claim_of(a as usize, &from.rows[a as usize]) {
+                match model.claim_of(from, a as usize, &from.rows[a as usize]) {
                     Some((ClaimedVia::Operation { .. }, _)) => self.claims_via_operation_arms += 1,
                     Some((ClaimedVia::Apply(_), _)) => self.claims_via_apply_arms += 1,
                     None => {}
                 }
                 if model
-                    .claim_of(a as usize, &from.rows[a as usize])
+                    .claim_of(from, a as usize, &from.rows[a as usize])
                     .is_some_and(|(via, _)| via.apply_arm() == ClaimArm::A9ParkedRequest)
                 {
                     self.taken_by_request += 1;
@@ -189,7 +189,7 @@ fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violatio
     if let Some(v) = model.step_violation(s) {
         return Some((STEP, v));
     }
-    if let Some(v) = model.world_violation(s) {
+    if let Some(v) = model.world_or_orphan_violation(s) {
         return Some((WORLD, v));
     }
     model.unreclaimable(s).map(|v| (RECLAIMABLE, v))
@@ -210,7 +210,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     let mut generated = 0u64;
     let mut coverage = Coverage::default();
     let mut actions = Vec::new();
-    let applies = model.cfg.applies.len();
+    let applies = model.units();
     let settled_bits = |s: &State| -> u8 {
         let mut m = 0u8;
         for a in 0..applies {
@@ -316,9 +316,8 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
                 violation: Violation {
                     invariant: NO_WEDGE,
                     detail: format!(
-                        "apply {} is {} and no continuation reaches a terminal or human-wait state",
-                        a + 1,
-                        last.rows[a].state
+                        "{} and no continuation reaches a terminal or human-wait state",
+                        model.unit_text(last, a)
                     ),
                 },
                 path,

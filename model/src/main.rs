@@ -27,6 +27,26 @@ enum PresetArg {
     Pin,
     /// One driver, a wait for a person who never comes, and other work that must still run.
     Waits,
+    /// A rolling Spirit rollout of two deployments, continuing past a failure.
+    Rolling,
+    /// A PlanetScale rollout of two deployments behind a cutover barrier, halting on a failure.
+    Barrier,
+    /// A PlanetScale rollout copying in parallel under a cap of one, held on a failure until released.
+    Pause,
+}
+
+impl PresetArg {
+    fn preset(self) -> Preset {
+        match self {
+            PresetArg::Ci => Preset::Ci,
+            PresetArg::Full => Preset::Full,
+            PresetArg::Pin => Preset::Pin,
+            PresetArg::Waits => Preset::Waits,
+            PresetArg::Rolling => Preset::Rolling,
+            PresetArg::Barrier => Preset::Barrier,
+            PresetArg::Pause => Preset::Pause,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -49,6 +69,9 @@ struct Shape {
     /// Historical bug to switch on (see `applyd-model mutants`).
     #[arg(long)]
     mutant: Option<String>,
+    /// Check only this world of the preset (`ci` has the worlds ci, rolling, barrier, pause).
+    #[arg(long)]
+    world: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -78,13 +101,34 @@ enum Cmd {
     },
 }
 
-fn build(shape: &Shape) -> Result<(ApplydModel, Option<Mutant>, &'static str), String> {
-    let preset = match shape.preset {
-        PresetArg::Ci => Preset::Ci,
-        PresetArg::Full => Preset::Full,
-        PresetArg::Pin => Preset::Pin,
-        PresetArg::Waits => Preset::Waits,
+/// The models a check runs, one per world of the preset, with the shape's overrides.
+fn build(shape: &Shape) -> Result<(Vec<ApplydModel>, Option<Mutant>, &'static str), String> {
+    let preset = shape.preset.preset();
+    let mutant = match &shape.mutant {
+        Some(name) => Some(name.parse::<Mutant>()?),
+        None => None,
     };
+    let worlds = preset.worlds();
+    let chosen: Vec<Preset> = match &shape.world {
+        None => worlds,
+        Some(name) => {
+            let names: Vec<&str> = worlds.iter().map(|w| w.name()).collect();
+            vec![*worlds.iter().find(|w| w.name() == name).ok_or_else(|| {
+                format!(
+                    "--world {name}: the preset's worlds are {}",
+                    names.join(", ")
+                )
+            })?]
+        }
+    };
+    let mut models = Vec::new();
+    for world in chosen {
+        models.push(ApplydModel::new(configure(shape, world)?, mutant));
+    }
+    Ok((models, mutant, preset.name()))
+}
+
+fn configure(shape: &Shape, preset: Preset) -> Result<Config, String> {
     let mut cfg = Config::preset(preset);
     if let Some(w) = shape.workers {
         cfg.workers = w;
@@ -105,11 +149,7 @@ fn build(shape: &Shape) -> Result<(ApplydModel, Option<Mutant>, &'static str), S
         cfg.claim_path = path;
     }
     cfg.validate()?;
-    let mutant = match &shape.mutant {
-        Some(name) => Some(name.parse::<Mutant>()?),
-        None => None,
-    };
-    Ok((ApplydModel::new(cfg, mutant), mutant, preset.name()))
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -126,19 +166,32 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Mutants => {
+            println!(
+                "{:<40} {:<34} {:<8} simulator",
+                "mutant", "upstream bug", "world"
+            );
             for m in Mutant::ALL {
-                println!("{:<40} {}", m.name(), m.upstream_fix());
+                let (world, sim) = m.caught_by();
+                println!(
+                    "{:<40} {:<34} {:<8} {}",
+                    m.name(),
+                    m.upstream_fix(),
+                    world,
+                    if sim { "also" } else { "model only" }
+                );
             }
             ExitCode::SUCCESS
         }
         Cmd::Explore { shape, port } => {
-            let (model, _, _) = match build(&shape) {
+            let (mut models, _, _) = match build(&shape) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("applyd-model: {e}");
                     return ExitCode::from(2);
                 }
             };
+            // One world at a time: the preset's first.
+            let model = models.remove(0);
             println!("serving stateright Explorer on http://127.0.0.1:{port}/");
             let _checker = model
                 .checker()
@@ -154,89 +207,144 @@ fn main() -> ExitCode {
             dfs,
             export_counterexample,
         } => {
-            let (model, mutant, preset) = match build(&shape) {
+            let (models, mutant, preset) = match build(&shape) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("applyd-model: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let c = &model.cfg;
-            println!(
-                "model: {} workers, {} applies on 1 target ({}), {} claim path, crash budget {}, engine faults {}, requests {}, stale after {} ticks, presumed loss {} ticks, retry budget {}, mutant {}",
-                c.workers,
-                c.applies.len(),
-                c.applies.iter().map(|a| a.engine.as_str()).collect::<Vec<_>>().join(", "),
-                c.claim_path.as_str(),
-                c.faults,
-                c.engine_faults,
-                c.requests,
-                c.stale_ticks,
-                c.presumed_ticks,
-                c.retry_budget,
-                mutant.map_or("none", |m| m.name()),
-            );
-            if dfs {
-                let start = std::time::Instant::now();
-                let checker = model
-                    .clone()
-                    .checker()
-                    .threads(threads)
-                    .symmetry_fn(State::representative)
-                    .finish_when(stateright::HasDiscoveries::AnyFailures)
-                    .spawn_dfs()
-                    .join();
-                let secs = start.elapsed().as_secs_f64();
-                let mut found: Vec<_> = checker.discoveries().into_keys().collect();
-                found.sort();
-                println!(
-                    "stateright dfs: states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s discoveries={:?}",
-                    checker.state_count(),
-                    checker.unique_state_count(),
-                    checker.max_depth(),
-                    secs,
-                    checker.state_count() as f64 / secs.max(1e-9),
-                    found
-                );
+            let (mut generated, mut unique, mut depth, mut elapsed) = (0u64, 0u64, 0u32, 0f64);
+            let several = models.len() > 1;
+            let mut result = "ok";
+            for model in &models {
+                if dfs {
+                    run_dfs(model, threads);
+                }
+                let r = match check_world(model, mutant, export_counterexample.as_deref()) {
+                    Ok(r) => r,
+                    Err(code) => return code,
+                };
+                generated += r.generated;
+                unique += r.unique;
+                depth = depth.max(r.depth);
+                elapsed += r.elapsed_s;
+                if several {
+                    println!(
+                        "world: {} states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s",
+                        model.cfg.preset,
+                        r.generated,
+                        r.unique,
+                        r.depth,
+                        r.elapsed_s,
+                        r.generated as f64 / r.elapsed_s.max(1e-9)
+                    );
+                }
+                if r.found.is_some() {
+                    result = "violation";
+                    break;
+                }
             }
-            let r = graph::explore(&model, true, u64::MAX);
-            let result = match &r.found {
-                Some(found) => {
-                    print!("{}", report::print(&model, found));
-                    if let Some(file) = &export_counterexample {
-                        let json = report::schedule(&model, mutant, found);
-                        let text = serde_json::to_string_pretty(&json).expect("json");
-                        if let Err(e) = std::fs::write(file, text + "\n") {
-                            eprintln!("applyd-model: cannot write {}: {e}", file.display());
-                            return ExitCode::from(2);
-                        }
-                        println!("schedule written to {}", file.display());
-                    }
-                    "violation"
-                }
-                None => {
-                    println!("all properties hold: world invariants, step invariants, reclaimability, no wedge");
-                    "ok"
-                }
-            };
             println!(
-                "no-wedge pass: {:.1}s over {} edges",
-                r.wedge_s, r.generated
+                "model: preset={preset} states={generated} unique={unique} depth={depth} elapsed={elapsed:.1}s rate={:.0}/s result={result}",
+                generated as f64 / elapsed.max(1e-9)
             );
-            println!("{}", r.coverage);
-            println!(
-                "model: preset={preset} states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s result={result}",
-                r.generated,
-                r.unique,
-                r.depth,
-                r.elapsed_s,
-                r.generated as f64 / r.elapsed_s.max(1e-9)
-            );
-            if r.found.is_some() {
-                ExitCode::from(1)
-            } else {
+            if result == "ok" {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
     }
+}
+
+/// Explore one world and print what it found: its shape, a counterexample (exported as a
+/// schedule when asked), the no-wedge pass and the coverage.
+fn check_world(
+    model: &ApplydModel,
+    mutant: Option<Mutant>,
+    export: Option<&std::path::Path>,
+) -> Result<graph::Explored, ExitCode> {
+    let c = &model.cfg;
+    let shape = match c.rollout {
+        Some(p) => format!(
+            "a {} rollout of {} operations ({}, on_failure {}, max_drivers {})",
+            p.cutover.as_str(),
+            c.applies.len(),
+            c.applies[0].engine.as_str(),
+            p.on_failure.as_str(),
+            p.max_drivers
+        ),
+        None => format!(
+            "{} applies on 1 target ({})",
+            c.applies.len(),
+            c.applies
+                .iter()
+                .map(|a| a.engine.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    println!(
+        "model: world {}: {} workers, {shape}, {} claim path, crash budget {}, engine faults {}, requests {}, stale after {} ticks, presumed loss {} ticks, retry budget {}, mutant {}",
+        c.preset,
+        c.workers,
+        c.claim_path.as_str(),
+        c.faults,
+        c.engine_faults,
+        c.requests,
+        c.stale_ticks,
+        c.presumed_ticks,
+        c.retry_budget,
+        mutant.map_or("none", |m| m.name()),
+    );
+    let r = graph::explore(model, true, u64::MAX);
+    match &r.found {
+        Some(found) => {
+            print!("{}", report::print(model, found));
+            if let Some(file) = export {
+                let json = report::schedule(model, mutant, found);
+                let text = serde_json::to_string_pretty(&json).expect("json");
+                if let Err(e) = std::fs::write(file, text + "\n") {
+                    eprintln!("applyd-model: cannot write {}: {e}", file.display());
+                    return Err(ExitCode::from(2));
+                }
+                println!("schedule written to {}", file.display());
+            }
+        }
+        None => println!(
+            "all properties hold: world invariants, step invariants, reclaimability, no wedge"
+        ),
+    }
+    println!(
+        "no-wedge pass: {:.1}s over {} edges",
+        r.wedge_s, r.generated
+    );
+    println!("{}", r.coverage);
+    Ok(r)
+}
+
+/// stateright's own DFS checker over the same world (safety properties only).
+fn run_dfs(model: &ApplydModel, threads: usize) {
+    let start = std::time::Instant::now();
+    let checker = model
+        .clone()
+        .checker()
+        .threads(threads)
+        .symmetry_fn(State::representative)
+        .finish_when(stateright::HasDiscoveries::AnyFailures)
+        .spawn_dfs()
+        .join();
+    let secs = start.elapsed().as_secs_f64();
+    let mut found: Vec<_> = checker.discoveries().into_keys().collect();
+    found.sort();
+    println!(
+        "stateright dfs: states={} unique={} depth={} elapsed={:.1}s rate={:.0}/s discoveries={:?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        secs,
+        checker.state_count() as f64 / secs.max(1e-9),
+        found
+    );
 }

@@ -63,14 +63,15 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
             Action::Submit(a) => {
                 st.action = "submit";
                 st.apply = Some(a);
-                st.note = format!("{} apply submitted", model.spec(a as usize).engine);
+                let what = if model.is_rollout() { "rollout" } else { "apply" };
+                st.note = format!("{} {what} submitted", model.spec(a as usize).engine);
             }
             Action::Claim(w, a) => {
                 st.worker = Some(w);
                 st.action = "claim";
                 st.apply = Some(a);
                 let row = &before.rows[a as usize];
-                st.note = match model.claim_of(a as usize, row) {
+                st.note = match model.claim_of(before, a as usize, row) {
                     Some((via, mv)) if after.rows[a as usize].epoch != row.epoch => match via {
                         ClaimedVia::Operation { op, .. } => format!(
                             "claim {via} ({}; parent: {})",
@@ -130,6 +131,11 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
                 st.request = Some(op);
                 st.note = format!("the user requests {op}");
             }
+            Action::RolloutRequest(op) => {
+                st.action = "request";
+                st.request = Some(op);
+                st.note = format!("the user requests {op} of the whole rollout");
+            }
             Action::Drift(a) => {
                 st.action = "drift";
                 st.apply = Some(a);
@@ -155,6 +161,17 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
             st.state_after = Some(row.state.as_str());
             st.epoch_after = Some(row.epoch);
         }
+        if model.is_rollout() && before.parent != after.parent {
+            st.note.push_str(&format!(
+                "; the rollout is {}{}",
+                after.parent.state,
+                if after.parent.latches.held {
+                    " (held)"
+                } else {
+                    ""
+                }
+            ));
+        }
         out.push(st);
     }
     out
@@ -172,8 +189,13 @@ pub fn print(model: &ApplydModel, found: &Found) -> String {
     );
     for (i, s) in steps(model, &found.path).iter().enumerate() {
         let who = s.worker.map_or("--".to_string(), |w| format!("w{w}"));
+        let unit = if model.is_rollout() {
+            "operation"
+        } else {
+            "apply"
+        };
         let apply = match (s.apply, s.state_after, s.epoch_after) {
-            (Some(a), Some(st), Some(e)) => format!("apply {} {st} epoch {e}", a + 1),
+            (Some(a), Some(st), Some(e)) => format!("{unit} {} {st} epoch {e}", a + 1),
             _ => "-".into(),
         };
         let action = match s.request {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, OnceLock};
 
+use applyd::machine::rollout::RolloutPolicy;
 use applyd::machine::{
     ApplyState, ControlOp, EngineCall, EngineKind, EngineState, PendingControls,
 };
@@ -27,6 +28,7 @@ impl Controls {
             ControlOp::Cutover => 8,
             ControlOp::Revert => 16,
             ControlOp::SkipRevert => 32,
+            // A release is complete when accepted (`rollout::requests::accept`): never pending.
             ControlOp::Release | ControlOp::Volume => 0,
         }
     }
@@ -65,6 +67,11 @@ impl Controls {
             revert: self.has(ControlOp::Revert),
             skip_revert: self.has(ControlOp::SkipRevert),
         }
+    }
+
+    /// Whether a start was (re)issued after the row's last claim.
+    pub fn start_newer_than_lease(self) -> bool {
+        self.0 & Self::NEWER != 0
     }
 }
 
@@ -117,6 +124,11 @@ pub struct Row {
     pub drifted: bool,
     /// Parked by its owner (lease released), before its wake time.
     pub resting: bool,
+    /// A rollout's operation: the requests it acknowledged, in their current issue (it did its
+    /// part; another operation still acts on them).
+    pub acked: Controls,
+    /// A rollout's operation failed closed (an inconsistency): it dominates every policy.
+    pub failed_closed: bool,
 }
 
 impl Row {
@@ -131,7 +143,46 @@ impl Row {
         controls: Controls(0),
         drifted: false,
         resting: false,
+        acked: Controls(0),
+        failed_closed: false,
     };
+}
+
+/// The apply row of a rollout, whose operations are the model's rows: its state (only ever
+/// written with the derivation), the latches a person sets (the rest of its policy is the
+/// configuration's), and its pending requests (a rollout's requests are the apply's; each
+/// operation sees them through `rollout::requests::pending_for`). In a rollout's rows,
+/// `Row::controls` keeps only whether a start is newer than that operation's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Parent {
+    pub state: ApplyState,
+    pub latches: Latches,
+    pub controls: Controls,
+}
+
+/// A rollout policy's latches: `held` by a stop, `released` from a `pause` hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Latches {
+    pub held: bool,
+    pub released: bool,
+}
+
+impl Latches {
+    pub fn of(p: &RolloutPolicy) -> Latches {
+        Latches {
+            held: p.held,
+            released: p.released,
+        }
+    }
+
+    /// `policy` (the configuration's) with these latches.
+    pub fn on(self, policy: RolloutPolicy) -> RolloutPolicy {
+        RolloutPolicy {
+            held: self.held,
+            released: self.released,
+            ..policy
+        }
+    }
 }
 
 /// A Spirit runner: it lives in the worker process that started it and dies with it.
@@ -187,6 +238,8 @@ pub struct Frozen {
     pub resume: Resume,
     pub controls: Controls,
     pub drifted: bool,
+    /// A rollout's cutover gate as read (always open for an apply of one operation).
+    pub cutover_open: bool,
 }
 
 /// A `Drive` interned by the model (see [`Drives`]), with its apply and epoch zeroed: those
@@ -289,6 +342,23 @@ pub enum Flaw {
     Justified(ControlOp, ApplyState),
     /// A DDL-carrying call made on a read whose DDL had drifted.
     RanDriftedChange(EngineCall),
+    /// A rollout step (`invariants::rollout_step`): the policy and operations before and after,
+    /// and the parent's state after.
+    Rollout {
+        before: Latches,
+        members_before: [Op; MAX_APPLIES],
+        after: Latches,
+        members_after: [Op; MAX_APPLIES],
+        parent: ApplyState,
+    },
+}
+
+/// An operation's state and whether it failed closed (a `rollout::Member` without its
+/// position, which is its index in the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Op {
+    pub state: ApplyState,
+    pub failed_closed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,6 +366,8 @@ pub struct State {
     pub rows: [Row; MAX_APPLIES],
     pub eng: [Eng; MAX_APPLIES],
     pub workers: [Worker; MAX_WORKERS],
+    /// The rollout's apply row (unused by worlds of single-operation applies).
+    pub parent: Parent,
     pub faults_left: u8,
     pub engine_faults_left: u8,
     pub requests_left: u8,
@@ -373,6 +445,8 @@ pub enum Action {
     Drift(u8),
     /// Parked apply `a`'s wake time comes.
     Wake(u8),
+    /// The user asks the rollout for `op` (its requests are the whole apply's).
+    RolloutRequest(ControlOp),
 }
 
 /// A fast, deterministic 64-bit hasher (fx-style mixing with a murmur finaliser) for state

@@ -14,18 +14,22 @@ use applyd::machine::invariants::{
 };
 use applyd::machine::moves::ClaimMove;
 use applyd::machine::table::is_settled;
-use applyd::machine::{ClaimView, ClaimedVia, ControlOp, OperationClaimView, Params, Rules};
+use applyd::machine::{
+    ApplyState, ClaimView, ClaimedVia, ControlOp, OperationClaimView, Params, Rules,
+};
 use applyd::worker::{ApplySnapshot, Command, Drive, DriveView, WriteOutcome};
 use stateright::{Model, Property};
 
 use crate::config::{ApplySpec, Config, TICK_MS};
 use crate::engine;
 use crate::state::{
-    Action, DriveId, Drives, Eng, Flaw, Frozen, Outcome, Resume, Row, State, Worker, MAX_WORKERS,
+    Action, Controls, DriveId, Drives, Eng, Flaw, Frozen, Outcome, Resume, Row, State, Worker,
+    MAX_WORKERS,
 };
 
 mod actions;
 mod checks;
+mod rollout;
 mod workers;
 
 pub const WORLD: &str = "world invariants";
@@ -97,6 +101,7 @@ impl ApplydModel {
             rows: [Row::ABSENT; crate::state::MAX_APPLIES],
             eng: [Eng::NONE; crate::state::MAX_APPLIES],
             workers,
+            parent: self.initial_parent(),
             faults_left: self.cfg.faults,
             engine_faults_left: self.cfg.engine_faults,
             requests_left: self.cfg.requests,
@@ -109,10 +114,11 @@ impl ApplydModel {
         self.cfg.applies.len()
     }
 
-    /// Apply `a`'s row as the claim arms see it.
-    pub fn claim_view(&self, a: usize, row: &Row) -> ClaimView {
+    /// Apply (or operation) `a`'s row as the claim arms see it: `row` is `s.rows[a]` or a
+    /// variant of it.
+    pub fn claim_view(&self, s: &State, a: usize, row: &Row) -> ClaimView {
         let spec = self.spec(a);
-        let controls = row.controls.get();
+        let controls = self.op_controls(s, a);
         ClaimView {
             state: row.state,
             leased: row.leased,
@@ -198,11 +204,19 @@ impl ApplydModel {
     /// The claim a worker on the configured path would make on apply `a`: how it was claimed
     /// and the move. The operation row of a single-operation apply mirrors the apply row (both
     /// stores write them together; `tests/store_conformance.rs` checks the mirror), so the
-    /// operation arms read the same compact row as the apply arms.
-    pub fn claim_of(&self, a: usize, row: &Row) -> Option<(ClaimedVia, ClaimMove)> {
+    /// operation arms read the same compact row as the apply arms. A rollout's operation is
+    /// seen as MemoryStore's `member_view` sees it: its own row for both, and its start gate.
+    pub fn claim_of(&self, s: &State, a: usize, row: &Row) -> Option<(ClaimedVia, ClaimMove)> {
         let engine = self.spec(a).engine;
-        let view = self.claim_view(a, row);
+        let view = self.claim_view(s, a, row);
         let both = OperationClaimView::single(view, view);
+        if self.is_rollout() {
+            let member = OperationClaimView {
+                start_open: self.start_gate(s, a) == applyd::machine::rollout::StartGate::Open,
+                ..both
+            };
+            return self.rules.member_claim(engine, &member);
+        }
         self.rules.path_claim(self.cfg.claim_path, engine, &both)
     }
 
@@ -283,10 +297,18 @@ impl ApplydModel {
                 if s.rows[a].present || self.active_on_target(s, a) {
                     return None;
                 }
-                n.rows[a] = Row {
-                    present: true,
-                    ..Row::ABSENT
+                // A rollout is submitted whole: every operation at once.
+                let submitted = if self.is_rollout() {
+                    0..self.applies()
+                } else {
+                    a..a + 1
                 };
+                for r in submitted {
+                    n.rows[r] = Row {
+                        present: true,
+                        ..Row::ABSENT
+                    };
+                }
             }
             Action::Claim(w, a) => {
                 let (w, a) = (w as usize, a as usize);
@@ -295,7 +317,7 @@ impl ApplydModel {
                 }
                 let row = s.rows[a];
                 let engine = self.spec(a).engine;
-                let (_, mv) = self.claim_of(a, &row)?;
+                let (_, mv) = self.claim_of(s, a, &row)?;
                 let (pre, to) = (row.state, mv.to);
                 if mv.reactivates && self.active_on_target(s, a) {
                     // MemoryStore fails the start and leaves the row alone.
@@ -323,6 +345,7 @@ impl ApplydModel {
                     r.controls.set_start_newer_than_lease(false);
                     let drive = Drive::new(a as u64 + 1, r.epoch as u64, engine, pre, &self.rules);
                     n.workers[w] = self.driving(drive, 0, None);
+                    self.rederive(&mut n);
                 }
             }
             Action::Step(w, o) => {
@@ -338,25 +361,29 @@ impl ApplydModel {
                 let Worker::Driving {
                     apply,
                     epoch,
-                    frozen: frozen @ None,
+                    frozen: None,
                     ..
-                } = &mut n.workers[w]
+                } = s.workers[w]
                 else {
                     return None;
                 };
-                let a = *apply as usize;
+                let a = apply as usize;
                 let row = &s.rows[a];
-                if s.faults_left == 0 || !self.allowed(row, *epoch as u64) {
+                if s.faults_left == 0 || !self.allowed(row, epoch as u64) {
                     return None;
                 }
-                *frozen = Some(Frozen {
+                let read = Frozen {
                     state: row.state,
                     epoch: row.epoch,
                     attempt: row.attempt,
                     resume: row.resume,
-                    controls: row.controls,
+                    controls: Controls::pack(self.op_controls(s, a)),
                     drifted: row.drifted,
-                });
+                    cutover_open: self.cutover_open(s, a),
+                };
+                if let Worker::Driving { frozen, .. } = &mut n.workers[w] {
+                    *frozen = Some(read);
+                }
                 n.faults_left -= 1;
             }
             Action::Crash(w) => {
@@ -407,10 +434,14 @@ impl ApplydModel {
                     return None;
                 }
             }
+            Action::RolloutRequest(op) => {
+                self.rollout_request(s, &mut n, op)?;
+            }
             Action::Request(a, op) => {
                 let a = a as usize;
                 let row = s.rows[a];
-                if (s.requests_left == 0 && op != ControlOp::Start)
+                if self.is_rollout()
+                    || (s.requests_left == 0 && op != ControlOp::Start)
                     || !row.present
                     || row.controls.has(op)
                     || !self.request_matters(&row, a, op)
@@ -450,7 +481,7 @@ impl ApplydModel {
                 for a in 0..self.applies() {
                     let row = s.rows[a];
                     let engine = self.spec(a).engine;
-                    let expiry = self.rules.expiry_move(engine, &self.claim_view(a, &row));
+                    let expiry = self.rules.expiry_move(engine, &self.claim_view(s, a, &row));
                     if let Some((_, to)) = expiry.filter(|_| row.present) {
                         self.flag(
                             &mut n,
@@ -465,8 +496,10 @@ impl ApplydModel {
                 if !any {
                     return None;
                 }
+                self.rederive(&mut n);
             }
         }
+        self.check_rollout_step(s, &mut n);
         if self.retire {
             self.retire_displaced(&mut n);
         }
@@ -537,7 +570,7 @@ impl Model for ApplydModel {
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
             Property::always(WORLD, |m: &ApplydModel, s: &State| {
-                m.world_violation(s).is_none()
+                m.world_or_orphan_violation(s).is_none()
             }),
             Property::always(STEP, |m: &ApplydModel, s: &State| {
                 m.step_violation(s).is_none()

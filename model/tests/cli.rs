@@ -16,6 +16,35 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A field `name=N` of a line, as a number.
+fn count(line: &str, name: &str) -> u64 {
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} in {line}"));
+    field.parse().unwrap_or_else(|_| panic!("{name} in {line}"))
+}
+
+/// The line of world `name` in a ci run (`world: NAME states=… unique=… depth=…`).
+fn world_line<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(&format!("world: {name} ")))
+        .unwrap_or_else(|| panic!("no line of world {name}: {out}"))
+}
+
+/// The output of one world of a multi-world run: from its `model: world NAME:` line to the
+/// next world's.
+fn world_part<'a>(out: &'a str, name: &str) -> &'a str {
+    let start = out
+        .find(&format!("model: world {name}:"))
+        .unwrap_or_else(|| panic!("no world {name}: {out}"));
+    let rest = &out[start..];
+    let end = rest[1..]
+        .find("model: world ")
+        .map_or(rest.len(), |e| e + 1);
+    &rest[..end]
+}
+
 #[test]
 fn the_shipped_rules_pass_the_ci_preset() {
     let o = model(&["check", "--preset", "ci"]);
@@ -28,27 +57,35 @@ fn the_shipped_rules_pass_the_ci_preset() {
         assert!(last.contains(field), "{last}");
     }
     // Pinned, as stateright's own examples pin theirs: a model that quietly explores less (a
-    // lost action, a coarser state) fails here, and one that explores more says so.
-    let count = |name: &str| -> u64 {
-        let field = last
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .unwrap_or_else(|| panic!("{name} in {last}"));
-        field.parse().unwrap_or_else(|_| panic!("{name} in {last}"))
-    };
-    assert_eq!(
-        (count("states="), count("unique="), count("depth=")),
-        (120_552_135, 21_682_557, 66),
-        "the ci preset's state space changed: {last}"
-    );
+    // lost action, a coarser state) fails here, and one that explores more says so. The ci
+    // preset is the single-operation world and the three rollout worlds.
+    let pins: [(&str, (u64, u64, u64)); 4] = [
+        ("ci", (120_552_135, 21_682_557, 66)),
+        ("rolling", (2_597_698, 742_612, 44)),
+        ("barrier", (30_659_537, 7_909_985, 73)),
+        ("pause", (55_665_223, 14_303_332, 72)),
+    ];
+    for (world, pin) in pins {
+        let line = world_line(&out, world);
+        assert_eq!(
+            (
+                count(line, "states="),
+                count(line, "unique="),
+                count(line, "depth=")
+            ),
+            pin,
+            "the {world} world's state space changed: {line}"
+        );
+    }
+    let single = world_part(&out, "ci");
     assert!(
-        out.contains("operation claim path") && out.contains("engine faults 1"),
-        "{out}"
+        single.contains("operation claim path") && single.contains("engine faults 1"),
+        "{single}"
     );
     // The preset takes the production claim path and injects both kinds of engine fault: each
     // kind of step must have discovered states of its own.
     assert_covered(
-        &out,
+        single,
         &[
             "via operation arms=",
             "via apply arms=",
@@ -59,6 +96,30 @@ fn the_shipped_rules_pass_the_ci_preset() {
             "taken by request=",
         ],
     );
+    // Every rollout world claims its operations through the operation arms, with engine
+    // faults; the PlanetScale worlds park operations at a closed cutover gate and wake them.
+    for world in ["rolling", "barrier", "pause"] {
+        let part = world_part(&out, world);
+        assert!(
+            part.contains("rollout of 2 operations") && part.contains("crash budget 1"),
+            "{part}"
+        );
+        assert_covered(
+            part,
+            &[
+                "via operation arms=",
+                "lost replies=",
+                "transient failures=",
+            ],
+        );
+        assert!(part.contains("via apply arms=0 "), "{part}");
+    }
+    for world in ["barrier", "pause"] {
+        assert_covered(
+            world_part(&out, world),
+            &["parks=", "wakes=", "taken by request="],
+        );
+    }
 }
 
 /// Each kind of step named discovered states of its own, by the model's `coverage:` line.
@@ -109,15 +170,12 @@ fn the_waits_preset_never_starves_work_of_its_one_driver() {
     assert_covered(&out, &["parks=", "wakes="]);
 }
 
-/// The preset that can show a historical bug: the drifted-change bug needs stored changes that
-/// drift, which only the pin preset makes; a driver held by a wait needs a wait no person ends,
-/// which only the waits preset has.
+/// The preset that shows a historical bug (`Mutant::caught_by`): the drifted-change bug needs
+/// stored changes that drift, which only the pin preset makes; a driver held by a wait needs a
+/// wait no person ends, which only the waits preset has; each rollout bug needs the rollout
+/// world whose policy it breaks.
 fn preset_for(m: Mutant) -> &'static str {
-    match m {
-        Mutant::RunsDriftedChange => "pin",
-        Mutant::WaitsHoldDrivers => "waits",
-        _ => "ci",
-    }
+    m.caught_by().0
 }
 
 /// The apply arms alone are the second configuration: they hold every property too, and no claim
@@ -127,6 +185,8 @@ fn the_apply_claim_path_passes_too() {
     let o = model(&[
         "check",
         "--preset",
+        "ci",
+        "--world",
         "ci",
         "--workers",
         "2",
@@ -209,10 +269,23 @@ fn usage_errors_exit_2_and_mutants_are_listed() {
     );
     assert_eq!(model(&["check", "--preset", "huge"]).status.code(), Some(2));
     assert_eq!(model(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        model(&["check", "--world", "nowhere"]).status.code(),
+        Some(2)
+    );
     let o = model(&["mutants"]);
     assert_eq!(o.status.code(), Some(0));
     let out = stdout(&o);
+    // Each bug on one line: its name, the upstream bug it stands for, the world that catches
+    // it, and whether the simulator does too.
     for m in Mutant::ALL {
-        assert!(out.contains(m.name()), "{m} missing from:\n{out}");
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(m.name()))
+            .unwrap_or_else(|| panic!("{m} missing from:\n{out}"));
+        let (world, sim) = m.caught_by();
+        assert!(line.contains(m.upstream_fix()), "{line}");
+        assert!(line.contains(&format!(" {world} ")), "{line}");
+        assert_eq!(line.ends_with("model only"), !sim, "{line}");
     }
 }

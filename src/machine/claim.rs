@@ -553,7 +553,9 @@ impl Rules {
         match arm {
             OperationArm::O1Pending => v.op.state == Pending && !pc.stop && v.start_open,
             OperationArm::O2Stale => {
-                op_class == ClaimClass::StaleReclaimable && self.lease_free(&v.op)
+                op_class == ClaimClass::StaleReclaimable
+                    && self.lease_free(&v.op)
+                    && (v.start_open || !self.has(Mutant::CapBlocksRecovery))
             }
             OperationArm::O3StoppedStart => op_class == ClaimClass::StartHeld && pc.start,
             OperationArm::O4DeferredDeployStart => {

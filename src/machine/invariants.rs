@@ -288,6 +288,8 @@ pub const ROLLOUT_PARENT_DERIVED: &str = "a rollout's state is the derivation of
 pub const ROLLOUT_START_GATE: &str = "an operation starts only through an open start gate";
 pub const ROLLOUT_CUTOVER_GATE: &str =
     "an operation cuts over only through an open cutover gate, one at a time";
+pub const ROLLOUT_RELEASE_LATCH: &str = "a rollout's release is one-way";
+pub const ROLLOUT_NO_ORPHAN: &str = "a finished rollout leaves no operation live";
 
 /// One step of a rollout, from `before` to `after` (its operations in rollout order, with the
 /// policy as it was before the step and as it is now): the parent is the derivation of its operations; an
@@ -301,6 +303,12 @@ pub fn rollout_step(
     parent: ApplyState,
 ) -> Result<(), Violation> {
     use super::rollout::{cutover_gate, derive_parent, start_gate, CutoverGate, StartGate};
+    if policy.released && !now_policy.released {
+        return Err(Violation {
+            invariant: ROLLOUT_RELEASE_LATCH,
+            detail: "a released rollout was held again".into(),
+        });
+    }
     let derived = derive_parent(now_policy, after);
     if parent != derived {
         return Err(Violation {
@@ -338,6 +346,56 @@ pub fn rollout_step(
                     detail: format!("operation {} cut over: {gate}", i + 1),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// One operation of a rollout as [`rollout_no_orphan`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationFacts {
+    pub state: ApplyState,
+    /// Engine work of the operation is alive (a Spirit runner).
+    pub runner_alive: bool,
+}
+
+/// Once a rollout has finished (`completed`, `failed`, `cancelled` or `reverted`; not
+/// `stopped`, which a start resumes), each of its operations finished too or never started,
+/// and no engine work of any of them is alive: nothing is left behind a verdict that nobody
+/// will look at again. A verdict reached while an operation still runs or holds its target
+/// (a stopped one keeps its engine state) is premature.
+pub fn rollout_no_orphan(parent: ApplyState, ops: &[OperationFacts]) -> Result<(), Violation> {
+    let finished = |s: ApplyState| {
+        matches!(
+            s,
+            ApplyState::Completed
+                | ApplyState::Failed
+                | ApplyState::Cancelled
+                | ApplyState::Reverted
+        )
+    };
+    if !finished(parent) {
+        return Ok(());
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if !finished(op.state) && op.state != ApplyState::Pending {
+            return Err(Violation {
+                invariant: ROLLOUT_NO_ORPHAN,
+                detail: format!(
+                    "the rollout is {parent} while operation {} is {}",
+                    i + 1,
+                    op.state
+                ),
+            });
+        }
+        if op.runner_alive {
+            return Err(Violation {
+                invariant: ROLLOUT_NO_ORPHAN,
+                detail: format!(
+                    "the rollout is {parent} while operation {}'s runner is alive",
+                    i + 1
+                ),
+            });
         }
     }
     Ok(())
@@ -416,6 +474,24 @@ mod tests {
         // Stopping or cancelling a drifted change's work is always allowed.
         assert!(reviewed_change_only(EngineCall::CancelRunner, false).is_ok());
         assert!(reviewed_change_only(EngineCall::CancelDeployRequest, false).is_ok());
+    }
+
+    #[test]
+    fn a_finished_rollout_leaves_nothing_live() {
+        let op = |state, runner_alive| OperationFacts {
+            state,
+            runner_alive,
+        };
+        use ApplyState::*;
+        // Finished, with an operation that never started: fine.
+        assert!(rollout_no_orphan(Failed, &[op(Failed, false), op(Pending, false)]).is_ok());
+        // A verdict while an operation runs, or is stopped holding its target: premature.
+        assert!(rollout_no_orphan(Failed, &[op(Failed, false), op(Running, false)]).is_err());
+        assert!(rollout_no_orphan(Failed, &[op(Failed, false), op(Stopped, false)]).is_err());
+        // A runner left alive behind a verdict.
+        assert!(rollout_no_orphan(Completed, &[op(Completed, true)]).is_err());
+        // A stopped rollout is not finished: a start resumes it.
+        assert!(rollout_no_orphan(Stopped, &[op(Stopped, false), op(Running, false)]).is_ok());
     }
 
     #[test]

@@ -59,6 +59,18 @@ impl Rules {
         Some((op, self.apply_claim(engine, &v.parent)?))
     }
 
+    /// How a rollout's operation is claimed on either path: by the operation arms (its start
+    /// gate among them) at both levels, since its apply row holds no lease of its own; the
+    /// apply arm that matches the operation moves it.
+    pub fn member_claim(
+        &self,
+        engine: EngineKind,
+        v: &OperationClaimView,
+    ) -> Option<(ClaimedVia, ClaimMove)> {
+        self.operation_claim(engine, v)
+            .map(|(op, mv)| (ClaimedVia::Operation { op, parent: mv.arm }, mv))
+    }
+
     /// How a driver on `path` claims this row, if it does: through the first level of the path
     /// that takes it. Levels are separate claims in the stores (another driver may move the row
     /// between them); for one row on its own, this is the arm and the move it gets.

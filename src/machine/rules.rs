@@ -97,6 +97,23 @@ pub enum Mutant {
     /// Upstream's design: a drive holds its driver through a wait for a person, so waiting
     /// applies starve new work of drivers.
     WaitsHoldDrivers,
+    /// Rollouts, bug 1: a continuable failure terminalizes the rollout while others still run.
+    ContinueTerminalizesEarly,
+    /// Rollouts, bug 2: a stopped operation counts as terminal, so the rollout records `failed`
+    /// while that operation still holds its target.
+    SettledCountedAsTerminal,
+    /// Rollouts: under `halt` a failure does not stop new operations from starting.
+    HaltDoesNotBlockStarts,
+    /// Rollouts: under `barrier` the operations cut over in any order.
+    BarrierCutoverOutOfOrder,
+    /// Rollouts, bug 4 (#750): a never-started operation behind a failure is not settled, so
+    /// the rollout never reaches its verdict.
+    OrphanedStepHoldsRollout,
+    /// Rollouts: `max_drivers_per_apply` also caps stale reclaim, wedging a rollout whose
+    /// drivers died.
+    CapBlocksRecovery,
+    /// Rollouts: a later request re-arms the `pause` hold a person released.
+    ReleaseLatchNotOneWay,
 }
 
 impl Mutant {
@@ -114,6 +131,13 @@ impl Mutant {
         Mutant::StateNotSetBeforeEngineCall,
         Mutant::RunsDriftedChange,
         Mutant::WaitsHoldDrivers,
+        Mutant::ContinueTerminalizesEarly,
+        Mutant::SettledCountedAsTerminal,
+        Mutant::HaltDoesNotBlockStarts,
+        Mutant::BarrierCutoverOutOfOrder,
+        Mutant::OrphanedStepHoldsRollout,
+        Mutant::CapBlocksRecovery,
+        Mutant::ReleaseLatchNotOneWay,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -131,6 +155,13 @@ impl Mutant {
             Mutant::StateNotSetBeforeEngineCall => "state-not-set-before-engine-call",
             Mutant::RunsDriftedChange => "runs-drifted-change",
             Mutant::WaitsHoldDrivers => "waits-hold-drivers",
+            Mutant::ContinueTerminalizesEarly => "continue-terminalizes-early",
+            Mutant::SettledCountedAsTerminal => "settled-counted-as-terminal",
+            Mutant::HaltDoesNotBlockStarts => "halt-does-not-block-starts",
+            Mutant::BarrierCutoverOutOfOrder => "barrier-cutover-out-of-order",
+            Mutant::OrphanedStepHoldsRollout => "orphaned-step-holds-rollout",
+            Mutant::CapBlocksRecovery => "cap-blocks-recovery",
+            Mutant::ReleaseLatchNotOneWay => "release-latch-not-one-way",
         }
     }
 
@@ -150,6 +181,34 @@ impl Mutant {
             Mutant::StateNotSetBeforeEngineCall => "#186",
             Mutant::RunsDriftedChange => "#613",
             Mutant::WaitsHoldDrivers => "design",
+            Mutant::ContinueTerminalizesEarly => "derivation: continue verdict early",
+            Mutant::SettledCountedAsTerminal => "derivation: settled read terminal",
+            Mutant::HaltDoesNotBlockStarts => "halt let new starts through",
+            Mutant::BarrierCutoverOutOfOrder => "barrier cutovers out of order",
+            Mutant::OrphanedStepHoldsRollout => "#750 orphans held the rollout",
+            Mutant::CapBlocksRecovery => "max_drivers capped stale reclaim",
+            Mutant::ReleaseLatchNotOneWay => "release latch re-armed",
+        }
+    }
+
+    /// What catches the bug: the model checker's world and preset, and whether the
+    /// simulator's ci seeds find it too (`false`: the model alone, with the reason in
+    /// `sim/tests/mutants.rs`).
+    pub const fn caught_by(self) -> (&'static str, bool) {
+        match self {
+            Mutant::RunsDriftedChange => ("pin", true),
+            Mutant::WaitsHoldDrivers => ("waits", true),
+            Mutant::StopInRevertWindow => ("ci", false),
+            Mutant::ContinueTerminalizesEarly => ("rolling", true),
+            Mutant::SettledCountedAsTerminal => ("rolling", true),
+            Mutant::HaltDoesNotBlockStarts => ("barrier", true),
+            Mutant::BarrierCutoverOutOfOrder => ("barrier", true),
+            Mutant::OrphanedStepHoldsRollout => ("barrier", true),
+            Mutant::CapBlocksRecovery => ("pause", true),
+            // The simulator's users never release during the fault phase; its heal phase's
+            // person releases a paused rollout and asks nothing of it afterwards.
+            Mutant::ReleaseLatchNotOneWay => ("pause", false),
+            _ => ("ci", true),
         }
     }
 }

@@ -54,7 +54,15 @@ impl ApplydModel {
             }
         }
         out.push(Action::Tick);
-        {
+        if self.is_rollout() {
+            if s.rows[0].present {
+                for op in USER_OPS.into_iter().chain([ControlOp::Release]) {
+                    if self.rollout_request_matters(s, op) {
+                        out.push(Action::RolloutRequest(op));
+                    }
+                }
+            }
+        } else {
             for a in 0..self.applies() {
                 if s.rows[a].present {
                     for op in USER_OPS {
@@ -108,7 +116,9 @@ impl ApplydModel {
 
     pub fn format(&self, action: &Action) -> String {
         match action {
+            Action::Submit(_) if self.is_rollout() => "submit the rollout".into(),
             Action::Submit(a) => format!("submit apply {}", a + 1),
+            Action::Claim(w, a) if self.is_rollout() => format!("w{w} claim operation {}", a + 1),
             Action::Claim(w, a) => format!("w{w} claim apply {}", a + 1),
             Action::Step(w, o) => format!("w{w} step ({})", o.name()),
             Action::Crash(w) => format!("w{w} crash"),
@@ -117,8 +127,12 @@ impl ApplydModel {
             Action::Resume(w, o) => format!("w{w} resume ({})", o.name()),
             Action::Tick => "tick".into(),
             Action::Request(a, op) => format!("request {op} on apply {}", a + 1),
+            Action::RolloutRequest(op) => format!("request {op} on the rollout"),
             Action::Expire => "expire retryable".into(),
             Action::Drift(a) => format!("alter apply {}'s stored DDL", a + 1),
+            Action::Wake(a) if self.is_rollout() => {
+                format!("parked operation {}'s wake time comes", a + 1)
+            }
             Action::Wake(a) => format!("parked apply {}'s wake time comes", a + 1),
         }
     }

@@ -18,14 +18,19 @@ impl ApplydModel {
             if !row.present {
                 continue;
             }
+            // A rollout's operations hold their deployments while the rollout is active.
+            let (holds_target, controls) = match self.cfg.rollout {
+                Some(_) => (s.parent.state.is_active(), s.parent.controls.get()),
+                None => (row.state.is_active(), row.controls.get()),
+            };
             facts.push(ApplyFacts {
                 id: a as u32 + 1,
                 target: spec.target as u32,
                 engine: spec.engine,
                 state: row.state,
-                holds_target: row.state.is_active(),
+                holds_target,
                 attempt: row.attempt as u32,
-                controls: row.controls.get(),
+                controls,
                 deploy_requests_created: e.drs as u32,
                 engine_truth: engine::truth(spec.engine, e),
                 runner_alive: e.runner.is_some(),
@@ -48,6 +53,26 @@ impl ApplydModel {
             Flaw::CutoverGate(c, t) => cutover_after_gate(c, t).err(),
             Flaw::Justified(op, st) => justified_completion(op, st).err(),
             Flaw::RanDriftedChange(call) => reviewed_change_only(call, false).err(),
+            Flaw::Rollout {
+                before,
+                members_before,
+                after,
+                members_after,
+                parent,
+            } => applyd::machine::invariants::rollout_step(
+                &self.policy(&crate::state::Parent {
+                    latches: before,
+                    ..s.parent
+                }),
+                &self.members_of(&members_before),
+                &self.policy(&crate::state::Parent {
+                    latches: after,
+                    ..s.parent
+                }),
+                &self.members_of(&members_after),
+                parent,
+            )
+            .err(),
         }
     }
 
@@ -70,35 +95,39 @@ impl ApplydModel {
             if !row.present || self.owned(s, a) {
                 continue;
             }
-            let asked = self.claim_view(a, row).is_parked() && self.claim_view(a, row).asks_now;
-            if asked && self.claim_of(a, row).is_none() {
+            let parked = self.claim_view(s, a, row);
+            let asked = parked.is_parked() && parked.asks_now;
+            if asked && self.claim_of(s, a, row).is_none() {
                 return Some(Violation {
                     invariant: RECLAIMABLE,
                     detail: format!(
-                        "apply {} is parked in {} with a request pending, and no claim arm takes it",
-                        a + 1,
-                        row.state
+                        "{} (parked) with a request pending, and no claim arm takes it",
+                        self.unit_text(s, a)
                     ),
                 });
             }
-            if is_settled(row.state, &spec.options) {
+            // A rollout's operation not started waits for its start gate; whether the gate
+            // ever opens is the no-wedge check's.
+            if is_settled(row.state, &spec.options)
+                || (row.state == ApplyState::Pending
+                    && self.start_gate(s, a) != applyd::machine::rollout::StartGate::Open)
+            {
                 continue;
             }
             let woken = Row {
                 resting: false,
                 ..*row
             };
-            let view = self.claim_view(a, &woken);
+            let view = self.claim_view(s, a, &woken);
             if !view.lease_is_free(&self.rules) {
                 continue;
             }
-            if self.claim_of(a, &woken).is_none() && self.rules.retry_expiry(&view).is_none() {
+            if self.claim_of(s, a, &woken).is_none() && self.rules.retry_expiry(&view).is_none() {
                 return Some(Violation {
                     invariant: RECLAIMABLE,
                     detail: format!(
-                        "apply {} is {} with a dead owner and a stale lease, and no claim arm matches it",
-                        a + 1,
-                        row.state
+                        "{} with a dead owner and a stale lease, and no claim arm matches it",
+                        self.unit_text(s, a)
                     ),
                 });
             }
@@ -106,14 +135,51 @@ impl ApplydModel {
         None
     }
 
-    /// An apply rests: absent (not submitted yet), terminal, or in an explicit human wait.
+    /// An apply (or a rollout's operation) rests: absent (not submitted yet), terminal, in an
+    /// explicit human wait, or not started behind a gate only a person opens or that never
+    /// opens.
     pub fn settled(&self, s: &State, a: usize) -> bool {
-        !s.rows[a].present || is_settled(s.rows[a].state, &self.spec(a).options)
+        if a == self.cfg.applies.len() {
+            return self.parent_settled(s);
+        }
+        !s.rows[a].present
+            || is_settled(s.rows[a].state, &self.spec(a).options)
+            || self.gate_rests(s, a)
+    }
+
+    /// What the no-wedge check follows: every apply (or operation), and a rollout's apply as
+    /// a unit of its own after them (index `applies`).
+    pub fn units(&self) -> usize {
+        self.cfg.applies.len() + usize::from(self.is_rollout())
+    }
+
+    /// A rollout's apply rests: not submitted, terminal, in a human wait, or paused (held for a
+    /// person's release).
+    fn parent_settled(&self, s: &State) -> bool {
+        !s.rows[0].present
+            || s.parent.state == ApplyState::Paused
+            || is_settled(s.parent.state, &self.spec(0).options)
+    }
+
+    /// A unit's name and state, for a wedge's report.
+    pub fn unit_text(&self, s: &State, a: usize) -> String {
+        if a == self.cfg.applies.len() {
+            format!("the rollout is {}", s.parent.state)
+        } else if self.is_rollout() {
+            format!("operation {} is {}", a + 1, s.rows[a].state)
+        } else {
+            format!("apply {} is {}", a + 1, s.rows[a].state)
+        }
+    }
+
+    /// The world invariants, and a finished rollout's (`rollout_no_orphan`).
+    pub fn world_or_orphan_violation(&self, s: &State) -> Option<Violation> {
+        self.world_violation(s).or_else(|| self.orphan_violation(s))
     }
 
     pub fn any_violation(&self, s: &State) -> Option<Violation> {
         self.step_violation(s)
-            .or_else(|| self.world_violation(s))
+            .or_else(|| self.world_or_orphan_violation(s))
             .or_else(|| self.unreclaimable(s))
     }
 }

@@ -27,7 +27,12 @@ impl ApplydModel {
             // The read happened before the pause; the driver acts on it without a heartbeat.
             (
                 false,
-                Some((self.frozen_snapshot(a, &f), f.controls.get(), f.drifted)),
+                Some((
+                    self.frozen_snapshot(a, &f),
+                    f.controls.get(),
+                    f.drifted,
+                    f.cutover_open,
+                )),
             )
         } else {
             let ok = self.allowed(row, drive.epoch);
@@ -36,19 +41,25 @@ impl ApplydModel {
             }
             (
                 ok,
-                ok.then(|| (self.snapshot(s, a), row.controls.get(), row.drifted)),
+                ok.then(|| {
+                    (
+                        self.snapshot(s, a),
+                        self.op_controls(s, a),
+                        row.drifted,
+                        self.cutover_open(s, a),
+                    )
+                }),
             )
         };
         // The model's DDL is one bit: the stored change is the reviewed one or it drifted
         // (what `ddl::pinned` tells production drivers from the text).
-        let view = view.map(|(snap, controls, drifted)| DriveView {
+        let view = view.map(|(snap, controls, drifted, cutover_open)| DriveView {
             row: snap,
             controls,
             revert_window_expired: false,
             heartbeat_ok_age_ms: hb_age as u64 * TICK_MS,
             change_reviewed: !drifted,
-            // The model's applies have one operation each.
-            cutover_open: true,
+            cutover_open,
         });
         // A wait is followed at once by the next decision on the same read: the wait itself
         // changes nothing that anyone else can see.
@@ -110,6 +121,13 @@ impl ApplydModel {
                         drive.on_store(WriteOutcome::LeaseLost);
                     } else if self.rules.reactivates(row.state, to) && self.active_on_target(s, a) {
                         drive.on_store(WriteOutcome::TargetBusy);
+                    } else if to == ApplyState::CuttingOver
+                        && row.state != ApplyState::CuttingOver
+                        && !self.cutover_open(s, a)
+                    {
+                        // MemoryStore checks the rollout's cutover gate under its lock and
+                        // refuses the move: the driver sees the store refuse.
+                        drive.on_store(WriteOutcome::Unavailable);
                     } else {
                         let writer = drive.epoch as u8;
                         self.flag(
@@ -131,6 +149,7 @@ impl ApplydModel {
                         r.state = to;
                         r.resume = Resume::pack(resume);
                         r.hb_age = Some(0);
+                        self.rederive(s);
                         drive.on_store(WriteOutcome::Ok);
                     }
                 }
@@ -148,6 +167,8 @@ impl ApplydModel {
                         let r = &mut s.rows[a];
                         r.state = to;
                         r.hb_age = Some(0);
+                        r.failed_closed = self.is_rollout();
+                        self.rederive(s);
                         drive.on_store(WriteOutcome::Ok);
                     } else {
                         // The store refuses to rewrite a terminal row.
@@ -156,11 +177,25 @@ impl ApplydModel {
                 }
                 Command::Complete(op) | Command::Fail(op, _) => {
                     let row = s.rows[a];
+                    let completed = matches!(cmd, Command::Complete(_));
                     if !self.allowed(&row, drive.epoch) {
                         drive.on_store(WriteOutcome::LeaseLost);
+                    } else if self.is_rollout() {
+                        if s.parent.controls.has(op) {
+                            if completed {
+                                self.flag(
+                                    s,
+                                    a,
+                                    justified_completion(op, row.state),
+                                    Flaw::Justified(op, row.state),
+                                );
+                            }
+                            self.finish_member_request(s, a, op, completed);
+                        }
+                        drive.on_store(WriteOutcome::Ok);
                     } else {
                         if row.controls.has(op) {
-                            if matches!(cmd, Command::Complete(_)) {
+                            if completed {
                                 self.flag(
                                     s,
                                     a,
@@ -224,11 +259,18 @@ impl ApplydModel {
                 Command::Wait(_) => {}
                 Command::Finish(f) => {
                     use applyd::worker::Finish;
+                    let gate_open = self.cutover_open(s, a);
                     let row = &mut s.rows[a];
                     let fenced = self.rules.write_allowed(row.epoch as u64, drive.epoch);
-                    // As MemoryStore: a release, or a park (`Store::park`) of a wait that parks.
+                    // As MemoryStore: a release, or a park (`Store::park`) of a wait that parks
+                    // (a rollout's operation also at a closed cutover gate).
                     let parks = f == Finish::Parked
-                        && applyd::machine::waits::parks(spec.engine, row.state, &spec.options);
+                        && applyd::machine::waits::parks_at(
+                            spec.engine,
+                            row.state,
+                            &spec.options,
+                            gate_open,
+                        );
                     if fenced && (f == Finish::ReleaseForRetry || parks) {
                         row.leased = false;
                         row.hb_age = None;

@@ -2,7 +2,7 @@
 //! log at the end, and what an unsettled run reports.
 
 use super::*;
-use applyd::machine::invariants::rollout_step;
+use applyd::machine::invariants::{rollout_no_orphan, rollout_step, OperationFacts};
 
 impl Sim {
     /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
@@ -144,6 +144,18 @@ impl Sim {
         }
         rollout_step(&before_policy, &before, &policy, &now, row.state).map_err(|mut v| {
             v.detail = format!("apply {}: {} ({now:?})", row.id, v.detail);
+            v
+        })?;
+        let ops: Vec<OperationFacts> = row
+            .operations
+            .iter()
+            .map(|op| OperationFacts {
+                state: op.state,
+                runner_alive: self.engines.spirit.runner_alive(op.id),
+            })
+            .collect();
+        rollout_no_orphan(row.state, &ops).map_err(|mut v| {
+            v.detail = format!("apply {}: {}", row.id, v.detail);
             v
         })?;
         self.last_rollout[i] = Some((policy, now));

@@ -13,6 +13,7 @@ mod derive;
 mod gates;
 mod plan;
 pub mod requests;
+mod rules;
 
 pub use derive::derive_parent;
 pub use gates::{cutover_gate, is_orphaned, member_gate, start_gate, CutoverGate, StartGate};

@@ -2,9 +2,7 @@
 //! which operation still acts on it, when a stop's hold lifts and when it is settled. Both
 //! stores call these; neither re-states them.
 
-use super::{
-    cutover_gate, derive_parent, is_orphaned, CutoverGate, Member, OnFailure, RolloutPolicy,
-};
+use super::{is_orphaned, CutoverGate, Member, OnFailure, RolloutPolicy};
 use crate::machine::control::completion_is_justified;
 use crate::machine::{
     ApplyOptions, ApplyState, ControlOp, Disposition, EngineKind, PendingControls, Rules,
@@ -71,11 +69,12 @@ pub fn settled_by_state(op: ControlOp, parent: ApplyState) -> bool {
 /// The parent's state with the stop hold settled: if `held` and the derivation says nothing
 /// runs, the stop is done (`stop_done`) and, with a start pending, the hold lifts.
 pub fn derive_settled(
+    rules: &Rules,
     policy: &RolloutPolicy,
     members: &[Member],
     stop_pending: bool,
 ) -> (ApplyState, bool) {
-    let to = derive_parent(policy, members);
+    let to = rules.derive_rollout(policy, members);
     let stop_done = policy.held && stop_pending && settled_by_state(ControlOp::Stop, to);
     (to, stop_done)
 }
@@ -97,7 +96,9 @@ pub fn sees_request(
     acked_same_issue: bool,
     all: &PendingControls,
 ) -> bool {
-    if op == ControlOp::Cutover && cutover_gate(policy, members, i) != CutoverGate::Open {
+    if op == ControlOp::Cutover
+        && rules.rollout_cutover_gate(policy, members, i) != CutoverGate::Open
+    {
         return false;
     }
     if !acked_same_issue {
@@ -169,11 +170,11 @@ pub fn acted_on_elsewhere(
 }
 
 /// The operations parked at the cutover gate that must wake now: their gate opened.
-pub fn wake_at_gate(policy: &RolloutPolicy, members: &[Member]) -> Vec<usize> {
+pub fn wake_at_gate(rules: &Rules, policy: &RolloutPolicy, members: &[Member]) -> Vec<usize> {
     (0..members.len())
         .filter(|i| {
             members[*i].state == ApplyState::WaitingForCutover
-                && cutover_gate(policy, members, *i) == CutoverGate::Open
+                && rules.rollout_cutover_gate(policy, members, *i) == CutoverGate::Open
         })
         .collect()
 }

@@ -387,7 +387,7 @@ fn a_cutover_is_hidden_behind_a_closed_gate_and_status_says_why() {
         Some("cutover: barrier: waits for operation #2 to reach the cutover gate")
     );
     let m = deployments(&[WaitingForCutover, WaitingForCutover]);
-    assert_eq!(requests::wake_at_gate(&p, &m), vec![0]);
+    assert_eq!(requests::wake_at_gate(&Rules::default(), &p, &m), vec![0]);
     assert_eq!(member_gate(&p, &m, 0), None);
     assert_eq!(
         member_gate(&ROLLING_HALT, &deployments(&[Running, Pending]), 1).as_deref(),
@@ -448,6 +448,20 @@ fn waits_for_a_person_or_engine(s: ApplyState) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+
+    /// The stores reach the rollout rules through `Rules`; with the shipped rules that is the
+    /// free functions exactly (the invariants check against those).
+    #[test]
+    fn the_shipped_rules_reach_the_rollout_rules_unchanged(p in arb_policy(), m in arb_members(), op in 0..7usize) {
+        let rules = Rules::default();
+        prop_assert_eq!(rules.derive_rollout(&p, &m), derive_parent(&p, &m));
+        for i in 0..m.len() {
+            prop_assert_eq!(rules.rollout_start_gate(&p, &m, i), start_gate(&p, &m, i));
+            prop_assert_eq!(rules.rollout_cutover_gate(&p, &m, i), cutover_gate(&p, &m, i));
+        }
+        let op = ControlOp::ALL[op % ControlOp::ALL.len()];
+        prop_assert_eq!(rules.accept_rollout_request(p, op), requests::accept(p, op));
+    }
 
     /// The parent is terminal exactly when every operation is terminal or orphaned: an orphan
     /// never holds the rollout open, and nothing live is counted as finished.

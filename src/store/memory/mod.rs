@@ -1087,7 +1087,7 @@ impl MemoryRow {
 
     /// Whether operation `i` may cut over now (always, without deployments).
     pub fn cutover_open(&self, i: usize) -> bool {
-        self.rollout.is_none() || rollout::cutover_open(self, i)
+        self.rollout.is_none() || rollout::cutover_open(&Rules::default(), self, i)
     }
 
     /// The operation a lease at `epoch` holds (the only one, without deployments).

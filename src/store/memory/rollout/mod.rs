@@ -7,7 +7,7 @@
 mod submit;
 
 use super::*;
-use crate::machine::rollout::{cutover_gate, requests, start_gate, CutoverGate, Member, StartGate};
+use crate::machine::rollout::{requests, CutoverGate, Member, StartGate};
 
 /// The rollout's operations as the rollout rules see them.
 pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
@@ -52,8 +52,9 @@ pub(super) fn pending_for(
 }
 
 /// Whether operation `i`'s cutover gate is open.
-pub(super) fn cutover_open(row: &MemoryRow, i: usize) -> bool {
-    cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i) == CutoverGate::Open
+pub(super) fn cutover_open(rules: &Rules, row: &MemoryRow, i: usize) -> bool {
+    rules.rollout_cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i)
+        == CutoverGate::Open
 }
 
 /// The apply holding `(target, deployment)` while active, other than `except`: an apply
@@ -105,7 +106,7 @@ impl MemoryStore {
         OperationClaimView {
             op: view,
             parent: view,
-            start_open: start_gate(&policy, &members(row), i) == StartGate::Open,
+            start_open: self.rules.rollout_start_gate(&policy, &members(row), i) == StartGate::Open,
         }
     }
 
@@ -168,7 +169,7 @@ impl MemoryStore {
             at_ms: now,
             cause: format!("claim {}", via.code()),
         });
-        rederive(inner, id, now);
+        rederive(&self.rules, inner, id, now);
         Some(Claimed {
             lease,
             arm: via,
@@ -208,7 +209,7 @@ impl MemoryStore {
                 .revert_window_expired(op.state, now.saturating_sub(op.state_entered_at)),
             record: member_record(row, i),
             controls: pending_for(&self.rules, inner, row, i),
-            cutover_open: cutover_open(row, i),
+            cutover_open: cutover_open(&self.rules, row, i),
         })
     }
 
@@ -227,7 +228,9 @@ impl MemoryStore {
         let row = &inner.rows[&lease.apply];
         let op = &row.operations[i];
         if to == ApplyState::CuttingOver && op.state != ApplyState::CuttingOver {
-            let gate = cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i);
+            let gate =
+                self.rules
+                    .rollout_cutover_gate(&row.rollout.unwrap_or_default(), &members(row), i);
             if gate != CutoverGate::Open {
                 return Err(StoreError::Refused(format!(
                     "operation {} of apply {}: {gate}",
@@ -247,7 +250,7 @@ impl MemoryStore {
         }
         let row = inner.rows.get_mut(&lease.apply).expect("checked above");
         row.operations[i].resume = resume;
-        member_move(inner, lease, i, to, "write", now);
+        member_move(&self.rules, inner, lease, i, to, "write", now);
         Ok(())
     }
 
@@ -272,7 +275,7 @@ impl MemoryStore {
         op.error_message = Some(reason.to_string());
         op.failed_closed = true;
         row.error_message = Some(format!("{}: {reason}", op.spec.identifier));
-        member_move(inner, lease, i, to, "fail closed", now);
+        member_move(&self.rules, inner, lease, i, to, "fail closed", now);
         Ok(())
     }
 
@@ -321,7 +324,7 @@ impl MemoryStore {
         }
         if op == ControlOp::Stop {
             lift_hold(inner, lease.apply, now);
-            rederive(inner, lease.apply, now);
+            rederive(&self.rules, inner, lease.apply, now);
         }
         Ok(())
     }
@@ -336,7 +339,7 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let i = self.owned_member(inner, lease)?;
         let rules = self.rules;
-        let gate_open = cutover_open(&inner.rows[&lease.apply], i);
+        let gate_open = cutover_open(&rules, &inner.rows[&lease.apply], i);
         let row = inner.rows.get_mut(&lease.apply).expect("owned above");
         let engine = row.engine;
         let options = row.options;
@@ -388,7 +391,7 @@ impl MemoryStore {
         let Some(policy) = row.rollout.as_mut() else {
             return;
         };
-        let accepted = requests::accept(*policy, op);
+        let accepted = self.rules.accept_rollout_request(*policy, op);
         *policy = accepted.policy;
         let done_now = accepted.complete_now;
         if accepted.withdraw_unstarted {
@@ -401,7 +404,7 @@ impl MemoryStore {
             }
         }
         lift_hold(inner, id, now);
-        rederive(inner, id, now);
+        rederive(&self.rules, inner, id, now);
         {
             let state = inner.rows[&id].state;
             if requests::settled_by_state(op, state) {
@@ -410,7 +413,7 @@ impl MemoryStore {
                     req.updated_at = now;
                 }
                 lift_hold(inner, id, now);
-                rederive(inner, id, now);
+                rederive(&self.rules, inner, id, now);
             }
         }
     }
@@ -442,7 +445,7 @@ impl MemoryStore {
                 cause: "cancel before start".into(),
             });
         }
-        rederive(inner, id, now);
+        rederive(&self.rules, inner, id, now);
     }
 
     /// Retry expiry, per operation: an operation past its retry budget or freshness fails.
@@ -477,7 +480,7 @@ impl MemoryStore {
             });
         }
         if !expired.is_empty() {
-            rederive(inner, id, now);
+            rederive(&self.rules, inner, id, now);
         }
         expired.len() as u32
     }
@@ -556,7 +559,15 @@ fn move_member(row: &mut MemoryRow, i: usize, to: ApplyState, now: u64) {
 
 /// A fenced move by the lease's owner: heartbeats the operation, moves it, audits it, and
 /// derives the apply's state.
-fn member_move(inner: &mut Inner, lease: &Lease, i: usize, to: ApplyState, cause: &str, now: u64) {
+fn member_move(
+    rules: &Rules,
+    inner: &mut Inner,
+    lease: &Lease,
+    i: usize,
+    to: ApplyState,
+    cause: &str,
+    now: u64,
+) {
     let Some(row) = inner.rows.get_mut(&lease.apply) else {
         return;
     };
@@ -576,12 +587,12 @@ fn member_move(inner: &mut Inner, lease: &Lease, i: usize, to: ApplyState, cause
             cause: cause.into(),
         });
     }
-    rederive(inner, lease.apply, now);
+    rederive(rules, inner, lease.apply, now);
 }
 
 /// Write the apply's derived state if it changed (audited as `derived`), and wake every
 /// operation parked at the cutover gate whose turn has now come.
-pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
+pub(super) fn rederive(rules: &Rules, inner: &mut Inner, id: ApplyId, now: u64) {
     let stop_pending = pending_of(inner, id).stop;
     let Some(row) = inner.rows.get_mut(&id) else {
         return;
@@ -589,12 +600,12 @@ pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
     let Some(policy) = row.rollout else {
         return;
     };
-    for i in requests::wake_at_gate(&policy, &members(row)) {
+    for i in requests::wake_at_gate(rules, &policy, &members(row)) {
         if row.operations[i].parked_until.is_some_and(|w| w > now) {
             row.operations[i].parked_until = Some(now);
         }
     }
-    let (mut to, stop_done) = requests::derive_settled(&policy, &members(row), stop_pending);
+    let (mut to, stop_done) = requests::derive_settled(rules, &policy, &members(row), stop_pending);
     // A stop whose effect holds for the whole rollout (its running operation failed or
     // finished before it could stop) is done: no operation is left to complete it.
     if stop_done {
@@ -604,8 +615,7 @@ pub(super) fn rederive(inner: &mut Inner, id: ApplyId, now: u64) {
         }
         lift_hold(inner, id, now);
         let row = inner.rows.get_mut(&id).expect("listed above");
-        to =
-            crate::machine::rollout::derive_parent(&row.rollout.unwrap_or_default(), &members(row));
+        to = rules.derive_rollout(&row.rollout.unwrap_or_default(), &members(row));
     }
     let row = inner.rows.get_mut(&id).expect("listed above");
     let from = row.state;

@@ -16,7 +16,7 @@ use super::super::writes::OwnerMove;
 use super::super::{age_ms, Failure, MySqlStore};
 use super::{Busy, Loaded};
 use crate::machine::apply::{ApplyId, ApplySnapshot, ResumeState};
-use crate::machine::rollout::{cutover_gate, requests, CutoverGate};
+use crate::machine::rollout::{requests, CutoverGate};
 use crate::machine::{ApplyState, ClaimedVia, ControlOp, ControlStatus};
 
 /// What a claim of a rollout's operation came to.
@@ -222,7 +222,9 @@ impl MySqlStore {
         match mv {
             OwnerMove::Write { to, resume } => {
                 if to == ApplyState::CuttingOver && from != ApplyState::CuttingOver {
-                    let gate = cutover_gate(&loaded.policy, &loaded.members(), i);
+                    let gate =
+                        self.rules
+                            .rollout_cutover_gate(&loaded.policy, &loaded.members(), i);
                     if gate != CutoverGate::Open {
                         return Err(StoreError::Refused(format!(
                             "operation {} of apply {}: {gate}",
@@ -384,7 +386,7 @@ impl MySqlStore {
         let Some(mut loaded) = Loaded::read(self, tx, id, now).await? else {
             return Ok(());
         };
-        let accepted = requests::accept(loaded.policy, op);
+        let accepted = self.rules.accept_rollout_request(loaded.policy, op);
         loaded.policy = accepted.policy;
         if accepted.complete_now {
             loaded.settle_request(op, ControlStatus::Completed, None);

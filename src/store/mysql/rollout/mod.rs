@@ -28,8 +28,7 @@ use super::claim_tx::sql_text;
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
 use crate::machine::apply::ApplyId;
 use crate::machine::rollout::{
-    cutover_gate, requests, start_gate, CutoverGate, CutoverPolicy, Member, OnFailure,
-    RolloutPolicy, StartGate,
+    requests, CutoverGate, CutoverPolicy, Member, OnFailure, RolloutPolicy, StartGate,
 };
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, OperationClaimView,
@@ -63,6 +62,8 @@ pub(super) struct LoadedOp {
 /// A rollout read under its apply row's lock: the apply, its operations in rollout order, its
 /// requests; and the writes decided so far.
 pub(super) struct Loaded {
+    /// The rules the store runs with (the rollout rules are reached through them).
+    pub(super) rules: Rules,
     pub(super) id: ApplyId,
     pub(super) engine: EngineKind,
     pub(super) options: ApplyOptions,
@@ -243,6 +244,7 @@ impl Loaded {
             return Err(bad(id, "apply_operations", "a rollout without operations"));
         }
         Ok(Some(Loaded {
+            rules: store.rules,
             id,
             engine,
             options,
@@ -294,7 +296,9 @@ impl Loaded {
     }
 
     pub(super) fn cutover_open(&self, i: usize) -> bool {
-        cutover_gate(&self.policy, &self.members(), i) == CutoverGate::Open
+        self.rules
+            .rollout_cutover_gate(&self.policy, &self.members(), i)
+            == CutoverGate::Open
     }
 
     /// Operation `i` as the claim arms see it: its own lease and state for the operation and
@@ -304,7 +308,8 @@ impl Loaded {
         OperationClaimView {
             op: view,
             parent: view,
-            start_open: start_gate(&self.policy, &self.members(), i) == StartGate::Open,
+            start_open: rules.rollout_start_gate(&self.policy, &self.members(), i)
+                == StartGate::Open,
         }
     }
 
@@ -500,18 +505,22 @@ impl Loaded {
     /// change as `derived`.
     pub(super) async fn rederive(&mut self, conn: &mut MySqlConnection) -> Result<(), Failure> {
         let now = self.now.clone();
-        for i in requests::wake_at_gate(&self.policy, &self.members()) {
+        for i in requests::wake_at_gate(&self.rules, &self.policy, &self.members()) {
             if self.ops[i].resting {
                 self.ops[i].resting = false;
                 self.set_op(i, &format!("parked_until = {now}"));
             }
         }
-        let (mut to, stop_done) =
-            requests::derive_settled(&self.policy, &self.members(), self.pending.stop);
+        let (mut to, stop_done) = requests::derive_settled(
+            &self.rules,
+            &self.policy,
+            &self.members(),
+            self.pending.stop,
+        );
         if stop_done {
             self.settle_request(ControlOp::Stop, ControlStatus::Completed, None);
             self.lift_hold(conn).await?;
-            to = crate::machine::rollout::derive_parent(&self.policy, &self.members());
+            to = self.rules.derive_rollout(&self.policy, &self.members());
         }
         if to != self.state {
             let from = self.stored_state.clone();
