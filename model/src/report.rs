@@ -63,7 +63,11 @@ pub fn steps(model: &ApplydModel, path: &[(State, Option<Action>)]) -> Vec<Step>
             Action::Submit(a) => {
                 st.action = "submit";
                 st.apply = Some(a);
-                let what = if model.is_rollout() { "rollout" } else { "apply" };
+                let what = if model.is_rollout() {
+                    "rollout"
+                } else {
+                    "apply"
+                };
                 st.note = format!("{} {what} submitted", model.spec(a as usize).engine);
             }
             Action::Claim(w, a) => {
@@ -216,32 +220,65 @@ pub fn print(model: &ApplydModel, found: &Found) -> String {
 
 pub fn schedule(model: &ApplydModel, mutant: Option<Mutant>, found: &Found) -> Value {
     let p = model.params();
-    let applies: Vec<Value> = model
-        .cfg
-        .applies
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            json!({
-                "id": i + 1,
-                "engine": match a.engine { EngineKind::PlanetScale => "planetscale", EngineKind::Spirit => "spirit" },
-                "target": a.target,
+    let engine_name = |e: EngineKind| match e {
+        EngineKind::PlanetScale => "planetscale",
+        EngineKind::Spirit => "spirit",
+    };
+    // A rollout world's rows are the operations of one apply: it is exported as that apply,
+    // with its rollout, and each step names the operation it acted on.
+    let applies: Vec<Value> = match model.cfg.rollout {
+        Some(policy) => {
+            let a = model.cfg.applies[0];
+            vec![json!({
+                "id": 1,
+                "engine": engine_name(a.engine),
+                "target": 0,
                 "options": a.options,
+                "rollout": {
+                    "deployments": model.cfg.applies.len(),
+                    "cutover_policy": policy.cutover,
+                    "on_failure": policy.on_failure,
+                    "max_drivers": policy.max_drivers,
+                },
+            })]
+        }
+        None => model
+            .cfg
+            .applies
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                json!({
+                    "id": i + 1,
+                    "engine": engine_name(a.engine),
+                    "target": a.target,
+                    "options": a.options,
+                })
             })
-        })
-        .collect();
+            .collect(),
+    };
+    let rollout = model.is_rollout();
     let steps: Vec<Value> = steps(model, &found.path)
         .into_iter()
         .map(|s| {
+            let (apply, operation) = match (rollout, s.apply) {
+                (true, Some(_)) if s.action == "submit" => (Some(1), None),
+                (true, Some(op)) => (Some(1), Some(op + 1)),
+                (true, None) if s.request.is_some() => (Some(1), None),
+                (_, a) => (a.map(|a| a + 1), None),
+            };
             json!({
                 "worker": s.worker,
                 "action": s.action,
-                "apply": s.apply.map(|a| a + 1),
+                "apply": apply,
+                "operation": operation,
                 "advance_ms": s.advance_ms,
                 "request": s.request.map(|op| op.as_str()),
                 "engine": s.engine.map(|o| o.name()),
                 "state_after": s.state_after,
-                "epoch_after": s.epoch_after,
+                // A rollout's operations draw their epochs from the apply's one counter in the
+                // stores; the model counts each operation's own.
+                "epoch_after": if rollout { None } else { s.epoch_after },
                 "note": s.note,
             })
         })
@@ -259,6 +296,10 @@ pub fn schedule(model: &ApplydModel, mutant: Option<Mutant>, found: &Found) -> V
         "workers": model.cfg.workers,
         "applies": applies,
         "steps": steps,
-        "violation": format!("{}: {}", found.property, found.violation),
+        "violation": if found.property == found.violation.invariant {
+            found.violation.to_string()
+        } else {
+            format!("{}: {}", found.property, found.violation)
+        },
     })
 }

@@ -10,6 +10,7 @@
 //! only), `request` (a user's control request), `expire` (the retry-expiry sweep).
 
 use applyd::engine::fake::FakeTimings;
+use applyd::machine::rollout::{CutoverPolicy, OnFailure};
 use applyd::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, Mutant, Params};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,17 @@ pub struct ScheduleApply {
     pub target: u8,
     #[serde(default)]
     pub options: ApplyOptions,
+    /// The apply is a rollout over deployments `d1`..`dN` (the model's rollout worlds).
+    #[serde(default)]
+    pub rollout: Option<ScheduleRollout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRollout {
+    pub deployments: u8,
+    pub cutover_policy: CutoverPolicy,
+    pub on_failure: OnFailure,
+    pub max_drivers: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +57,10 @@ pub struct ScheduleStep {
     pub action: String,
     #[serde(default)]
     pub apply: Option<u64>,
+    /// The operation of a rollout the step acted on (from 1); `state_after` and
+    /// `epoch_after` are then the operation's.
+    #[serde(default)]
+    pub operation: Option<u64>,
     #[serde(default)]
     pub advance_ms: Option<u64>,
     #[serde(default)]
@@ -82,6 +98,18 @@ impl Schedule {
         }
         if s.workers == 0 {
             return Err("a schedule needs at least one worker".into());
+        }
+        for a in &s.applies {
+            if let Some(r) = &a.rollout {
+                if r.deployments == 0 || r.deployments > crate::preset::MAX_DEPLOYMENTS {
+                    return Err(format!(
+                        "apply {}: a rollout of {} deployments (1..={})",
+                        a.id,
+                        r.deployments,
+                        crate::preset::MAX_DEPLOYMENTS
+                    ));
+                }
+            }
         }
         for (i, st) in s.steps.iter().enumerate() {
             if let Some(w) = st.worker {
@@ -127,7 +155,13 @@ impl Schedule {
                     options: a.options,
                     submit_at_ms: 0,
                     bad_ddl: false,
-                    rollout: None,
+                    rollout: a.rollout.as_ref().map(|r| crate::preset::RolloutShape {
+                        deployments: r.deployments,
+                        cutover: r.cutover_policy,
+                        on_failure: r.on_failure,
+                        max_drivers: r.max_drivers,
+                        table_steps: false,
+                    }),
                 })
                 .collect(),
             faults: Vec::new(),

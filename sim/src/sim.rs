@@ -301,10 +301,11 @@ impl Sim {
     }
 
     fn record_id(&mut self, worker: Option<u8>, id: Option<ApplyId>, action: Action) {
-        let (state, epoch) = match id.and_then(|id| self.store.row(id)) {
-            Some(r) => (Some(r.state), r.lease_epoch),
-            None => (None, 0),
-        };
+        let (state, epoch) =
+            match id.and_then(|id| self.store.with_row(id, |r| (r.state, r.lease_epoch))) {
+                Some((state, epoch)) => (Some(state), epoch),
+                None => (None, 0),
+            };
         self.trace.record(TraceEvent {
             at_ms: self.now,
             worker,
@@ -334,8 +335,7 @@ impl Sim {
     /// The operation rows of an apply: the engines key each change by them.
     fn operations_of(&self, id: ApplyId) -> Vec<u64> {
         self.store
-            .row(id)
-            .map(|r| r.operations.iter().map(|o| o.id).collect())
+            .with_row(id, |r| r.operations.iter().map(|o| o.id).collect())
             .unwrap_or_default()
     }
 

@@ -124,3 +124,34 @@ fn the_drifted_change_schedule_runs_the_change_only_under_its_mutant() {
         shipped.outcome.failure
     );
 }
+
+/// A rollout's counterexample as `applyd-model check --preset pause --mutant
+/// cap-blocks-recovery --export-counterexample FILE` wrote it: the schedule names the rollout
+/// and, step by step, the operation acted on. On the real core and the memory store, the
+/// driver cap also gating stale reclaim leaves the crashed driver's operation to nobody (a
+/// wedge); the shipped rules reclaim it and the rollout completes.
+#[test]
+fn a_rollout_schedule_exported_by_the_model_replays_and_wedges_under_its_mutant() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/model-export-cap-blocks-recovery.json"
+    );
+    let s = Schedule::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rollout = s.applies[0].rollout.as_ref().expect("a rollout schedule");
+    assert_eq!(rollout.deployments, 2);
+    assert!(s.steps.iter().any(|st| st.operation == Some(1)));
+    let r = replay(&s, s.mutant().unwrap(), false);
+    assert!(r.divergences.is_empty(), "{:?}", r.divergences);
+    match r.outcome.failure.expect("the mutant must wedge").kind {
+        FailureKind::Wedged(what) => {
+            assert!(what.contains("d1 running"), "{what}")
+        }
+        other => panic!("expected a wedge, got {other:?}"),
+    }
+    let healed = replay(&s, None, false);
+    assert!(
+        healed.outcome.failure.is_none(),
+        "the shipped rules reclaim the operation: {:?}",
+        healed.outcome.failure
+    );
+}

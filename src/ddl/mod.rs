@@ -261,9 +261,7 @@ pub enum PinError {
 /// submitted, and the fingerprint covers them, so they are allowed here.
 pub fn pinned(engine: EngineKind, spec: &ApplySpec) -> Result<(), PinError> {
     let reviewed = spec.fingerprint.as_deref().ok_or(PinError::Unpinned)?;
-    let now = check_change(engine, &spec.target.database, &spec.ddl, true)
-        .map_err(PinError::Unchecked)?
-        .fingerprint;
+    let now = recheck(engine, &spec.target.database, &spec.ddl)?;
     if now != reviewed {
         return Err(PinError::Drifted {
             reviewed: reviewed.to_string(),
@@ -271,6 +269,40 @@ pub fn pinned(engine: EngineKind, spec: &ApplySpec) -> Result<(), PinError> {
         });
     }
     Ok(())
+}
+
+/// The check at submit, made again on a stored change, as its fingerprint. Every read of an
+/// owned apply pins its change, and a driver reads before every decision: the answer is a
+/// function of the text alone, so the last few answers of this thread are kept (the stored
+/// text is the key, compared in full: a drifted text is checked afresh).
+fn recheck(engine: EngineKind, database: &str, ddl: &[String]) -> Result<String, PinError> {
+    type Key = (EngineKind, String, Vec<String>);
+    const KEPT: usize = 64;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<(Key, Result<String, DdlError>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let hit = RECENT.with(|r| {
+        r.borrow()
+            .iter()
+            .find(|((e, db, d), _)| *e == engine && db == database && d.as_slice() == ddl)
+            .map(|(_, answer)| answer.clone())
+    });
+    let answer = match hit {
+        Some(answer) => answer,
+        None => {
+            let answer = check_change(engine, database, ddl, true).map(|c| c.fingerprint);
+            RECENT.with(|r| {
+                let mut r = r.borrow_mut();
+                if r.len() == KEPT {
+                    drop(r.remove(0));
+                }
+                r.push(((engine, database.to_string(), ddl.to_vec()), answer.clone()));
+            });
+            answer
+        }
+    };
+    answer.map_err(PinError::Unchecked)
 }
 
 /// The parser's message without its "sql parser error: " prefix (the caller says what failed).

@@ -745,9 +745,19 @@ impl FakeEngines {
     }
 
     pub fn truth(&self, apply: &ApplyRecord) -> Option<EngineState> {
-        match apply.row.engine {
-            EngineKind::PlanetScale => self.planetscale.truth(apply.row.operation),
-            EngineKind::Spirit => self.spirit.truth(apply.row.operation, &apply.spec.place()),
+        self.truth_of(apply.row.engine, apply.row.operation, &apply.spec)
+    }
+
+    /// The engine's truth about one operation of `engine`, whose spec is `spec`.
+    pub fn truth_of(
+        &self,
+        engine: EngineKind,
+        operation: OperationId,
+        spec: &crate::machine::apply::ApplySpec,
+    ) -> Option<EngineState> {
+        match engine {
+            EngineKind::PlanetScale => self.planetscale.truth(operation),
+            EngineKind::Spirit => self.spirit.truth(operation, &spec.place()),
         }
     }
 }

@@ -336,6 +336,16 @@ impl Rules {
         row.lease_is_free(self)
     }
 
+    /// A row (or operation) in `state` matches no claim arm on either level, whatever its
+    /// lease, requests and parent: every arm names the classes it takes, and none takes these.
+    /// Claim loops skip such rows before building their views.
+    pub fn never_claimed(&self, state: ApplyState) -> bool {
+        matches!(
+            self.class_of(state),
+            ClaimClass::Terminal | ClaimClass::Unclaimable
+        )
+    }
+
     /// The first arm (in `ClaimArm::ALL` order) that matches the row, if any.
     pub fn matching_arm(&self, row: &ClaimView) -> Option<ClaimArm> {
         ClaimArm::ALL
@@ -604,6 +614,20 @@ mod tests {
     use super::*;
     use crate::machine::rules::Params;
 
+    /// One set of pending requests per bit pattern (bit 0 start, 1 start newer than the lease,
+    /// 2 stop, 3 cancel, 4 cutover, 5 revert, 6 skip-revert).
+    fn controls_from_bits(bits: u8) -> PendingControls {
+        PendingControls {
+            start: bits & 1 != 0,
+            start_newer_than_lease: bits & 2 != 0,
+            stop: bits & 4 != 0,
+            cancel: bits & 8 != 0,
+            cutover: bits & 16 != 0,
+            revert: bits & 32 != 0,
+            skip_revert: bits & 64 != 0,
+        }
+    }
+
     fn dead_owner(state: ApplyState) -> ClaimView {
         ClaimView {
             state,
@@ -681,6 +705,47 @@ mod tests {
                 expect,
                 "{s} with a pending cancel"
             );
+        }
+    }
+
+    /// `never_claimed` is exact where it says so: for every such state, every lease situation
+    /// and every set of pending requests, no apply arm and no operation arm (with any parent
+    /// state) matches.
+    #[test]
+    fn a_never_claimed_state_matches_no_arm_whatever_else_holds() {
+        let rules = Rules::default();
+        let leases = [
+            (false, None),
+            (true, Some(0)),
+            (true, Some(Params::DEFAULT.stale_after_ms + 1)),
+        ];
+        for s in ApplyState::ALL.iter().filter(|s| rules.never_claimed(**s)) {
+            for bits in 0u8..128 {
+                let controls = controls_from_bits(bits);
+                for (leased, age) in leases {
+                    for resting in [false, true] {
+                        let row = ClaimView {
+                            leased,
+                            heartbeat_age_ms: age,
+                            controls,
+                            resting,
+                            asks_now: true,
+                            ..dead_owner(*s)
+                        };
+                        assert_eq!(rules.matching_arm(&row), None, "{s} {row:?}");
+                        for parent in ApplyState::ALL {
+                            let v = OperationClaimView::single(
+                                row,
+                                ClaimView {
+                                    state: *parent,
+                                    ..row
+                                },
+                            );
+                            assert_eq!(rules.matching_operation_arm(&v), None, "{s} {v:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -813,15 +878,7 @@ mod tests {
                                     attempt,
                                     updated_age_ms: updated,
                                     has_children: true,
-                                    controls: PendingControls {
-                                        start: controls & 1 != 0,
-                                        start_newer_than_lease: controls & 2 != 0,
-                                        stop: controls & 4 != 0,
-                                        cancel: controls & 8 != 0,
-                                        cutover: controls & 16 != 0,
-                                        revert: controls & 32 != 0,
-                                        skip_revert: false,
-                                    },
+                                    controls: controls_from_bits(controls & 63),
                                 };
                                 let v = OperationClaimView::single(row, row);
                                 if let Some(op_arm) = rules.matching_operation_arm(&v) {

@@ -4,6 +4,28 @@
 use super::*;
 use applyd::machine::invariants::{rollout_no_orphan, rollout_step, OperationFacts};
 
+/// What the checks read of one apply's row.
+pub(super) enum Seen {
+    Single {
+        from: ApplyState,
+        to: ApplyState,
+        options: applyd::machine::ApplyOptions,
+        fact: ApplyFacts,
+    },
+    Rollout(SeenRollout),
+}
+
+pub(super) struct SeenRollout {
+    id: ApplyId,
+    engine: EngineKind,
+    state: ApplyState,
+    policy: applyd::machine::rollout::RolloutPolicy,
+    members: Vec<applyd::machine::rollout::Member>,
+    facts: Vec<ApplyFacts>,
+    ops: Vec<OperationFacts>,
+    resting: u32,
+}
+
 impl Sim {
     /// Checks on the command a driver just issued (the pieces the world snapshot cannot see).
     pub(super) fn check_command(
@@ -73,43 +95,39 @@ impl Sim {
         let mut resting = 0;
         for i in 0..self.ids.len() {
             let Some(id) = self.ids[i] else { continue };
-            let Some(row) = self.store.row(id) else {
+            let controls = self.store.pending_controls(id);
+            // Read in place, then judged: rows are not cloned for the checks.
+            let Some(seen) = self
+                .store
+                .with_row(id, |row| self.observe(i, row, controls))
+            else {
                 continue;
             };
-            if row.rollout.is_some() {
-                if let Err(v) = self.check_rollout(i, &row, &mut resting) {
-                    self.fail(FailureKind::Violation(v));
-                    return;
+            match seen {
+                Seen::Single {
+                    from,
+                    to,
+                    options,
+                    fact,
+                } => {
+                    if let Err(mut v) = legal_step(fact.engine, from, to) {
+                        v.detail = format!("apply {id}: {}", v.detail);
+                        self.fail(FailureKind::Violation(v));
+                        return;
+                    }
+                    self.last_state[i] = to;
+                    if applyd::machine::waits::rest(fact.engine, to, &options).is_some() {
+                        resting += 1;
+                    }
+                    self.facts.push(fact);
                 }
-                continue;
+                Seen::Rollout(r) => {
+                    if let Err(v) = self.judge_rollout(i, r, &mut resting) {
+                        self.fail(FailureKind::Violation(v));
+                        return;
+                    }
+                }
             }
-            let from = self.last_state[i];
-            if let Err(mut v) = legal_step(row.engine, from, row.state) {
-                v.detail = format!("apply {id}: {}", v.detail);
-                self.fail(FailureKind::Violation(v));
-                return;
-            }
-            self.last_state[i] = row.state;
-            if applyd::machine::waits::rest(row.engine, row.state, &row.options).is_some() {
-                resting += 1;
-            }
-            let record = row.record();
-            self.facts.push(ApplyFacts {
-                id: id as u32,
-                target: self.world.applies[i].target as u32,
-                engine: row.engine,
-                state: row.state,
-                holds_target: row.state.is_active(),
-                attempt: row.attempt,
-                controls: self.store.pending_controls(id),
-                deploy_requests_created: self
-                    .engines
-                    .planetscale
-                    .deploy_requests_of(record.row.operation)
-                    as u32,
-                engine_truth: self.engines.truth(&record),
-                runner_alive: self.engines.spirit.runner_alive(record.row.operation),
-            });
         }
         self.peak_waits = self.peak_waits.max(resting);
         let mut runners = BTreeMap::new();
@@ -121,66 +139,124 @@ impl Sim {
         self.stamp_starvation();
     }
 
-    /// One rollout: every operation's step is a row of the table, the step as a whole keeps
-    /// the rollout rules (`rollout_step`), and each operation is a unit of the world facts
-    /// (its first operation on each deployment holds that deployment while the rollout is
-    /// active).
-    fn check_rollout(
-        &mut self,
+    /// What the checks need of apply `i`'s row, read under the store's lock (no store calls).
+    fn observe(
+        &self,
         i: usize,
         row: &applyd::store::memory::MemoryRow,
-        resting: &mut u32,
-    ) -> Result<(), Violation> {
-        let policy = row.rollout.expect("a rollout");
-        let now: Vec<Member> = row.members();
-        let (before_policy, before) = self.last_rollout[i]
-            .clone()
-            .unwrap_or_else(|| (policy, now.clone()));
-        for (k, (b, a)) in before.iter().zip(&now).enumerate() {
-            legal_step(row.engine, b.state, a.state).map_err(|mut v| {
-                v.detail = format!("apply {} operation {}: {}", row.id, k + 1, v.detail);
-                v
-            })?;
-        }
-        rollout_step(&before_policy, &before, &policy, &now, row.state).map_err(|mut v| {
-            v.detail = format!("apply {}: {} ({now:?})", row.id, v.detail);
-            v
-        })?;
-        let ops: Vec<OperationFacts> = row
-            .operations
-            .iter()
-            .map(|op| OperationFacts {
-                state: op.state,
-                runner_alive: self.engines.spirit.runner_alive(op.id),
-            })
-            .collect();
-        rollout_no_orphan(row.state, &ops).map_err(|mut v| {
-            v.detail = format!("apply {}: {}", row.id, v.detail);
-            v
-        })?;
-        self.last_rollout[i] = Some((policy, now));
-        self.last_state[i] = row.state;
-        let controls = self.store.pending_controls(row.id);
+        controls: applyd::machine::PendingControls,
+    ) -> Seen {
         let target = self.world.applies[i].target;
+        let Some(policy) = row.rollout else {
+            let operation = row.operations[0].id;
+            return Seen::Single {
+                from: self.last_state[i],
+                to: row.state,
+                options: row.options,
+                fact: ApplyFacts {
+                    id: row.id as u32,
+                    target: target as u32,
+                    engine: row.engine,
+                    state: row.state,
+                    holds_target: row.state.is_active(),
+                    attempt: row.attempt,
+                    controls,
+                    deploy_requests_created: self.engines.planetscale.deploy_requests_of(operation)
+                        as u32,
+                    engine_truth: self.truth(row.engine, operation, target as usize, &row.spec),
+                    runner_alive: self.engines.spirit.runner_alive(operation),
+                },
+            };
+        };
+        let mut resting = 0;
+        let mut facts = Vec::with_capacity(row.operations.len());
+        let mut ops = Vec::with_capacity(row.operations.len());
         for (k, op) in row.operations.iter().enumerate() {
             let gate = row.cutover_open(k);
             if applyd::machine::waits::rest_at(row.engine, op.state, &row.options, gate).is_some() {
-                *resting += 1;
+                resting += 1;
             }
-            let record = row.record_of(k);
-            self.facts.push(ApplyFacts {
+            let runner_alive = self.engines.spirit.runner_alive(op.id);
+            let place = self.place_of(target, &op.deployment);
+            facts.push(ApplyFacts {
                 id: op.id as u32,
-                target: self.place_of(target, &op.deployment),
+                target: place,
                 engine: row.engine,
                 state: op.state,
                 holds_target: row.state.is_active() && op.step == 0,
                 attempt: op.attempt,
                 controls,
                 deploy_requests_created: self.engines.planetscale.deploy_requests_of(op.id) as u32,
-                engine_truth: self.engines.truth(&record),
-                runner_alive: self.engines.spirit.runner_alive(op.id),
+                engine_truth: self.truth(row.engine, op.id, place as usize, &op.spec),
+                runner_alive,
+            });
+            ops.push(OperationFacts {
+                state: op.state,
+                runner_alive,
             });
         }
+        Seen::Rollout(SeenRollout {
+            id: row.id,
+            engine: row.engine,
+            state: row.state,
+            policy,
+            members: row.members(),
+            facts,
+            ops,
+            resting,
+        })
+    }
+
+    /// The engine's truth about an operation at place index `place` (`place_keys`, the same
+    /// text as its spec's place, formatted once per run instead of once per look).
+    fn truth(
+        &self,
+        engine: EngineKind,
+        operation: u64,
+        place: usize,
+        spec: &applyd::machine::apply::ApplySpec,
+    ) -> Option<applyd::machine::EngineState> {
+        match (engine, self.place_keys.get(place)) {
+            (EngineKind::Spirit, Some(key)) => {
+                debug_assert_eq!(*key, spec.place());
+                self.engines.spirit.truth(operation, key)
+            }
+            _ => self.engines.truth_of(engine, operation, spec),
+        }
+    }
+
+    /// One rollout: every operation's step is a row of the table, the step as a whole keeps
+    /// the rollout rules (`rollout_step`), a finished rollout leaves nothing live
+    /// (`rollout_no_orphan`), and each operation is a unit of the world facts (its first
+    /// operation on each deployment holds that deployment while the rollout is active).
+    fn judge_rollout(
+        &mut self,
+        i: usize,
+        r: SeenRollout,
+        resting: &mut u32,
+    ) -> Result<(), Violation> {
+        let now = r.members;
+        let (before_policy, before) = self.last_rollout[i]
+            .clone()
+            .unwrap_or_else(|| (r.policy, now.clone()));
+        for (k, (b, a)) in before.iter().zip(&now).enumerate() {
+            legal_step(r.engine, b.state, a.state).map_err(|mut v| {
+                v.detail = format!("apply {} operation {}: {}", r.id, k + 1, v.detail);
+                v
+            })?;
+        }
+        rollout_step(&before_policy, &before, &r.policy, &now, r.state).map_err(|mut v| {
+            v.detail = format!("apply {}: {} ({now:?})", r.id, v.detail);
+            v
+        })?;
+        rollout_no_orphan(r.state, &r.ops).map_err(|mut v| {
+            v.detail = format!("apply {}: {}", r.id, v.detail);
+            v
+        })?;
+        self.last_rollout[i] = Some((r.policy, now));
+        self.last_state[i] = r.state;
+        *resting += r.resting;
+        self.facts.extend(r.facts);
         Ok(())
     }
 
@@ -203,20 +279,25 @@ impl Sim {
                 && wk.up
                 && !wk.paused
                 && wk.driver.lease().is_none_or(|l| {
-                    self.store.row(l.apply).is_some_and(|row| {
-                        let pending = self.store.pending_controls(row.id);
-                        let k = row.operation_at(l.epoch).unwrap_or(0);
-                        let state = row.record_of(k).row.state;
-                        self.rules
-                            .rests_now(
-                                row.engine,
-                                state,
-                                &pending,
-                                &row.options,
-                                row.cutover_open(k),
-                            )
-                            .is_some()
-                    })
+                    let pending = self.store.pending_controls(l.apply);
+                    self.store
+                        .with_row(l.apply, |row| {
+                            let k = row.operation_at(l.epoch).unwrap_or(0);
+                            let state = match row.rollout {
+                                Some(_) => row.operations[k].state,
+                                None => row.state,
+                            };
+                            self.rules
+                                .rests_now(
+                                    row.engine,
+                                    state,
+                                    &pending,
+                                    &row.options,
+                                    row.cutover_open(k),
+                                )
+                                .is_some()
+                        })
+                        .unwrap_or(false)
                 });
             let wk = &mut self.workers[w];
             wk.free_since = if free {

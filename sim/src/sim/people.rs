@@ -22,14 +22,19 @@ impl Sim {
         self.store.submit_or_adopt(self.new_apply(i))
     }
 
-    /// The place index of a rollout's deployment (`d1`.. on target `t`), after the targets.
+    /// The place index of a rollout's deployment (`d1`.. on target `t`), after the targets:
+    /// `place_keys` lists each target's `d1`..`dMAX` in turn (computed, not searched: this runs
+    /// for every operation after every event).
     pub(super) fn place_of(&self, t: u8, deployment: &str) -> u32 {
-        let k = self
-            .place_keys
-            .iter()
-            .position(|p| *p == format!("{}@{deployment}", self.targets[t as usize]))
-            .unwrap_or(usize::MAX);
-        k as u32
+        let max = crate::preset::MAX_DEPLOYMENTS as usize;
+        let k = deployment
+            .strip_prefix('d')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|k| (1..=max).contains(k));
+        match k {
+            Some(k) => (self.targets.len() + t as usize * max + k - 1) as u32,
+            None => u32::MAX,
+        }
     }
 
     pub(super) fn submit(&mut self, i: usize) {

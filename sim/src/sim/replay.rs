@@ -124,7 +124,11 @@ impl Sim {
             "wake" => {
                 let i = plan.ok_or("the wake names no known apply")?;
                 let id = self.ids[i].ok_or("the apply was never submitted")?;
-                if !self.store.wake_parked(id) {
+                let woken = match st.operation {
+                    Some(k) => self.store.wake_parked_operation(id, k as usize - 1),
+                    None => self.store.wake_parked(id),
+                };
+                if !woken {
                     return Err(format!("apply {id} is not parked"));
                 }
             }
@@ -149,18 +153,27 @@ impl Sim {
                 .and_then(|w| self.workers[w as usize].driver.lease().map(|l| l.apply))
         })?;
         let row = self.store.row(id)?;
+        // A rollout's step names its operation: its state and epoch are the operation's.
+        let (what, state, epoch) = match st.operation {
+            Some(k) => {
+                let op = row.operations.get((k as usize).checked_sub(1)?)?;
+                (
+                    format!("apply {id} operation {k}"),
+                    op.state,
+                    op.lease_epoch,
+                )
+            }
+            None => (format!("apply {id}"), row.state, row.lease_epoch),
+        };
         let mut out = Vec::new();
         if let Some(want) = st.state_after {
-            if want != row.state {
-                out.push(format!("apply {id} is {} (schedule: {want})", row.state));
+            if want != state {
+                out.push(format!("{what} is {state} (schedule: {want})"));
             }
         }
         if let Some(want) = st.epoch_after {
-            if want != row.lease_epoch {
-                out.push(format!(
-                    "apply {id} epoch {} (schedule: {want})",
-                    row.lease_epoch
-                ));
+            if want != epoch {
+                out.push(format!("{what} epoch {epoch} (schedule: {want})"));
             }
         }
         (!out.is_empty()).then(|| out.join(", "))

@@ -12,7 +12,7 @@ mod delegate;
 mod rollout;
 
 use super::LeaseChange;
-use rollout::member_record;
+use rollout::{member_record, RowInputs};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 
@@ -202,6 +202,17 @@ impl MemoryStore {
             .collect()
     }
 
+    /// `f` of apply `id`'s row, read in place (the simulator's checks after every event read
+    /// every row; `row` clones). `f` must not call the store.
+    pub fn with_row<R>(&self, id: ApplyId, f: impl FnOnce(&MemoryRow) -> R) -> Option<R> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows
+            .get(&id)
+            .map(f)
+    }
+
     pub fn row(&self, id: ApplyId) -> Option<MemoryRow> {
         self.inner
             .lock()
@@ -279,6 +290,23 @@ impl MemoryStore {
 
     /// For replays of model counterexamples: a parked apply's wake time comes now (the model
     /// abstracts time between a park and its wake to one step). False when it is not parked.
+    /// Bring operation `k` of rollout `id` to its wake time (a schedule's `wake` naming it).
+    pub fn wake_parked_operation(&self, id: ApplyId, k: usize) -> bool {
+        let now = self.now();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner
+            .rows
+            .get_mut(&id)
+            .and_then(|r| r.operations.get_mut(k))
+        {
+            Some(op) if op.parked_until.is_some_and(|w| w > now) => {
+                op.parked_until = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn wake_parked(&self, id: ApplyId) -> bool {
         let now = self.now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -454,10 +482,21 @@ impl MemoryStore {
 
     /// Operation `i` as the operation arms see it: its own lease, its parent's requests.
     fn operation_view(&self, inner: &Inner, row: &MemoryRow, i: usize, now: u64) -> ClaimView {
+        self.operation_view_in(inner, row, i, now, &RowInputs::of(inner, row))
+    }
+
+    fn operation_view_in(
+        &self,
+        inner: &Inner,
+        row: &MemoryRow,
+        i: usize,
+        now: u64,
+        inputs: &RowInputs,
+    ) -> ClaimView {
         let op = &row.operations[i];
         let mut controls = match row.rollout {
-            None => pending_of(inner, row.id),
-            Some(_) => rollout::pending_for(&self.rules, inner, row, i),
+            None => inputs.all,
+            Some(_) => rollout::pending_for_in(&self.rules, inner, row, i, inputs),
         };
         if let Some(start) = inner.requests.get(&(row.id, ControlOp::Start)) {
             controls.start_newer_than_lease = controls.start
@@ -484,12 +523,22 @@ impl MemoryStore {
 
     /// Claim the next unit of work the way `path` says (the synchronous twin of
     /// [`super::claim_next`], for the simulator and tests).
+    ///
+    /// Both levels are looked at under one lock. A rollout's operations are claimed by the
+    /// same arms on either level, so when the operation level took none of them and refused
+    /// no take (which may fail a request and change what they match), the apply level passes
+    /// them by: they would match nothing again.
     pub fn claim_next(&self, path: ClaimPath, owner: &str) -> Result<Option<Claimed>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut rollouts_seen = false;
         for level in path.levels() {
-            let claimed = self.claim_at(*level, owner)?;
+            let (claimed, refused) =
+                self.claim_locked(&mut inner, *level, owner, now, rollouts_seen);
             if claimed.is_some() {
                 return Ok(claimed);
             }
+            rollouts_seen = *level == ClaimLevel::Operation && !refused;
         }
         Ok(None)
     }
@@ -504,9 +553,23 @@ impl MemoryStore {
         let now = self.now();
         let inner = self.lock()?;
         let mut out = Vec::new();
+        let mut memo = Memo::default();
         for level in path.levels() {
-            for (id, i) in Self::claim_order(&inner, *level) {
-                if self.claim_match(&inner, id, i, *level, now).is_some() && !out.contains(&id) {
+            for (id, i) in self.claim_order(&inner, *level) {
+                // A rollout's operations match the same arms on either level: the operation
+                // level, when the path has it, already answered for them.
+                if out.contains(&id)
+                    || (*level == ClaimLevel::Apply
+                        && path.levels().contains(&ClaimLevel::Operation)
+                        && inner.rows[&id].rollout.is_some())
+                {
+                    continue;
+                }
+                if self
+                    .claim_match(&inner, id, i, *level, now, &mut memo)
+                    .is_some()
+                    && !out.contains(&id)
+                {
                     out.push(id);
                 }
             }
@@ -517,38 +580,33 @@ impl MemoryStore {
     /// The order claims at `level` look at rows: applies by id, operations oldest first; each
     /// as (apply, operation index). A rollout has no apply-level lease: on either level its
     /// operations are claimed, by the operation arms.
-    fn claim_order(inner: &Inner, level: ClaimLevel) -> Vec<(ApplyId, usize)> {
-        match level {
-            ClaimLevel::Apply => inner
-                .rows
-                .values()
-                .flat_map(|r| {
-                    let n = if r.rollout.is_some() {
-                        r.operations.len()
-                    } else {
-                        1
-                    };
-                    (0..n).map(move |i| (r.id, i))
-                })
-                .collect(),
-            ClaimLevel::Operation => {
-                let mut order: Vec<(u64, u64, ApplyId, usize)> = inner
-                    .rows
-                    .values()
-                    .flat_map(|r| {
-                        r.operations
-                            .iter()
-                            .enumerate()
-                            .map(|(i, o)| (o.created_at, o.id, r.id, i))
-                    })
-                    .collect();
-                order.sort_unstable();
-                order.into_iter().map(|(_, _, id, i)| (id, i)).collect()
+    ///
+    /// Units in a state no arm ever takes (`Rules::never_claimed`) are left out.
+    fn claim_order(&self, inner: &Inner, level: ClaimLevel) -> Vec<(ApplyId, usize)> {
+        let rules = &self.rules;
+        let mut order: Vec<(u64, u64, ApplyId, usize)> = Vec::new();
+        for r in inner.rows.values() {
+            match (level, r.rollout) {
+                (ClaimLevel::Apply, None) => {
+                    if !rules.never_claimed(r.state) {
+                        order.push((0, 0, r.id, 0));
+                    }
+                }
+                _ => {
+                    for (i, o) in r.operations.iter().enumerate() {
+                        if !rules.never_claimed(o.state) {
+                            order.push((o.created_at, o.id, r.id, i));
+                        }
+                    }
+                }
             }
         }
+        if level == ClaimLevel::Operation {
+            order.sort_unstable();
+        }
+        order.into_iter().map(|(_, _, id, i)| (id, i)).collect()
     }
 
-    /// The arm by which a claim at `level` would take operation `i` of `id` now, if any.
     fn claim_match(
         &self,
         inner: &Inner,
@@ -556,6 +614,7 @@ impl MemoryStore {
         i: usize,
         level: ClaimLevel,
         now: u64,
+        memo: &mut Memo,
     ) -> Option<ClaimedVia> {
         let row = &inner.rows[&id];
         match (level, row.rollout) {
@@ -564,12 +623,13 @@ impl MemoryStore {
                 self.rules.matching_arm(&view).map(ClaimedVia::Apply)
             }
             (ClaimLevel::Operation, _) | (ClaimLevel::Apply, Some(_)) => {
+                let inputs = memo.inputs(inner, row);
                 let view = match row.rollout {
                     None => OperationClaimView::single(
-                        self.operation_view(inner, row, i, now),
+                        self.operation_view_in(inner, row, i, now, inputs),
                         self.claim_view(inner, row, now),
                     ),
-                    Some(_) => self.member_view(inner, row, i, now),
+                    Some(_) => self.member_view(inner, row, i, now, inputs),
                 };
                 let op = self.rules.matching_operation_arm(&view)?;
                 // The parent is claimed as upstream's `ClaimApplyByID` does: by an apply arm
@@ -583,20 +643,42 @@ impl MemoryStore {
     fn claim_at(&self, level: ClaimLevel, owner: &str) -> Result<Option<Claimed>, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        for (id, i) in Self::claim_order(&inner, level) {
-            let Some(via) = self.claim_match(&inner, id, i, level, now) else {
+        Ok(self.claim_locked(&mut inner, level, owner, now, false).0)
+    }
+
+    /// The first unit `level` takes, and whether a take was refused on the way; rollouts
+    /// passed by when `skip_rollouts`.
+    fn claim_locked(
+        &self,
+        inner: &mut Inner,
+        level: ClaimLevel,
+        owner: &str,
+        now: u64,
+        skip_rollouts: bool,
+    ) -> (Option<Claimed>, bool) {
+        let mut memo = Memo::default();
+        let mut refused = false;
+        for (id, i) in self.claim_order(inner, level) {
+            let rollout = inner.rows[&id].rollout.is_some();
+            if rollout && skip_rollouts {
+                continue;
+            }
+            let Some(via) = self.claim_match(inner, id, i, level, now, &mut memo) else {
                 continue;
             };
-            let claimed = if inner.rows[&id].rollout.is_some() {
-                self.take_member(&mut inner, id, i, via, owner, now)
+            let claimed = if rollout {
+                self.take_member(inner, id, i, via, owner, now)
             } else {
-                self.take(&mut inner, id, via, owner, now)
+                self.take(inner, id, via, owner, now)
             };
             if claimed.is_some() {
-                return Ok(claimed);
+                return (claimed, refused);
             }
+            refused = true;
+            // A refused take may have failed a request: read the apply again.
+            memo = Memo::default();
         }
-        Ok(None)
+        (None, refused)
     }
 
     /// Take the lease of an apply and its operation at one new epoch, moving the apply by the
@@ -943,12 +1025,14 @@ impl MemoryStore {
     pub fn may_have_work(&self) -> Result<bool, StoreError> {
         let now = self.now();
         let inner = self.lock()?;
+        let mut memo = Memo::default();
         let claimable = [ClaimLevel::Operation, ClaimLevel::Apply]
             .iter()
             .any(|level| {
-                Self::claim_order(&inner, *level)
-                    .into_iter()
-                    .any(|(id, i)| self.claim_match(&inner, id, i, *level, now).is_some())
+                self.claim_order(&inner, *level).into_iter().any(|(id, i)| {
+                    self.claim_match(&inner, id, i, *level, now, &mut memo)
+                        .is_some()
+                })
             });
         Ok(claimable
             || inner.rows.values().any(|row| {
@@ -1053,12 +1137,31 @@ fn move_state(row: &mut MemoryRow, to: ApplyState, now: u64) {
     row.operations[0].updated_at = now;
 }
 
+/// The apply-level inputs of the last apply a claim looked at: a claim looks at every
+/// operation, and the operations of one apply come one after another.
+#[derive(Default)]
+struct Memo {
+    last: Option<(ApplyId, RowInputs)>,
+}
+
+impl Memo {
+    fn inputs(&mut self, inner: &Inner, row: &MemoryRow) -> &RowInputs {
+        if self.last.as_ref().is_none_or(|(id, _)| *id != row.id) {
+            self.last = Some((row.id, RowInputs::of(inner, row)));
+        }
+        &self.last.as_ref().expect("set above").1
+    }
+}
+
 fn pending_of(inner: &Inner, id: ApplyId) -> PendingControls {
     let mut pc = PendingControls::default();
-    for op in ControlOp::ALL {
-        if let Some(req) = inner.requests.get(&(id, *op)) {
-            pc.set(*op, req.status == ControlStatus::Pending);
-        }
+    // One descent for the apply's requests (they are adjacent in key order).
+    for ((_, op), req) in inner
+        .requests
+        .range((id, ControlOp::ALL[0])..)
+        .take_while(|((a, _), _)| *a == id)
+    {
+        pc.set(*op, req.status == ControlStatus::Pending);
     }
     pc
 }

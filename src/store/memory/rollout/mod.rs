@@ -22,6 +22,26 @@ pub(super) fn members(row: &MemoryRow) -> Vec<Member> {
         .collect()
 }
 
+/// The apply-level inputs of every operation's view, read once per apply when a claim looks at
+/// all its operations: the rollout's operations as the rules see them and its pending requests.
+pub(super) struct RowInputs {
+    pub(super) members: Vec<Member>,
+    pub(super) all: PendingControls,
+}
+
+impl RowInputs {
+    pub(super) fn of(inner: &Inner, row: &MemoryRow) -> RowInputs {
+        RowInputs {
+            members: if row.rollout.is_some() {
+                members(row)
+            } else {
+                Vec::new()
+            },
+            all: pending_of(inner, row.id),
+        }
+    }
+}
+
 /// The apply's pending requests as operation `i` sees them (`rollout::requests::pending_for`).
 pub(super) fn pending_for(
     rules: &Rules,
@@ -29,16 +49,25 @@ pub(super) fn pending_for(
     row: &MemoryRow,
     i: usize,
 ) -> PendingControls {
-    let all = pending_of(inner, row.id);
+    pending_for_in(rules, inner, row, i, &RowInputs::of(inner, row))
+}
+
+pub(super) fn pending_for_in(
+    rules: &Rules,
+    inner: &Inner,
+    row: &MemoryRow,
+    i: usize,
+    inputs: &RowInputs,
+) -> PendingControls {
     let op = &row.operations[i];
     requests::pending_for(
         rules,
         row.engine,
         &row.options,
         &row.rollout.unwrap_or_default(),
-        &members(row),
+        &inputs.members,
         i,
-        &all,
+        &inputs.all,
         |req| {
             op.acked.iter().any(|(r, seq)| {
                 *r == req
@@ -100,13 +129,15 @@ impl MemoryStore {
         row: &MemoryRow,
         i: usize,
         now: u64,
+        inputs: &RowInputs,
     ) -> OperationClaimView {
-        let view = self.operation_view(inner, row, i, now);
+        let view = self.operation_view_in(inner, row, i, now, inputs);
         let policy = row.rollout.unwrap_or_default();
         OperationClaimView {
             op: view,
             parent: view,
-            start_open: self.rules.rollout_start_gate(&policy, &members(row), i) == StartGate::Open,
+            start_open: self.rules.rollout_start_gate(&policy, &inputs.members, i)
+                == StartGate::Open,
         }
     }
 
