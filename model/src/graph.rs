@@ -123,47 +123,75 @@ pub struct Coverage {
     pub taken_by_request: u64,
 }
 
+/// The kinds of step a successor was reached by, as bits (computed beside the successor, added
+/// to the coverage only if the successor is new).
+const VIA_OPERATION_ARMS: u16 = 1;
+const VIA_APPLY_ARMS: u16 = 2;
+const LOST_REPLY: u16 = 4;
+const TRANSIENT: u16 = 8;
+const DRIFT: u16 = 16;
+const FAILED_CLOSED: u16 = 32;
+const PARK: u16 = 64;
+const WAKE: u16 = 128;
+const TAKEN_BY_REQUEST: u16 = 256;
+
 impl Coverage {
-    fn count(&mut self, model: &ApplydModel, from: &State, action: Action) {
+    fn kinds(model: &ApplydModel, from: &State, action: Action) -> u16 {
+        let mut k = 0;
         match action {
             Action::Claim(_, a) => {
-                match model.claim_of(from, a as usize, &from.rows[a as usize]) {
-                    Some((ClaimedVia::Operation { .. }, _)) => self.claims_via_operation_arms += 1,
-                    Some((ClaimedVia::Apply(_), _)) => self.claims_via_apply_arms += 1,
+                let a = a as usize;
+                match model.claim_of(from, a, &from.rows[a]) {
+                    Some((via @ ClaimedVia::Operation { .. }, _)) => {
+                        k |= VIA_OPERATION_ARMS;
+                        if via.apply_arm() == ClaimArm::A9ParkedRequest {
+                            k |= TAKEN_BY_REQUEST;
+                        }
+                    }
+                    Some((via @ ClaimedVia::Apply(_), _)) => {
+                        k |= VIA_APPLY_ARMS;
+                        if via.apply_arm() == ClaimArm::A9ParkedRequest {
+                            k |= TAKEN_BY_REQUEST;
+                        }
+                    }
                     None => {}
-                }
-                if model
-                    .claim_of(from, a as usize, &from.rows[a as usize])
-                    .is_some_and(|(via, _)| via.apply_arm() == ClaimArm::A9ParkedRequest)
-                {
-                    self.taken_by_request += 1;
                 }
             }
             Action::Step(w, o) | Action::Resume(w, o) => {
                 match o {
-                    Outcome::LostReply => self.lost_replies += 1,
-                    Outcome::Transient => self.transient_failures += 1,
+                    Outcome::LostReply => k |= LOST_REPLY,
+                    Outcome::Transient => k |= TRANSIENT,
                     _ => {}
                 }
                 let resumed = matches!(action, Action::Resume(..));
-                if model
-                    .prepare(from, w as usize, resumed)
-                    .is_some_and(|p| matches!(p.cmd, Some(Command::Finish(Finish::Parked))))
-                {
-                    self.parks += 1;
+                let cmd = model.prepare(from, w as usize, resumed).and_then(|p| p.cmd);
+                if matches!(cmd, Some(Command::Finish(Finish::Parked))) {
+                    k |= PARK;
                 }
                 if from.drifts_left < model.cfg.drifts
-                    && model
-                        .prepare(from, w as usize, resumed)
-                        .is_some_and(|p| matches!(p.cmd, Some(Command::FailClosed(_))))
+                    && matches!(cmd, Some(Command::FailClosed(_)))
                 {
-                    self.failed_closed += 1;
+                    k |= FAILED_CLOSED;
                 }
             }
-            Action::Drift(_) => self.drifts += 1,
-            Action::Wake(_) => self.wakes += 1,
+            Action::Drift(_) => k |= DRIFT,
+            Action::Wake(_) => k |= WAKE,
             _ => {}
         }
+        k
+    }
+
+    fn add(&mut self, k: u16) {
+        let one = |bit: u16| u64::from(k & bit != 0);
+        self.claims_via_operation_arms += one(VIA_OPERATION_ARMS);
+        self.claims_via_apply_arms += one(VIA_APPLY_ARMS);
+        self.lost_replies += one(LOST_REPLY);
+        self.transient_failures += one(TRANSIENT);
+        self.drifts += one(DRIFT);
+        self.failed_closed += one(FAILED_CLOSED);
+        self.parks += one(PARK);
+        self.wakes += one(WAKE);
+        self.taken_by_request += one(TAKEN_BY_REQUEST);
     }
 }
 
@@ -195,11 +223,77 @@ fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violatio
     model.unreclaimable(s).map(|v| (RECLAIMABLE, v))
 }
 
-/// Explore everything reachable (up to `max_states` unique states).
-pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explored {
+/// A state's broken property, if it has one.
+type Verdict = Option<(&'static str, Violation)>;
+
+/// What a run of states expands to: for each state, a broken property or the range of its
+/// successors (representative, action, fingerprint, coverage kinds) in `succ`.
+#[derive(Default)]
+struct Expanded {
+    states: Vec<(Verdict, usize, usize)>,
+    succ: Vec<(State, Action, u64, u16)>,
+}
+
+fn expand(model: &ApplydModel, states: &[State]) -> Expanded {
+    let mut out = Expanded {
+        states: Vec::with_capacity(states.len()),
+        succ: Vec::with_capacity(states.len() * 8),
+    };
+    let mut actions = Vec::new();
+    for s in states {
+        let start = out.succ.len();
+        if let Some(v) = property_of(model, s) {
+            out.states.push((Some(v), start, start));
+            continue;
+        }
+        actions.clear();
+        model.actions(s, &mut actions);
+        for a in actions.drain(..) {
+            let Some(next) = model.next_state(s, a) else {
+                continue;
+            };
+            let rep = model.representative(&next);
+            let fp = fingerprint(&rep);
+            out.succ.push((rep, a, fp, Coverage::kinds(model, s, a)));
+        }
+        out.states.push((None, start, out.succ.len()));
+    }
+    out
+}
+
+/// Expand a batch of states on `threads` threads: one run of states per thread, in order.
+fn expand_batch(model: &ApplydModel, batch: &[State], threads: usize) -> Vec<Expanded> {
+    if threads <= 1 || batch.len() < 64 {
+        return vec![expand(model, batch)];
+    }
+    let chunk = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = batch
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || expand(model, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an expansion thread"))
+            .collect()
+    })
+}
+
+/// States expanded together: large enough to keep the threads busy, small enough to keep the
+/// successors of one batch in cache.
+const BATCH: usize = 4096;
+
+/// Explore everything reachable (up to `max_states` unique states), expanding states on
+/// `threads` threads. The result does not depend on the number of threads: states are expanded
+/// in batches and merged in queue order, and representatives order workers by content.
+pub fn explore(
+    model: &ApplydModel,
+    check_wedge: bool,
+    max_states: u64,
+    threads: usize,
+) -> Explored {
     let start = Instant::now();
     let mut seen = Seen::new();
-    let mut succ: Vec<(State, Action, u64)> = Vec::new();
     let mut parent: Vec<u32> = Vec::new();
     let mut via: Vec<Action> = Vec::new();
     let mut settled: Vec<u8> = Vec::new();
@@ -209,7 +303,6 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     let mut queue: VecDeque<State> = VecDeque::new();
     let mut generated = 0u64;
     let mut coverage = Coverage::default();
-    let mut actions = Vec::new();
     let applies = model.units();
     let settled_bits = |s: &State| -> u8 {
         let mut m = 0u8;
@@ -222,7 +315,7 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     };
 
     for init in model.init_states() {
-        let rep = State::representative(&init);
+        let rep = model.representative(&init);
         let fp = fingerprint(&rep);
         if seen.get_or_insert(fp, parent.len() as u32).1 {
             parent.push(u32::MAX);
@@ -236,53 +329,50 @@ pub fn explore(model: &ApplydModel, check_wedge: bool, max_states: u64) -> Explo
     let mut next_id = 0u32;
     let mut truncated = false;
     let mut found: Option<(u32, &'static str, Violation)> = None;
-    while let Some(s) = queue.pop_front() {
-        let id = next_id;
-        next_id += 1;
-        if id == level_end {
-            depth += 1;
-            depth_of_level_end.push(level_end);
-            level_end = parent.len() as u32;
-        }
-        if let Some((name, v)) = property_of(model, &s) {
-            found = Some((id, name, v));
-            break;
-        }
-        actions.clear();
-        model.actions(&s, &mut actions);
-        succ.clear();
-        let mut touched = 0u64;
-        for a in actions.drain(..) {
-            let Some(next) = model.next_state(&s, a) else {
-                continue;
-            };
-            generated += 1;
-            let rep = State::representative(&next);
-            let fp = fingerprint(&rep);
-            succ.push((rep, a, fp));
-        }
-        // In a tight loop, so the loads are in flight together.
-        for (_, _, fp) in succ.iter() {
-            touched ^= seen.touch(*fp);
-        }
-        std::hint::black_box(touched);
-        for (rep, a, fp) in succ.drain(..) {
-            let (nid, new) = seen.get_or_insert(fp, parent.len() as u32);
-            if new {
-                coverage.count(model, &s, a);
-                parent.push(id);
-                via.push(a);
-                settled.push(settled_bits(&rep));
-                queue.push_back(rep);
+    'search: while !queue.is_empty() {
+        let n = queue.len().min(BATCH);
+        let batch: Vec<State> = queue.drain(..n).collect();
+        let expanded = expand_batch(model, &batch, threads);
+        for run in expanded {
+            for (violation, start, end) in run.states {
+                let id = next_id;
+                next_id += 1;
+                if id == level_end {
+                    depth += 1;
+                    depth_of_level_end.push(level_end);
+                    level_end = parent.len() as u32;
+                }
+                if let Some((name, v)) = violation {
+                    found = Some((id, name, v));
+                    break 'search;
+                }
+                let mine = &run.succ[start..end];
+                generated += mine.len() as u64;
+                let mut touched = 0u64;
+                // In a tight loop, so the loads are in flight together.
+                for (_, _, fp, _) in mine.iter() {
+                    touched ^= seen.touch(*fp);
+                }
+                std::hint::black_box(touched);
+                for &(rep, a, fp, kinds) in mine {
+                    let (nid, new) = seen.get_or_insert(fp, parent.len() as u32);
+                    if new {
+                        coverage.add(kinds);
+                        parent.push(id);
+                        via.push(a);
+                        settled.push(settled_bits(&rep));
+                        queue.push_back(rep);
+                    }
+                    if check_wedge {
+                        edges.push(nid);
+                    }
+                }
+                offsets.push(edges.len() as u64);
+                if parent.len() as u64 > max_states {
+                    truncated = true;
+                    break 'search;
+                }
             }
-            if check_wedge {
-                edges.push(nid);
-            }
-        }
-        offsets.push(edges.len() as u64);
-        if parent.len() as u64 > max_states {
-            truncated = true;
-            break;
         }
     }
     let unique = parent.len() as u64;
@@ -406,7 +496,7 @@ fn replay(
     for a in chain {
         // The permutation is the one of the relabelled state, as during exploration.
         let relabelled = model.relabelled(&raw);
-        let (_, perm) = relabelled.canonical();
+        let (_, perm) = model.canonical(&relabelled);
         let a = map_worker(a, &perm);
         raw = raw_model
             .step(&raw, a)

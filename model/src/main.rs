@@ -80,7 +80,8 @@ enum Cmd {
     Check {
         #[command(flatten)]
         shape: Shape,
-        /// Threads for the stateright DFS pass (`--dfs`); the graph pass is single-threaded.
+        /// Threads expanding states (the graph pass, and stateright's DFS pass with `--dfs`);
+        /// the result does not depend on them.
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Also run stateright's DFS checker over the same model (safety properties only).
@@ -221,7 +222,8 @@ fn main() -> ExitCode {
                 if dfs {
                     run_dfs(model, threads);
                 }
-                let r = match check_world(model, mutant, export_counterexample.as_deref()) {
+                let r = match check_world(model, mutant, export_counterexample.as_deref(), threads)
+                {
                     Ok(r) => r,
                     Err(code) => return code,
                 };
@@ -264,6 +266,7 @@ fn check_world(
     model: &ApplydModel,
     mutant: Option<Mutant>,
     export: Option<&std::path::Path>,
+    threads: usize,
 ) -> Result<graph::Explored, ExitCode> {
     let c = &model.cfg;
     let shape = match c.rollout {
@@ -298,7 +301,7 @@ fn check_world(
         c.retry_budget,
         mutant.map_or("none", |m| m.name()),
     );
-    let r = graph::explore(model, true, u64::MAX);
+    let r = graph::explore(model, true, u64::MAX, threads);
     match &r.found {
         Some(found) => {
             print!("{}", report::print(model, found));

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 
 use applyd::machine::rollout::RolloutPolicy;
 use applyd::machine::{
@@ -247,6 +247,33 @@ pub struct Frozen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DriveId(u32);
 
+/// A worker as the canonical order sees it: its fields, with its drive's content key in place of
+/// the drive's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum WorkerKey {
+    Unused,
+    Crashed,
+    Idle,
+    Driving(u8, u8, u8, u64, Option<Frozen>),
+}
+
+impl WorkerKey {
+    fn of(w: &Worker, key: &impl Fn(DriveId) -> u64) -> WorkerKey {
+        match *w {
+            Worker::Unused => WorkerKey::Unused,
+            Worker::Crashed => WorkerKey::Crashed,
+            Worker::Idle => WorkerKey::Idle,
+            Worker::Driving {
+                apply,
+                epoch,
+                hb_age,
+                drive,
+                frozen,
+            } => WorkerKey::Driving(apply, epoch, hb_age, key(drive), frozen),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Worker {
     /// A slot beyond the configured number of workers.
@@ -271,19 +298,28 @@ const CHUNKS: usize = 1 << 14;
 
 /// The distinct `Drive` values met so far. A state holds a 4-byte id instead of the
 /// ~120-byte core (ids, an observation, a cursor), which keeps states small and cheap to hash;
-/// there are few distinct drives. Reads are lock-free (append-only chunks); interning takes a
-/// lock. Ids depend on discovery order, which is deterministic for the single-threaded search.
+/// there are few distinct drives. Reads are lock-free (append-only chunks); a look-up takes a
+/// read lock and interning a new drive the write lock. Ids depend on the order drives are met,
+/// which threads make arbitrary: nothing the search reports depends on them, since workers are
+/// ordered by each drive's content key (`key`), not by its id.
 pub struct Drives {
-    index: Mutex<HashMap<Drive, u32, BuildHasherDefault<Fx>>>,
+    /// Sharded by the drive's hash, so that threads looking drives up rarely meet.
+    index: Box<[RwLock<Shard>]>,
+    next: std::sync::atomic::AtomicU32,
     chunks: Box<[OnceLock<Chunk>]>,
 }
 
-type Chunk = Box<[OnceLock<Drive>]>;
+const SHARDS: usize = 16;
+
+type Shard = HashMap<Drive, u32, BuildHasherDefault<Fx>>;
+
+type Chunk = Box<[OnceLock<(Drive, u64)>]>;
 
 impl Default for Drives {
     fn default() -> Self {
         Drives {
-            index: Mutex::new(HashMap::default()),
+            index: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            next: std::sync::atomic::AtomicU32::new(0),
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -291,36 +327,50 @@ impl Default for Drives {
 
 impl std::fmt::Debug for Drives {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Drives({})", self.index.lock().unwrap().len())
+        write!(f, "Drives({})", self.len())
     }
 }
 
 impl Drives {
     /// The id of `d` (whose apply and epoch the caller has zeroed).
     pub fn intern(&self, d: Drive) -> DriveId {
-        let mut index = self.index.lock().unwrap();
+        let key = fingerprint(&d);
+        let shard = &self.index[key as usize % SHARDS];
+        if let Some(&id) = shard.read().unwrap().get(&d) {
+            return DriveId(id);
+        }
+        let mut index = shard.write().unwrap();
         if let Some(&id) = index.get(&d) {
             return DriveId(id);
         }
-        let id = index.len();
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
         assert!(id < CHUNK * CHUNKS, "too many distinct drives");
         let chunk = self.chunks[id >> CHUNK_BITS]
             .get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
-        let _ = chunk[id & (CHUNK - 1)].set(d);
+        let _ = chunk[id & (CHUNK - 1)].set((d, key));
         index.insert(d, id as u32);
         DriveId(id as u32)
     }
 
-    pub fn get(&self, id: DriveId) -> Drive {
+    fn entry(&self, id: DriveId) -> &(Drive, u64) {
         let i = id.0 as usize;
-        *self.chunks[i >> CHUNK_BITS]
+        self.chunks[i >> CHUNK_BITS]
             .get()
             .and_then(|c| c[i & (CHUNK - 1)].get())
             .expect("an interned drive")
     }
 
+    pub fn get(&self, id: DriveId) -> Drive {
+        self.entry(id).0
+    }
+
+    /// The drive's content key: the same for the same drive in every run, whatever its id.
+    pub fn key(&self, id: DriveId) -> u64 {
+        self.entry(id).1
+    }
+
     pub fn len(&self) -> usize {
-        self.index.lock().unwrap().len()
+        self.next.load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -554,13 +604,15 @@ impl State {
     }
 
     /// The representative of the state's worker-symmetry class, and the permutation used:
-    /// `rep.workers[i] == self.workers[perm[i]]`.
-    pub fn canonical(&self) -> (State, [u8; MAX_WORKERS]) {
-        // Sorted by content (not a hash): equal keys are equal workers, so swapping them is the
-        // identity and the representative does not depend on the input order.
-        let mut keyed: [(Worker, u8, u8); MAX_WORKERS] = [(Worker::Unused, 0, 0); MAX_WORKERS];
+    /// `rep.workers[i] == self.workers[perm[i]]`. Workers are ordered by content, each drive
+    /// by `key` (stateright's checkers pass the id itself: within one run an id is one drive).
+    pub fn canonical_by(&self, key: impl Fn(DriveId) -> u64) -> (State, [u8; MAX_WORKERS]) {
+        // Sorted by content (not a hash of the whole): equal keys are equal workers, so swapping
+        // them is the identity and the representative does not depend on the input order.
+        let mut keyed: [(WorkerKey, u8, u8); MAX_WORKERS] =
+            [(WorkerKey::of(&Worker::Unused, &key), 0, 0); MAX_WORKERS];
         for (i, w) in self.workers.iter().enumerate() {
-            keyed[i] = (*w, self.hosted_by(i), i as u8);
+            keyed[i] = (WorkerKey::of(w, &key), self.hosted_by(i), i as u8);
         }
         keyed.sort_unstable();
         let mut perm = [0u8; MAX_WORKERS];
@@ -577,6 +629,10 @@ impl State {
             }
         }
         (out, perm)
+    }
+
+    pub fn canonical(&self) -> (State, [u8; MAX_WORKERS]) {
+        self.canonical_by(|d| d.0 as u64)
     }
 
     pub fn representative(s: &State) -> State {

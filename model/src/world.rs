@@ -88,6 +88,16 @@ impl ApplydModel {
         self.rules.params
     }
 
+    /// The representative of `s`'s worker-symmetry class and its permutation, with workers
+    /// ordered by their drives' content (`State::canonical_by`): the same in every run.
+    pub fn canonical(&self, s: &State) -> (State, [u8; MAX_WORKERS]) {
+        s.canonical_by(|d| self.drives.key(d))
+    }
+
+    pub fn representative(&self, s: &State) -> State {
+        self.canonical(s).0
+    }
+
     pub fn spec(&self, a: usize) -> ApplySpec {
         self.cfg.applies[a]
     }
