@@ -452,6 +452,51 @@ async fn a_request_issued_again_reaches_the_operations_that_did_their_part(env: 
     env.cleanup().await;
 }
 
+/// A start asked again while it is pending is the same request: it changes nothing. After one
+/// of two stopped operations resumed (the rollout runs again), the start stays pending for the
+/// other, which a claim still takes.
+async fn a_start_asked_again_while_pending_changes_nothing(env: Env) {
+    use ApplyState::*;
+    let id = submit(
+        &env,
+        rollout(
+            "shop",
+            &["a", "b"],
+            CutoverPolicy::Parallel,
+            OnFailure::Halt,
+            2,
+        ),
+    )
+    .await;
+    let [one, two] = claim_two_in_rollout_order(&env).await;
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    for c in [&one, &two] {
+        write(&env, &c.lease, Stopped).await.unwrap();
+        env.store
+            .complete_request(&c.lease, ControlOp::Stop)
+            .await
+            .unwrap();
+    }
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    let resumed = claim(&env, "w3")
+        .await
+        .expect("a start resumes an operation");
+    assert_eq!(states(&env, id).await.0, Running);
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    assert!(
+        env.inspect(id)
+            .await
+            .pending_requests
+            .contains(&ControlOp::Start),
+        "the start is still pending for the other stopped operation"
+    );
+    let other = claim(&env, "w4")
+        .await
+        .expect("the other stopped operation resumes too");
+    assert_ne!(other.record.row.operation, resumed.record.row.operation);
+    env.cleanup().await;
+}
+
 async fn concurrent_claimers_never_share_an_operation(env: Env) {
     let id = submit(
         &env,
@@ -514,5 +559,6 @@ conformance!(
     a_pause_holds_until_a_release,
     a_stop_reaches_every_running_operation,
     a_request_issued_again_reaches_the_operations_that_did_their_part,
+    a_start_asked_again_while_pending_changes_nothing,
     concurrent_claimers_never_share_an_operation,
 );

@@ -261,7 +261,7 @@ impl ApplydModel {
                     use applyd::worker::Finish;
                     let gate_open = self.cutover_open(s, a);
                     let row = &mut s.rows[a];
-                    let fenced = self.rules.write_allowed(row.epoch as u64, drive.epoch);
+                    let fenced = self.allowed(row, drive.epoch);
                     // As MemoryStore: a release, or a park (`Store::park`) of a wait that parks
                     // (a rollout's operation also at a closed cutover gate).
                     let parks = f == Finish::Parked

@@ -5,8 +5,8 @@
 
 use super::requests::{self, Accepted};
 use super::{
-    cutover_gate, derive_parent, start_gate, CutoverGate, CutoverPolicy, Member, OnFailure,
-    RolloutPolicy, StartGate,
+    cutover_gate, derive_parent, start_gate, CutoverGate, CutoverPolicy, FailureMode, Member,
+    OnFailure, RolloutPolicy, StartGate,
 };
 use crate::machine::rules::{Mutant, Rules};
 use crate::machine::states::ApplyState;
@@ -69,8 +69,7 @@ impl Rules {
     pub fn derive_rollout(&self, policy: &RolloutPolicy, members: &[Member]) -> ApplyState {
         let failed = members.iter().any(|m| m.state == ApplyState::Failed);
         if self.has(Mutant::ContinueTerminalizesEarly)
-            && failed
-            && policy.on_failure == OnFailure::Continue
+            && super::gates::failure_mode(policy, members) == Some(FailureMode::Continue)
         {
             return ApplyState::Failed;
         }
@@ -89,6 +88,7 @@ impl Rules {
         }
         let derived = derive_parent(policy, members);
         if self.has(Mutant::OrphanedStepHoldsRollout)
+            && failed
             && derived.is_terminal()
             && derived != ApplyState::Stopped
             && members.iter().any(|m| m.state == ApplyState::Pending)

@@ -1015,7 +1015,8 @@ impl MemoryStore {
                 RequestOutcome::Created
             }
         };
-        if is_rollout(&inner, apply) {
+        // A request already pending is the same request: nothing new to accept (as in MySQL).
+        if is_rollout(&inner, apply) && outcome != RequestOutcome::AlreadyPending {
             self.rollout_request(&mut inner, apply, op, now);
         }
         Ok(outcome)
