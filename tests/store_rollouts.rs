@@ -71,6 +71,33 @@ async fn claim_two_in_rollout_order(env: &Env) -> [Claimed; 2] {
     two
 }
 
+/// A parallel rollout of two deployments whose two running operations were stopped (each
+/// completing its part of the stop), then asked to start again.
+async fn stopped_then_started(env: &Env) -> (ApplyId, [Claimed; 2]) {
+    let id = submit(
+        env,
+        rollout(
+            "shop",
+            &["a", "b"],
+            CutoverPolicy::Parallel,
+            OnFailure::Halt,
+            2,
+        ),
+    )
+    .await;
+    let two = claim_two_in_rollout_order(env).await;
+    env.store.request(id, ControlOp::Stop).await.unwrap();
+    for c in &two {
+        write(env, &c.lease, ApplyState::Stopped).await.unwrap();
+        env.store
+            .complete_request(&c.lease, ControlOp::Stop)
+            .await
+            .unwrap();
+    }
+    env.store.request(id, ControlOp::Start).await.unwrap();
+    (id, two)
+}
+
 async fn states(env: &Env, id: ApplyId) -> (ApplyState, Vec<ApplyState>) {
     let s = env.inspect(id).await;
     (s.state, s.operations.iter().map(|o| o.state).collect())
@@ -414,27 +441,7 @@ async fn a_stop_reaches_every_running_operation(env: Env) {
 
 async fn a_request_issued_again_reaches_the_operations_that_did_their_part(env: Env) {
     use ApplyState::*;
-    let id = submit(
-        &env,
-        rollout(
-            "shop",
-            &["a", "b"],
-            CutoverPolicy::Parallel,
-            OnFailure::Halt,
-            2,
-        ),
-    )
-    .await;
-    let [one, two] = claim_two_in_rollout_order(&env).await;
-    env.store.request(id, ControlOp::Stop).await.unwrap();
-    for c in [&one, &two] {
-        write(&env, &c.lease, Stopped).await.unwrap();
-        env.store
-            .complete_request(&c.lease, ControlOp::Stop)
-            .await
-            .unwrap();
-    }
-    env.store.request(id, ControlOp::Start).await.unwrap();
+    let (id, [one, _]) = stopped_then_started(&env).await;
     let again = [
         claim(&env, "w3").await.unwrap(),
         claim(&env, "w4").await.unwrap(),
@@ -457,27 +464,7 @@ async fn a_request_issued_again_reaches_the_operations_that_did_their_part(env: 
 /// other, which a claim still takes.
 async fn a_start_asked_again_while_pending_changes_nothing(env: Env) {
     use ApplyState::*;
-    let id = submit(
-        &env,
-        rollout(
-            "shop",
-            &["a", "b"],
-            CutoverPolicy::Parallel,
-            OnFailure::Halt,
-            2,
-        ),
-    )
-    .await;
-    let [one, two] = claim_two_in_rollout_order(&env).await;
-    env.store.request(id, ControlOp::Stop).await.unwrap();
-    for c in [&one, &two] {
-        write(&env, &c.lease, Stopped).await.unwrap();
-        env.store
-            .complete_request(&c.lease, ControlOp::Stop)
-            .await
-            .unwrap();
-    }
-    env.store.request(id, ControlOp::Start).await.unwrap();
+    let (id, _) = stopped_then_started(&env).await;
     let resumed = claim(&env, "w3")
         .await
         .expect("a start resumes an operation");

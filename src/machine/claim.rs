@@ -4,7 +4,8 @@
 //! SQL `IN (...)` lists, the memory store, the model and the simulator all read the classes from
 //! here. The claim arms are pure predicates over a row snapshot whose ages were computed by the
 //! database clock (or the virtual clock); nothing here reads a clock. The moves a claim makes
-//! are in `moves`. The file runs past 700 lines for its tests, which probe every arm.
+//! are in `moves`. The file runs past 700 lines for its tests, which probe every arm (and that `never_claimed`
+//! states match none, whatever the lease and requests): they read the private class table.
 
 use super::moves::ExpiryReason;
 use super::rules::{Mutant, Rules};

@@ -5,7 +5,9 @@
 //! Over 700 lines: every store operation's reference semantics sits in one place, next to the
 //! row types it mutates, so that each can be read against its MySQL twin under `mysql/`; the
 //! clocks (`clock`), the async delegation (`delegate`) and the operations of rollouts, whose
-//! leases are their own (`rollout`), live beside it.
+//! leases are their own (`rollout`), live beside it. The claim loops (`claim_order`,
+//! `claim_locked`, `claimable`) stay here with the views they build: the simulator calls them
+//! after every event, and they share the per-apply memo of those views.
 
 mod clock;
 mod delegate;
