@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use applyd::machine::invariants::Violation;
 use applyd::machine::{ClaimArm, ClaimedVia};
-use applyd::worker::{Command, Finish};
+use applyd::worker::Command;
 use stateright::Model;
 
 use crate::state::{fingerprint, Action, Outcome, State, MAX_WORKERS};
@@ -136,7 +136,7 @@ const WAKE: u16 = 128;
 const TAKEN_BY_REQUEST: u16 = 256;
 
 impl Coverage {
-    fn kinds(model: &ApplydModel, from: &State, action: Action) -> u16 {
+    fn kinds(model: &ApplydModel, from: &State, action: Action, to: &State) -> u16 {
         let mut k = 0;
         match action {
             Action::Claim(_, a) => {
@@ -163,15 +163,23 @@ impl Coverage {
                     Outcome::Transient => k |= TRANSIENT,
                     _ => {}
                 }
-                let resumed = matches!(action, Action::Resume(..));
-                let cmd = model.prepare(from, w as usize, resumed).and_then(|p| p.cmd);
-                if matches!(cmd, Some(Command::Finish(Finish::Parked))) {
+                // A park gives the driver back and leaves the row resting.
+                if from
+                    .rows
+                    .iter()
+                    .zip(to.rows.iter())
+                    .any(|(before, after)| !before.resting && after.resting)
+                {
                     k |= PARK;
                 }
-                if from.drifts_left < model.cfg.drifts
-                    && matches!(cmd, Some(Command::FailClosed(_)))
-                {
-                    k |= FAILED_CLOSED;
+                // Only a drifted change fails closed: the command is worth preparing again
+                // only after a drift.
+                if from.drifts_left < model.cfg.drifts {
+                    let resumed = matches!(action, Action::Resume(..));
+                    let cmd = model.prepare(from, w as usize, resumed).and_then(|p| p.cmd);
+                    if matches!(cmd, Some(Command::FailClosed(_))) {
+                        k |= FAILED_CLOSED;
+                    }
                 }
             }
             Action::Drift(_) => k |= DRIFT,
@@ -227,17 +235,21 @@ fn property_of(model: &ApplydModel, s: &State) -> Option<(&'static str, Violatio
 type Verdict = Option<(&'static str, Violation)>;
 
 /// What a run of states expands to: for each state, a broken property or the range of its
-/// successors (representative, action, fingerprint, coverage kinds) in `succ`.
+/// successors in `succ` (fingerprint, action, coverage kinds) and `reps` (the representative
+/// states, same index). The merge reads `succ` for every successor and `reps` only for new
+/// ones: most successors were seen before, and the compact array stays in cache.
 #[derive(Default)]
 struct Expanded {
     states: Vec<(Verdict, usize, usize)>,
-    succ: Vec<(State, Action, u64, u16)>,
+    succ: Vec<(u64, Action, u16)>,
+    reps: Vec<State>,
 }
 
 fn expand(model: &ApplydModel, states: &[State]) -> Expanded {
     let mut out = Expanded {
         states: Vec::with_capacity(states.len()),
         succ: Vec::with_capacity(states.len() * 8),
+        reps: Vec::with_capacity(states.len() * 8),
     };
     let mut actions = Vec::new();
     for s in states {
@@ -252,40 +264,154 @@ fn expand(model: &ApplydModel, states: &[State]) -> Expanded {
             let Some(next) = model.next_state(s, a) else {
                 continue;
             };
+            let kinds = Coverage::kinds(model, s, a, &next);
             let rep = model.representative(&next);
             let fp = fingerprint(&rep);
-            out.succ.push((rep, a, fp, Coverage::kinds(model, s, a)));
+            out.succ.push((fp, a, kinds));
+            out.reps.push(rep);
         }
         out.states.push((None, start, out.succ.len()));
     }
     out
 }
 
-/// Expand a batch of states on `threads` threads: one run of states per thread, in order.
-fn expand_batch(model: &ApplydModel, batch: &[State], threads: usize) -> Vec<Expanded> {
-    if threads <= 1 || batch.len() < 64 {
-        return vec![expand(model, batch)];
-    }
-    let chunk = batch.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = batch
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || expand(model, part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("an expansion thread"))
-            .collect()
-    })
-}
+/// States expanded per chunk: a thread takes the next chunk when it is done with one, so a
+/// thread that finishes merging joins the expansion at once.
+const CHUNK: usize = 256;
 
 /// States expanded together: large enough to keep the threads busy, small enough to keep the
 /// successors of one batch in cache.
 const BATCH: usize = 4096;
 
+/// Expand `batch` in chunks on `helpers` spawned threads and on this one once `merge` returns:
+/// the merge of the previous batch (which only the calling thread can do, the seen table being
+/// one) overlaps the expansion of this one. The runs come back in the batch's order.
+fn expand_while<T>(
+    model: &ApplydModel,
+    batch: &[State],
+    helpers: usize,
+    merge: impl FnOnce() -> T,
+) -> (Vec<Expanded>, T) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let chunks: Vec<&[State]> = batch.chunks(CHUNK).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(part) = chunks.get(i) else {
+                return done;
+            };
+            done.push((i, expand(model, part)));
+        }
+    };
+    let (mut runs, merged) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..helpers.min(chunks.len()))
+            .map(|_| scope.spawn(work))
+            .collect();
+        let merged = merge();
+        let mut runs = work();
+        for h in handles {
+            runs.extend(h.join().expect("an expansion thread"));
+        }
+        (runs, merged)
+    });
+    runs.sort_unstable_by_key(|(i, _)| *i);
+    (runs.into_iter().map(|(_, r)| r).collect(), merged)
+}
+
+/// The search's bookkeeping, filled in queue order by the merge.
+struct Search {
+    seen: Seen,
+    parent: Vec<u32>,
+    via: Vec<Action>,
+    settled: Vec<u8>,
+    offsets: Vec<u64>,
+    edges: Vec<u32>,
+    queue: VecDeque<State>,
+    generated: u64,
+    coverage: Coverage,
+    level_end: u32,
+    depth: u32,
+    next_id: u32,
+    check_wedge: bool,
+    max_states: u64,
+}
+
+/// Why a merge stopped the search.
+enum Stop {
+    Found(u32, &'static str, Violation),
+    Truncated,
+}
+
+impl Search {
+    /// Take the expanded states in order: number them, record new successors and the edges.
+    fn merge(&mut self, model: &ApplydModel, runs: Vec<Expanded>) -> Option<Stop> {
+        let units = model.units();
+        for run in runs {
+            for (violation, start, end) in run.states {
+                let id = self.next_id;
+                self.next_id += 1;
+                if id == self.level_end {
+                    self.depth += 1;
+                    self.level_end = self.parent.len() as u32;
+                }
+                if let Some((name, v)) = violation {
+                    return Some(Stop::Found(id, name, v));
+                }
+                let mine = &run.succ[start..end];
+                self.generated += mine.len() as u64;
+                let mut touched = 0u64;
+                // In a tight loop, so the loads are in flight together.
+                for (fp, _, _) in mine {
+                    touched ^= self.seen.touch(*fp);
+                }
+                std::hint::black_box(touched);
+                for (i, &(fp, a, kinds)) in mine.iter().enumerate() {
+                    let (nid, new) = self.seen.get_or_insert(fp, self.parent.len() as u32);
+                    if new {
+                        let rep = &run.reps[start + i];
+                        self.coverage.add(kinds);
+                        self.parent.push(id);
+                        self.via.push(a);
+                        self.settled.push(settled_bits(model, units, rep));
+                        self.queue.push_back(*rep);
+                    }
+                    if self.check_wedge {
+                        self.edges.push(nid);
+                    }
+                }
+                self.offsets.push(self.edges.len() as u64);
+                if self.parent.len() as u64 > self.max_states {
+                    return Some(Stop::Truncated);
+                }
+            }
+        }
+        None
+    }
+
+    fn next_batch(&mut self) -> Vec<State> {
+        let n = self.queue.len().min(BATCH);
+        self.queue.drain(..n).collect()
+    }
+}
+
+/// Which units (applies, and a rollout's apply) are settled in `s`, as bits.
+fn settled_bits(model: &ApplydModel, units: usize, s: &State) -> u8 {
+    let mut m = 0u8;
+    for a in 0..units {
+        if model.settled(s, a) {
+            m |= 1 << a;
+        }
+    }
+    m
+}
+
 /// Explore everything reachable (up to `max_states` unique states), expanding states on
 /// `threads` threads. The result does not depend on the number of threads: states are expanded
-/// in batches and merged in queue order, and representatives order workers by content.
+/// in batches and merged in queue order, and representatives order workers by content. While
+/// one batch is merged the next is already expanding: it is made of states queued before the
+/// merge began, so it is the same batch a sequential search would take next.
 pub fn explore(
     model: &ApplydModel,
     check_wedge: bool,
@@ -293,110 +419,81 @@ pub fn explore(
     threads: usize,
 ) -> Explored {
     let start = Instant::now();
-    let mut seen = Seen::new();
-    let mut parent: Vec<u32> = Vec::new();
-    let mut via: Vec<Action> = Vec::new();
-    let mut settled: Vec<u8> = Vec::new();
-    let mut offsets: Vec<u64> = vec![0];
-    let mut edges: Vec<u32> = Vec::new();
-    let mut depth_of_level_end: Vec<u32> = Vec::new();
-    let mut queue: VecDeque<State> = VecDeque::new();
-    let mut generated = 0u64;
-    let mut coverage = Coverage::default();
-    let applies = model.units();
-    let settled_bits = |s: &State| -> u8 {
-        let mut m = 0u8;
-        for a in 0..applies {
-            if model.settled(s, a) {
-                m |= 1 << a;
-            }
-        }
-        m
+    let units = model.units();
+    let mut search = Search {
+        seen: Seen::new(),
+        parent: Vec::new(),
+        via: Vec::new(),
+        settled: Vec::new(),
+        offsets: vec![0],
+        edges: Vec::new(),
+        queue: VecDeque::new(),
+        generated: 0,
+        coverage: Coverage::default(),
+        level_end: 0,
+        depth: 0,
+        next_id: 0,
+        check_wedge,
+        max_states,
     };
-
     for init in model.init_states() {
         let rep = model.representative(&init);
         let fp = fingerprint(&rep);
-        if seen.get_or_insert(fp, parent.len() as u32).1 {
-            parent.push(u32::MAX);
-            via.push(Action::Tick);
-            settled.push(settled_bits(&rep));
-            queue.push_back(rep);
+        if search.seen.get_or_insert(fp, search.parent.len() as u32).1 {
+            search.parent.push(u32::MAX);
+            search.via.push(Action::Tick);
+            search.settled.push(settled_bits(model, units, &rep));
+            search.queue.push_back(rep);
         }
     }
-    let mut level_end = parent.len() as u32;
-    let mut depth = 0u32;
-    let mut next_id = 0u32;
-    let mut truncated = false;
-    let mut found: Option<(u32, &'static str, Violation)> = None;
-    'search: while !queue.is_empty() {
-        let n = queue.len().min(BATCH);
-        let batch: Vec<State> = queue.drain(..n).collect();
-        let expanded = expand_batch(model, &batch, threads);
-        for run in expanded {
-            for (violation, start, end) in run.states {
-                let id = next_id;
-                next_id += 1;
-                if id == level_end {
-                    depth += 1;
-                    depth_of_level_end.push(level_end);
-                    level_end = parent.len() as u32;
-                }
-                if let Some((name, v)) = violation {
-                    found = Some((id, name, v));
-                    break 'search;
-                }
-                let mine = &run.succ[start..end];
-                generated += mine.len() as u64;
-                let mut touched = 0u64;
-                // In a tight loop, so the loads are in flight together.
-                for (_, _, fp, _) in mine.iter() {
-                    touched ^= seen.touch(*fp);
-                }
-                std::hint::black_box(touched);
-                for &(rep, a, fp, kinds) in mine {
-                    let (nid, new) = seen.get_or_insert(fp, parent.len() as u32);
-                    if new {
-                        coverage.add(kinds);
-                        parent.push(id);
-                        via.push(a);
-                        settled.push(settled_bits(&rep));
-                        queue.push_back(rep);
-                    }
-                    if check_wedge {
-                        edges.push(nid);
-                    }
-                }
-                offsets.push(edges.len() as u64);
-                if parent.len() as u64 > max_states {
-                    truncated = true;
-                    break 'search;
-                }
-            }
+    search.level_end = search.parent.len() as u32;
+    let helpers = threads.max(1) - 1;
+    let mut stop = None;
+    let mut ready: Vec<Expanded> = Vec::new();
+    loop {
+        let batch = search.next_batch();
+        if batch.is_empty() && ready.is_empty() {
+            break;
         }
+        let (expanded, merged) =
+            expand_while(model, &batch, helpers, || search.merge(model, ready));
+        if merged.is_some() {
+            stop = merged;
+            break;
+        }
+        ready = expanded;
     }
-    let unique = parent.len() as u64;
     let mut result = Explored {
-        generated,
-        unique,
-        depth,
+        generated: search.generated,
+        unique: search.parent.len() as u64,
+        depth: search.depth,
         elapsed_s: 0.0,
         found: None,
-        truncated,
+        truncated: matches!(stop, Some(Stop::Truncated)),
         wedge_s: 0.0,
-        coverage,
+        coverage: search.coverage,
     };
-    if let Some((id, name, v)) = found {
+    let Search {
+        parent,
+        via,
+        settled,
+        offsets,
+        edges,
+        queue,
+        seen,
+        ..
+    } = search;
+    if let Some(Stop::Found(id, name, v)) = stop {
         result.found = Some(Found {
             property: name,
             violation: v,
             path: replay(model, &parent, &via, id),
         });
-    } else if check_wedge && !truncated {
+    } else if check_wedge && !result.truncated {
         drop(queue);
         drop(seen);
         let t = Instant::now();
-        let w = wedge(&offsets, &edges, &settled, applies);
+        let w = wedge(&offsets, &edges, &settled, units, threads);
         result.wedge_s = t.elapsed().as_secs_f64();
         if let Some((id, a)) = w {
             let path = replay(model, &parent, &via, id);
@@ -418,8 +515,15 @@ pub fn explore(
     result
 }
 
-/// The first (shallowest) state from which some apply can never settle again.
-fn wedge(offsets: &[u64], edges: &[u32], settled: &[u8], applies: usize) -> Option<(u32, usize)> {
+/// The first (shallowest) state from which some apply can never settle again. Each apply's
+/// backward pass is independent of the others', so they run side by side on `threads` threads.
+fn wedge(
+    offsets: &[u64],
+    edges: &[u32],
+    settled: &[u8],
+    applies: usize,
+    threads: usize,
+) -> Option<(u32, usize)> {
     let n = settled.len();
     // Reverse edges in CSR form.
     let mut indeg = vec![0u32; n + 1];
@@ -439,12 +543,11 @@ fn wedge(offsets: &[u64], edges: &[u32], settled: &[u8], applies: usize) -> Opti
         }
     }
     drop(fill);
-    let mut best: Option<(u32, usize)> = None;
-    let mut can = vec![false; n];
-    let mut stack = Vec::new();
-    for a in 0..applies {
-        can.iter_mut().for_each(|c| *c = false);
-        stack.clear();
+    // Only expanded states have their edges; an unexpanded one would look like a wedge.
+    let expanded = offsets.len() - 1;
+    let first_wedged = |a: usize| -> Option<u32> {
+        let mut can = vec![false; n];
+        let mut stack = Vec::new();
         for (i, m) in settled.iter().enumerate() {
             if m & (1 << a) != 0 {
                 can[i] = true;
@@ -461,15 +564,26 @@ fn wedge(offsets: &[u64], edges: &[u32], settled: &[u8], applies: usize) -> Opti
                 }
             }
         }
-        // Only expanded states have their edges; an unexpanded one would look like a wedge.
-        let expanded = offsets.len() - 1;
-        if let Some(i) = can[..expanded].iter().position(|c| !c) {
-            if best.is_none_or(|(b, _)| (i as u32) < b) {
-                best = Some((i as u32, a));
-            }
-        }
-    }
-    best
+        can[..expanded].iter().position(|c| !c).map(|i| i as u32)
+    };
+    let units: Vec<usize> = (0..applies).collect();
+    let firsts: Vec<Option<u32>> = std::thread::scope(|scope| {
+        units
+            .chunks(applies.div_ceil(threads.max(1)).max(1))
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|&a| first_wedged(a)).collect::<Vec<_>>())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|h| h.join().expect("a no-wedge thread"))
+            .collect::<Vec<_>>()
+    });
+    // The shallowest wedge; between applies wedged at the same state, the first apply.
+    firsts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(a, i)| i.map(|i| (i, a)))
+        .min()
 }
 
 /// Rebuild the raw path to `id`: the recorded actions are relative to canonical states, so

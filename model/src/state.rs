@@ -514,13 +514,13 @@ impl Fx {
     /// One word into the state: a folded 64x64->128 multiplication, so every input bit
     /// reaches every output bit (a plain multiply only carries upwards, and packed words then
     /// collide in their top bytes).
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, x: u64) {
         let m = ((self.h ^ x ^ 0x243f_6a88_85a3_08d3) as u128) * 0x51_7c_c1_b7_27_22_0a_95u128;
         self.h = (m as u64) ^ ((m >> 64) as u64);
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, b: u8) {
         self.buf |= (b as u64) << (8 * self.n);
         self.n += 1;
@@ -533,43 +533,51 @@ impl Fx {
     }
 
     /// Small values (tags, lengths, ids) take one byte; others an escape byte and all eight.
-    #[inline]
+    /// Always inlined (with the rare wide case out of line): a call per enum tag would keep
+    /// the hasher in memory instead of in registers.
+    #[inline(always)]
     fn int(&mut self, i: u64) {
         if i < 0xff {
             self.byte(i as u8);
         } else {
-            self.byte(0xff);
-            for b in i.to_le_bytes() {
-                self.byte(b);
-            }
+            self.wide(i);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wide(&mut self, i: u64) {
+        self.byte(0xff);
+        for b in i.to_le_bytes() {
+            self.byte(b);
         }
     }
 }
 
 impl Hasher for Fx {
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.byte(*b);
         }
     }
-    #[inline]
+    #[inline(always)]
     fn write_u8(&mut self, i: u8) {
         self.byte(i)
     }
-    #[inline]
+    #[inline(always)]
     fn write_u16(&mut self, i: u16) {
         self.int(i as u64)
     }
-    #[inline]
+    #[inline(always)]
     fn write_u32(&mut self, i: u32) {
         self.int(i as u64)
     }
-    #[inline]
+    #[inline(always)]
     fn write_u64(&mut self, i: u64) {
         self.int(i)
     }
-    #[inline]
+    #[inline(always)]
     fn write_usize(&mut self, i: usize) {
         self.int(i as u64)
     }

@@ -246,18 +246,13 @@ impl ApplydModel {
     /// state space stays finite although claims go on forever.
     fn relabel_epochs(&self, s: &mut State) {
         for a in 0..self.applies() {
-            let mut seen: [u64; 16] = [0; 16];
-            let mut n = 0;
-            let mut add = |v: u64| {
-                if !seen[..n].contains(&v) && n < seen.len() {
-                    seen[n] = v;
-                    n += 1;
-                }
-            };
-            add(s.rows[a].epoch as u64);
-            add(s.eng[a].seen_epoch as u64);
+            // The epochs in use as a bitset: an epoch's rank is the number of smaller ones.
+            let mut bits = [0u64; 4];
+            let mut mark = |v: u8| bits[(v >> 6) as usize] |= 1 << (v & 63);
+            mark(s.rows[a].epoch);
+            mark(s.eng[a].seen_epoch);
             if let Some(r) = s.eng[a].runner {
-                add(r.epoch as u64);
+                mark(r.epoch);
             }
             for w in s.workers.iter() {
                 if let Worker::Driving {
@@ -268,21 +263,25 @@ impl ApplydModel {
                 } = w
                 {
                     if *apply as usize == a {
-                        add(*epoch as u64);
+                        mark(*epoch);
                         if let Some(f) = frozen {
-                            add(f.epoch as u64);
+                            mark(f.epoch);
                         }
                     }
                 }
             }
-            let ranks = &mut seen[..n];
-            ranks.sort_unstable();
-            let base = if ranks.first() == Some(&0) { 0 } else { 1 };
-            let map = |v: u64| -> u64 { ranks.iter().position(|x| *x == v).unwrap() as u64 + base };
-            s.rows[a].epoch = map(s.rows[a].epoch as u64) as u8;
-            s.eng[a].seen_epoch = map(s.eng[a].seen_epoch as u64) as u8;
+            // 0 (never claimed) stays 0; the others count from 1.
+            let base = u32::from(bits[0] & 1 == 0);
+            let map = |v: u8| -> u8 {
+                let (word, bit) = ((v >> 6) as usize, v & 63);
+                let below: u32 = bits[..word].iter().map(|w| w.count_ones()).sum::<u32>()
+                    + (bits[word] & ((1u64 << bit) - 1)).count_ones();
+                (below + base) as u8
+            };
+            s.rows[a].epoch = map(s.rows[a].epoch);
+            s.eng[a].seen_epoch = map(s.eng[a].seen_epoch);
             if let Some(r) = s.eng[a].runner.as_mut() {
-                r.epoch = map(r.epoch as u64) as u8;
+                r.epoch = map(r.epoch);
             }
             for w in s.workers.iter_mut() {
                 if let Worker::Driving {
@@ -293,9 +292,9 @@ impl ApplydModel {
                 } = w
                 {
                     if *apply as usize == a {
-                        *epoch = map(*epoch as u64) as u8;
+                        *epoch = map(*epoch);
                         if let Some(f) = frozen.as_mut() {
-                            f.epoch = map(f.epoch as u64) as u8;
+                            f.epoch = map(f.epoch);
                         }
                     }
                 }

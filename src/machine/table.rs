@@ -7,7 +7,6 @@
 //! The words the rows are written in are in [`super::vocabulary`], the policies read off the
 //! table in [`super::policy`]; both are re-exported here so `table::` paths name them too.
 
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::claim::{ClaimArm, REVERT_PHASE, SETUP_PHASE};
@@ -34,7 +33,14 @@ pub struct Row {
 
 pub struct Table {
     pub rows: Vec<Row>,
-    index: BTreeMap<(EngineKind, ApplyState, Event), Vec<RowId>>,
+    /// The rows leaving each (engine, state), in table order: a short slice to scan, looked up
+    /// by position (every step of every driver, the model's and the simulator's included, goes
+    /// through `lookup`).
+    index: Vec<Vec<(Event, RowId)>>,
+}
+
+fn slot(engine: EngineKind, from: ApplyState) -> usize {
+    engine as usize * ApplyState::ALL.len() + from as usize
 }
 
 impl Table {
@@ -46,16 +52,19 @@ impl Table {
         from: ApplyState,
         event: Event,
     ) -> Option<RowId> {
-        let ids = self.index.get(&(engine, from, event))?;
         // A mutant row shadows the shipped one it replaces.
-        ids.iter()
-            .copied()
-            .find(|id| matches!(self.rows[*id as usize].only_with, Some(m) if rules.has(m)))
-            .or_else(|| {
-                ids.iter()
-                    .copied()
-                    .find(|id| self.rows[*id as usize].only_with.is_none())
-            })
+        let mut shipped = None;
+        for &(e, id) in &self.index[slot(engine, from)] {
+            if e != event {
+                continue;
+            }
+            match self.rows[id as usize].only_with {
+                Some(m) if rules.has(m) => return Some(id),
+                None if shipped.is_none() => shipped = Some(id),
+                _ => {}
+            }
+        }
+        shipped
     }
 
     pub fn row(&self, id: RowId) -> &Row {
@@ -327,9 +336,9 @@ fn build() -> Table {
     row!(SP, [Paused], Control(Stop) => same, [Call(StopRunner)]);
     row!(SP, [Paused], Engine(Stopped) => Stopped, [Persist, CompleteRequest(Stop)]);
 
-    let mut index: BTreeMap<(EngineKind, ApplyState, Event), Vec<RowId>> = BTreeMap::new();
+    let mut index = vec![Vec::new(); EngineKind::ALL.len() * ApplyState::ALL.len()];
     for (i, r) in b.rows.iter().enumerate() {
-        index.entry((r.engine, r.from, r.event)).or_default().push(i as RowId);
+        index[slot(r.engine, r.from)].push((r.event, i as RowId));
     }
     Table { rows: b.rows, index }
 }
