@@ -17,20 +17,24 @@
 //! - The child gets SIGTERM when this process dies (PR_SET_PDEATHSIG), so a runner never
 //!   outlives its operator for long; Spirit's own table lock keeps a second runner out meanwhile.
 //!
-//! Over 700 lines: the process runner, the argument builder and the inspection of Spirit's
-//! tables; the inspection is the first seam to split off.
+//! The child process is `process`, its output `progress`, the target schema `target`.
 
-use std::collections::{BTreeMap, VecDeque};
+mod process;
+mod progress;
+mod target;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
-use sqlx::{ConnectOptions, Connection, Executor, Row};
-use tokio::io::AsyncReadExt;
+use sqlx::{Connection, Executor};
+
+use process::Runner;
+pub use progress::Progress;
+use target::quote_ident;
 
 use super::Engine;
 use crate::config::{Secret, SpiritSection};
@@ -40,10 +44,6 @@ use crate::machine::observe::{EngineFault, Observation, RunnerStatus};
 use crate::machine::table::RunnerGone;
 use crate::machine::{EngineCall, Probe};
 
-/// Output lines kept per runner for error reports.
-const TAIL_LINES: usize = 40;
-/// Longest output line kept; the rest of a longer line is dropped.
-const MAX_LINE: usize = 8 * 1024;
 /// Where the adapter records each apply's pre-change schema fingerprint, in the target schema.
 pub const STATE_TABLE: &str = "_applyd_spirit";
 pub const SENTINEL: &str = "_spirit_sentinel";
@@ -79,78 +79,6 @@ impl SpiritConfig {
     }
 }
 
-/// What the runner's output said last.
-#[derive(Debug, Clone, Default)]
-pub struct Progress {
-    /// Spirit's state name (`copyRows`, `waitingOnSentinelTable`, `cutOver`, …).
-    pub state: Option<String>,
-    pub copied: Option<(u64, u64)>,
-    /// Spirit said it resumed from a checkpoint.
-    pub resumed: bool,
-    pub tail: VecDeque<String>,
-}
-
-impl Progress {
-    fn absorb(&mut self, line: &str) {
-        if let Some(s) = field(line, "state") {
-            if !s.is_empty()
-                && s.len() <= 64
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                self.state = Some(s);
-            }
-        }
-        if let Some(p) = field(line, "copy-progress") {
-            // "copied/total pct%"
-            let frac = p.split_whitespace().next().unwrap_or("");
-            if let Some((a, b)) = frac.split_once('/') {
-                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                    self.copied = Some((a, b));
-                }
-            }
-        }
-        if line.contains("resuming from checkpoint") || line.contains("resumed from checkpoint") {
-            self.resumed = true;
-        }
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line.to_string());
-    }
-}
-
-/// The value of `key=value` or `key="value"` in a logfmt-style line.
-fn field(line: &str, key: &str) -> Option<String> {
-    let pat = format!("{key}=");
-    let mut from = 0;
-    while let Some(i) = line[from..].find(&pat) {
-        let at = from + i;
-        // A whole key, not the tail of another one.
-        let whole = at == 0 || line.as_bytes()[at - 1] == b' ';
-        let rest = &line[at + pat.len()..];
-        if whole {
-            return Some(match rest.strip_prefix('"') {
-                Some(q) => q.split('"').next().unwrap_or("").to_string(),
-                None => rest
-                    .split(char::is_whitespace)
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            });
-        }
-        from = at + pat.len();
-    }
-    None
-}
-
-struct Runner {
-    apply: ApplyId,
-    epoch: u64,
-    child: tokio::process::Child,
-    progress: Arc<Mutex<Progress>>,
-    conf: PathBuf,
-}
-
 /// What a statement list changes: the tables, and the one statement Spirit gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -175,35 +103,6 @@ pub fn plan(database: &str, ddl: &[String]) -> Result<Plan, String> {
             .collect::<Vec<_>>()
             .join("; "),
     })
-}
-
-/// Whether a failed run's output says the change itself is wrong (retrying cannot help).
-fn is_permanent(tail: &str) -> bool {
-    let t = tail.to_ascii_lowercase();
-    [
-        "error 1064",
-        "error 1054",
-        "error 1146",
-        "error 1091",
-        "error 1060",
-        "error 1061",
-        "error 1068",
-        "error 1072",
-        "error 1050",
-        "error 4161",
-        "you have an error in your sql syntax",
-        "unknown data type",
-        "unsupported statement",
-        "could not parse",
-        "unknown column",
-        "duplicate column",
-    ]
-    .iter()
-    .any(|p| t.contains(p))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
 }
 
 /// The Spirit engine.
@@ -239,35 +138,6 @@ impl SpiritEngine {
             .map(|r| lock(&r.progress).clone())
     }
 
-    /// A connection to the apply's target schema.
-    fn options(&self) -> MySqlConnectOptions {
-        let o = MySqlConnectOptions::new()
-            .host(&self.cfg.host)
-            .port(self.cfg.port)
-            .username(&self.cfg.username);
-        // An empty password must not be sent as one ("using password: YES").
-        match self.cfg.password.expose() {
-            "" => o,
-            p => o.password(p),
-        }
-    }
-
-    async fn connect(&self, database: &str) -> Result<MySqlConnection, sqlx::Error> {
-        self.options().database(database).connect().await
-    }
-
-    /// Reachability of the MySQL target for `check-config`.
-    pub async fn ping(&self, database: Option<&str>) -> Result<(), String> {
-        let mut opts = self.options();
-        if let Some(d) = database {
-            opts = opts.database(d);
-        }
-        let mut c = opts.connect().await.map_err(|e| e.to_string())?;
-        c.ping().await.map_err(|e| e.to_string())?;
-        c.close().await.ok();
-        Ok(())
-    }
-
     /// Refuse an epoch older than one seen for the apply; remember the newest.
     fn fence(&self, apply: ApplyId, epoch: u64) -> bool {
         let mut e = lock(&self.epochs);
@@ -277,254 +147,6 @@ impl SpiritEngine {
         }
         *seen = epoch;
         true
-    }
-
-    async fn fingerprint(
-        c: &mut MySqlConnection,
-        tables: &[String],
-    ) -> Result<String, sqlx::Error> {
-        let mut out = String::new();
-        for t in tables {
-            let exists: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-            )
-            .bind(t)
-            .fetch_one(&mut *c)
-            .await?;
-            out.push_str(t);
-            out.push('\n');
-            if exists == 0 {
-                out.push_str("(absent)\n");
-                continue;
-            }
-            let row = c
-                .fetch_one(format!("SHOW CREATE TABLE {}", quote_ident(t)).as_str())
-                .await?;
-            let ddl: String = row.try_get(1)?;
-            // AUTO_INCREMENT=N moves with every insert; it is not schema.
-            let cleaned: Vec<&str> = ddl
-                .split_whitespace()
-                .filter(|w| !w.starts_with("AUTO_INCREMENT="))
-                .collect();
-            out.push_str(&cleaned.join(" "));
-            out.push('\n');
-        }
-        Ok(out)
-    }
-
-    async fn table_exists(c: &mut MySqlConnection, t: &str) -> Result<bool, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-        )
-        .bind(t)
-        .fetch_one(&mut *c)
-        .await?;
-        Ok(n > 0)
-    }
-
-    async fn ensure_state_table(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
-        c.execute(
-            format!(
-                "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (identifier VARCHAR(255) NOT NULL PRIMARY KEY, \
-                 fingerprint LONGTEXT NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
-            )
-            .as_str(),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// What is left of an apply's work when no runner of it is alive here.
-    async fn inspect(&self, apply: &ApplyRecord, plan: &Plan) -> Result<RunnerGone, sqlx::Error> {
-        let mut c = self.connect(&apply.spec.target.database).await?;
-        if Self::table_exists(&mut c, SENTINEL).await? {
-            return Ok(RunnerGone::SentinelKept);
-        }
-        for t in &plan.tables {
-            for artifact in [format!("_{t}_new"), format!("_{t}_chkpnt")] {
-                if Self::table_exists(&mut c, &artifact).await? {
-                    return Ok(RunnerGone::WorkLeft);
-                }
-            }
-        }
-        if !Self::table_exists(&mut c, STATE_TABLE).await? {
-            return Ok(RunnerGone::WorkLeft);
-        }
-        let before: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT fingerprint FROM {STATE_TABLE} WHERE identifier = ?"
-        ))
-        .bind(&apply.spec.identifier)
-        .fetch_optional(&mut c)
-        .await?;
-        let now = Self::fingerprint(&mut c, &plan.tables).await?;
-        c.close().await.ok();
-        Ok(match before {
-            // The schema moved since our first start, and one active apply per target means
-            // nobody else moved it: the change is in place.
-            Some(b) if b != now => RunnerGone::NothingLeft,
-            _ => RunnerGone::WorkLeft,
-        })
-    }
-
-    fn write_conf(&self) -> std::io::Result<PathBuf> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let n = self.conf_seq.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("applyd-spirit-{}-{n}.cnf", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(
-            f,
-            "[client]\nuser={}\npassword={}\nhost={}\nport={}",
-            self.cfg.username,
-            self.cfg.password.expose(),
-            self.cfg.host,
-            self.cfg.port
-        )?;
-        Ok(path)
-    }
-
-    fn spawn(&self, apply: &ApplyRecord, epoch: u64, plan: &Plan) -> Result<Runner, String> {
-        let conf = self
-            .write_conf()
-            .map_err(|e| format!("cannot write the Spirit --conf file: {e}"))?;
-        let mut cmd = tokio::process::Command::new(&self.cfg.binary);
-        cmd.arg("migrate")
-            .arg("--host")
-            .arg(format!("{}:{}", self.cfg.host, self.cfg.port))
-            .arg("--username")
-            .arg(&self.cfg.username)
-            .arg("--conf")
-            .arg(&conf)
-            .arg("--database")
-            .arg(&apply.spec.target.database)
-            .arg("--statement")
-            .arg(&plan.statement)
-            .arg("--threads")
-            .arg(self.cfg.threads.to_string());
-        if let Some(t) = &self.cfg.target_chunk_time {
-            cmd.arg("--target-chunk-time").arg(t);
-        }
-        if apply.row.options.defer_cutover {
-            cmd.arg("--defer-cutover");
-        }
-        for (k, v) in &self.cfg.env {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&conf);
-                return Err(format!(
-                    "cannot start Spirit at {}: {e}",
-                    self.cfg.binary.display()
-                ));
-            }
-        };
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        {
-            // The password file is read at start-up; do not leave it behind (an operator killed
-            // outright could not remove it later).
-            let (conf, progress) = (conf.clone(), progress.clone());
-            tokio::spawn(async move {
-                for _ in 0..200 {
-                    if !lock(&progress).tail.is_empty() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let _ = std::fs::remove_file(&conf);
-            });
-        }
-        let redact = self.cfg.password.expose().to_string();
-        for out in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let p = progress.clone();
-            let redact = redact.clone();
-            let apply_id = apply.row.id;
-            tokio::spawn(async move { read_lines(out, p, redact, apply_id).await });
-        }
-        tracing::info!(
-            apply = apply.row.id,
-            epoch,
-            "started Spirit on {}",
-            apply.spec.target
-        );
-        Ok(Runner {
-            apply: apply.row.operation,
-            epoch,
-            child,
-            progress,
-            conf,
-        })
-    }
-
-    /// Ask a runner to stop (SIGTERM: Spirit checkpoints), kill it past the deadline; its exit.
-    async fn terminate(&self, mut r: Runner, signal: i32) -> Option<std::process::ExitStatus> {
-        let status = match r.child.try_wait() {
-            Ok(Some(s)) => Some(s),
-            _ => {
-                if let Some(pid) = r.child.id() {
-                    // SAFETY: plain kill(2) on our own child's pid.
-                    unsafe {
-                        libc::kill(pid as i32, signal);
-                    }
-                }
-                match tokio::time::timeout(self.cfg.stop_timeout, r.child.wait()).await {
-                    Ok(Ok(s)) => Some(s),
-                    _ => {
-                        tracing::warn!(apply = r.apply, "Spirit did not exit in time; killing it");
-                        let _ = r.child.kill().await;
-                        None
-                    }
-                }
-            }
-        };
-        let _ = std::fs::remove_file(&r.conf);
-        status
-    }
-
-    /// The outcome of a runner that exited on its own.
-    fn finished(&self, r: &Runner, status: std::process::ExitStatus) -> RunnerStatus {
-        let _ = std::fs::remove_file(&r.conf);
-        if status.success() {
-            return RunnerStatus::Completed;
-        }
-        let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
-        let tail = tail.join("\n");
-        let retryable = !is_permanent(&tail);
-        tracing::error!(
-            apply = r.apply,
-            retryable,
-            "Spirit exited with {status}; its last output:\n{tail}"
-        );
-        RunnerStatus::Failed { retryable }
     }
 
     fn plan_of(&self, apply: &ApplyRecord) -> Result<Plan, String> {
@@ -750,63 +372,6 @@ impl SpiritEngine {
             }
         }
     }
-
-    async fn drop_sentinel(&self, apply: &ApplyRecord) -> Observation {
-        let r: Result<(), sqlx::Error> = async {
-            let mut c = self.connect(&apply.spec.target.database).await?;
-            c.execute(format!("DROP TABLE IF EXISTS {SENTINEL}").as_str())
-                .await?;
-            c.close().await.ok();
-            Ok(())
-        }
-        .await;
-        match r {
-            Ok(()) => Observation::Accepted,
-            Err(e) => {
-                tracing::warn!(
-                    apply = apply.row.id,
-                    "dropping the sentinel on {}: {e}",
-                    apply.spec.target
-                );
-                Observation::Fault(EngineFault::Transient)
-            }
-        }
-    }
-}
-
-async fn read_lines(
-    mut out: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-    progress: Arc<Mutex<Progress>>,
-    redact: String,
-    apply: ApplyId,
-) {
-    let mut buf = [0u8; 4096];
-    let mut line: Vec<u8> = Vec::new();
-    let flush = |line: &mut Vec<u8>| {
-        let mut text = String::from_utf8_lossy(line).into_owned();
-        if redact.len() >= 4 {
-            text = text.replace(&redact, "***");
-        }
-        tracing::debug!(apply, "spirit: {text}");
-        lock(&progress).absorb(&text);
-        line.clear();
-    };
-    loop {
-        let n = match out.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                flush(&mut line);
-            } else if line.len() < MAX_LINE {
-                line.push(b);
-            }
-        }
-    }
-    if !line.is_empty() {
-        flush(&mut line);
-    }
 }
 
 #[async_trait]
@@ -920,23 +485,5 @@ mod tests {
         )
         .is_err());
         assert!(plan("shop", &[]).is_err());
-    }
-
-    #[test]
-    fn progress_lines_are_parsed_and_garbage_is_ignored() {
-        let mut p = Progress::default();
-        p.absorb(r#"time=2024 level=INFO msg="migration status" state=copyRows copy-progress="120/1000 12.00%" binlog-deltas=0"#);
-        assert_eq!(p.state.as_deref(), Some("copyRows"));
-        assert_eq!(p.copied, Some((120, 1000)));
-        p.absorb("\u{0}\u{1}garbage state= copy-progress=\"x/y\"");
-        assert_eq!(p.state.as_deref(), Some("copyRows"));
-        p.absorb(r#"level=INFO msg="migration status" state=waitingOnSentinelTable"#);
-        assert_eq!(p.state.as_deref(), Some("waitingOnSentinelTable"));
-        p.absorb("resuming from checkpoint watermark=10");
-        assert!(p.resumed);
-        assert!(is_permanent(
-            "Error 1064 (42000): You have an error in your SQL syntax"
-        ));
-        assert!(!is_permanent("dial tcp 127.0.0.1:3306: connection refused"));
     }
 }

@@ -1,0 +1,218 @@
+//! The `spirit migrate` child process: its `--conf` file, its arguments, its signals and how
+//! its exit is read.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::progress::{read_lines, Progress};
+use super::{lock, Plan, SpiritEngine};
+use crate::machine::apply::{ApplyId, ApplyRecord};
+use crate::machine::observe::RunnerStatus;
+
+pub(super) struct Runner {
+    pub(super) apply: ApplyId,
+    pub(super) epoch: u64,
+    pub(super) child: tokio::process::Child,
+    pub(super) progress: Arc<Mutex<Progress>>,
+    pub(super) conf: PathBuf,
+}
+
+/// Whether a failed run's output says the change itself is wrong (retrying cannot help).
+pub(super) fn is_permanent(tail: &str) -> bool {
+    let t = tail.to_ascii_lowercase();
+    [
+        "error 1064",
+        "error 1054",
+        "error 1146",
+        "error 1091",
+        "error 1060",
+        "error 1061",
+        "error 1068",
+        "error 1072",
+        "error 1050",
+        "error 4161",
+        "you have an error in your sql syntax",
+        "unknown data type",
+        "unsupported statement",
+        "could not parse",
+        "unknown column",
+        "duplicate column",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+}
+
+impl SpiritEngine {
+    pub(super) fn write_conf(&self) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let n = self.conf_seq.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("applyd-spirit-{}-{n}.cnf", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(
+            f,
+            "[client]\nuser={}\npassword={}\nhost={}\nport={}",
+            self.cfg.username,
+            self.cfg.password.expose(),
+            self.cfg.host,
+            self.cfg.port
+        )?;
+        Ok(path)
+    }
+
+    pub(super) fn spawn(
+        &self,
+        apply: &ApplyRecord,
+        epoch: u64,
+        plan: &Plan,
+    ) -> Result<Runner, String> {
+        let conf = self
+            .write_conf()
+            .map_err(|e| format!("cannot write the Spirit --conf file: {e}"))?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.binary);
+        cmd.arg("migrate")
+            .arg("--host")
+            .arg(format!("{}:{}", self.cfg.host, self.cfg.port))
+            .arg("--username")
+            .arg(&self.cfg.username)
+            .arg("--conf")
+            .arg(&conf)
+            .arg("--database")
+            .arg(&apply.spec.target.database)
+            .arg("--statement")
+            .arg(&plan.statement)
+            .arg("--threads")
+            .arg(self.cfg.threads.to_string());
+        if let Some(t) = &self.cfg.target_chunk_time {
+            cmd.arg("--target-chunk-time").arg(t);
+        }
+        if apply.row.options.defer_cutover {
+            cmd.arg("--defer-cutover");
+        }
+        for (k, v) in &self.cfg.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&conf);
+                return Err(format!(
+                    "cannot start Spirit at {}: {e}",
+                    self.cfg.binary.display()
+                ));
+            }
+        };
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        {
+            // The password file is read at start-up; do not leave it behind (an operator killed
+            // outright could not remove it later).
+            let (conf, progress) = (conf.clone(), progress.clone());
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    if !lock(&progress).tail.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = std::fs::remove_file(&conf);
+            });
+        }
+        let redact = self.cfg.password.expose().to_string();
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let p = progress.clone();
+            let redact = redact.clone();
+            let apply_id = apply.row.id;
+            tokio::spawn(async move { read_lines(out, p, redact, apply_id).await });
+        }
+        tracing::info!(
+            apply = apply.row.id,
+            epoch,
+            "started Spirit on {}",
+            apply.spec.target
+        );
+        Ok(Runner {
+            apply: apply.row.operation,
+            epoch,
+            child,
+            progress,
+            conf,
+        })
+    }
+
+    /// Ask a runner to stop (SIGTERM: Spirit checkpoints), kill it past the deadline; its exit.
+    pub(super) async fn terminate(
+        &self,
+        mut r: Runner,
+        signal: i32,
+    ) -> Option<std::process::ExitStatus> {
+        let status = match r.child.try_wait() {
+            Ok(Some(s)) => Some(s),
+            _ => {
+                if let Some(pid) = r.child.id() {
+                    // SAFETY: plain kill(2) on our own child's pid.
+                    unsafe {
+                        libc::kill(pid as i32, signal);
+                    }
+                }
+                match tokio::time::timeout(self.cfg.stop_timeout, r.child.wait()).await {
+                    Ok(Ok(s)) => Some(s),
+                    _ => {
+                        tracing::warn!(apply = r.apply, "Spirit did not exit in time; killing it");
+                        let _ = r.child.kill().await;
+                        None
+                    }
+                }
+            }
+        };
+        let _ = std::fs::remove_file(&r.conf);
+        status
+    }
+
+    /// The outcome of a runner that exited on its own.
+    pub(super) fn finished(&self, r: &Runner, status: std::process::ExitStatus) -> RunnerStatus {
+        let _ = std::fs::remove_file(&r.conf);
+        if status.success() {
+            return RunnerStatus::Completed;
+        }
+        let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
+        let tail = tail.join("\n");
+        let retryable = !is_permanent(&tail);
+        tracing::error!(
+            apply = r.apply,
+            retryable,
+            "Spirit exited with {status}; its last output:\n{tail}"
+        );
+        RunnerStatus::Failed { retryable }
+    }
+}

@@ -1,0 +1,161 @@
+//! The target schema as the adapter reads it: connections, the schema fingerprint recorded
+//! before the first start, and what is left of an apply's work when no runner is alive here.
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
+
+use super::{Plan, SpiritEngine, SENTINEL, STATE_TABLE};
+use crate::machine::apply::ApplyRecord;
+use crate::machine::observe::{EngineFault, Observation};
+use crate::machine::table::RunnerGone;
+
+pub(super) fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+impl SpiritEngine {
+    /// A connection to the apply's target schema.
+    pub(super) fn options(&self) -> MySqlConnectOptions {
+        let o = MySqlConnectOptions::new()
+            .host(&self.cfg.host)
+            .port(self.cfg.port)
+            .username(&self.cfg.username);
+        // An empty password must not be sent as one ("using password: YES").
+        match self.cfg.password.expose() {
+            "" => o,
+            p => o.password(p),
+        }
+    }
+
+    pub(super) async fn connect(&self, database: &str) -> Result<MySqlConnection, sqlx::Error> {
+        self.options().database(database).connect().await
+    }
+
+    /// Reachability of the MySQL target for `check-config`.
+    pub async fn ping(&self, database: Option<&str>) -> Result<(), String> {
+        let mut opts = self.options();
+        if let Some(d) = database {
+            opts = opts.database(d);
+        }
+        let mut c = opts.connect().await.map_err(|e| e.to_string())?;
+        c.ping().await.map_err(|e| e.to_string())?;
+        c.close().await.ok();
+        Ok(())
+    }
+
+    pub(super) async fn fingerprint(
+        c: &mut MySqlConnection,
+        tables: &[String],
+    ) -> Result<String, sqlx::Error> {
+        let mut out = String::new();
+        for t in tables {
+            let exists: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            )
+            .bind(t)
+            .fetch_one(&mut *c)
+            .await?;
+            out.push_str(t);
+            out.push('\n');
+            if exists == 0 {
+                out.push_str("(absent)\n");
+                continue;
+            }
+            let row = c
+                .fetch_one(format!("SHOW CREATE TABLE {}", quote_ident(t)).as_str())
+                .await?;
+            let ddl: String = row.try_get(1)?;
+            // AUTO_INCREMENT=N moves with every insert; it is not schema.
+            let cleaned: Vec<&str> = ddl
+                .split_whitespace()
+                .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+                .collect();
+            out.push_str(&cleaned.join(" "));
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn table_exists(
+        c: &mut MySqlConnection,
+        t: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        )
+        .bind(t)
+        .fetch_one(&mut *c)
+        .await?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn ensure_state_table(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+        c.execute(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (identifier VARCHAR(255) NOT NULL PRIMARY KEY, \
+                 fingerprint LONGTEXT NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+            )
+            .as_str(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// What is left of an apply's work when no runner of it is alive here.
+    pub(super) async fn inspect(
+        &self,
+        apply: &ApplyRecord,
+        plan: &Plan,
+    ) -> Result<RunnerGone, sqlx::Error> {
+        let mut c = self.connect(&apply.spec.target.database).await?;
+        if Self::table_exists(&mut c, SENTINEL).await? {
+            return Ok(RunnerGone::SentinelKept);
+        }
+        for t in &plan.tables {
+            for artifact in [format!("_{t}_new"), format!("_{t}_chkpnt")] {
+                if Self::table_exists(&mut c, &artifact).await? {
+                    return Ok(RunnerGone::WorkLeft);
+                }
+            }
+        }
+        if !Self::table_exists(&mut c, STATE_TABLE).await? {
+            return Ok(RunnerGone::WorkLeft);
+        }
+        let before: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT fingerprint FROM {STATE_TABLE} WHERE identifier = ?"
+        ))
+        .bind(&apply.spec.identifier)
+        .fetch_optional(&mut c)
+        .await?;
+        let now = Self::fingerprint(&mut c, &plan.tables).await?;
+        c.close().await.ok();
+        Ok(match before {
+            // The schema moved since our first start, and one active apply per target means
+            // nobody else moved it: the change is in place.
+            Some(b) if b != now => RunnerGone::NothingLeft,
+            _ => RunnerGone::WorkLeft,
+        })
+    }
+
+    pub(super) async fn drop_sentinel(&self, apply: &ApplyRecord) -> Observation {
+        let r: Result<(), sqlx::Error> = async {
+            let mut c = self.connect(&apply.spec.target.database).await?;
+            c.execute(format!("DROP TABLE IF EXISTS {SENTINEL}").as_str())
+                .await?;
+            c.close().await.ok();
+            Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => Observation::Accepted,
+            Err(e) => {
+                tracing::warn!(
+                    apply = apply.row.id,
+                    "dropping the sentinel on {}: {e}",
+                    apply.spec.target
+                );
+                Observation::Fault(EngineFault::Transient)
+            }
+        }
+    }
+}
