@@ -218,7 +218,8 @@ pub struct SpiritSection {
     pub threads: u32,
     /// Passed as `--target-chunk-time` when set (Spirit releases that still have the flag).
     pub target_chunk_time: Option<String>,
-    /// How long a stopped runner may take to checkpoint and exit before it is killed.
+    /// How long a stopped runner may take to exit (Spirit ends at once on SIGTERM) before it is
+    /// killed.
     #[serde(default = "SpiritSection::default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
 }

@@ -1,7 +1,10 @@
 //! The Spirit engine against the test MariaDB, running the `applyd-spirit-standin` executable in
-//! place of `spirit` (Spirit cannot be installed here): stop then resume from the checkpoint,
-//! the operator SIGKILLed mid-copy and another adapter resuming, deferred cutover (with a
-//! restart while waiting on the sentinel), and bad DDL as a clear permanent failure.
+//! place of `spirit` (Spirit cannot be installed here; the stand-in behaves as Spirit does on
+//! every point tested): stop then resume from the last periodic checkpoint, a stop before the
+//! first checkpoint starting over, the operator SIGKILLed mid-copy and another adapter
+//! resuming, deferred cutover (with a restart while waiting on the sentinel), a runner alive
+//! elsewhere left alone, a finished change recognised from its leftovers, a password go-ini
+//! would cut short, and bad DDL as a clear permanent failure.
 //! Needs APPLYD_TEST_DATABASE_URL (scripts/test sets it); skipped locally without it, fails
 //! under CI.
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use applyd::config::Secret;
-use applyd::engine::spirit::{SpiritConfig, SpiritEngine};
+use applyd::engine::spirit::{names, SpiritConfig, SpiritEngine};
 use applyd::engine::Engine;
 use applyd::machine::table::RunnerGone;
 use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Probe};
@@ -39,8 +42,17 @@ fn config(url: &str) -> SpiritConfig {
             ("APPLYD_STANDIN_CHUNK_ROWS".into(), "50".into()),
             ("APPLYD_STANDIN_CHUNK_DELAY_MS".into(), "15".into()),
             ("APPLYD_STANDIN_POLL_MS".into(), "20".into()),
+            // Spirit checkpoints every 50 s; the tests' copies last a second or two.
+            ("APPLYD_STANDIN_CHECKPOINT_MS".into(), "100".into()),
         ],
     }
+}
+
+/// As `config`, with Spirit's own checkpoint interval (50 s): nothing is saved in a short run.
+fn config_with_spirits_checkpoint_interval(url: &str) -> SpiritConfig {
+    let mut c = config(url);
+    c.env.retain(|(k, _)| k != "APPLYD_STANDIN_CHECKPOINT_MS");
+    c
 }
 
 fn record(db: &str, ddl: &str, options: ApplyOptions) -> ApplyRecord {
@@ -124,6 +136,13 @@ async fn watermark(url: &str, db: &str) -> i64 {
     .unwrap_or(0)
 }
 
+/// What the runner said along the way.
+#[derive(Debug, Default)]
+struct Said {
+    resumed: bool,
+    restarted: Option<String>,
+}
+
 /// Probe until `done` holds for the observation, noting whether the runner said it resumed.
 async fn probe_until(
     engine: &SpiritEngine,
@@ -131,15 +150,28 @@ async fn probe_until(
     what: &str,
     done: impl Fn(&Observation) -> bool,
 ) -> (Observation, bool) {
+    let (obs, said) = probe_saying(engine, apply, what, done).await;
+    (obs, said.resumed)
+}
+
+async fn probe_saying(
+    engine: &SpiritEngine,
+    apply: &ApplyRecord,
+    what: &str,
+    done: impl Fn(&Observation) -> bool,
+) -> (Observation, Said) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut resumed = false;
+    let mut said = Said::default();
     loop {
-        resumed |= engine.progress(apply).is_some_and(|p| p.resumed);
+        if let Some(p) = engine.progress(apply) {
+            said.resumed |= p.resumed;
+            said.restarted = said.restarted.or(p.restarted);
+        }
         let obs = engine
             .probe(apply, apply.row.epoch, Probe::RunnerStatus)
             .await;
         if done(&obs) {
-            return (obs, resumed);
+            return (obs, said);
         }
         assert!(
             Instant::now() < deadline,
@@ -269,7 +301,7 @@ async fn operator_killed_mid_copy_then_another_adapter_resumes() {
         scalar(
             &url,
             &db,
-            &format!("SELECT IS_FREE_LOCK('spirit_{db}.items')"),
+            &format!("SELECT IS_FREE_LOCK('{}')", names::table_lock(&db, "items")),
         )
         .await
             == Some(1)
@@ -403,5 +435,209 @@ async fn bad_ddl_is_a_clear_permanent_failure() {
         engine.call(&other, 1, EngineCall::StartRunner).await,
         Observation::Runner(RunnerStatus::Failed { retryable: false })
     );
+    store_support::drop_database(&url, &db).await;
+}
+
+fn finished(o: &Observation) -> bool {
+    matches!(
+        o,
+        Observation::Runner(RunnerStatus::Completed | RunnerStatus::Failed { .. })
+    )
+}
+
+async fn table_exists(url: &str, db: &str, table: &str) -> bool {
+    scalar(
+        url,
+        db,
+        &format!("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table}'"),
+    )
+    .await
+        == Some(1)
+}
+
+async fn rows_in(url: &str, db: &str, table: &str) -> i64 {
+    scalar(url, db, &format!("SELECT COUNT(*) FROM `{table}`"))
+        .await
+        .unwrap_or(0)
+}
+
+/// Spirit writes nothing when it is stopped, and nothing in its first 50 s: a stop that early
+/// leaves an empty checkpoint, and the next run copies everything again — and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_before_the_first_checkpoint_starts_the_copy_over() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let engine = SpiritEngine::new(config_with_spirits_checkpoint_interval(&url));
+    let mut apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN early VARCHAR(8) NULL",
+        Default::default(),
+    );
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    until("rows copied", async || {
+        rows_in(&url, &db, "_items_new").await >= 200
+    })
+    .await;
+    assert_eq!(
+        engine.call(&apply, 1, EngineCall::StopRunner).await,
+        Observation::Runner(RunnerStatus::Stopped)
+    );
+    assert!(table_exists(&url, &db, "_items_chkpnt").await);
+    assert_eq!(
+        rows_in(&url, &db, "_items_chkpnt").await,
+        0,
+        "a stop writes no checkpoint"
+    );
+    apply.row.epoch = 2;
+    apply.row.state = ApplyState::Resuming;
+    engine.call(&apply, 2, EngineCall::StartRunner).await;
+    let (obs, said) = probe_saying(&engine, &apply, "completion", finished).await;
+    assert_eq!(obs, Observation::Runner(RunnerStatus::Completed));
+    assert!(!said.resumed);
+    let reason = said.restarted.expect("the restart is reported");
+    assert!(reason.contains("no checkpoint"), "{reason}");
+    assert!(has_column(&url, &db, "early").await);
+    assert_eq!(rows_in(&url, &db, "items").await, ROWS);
+    store_support::drop_database(&url, &db).await;
+}
+
+/// A runner of another operator still holds Spirit's lock on the table: a second adapter (a
+/// restarted operator) neither reads its tables as leftovers nor drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_alive_elsewhere_keeps_its_tables() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let mut slow = config(&url);
+    slow.env
+        .retain(|(k, _)| k != "APPLYD_STANDIN_CHUNK_DELAY_MS");
+    slow.env
+        .push(("APPLYD_STANDIN_CHUNK_DELAY_MS".into(), "200".into()));
+    let owner = SpiritEngine::new(slow);
+    let apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN busy INT NULL",
+        Default::default(),
+    );
+    owner.call(&apply, 1, EngineCall::StartRunner).await;
+    until("the copy to begin", async || {
+        rows_in(&url, &db, "_items_new").await > 0
+    })
+    .await;
+    let other = SpiritEngine::new(config(&url));
+    let mut later = apply.clone();
+    later.row.epoch = 2;
+    assert_eq!(
+        other.probe(&later, 2, Probe::RunnerStatus).await,
+        Observation::Fault(applyd::worker::EngineFault::Transient),
+        "a live runner elsewhere is neither work left nor nothing left"
+    );
+    assert_eq!(
+        other.call(&later, 2, EngineCall::CancelRunner).await,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    assert!(
+        table_exists(&url, &db, "_items_new").await,
+        "the live runner's copy is left alone"
+    );
+    // Once it is gone, the cancel goes through.
+    owner.call(&apply, 1, EngineCall::CancelRunner).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let obs = other.call(&later, 2, EngineCall::CancelRunner).await;
+        if obs == Observation::Runner(RunnerStatus::Cancelled) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cancel never went through: {obs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!table_exists(&url, &db, "_items_new").await);
+    assert!(!has_column(&url, &db, "busy").await);
+    store_support::drop_database(&url, &db).await;
+}
+
+/// After its RENAME Spirit drops `_<t>_old` (slow on a big table) and only then its checkpoint:
+/// an operator that dies in between finds a checkpoint without `_<t>_new`. The schema says the
+/// change is in place; it is recorded as done, not run again on the changed table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_left_after_the_rename_is_a_finished_change() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let engine = SpiritEngine::new(config(&url));
+    let apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN renamed INT NULL",
+        Default::default(),
+    );
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let (obs, _) = probe_until(&engine, &apply, "completion", finished).await;
+    assert_eq!(obs, Observation::Runner(RunnerStatus::Completed));
+    // The window: the old table and the checkpoint still there.
+    let mut c = connect(&url, &db).await;
+    c.execute("CREATE TABLE _items_old LIKE items")
+        .await
+        .unwrap();
+    c.execute("CREATE TABLE _items_chkpnt (id INT NOT NULL PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.close().await.ok();
+    let restarted = SpiritEngine::new(config(&url));
+    let mut later = apply.clone();
+    later.row.epoch = 2;
+    assert_eq!(
+        restarted.probe(&later, 2, Probe::RunnerStatus).await,
+        Observation::Runner(RunnerStatus::Gone(RunnerGone::NothingLeft))
+    );
+    assert!(
+        !table_exists(&url, &db, "_items_old").await,
+        "leftovers dropped"
+    );
+    assert!(!table_exists(&url, &db, "_items_chkpnt").await);
+    assert_eq!(rows_in(&url, &db, "items").await, ROWS);
+    store_support::drop_database(&url, &db).await;
+}
+
+/// Spirit reads `--conf` with go-ini: unquoted, a `#` or `;` starts a comment. A password with
+/// both reaches Spirit whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_go_ini_would_cut_short_reaches_spirit_whole() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let password = r#"p#ss;w"rd'\x"#;
+    let user = format!("u{}", &db[db.len().saturating_sub(12)..]);
+    let mut c = connect(&url, &db).await;
+    // CREATE USER takes no placeholders: the password as a quoted SQL literal.
+    let literal = password.replace('\\', "\\\\").replace('\'', "''");
+    c.execute(format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{literal}'").as_str())
+        .await
+        .unwrap();
+    c.execute(format!("GRANT ALL ON `{db}`.* TO '{user}'@'%'").as_str())
+        .await
+        .unwrap();
+    c.close().await.ok();
+    let mut cfg = config(&url);
+    cfg.username = user.clone();
+    cfg.password = Secret::new(password.to_string());
+    let engine = SpiritEngine::new(cfg);
+    let apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN quoted INT NULL",
+        Default::default(),
+    );
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let (obs, _) = probe_until(&engine, &apply, "completion", finished).await;
+    assert_eq!(obs, Observation::Runner(RunnerStatus::Completed));
+    assert!(has_column(&url, &db, "quoted").await);
+    let mut c = connect(&url, &db).await;
+    c.execute(format!("DROP USER '{user}'@'%'").as_str())
+        .await
+        .unwrap();
+    c.close().await.ok();
     store_support::drop_database(&url, &db).await;
 }

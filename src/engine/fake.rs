@@ -406,7 +406,10 @@ pub struct FakeTarget {
 }
 
 /// Spirit against MySQL targets: runners copy rows, checkpoint, and cut over (or wait on the
-/// sentinel table when the cutover is deferred).
+/// sentinel table when the cutover is deferred). As Spirit (`pkg/status/task.go`,
+/// `cmd/spirit/main.go`): a checkpoint is written every `spirit_checkpoint_every_ms` of a run
+/// and never at its start, and a stop or a crash writes nothing — the next run starts from the
+/// last periodic checkpoint, from zero if the runner died before its first one.
 #[derive(Debug, Clone, Default)]
 pub struct FakeSpirit {
     pub timings: FakeTimings,
@@ -792,5 +795,66 @@ impl super::Engine for SharedFakeEngines {
             .unwrap_or_else(|p| p.into_inner())
             .spirit
             .abandon(now, self.host, apply.row.operation, epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::machine::apply::{ApplySnapshot, ApplySpec, ResumeState, Target};
+    use crate::machine::ApplyState;
+
+    fn spirit_apply() -> ApplyRecord {
+        ApplyRecord {
+            row: ApplySnapshot {
+                id: 1,
+                operation: 1,
+                engine: EngineKind::Spirit,
+                state: ApplyState::Running,
+                epoch: 1,
+                attempt: 0,
+                options: Default::default(),
+                resume: ResumeState::default(),
+            },
+            spec: Arc::new(ApplySpec {
+                identifier: "apply-1".into(),
+                target: Target {
+                    database: "shop".into(),
+                    environment: "test".into(),
+                },
+                deployment: String::new(),
+                ddl: vec!["ALTER TABLE t ADD c INT".into()],
+                fingerprint: None,
+            }),
+        }
+    }
+
+    /// Rows each run starts from, after a stop at `stop_ms` into the first run.
+    fn resumed_from(stop_ms: u64) -> u64 {
+        let t = FakeTimings::default();
+        let mut spirit = FakeSpirit::new(t);
+        let apply = spirit_apply();
+        spirit.call(0, 0, &apply, 1, EngineCall::StartRunner);
+        spirit.call(stop_ms, 0, &apply, 1, EngineCall::StopRunner);
+        spirit.call(stop_ms, 0, &apply, 2, EngineCall::StartRunner);
+        spirit.targets.values().next().unwrap().runners[0].start_rows
+    }
+
+    #[test]
+    fn a_stop_keeps_only_the_last_periodic_checkpoint() {
+        let t = FakeTimings::default();
+        let every = t.spirit_checkpoint_every_ms;
+        assert_eq!(
+            resumed_from(every / 2),
+            0,
+            "no checkpoint in the first interval"
+        );
+        assert_eq!(
+            resumed_from(every + every / 2),
+            every * t.spirit_rows_per_s / 1000,
+            "the copy since the last checkpoint is lost"
+        );
     }
 }

@@ -5,20 +5,34 @@
 //!   private (0600) `[client]` INI file, never on the command line where `ps` shows it.
 //! - Progress is parsed from Spirit's log lines (`state=…`, `copy-progress="a/b p%"`); a line
 //!   we cannot read is ignored, never trusted.
-//! - Stop sends SIGTERM (Spirit checkpoints to `_<table>_chkpnt` and exits); resume re-runs the
-//!   same statement and Spirit continues from the checkpoint.
-//! - Deferred cutover: Spirit waits while `_spirit_sentinel` exists; we drop it over MySQL.
-//! - After a restart no runner is known: the target is inspected. A sentinel means a deferred
-//!   cutover was never done; Spirit's artifacts (`_<table>_new`, `_<table>_chkpnt`) mean work
-//!   is left; otherwise the schema fingerprint recorded before the first start tells whether the
-//!   change is in place (`_applyd_spirit`, one row per apply, written before Spirit starts).
+//! - Stop sends SIGTERM, and Spirit ends at once: `spirit migrate` installs no signal handler
+//!   and writes nothing on exit (`cmd/spirit/main.go`). A re-run resumes from Spirit's last
+//!   periodic checkpoint, written every 50 s and never in the first 50 s
+//!   (`pkg/status/task.go`): a stop loses up to ~50 s of copy, and a stop in the first 50 s
+//!   starts the copy over. Spirit says "could not resume from checkpoint" when it starts over
+//!   (also for a checkpoint older than `--checkpoint-max-age` or a purged binlog); the adapter
+//!   logs it as a warning and keeps it in the runner's progress.
+//! - Deferred cutover: Spirit waits while `_spirit_sentinel` exists; we drop it over MySQL. The
+//!   sentinel is schema-wide (every migration in the schema waits on it, and Spirit gives up
+//!   after 48 h of waiting: `pkg/sentinel/sentinel.go`), so only an apply that defers its
+//!   cutover reads it as its own or drops it.
+//! - After a restart no runner is known: the target is inspected (`target`). A runner still
+//!   holding Spirit's lock on the tables is alive elsewhere, and nothing is touched. Otherwise
+//!   `_<table>_new` means work is left; without it, the schema fingerprint recorded before the
+//!   first start tells whether the change is in place (`_applyd_spirit`, one row per apply) — a
+//!   checkpoint alone may be the tail of a finished run, which Spirit drops after the RENAME.
+//!   Names follow Spirit's own rules (`names`).
 //! - One runner per target per process. Calls carry the lease epoch: a newer epoch's start
 //!   supersedes an older runner of the same apply here, an older epoch is refused.
 //! - The child gets SIGTERM when this process dies (PR_SET_PDEATHSIG), so a runner never
 //!   outlives its operator for long; Spirit's own table lock keeps a second runner out meanwhile.
+//! - The credentials go in a private `--conf` file, every value backtick-quoted for go-ini
+//!   (`process::conf_value`); exit 80 (a usage error) and the errors Spirit marks final are
+//!   permanent failures, any other exit a retryable one.
 //!
 //! The child process is `process`, its output `progress`, the target schema `target`.
 
+pub mod names;
 mod process;
 mod progress;
 mod target;
@@ -34,7 +48,7 @@ use sqlx::{Connection, Executor};
 
 use process::Runner;
 pub use progress::Progress;
-use target::quote_ident;
+use target::InspectError;
 
 use super::Engine;
 use crate::config::{Secret, SpiritSection};
@@ -75,6 +89,11 @@ impl SpiritConfig {
             target_chunk_time: s.target_chunk_time.clone(),
             stop_timeout: Duration::from_millis(s.stop_timeout_ms),
             env: Vec::new(),
+        })
+        .and_then(|c| {
+            // Refused here, at start-up and in `check-config`, rather than at the first apply.
+            process::conf_text(&c)?;
+            Ok(c)
         })
     }
 }
@@ -249,7 +268,7 @@ impl SpiritEngine {
             self.terminate(old, libc::SIGTERM).await;
         }
         // Record the pre-change fingerprint before Spirit can change anything.
-        let prepared: Result<Option<RunnerGone>, sqlx::Error> = async {
+        let prepared: Result<Option<RunnerGone>, InspectError> = async {
             let mut c = self.connect(&apply.spec.target.database).await?;
             let gone = self.inspect(apply, &plan).await?;
             if gone == RunnerGone::NothingLeft {
@@ -337,20 +356,20 @@ impl SpiritEngine {
                 return Observation::Runner(RunnerStatus::Cancelled);
             }
         };
-        let result: Result<RunnerStatus, sqlx::Error> = async {
+        let result: Result<RunnerStatus, InspectError> = async {
+            // `inspect` refuses while a runner elsewhere still holds the tables.
             if self.inspect(apply, &plan).await? == RunnerGone::NothingLeft {
                 return Ok(RunnerStatus::Completed);
             }
             let mut c = self.connect(&apply.spec.target.database).await?;
-            // The runner is dead: dropping its artifacts (and the sentinel) cuts nothing over.
-            for t in &plan.tables {
-                for artifact in [format!("_{t}_new"), format!("_{t}_chkpnt")] {
-                    c.execute(format!("DROP TABLE IF EXISTS {}", quote_ident(&artifact)).as_str())
-                        .await?;
-                }
+            // The runner is dead: dropping its tables cuts nothing over.
+            Self::drop_leftovers(&mut c, &plan, true).await?;
+            // The sentinel is schema-wide: only one this apply made (it defers its cutover) is
+            // dropped; another migration may be waiting on someone else's.
+            if apply.row.options.defer_cutover {
+                c.execute(format!("DROP TABLE IF EXISTS {SENTINEL}").as_str())
+                    .await?;
             }
-            c.execute(format!("DROP TABLE IF EXISTS {SENTINEL}").as_str())
-                .await?;
             if Self::table_exists(&mut c, STATE_TABLE).await? {
                 sqlx::query(&format!("DELETE FROM {STATE_TABLE} WHERE identifier = ?"))
                     .bind(&apply.spec.identifier)

@@ -40,32 +40,78 @@ pub(super) fn is_permanent(tail: &str) -> bool {
         "could not parse",
         "unknown column",
         "duplicate column",
+        // `pkg/statement/statement.go`: ALGORITHM= and LOCK= clauses are refused for good.
+        "alter contains unsupported clause",
+        // `pkg/status/state.go` (main): a DDL or RENAME may have committed unseen; Spirit asks
+        // for the table's ownership to be checked by hand before any re-run.
+        "ownership ambiguous",
     ]
     .iter()
     .any(|p| t.contains(p))
 }
 
+/// Spirit's exit codes (`cmd/spirit/main.go`, kong v1.16): 80 is a usage error (a flag this
+/// Spirit does not know, a missing `--conf` file) — the same run can never succeed; 1 is a
+/// runtime error, read from its output; a signal means it was killed.
+pub(super) fn exit_is_permanent(code: Option<i32>, tail: &str) -> bool {
+    code == Some(USAGE_ERROR) || is_permanent(tail)
+}
+
+pub(super) const USAGE_ERROR: i32 = 80;
+
+/// A value as Spirit's `--conf` reader takes it back whole. Spirit reads the file with go-ini
+/// v1.67 and no load options (`pkg/migration/conf_params.go`): unquoted, a `#` or `;` anywhere
+/// starts a comment and a trailing `\` continues the line; surrounding double quotes are only
+/// stripped after that, so they protect nothing. A value in backticks is taken verbatim up to
+/// the line's last backtick — the one quoting that carries every other character.
+pub fn conf_value(key: &str, value: &str) -> Result<String, ConfValueError> {
+    if value.contains(['`', '\n', '\r']) {
+        return Err(ConfValueError {
+            key: key.to_string(),
+        });
+    }
+    Ok(format!("`{value}`"))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "engines.spirit.{key} contains a backtick or a line break, which Spirit's --conf file cannot carry"
+)]
+pub struct ConfValueError {
+    key: String,
+}
+
+/// The whole `[client]` file: the keys Spirit reads there (`user`, `password`, `host`,
+/// `port`; not `username`).
+pub fn conf_text(cfg: &super::SpiritConfig) -> Result<String, ConfValueError> {
+    Ok(format!(
+        "[client]\nuser={}\npassword={}\nhost={}\nport={}\n",
+        conf_value("username", &cfg.username)?,
+        conf_value("password", cfg.password.expose())?,
+        conf_value("host", &cfg.host)?,
+        cfg.port
+    ))
+}
+
 impl SpiritEngine {
-    pub(super) fn write_conf(&self) -> std::io::Result<PathBuf> {
+    /// The private `[client]` file Spirit reads the credentials from (`--conf`, v0.10.1+).
+    pub(super) fn write_conf(&self) -> Result<PathBuf, String> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let text = conf_text(&self.cfg).map_err(|e| e.to_string())?;
         let n = self.conf_seq.fetch_add(1, Ordering::SeqCst);
         let path =
             std::env::temp_dir().join(format!("applyd-spirit-{}-{n}.cnf", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(
-            f,
-            "[client]\nuser={}\npassword={}\nhost={}\nport={}",
-            self.cfg.username,
-            self.cfg.password.expose(),
-            self.cfg.host,
-            self.cfg.port
-        )?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(text.as_bytes())
+        };
+        write().map_err(|e| format!("cannot write the Spirit --conf file: {e}"))?;
         Ok(path)
     }
 
@@ -75,9 +121,7 @@ impl SpiritEngine {
         epoch: u64,
         plan: &Plan,
     ) -> Result<Runner, String> {
-        let conf = self
-            .write_conf()
-            .map_err(|e| format!("cannot write the Spirit --conf file: {e}"))?;
+        let conf = self.write_conf()?;
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.arg("migrate")
             .arg("--host")
@@ -207,12 +251,44 @@ impl SpiritEngine {
         }
         let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
         let tail = tail.join("\n");
-        let retryable = !is_permanent(&tail);
+        let retryable = !exit_is_permanent(status.code(), &tail);
         tracing::error!(
             apply = r.apply,
             retryable,
             "Spirit exited with {status}; its last output:\n{tail}"
         );
         RunnerStatus::Failed { retryable }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_values_are_backtick_quoted_and_the_unquotable_refused() {
+        assert_eq!(conf_value("password", "a#b;c\"d").unwrap(), "`a#b;c\"d`");
+        assert_eq!(conf_value("password", "").unwrap(), "``");
+        let e = conf_value("password", "a`b").unwrap_err();
+        assert!(e.to_string().contains("engines.spirit.password"), "{e}");
+        assert!(conf_value("username", "a\nb").is_err());
+    }
+
+    #[test]
+    fn usage_errors_and_final_errors_are_permanent() {
+        assert!(exit_is_permanent(
+            Some(USAGE_ERROR),
+            "unknown flag --target-chunk-time"
+        ));
+        assert!(!exit_is_permanent(Some(1), "dial tcp: connection refused"));
+        assert!(exit_is_permanent(
+            Some(1),
+            "ALTER contains unsupported clause(s): ALGORITHM="
+        ));
+        assert!(exit_is_permanent(
+            Some(1),
+            "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+        ));
+        assert!(!exit_is_permanent(None, "killed"));
     }
 }

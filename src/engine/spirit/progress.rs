@@ -19,14 +19,35 @@ const MAX_LINE: usize = 8 * 1024;
 pub struct Progress {
     /// Spirit's state name (`copyRows`, `waitingOnSentinelTable`, `cutOver`, …).
     pub state: Option<String>,
+    /// Rows copied and the estimated total.
     pub copied: Option<(u64, u64)>,
+    pub percent: Option<f64>,
+    /// Spirit's estimate of the copy time left, as it prints it (`eta=`).
+    pub eta: Option<String>,
     /// Spirit said it resumed from a checkpoint.
     pub resumed: bool,
+    /// Spirit said it could not resume and started the copy over (a stop or crash before its
+    /// first checkpoint, a checkpoint too old, a purged binlog: `pkg/migration/runner.go`).
+    pub restarted: Option<String>,
     pub tail: VecDeque<String>,
 }
 
 impl Progress {
-    fn absorb(&mut self, line: &str) {
+    /// One line of output. Spirit up to v0.16 prints one status line every 30 s
+    /// (`migration status: state=copyRows copy-progress="120/1000 12.00%" …`); its main branch
+    /// prints a block whose rows follow the header (`copier " 12.00%  120/1000  chunk-size=…
+    /// eta=…"`), on lines of their own or escaped inside one record (`pkg/status/`).
+    pub(super) fn absorb(&mut self, line: &str) {
+        for part in line.split("\\n") {
+            self.absorb_part(part);
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    fn absorb_part(&mut self, line: &str) {
         if let Some(s) = field(line, "state") {
             if !s.is_empty()
                 && s.len() <= 64
@@ -36,21 +57,43 @@ impl Progress {
             }
         }
         if let Some(p) = field(line, "copy-progress") {
-            // "copied/total pct%"
-            let frac = p.split_whitespace().next().unwrap_or("");
-            if let Some((a, b)) = frac.split_once('/') {
-                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                    self.copied = Some((a, b));
-                }
+            self.copy_figures(&p);
+        }
+        if let Some(row) = line.trim_start().strip_prefix("copier") {
+            let row = row.trim().trim_matches('"');
+            self.copy_figures(row);
+            if let Some(eta) = field(row, "eta") {
+                self.eta = Some(eta);
             }
         }
         if line.contains("resuming from checkpoint") || line.contains("resumed from checkpoint") {
             self.resumed = true;
         }
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
+        if line.contains("could not resume from checkpoint") {
+            let reason = field(line, "reason").unwrap_or_else(|| "no reason given".into());
+            // Spirit tries to resume on every start; without `_<t>_new` there was never a copy
+            // to resume (a first start), which is no restart.
+            if !reason.contains("new table") {
+                self.restarted = Some(reason);
+            }
         }
-        self.tail.push_back(line.to_string());
+    }
+
+    /// `a/b` and `p%` tokens, in either order; anything else is ignored.
+    fn copy_figures(&mut self, text: &str) {
+        for token in text.split_whitespace() {
+            if let Some(pct) = token.strip_suffix('%') {
+                if let Ok(p) = pct.parse::<f64>() {
+                    if (0.0..=100.0).contains(&p) {
+                        self.percent = Some(p);
+                    }
+                }
+            } else if let Some((a, b)) = token.split_once('/') {
+                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                    self.copied = Some((a, b));
+                }
+            }
+        }
     }
 }
 
@@ -92,7 +135,17 @@ pub(super) async fn read_lines(
             text = text.replace(&redact, "***");
         }
         tracing::debug!(apply, "spirit: {text}");
-        lock(&progress).absorb(&text);
+        let mut p = lock(&progress);
+        let restarted_before = p.restarted.is_some();
+        p.absorb(&text);
+        if let (false, Some(reason)) = (restarted_before, &p.restarted) {
+            // Spirit says so in one INFO line and copies everything again; the operator says
+            // it louder (a stop or crash in the first ~50 s, before any checkpoint, does this).
+            tracing::warn!(
+                apply,
+                "Spirit could not resume from its checkpoint and starts the copy over: {reason}"
+            );
+        }
         line.clear();
     };
     loop {
@@ -129,10 +182,31 @@ mod tests {
         p.absorb(r#"level=INFO msg="migration status" state=waitingOnSentinelTable"#);
         assert_eq!(p.state.as_deref(), Some("waitingOnSentinelTable"));
         p.absorb("resuming from checkpoint watermark=10");
+        assert_eq!(p.percent, Some(12.0));
         assert!(p.resumed);
         assert!(is_permanent(
             "Error 1064 (42000): You have an error in your SQL syntax"
         ));
         assert!(!is_permanent("dial tcp 127.0.0.1:3306: connection refused"));
+    }
+
+    #[test]
+    fn the_main_branch_status_block_and_a_restart_are_read() {
+        let mut p = Progress::default();
+        p.absorb("time=2026 level=INFO msg=\"migration status: state=copyRows total-time=1m copier-time=50s\"");
+        p.absorb(r#"  copier    " 42.50%  425/1000  chunk-size=1000  eta=1m5s  throttled=false""#);
+        assert_eq!(p.state.as_deref(), Some("copyRows"));
+        assert_eq!(p.copied, Some((425, 1000)));
+        assert_eq!(p.percent, Some(42.5));
+        assert_eq!(p.eta.as_deref(), Some("1m5s"));
+        // The same block escaped inside one record.
+        let mut q = Progress::default();
+        q.absorb(r#"level=INFO msg="migration status: state=copyRows total-time=2m\n  copier    \" 10.00%  100/1000  eta=9m\"" "#);
+        assert_eq!(q.copied, Some((100, 1000)));
+        assert!(p.restarted.is_none());
+        p.absorb(r#"level=INFO msg="could not resume from checkpoint" reason="could not read new table '_items_new' to resume from checkpoint: Error 1146""#);
+        assert!(p.restarted.is_none(), "a first start is no restart");
+        p.absorb(r#"level=INFO msg="could not resume from checkpoint" reason="checkpoint table '_items_chkpnt' has no checkpoint, nothing to resume from""#);
+        assert!(p.restarted.as_deref().unwrap().contains("no checkpoint"));
     }
 }

@@ -4,10 +4,19 @@
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 
-use super::{Plan, SpiritEngine, SENTINEL, STATE_TABLE};
+use super::{names, Plan, SpiritEngine, SENTINEL, STATE_TABLE};
 use crate::machine::apply::ApplyRecord;
 use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::table::RunnerGone;
+
+/// Why the target could not be inspected.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum InspectError {
+    #[error("{0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("a Spirit runner still holds the lock {lock} (connection {connection}); its tables are left alone until it exits")]
+    RunnerAlive { lock: String, connection: u64 },
+}
 
 pub(super) fn quote_ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
@@ -101,21 +110,50 @@ impl SpiritEngine {
         .map(|_| ())
     }
 
+    /// The connection holding one of Spirit's locks on the plan's tables, if any: a runner
+    /// alive elsewhere (another operator's, or one still exiting) whose tables nobody may
+    /// touch. Spirit takes them with `GET_LOCK(name, 0)` for the whole run
+    /// (`pkg/dbconn/advisorylock.go`); the server frees them when its session ends.
+    pub(super) async fn lock_holder(
+        c: &mut MySqlConnection,
+        database: &str,
+        plan: &Plan,
+    ) -> Result<Option<(String, u64)>, sqlx::Error> {
+        for name in names::locks(database, &plan.tables) {
+            let holder: Option<u64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?)")
+                .bind(&name)
+                .fetch_one(&mut *c)
+                .await?;
+            if let Some(connection) = holder {
+                return Ok(Some((name, connection)));
+            }
+        }
+        Ok(None)
+    }
+
     /// What is left of an apply's work when no runner of it is alive here.
     pub(super) async fn inspect(
         &self,
         apply: &ApplyRecord,
         plan: &Plan,
-    ) -> Result<RunnerGone, sqlx::Error> {
-        let mut c = self.connect(&apply.spec.target.database).await?;
-        if Self::table_exists(&mut c, SENTINEL).await? {
+    ) -> Result<RunnerGone, InspectError> {
+        let database = &apply.spec.target.database;
+        let mut c = self.connect(database).await?;
+        if let Some((lock, connection)) = Self::lock_holder(&mut c, database, plan).await? {
+            return Err(InspectError::RunnerAlive { lock, connection });
+        }
+        // The sentinel is schema-wide (`pkg/sentinel/sentinel.go`): only an apply that defers
+        // its cutover made one; another's is not a sign of ours.
+        if apply.row.options.defer_cutover && Self::table_exists(&mut c, SENTINEL).await? {
             return Ok(RunnerGone::SentinelKept);
         }
+        // Without `_<t>_new` there is nothing to resume: a checkpoint alone is either a run
+        // that never checkpointed or the tail of a finished one (after the RENAME Spirit drops
+        // `_<t>_old`, slowly on a big table, and only then the checkpoint:
+        // `pkg/migration/runner.go`). The schema itself tells which.
         for t in &plan.tables {
-            for artifact in [format!("_{t}_new"), format!("_{t}_chkpnt")] {
-                if Self::table_exists(&mut c, &artifact).await? {
-                    return Ok(RunnerGone::WorkLeft);
-                }
+            if Self::table_exists(&mut c, &names::new_table(t)).await? {
+                return Ok(RunnerGone::WorkLeft);
             }
         }
         if !Self::table_exists(&mut c, STATE_TABLE).await? {
@@ -128,13 +166,39 @@ impl SpiritEngine {
         .fetch_optional(&mut c)
         .await?;
         let now = Self::fingerprint(&mut c, &plan.tables).await?;
-        c.close().await.ok();
-        Ok(match before {
+        let gone = match before {
             // The schema moved since our first start, and one active apply per target means
             // nobody else moved it: the change is in place.
             Some(b) if b != now => RunnerGone::NothingLeft,
             _ => RunnerGone::WorkLeft,
-        })
+        };
+        if gone == RunnerGone::NothingLeft {
+            // What the dead runner would have dropped next; no runner holds the tables.
+            Self::drop_leftovers(&mut c, plan, false).await?;
+        }
+        c.close().await.ok();
+        Ok(gone)
+    }
+
+    /// Drop what Spirit leaves of a run: the checkpoint and `_<t>_old`, and with `copy` also
+    /// the half-done `_<t>_new`. Only ever called when no runner holds the tables.
+    pub(super) async fn drop_leftovers(
+        c: &mut MySqlConnection,
+        plan: &Plan,
+        copy: bool,
+    ) -> Result<(), sqlx::Error> {
+        let mut tables = vec![names::checkpoint_table(&plan.tables)];
+        for t in &plan.tables {
+            tables.push(names::old_table(t));
+            if copy {
+                tables.push(names::new_table(t));
+            }
+        }
+        for t in tables {
+            c.execute(format!("DROP TABLE IF EXISTS {}", quote_ident(&t)).as_str())
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn drop_sentinel(&self, apply: &ApplyRecord) -> Observation {
