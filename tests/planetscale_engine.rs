@@ -288,6 +288,72 @@ async fn five_xx_storms_and_lost_replies_never_duplicate_and_still_finish() {
             && admin["lost_replies"].as_u64().unwrap() > 0,
         "the storm really happened: {admin}"
     );
+    // Every branch password applyd made (also one whose reply was lost) was deleted.
+    assert!(admin["passwords_made"].as_u64().unwrap() >= 1, "{admin}");
+    assert_eq!(admin["passwords_alive"], 0, "{admin}");
+}
+
+/// A password create retried after a lost reply leaves a second password alive: both carry the
+/// apply's name prefix, and both are deleted once the DDL is applied.
+#[tokio::test]
+async fn branch_passwords_are_named_per_drive_and_deleted_after_use() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let client = fake.client("secret-token", 1);
+    let branch = "applyd-apply-9";
+    client.create_branch("shop", branch, "main").await.unwrap();
+    let name = applyd::engine::planetscale::password_name(branch, 3);
+    // The "lost" first reply and the retry.
+    client.create_password("shop", branch, &name).await.unwrap();
+    client.create_password("shop", branch, &name).await.unwrap();
+    // Someone else's password on the same branch is not applyd's to delete.
+    client
+        .create_password("shop", branch, "a-person")
+        .await
+        .unwrap();
+    assert_eq!(
+        client.list_passwords("shop", branch).await.unwrap().len(),
+        3
+    );
+    let (engine, sql) = fake.engine(1);
+    let mut apply = applyd::store::ApplyRecord {
+        row: applyd::worker::ApplySnapshot {
+            id: 9,
+            operation: 9,
+            engine: applyd::machine::EngineKind::PlanetScale,
+            state: ApplyState::ApplyingBranchChanges,
+            epoch: 4,
+            attempt: 0,
+            options: Default::default(),
+            resume: Default::default(),
+        },
+        spec: Arc::new(applyd::store::ApplySpec {
+            identifier: "apply-9".into(),
+            target: applyd::store::Target {
+                database: "shop".into(),
+                environment: "test".into(),
+            },
+            deployment: String::new(),
+            ddl: vec!["ALTER TABLE t ADD c INT".into()],
+            fingerprint: None,
+        }),
+    };
+    apply.row.epoch = 4;
+    assert_eq!(
+        applyd::engine::fake::branch_name("apply-9"),
+        branch,
+        "the branch the engine drives"
+    );
+    let obs = engine
+        .call(&apply, 4, applyd::machine::EngineCall::ApplyBranchChanges)
+        .await;
+    assert_eq!(obs, Observation::BranchDiff { pending: false });
+    assert_eq!(sql.applied.lock().unwrap().len(), 1);
+    let left = client.list_passwords("shop", branch).await.unwrap();
+    assert_eq!(
+        left.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["a-person"],
+        "applyd's passwords deleted, a person's kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,4 +517,51 @@ async fn the_fake_planetscale_command_serves_the_api() {
         .unwrap()
         .is_none());
     child.kill().await.unwrap();
+}
+
+/// A list cut at the page cap could hide the deploy request an apply already made, and the
+/// apply would make a second: past the cap the list is an error, never a partial answer.
+#[tokio::test]
+async fn a_list_past_the_page_cap_is_an_error() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let client = fake.client("secret-token", 1).with_list_limits(1, 1);
+    client
+        .create_branch("shop", "applyd-many", "main")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        client
+            .create_deploy_request("shop", "applyd-many", "main", false)
+            .await
+            .unwrap();
+    }
+    let err = client
+        .list_deploy_requests("shop", "applyd-many", "main")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("partial"), "{err}");
+    let whole = fake
+        .client("secret-token", 1)
+        .list_deploy_requests("shop", "applyd-many", "main")
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), 2);
+}
+
+/// Error replies are read as the API writes them (`{code, message}`): the code is in the
+/// error, and a branch that already exists is recognised by reading it, not by the wording.
+#[tokio::test]
+async fn error_replies_keep_their_code_and_a_taken_branch_name_is_read_back() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let client = fake.client("secret-token", 1);
+    let err = client.get_deploy_request("shop", 999).await.unwrap_err();
+    assert!(err.to_string().contains("code not_found"), "{err}");
+    client
+        .create_branch("shop", "applyd-twice", "main")
+        .await
+        .unwrap();
+    client
+        .create_branch("shop", "applyd-twice", "main")
+        .await
+        .unwrap();
 }

@@ -201,27 +201,84 @@ pub(super) async fn create_branch(
     .await
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct NewPassword {
+    name: Option<String>,
+    ttl: Option<u64>,
+}
+
+/// `POST …/passwords`: a new password every time (as the API: a retried create after a lost
+/// reply leaves two alive), named as asked.
 pub(super) async fn create_password(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path((_org, _db, branch)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let body: NewPassword = if body.is_empty() {
+        NewPassword::default()
+    } else {
+        match json_body(&body, "name, role and ttl") {
+            Ok(b) => b,
+            Err(message) => return err(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message),
+        }
+    };
     guarded(&s, &headers, |g, now| {
         if !g.engines.planetscale.branches.contains_key(&branch) {
             return err(StatusCode::NOT_FOUND, "not_found", "Not Found");
         }
+        g.passwords_made += 1;
+        let id = format!("pw{}", g.passwords_made);
+        let name = body.name.clone().unwrap_or_else(|| id.clone());
+        g.passwords
+            .insert(id.clone(), (branch.clone(), name.clone()));
         (
             StatusCode::CREATED,
             Json(json!({
-                "id": format!("pw-{now}"),
-                "name": format!("applyd-{branch}"),
+                "id": id,
+                "name": name,
                 "role": "admin",
+                "ttl_seconds": body.ttl.unwrap_or(0),
                 "username": format!("fake-{branch}"),
                 "plain_text": format!("pscale_pw_fake_{now}"),
                 "access_host_url": "127.0.0.1:0",
             })),
         )
             .into_response()
+    })
+    .await
+}
+
+/// `GET …/passwords`: the branch's live passwords (one page holds them all here).
+pub(super) async fn list_passwords(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((_org, _db, branch)): Path<(String, String, String)>,
+) -> Response {
+    guarded(&s, &headers, |g, _now| {
+        let data: Vec<Value> = g
+            .passwords
+            .iter()
+            .filter(|(_, (b, _))| *b == branch)
+            .map(|(id, (_, name))| json!({ "id": id, "name": name, "role": "admin" }))
+            .collect();
+        Json(json!({ "current_page": 1, "next_page": null, "data": data })).into_response()
+    })
+    .await
+}
+
+/// `DELETE …/passwords/{id}`: 204, or 404 for a password that is not there.
+pub(super) async fn delete_password(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((_org, _db, branch, id)): Path<(String, String, String, String)>,
+) -> Response {
+    guarded(&s, &headers, |g, _now| match g.passwords.get(&id) {
+        Some((b, _)) if *b == branch => {
+            g.passwords.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => err(StatusCode::NOT_FOUND, "not_found", "Not Found"),
     })
     .await
 }

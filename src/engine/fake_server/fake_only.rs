@@ -37,6 +37,8 @@ pub(super) async fn admin_list(State(s): State<Shared>) -> Response {
         "served": g.served,
         "injected_failures": g.injected_failures,
         "lost_replies": g.lost_replies,
+        "passwords_made": g.passwords_made,
+        "passwords_alive": g.passwords.len(),
     }))
     .into_response()
 }

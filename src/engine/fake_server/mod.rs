@@ -70,6 +70,9 @@ struct Inner {
     /// FAKE-ONLY: the DDL applied to each branch (in reality, over a MySQL connection to it).
     branch_ddl: std::collections::BTreeMap<String, Vec<String>>,
     closed: BTreeSet<u64>,
+    /// Branch passwords alive: id -> (branch, name).
+    passwords: std::collections::BTreeMap<String, (String, String)>,
+    passwords_made: u64,
     faults: Faults,
     rng: u64,
     injected_failures: u64,
@@ -118,6 +121,8 @@ pub fn router(opts: FakeServerOptions) -> Router {
             engines,
             branch_ddl: Default::default(),
             closed: BTreeSet::new(),
+            passwords: Default::default(),
+            passwords_made: 0,
             faults: opts.faults,
             rng: opts.seed,
             injected_failures: 0,
@@ -135,7 +140,11 @@ pub fn router(opts: FakeServerOptions) -> Router {
         .route(&format!("{db}/branches/{{branch}}"), get(get_branch))
         .route(
             &format!("{db}/branches/{{branch}}/passwords"),
-            post(create_password),
+            post(create_password).get(list_passwords),
+        )
+        .route(
+            &format!("{db}/branches/{{branch}}/passwords/{{id}}"),
+            axum::routing::delete(delete_password),
         )
         .route(
             &format!("{db}/deploy-requests"),

@@ -2,7 +2,8 @@
 //! worker core's probes and calls on top of it (reference §6.1).
 //!
 //! Endpoints (all under `{api_url}/organizations/{org}/databases/{db}`):
-//! `GET branches/{b}`, `POST branches`, `POST branches/{b}/passwords`,
+//! `GET branches/{b}`, `POST branches`, `POST`/`GET branches/{b}/passwords`,
+//! `DELETE branches/{b}/passwords/{id}`,
 //! `GET deploy-requests?branch=&into_branch=`, `POST deploy-requests`,
 //! `GET deploy-requests/{n}`, `PATCH deploy-requests/{n}` (close), `POST deploy-requests/{n}/deploy`,
 //! `…/apply-deploy`, `…/revert`, `…/skip-revert`, `…/cancel`; and `GET /organizations/{org}`,
@@ -12,154 +13,25 @@
 //! The token never reaches a log line or an error message: every text we report is passed
 //! through [`Redactor`] first.
 //!
-//! Over 700 lines: the client, its wire types and the redaction of secrets are one adapter; the
-//! wire types are the first seam to split off.
+//! The client and its wire types are `client`; this file is the engine on top of it.
+
+mod client;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::{Method, StatusCode};
-use serde::Deserialize;
-use serde_json::{json, Value};
+
+use client::BRANCH_PASSWORD_TTL_S;
+pub use client::{
+    ApiError, Branch, BranchCredentials, BranchPassword, DeployRequest, PlanetScaleClient, Redactor,
+};
 
 use super::fake::branch_name;
-use super::planetscale_states::DeployState;
 use super::Engine;
-use crate::config::{PlanetScaleSection, Secret};
+use crate::config::PlanetScaleSection;
 use crate::machine::apply::ApplyRecord;
 use crate::machine::observe::{BranchStatus, EngineFault, Observation};
 use crate::machine::{EngineCall, EngineState, Probe};
-
-/// How long a branch password created for applying DDL stays valid.
-const BRANCH_PASSWORD_TTL_S: u64 = 3600;
-/// Deploy-request list pages read at most (100 per page) when looking one up by branch.
-const MAX_LIST_PAGES: u32 = 20;
-/// At most this much of an error body is quoted in a message.
-const BODY_QUOTE: usize = 300;
-
-/// Why an API call failed, already classified for the worker core.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// 5xx, 429, timeout, connection error — after the in-call retries ran out.
-    #[error("PlanetScale API unavailable: {0}")]
-    Transient(String),
-    #[error("PlanetScale API: not found: {0}")]
-    NotFound(String),
-    #[error(
-        "PlanetScale API refused the service token (check service_token_id and service_token): {0}"
-    )]
-    Auth(String),
-    /// A 4xx validation error or a response we cannot read.
-    #[error("PlanetScale API: {0}")]
-    Rejected(String),
-}
-
-impl ApiError {
-    pub fn fault(&self) -> EngineFault {
-        match self {
-            ApiError::Transient(_) => EngineFault::Transient,
-            ApiError::NotFound(_) => EngineFault::NotFound,
-            ApiError::Auth(_) | ApiError::Rejected(_) => EngineFault::Permanent,
-        }
-    }
-}
-
-/// Replaces every occurrence of the secrets it knows with `***`.
-#[derive(Clone)]
-pub struct Redactor(Vec<String>);
-
-impl Redactor {
-    pub fn new(secrets: &[&str]) -> Redactor {
-        Redactor(
-            secrets
-                .iter()
-                .filter(|s| s.len() >= 4)
-                .map(|s| s.to_string())
-                .collect(),
-        )
-    }
-    pub fn clean(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.0 {
-            out = out.replace(s.as_str(), "***");
-        }
-        out
-    }
-}
-
-/// A branch as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Branch {
-    pub name: String,
-    #[serde(default)]
-    pub ready: bool,
-}
-
-/// Credentials of a branch password: what DDL is applied to the branch with.
-#[derive(Clone)]
-pub struct BranchCredentials {
-    pub host: String,
-    pub username: String,
-    pub password: Secret,
-    pub database: String,
-    pub branch: String,
-}
-
-impl std::fmt::Debug for BranchCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BranchCredentials")
-            .field("host", &self.host)
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("database", &self.database)
-            .field("branch", &self.branch)
-            .finish()
-    }
-}
-
-/// A deploy request as the API reports it (only the fields we rely on).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DeployRequest {
-    pub number: u64,
-    #[serde(default)]
-    pub branch: String,
-    /// `open` or `closed`.
-    #[serde(default)]
-    pub state: String,
-    pub deployment_state: String,
-}
-
-impl DeployRequest {
-    /// The engine state, or an error that names the unknown deployment state.
-    pub fn engine_state(&self) -> Result<EngineState, ApiError> {
-        let d: DeployState = self
-            .deployment_state
-            .parse()
-            .map_err(|e| ApiError::Rejected(format!("deploy request #{}: {e}", self.number)))?;
-        // A request closed before it was ever deployed will never move again: it is cancelled.
-        if self.state == "closed" && matches!(d, DeployState::Pending | DeployState::Ready) {
-            return Ok(EngineState::Cancelled);
-        }
-        Ok(d.engine_state())
-    }
-}
-
-#[derive(Deserialize)]
-struct Page<T> {
-    #[serde(default = "Vec::new")]
-    data: Vec<T>,
-    #[serde(default)]
-    next_page: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct PasswordReply {
-    #[serde(default)]
-    access_host_url: String,
-    username: String,
-    plain_text: String,
-}
 
 /// Applies the reviewed DDL to a branch over the MySQL protocol. A trait so tests can stand in
 /// for the branch's MySQL endpoint.
@@ -213,318 +85,15 @@ impl BranchSql for MySqlBranchSql {
     }
 }
 
-/// The HTTP client. Cheap to clone.
-#[derive(Clone)]
-pub struct PlanetScaleClient {
-    http: reqwest::Client,
-    base: String,
-    org: String,
-    auth: Arc<Secret>,
-    redact: Redactor,
-    attempts: u32,
-    backoff: Duration,
+/// The name of the branch password an apply's drive of lease `epoch` creates: the prefix is
+/// the apply's (its branch's), so every password applyd made for it can be found and deleted,
+/// also one whose creation reply was lost.
+pub fn password_name(branch: &str, epoch: u64) -> String {
+    format!("{}e{epoch}", password_prefix(branch))
 }
 
-fn seg(s: &str) -> String {
-    // Path segments: names are [A-Za-z0-9_-] in practice; escape anything else.
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn quote(body: &str) -> String {
-    let mut b: String = body.chars().take(BODY_QUOTE).collect();
-    if body.chars().count() > BODY_QUOTE {
-        b.push('…');
-    }
-    b
-}
-
-impl PlanetScaleClient {
-    pub fn new(
-        api_url: &str,
-        organization: &str,
-        token_id: &str,
-        token: &Secret,
-        timeout: Duration,
-        attempts: u32,
-        backoff: Duration,
-    ) -> anyhow::Result<PlanetScaleClient> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("applyd/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(PlanetScaleClient {
-            http,
-            base: api_url.trim_end_matches('/').to_string(),
-            org: organization.to_string(),
-            auth: Arc::new(Secret::new(format!("{token_id}:{}", token.expose()))),
-            redact: Redactor::new(&[token.expose()]),
-            attempts: attempts.max(1),
-            backoff,
-        })
-    }
-
-    pub fn from_config(c: &PlanetScaleSection) -> anyhow::Result<PlanetScaleClient> {
-        let token = c.service_token()?;
-        PlanetScaleClient::new(
-            &c.api_url,
-            &c.organization,
-            &c.service_token_id,
-            &token,
-            Duration::from_millis(c.request_timeout_ms),
-            c.attempts,
-            Duration::from_millis(c.backoff_ms),
-        )
-    }
-
-    fn db_path(&self, db: &str) -> String {
-        format!("/organizations/{}/databases/{}", seg(&self.org), seg(db))
-    }
-
-    /// One request with bounded retries of transient failures. `retry` is false for calls
-    /// that are not idempotent (creating a deploy request): the caller re-finds instead.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        retry: bool,
-    ) -> Result<Value, ApiError> {
-        let url = format!("{}{}", self.base, path);
-        let what = format!("{method} {path}");
-        let attempts = if retry { self.attempts } else { 1 };
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                // Bounded exponential backoff: backoff, 2×, 4×, … capped at 8×.
-                let factor = 1u32 << (attempt - 1).min(3);
-                tokio::time::sleep(self.backoff * factor).await;
-            }
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .header("Authorization", self.auth.expose())
-                .header("Accept", "application/json");
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    // reqwest errors carry the URL, never headers; redact anyway.
-                    last = self.redact.clean(&format!("{what}: {e}"));
-                    tracing::warn!(attempt, "PlanetScale request failed: {last}");
-                    continue;
-                }
-            };
-            let status = resp.status();
-            let text = match resp.text().await {
-                Ok(t) => t,
-                Err(e) => {
-                    last = self
-                        .redact
-                        .clean(&format!("{what}: reading the response: {e}"));
-                    tracing::warn!(attempt, "PlanetScale request failed: {last}");
-                    continue;
-                }
-            };
-            let text = self.redact.clean(&text);
-            if status.is_success() {
-                if text.trim().is_empty() {
-                    return Ok(Value::Null);
-                }
-                return serde_json::from_str(&text).map_err(|e| {
-                    ApiError::Rejected(format!(
-                        "{what} answered {status} with a body that is not JSON ({e}): {}",
-                        quote(&text)
-                    ))
-                });
-            }
-            let msg = format!("{what} answered {status}: {}", quote(&text));
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                tracing::warn!(attempt, "PlanetScale transient error: {msg}");
-                last = msg;
-                continue;
-            }
-            return Err(match status {
-                StatusCode::NOT_FOUND => ApiError::NotFound(msg),
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError::Auth(msg),
-                _ => ApiError::Rejected(msg),
-            });
-        }
-        Err(ApiError::Transient(format!(
-            "{last} (gave up after {attempts} attempt(s))"
-        )))
-    }
-
-    fn decode<T: for<'de> Deserialize<'de>>(what: &str, v: Value) -> Result<T, ApiError> {
-        serde_json::from_value(v)
-            .map_err(|e| ApiError::Rejected(format!("{what}: unexpected response shape: {e}")))
-    }
-
-    /// `GET /organizations/{org}`: the token works and sees the organisation.
-    pub async fn get_organization(&self) -> Result<Value, ApiError> {
-        self.send(
-            Method::GET,
-            &format!("/organizations/{}", seg(&self.org)),
-            None,
-            true,
-        )
-        .await
-    }
-
-    /// `GET /organizations/{org}/databases/{db}`.
-    pub async fn get_database(&self, db: &str) -> Result<Value, ApiError> {
-        self.send(Method::GET, &self.db_path(db), None, true).await
-    }
-
-    /// `GET …/branches/{branch}`; `None` when it does not exist.
-    pub async fn get_branch(&self, db: &str, branch: &str) -> Result<Option<Branch>, ApiError> {
-        let path = format!("{}/branches/{}", self.db_path(db), seg(branch));
-        match self.send(Method::GET, &path, None, true).await {
-            Ok(v) => Self::decode("GET branch", v).map(Some),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// `POST …/branches`; a name already taken is our own branch (the name is deterministic).
-    pub async fn create_branch(
-        &self,
-        db: &str,
-        branch: &str,
-        parent: &str,
-    ) -> Result<(), ApiError> {
-        let path = format!("{}/branches", self.db_path(db));
-        let body = json!({ "name": branch, "parent_branch": parent });
-        match self.send(Method::POST, &path, Some(body), true).await {
-            Ok(_) => Ok(()),
-            Err(ApiError::Rejected(m)) if m.contains("already been taken") => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// `POST …/branches/{branch}/passwords` (role admin, short TTL).
-    pub async fn create_password(
-        &self,
-        db: &str,
-        branch: &str,
-    ) -> Result<BranchCredentials, ApiError> {
-        let path = format!("{}/branches/{}/passwords", self.db_path(db), seg(branch));
-        let body = json!({ "name": format!("applyd-{branch}"), "role": "admin", "ttl": BRANCH_PASSWORD_TTL_S });
-        let v = self.send(Method::POST, &path, Some(body), true).await?;
-        let p: PasswordReply = Self::decode("POST branch password", v)?;
-        if p.access_host_url.is_empty() {
-            return Err(ApiError::Rejected(
-                "POST branch password: the reply has no access_host_url".into(),
-            ));
-        }
-        Ok(BranchCredentials {
-            host: p.access_host_url,
-            username: p.username,
-            password: Secret::new(p.plain_text),
-            database: db.to_string(),
-            branch: branch.to_string(),
-        })
-    }
-
-    /// `GET …/deploy-requests?branch=…&into_branch=…`, every page (bounded).
-    pub async fn list_deploy_requests(
-        &self,
-        db: &str,
-        branch: &str,
-        into: &str,
-    ) -> Result<Vec<DeployRequest>, ApiError> {
-        let mut out = Vec::new();
-        let mut page = 1u64;
-        for _ in 0..MAX_LIST_PAGES {
-            let path = format!(
-                "{}/deploy-requests?branch={}&into_branch={}&page={page}&per_page=100",
-                self.db_path(db),
-                seg(branch),
-                seg(into)
-            );
-            let v = self.send(Method::GET, &path, None, true).await?;
-            let p: Page<DeployRequest> = Self::decode("GET deploy requests", v)?;
-            // The filter is the server's; keep only what is really ours.
-            out.extend(p.data.into_iter().filter(|d| d.branch == branch));
-            match p.next_page {
-                Some(n) if n > page => page = n,
-                _ => return Ok(out),
-            }
-        }
-        Ok(out)
-    }
-
-    /// `POST …/deploy-requests`. Not idempotent: never retried here.
-    pub async fn create_deploy_request(
-        &self,
-        db: &str,
-        branch: &str,
-        into: &str,
-        auto_cutover: bool,
-    ) -> Result<DeployRequest, ApiError> {
-        let path = format!("{}/deploy-requests", self.db_path(db));
-        let body = json!({
-            "branch": branch,
-            "into_branch": into,
-            "notes": "opened by applyd",
-            "auto_cutover": auto_cutover,
-            "auto_delete_branch": false,
-        });
-        let v = self.send(Method::POST, &path, Some(body), false).await?;
-        Self::decode("POST deploy request", v)
-    }
-
-    /// `GET …/deploy-requests/{number}`.
-    pub async fn get_deploy_request(
-        &self,
-        db: &str,
-        number: u64,
-    ) -> Result<DeployRequest, ApiError> {
-        let path = format!("{}/deploy-requests/{number}", self.db_path(db));
-        let v = self.send(Method::GET, &path, None, true).await?;
-        Self::decode("GET deploy request", v)
-    }
-
-    /// `POST …/deploy-requests/{number}/{action}` for deploy, apply-deploy, revert, skip-revert
-    /// and cancel.
-    pub async fn deploy_request_action(
-        &self,
-        db: &str,
-        number: u64,
-        action: &str,
-    ) -> Result<DeployRequest, ApiError> {
-        let path = format!("{}/deploy-requests/{number}/{action}", self.db_path(db));
-        let v = self.send(Method::POST, &path, None, true).await?;
-        Self::decode("deploy request action", v)
-    }
-
-    /// `PATCH …/deploy-requests/{number}` with `state = closed`.
-    pub async fn close_deploy_request(
-        &self,
-        db: &str,
-        number: u64,
-    ) -> Result<DeployRequest, ApiError> {
-        let path = format!("{}/deploy-requests/{number}", self.db_path(db));
-        let v = self
-            .send(
-                Method::PATCH,
-                &path,
-                Some(json!({ "state": "closed" })),
-                true,
-            )
-            .await?;
-        Self::decode("close deploy request", v)
-    }
+fn password_prefix(branch: &str) -> String {
+    format!("applyd-{branch}-")
 }
 
 /// The PlanetScale engine the worker core drives.
@@ -568,6 +137,31 @@ impl PlanetScaleEngine {
         self.database
             .as_deref()
             .unwrap_or(apply.spec.target.database.as_str())
+    }
+
+    /// Delete every password applyd made on the apply's branch (this drive's, and any an
+    /// earlier attempt or lost reply left). A failure only leaves them to their short TTL.
+    async fn delete_passwords(&self, apply: &ApplyRecord, db: &str, branch: &str, used: &str) {
+        let prefix = password_prefix(branch);
+        let result = async {
+            // The one just used first: it goes even if the list below fails.
+            if !used.is_empty() {
+                self.client.delete_password(db, branch, used).await?;
+            }
+            for p in self.client.list_passwords(db, branch).await? {
+                if p.name.starts_with(&prefix) {
+                    self.client.delete_password(db, branch, &p.id).await?;
+                }
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(
+                apply = apply.row.id,
+                "branch passwords of {branch} left to expire (TTL {BRANCH_PASSWORD_TTL_S} s): {e}"
+            );
+        }
     }
 
     fn fault(&self, apply: &ApplyRecord, what: &str, e: ApiError) -> Observation {
@@ -776,7 +370,7 @@ impl Engine for PlanetScaleEngine {
         }
     }
 
-    async fn call(&self, apply: &ApplyRecord, _epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
         // The API has no notion of our lease epochs; fencing is the store's and the core's.
         let db = self.database(apply).to_string();
         let branch = branch_name(&apply.spec.identifier);
@@ -792,11 +386,15 @@ impl Engine for PlanetScaleEngine {
                 }
             }
             EngineCall::ApplyBranchChanges => {
-                let creds = match self.client.create_password(&db, &branch).await {
+                let name = password_name(&branch, epoch);
+                let creds = match self.client.create_password(&db, &branch, &name).await {
                     Ok(c) => c,
                     Err(e) => return self.fault(apply, "creating a branch password", e),
                 };
-                match self.branch_sql.apply(&creds, &apply.spec.ddl).await {
+                let applied = self.branch_sql.apply(&creds, &apply.spec.ddl).await;
+                self.delete_passwords(apply, &db, &branch, &creds.password_id)
+                    .await;
+                match applied {
                     Ok(()) => {
                         self.applied
                             .lock()
@@ -844,6 +442,7 @@ impl Engine for PlanetScaleEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     #[test]
     fn unknown_deployment_state_is_an_error_naming_it() {
@@ -870,6 +469,7 @@ mod tests {
         let r = Redactor::new(&["pscale_tkn_abc"]);
         assert_eq!(r.clean("bad token pscale_tkn_abc!"), "bad token ***!");
         let creds = BranchCredentials {
+            password_id: "pw1".into(),
             host: "h".into(),
             username: "u".into(),
             password: Secret::new("pw-secret"),
