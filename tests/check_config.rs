@@ -95,5 +95,26 @@ async fn check_config_reaches_planetscale_and_spirit_and_names_what_is_wrong() {
         ))
         .await;
         assert!(ok, "{out}");
+        assert!(
+            out.contains("takes every flag applyd passes")
+                && out.contains("applyd-spirit-standin 0."),
+            "the flags and the version are reported: {out}"
+        );
+        // The check reads the installed binary's own help: the stand-in takes --target-chunk-time
+        // as v0.16 does (a release without it fails the check: `engine::spirit::flags`).
+        let with_chunk_time = format!(
+            "{}target_chunk_time = \"500ms\"\n",
+            spirit(
+                env!("CARGO_BIN_EXE_applyd-spirit-standin"),
+                o.get_host(),
+                o.get_port(),
+                o.get_username(),
+            )
+        );
+        let (ok, out) = check(&with_chunk_time).await;
+        assert!(
+            ok,
+            "the stand-in takes --target-chunk-time, as v0.16 does: {out}"
+        );
     }
 }

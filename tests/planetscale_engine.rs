@@ -305,14 +305,20 @@ async fn branch_passwords_are_named_per_drive_and_deleted_after_use() {
     // The "lost" first reply and the retry.
     client.create_password("shop", branch, &name).await.unwrap();
     client.create_password("shop", branch, &name).await.unwrap();
-    // Someone else's password on the same branch is not applyd's to delete.
+    // Someone else's password on the same branch is not applyd's to delete, nor is a newer
+    // lease's.
     client
         .create_password("shop", branch, "a-person")
         .await
         .unwrap();
+    let newer = applyd::engine::planetscale::password_name(branch, 5);
+    client
+        .create_password("shop", branch, &newer)
+        .await
+        .unwrap();
     assert_eq!(
         client.list_passwords("shop", branch).await.unwrap().len(),
-        3
+        4
     );
     let (engine, sql) = fake.engine(1);
     let mut apply = applyd::store::ApplyRecord {
@@ -349,10 +355,12 @@ async fn branch_passwords_are_named_per_drive_and_deleted_after_use() {
     assert_eq!(obs, Observation::BranchDiff { pending: false });
     assert_eq!(sql.applied.lock().unwrap().len(), 1);
     let left = client.list_passwords("shop", branch).await.unwrap();
+    let mut left: Vec<&str> = left.iter().map(|p| p.name.as_str()).collect();
+    left.sort();
     assert_eq!(
-        left.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-        vec!["a-person"],
-        "applyd's passwords deleted, a person's kept"
+        left,
+        vec!["a-person", newer.as_str()],
+        "this drive's and older passwords deleted; a person's and a newer lease's kept"
     );
 }
 
@@ -549,7 +557,7 @@ async fn a_list_past_the_page_cap_is_an_error() {
 }
 
 /// Error replies are read as the API writes them (`{code, message}`): the code is in the
-/// error, and a branch that already exists is recognised by reading it, not by the wording.
+/// error. A second create of the same branch succeeds (the branch is read back).
 #[tokio::test]
 async fn error_replies_keep_their_code_and_a_taken_branch_name_is_read_back() {
     let fake = Fake::start(Faults::default(), None).await;

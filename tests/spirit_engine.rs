@@ -525,6 +525,19 @@ async fn a_runner_alive_elsewhere_keeps_its_tables() {
         rows_in(&url, &db, "_items_new").await > 0
     })
     .await;
+    // The runner holds the lock under the name the adapter computes for it.
+    assert_eq!(
+        scalar(
+            &url,
+            &db,
+            &format!(
+                "SELECT IS_USED_LOCK('{}') IS NOT NULL",
+                names::table_lock(&db, "items")
+            ),
+        )
+        .await,
+        Some(1)
+    );
     let other = SpiritEngine::new(config(&url));
     let mut later = apply.clone();
     later.row.epoch = 2;

@@ -139,30 +139,52 @@ pub async fn check_engines(config: &Config) -> Vec<Check> {
     }
     if let Some(sp) = &config.engines.spirit {
         let bin = sp.binary.display().to_string();
-        let ran = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            tokio::process::Command::new(&sp.binary)
-                .arg("--help")
-                .stdin(std::process::Stdio::null())
-                .output(),
-        )
-        .await;
-        push(
-            "spirit binary",
-            match ran {
-                Err(_) => Err(format!("{bin} --help did not finish within 20 s")),
-                Ok(Err(e)) => Err(format!("cannot run {bin}: {e}")),
-                Ok(Ok(o)) if o.status.success() => Ok(format!("{bin} runs")),
-                Ok(Ok(o)) => Err(format!(
-                    "{bin} --help exited with {}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr)
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
-                )),
-            },
-        );
+        let run = |args: &'static [&'static str]| {
+            let binary = sp.binary.clone();
+            async move {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    tokio::process::Command::new(&binary)
+                        .args(args)
+                        .stdin(std::process::Stdio::null())
+                        .output(),
+                )
+                .await
+                {
+                    Err(_) => Err(format!("{} did not finish within 20 s", args.join(" "))),
+                    Ok(Err(e)) => Err(format!("cannot run {}: {e}", binary.display())),
+                    Ok(Ok(o)) if o.status.success() => {
+                        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+                    }
+                    Ok(Ok(o)) => Err(format!(
+                        "{} exited with {}: {}",
+                        args.join(" "),
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr)
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    )),
+                }
+            }
+        };
+        let version = run(&["--version"])
+            .await
+            .ok()
+            .and_then(|v| v.lines().next().map(|l| l.trim().to_string()))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "version not reported".into());
+        let help = run(&["migrate", "--help"]).await;
+        match (help, SpiritConfig::from_section(sp)) {
+            (Err(e), _) => push("spirit binary", Err(format!("{bin}: {e}"))),
+            (Ok(_), Err(e)) => push("spirit binary", Err(format!("{e:#}"))),
+            (Ok(help), Ok(cfg)) => push(
+                "spirit binary",
+                super::spirit::check_help(&help, &cfg)
+                    .map(|said| format!("{bin} ({version}): {said}"))
+                    .map_err(|e| format!("{bin} ({version}): {e}")),
+            ),
+        }
         match SpiritConfig::from_section(sp) {
             Err(e) => push("spirit target", Err(format!("{e:#}"))),
             Ok(cfg) => {

@@ -52,9 +52,14 @@ fn read_value<'a>(raw: &str, rest: &mut impl Iterator<Item = &'a str>) -> Result
         line.truncate(i);
     }
     let line = line.trim_end();
-    // Surrounding quotes, checked only after the comment was cut.
+    // Surrounding quotes, checked only after the comment was cut, and only when the quote
+    // does not also appear inside (go-ini's `hasSurroundedQuote`).
     for q in ['"', '\''] {
-        if line.len() >= 2 && line.starts_with(q) && line.ends_with(q) {
+        if line.len() >= 2
+            && line.starts_with(q)
+            && line.ends_with(q)
+            && !line[1..line.len() - 1].contains(q)
+        {
             return Ok(line[1..line.len() - 1].to_string());
         }
     }
@@ -71,8 +76,9 @@ pub fn parse(text: &str) -> Result<Conf, String> {
             continue;
         }
         if let Some(name) = line.strip_prefix('[') {
-            let end = name.find(']').ok_or("unclosed section header")?;
-            section = name[..end].trim().to_string();
+            // Up to the last `]`, untrimmed: `[ client ]` is not `client`.
+            let end = name.rfind(']').ok_or("unclosed section header")?;
+            section = name[..end].to_string();
             continue;
         }
         // Keys end at the first `=` or `:`; a line without one is an error anywhere in the
@@ -85,12 +91,15 @@ pub fn parse(text: &str) -> Result<Conf, String> {
         if section != "client" {
             continue;
         }
+        // An empty user, host or database (or port 0) falls back to Spirit's default; an empty
+        // password is honoured (`conf_params.go`: `GetUser`, `GetHost`, `GetPort`).
+        let non_empty = |v: String| Some(v).filter(|v| !v.is_empty());
         match key {
-            "user" => conf.user = Some(value),
+            "user" => conf.user = non_empty(value),
             "password" => conf.password = Some(value),
-            "host" => conf.host = Some(value),
-            "port" => conf.port = value.parse().ok(),
-            "database" => conf.database = Some(value),
+            "host" => conf.host = non_empty(value),
+            "port" => conf.port = value.parse().ok().filter(|p| *p != 0),
+            "database" => conf.database = non_empty(value),
             _ => {}
         }
     }
@@ -117,6 +126,7 @@ mod tests {
         assert_eq!(password(r#"password="ab#cd""#).as_deref(), Some("\"ab"));
         assert_eq!(password(r#"password="abcd""#).as_deref(), Some("abcd"));
         assert_eq!(password("password='abcd'").as_deref(), Some("abcd"));
+        assert_eq!(password("password='it's'").as_deref(), Some("'it's'"));
     }
 
     #[test]
@@ -143,5 +153,7 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("u"));
         assert_eq!(c.port, None);
         assert!(parse("[mysqld]\nskip-ssl\n[client]\nuser=u\n").is_err());
+        assert_eq!(parse("[ client ]\nuser=u\n").unwrap().user, None);
+        assert_eq!(parse("[client]\nuser=\nport=0\n").unwrap(), Conf::default());
     }
 }

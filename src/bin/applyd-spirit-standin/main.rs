@@ -110,6 +110,37 @@ fn describe(e: &sqlx::Error) -> String {
     e.to_string()
 }
 
+/// `--statement` split into statements at `;` outside quotes and backticks.
+fn split_statements(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match quote {
+            Some(q) => {
+                cur.push(ch);
+                if ch == '\\' && q != '`' {
+                    if let Some(next) = chars.next() {
+                        cur.push(next);
+                    }
+                } else if ch == q {
+                    quote = None;
+                }
+            }
+            None if ch == ';' => out.push(std::mem::take(&mut cur)),
+            None => {
+                if matches!(ch, '\'' | '"' | '`') {
+                    quote = Some(ch);
+                }
+                cur.push(ch);
+            }
+        }
+    }
+    out.push(cur);
+    out
+}
+
 fn q(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
@@ -324,9 +355,8 @@ async fn run(m: Migrate) -> Result<(), Failure> {
         opts = opts.password(&password);
     }
     let mut c = opts.connect().await?;
-    let stmts: Vec<String> = m
-        .statement
-        .split(';')
+    let stmts: Vec<String> = split_statements(&m.statement)
+        .into_iter()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
@@ -518,8 +548,10 @@ async fn run(m: Migrate) -> Result<(), Failure> {
         }
         log(
             "INFO",
-            "migration status",
-            &format!("state=waitingOnSentinelTable sentinel-table={database}._spirit_sentinel"),
+            &format!(
+                "migration status: state=waitingOnSentinelTable sentinel-table={database}._spirit_sentinel"
+            ),
+            "",
         );
         checkpoint.maybe_write(&mut c, &work, &full).await?;
         tokio::time::sleep(poll).await;
@@ -547,11 +579,26 @@ async fn run(m: Migrate) -> Result<(), Failure> {
             ]
         })
         .collect();
-    c.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str())
-        .await?;
+    // As Spirit: a leftover `_<t>_old` is dropped before the RENAME, and a failed drop after
+    // it is only logged — the change is in place (`pkg/migration/runner.go`).
     for t in &work {
         c.execute(format!("DROP TABLE IF EXISTS {}", q(&names::aux(&t.name, "_old"))).as_str())
             .await?;
+    }
+    c.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str())
+        .await?;
+    for t in &work {
+        let old = names::aux(&t.name, "_old");
+        if let Err(e) = c
+            .execute(format!("DROP TABLE IF EXISTS {}", q(&old)).as_str())
+            .await
+        {
+            log(
+                "WARN",
+                "migration successful but failed to drop old table",
+                &format!("table={old} error=\"{}\"", describe(&e).replace('"', "'")),
+            );
+        }
     }
     c.execute(format!("DROP TABLE IF EXISTS {}", q(&checkpoint.table)).as_str())
         .await?;
@@ -605,13 +652,14 @@ async fn copy(
         } else {
             t.copied as f64 * 100.0 / total as f64
         };
+        // Spirit v0.16's line: the figures inside the message (`pkg/migration/runner.go`).
         log(
             "INFO",
-            "migration status",
             &format!(
-                "state=copyRows table={} copy-progress=\"{}/{} {pct:.2}%\"",
-                t.name, t.copied, total
+                "migration status: state=copyRows copy-progress={}/{} {pct:.2}% binlog-deltas=0",
+                t.copied, total
             ),
+            &format!("table={}", t.name),
         );
         checkpoint.maybe_write(c, work, full).await?;
         if !delay.is_zero() {
@@ -638,6 +686,14 @@ fn main() -> ExitCode {
         }
     };
     let Cmd::Migrate(m) = cli.cmd;
+    // `--conf` is an `existingfile` flag: a missing file is a usage error.
+    if let Some(conf) = m.conf.as_ref().filter(|p| !p.is_file()) {
+        eprintln!(
+            "spirit: error: --conf: stat {}: no such file or directory",
+            conf.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -663,4 +719,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn statements_split_outside_quotes_only() {
+        assert_eq!(
+            split_statements(
+                "ALTER TABLE a ADD c INT; ALTER TABLE b ALTER COLUMN n SET DEFAULT 'x;y'"
+            ),
+            vec![
+                "ALTER TABLE a ADD c INT",
+                " ALTER TABLE b ALTER COLUMN n SET DEFAULT 'x;y'"
+            ]
+        );
+        assert_eq!(split_statements("ALTER TABLE `a;b` ADD c INT").len(), 1);
+    }
 }

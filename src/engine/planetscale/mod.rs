@@ -139,9 +139,17 @@ impl PlanetScaleEngine {
             .unwrap_or(apply.spec.target.database.as_str())
     }
 
-    /// Delete every password applyd made on the apply's branch (this drive's, and any an
-    /// earlier attempt or lost reply left). A failure only leaves them to their short TTL.
-    async fn delete_passwords(&self, apply: &ApplyRecord, db: &str, branch: &str, used: &str) {
+    /// Delete the passwords applyd made on the apply's branch up to this drive's lease epoch
+    /// (this drive's, and any an earlier attempt or a lost reply left). A failure only leaves
+    /// them to their short TTL.
+    async fn delete_passwords(
+        &self,
+        apply: &ApplyRecord,
+        db: &str,
+        branch: &str,
+        epoch: u64,
+        used: &str,
+    ) {
         let prefix = password_prefix(branch);
         let result = async {
             // The one just used first: it goes even if the list below fails.
@@ -149,7 +157,14 @@ impl PlanetScaleEngine {
                 self.client.delete_password(db, branch, used).await?;
             }
             for p in self.client.list_passwords(db, branch).await? {
-                if p.name.starts_with(&prefix) {
+                // This drive's epoch and older ones: a newer lease's drive may be about to
+                // use its own.
+                let epoch_of = p
+                    .name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_prefix('e'))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if epoch_of.is_some_and(|e| e <= epoch) {
                     self.client.delete_password(db, branch, &p.id).await?;
                 }
             }
@@ -392,7 +407,7 @@ impl Engine for PlanetScaleEngine {
                     Err(e) => return self.fault(apply, "creating a branch password", e),
                 };
                 let applied = self.branch_sql.apply(&creds, &apply.spec.ddl).await;
-                self.delete_passwords(apply, &db, &branch, &creds.password_id)
+                self.delete_passwords(apply, &db, &branch, epoch, &creds.password_id)
                     .await;
                 match applied {
                     Ok(()) => {

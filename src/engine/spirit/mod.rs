@@ -32,6 +32,7 @@
 //!
 //! The child process is `process`, its output `progress`, the target schema `target`.
 
+mod flags;
 pub mod names;
 mod process;
 mod progress;
@@ -46,6 +47,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{Connection, Executor};
 
+pub use flags::check_help;
 use process::Runner;
 pub use progress::Progress;
 use target::InspectError;

@@ -15,8 +15,10 @@ use sha1::{Digest, Sha1};
 const MAX_TABLE_NAME: usize = 64;
 pub const MULTI_TABLE_CHECKPOINT: &str = "_spirit_checkpoint";
 
-/// A byte prefix of at most `max` bytes that ends on a character boundary (Spirit cuts bytes;
-/// MySQL names are characters, and a cut inside one would name no table at all).
+/// A byte prefix of at most `max` bytes that ends on a character boundary. Spirit cuts plain
+/// bytes; the two agree on every name whose cut does not fall inside a multi-byte character
+/// (ASCII names always). Where it would, Spirit's own name is not valid text, and a lock or
+/// table named from it cannot be matched here.
 fn prefix(name: &str, max: usize) -> &str {
     if name.len() <= max {
         return name;

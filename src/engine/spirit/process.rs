@@ -52,9 +52,19 @@ pub(super) fn is_permanent(tail: &str) -> bool {
 
 /// Spirit's exit codes (`cmd/spirit/main.go`, kong v1.16): 80 is a usage error (a flag this
 /// Spirit does not know, a missing `--conf` file) — the same run can never succeed; 1 is a
-/// runtime error, read from its output; a signal means it was killed.
+/// runtime error, judged by the error Spirit exits with; a signal means it was killed.
 pub(super) fn exit_is_permanent(code: Option<i32>, tail: &str) -> bool {
-    code == Some(USAGE_ERROR) || is_permanent(tail)
+    code == Some(USAGE_ERROR) || (code == Some(1) && is_permanent(final_error(tail)))
+}
+
+/// The error a run ended with: the last `spirit: error: …` line (kong's `FatalIfErrorf`).
+/// Only that line is judged — earlier lines mention errors Spirit got past, such as the
+/// missing `_<t>_new` every fresh start logs ("could not resume from checkpoint").
+fn final_error(tail: &str) -> &str {
+    tail.lines()
+        .rev()
+        .find_map(|l| l.split_once("spirit: error:").map(|(_, e)| e))
+        .unwrap_or("")
 }
 
 pub(super) const USAGE_ERROR: i32 = 80;
@@ -93,6 +103,40 @@ pub fn conf_text(cfg: &super::SpiritConfig) -> Result<String, ConfValueError> {
     ))
 }
 
+/// The arguments of `spirit migrate` for one run; `check-config` checks every flag here
+/// against the installed Spirit's `--help`.
+pub fn migrate_args(
+    cfg: &super::SpiritConfig,
+    conf: &std::path::Path,
+    database: &str,
+    statement: &str,
+    defer_cutover: bool,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "migrate".into(),
+        "--host".into(),
+        format!("{}:{}", cfg.host, cfg.port).into(),
+        "--username".into(),
+        cfg.username.clone().into(),
+        "--conf".into(),
+        conf.into(),
+        "--database".into(),
+        database.into(),
+        "--statement".into(),
+        statement.into(),
+        "--threads".into(),
+        cfg.threads.to_string().into(),
+    ];
+    if let Some(t) = &cfg.target_chunk_time {
+        args.push("--target-chunk-time".into());
+        args.push(t.into());
+    }
+    if defer_cutover {
+        args.push("--defer-cutover".into());
+    }
+    args
+}
+
 impl SpiritEngine {
     /// The private `[client]` file Spirit reads the credentials from (`--conf`, v0.10.1+).
     pub(super) fn write_conf(&self) -> Result<PathBuf, String> {
@@ -123,25 +167,13 @@ impl SpiritEngine {
     ) -> Result<Runner, String> {
         let conf = self.write_conf()?;
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
-        cmd.arg("migrate")
-            .arg("--host")
-            .arg(format!("{}:{}", self.cfg.host, self.cfg.port))
-            .arg("--username")
-            .arg(&self.cfg.username)
-            .arg("--conf")
-            .arg(&conf)
-            .arg("--database")
-            .arg(&apply.spec.target.database)
-            .arg("--statement")
-            .arg(&plan.statement)
-            .arg("--threads")
-            .arg(self.cfg.threads.to_string());
-        if let Some(t) = &self.cfg.target_chunk_time {
-            cmd.arg("--target-chunk-time").arg(t);
-        }
-        if apply.row.options.defer_cutover {
-            cmd.arg("--defer-cutover");
-        }
+        cmd.args(migrate_args(
+            &self.cfg,
+            &conf,
+            &apply.spec.target.database,
+            &plan.statement,
+            apply.row.options.defer_cutover,
+        ));
         for (k, v) in &self.cfg.env {
             cmd.env(k, v);
         }
@@ -214,7 +246,8 @@ impl SpiritEngine {
         })
     }
 
-    /// Ask a runner to stop (SIGTERM: Spirit checkpoints), kill it past the deadline; its exit.
+    /// Ask a runner to stop (SIGTERM, which ends Spirit at once), kill it past the deadline; its
+    /// exit.
     pub(super) async fn terminate(
         &self,
         mut r: Runner,
@@ -280,15 +313,31 @@ mod tests {
             Some(USAGE_ERROR),
             "unknown flag --target-chunk-time"
         ));
-        assert!(!exit_is_permanent(Some(1), "dial tcp: connection refused"));
-        assert!(exit_is_permanent(
+        assert!(!exit_is_permanent(
             Some(1),
-            "ALTER contains unsupported clause(s): ALGORITHM="
+            "spirit: error: dial tcp: connection refused"
         ));
         assert!(exit_is_permanent(
             Some(1),
-            "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+            "spirit: error: ALTER contains unsupported clause(s): ALGORITHM="
         ));
-        assert!(!exit_is_permanent(None, "killed"));
+        assert!(exit_is_permanent(
+            Some(1),
+            "spirit: error: cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+        ));
+        assert!(!exit_is_permanent(None, "spirit: error: Error 1064"));
+    }
+
+    #[test]
+    fn only_the_error_spirit_exits_with_is_judged() {
+        // Every fresh start logs the missing new table (Error 1146) and goes on.
+        let tail = "level=INFO msg=\"could not resume from checkpoint\" reason=\"could not read new table '_t_new' to resume from checkpoint: Error 1146 (42S02): Table 'd._t_new' doesn't exist\"\nspirit: error: dial tcp 10.0.0.1:3306: i/o timeout";
+        assert!(!exit_is_permanent(Some(1), tail));
+        assert!(exit_is_permanent(
+            Some(1),
+            &format!(
+                "{tail}\nspirit: error: Error 1064 (42000): You have an error in your SQL syntax"
+            )
+        ));
     }
 }

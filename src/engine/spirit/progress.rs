@@ -56,8 +56,15 @@ impl Progress {
                 self.state = Some(s);
             }
         }
-        if let Some(p) = field(line, "copy-progress") {
-            self.copy_figures(&p);
+        // v0.16 writes `copy-progress=120/1000 12.00%` inside its message (unquoted, so the
+        // percentage is the next word); the stand-in and older lines may quote the pair.
+        if let Some((_, rest)) = line.split_once("copy-progress=") {
+            let pair: Vec<&str> = rest
+                .trim_start_matches('"')
+                .split_whitespace()
+                .take(2)
+                .collect();
+            self.copy_figures(&pair.join(" ").replace('"', " "));
         }
         if let Some(row) = line.trim_start().strip_prefix("copier") {
             let row = row.trim().trim_matches('"');
@@ -66,7 +73,10 @@ impl Progress {
                 self.eta = Some(eta);
             }
         }
-        if line.contains("resuming from checkpoint") || line.contains("resumed from checkpoint") {
+        // "resuming from checkpoint failed …" (v0.16) is not a resume.
+        if (line.contains("resuming from checkpoint") || line.contains("resumed from checkpoint"))
+            && !line.contains("failed")
+        {
             self.resumed = true;
         }
         if line.contains("could not resume from checkpoint") {
@@ -181,6 +191,8 @@ mod tests {
         assert_eq!(p.state.as_deref(), Some("copyRows"));
         p.absorb(r#"level=INFO msg="migration status" state=waitingOnSentinelTable"#);
         assert_eq!(p.state.as_deref(), Some("waitingOnSentinelTable"));
+        p.absorb("resuming from checkpoint failed with a possibly-transient error");
+        assert!(!p.resumed);
         p.absorb("resuming from checkpoint watermark=10");
         assert_eq!(p.percent, Some(12.0));
         assert!(p.resumed);
@@ -188,6 +200,15 @@ mod tests {
             "Error 1064 (42000): You have an error in your SQL syntax"
         ));
         assert!(!is_permanent("dial tcp 127.0.0.1:3306: connection refused"));
+    }
+
+    #[test]
+    fn spirit_v0_16_status_lines_are_read() {
+        let mut p = Progress::default();
+        p.absorb(r#"time=2026-07-31T10:00:00Z level=INFO msg="migration status: state=copyRows copy-progress=120/1000 12.00% binlog-deltas=0 total-time=1m copier-time=50s copier-remaining-time=6m conns-in-use=2""#);
+        assert_eq!(p.state.as_deref(), Some("copyRows"));
+        assert_eq!(p.copied, Some((120, 1000)));
+        assert_eq!(p.percent, Some(12.0));
     }
 
     #[test]

@@ -120,12 +120,13 @@ impl SpiritEngine {
         plan: &Plan,
     ) -> Result<Option<(String, u64)>, sqlx::Error> {
         for name in names::locks(database, &plan.tables) {
-            let holder: Option<u64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?)")
+            // MariaDB types IS_USED_LOCK as signed, MySQL as unsigned: read it as one type.
+            let holder: Option<i64> = sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) AS SIGNED)")
                 .bind(&name)
                 .fetch_one(&mut *c)
                 .await?;
             if let Some(connection) = holder {
-                return Ok(Some((name, connection)));
+                return Ok(Some((name, connection.max(0) as u64)));
             }
         }
         Ok(None)
