@@ -28,6 +28,10 @@
 //! `_spirit_checkpoint`. Test knobs (not Spirit flags): APPLYD_STANDIN_CHUNK_ROWS (default
 //! 1000), APPLYD_STANDIN_CHUNK_DELAY_MS (0), APPLYD_STANDIN_POLL_MS (100),
 //! APPLYD_STANDIN_CHECKPOINT_MS (50000), APPLYD_STANDIN_SENTINEL_WAIT_LIMIT_MS (48 h).
+//!
+//! Over 700 lines: one run of a migration — its locks, resume decision, copy, checkpoints,
+//! sentinel wait and cutover — reads as one story, in Spirit's order; the `--conf` reader and
+//! Spirit's names are modules of their own.
 
 mod conf;
 mod names;
