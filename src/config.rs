@@ -208,9 +208,14 @@ impl PlanetScaleSection {
 #[serde(deny_unknown_fields)]
 pub struct SpiritSection {
     pub binary: PathBuf,
+    /// The server of every environment `hosts` does not name.
     pub host: String,
     #[serde(default = "SpiritSection::default_port")]
     pub port: u16,
+    /// The server of an environment (key `production`), or of one deployment of a rollout
+    /// (key `production/us-east-1`), as `host` or `host:port`.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
     pub username: String,
     /// Handed to Spirit in a private `--conf` file, never on its command line.
     pub password: Option<SecretSource>,

@@ -49,9 +49,15 @@ impl Store for Counting {
         self.count("load");
         self.inner.load(lease)
     }
-    async fn write(&self, lease: &Lease, to: ApplyState, r: ResumeState) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        lease: &Lease,
+        to: ApplyState,
+        r: ResumeState,
+        why: Option<String>,
+    ) -> Result<(), StoreError> {
         self.count("write");
-        self.inner.write(lease, to, r)
+        self.inner.write(lease, to, r, why.as_deref())
     }
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
         self.count("complete_request");
@@ -207,6 +213,7 @@ async fn parked_waits_cost_a_poll_nothing_and_new_work_starts_within_one_interva
                 &c.lease,
                 ApplyState::WaitingForCutover,
                 ResumeState::default(),
+                None,
             )
             .unwrap();
         memory.park(&c.lease).unwrap();

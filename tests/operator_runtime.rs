@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use applyd::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
-use applyd::engine::Engine;
+use applyd::engine::{Engine, Reply};
 use applyd::machine::{
     ApplyOptions, ApplyState, ControlOp, EngineCall, EngineKind, Params, Probe, Rules,
 };
@@ -21,11 +21,11 @@ struct PanicsOnBoom(SharedFakeEngines);
 
 #[async_trait::async_trait]
 impl Engine for PanicsOnBoom {
-    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Reply {
         assert!(apply.spec.target.database != "boom", "engine bug on boom");
         self.0.probe(apply, epoch, probe).await
     }
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         assert!(apply.spec.target.database != "boom", "engine bug on boom");
         self.0.call(apply, epoch, call).await
     }
@@ -249,8 +249,14 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn load(&self, lease: &Lease) -> Result<applyd::store::DriveInputs, StoreError> {
         self.0.load(lease)
     }
-    async fn write(&self, lease: &Lease, to: ApplyState, r: ResumeState) -> Result<(), StoreError> {
-        self.0.write(lease, to, r)
+    async fn write(
+        &self,
+        lease: &Lease,
+        to: ApplyState,
+        r: ResumeState,
+        why: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.0.write(lease, to, r, why.as_deref())
     }
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
         Store::complete_request(self.0.as_ref(), lease, op).await
@@ -289,11 +295,11 @@ struct Hangs(std::sync::atomic::AtomicU32);
 
 #[async_trait::async_trait]
 impl Engine for Hangs {
-    async fn probe(&self, _: &ApplyRecord, _: u64, _: Probe) -> Observation {
+    async fn probe(&self, _: &ApplyRecord, _: u64, _: Probe) -> Reply {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending().await
     }
-    async fn call(&self, _: &ApplyRecord, _: u64, _: EngineCall) -> Observation {
+    async fn call(&self, _: &ApplyRecord, _: u64, _: EngineCall) -> Reply {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending().await
     }
@@ -370,7 +376,7 @@ async fn a_watched_runner_dies_with_its_presumed_lost_lease() {
     let started = Instant::now();
     let record = memory.row(id).unwrap().record();
     assert_eq!(
-        engine.probe(&record, 1, Probe::RunnerStatus).await,
+        engine.probe(&record, 1, Probe::RunnerStatus).await.obs,
         Observation::Runner(applyd::worker::RunnerStatus::WaitingOnSentinel)
     );
     wait_for("the watch to end", Duration::from_secs(10), || {
@@ -383,7 +389,7 @@ async fn a_watched_runner_dies_with_its_presumed_lost_lease() {
         "ended after {took:?}, past stale-after"
     );
     assert!(matches!(
-        engine.probe(&record, 1, Probe::RunnerStatus).await,
+        engine.probe(&record, 1, Probe::RunnerStatus).await.obs,
         Observation::Runner(applyd::worker::RunnerStatus::Gone(_))
     ));
     let row = memory.row(id).unwrap();
@@ -445,7 +451,7 @@ async fn a_watched_runner_dies_with_its_lost_lease_while_every_driver_is_busy() 
     .await;
     let record = memory.row(watched).unwrap().record();
     assert!(matches!(
-        engine.probe(&record, 2, Probe::RunnerStatus).await,
+        engine.probe(&record, 2, Probe::RunnerStatus).await.obs,
         Observation::Runner(applyd::worker::RunnerStatus::Gone(_))
     ));
     assert_eq!(

@@ -3,194 +3,20 @@
 //! replies, a deploy request deleted server-side, the token kept out of errors, and the
 //! `applyd fake-planetscale` command itself.
 
+mod planetscale_support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use applyd::config::Secret;
-use applyd::engine::fake_server::{quick_timings, router, FakeServerOptions, Faults};
-use applyd::engine::planetscale::{
-    BranchCredentials, BranchSql, PlanetScaleClient, PlanetScaleEngine,
-};
+use applyd::engine::fake_server::Faults;
+use applyd::engine::planetscale::PlanetScaleClient;
 use applyd::engine::Engine;
-use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
-use applyd::operator::{run_drive, Pacing};
-use applyd::store::memory::{ManualClock, MemoryStore};
-use applyd::store::{ApplyRecord, NewApply, Target};
-use applyd::worker::{ApplyId, Finish, Observation, WaitFor};
-use async_trait::async_trait;
-use serde_json::Value;
-
-const STALE_MS: u64 = 10_000;
-
-fn rules() -> Rules {
-    Rules::new(Params {
-        stale_after_ms: STALE_MS,
-        presumed_loss_ms: 7_000,
-        revert_window_ms: 60_000,
-        ..Params::DEFAULT
-    })
-}
-
-/// Records the DDL instead of reaching a branch's MySQL endpoint.
-#[derive(Default)]
-struct RecordingBranchSql {
-    applied: std::sync::Mutex<Vec<(String, Vec<String>)>>,
-}
-
-#[async_trait]
-impl BranchSql for RecordingBranchSql {
-    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), String> {
-        assert!(conn.password.expose().starts_with("pscale_pw_fake_"));
-        self.applied
-            .lock()
-            .unwrap()
-            .push((conn.branch.clone(), ddl.to_vec()));
-        Ok(())
-    }
-}
-
-struct Fake {
-    url: String,
-    http: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Fake {
-    async fn start(faults: Faults, token: Option<(&str, &str)>) -> Fake {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = FakeServerOptions {
-            faults,
-            seed: 7,
-            timings: quick_timings(30),
-            token: token.map(|(a, b)| (a.to_string(), b.to_string())),
-        };
-        tokio::spawn(async move {
-            axum::serve(listener, router(opts))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
-        Fake {
-            url: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            _shutdown: tx,
-        }
-    }
-
-    fn client(&self, token: &str, attempts: u32) -> PlanetScaleClient {
-        PlanetScaleClient::new(
-            &format!("{}/v1", self.url),
-            "acme",
-            "tid",
-            &Secret::new(token),
-            Duration::from_secs(5),
-            attempts,
-            Duration::from_millis(5),
-        )
-        .unwrap()
-    }
-
-    fn engine(&self, attempts: u32) -> (PlanetScaleEngine, Arc<RecordingBranchSql>) {
-        let sql = Arc::new(RecordingBranchSql::default());
-        let e = PlanetScaleEngine::new(
-            self.client("secret-token", attempts),
-            Some("shop".into()),
-            "main".into(),
-            sql.clone(),
-        );
-        (e, sql)
-    }
-
-    /// FAKE-ONLY inspection of every deploy request.
-    async fn requests(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_fake/deploy-requests", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["deploy_requests"].as_array().cloned().unwrap_or_default()
-    }
-
-    async fn admin(&self) -> Value {
-        self.http
-            .get(format!("{}/_fake/deploy-requests", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-/// Waits on tokio time between polls; the fake moves on the wall clock.
-struct Sleepy;
-
-#[async_trait]
-impl Pacing for Sleepy {
-    async fn wait(&self, _why: WaitFor) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    fn heartbeat_ok_age_ms(&self) -> u64 {
-        0
-    }
-}
-
-/// Forwards everything; after forwarding a `CreateDeployRequest` it never answers, so the
-/// drive can be aborted right between the create and the persist of its id.
-struct HangAfterCreate<'a>(&'a dyn Engine);
-
-#[async_trait]
-impl Engine for HangAfterCreate<'_> {
-    async fn probe(&self, a: &ApplyRecord, epoch: u64, p: Probe) -> Observation {
-        self.0.probe(a, epoch, p).await
-    }
-    async fn call(&self, a: &ApplyRecord, epoch: u64, c: EngineCall) -> Observation {
-        let obs = self.0.call(a, epoch, c).await;
-        if c == EngineCall::CreateDeployRequest {
-            std::future::pending::<()>().await;
-        }
-        obs
-    }
-}
-
-fn store() -> (Arc<MemoryStore>, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(1_000_000));
-    let store = Arc::new(MemoryStore::new(rules(), clock.clone()));
-    (store, clock)
-}
-
-fn submit(store: &MemoryStore, options: ApplyOptions) -> ApplyId {
-    store
-        .submit(NewApply {
-            allow_destructive: false,
-            rollout: None,
-            target: Target {
-                database: "shop".into(),
-                environment: "production".into(),
-            },
-            engine: EngineKind::PlanetScale,
-            ddl: vec!["ALTER TABLE orders ADD COLUMN note TEXT".into()],
-            options,
-        })
-        .unwrap()
-}
-
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use applyd::machine::{ApplyOptions, ApplyState, EngineKind, Probe};
+use applyd::operator::run_drive;
+use applyd::store::ApplyRecord;
+use applyd::worker::{Finish, Observation};
+use planetscale_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_create_and_persist_then_resume_makes_exactly_one_deploy_request() {
@@ -352,7 +178,7 @@ async fn branch_passwords_are_named_per_drive_and_deleted_after_use() {
     let obs = engine
         .call(&apply, 4, applyd::machine::EngineCall::ApplyBranchChanges)
         .await;
-    assert_eq!(obs, Observation::BranchDiff { pending: false });
+    assert_eq!(obs.obs, Observation::BranchDiff { pending: false });
     assert_eq!(sql.applied.lock().unwrap().len(), 1);
     let left = client.list_passwords("shop", branch).await.unwrap();
     let mut left: Vec<&str> = left.iter().map(|p| p.name.as_str()).collect();
@@ -418,6 +244,12 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
     let report = drive(&claimed).await;
     assert_eq!(report.finish, Finish::Settled, "{report:?}");
     assert_eq!(store.row(id).unwrap().state, ApplyState::Failed);
+    // The row says why, in the API's words.
+    let error = store.row(id).unwrap().error_message.unwrap();
+    assert!(
+        error.contains("GetDeployRequest") && error.contains("not found"),
+        "{error}"
+    );
     // And the probe says NotFound plainly.
     let record = ApplyRecord {
         row: applyd::worker::ApplySnapshot {
@@ -433,7 +265,7 @@ async fn a_deploy_request_deleted_server_side_fails_the_apply() {
         spec: store.row(id).unwrap().spec,
     };
     assert_eq!(
-        engine.probe(&record, 1, Probe::GetDeployRequest).await,
+        engine.probe(&record, 1, Probe::GetDeployRequest).await.obs,
         Observation::Fault(applyd::worker::EngineFault::NotFound)
     );
 }

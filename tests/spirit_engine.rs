@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use applyd::config::Secret;
-use applyd::engine::spirit::{names, SpiritConfig, SpiritEngine};
+use applyd::engine::spirit::{names, Endpoint, SpiritConfig, SpiritEngine};
 use applyd::engine::Engine;
 use applyd::machine::table::RunnerGone;
 use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Probe};
@@ -33,6 +33,7 @@ fn config(url: &str) -> SpiritConfig {
         binary: env!("CARGO_BIN_EXE_applyd-spirit-standin").into(),
         host: base.get_host().to_string(),
         port: base.get_port(),
+        hosts: Default::default(),
         username: base.get_username().to_string(),
         password: Secret::new(std::env::var("APPLYD_TEST_DATABASE_PASSWORD").unwrap_or_default()),
         threads: 2,
@@ -169,7 +170,8 @@ async fn probe_saying(
         }
         let obs = engine
             .probe(apply, apply.row.epoch, Probe::RunnerStatus)
-            .await;
+            .await
+            .obs;
         if done(&obs) {
             return (obs, said);
         }
@@ -212,7 +214,7 @@ async fn stop_then_resume_from_the_checkpoint() {
         Default::default(),
     );
     assert_eq!(
-        engine.call(&apply, 1, EngineCall::StartRunner).await,
+        engine.call(&apply, 1, EngineCall::StartRunner).await.obs,
         Observation::Runner(RunnerStatus::Copying)
     );
     until("some rows copied", async || {
@@ -220,7 +222,7 @@ async fn stop_then_resume_from_the_checkpoint() {
     })
     .await;
     assert_eq!(
-        engine.call(&apply, 1, EngineCall::StopRunner).await,
+        engine.call(&apply, 1, EngineCall::StopRunner).await.obs,
         Observation::Runner(RunnerStatus::Stopped)
     );
     let kept = watermark(&url, &db).await;
@@ -233,7 +235,7 @@ async fn stop_then_resume_from_the_checkpoint() {
     apply.row.epoch = 2;
     apply.row.state = ApplyState::Resuming;
     assert_eq!(
-        engine.call(&apply, 2, EngineCall::StartRunner).await,
+        engine.call(&apply, 2, EngineCall::StartRunner).await.obs,
         Observation::Runner(RunnerStatus::Copying)
     );
     let (obs, resumed) = probe_until(&engine, &apply, "completion", |o| {
@@ -253,7 +255,7 @@ async fn stop_then_resume_from_the_checkpoint() {
     // A fresh adapter (after a restart) sees the change in place.
     let fresh = SpiritEngine::new(config(&url));
     assert_eq!(
-        fresh.probe(&apply, 3, Probe::RunnerStatus).await,
+        fresh.probe(&apply, 3, Probe::RunnerStatus).await.obs,
         Observation::Runner(RunnerStatus::Gone(RunnerGone::NothingLeft))
     );
     store_support::drop_database(&url, &db).await;
@@ -273,7 +275,7 @@ async fn spirit_operator_role() {
         "ALTER TABLE items ADD COLUMN killed INT NULL",
         Default::default(),
     );
-    let obs = engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let obs = engine.call(&apply, 1, EngineCall::StartRunner).await.obs;
     println!("operator started: {obs:?}");
     // Runs until the parent kills this process.
     std::future::pending::<()>().await;
@@ -318,11 +320,11 @@ async fn operator_killed_mid_copy_then_another_adapter_resumes() {
     );
     apply.row.epoch = 2;
     assert_eq!(
-        engine.probe(&apply, 2, Probe::RunnerStatus).await,
+        engine.probe(&apply, 2, Probe::RunnerStatus).await.obs,
         Observation::Runner(RunnerStatus::Gone(RunnerGone::WorkLeft))
     );
     assert_eq!(
-        engine.call(&apply, 2, EngineCall::StartRunner).await,
+        engine.call(&apply, 2, EngineCall::StartRunner).await.obs,
         Observation::Runner(RunnerStatus::Copying)
     );
     let (obs, resumed) = probe_until(&engine, &apply, "completion", |o| {
@@ -366,7 +368,7 @@ async fn deferred_cutover_waits_on_the_sentinel_and_survives_a_restart() {
     let restarted = SpiritEngine::new(config(&url));
     apply.row.epoch = 2;
     assert_eq!(
-        restarted.probe(&apply, 2, Probe::RunnerStatus).await,
+        restarted.probe(&apply, 2, Probe::RunnerStatus).await.obs,
         Observation::Runner(RunnerStatus::Gone(RunnerGone::SentinelKept))
     );
     restarted.call(&apply, 2, EngineCall::StartRunner).await;
@@ -382,11 +384,17 @@ async fn deferred_cutover_waits_on_the_sentinel_and_survives_a_restart() {
     );
     // An older epoch may not cut over.
     assert_eq!(
-        restarted.call(&apply, 1, EngineCall::DropSentinel).await,
+        restarted
+            .call(&apply, 1, EngineCall::DropSentinel)
+            .await
+            .obs,
         Observation::Fault(applyd::worker::EngineFault::StaleEpoch)
     );
     assert_eq!(
-        restarted.call(&apply, 2, EngineCall::DropSentinel).await,
+        restarted
+            .call(&apply, 2, EngineCall::DropSentinel)
+            .await
+            .obs,
         Observation::Accepted
     );
     let (obs, _) = probe_until(&restarted, &apply, "completion", |o| {
@@ -424,6 +432,16 @@ async fn bad_ddl_is_a_clear_permanent_failure() {
         obs,
         Observation::Runner(RunnerStatus::Failed { retryable: false })
     );
+    // The failure comes with Spirit's own words, which the failed state is written with.
+    let why = engine
+        .probe(&apply, 1, Probe::RunnerStatus)
+        .await
+        .why
+        .expect("a failure says why");
+    assert!(
+        why.starts_with("Spirit exited with") && why.contains("NOT_A_TYPE"),
+        "{why}"
+    );
     assert_eq!(
         scalar(&url, &db, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '_items_new'").await,
         Some(0),
@@ -431,10 +449,13 @@ async fn bad_ddl_is_a_clear_permanent_failure() {
     );
     // Statements Spirit cannot take never start a process.
     let other = record(&db, "UPDATE items SET name = 'x'", Default::default());
+    let refused = engine.call(&other, 1, EngineCall::StartRunner).await;
     assert_eq!(
-        engine.call(&other, 1, EngineCall::StartRunner).await,
+        refused.obs,
         Observation::Runner(RunnerStatus::Failed { retryable: false })
     );
+    let why = refused.why.expect("a refusal says why");
+    assert!(why.contains("Spirit cannot run this change"), "{why}");
     store_support::drop_database(&url, &db).await;
 }
 
@@ -480,7 +501,7 @@ async fn a_stop_before_the_first_checkpoint_starts_the_copy_over() {
     })
     .await;
     assert_eq!(
-        engine.call(&apply, 1, EngineCall::StopRunner).await,
+        engine.call(&apply, 1, EngineCall::StopRunner).await.obs,
         Observation::Runner(RunnerStatus::Stopped)
     );
     assert!(table_exists(&url, &db, "_items_chkpnt").await);
@@ -542,12 +563,12 @@ async fn a_runner_alive_elsewhere_keeps_its_tables() {
     let mut later = apply.clone();
     later.row.epoch = 2;
     assert_eq!(
-        other.probe(&later, 2, Probe::RunnerStatus).await,
+        other.probe(&later, 2, Probe::RunnerStatus).await.obs,
         Observation::Fault(applyd::worker::EngineFault::Transient),
         "a live runner elsewhere is neither work left nor nothing left"
     );
     assert_eq!(
-        other.call(&later, 2, EngineCall::CancelRunner).await,
+        other.call(&later, 2, EngineCall::CancelRunner).await.obs,
         Observation::Fault(applyd::worker::EngineFault::Transient)
     );
     assert!(
@@ -558,7 +579,7 @@ async fn a_runner_alive_elsewhere_keeps_its_tables() {
     owner.call(&apply, 1, EngineCall::CancelRunner).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let obs = other.call(&later, 2, EngineCall::CancelRunner).await;
+        let obs = other.call(&later, 2, EngineCall::CancelRunner).await.obs;
         if obs == Observation::Runner(RunnerStatus::Cancelled) {
             break;
         }
@@ -603,7 +624,7 @@ async fn a_checkpoint_left_after_the_rename_is_a_finished_change() {
     let mut later = apply.clone();
     later.row.epoch = 2;
     assert_eq!(
-        restarted.probe(&later, 2, Probe::RunnerStatus).await,
+        restarted.probe(&later, 2, Probe::RunnerStatus).await.obs,
         Observation::Runner(RunnerStatus::Gone(RunnerGone::NothingLeft))
     );
     assert!(
@@ -652,5 +673,54 @@ async fn a_password_go_ini_would_cut_short_reaches_spirit_whole() {
         .await
         .unwrap();
     c.close().await.ok();
+    store_support::drop_database(&url, &db).await;
+}
+
+/// An apply runs on its environment's server: one named in `hosts` is reached there, while one
+/// of an environment not named goes to the default host (here nothing listens there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_environment_runs_on_its_own_server() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let mut cfg = config(&url);
+    let server = cfg.default_endpoint();
+    cfg.host = "127.0.0.1".into();
+    cfg.port = 1;
+    cfg.hosts.insert("test".into(), server);
+    assert_eq!(
+        cfg.endpoints(),
+        vec![
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1
+            },
+            cfg.hosts["test"].clone()
+        ]
+    );
+    let engine = SpiritEngine::new(cfg);
+    let apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN note TEXT",
+        Default::default(),
+    );
+    assert_eq!(apply.spec.target.environment, "test");
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let (obs, _) = probe_until(&engine, &apply, "the change", finished).await;
+    assert_eq!(obs, Observation::Runner(RunnerStatus::Completed));
+
+    let mut elsewhere = apply.clone();
+    let mut spec = (*apply.spec).clone();
+    spec.target.environment = "staging".into();
+    spec.identifier = "apply-staging".into();
+    elsewhere.spec = Arc::new(spec);
+    elsewhere.row.operation += 1;
+    let reply = engine.probe(&elsewhere, 1, Probe::RunnerStatus).await;
+    assert_eq!(
+        reply.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    let why = reply.why.unwrap();
+    assert!(why.contains("staging"), "{why}");
     store_support::drop_database(&url, &db).await;
 }

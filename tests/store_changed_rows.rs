@@ -137,7 +137,7 @@ async fn owner_writes_that_change_no_column_keep_the_lease(matched_rows: bool) {
             .await
             .unwrap_or_else(|e| panic!("heartbeat {round} ({mode} rows): {e}"));
         store
-            .write(&lease, ApplyState::Running, ResumeState::default())
+            .write(&lease, ApplyState::Running, ResumeState::default(), None)
             .await
             .unwrap_or_else(|e| panic!("write {round} ({mode} rows): {e}"));
         store

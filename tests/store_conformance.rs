@@ -38,7 +38,7 @@ async fn owned_in(env: &Env, db: &str, engine: EngineKind, state: ApplyState) ->
     let claimed = claim(env, "w1").await.expect("a fresh apply is claimable");
     assert_eq!(claimed.lease.apply, id);
     env.store
-        .write(&claimed.lease, state, ResumeState::default())
+        .write(&claimed.lease, state, ResumeState::default(), None)
         .await
         .expect("owner write");
     (id, claimed.lease)
@@ -167,6 +167,7 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
                 &c.lease,
                 ApplyState::FailedRetryable,
                 ResumeState::default(),
+                None,
             )
             .await
             .unwrap();
@@ -289,7 +290,7 @@ async fn a6_a_newer_start_hands_off_a_deferred_deploy_lease(env: Env) {
     );
     assert!(matches!(
         env.store
-            .write(&old, ApplyState::Running, ResumeState::default())
+            .write(&old, ApplyState::Running, ResumeState::default(), None)
             .await,
         Err(StoreError::LeaseLost { .. })
     ));
@@ -353,7 +354,7 @@ async fn a_displaced_owner_is_fenced_everywhere(env: Env) {
     let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { apply, epoch }) if apply == id && epoch == old.epoch);
     assert!(lost(
         env.store
-            .write(&old, ApplyState::Completed, ResumeState::default())
+            .write(&old, ApplyState::Completed, ResumeState::default(), None)
             .await
     ));
     assert!(lost(env.store.heartbeat(&old).await));
@@ -375,7 +376,12 @@ async fn a_displaced_owner_is_fenced_everywhere(env: Env) {
     );
     assert_eq!(env.row(id).await.state, "running");
     env.store
-        .write(&new, ApplyState::WaitingForCutover, ResumeState::default())
+        .write(
+            &new,
+            ApplyState::WaitingForCutover,
+            ResumeState::default(),
+            None,
+        )
         .await
         .expect("current owner writes");
     env.store
@@ -389,7 +395,7 @@ async fn a_displaced_owner_is_fenced_everywhere(env: Env) {
     let gone = lease_of(id + 1000, 1);
     assert!(matches!(
         env.store
-            .write(&gone, ApplyState::Running, ResumeState::default())
+            .write(&gone, ApplyState::Running, ResumeState::default(), None)
             .await,
         Err(StoreError::RowGone(_))
     ));
@@ -417,7 +423,7 @@ async fn a_failed_drive_records_why_keeps_the_resume_state_and_is_fenced(env: En
         deploy_request_id: Some(7),
     };
     env.store
-        .write(&old, ApplyState::ValidatingDeployRequest, resume)
+        .write(&old, ApplyState::ValidatingDeployRequest, resume, None)
         .await
         .unwrap();
     env.advance(STALE);
@@ -487,7 +493,7 @@ async fn the_status_view_shows_owner_progress_and_why_an_apply_failed(env: Env) 
     );
     let lease = claim(&env, "w1").await.unwrap().lease;
     env.store
-        .write(&lease, ApplyState::Completed, ResumeState::default())
+        .write(&lease, ApplyState::Completed, ResumeState::default(), None)
         .await
         .unwrap();
     let done = env.inspect(id).await;
@@ -521,11 +527,11 @@ async fn two_heartbeats_within_one_second_keep_the_lease(env: Env) {
             .expect("a heartbeat right after another is not a lost lease");
     }
     env.store
-        .write(&c.lease, ApplyState::Running, ResumeState::default())
+        .write(&c.lease, ApplyState::Running, ResumeState::default(), None)
         .await
         .expect("same-state write");
     env.store
-        .write(&c.lease, ApplyState::Running, ResumeState::default())
+        .write(&c.lease, ApplyState::Running, ResumeState::default(), None)
         .await
         .expect("same-state write again");
     env.store.heartbeat(&c.lease).await.unwrap();
@@ -557,7 +563,7 @@ async fn resume_state_is_persisted_with_the_state(env: Env) {
         deploy_request_id: Some(42),
     };
     env.store
-        .write(&c.lease, ApplyState::ValidatingDeployRequest, resume)
+        .write(&c.lease, ApplyState::ValidatingDeployRequest, resume, None)
         .await
         .unwrap();
     let loaded = env.store.load(&c.lease).await.unwrap();
@@ -656,7 +662,7 @@ async fn a_finished_apply_frees_its_target_and_reactivation_is_refused(env: Env)
     let second = submit(&env, "users", EngineKind::Spirit).await;
     let err = env
         .store
-        .write(&lease, ApplyState::Running, ResumeState::default())
+        .write(&lease, ApplyState::Running, ResumeState::default(), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -784,7 +790,12 @@ async fn the_same_change_while_live_is_adopted_and_a_different_one_refused(env: 
         "the owner reads the reviewed change's fingerprint"
     );
     env.store
-        .write(&c.lease, ApplyState::Completed, ResumeState::default())
+        .write(
+            &c.lease,
+            ApplyState::Completed,
+            ResumeState::default(),
+            None,
+        )
         .await
         .unwrap();
     let next = env
@@ -1033,7 +1044,12 @@ async fn o2_reclaims_a_stale_or_released_operation(env: Env) {
     assert!(lost(env.store.heartbeat(&first.lease).await));
     assert!(lost(
         env.store
-            .write(&first.lease, ApplyState::Completed, ResumeState::default())
+            .write(
+                &first.lease,
+                ApplyState::Completed,
+                ResumeState::default(),
+                None
+            )
             .await
     ));
     // A heartbeat renews both rows.
@@ -1141,7 +1157,7 @@ async fn o4_a_newer_start_hands_off_a_deferred_deploy_operation(env: Env) {
     );
     assert!(matches!(
         env.store
-            .write(&old, ApplyState::Running, ResumeState::default())
+            .write(&old, ApplyState::Running, ResumeState::default(), None)
             .await,
         Err(StoreError::LeaseLost { .. })
     ));
@@ -1181,6 +1197,7 @@ async fn o5_retries_within_the_budget_with_attempt_accounting(env: Env) {
                 &c.lease,
                 ApplyState::FailedRetryable,
                 ResumeState::default(),
+                None,
             )
             .await
             .unwrap();
@@ -1288,7 +1305,7 @@ async fn task_rows_follow_every_state_write(env: Env) {
         let store = env.store.clone();
         async move {
             store
-                .write(&lease, to, ResumeState::default())
+                .write(&lease, to, ResumeState::default(), None)
                 .await
                 .unwrap()
         }
@@ -1357,6 +1374,7 @@ async fn waiting_for_cutover(env: &Env, db: &str) -> (ApplyId, Lease) {
             &claimed.lease,
             ApplyState::WaitingForCutover,
             ResumeState::default(),
+            None,
         )
         .await
         .expect("owner write");
@@ -1427,7 +1445,12 @@ async fn a9_a_request_takes_a_parked_wait_back_at_once(env: Env) {
     ));
     assert!(matches!(
         env.store
-            .write(&lease, ApplyState::CuttingOver, ResumeState::default())
+            .write(
+                &lease,
+                ApplyState::CuttingOver,
+                ResumeState::default(),
+                None
+            )
             .await,
         Err(StoreError::LeaseLost { .. })
     ));
@@ -1517,6 +1540,7 @@ async fn only_waits_that_park_are_parked(env: Env) {
             &c.lease,
             ApplyState::WaitingForCutover,
             ResumeState::default(),
+            None,
         )
         .await
         .unwrap();

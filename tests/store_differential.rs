@@ -247,7 +247,12 @@ impl Side {
             }
             Op::Write { lease, to, resume } => self.unit(
                 store
-                    .write(&self.lease(*lease), *to, resume_of(*resume))
+                    .write(
+                        &self.lease(*lease),
+                        *to,
+                        resume_of(*resume),
+                        to.is_failure().then(|| format!("the engine refused {to}")),
+                    )
                     .await,
             ),
             Op::Heartbeat { lease } => self.unit(store.heartbeat(&self.lease(*lease)).await),

@@ -49,8 +49,13 @@ impl GuardedWrite {
         let s = &env.store;
         match self {
             GuardedWrite::State => {
-                s.write(lease, ApplyState::WaitingForCutover, ResumeState::default())
-                    .await
+                s.write(
+                    lease,
+                    ApplyState::WaitingForCutover,
+                    ResumeState::default(),
+                    None,
+                )
+                .await
             }
             GuardedWrite::Fail => s.fail_apply(lease, "the drive panicked").await,
             GuardedWrite::Heartbeat => s.heartbeat(lease).await,
@@ -83,7 +88,12 @@ async fn displaced(env: &Env) -> (ApplyId, Lease, Lease) {
     let id = env.store.submit(new).await.expect("submit");
     let old = env.store.claim("w1").await.unwrap().expect("claim").lease;
     env.store
-        .write(&old, ApplyState::WaitingForCutover, ResumeState::default())
+        .write(
+            &old,
+            ApplyState::WaitingForCutover,
+            ResumeState::default(),
+            None,
+        )
         .await
         .expect("the owner's write");
     env.store
@@ -139,7 +149,7 @@ async fn finish(env: &Env) {
                 epoch: row.epoch,
             };
             env.store
-                .write(&lease, ApplyState::Completed, ResumeState::default())
+                .write(&lease, ApplyState::Completed, ResumeState::default(), None)
                 .await
                 .expect("the owner finishes");
         }

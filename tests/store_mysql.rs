@@ -67,7 +67,7 @@ async fn an_unknown_state_is_reported_skipped_and_never_rewritten() {
     }
     assert!(matches!(
         env.store
-            .write(&lease, ApplyState::Running, ResumeState::default())
+            .write(&lease, ApplyState::Running, ResumeState::default(), None)
             .await,
         Err(StoreError::BadRow { .. })
     ));
@@ -218,7 +218,8 @@ async fn an_operation_row_off_its_parents_lease_fences_the_owner() {
             .write(
                 &c.lease,
                 ApplyState::WaitingForCutover,
-                ResumeState::default()
+                ResumeState::default(),
+                None
             )
             .await
     ));
@@ -270,6 +271,7 @@ async fn unknown_operation_and_task_states_are_reported_and_left_alone() {
             &c.lease,
             ApplyState::WaitingForCutover,
             ResumeState::default(),
+            None,
         )
         .await
         .expect("a task we cannot read does not block its apply");
@@ -356,7 +358,7 @@ async fn a_request_issued_again_gets_a_new_issue_number() {
     env.store.request(id, ControlOp::Stop).await.unwrap();
     assert_eq!(issue().await, 1);
     env.store
-        .write(&c.lease, ApplyState::Stopped, ResumeState::default())
+        .write(&c.lease, ApplyState::Stopped, ResumeState::default(), None)
         .await
         .unwrap();
     env.store

@@ -8,7 +8,7 @@ mod store_support;
 
 use std::sync::Mutex;
 
-use applyd::engine::Engine;
+use applyd::engine::{Engine, Reply};
 use applyd::machine::table::RunnerGone;
 use applyd::machine::{ApplyState, EngineCall, EngineKind, Params, Probe, Rules};
 use applyd::operator::{run_drive, Immediate};
@@ -41,7 +41,21 @@ impl Recording {
 
 #[async_trait]
 impl Engine for Recording {
-    async fn probe(&self, _apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, _apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Reply {
+        self.probe_obs(probe).into()
+    }
+
+    async fn call(&self, _apply: &ApplyRecord, _epoch: u64, call: EngineCall) -> Reply {
+        self.calls.lock().unwrap().push(call);
+        if call == EngineCall::StartRunner {
+            *self.runner_alive.lock().unwrap() = true;
+        }
+        Observation::Accepted.into()
+    }
+}
+
+impl Recording {
+    fn probe_obs(&self, probe: Probe) -> Observation {
         match probe {
             Probe::RunnerStatus if *self.runner_alive.lock().unwrap() => {
                 Observation::Runner(RunnerStatus::Copying)
@@ -51,14 +65,6 @@ impl Engine for Recording {
             Probe::DiffBranch => Observation::BranchDiff { pending: true },
             other => panic!("the drives here never get as far as {other:?}"),
         }
-    }
-
-    async fn call(&self, _apply: &ApplyRecord, _epoch: u64, call: EngineCall) -> Observation {
-        self.calls.lock().unwrap().push(call);
-        if call == EngineCall::StartRunner {
-            *self.runner_alive.lock().unwrap() = true;
-        }
-        Observation::Accepted
     }
 }
 

@@ -49,7 +49,9 @@ async fn claim(env: &Env, owner: &str) -> Option<Claimed> {
 }
 
 async fn write(env: &Env, lease: &Lease, to: ApplyState) -> Result<(), StoreError> {
-    env.store.write(lease, to, ResumeState::default()).await
+    env.store
+        .write(lease, to, ResumeState::default(), None)
+        .await
 }
 
 async fn finish(env: &Env, lease: &Lease) {

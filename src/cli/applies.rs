@@ -215,6 +215,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 for (i, t) in one.tasks.iter().enumerate() {
                     let table = t.table.as_deref().unwrap_or("(table not recorded)");
                     println!("  {}. {table:<32} {}", i + 1, t.state);
+                    if let Some(e) = &t.error {
+                        println!("     why: {e}");
+                    }
                 }
             }
             if let Some(w) = &one.wait {

@@ -6,9 +6,8 @@ use std::sync::Mutex;
 
 use super::{demo_timings, Log};
 use crate::engine::fake::{FakeEngines, FakeTimings, SharedFakeEngines};
-use crate::engine::Engine;
+use crate::engine::{Engine, Reply};
 use crate::machine::apply::ApplyRecord;
-use crate::machine::observe::Observation;
 use crate::machine::{ApplyState, EngineCall, Probe};
 use crate::store::status::ApplyStatus;
 
@@ -58,10 +57,10 @@ impl DemoEngines {
 
 #[async_trait::async_trait]
 impl Engine for DemoEngines {
-    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Reply {
         self.of(apply).probe(apply, epoch, probe).await
     }
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         self.of(apply).call(apply, epoch, call).await
     }
     async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {

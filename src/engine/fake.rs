@@ -193,9 +193,10 @@ impl FakePlanetScale {
     }
 
     fn observe(dr: &FakeDeployRequest) -> Observation {
-        Observation::DeployRequest {
-            id: dr.id,
-            state: dr.state.engine_state(),
+        match dr.state.engine_state() {
+            Some(state) => Observation::DeployRequest { id: dr.id, state },
+            // Transitional, read as the real adapter reads it: no answer yet.
+            None => Observation::Fault(EngineFault::Transient),
         }
     }
 
@@ -373,7 +374,7 @@ impl FakePlanetScale {
         self.requests
             .values()
             .find(|r| r.operation == operation)
-            .map(|r| r.state.engine_state())
+            .and_then(|r| r.state.engine_state())
     }
 }
 
@@ -774,19 +775,21 @@ pub struct SharedFakeEngines {
 
 #[async_trait::async_trait]
 impl super::Engine for SharedFakeEngines {
-    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> super::Reply {
         let now = self.clock.now_ms();
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .probe(now, apply, probe)
+            .into()
     }
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> super::Reply {
         let now = self.clock.now_ms();
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .call(now, self.host, apply, epoch, call)
+            .into()
     }
     async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
         let now = self.clock.now_ms();

@@ -5,16 +5,47 @@
 use async_trait::async_trait;
 
 use crate::machine::apply::ApplyRecord;
-use crate::machine::observe::Observation;
+use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{EngineCall, Probe};
+
+/// An engine's answer: the normalised observation the worker core reads, and for a fault or
+/// a failure the engine's own words (secrets redacted), which a failed state is written with —
+/// on the apply, its operation, its task rows and the audit entry — so no apply ends failed
+/// without saying why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub obs: Observation,
+    pub why: Option<String>,
+}
+
+impl Reply {
+    /// A fault, with what the engine said.
+    pub fn fault(fault: EngineFault, why: impl Into<String>) -> Reply {
+        Reply::explained(Observation::Fault(fault), why)
+    }
+
+    /// Any observation with the engine's account of it (e.g. a runner that failed).
+    pub fn explained(obs: Observation, why: impl Into<String>) -> Reply {
+        Reply {
+            obs,
+            why: Some(why.into()),
+        }
+    }
+}
+
+impl From<Observation> for Reply {
+    fn from(obs: Observation) -> Reply {
+        Reply { obs, why: None }
+    }
+}
 
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// A read-only query about the apply's work.
-    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation;
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Reply;
     /// A call with an external effect; idempotent or guarded as documented on `EngineCall`.
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation;
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply;
     /// This process no longer holds the apply's lease at `epoch` (lost, or presumed lost): end
     /// whatever it runs locally for it under that epoch or an older one, recording nothing, so
     /// nothing of it outlives the lease; a newer epoch's work (this process may have reclaimed

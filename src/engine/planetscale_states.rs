@@ -53,10 +53,12 @@ dr_states! {
 }
 
 impl DeployState {
-    /// The engine state the rules see for this deploy-request state.
-    pub const fn engine_state(self) -> EngineState {
+    /// The engine state the rules see for this deploy-request state; `None` for
+    /// `in_progress_cancel`, which is transitional: it resolves to `complete_cancel` on its
+    /// own, and until then the deploy may still be running, so it is no answer yet.
+    pub const fn engine_state(self) -> Option<EngineState> {
         use DeployState as D;
-        match self {
+        Some(match self {
             D::Pending => EngineState::Pending,
             D::Ready => EngineState::WaitingForDeploy,
             D::Queued | D::Submitting | D::InProgress | D::InProgressVschema => {
@@ -69,7 +71,27 @@ impl DeployState {
             D::Complete | D::NoChanges => EngineState::Completed,
             D::CompleteRevert => EngineState::Reverted,
             D::Error | D::CompleteError | D::Failed | D::CompleteRevertError => EngineState::Failed,
-            D::InProgressCancel | D::CompleteCancel | D::Cancelled => EngineState::Cancelled,
+            D::CompleteCancel | D::Cancelled => EngineState::Cancelled,
+            D::InProgressCancel => return None,
+        })
+    }
+
+    /// What a failed state means for the user, beyond its name.
+    pub const fn failure_meaning(self) -> Option<&'static str> {
+        use DeployState as D;
+        match self {
+            D::CompleteRevertError => Some(
+                "the revert failed, so the change is probably still live on the production \
+                 branch; check the schema there before anything else",
+            ),
+            D::CompleteError => Some(
+                "the deployment completed with an error; check the schema on the production \
+                 branch before retrying",
+            ),
+            D::Error | D::Failed => {
+                Some("the deployment failed; the deploy request's page says why")
+            }
+            _ => None,
         }
     }
 }
@@ -82,7 +104,17 @@ mod tests {
     fn every_deploy_state_round_trips_and_maps() {
         for d in DeployState::ALL {
             assert_eq!(d.as_str().parse::<DeployState>().unwrap(), *d);
-            let _ = d.engine_state();
+            // Only the transitional cancel is no answer.
+            assert_eq!(
+                d.engine_state().is_none(),
+                *d == DeployState::InProgressCancel,
+                "{d:?}"
+            );
+            assert_eq!(
+                d.failure_meaning().is_some(),
+                d.engine_state() == Some(EngineState::Failed),
+                "{d:?}"
+            );
         }
         let err = "exploded".parse::<DeployState>().unwrap_err();
         assert!(err.to_string().contains("exploded"));

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 
 use super::planetscale::PlanetScaleEngine;
 use super::spirit::{SpiritConfig, SpiritEngine};
-use super::Engine;
+use super::{Engine, Reply};
 use crate::config::{Config, EngineMode};
 use crate::machine::apply::ApplyRecord;
-use crate::machine::observe::{EngineFault, Observation};
+use crate::machine::observe::EngineFault;
 use crate::machine::{EngineCall, EngineKind, Probe};
 
 /// PlanetScale and Spirit, either of which may be unconfigured.
@@ -37,19 +37,26 @@ impl RealEngines {
     }
 }
 
+fn unconfigured(apply: &ApplyRecord) -> String {
+    format!(
+        "this operator has no [engines.{}] section; an operator configured for it will take the apply",
+        apply.row.engine
+    )
+}
+
 #[async_trait]
 impl Engine for RealEngines {
-    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Reply {
         match self.route(apply) {
             Some(e) => e.probe(apply, epoch, probe).await,
             // Another operator may be configured for it; nothing here can help.
-            None => Observation::Fault(EngineFault::Transient),
+            None => Reply::fault(EngineFault::Transient, unconfigured(apply)),
         }
     }
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         match self.route(apply) {
             Some(e) => e.call(apply, epoch, call).await,
-            None => Observation::Fault(EngineFault::Transient),
+            None => Reply::fault(EngineFault::Transient, unconfigured(apply)),
         }
     }
     async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
@@ -188,15 +195,22 @@ pub async fn check_engines(config: &Config) -> Vec<Check> {
         match SpiritConfig::from_section(sp) {
             Err(e) => push("spirit target", Err(format!("{e:#}"))),
             Ok(cfg) => {
-                let target = format!("{}@{}:{}", sp.username, sp.host, sp.port);
-                push(
-                    "spirit mysql target",
-                    SpiritEngine::new(cfg)
-                        .ping(None)
-                        .await
-                        .map(|()| format!("{target} reachable"))
-                        .map_err(|e| format!("{target}: {e}")),
-                );
+                let mut servers = vec![("spirit mysql target".to_string(), cfg.default_endpoint())];
+                for (key, e) in &cfg.hosts {
+                    servers.push((format!("spirit mysql target ({key})"), e.clone()));
+                }
+                let engine = SpiritEngine::new(cfg);
+                for (what, server) in servers {
+                    let target = format!("{}@{server}", sp.username);
+                    push(
+                        &what,
+                        engine
+                            .ping(&server, None)
+                            .await
+                            .map(|()| format!("{target} reachable"))
+                            .map_err(|e| format!("{target}: {e}")),
+                    );
+                }
             }
         }
     }

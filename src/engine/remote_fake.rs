@@ -15,9 +15,11 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::fake_server::{SpiritCall, SpiritProbe};
-use super::planetscale::{BranchCredentials, BranchSql, PlanetScaleClient, PlanetScaleEngine};
+use super::planetscale::{
+    BranchCredentials, BranchSql, BranchSqlError, PlanetScaleClient, PlanetScaleEngine,
+};
 use super::real::RealEngines;
-use super::Engine;
+use super::{Engine, Reply};
 use crate::config::Secret;
 use crate::machine::apply::ApplyRecord;
 use crate::machine::observe::{EngineFault, Observation};
@@ -61,12 +63,17 @@ struct FakeServerBranchSql {
 
 #[async_trait]
 impl BranchSql for FakeServerBranchSql {
-    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), String> {
+    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), BranchSqlError> {
         let url = format!("{}/_fake/branches/{}/ddl", self.base, conn.branch);
         match self.http.post(url).json(ddl).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("the fake branch refused the DDL: {}", r.status())),
-            Err(e) => Err(format!("the fake branch is unreachable: {e}")),
+            Ok(r) => Err(BranchSqlError::Refused(format!(
+                "the fake branch refused the DDL: {}",
+                r.status()
+            ))),
+            Err(e) => Err(BranchSqlError::Unreachable(format!(
+                "the fake branch is unreachable: {e}"
+            ))),
         }
     }
 }
@@ -108,21 +115,21 @@ impl RemoteFakeSpirit {
 
 #[async_trait]
 impl Engine for RemoteFakeSpirit {
-    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, epoch: u64, probe: Probe) -> Reply {
         let body = SpiritProbe {
             apply: apply.clone(),
             epoch,
             probe,
         };
-        self.post("/_fake/spirit/probe", &body).await
+        self.post("/_fake/spirit/probe", &body).await.into()
     }
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         let body = SpiritCall {
             apply: apply.clone(),
             epoch,
             host: self.host,
             call,
         };
-        self.post("/_fake/spirit/call", &body).await
+        self.post("/_fake/spirit/call", &body).await.into()
     }
 }

@@ -49,3 +49,24 @@ pub enum Observation {
     Accepted,
     Fault(EngineFault),
 }
+
+impl Observation {
+    /// What a failure this observation leads to means, for when the engine said no more: the
+    /// reason a failed state is written with is never empty.
+    pub const fn failure_account(self) -> &'static str {
+        match self {
+            Observation::Fault(EngineFault::NotFound) => {
+                "the engine no longer has the branch or deploy request the apply relies on"
+            }
+            Observation::Fault(EngineFault::Permanent) => "the engine refused the change for good",
+            Observation::Runner(RunnerStatus::Failed { retryable: true }) => {
+                "the schema-change runner failed; the apply will be retried"
+            }
+            Observation::Runner(RunnerStatus::Failed { retryable: false }) => {
+                "the schema-change runner failed"
+            }
+            Observation::DeployRequest { .. } => "the deploy request failed",
+            _ => "the engine reported a failure",
+        }
+    }
+}

@@ -187,6 +187,13 @@ named_enum! {
     }
 }
 
+impl ApplyState {
+    /// The states an apply fails into: a move into one is written with its reason.
+    pub const fn is_failure(self) -> bool {
+        matches!(self, ApplyState::Failed | ApplyState::FailedRetryable)
+    }
+}
+
 impl TaskState {
     /// Task terminal states: `stopped` and `failed_retryable` are resumable, hence not terminal.
     pub const fn is_terminal(self) -> bool {

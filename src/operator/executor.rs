@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::machine::Rules;
 use crate::store::store_outcome;
 use crate::store::{Claimed, DriveInputs, Store, StoreError};
-use crate::worker::{Command, Drive, Finish, Read, WaitFor};
+use crate::worker::{Command, Drive, FailureAccount, Finish, Read, WaitFor};
 
 /// How a driver waits and how healthy its heartbeats are; the operator sleeps on tokio time,
 /// tests return at once.
@@ -70,6 +70,7 @@ pub async fn run_drive(
         cutover_open: true,
     };
     let mut stale = true;
+    let mut account = FailureAccount::default();
     loop {
         if stale {
             match store.load(lease).await {
@@ -104,7 +105,8 @@ pub async fn run_drive(
         stale = true;
         match drive.next(&read.view, rules) {
             Command::Write { to, resume } => {
-                drive.on_store(store_outcome(store.write(lease, to, resume).await))
+                let why = account.reason_for(to);
+                drive.on_store(store_outcome(store.write(lease, to, resume, why).await))
             }
             Command::Complete(op) => {
                 drive.on_store(store_outcome(store.complete_request(lease, op).await))
@@ -114,10 +116,14 @@ pub async fn run_drive(
             )),
             Command::Call(call) => {
                 report.engine_calls += 1;
-                drive.on_engine(engine.call(&inputs.record, lease.epoch, call).await);
+                let reply = engine.call(&inputs.record, lease.epoch, call).await;
+                account.heard(reply.obs, reply.why);
+                drive.on_engine(reply.obs);
             }
             Command::Probe(probe) => {
-                drive.on_engine(engine.probe(&inputs.record, lease.epoch, probe).await);
+                let reply = engine.probe(&inputs.record, lease.epoch, probe).await;
+                account.heard(reply.obs, reply.why);
+                drive.on_engine(reply.obs);
             }
             Command::FailClosed(cause) => drive.on_store(store_outcome(
                 store.fail_apply(lease, &cause.reason(&read)).await,
@@ -225,7 +231,7 @@ mod tests {
         store
             .expect_write()
             .times(1)
-            .returning(move |lease, to, _| {
+            .returning(move |lease, to, _, _| {
                 assert_eq!(lease.epoch, 3, "every write carries the lease epoch");
                 if write_result.is_ok() {
                     *state.lock().unwrap() = to;
@@ -255,7 +261,7 @@ mod tests {
         let mut engine = MockEngine::new();
         engine.expect_probe().times(1).returning(|_, _, p| {
             assert_eq!(p, Probe::RunnerStatus);
-            Observation::Runner(RunnerStatus::WaitingOnSentinel)
+            Observation::Runner(RunnerStatus::WaitingOnSentinel).into()
         });
         engine.expect_call().never();
         let report = run_drive(
@@ -280,9 +286,9 @@ mod tests {
             let mut n = probes.lock().unwrap();
             *n += 1;
             if *n == 1 {
-                Observation::Fault(EngineFault::Transient)
+                Observation::Fault(EngineFault::Transient).into()
             } else {
-                Observation::Runner(RunnerStatus::Completed)
+                Observation::Runner(RunnerStatus::Completed).into()
             }
         });
         engine.expect_call().never();
@@ -315,6 +321,7 @@ mod tests {
                 Observation::Runner(RunnerStatus::Gone(
                     crate::machine::table::RunnerGone::WorkLeft,
                 ))
+                .into()
             });
         engine
             .expect_call()
@@ -322,7 +329,7 @@ mod tests {
             .in_sequence(&mut seq)
             .returning(|_, epoch, call| {
                 assert_eq!((epoch, call), (3, EngineCall::StartRunner));
-                Observation::Runner(RunnerStatus::Copying)
+                Observation::Runner(RunnerStatus::Copying).into()
             });
         // The drive then polls; a presumed-lost heartbeat ends it before any write.
         struct Lost;
@@ -353,5 +360,64 @@ mod tests {
         )
         .await;
         assert_eq!(report.finish, Finish::PresumedLost);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_written_with_the_engines_words() {
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let mut store = store_loading(&state);
+        let written = Arc::new(Mutex::new(None));
+        let w = written.clone();
+        let s = state.clone();
+        store
+            .expect_write()
+            .times(1)
+            .returning(move |_, to, _, why| {
+                *s.lock().unwrap() = to;
+                *w.lock().unwrap() = Some((to, why));
+                Ok(())
+            });
+        store.expect_complete_request().returning(|_, _| Ok(()));
+        let mut engine = MockEngine::new();
+        engine.expect_probe().returning(|_, _, _| {
+            crate::engine::Reply::explained(
+                Observation::Runner(RunnerStatus::Failed { retryable: false }),
+                "Spirit exited with exit status: 1: ALTER contains unsupported clause(s)",
+            )
+        });
+        engine.expect_call().never();
+        run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            100,
+        )
+        .await;
+        assert_eq!(
+            *written.lock().unwrap(),
+            Some((
+                ApplyState::Failed,
+                Some(
+                    "Spirit exited with exit status: 1: ALTER contains unsupported clause(s)"
+                        .to_string()
+                )
+            ))
+        );
+    }
+
+    #[test]
+    fn a_failure_without_words_still_says_why_and_other_writes_say_nothing() {
+        let mut account = FailureAccount::default();
+        assert_eq!(account.reason_for(ApplyState::Completed), None);
+        account.heard(Observation::Fault(EngineFault::Permanent), None);
+        assert_eq!(account.reason_for(ApplyState::Running), None);
+        let why = account.reason_for(ApplyState::Failed).unwrap();
+        assert!(why.contains("refused the change"), "{why}");
+        assert!(!account
+            .reason_for(ApplyState::FailedRetryable)
+            .unwrap()
+            .is_empty());
     }
 }

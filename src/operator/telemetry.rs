@@ -37,22 +37,22 @@ impl crate::engine::Engine for MeteredEngine {
         apply: &crate::store::ApplyRecord,
         epoch: u64,
         probe: crate::machine::Probe,
-    ) -> crate::machine::observe::Observation {
+    ) -> crate::engine::Reply {
         let started = std::time::Instant::now();
-        let obs = self.0.probe(apply, epoch, probe).await;
-        record(format!("{probe:?}"), started, &obs);
-        obs
+        let reply = self.0.probe(apply, epoch, probe).await;
+        record(format!("{probe:?}"), started, &reply.obs);
+        reply
     }
     async fn call(
         &self,
         apply: &crate::store::ApplyRecord,
         epoch: u64,
         call: crate::machine::EngineCall,
-    ) -> crate::machine::observe::Observation {
+    ) -> crate::engine::Reply {
         let started = std::time::Instant::now();
-        let obs = self.0.call(apply, epoch, call).await;
-        record(format!("{call:?}"), started, &obs);
-        obs
+        let reply = self.0.call(apply, epoch, call).await;
+        record(format!("{call:?}"), started, &reply.obs);
+        reply
     }
     async fn abandon(&self, apply: &crate::store::ApplyRecord, epoch: u64) {
         self.0.abandon(apply, epoch).await

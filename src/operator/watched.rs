@@ -182,6 +182,7 @@ impl Watches {
             let at_gate = engine
                 .probe(&claimed.record, claimed.lease.epoch, Probe::RunnerStatus)
                 .await
+                .obs
                 == Observation::Runner(RunnerStatus::WaitingOnSentinel);
             if asked.contains(&id) || !at_gate {
                 handing.push((id, claimed.lease.epoch));

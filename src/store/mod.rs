@@ -252,12 +252,15 @@ pub trait Store: Send + Sync {
     /// Re-read the owned row and its pending control requests (fenced: a lost lease is an error).
     async fn load(&self, lease: &Lease) -> Result<DriveInputs, StoreError>;
     /// Fenced write of state and resume state; the operation row (fenced by its own lease) and
-    /// the task rows follow in the same transaction.
+    /// the task rows follow in the same transaction. `why`, given with a move into a failed
+    /// state, is written on the apply (a rollout's names the operation), the operation, the task
+    /// rows that failed, and the audit entry of the move.
     async fn write(
         &self,
         lease: &Lease,
         to: ApplyState,
         resume: ResumeState,
+        why: Option<String>,
     ) -> Result<(), StoreError>;
     /// Fenced completion of a pending request.
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError>;

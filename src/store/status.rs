@@ -77,6 +77,8 @@ pub struct TaskStatus {
     /// `None` for tasks stored before tables were recorded.
     pub table: Option<String>,
     pub state: TaskState,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 #[async_trait]
@@ -172,6 +174,7 @@ impl MemoryStore {
                 .map(|t| TaskStatus {
                     table: t.table.clone(),
                     state: t.state,
+                    error: t.error_message.clone(),
                 })
                 .collect(),
             pending_requests: pending,

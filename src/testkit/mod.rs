@@ -8,7 +8,9 @@ use crate::machine::{EngineCall, Probe, Rules};
 use crate::store::memory::MemoryStore;
 use crate::store::store_outcome;
 use crate::store::{ClaimPath, Claimed, Lease, StoreError};
-use crate::worker::{Command, Drive, FailCause, Finish, Read, WaitFor, WriteOutcome};
+use crate::worker::{
+    Command, Drive, FailCause, FailureAccount, Finish, Read, WaitFor, WriteOutcome,
+};
 
 /// Claim the next unit of work on `path` as the operator's poller does, and the drive that starts
 /// from the claim.
@@ -70,6 +72,7 @@ pub fn step(
     engines: &mut FakeEngines,
     host: u32,
     drive: &mut Drive,
+    account: &mut FailureAccount,
     lease: &Lease,
     now: u64,
     heartbeat_ok_age_ms: u64,
@@ -92,7 +95,8 @@ pub fn step(
     let read = Read::of(&inputs, heartbeat_ok_age_ms);
     match drive.next(&read.view, rules) {
         Command::Write { to, resume } => {
-            let outcome = store_outcome(store.write(lease, to, resume));
+            let why = account.reason_for(to);
+            let outcome = store_outcome(store.write(lease, to, resume, why.as_deref()));
             drive.on_store(outcome);
             Stepped::Wrote { to, outcome }
         }
@@ -115,11 +119,15 @@ pub fn step(
             }
         }
         Command::Call(call) => {
-            drive.on_engine(engines.call(now, host, &inputs.record, lease.epoch, call));
+            let obs = engines.call(now, host, &inputs.record, lease.epoch, call);
+            account.heard(obs, None);
+            drive.on_engine(obs);
             Stepped::Called { call }
         }
         Command::Probe(probe) => {
-            drive.on_engine(engines.probe(now, &inputs.record, probe));
+            let obs = engines.probe(now, &inputs.record, probe);
+            account.heard(obs, None);
+            drive.on_engine(obs);
             Stepped::Probed { probe }
         }
         Command::FailClosed(cause) => {
@@ -159,6 +167,8 @@ pub fn step(
 pub struct Driver {
     pub host: u32,
     owned: Option<(Drive, Lease)>,
+    /// The engine's last reply to the owned drive, as the operator's executor keeps it.
+    account: FailureAccount,
     last_heartbeat_ok: u64,
     /// A watched wait leaves the driver (handed out in [`DriverStep::watched`], as the
     /// operator hands it to its watcher); otherwise the driver keeps it and polls on a fresh
@@ -205,6 +215,7 @@ impl Driver {
         Driver {
             host,
             owned: None,
+            account: FailureAccount::default(),
             last_heartbeat_ok: 0,
             frees_on_watch: false,
         }
@@ -222,6 +233,7 @@ impl Driver {
     pub fn resume_watched(&mut self, w: WatchedWait, rules: &Rules) {
         let drive = Drive::new(w.lease.apply, w.lease.epoch, w.engine, w.state, rules);
         self.owned = Some((drive, w.lease));
+        self.account = FailureAccount::default();
         self.last_heartbeat_ok = w.last_heartbeat_ok;
     }
 
@@ -242,6 +254,7 @@ impl Driver {
             return Ok(None);
         };
         self.owned = Some((drive, claimed.lease.clone()));
+        self.account = FailureAccount::default();
         self.last_heartbeat_ok = now;
         Ok(Some(claimed))
     }
@@ -277,6 +290,7 @@ impl Driver {
             engines,
             self.host,
             drive,
+            &mut self.account,
             lease,
             now,
             heartbeat_age_ms,

@@ -27,6 +27,30 @@ pub struct DriveView {
     pub cutover_open: bool,
 }
 
+/// The engine's last reply, kept by a driver beside its drive (the drive holds no text): a
+/// move into a failed state is written with the engine's words when it gave any, else with
+/// what the observation means — never without a reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureAccount(Option<(Observation, Option<String>)>);
+
+impl FailureAccount {
+    pub fn heard(&mut self, obs: Observation, why: Option<String>) {
+        self.0 = Some((obs, why));
+    }
+
+    /// The reason a write into `to` carries: `Some` exactly when `to` is a failed state.
+    pub fn reason_for(&mut self, to: ApplyState) -> Option<String> {
+        if !to.is_failure() {
+            return None;
+        }
+        Some(match self.0.take() {
+            Some((_, Some(why))) => why,
+            Some((obs, None)) => obs.failure_account().to_string(),
+            None => "the apply failed without a reply from the engine".to_string(),
+        })
+    }
+}
+
 /// Why the core asks the driver to wait before the next decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WaitFor {

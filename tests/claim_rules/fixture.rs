@@ -277,6 +277,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             state: TaskState::Pending,
             attempt: 0,
             table: Some("users".into()),
+            error_message: None,
         }],
     });
     for r in &case.requests {

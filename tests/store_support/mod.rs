@@ -140,6 +140,7 @@ pub struct TaskView {
     pub state: String,
     pub attempt: u32,
     pub table: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +151,7 @@ pub struct AuditView {
     pub epoch: u64,
     pub owner: Option<String>,
     pub cause: String,
+    pub detail: Option<String>,
 }
 
 impl Env {
@@ -350,6 +352,7 @@ impl Env {
                             state: t.state.as_str().to_string(),
                             attempt: t.attempt,
                             table: t.table,
+                            error: t.error_message,
                         })
                 })
                 .collect(),
@@ -364,6 +367,7 @@ impl Env {
                     state: t.state,
                     attempt: t.attempt,
                     table: t.table,
+                    error: t.error_message,
                 })
                 .collect(),
         }
@@ -494,6 +498,7 @@ impl Env {
                     epoch: a.epoch,
                     owner: a.owner,
                     cause: a.cause,
+                    detail: a.detail,
                 })
                 .collect(),
             Backend::MySql { store, .. } => store
@@ -508,6 +513,7 @@ impl Env {
                     epoch: l.epoch,
                     owner: l.owner,
                     cause: l.cause,
+                    detail: l.detail,
                 })
                 .collect(),
         }

@@ -58,10 +58,12 @@ impl Sim {
                             ops.contains(&r.operation)
                                 && !matches!(
                                     r.state.engine_state(),
-                                    EngineState::Completed
-                                        | EngineState::Reverted
-                                        | EngineState::Cancelled
-                                        | EngineState::Failed
+                                    None | Some(
+                                        EngineState::Completed
+                                            | EngineState::Reverted
+                                            | EngineState::Cancelled
+                                            | EngineState::Failed
+                                    )
                                 )
                         })
                         .map(|r| r.id)

@@ -394,10 +394,15 @@ pub(super) async fn get_request(
 ) -> Response {
     guarded(&s, &headers, |g, now| {
         g.engines.planetscale.advance(now);
-        match g.engines.planetscale.requests.get(&number) {
-            Some(dr) => Json(dr_json(dr, g.closed.contains(&number))).into_response(),
-            None => err(StatusCode::NOT_FOUND, "not_found", "Not Found"),
+        let Some(dr) = g.engines.planetscale.requests.get(&number) else {
+            return err(StatusCode::NOT_FOUND, "not_found", "Not Found");
+        };
+        let mut json = dr_json(dr, g.closed.contains(&number));
+        if let Some((state, reads)) = g.reports.get_mut(&number).filter(|(_, n)| *n > 0) {
+            json["deployment_state"] = Value::String(state.clone());
+            *reads -= 1;
         }
+        Json(json).into_response()
     })
     .await
 }

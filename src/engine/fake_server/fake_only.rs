@@ -56,6 +56,32 @@ pub(super) async fn admin_fail(State(s): State<Shared>, Path(number): Path<u64>)
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// What `POST /_fake/deploy-requests/{n}/report` asks: report `deployment_state` for the
+/// next `reads` reads of the request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Report {
+    deployment_state: String,
+    reads: u32,
+}
+
+pub(super) async fn admin_report(
+    State(s): State<Shared>,
+    Path(number): Path<u64>,
+    Json(r): Json<Report>,
+) -> Response {
+    let mut g = s.inner.lock().await;
+    if !g.engines.planetscale.requests.contains_key(&number) {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no deploy request #{number}"),
+        );
+    }
+    g.reports.insert(number, (r.deployment_state, r.reads));
+    StatusCode::NO_CONTENT.into_response()
+}
+
 pub(super) async fn admin_faults(State(s): State<Shared>, Json(f): Json<Faults>) -> Response {
     s.inner.lock().await.faults = f;
     Json(f).into_response()

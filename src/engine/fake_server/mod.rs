@@ -6,7 +6,8 @@
 //!   optional fault injection: 5xx before the effect, latency, and lost replies (the effect is
 //!   applied and the reply is a 5xx).
 //! - Everything under `/_fake/` is FAKE-ONLY; the real API has nothing like it: inspecting,
-//!   deleting or failing deploy requests, changing the faults, the facts a crash test asserts,
+//!   deleting or failing deploy requests (or having one report a given state for a few reads),
+//!   changing the faults, the facts a crash test asserts,
 //!   the branch DDL that really travels over a MySQL connection to the branch, and the fake
 //!   Spirit. Spirit has no API at all (it is a process the operator runs), so its fake is reached
 //!   through a small JSON call/probe interface keyed by the calling process's host id;
@@ -70,6 +71,10 @@ struct Inner {
     /// FAKE-ONLY: the DDL applied to each branch (in reality, over a MySQL connection to it).
     branch_ddl: std::collections::BTreeMap<String, Vec<String>>,
     closed: BTreeSet<u64>,
+    /// FAKE-ONLY: deploy-request states reported instead of the real one, for a number of
+    /// reads (`POST /_fake/deploy-requests/{n}/report`): states the fake never reaches by
+    /// itself, such as one this build does not know.
+    reports: std::collections::BTreeMap<u64, (String, u32)>,
     /// Branch passwords alive: id -> (branch, name).
     passwords: std::collections::BTreeMap<String, (String, String)>,
     passwords_made: u64,
@@ -121,6 +126,7 @@ pub fn router(opts: FakeServerOptions) -> Router {
             engines,
             branch_ddl: Default::default(),
             closed: BTreeSet::new(),
+            reports: Default::default(),
             passwords: Default::default(),
             passwords_made: 0,
             faults: opts.faults,
@@ -161,6 +167,7 @@ pub fn router(opts: FakeServerOptions) -> Router {
         .route("/_fake/deploy-requests", get(admin_list))
         .route("/_fake/deploy-requests/{number}", delete(admin_delete))
         .route("/_fake/deploy-requests/{number}/fail", post(admin_fail))
+        .route("/_fake/deploy-requests/{number}/report", post(admin_report))
         .route("/_fake/faults", post(admin_faults))
         .route("/_fake/branches/{branch}/ddl", post(admin_branch_ddl))
         .route("/_fake/spirit/probe", post(spirit_probe))

@@ -128,18 +128,38 @@ pub struct DeployRequest {
     pub deployment_state: String,
 }
 
+/// What a deploy request's `deployment_state` tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// A state the rules know, with what a failed state means for the user.
+    State(EngineState, Option<&'static str>),
+    /// `in_progress_cancel`: no answer yet; it resolves to `complete_cancel`.
+    Cancelling,
+    /// A state this build does not know (a newer API): no answer yet either.
+    Unknown(String),
+}
+
 impl DeployRequest {
-    /// The engine state, or an error that names the unknown deployment state.
-    pub fn engine_state(&self) -> Result<EngineState, ApiError> {
-        let d: DeployState = self
-            .deployment_state
-            .parse()
-            .map_err(|e| ApiError::Rejected(format!("deploy request #{}: {e}", self.number)))?;
+    pub fn reading(&self) -> Reading {
+        let Ok(d) = self.deployment_state.parse::<DeployState>() else {
+            return Reading::Unknown(self.deployment_state.clone());
+        };
         // A request closed before it was ever deployed will never move again: it is cancelled.
         if self.state == "closed" && matches!(d, DeployState::Pending | DeployState::Ready) {
-            return Ok(EngineState::Cancelled);
+            return Reading::State(EngineState::Cancelled, None);
         }
-        Ok(d.engine_state())
+        match d.engine_state() {
+            Some(s) => Reading::State(s, d.failure_meaning()),
+            None => Reading::Cancelling,
+        }
+    }
+
+    /// The engine state, when the request has settled on a known one.
+    pub fn engine_state(&self) -> Option<EngineState> {
+        match self.reading() {
+            Reading::State(s, _) => Some(s),
+            Reading::Cancelling | Reading::Unknown(_) => None,
+        }
     }
 }
 

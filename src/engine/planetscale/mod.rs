@@ -17,19 +17,22 @@
 
 mod client;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use client::BRANCH_PASSWORD_TTL_S;
 pub use client::{
-    ApiError, Branch, BranchCredentials, BranchPassword, DeployRequest, PlanetScaleClient, Redactor,
+    ApiError, Branch, BranchCredentials, BranchPassword, DeployRequest, PlanetScaleClient, Reading,
+    Redactor,
 };
 
 use super::fake::branch_name;
-use super::Engine;
+use super::{Engine, Reply};
 use crate::config::PlanetScaleSection;
-use crate::machine::apply::ApplyRecord;
+use crate::machine::apply::{ApplyId, ApplyRecord};
 use crate::machine::observe::{BranchStatus, EngineFault, Observation};
 use crate::machine::{EngineCall, EngineState, Probe};
 
@@ -39,7 +42,19 @@ use crate::machine::{EngineCall, EngineState, Probe};
 pub trait BranchSql: Send + Sync {
     /// Apply every statement; statements that are already in effect (duplicate column, index
     /// or table, nothing to drop) count as applied, so a repeat after a crash is harmless.
-    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), String>;
+    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), BranchSqlError>;
+}
+
+/// Why DDL did not reach a branch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BranchSqlError {
+    /// The branch did not take the connection (refused, reset, timed out, not serving yet): a
+    /// branch just created may not accept connections for a while.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Authentication, TLS, or a statement the branch refuses: the same attempt cannot succeed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The production [`BranchSql`]: sqlx over TLS to the branch's host.
@@ -47,43 +62,123 @@ pub struct MySqlBranchSql;
 
 /// MySQL errors that mean "this statement is already in effect".
 const ALREADY_APPLIED: &[u16] = &[1050, 1051, 1060, 1061, 1091];
+/// MySQL errors that refuse the account: access denied (1044, 1045), no such plugin user (1698).
+const AUTH_REFUSED: &[u16] = &[1044, 1045, 1698];
+
+fn mysql_code(e: &sqlx::Error) -> Option<u16> {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .map(|d| d.number())
+}
+
+/// A failed connection to a branch: refused for good when the account or TLS is refused,
+/// otherwise the branch may simply not serve yet.
+fn connect_error(branch: &str, host: &str, e: &sqlx::Error) -> BranchSqlError {
+    let text = format!("cannot connect to branch {branch} at {host}: {e}");
+    match e {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => BranchSqlError::Refused(text),
+        _ if mysql_code(e).is_some_and(|c| AUTH_REFUSED.contains(&c)) => {
+            BranchSqlError::Refused(text)
+        }
+        _ => BranchSqlError::Unreachable(text),
+    }
+}
+
+/// Whether a branch host is this machine. A PlanetScale branch never is; only a stand-in for
+/// one (`applyd fake-planetscale` pointing at a local MariaDB) may do without TLS.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 #[async_trait]
 impl BranchSql for MySqlBranchSql {
-    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), String> {
+    async fn apply(&self, conn: &BranchCredentials, ddl: &[String]) -> Result<(), BranchSqlError> {
         use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
         use sqlx::{ConnectOptions, Executor};
         let (host, port) = match conn.host.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>().unwrap_or(3306)),
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h.to_string(), p),
+                Err(_) => {
+                    return Err(BranchSqlError::Refused(format!(
+                        "branch {} has an unreadable host {:?}",
+                        conn.branch, conn.host
+                    )))
+                }
+            },
             None => (conn.host.clone(), 3306),
         };
-        let opts = MySqlConnectOptions::new()
+        let tls = if is_loopback(&host) {
+            MySqlSslMode::Preferred
+        } else {
+            MySqlSslMode::Required
+        };
+        let mut opts = MySqlConnectOptions::new()
             .host(&host)
             .port(port)
             .username(&conn.username)
-            .password(conn.password.expose())
             .database(&conn.database)
-            .ssl_mode(MySqlSslMode::Required);
+            .ssl_mode(tls);
+        // An empty password is no password (a local stand-in's account), not an empty one.
+        if !conn.password.expose().is_empty() {
+            opts = opts.password(conn.password.expose());
+        }
         let mut c = opts
             .connect()
             .await
-            .map_err(|e| format!("cannot connect to branch {} at {host}: {e}", conn.branch))?;
+            .map_err(|e| connect_error(&conn.branch, &host, &e))?;
         for stmt in ddl {
             if let Err(e) = c.execute(stmt.as_str()).await {
-                let code = e
-                    .as_database_error()
-                    .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-                    .map(|d| d.number());
-                if code.is_some_and(|c| ALREADY_APPLIED.contains(&c)) {
+                if mysql_code(&e).is_some_and(|c| ALREADY_APPLIED.contains(&c)) {
                     tracing::info!(branch = %conn.branch, "statement already in effect on the branch: {e}");
                     continue;
                 }
-                return Err(format!("applying DDL to branch {}: {e}", conn.branch));
+                let text = format!("applying DDL to branch {}: {e}", conn.branch);
+                return Err(match e {
+                    // The connection broke mid-way: what ran is in effect, the rest runs again.
+                    sqlx::Error::Io(_) => BranchSqlError::Unreachable(text),
+                    _ => BranchSqlError::Refused(text),
+                });
             }
         }
         Ok(())
     }
 }
+
+/// Conditions that may pass, retried until they have lasted `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Condition {
+    UnknownDeployState,
+    BranchRefusesConnections,
+}
+
+/// Since when each apply has been seeing each condition.
+struct Patience {
+    limit: Duration,
+    since: std::sync::Mutex<BTreeMap<(ApplyId, Condition), Instant>>,
+}
+
+impl Patience {
+    fn lasted(&self, apply: ApplyId, c: Condition) -> Duration {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        since
+            .entry((apply, c))
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+    fn clear(&self, apply: ApplyId, c: Condition) {
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(apply, c));
+    }
+}
+
+/// How long a condition that may pass (an unknown deploy-request state, a new branch that
+/// refuses connections) is retried before the apply fails with it.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(15 * 60);
 
 /// The name of the branch password an apply's drive of lease `epoch` creates: the prefix is
 /// the apply's (its branch's), so every password applyd made for it can be found and deleted,
@@ -106,6 +201,7 @@ pub struct PlanetScaleEngine {
     /// Applies whose DDL this process has applied to their branch (identifier). After a restart
     /// the set is empty and the (idempotent) application simply runs again.
     applied: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    patience: Patience,
 }
 
 impl PlanetScaleEngine {
@@ -121,7 +217,17 @@ impl PlanetScaleEngine {
             into_branch,
             branch_sql,
             applied: Default::default(),
+            patience: Patience {
+                limit: DEFAULT_PATIENCE,
+                since: Default::default(),
+            },
         }
+    }
+
+    /// Retry conditions that may pass for `limit` instead of [`DEFAULT_PATIENCE`].
+    pub fn with_patience(mut self, limit: Duration) -> PlanetScaleEngine {
+        self.patience.limit = limit;
+        self
     }
 
     pub fn from_config(c: &PlanetScaleSection) -> anyhow::Result<PlanetScaleEngine> {
@@ -179,23 +285,71 @@ impl PlanetScaleEngine {
         }
     }
 
-    fn fault(&self, apply: &ApplyRecord, what: &str, e: ApiError) -> Observation {
+    fn fault(&self, apply: &ApplyRecord, what: &str, e: ApiError) -> Reply {
         match &e {
             ApiError::Transient(_) => {
                 tracing::warn!(apply = apply.row.id, "{what}: {e}")
             }
             _ => tracing::error!(apply = apply.row.id, "{what}: {e}"),
         }
-        Observation::Fault(e.fault())
+        Reply::fault(e.fault(), format!("{what}: {e}"))
     }
 
-    fn observe(&self, apply: &ApplyRecord, dr: &DeployRequest) -> Observation {
-        match dr.engine_state() {
-            Ok(state) => Observation::DeployRequest {
-                id: dr.number,
-                state,
-            },
-            Err(e) => self.fault(apply, "reading the deploy request", e),
+    /// A condition that may pass is retried (as a transient fault, so with the driver's
+    /// backoff) until it has lasted the engine's patience; then it is a permanent failure.
+    fn wait_or_fail(&self, apply: &ApplyRecord, condition: Condition, what: String) -> Reply {
+        let lasted = self.patience.lasted(apply.row.operation, condition);
+        if lasted > self.patience.limit {
+            let why = format!(
+                "{what}, for {} s (more than the {} s applyd waits)",
+                lasted.as_secs(),
+                self.patience.limit.as_secs()
+            );
+            tracing::error!(apply = apply.row.id, "{why}");
+            return Reply::fault(EngineFault::Permanent, why);
+        }
+        tracing::warn!(apply = apply.row.id, "{what}; looking again");
+        Reply::fault(EngineFault::Transient, what)
+    }
+
+    fn observe(&self, apply: &ApplyRecord, dr: &DeployRequest) -> Reply {
+        match dr.reading() {
+            Reading::State(state, meaning) => {
+                self.patience
+                    .clear(apply.row.operation, Condition::UnknownDeployState);
+                let obs = Observation::DeployRequest {
+                    id: dr.number,
+                    state,
+                };
+                match meaning {
+                    Some(m) => Reply::explained(
+                        obs,
+                        format!(
+                            "deploy request #{} is {}: {m}",
+                            dr.number, dr.deployment_state
+                        ),
+                    ),
+                    None => obs.into(),
+                }
+            }
+            // Transitional: the deploy may still be running until it resolves.
+            Reading::Cancelling => Reply::fault(
+                EngineFault::Transient,
+                format!(
+                    "deploy request #{} is being cancelled (in_progress_cancel); waiting for \
+                     complete_cancel",
+                    dr.number
+                ),
+            ),
+            Reading::Unknown(s) => self.wait_or_fail(
+                apply,
+                Condition::UnknownDeployState,
+                format!(
+                    "deploy request #{} reports deployment state {s:?}, which this applyd does \
+                     not know",
+                    dr.number
+                ),
+            ),
         }
     }
 
@@ -217,14 +371,15 @@ impl PlanetScaleEngine {
         all.sort_by_key(|d| d.number);
         let alive = all.iter().find(|d| {
             !matches!(
-                d.engine_state(),
-                Ok(EngineState::Cancelled | EngineState::Failed)
+                d.reading(),
+                Reading::State(EngineState::Cancelled | EngineState::Failed, _)
+                    | Reading::Cancelling
             )
         });
         Ok(alive.or(all.last()).cloned())
     }
 
-    async fn action(&self, apply: &ApplyRecord, call: EngineCall) -> Observation {
+    async fn action(&self, apply: &ApplyRecord, call: EngineCall) -> Reply {
         let db = self.database(apply).to_string();
         let number = match self.request_of(apply).await {
             Ok(Some(n)) => n,
@@ -233,7 +388,8 @@ impl PlanetScaleEngine {
                 return Observation::DeployRequest {
                     id: 0,
                     state: EngineState::Cancelled,
-                };
+                }
+                .into();
             }
             Ok(None) => {
                 return self.fault(
@@ -248,9 +404,9 @@ impl PlanetScaleEngine {
             Ok(d) => d,
             Err(e) => return self.fault(apply, &format!("{call:?}: reading #{number}"), e),
         };
-        let state = match current.engine_state() {
-            Ok(s) => s,
-            Err(e) => return self.fault(apply, &format!("{call:?}"), e),
+        // Nothing is asked of a request that has not settled: the call is made once it has.
+        let Some(state) = current.engine_state() else {
+            return self.observe(apply, &current);
         };
         // Already done (a repeat after a crash or a lost reply): report, do not re-issue.
         if already_done(call, state) {
@@ -265,7 +421,10 @@ impl PlanetScaleEngine {
             }
             _ => {
                 let Some(path) = action_path(call) else {
-                    return Observation::Fault(EngineFault::Permanent);
+                    return Reply::fault(
+                        EngineFault::Permanent,
+                        format!("{call:?} is not a deploy-request action"),
+                    );
                 };
                 self.client.deploy_request_action(&db, number, path).await
             }
@@ -276,7 +435,7 @@ impl PlanetScaleEngine {
                 // The provider refuses a repeat (e.g. a second deploy): re-read to see whether
                 // the effect is in place after all.
                 match self.client.get_deploy_request(&db, number).await {
-                    Ok(d) if d.engine_state().is_ok_and(|s| already_done(call, s)) => {
+                    Ok(d) if d.engine_state().is_some_and(|s| already_done(call, s)) => {
                         self.observe(apply, &d)
                     }
                     _ => self.fault(
@@ -320,14 +479,14 @@ fn already_done(call: EngineCall, state: EngineState) -> bool {
 
 #[async_trait]
 impl Engine for PlanetScaleEngine {
-    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Reply {
         let db = self.database(apply).to_string();
         let branch = branch_name(&apply.spec.identifier);
         match probe {
             Probe::GetBranch => match self.client.get_branch(&db, &branch).await {
-                Ok(None) => Observation::Branch(BranchStatus::Missing),
-                Ok(Some(b)) if !b.ready => Observation::Branch(BranchStatus::Creating),
-                Ok(Some(_)) => Observation::Branch(BranchStatus::Ready),
+                Ok(None) => Observation::Branch(BranchStatus::Missing).into(),
+                Ok(Some(b)) if !b.ready => Observation::Branch(BranchStatus::Creating).into(),
+                Ok(Some(_)) => Observation::Branch(BranchStatus::Ready).into(),
                 Err(e) => self.fault(apply, "GetBranch", e),
             },
             Probe::DiffBranch => match self.client.get_branch(&db, &branch).await {
@@ -342,14 +501,17 @@ impl Engine for PlanetScaleEngine {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .contains(&apply.spec.identifier);
-                    Observation::BranchDiff { pending: !done }
+                    Observation::BranchDiff { pending: !done }.into()
                 }
                 Err(e) => self.fault(apply, "DiffBranch", e),
             },
             Probe::ValidateBranch => match self.client.get_branch(&db, &branch).await {
-                Ok(Some(b)) if b.ready => Observation::BranchValid,
+                Ok(Some(b)) if b.ready => Observation::BranchValid.into(),
                 // Not ready yet (e.g. a schema refresh): look again later.
-                Ok(Some(_)) => Observation::Fault(EngineFault::Transient),
+                Ok(Some(_)) => Reply::fault(
+                    EngineFault::Transient,
+                    format!("branch {branch} is not ready yet"),
+                ),
                 Ok(None) => self.fault(
                     apply,
                     "ValidateBranch",
@@ -358,7 +520,7 @@ impl Engine for PlanetScaleEngine {
                 Err(e) => self.fault(apply, "ValidateBranch", e),
             },
             Probe::FindDeployRequest => match self.find(apply).await {
-                Ok(None) => Observation::NoDeployRequest,
+                Ok(None) => Observation::NoDeployRequest.into(),
                 Ok(Some(d)) => self.observe(apply, &d),
                 Err(e) => self.fault(apply, "FindDeployRequest", e),
             },
@@ -376,16 +538,14 @@ impl Engine for PlanetScaleEngine {
                 }
             }
             Probe::RunnerStatus => {
-                tracing::error!(
-                    apply = apply.row.id,
-                    "a Spirit probe reached the PlanetScale engine"
-                );
-                Observation::Fault(EngineFault::Permanent)
+                let why = "a Spirit probe reached the PlanetScale engine";
+                tracing::error!(apply = apply.row.id, "{why}");
+                Reply::fault(EngineFault::Permanent, why)
             }
         }
     }
 
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         // The API has no notion of our lease epochs; fencing is the store's and the core's.
         let db = self.database(apply).to_string();
         let branch = branch_name(&apply.spec.identifier);
@@ -396,7 +556,7 @@ impl Engine for PlanetScaleEngine {
                     .create_branch(&db, &branch, &self.into_branch)
                     .await
                 {
-                    Ok(()) => Observation::Branch(BranchStatus::Creating),
+                    Ok(()) => Observation::Branch(BranchStatus::Creating).into(),
                     Err(e) => self.fault(apply, "CreateBranch", e),
                 }
             }
@@ -409,18 +569,27 @@ impl Engine for PlanetScaleEngine {
                 let applied = self.branch_sql.apply(&creds, &apply.spec.ddl).await;
                 self.delete_passwords(apply, &db, &branch, epoch, &creds.password_id)
                     .await;
+                let redact = Redactor::new(&[creds.password.expose()]);
                 match applied {
                     Ok(()) => {
+                        self.patience
+                            .clear(apply.row.operation, Condition::BranchRefusesConnections);
                         self.applied
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(apply.spec.identifier.clone());
-                        Observation::BranchDiff { pending: false }
+                        Observation::BranchDiff { pending: false }.into()
                     }
-                    Err(m) => {
-                        let m = Redactor::new(&[creds.password.expose()]).clean(&m);
+                    // A branch just created may not take connections yet.
+                    Err(BranchSqlError::Unreachable(m)) => self.wait_or_fail(
+                        apply,
+                        Condition::BranchRefusesConnections,
+                        redact.clean(&m),
+                    ),
+                    Err(BranchSqlError::Refused(m)) => {
+                        let m = redact.clean(&m);
                         tracing::error!(apply = apply.row.id, "ApplyBranchChanges: {m}");
-                        Observation::Fault(EngineFault::Permanent)
+                        Reply::fault(EngineFault::Permanent, m)
                     }
                 }
             }
@@ -444,11 +613,9 @@ impl Engine for PlanetScaleEngine {
             | EngineCall::StopRunner
             | EngineCall::CancelRunner
             | EngineCall::DropSentinel => {
-                tracing::error!(
-                    apply = apply.row.id,
-                    "a Spirit call reached the PlanetScale engine: {call:?}"
-                );
-                Observation::Fault(EngineFault::Permanent)
+                let why = format!("a Spirit call reached the PlanetScale engine: {call:?}");
+                tracing::error!(apply = apply.row.id, "{why}");
+                Reply::fault(EngineFault::Permanent, why)
             }
         }
     }
@@ -459,17 +626,37 @@ mod tests {
     use super::*;
     use crate::config::Secret;
 
-    #[test]
-    fn unknown_deployment_state_is_an_error_naming_it() {
-        let d = DeployRequest {
+    fn request(deployment_state: &str) -> DeployRequest {
+        DeployRequest {
             number: 7,
             branch: "b".into(),
             state: "open".into(),
-            deployment_state: "exploded_gently".into(),
-        };
-        let e = d.engine_state().unwrap_err();
-        assert!(e.to_string().contains("exploded_gently"), "{e}");
-        assert_eq!(e.fault(), EngineFault::Permanent);
+            deployment_state: deployment_state.into(),
+        }
+    }
+
+    #[test]
+    fn a_cancel_in_progress_and_an_unknown_state_are_no_answer_yet() {
+        assert_eq!(request("in_progress_cancel").reading(), Reading::Cancelling);
+        assert_eq!(request("in_progress_cancel").engine_state(), None);
+        assert_eq!(
+            request("exploded_gently").reading(),
+            Reading::Unknown("exploded_gently".into())
+        );
+        assert_eq!(
+            request("complete_cancel").engine_state(),
+            Some(EngineState::Cancelled)
+        );
+    }
+
+    #[test]
+    fn a_failed_revert_says_the_change_is_probably_still_live() {
+        match request("complete_revert_error").reading() {
+            Reading::State(EngineState::Failed, Some(m)) => {
+                assert!(m.contains("probably still live"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

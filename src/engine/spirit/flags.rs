@@ -21,11 +21,18 @@ fn flags_in(help: &str) -> BTreeSet<String> {
 
 /// Every flag a run may pass under this configuration (a deferred cutover included).
 pub fn passed(cfg: &SpiritConfig) -> Vec<String> {
-    migrate_args(cfg, std::path::Path::new("conf"), "db", "stmt", true)
-        .into_iter()
-        .filter_map(|a| a.into_string().ok())
-        .filter(|a| a.starts_with("--"))
-        .collect()
+    migrate_args(
+        cfg,
+        &cfg.default_endpoint(),
+        std::path::Path::new("conf"),
+        "db",
+        "stmt",
+        true,
+    )
+    .into_iter()
+    .filter_map(|a| a.into_string().ok())
+    .filter(|a| a.starts_with("--"))
+    .collect()
 }
 
 /// What `migrate --help` implies for this configuration: a summary, or the flags missing.
@@ -73,6 +80,7 @@ mod tests {
             binary: "spirit".into(),
             host: "h".into(),
             port: 3306,
+            hosts: Default::default(),
             username: "u".into(),
             password: Secret::new("p"),
             threads: 4,

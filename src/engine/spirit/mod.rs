@@ -52,10 +52,10 @@ use process::Runner;
 pub use progress::Progress;
 use target::InspectError;
 
-use super::Engine;
+use super::{Engine, Reply};
 use crate::config::{Secret, SpiritSection};
 use crate::machine::apply::ApplyId;
-use crate::machine::apply::ApplyRecord;
+use crate::machine::apply::{ApplyRecord, ApplySpec};
 use crate::machine::observe::{EngineFault, Observation, RunnerStatus};
 use crate::machine::table::RunnerGone;
 use crate::machine::{EngineCall, Probe};
@@ -64,12 +64,52 @@ use crate::machine::{EngineCall, Probe};
 pub const STATE_TABLE: &str = "_applyd_spirit";
 pub const SENTINEL: &str = "_spirit_sentinel";
 
+/// A MySQL server Spirit works on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Endpoint {
+    /// `host` or `host:port` (3306 by default).
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let (host, port) = match text.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{text:?} has a port that is not a number"))?,
+            ),
+            None => (text, 3306),
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{text:?} is not a host name"));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
 /// How to run Spirit and reach the targets.
 #[derive(Debug, Clone)]
 pub struct SpiritConfig {
     pub binary: PathBuf,
+    /// The server of every environment `hosts` does not name.
     pub host: String,
     pub port: u16,
+    /// Servers by environment, or by `environment/deployment` for one deployment of a
+    /// rollout. No two name the same server (checked at load): a target — an environment's
+    /// database, or a deployment's — is then one schema on one server, and the one active apply
+    /// per target the store enforces is one per schema.
+    pub hosts: BTreeMap<String, Endpoint>,
     pub username: String,
     pub password: Secret,
     pub threads: u32,
@@ -80,11 +120,60 @@ pub struct SpiritConfig {
 }
 
 impl SpiritConfig {
+    /// The server of everything `hosts` does not name.
+    pub fn default_endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// The server an apply's target lives on: its deployment's, else its environment's, else
+    /// the default.
+    pub fn endpoint(&self, spec: &ApplySpec) -> Endpoint {
+        let env = &spec.target.environment;
+        let deployment = (!spec.deployment.is_empty())
+            .then(|| self.hosts.get(&format!("{env}/{}", spec.deployment)))
+            .flatten();
+        deployment
+            .or_else(|| self.hosts.get(env))
+            .cloned()
+            .unwrap_or_else(|| self.default_endpoint())
+    }
+
+    /// Every server configured, the default first.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut all = vec![self.default_endpoint()];
+        all.extend(self.hosts.values().cloned());
+        all
+    }
+
     pub fn from_section(s: &SpiritSection) -> anyhow::Result<SpiritConfig> {
+        let mut hosts = BTreeMap::new();
+        let mut named: BTreeMap<Endpoint, String> = BTreeMap::new();
+        named.insert(
+            Endpoint {
+                host: s.host.clone(),
+                port: s.port,
+            },
+            "engines.spirit.host".into(),
+        );
+        for (key, text) in &s.hosts {
+            let place = format!("engines.spirit.hosts.{key:?}");
+            let e = Endpoint::parse(text).map_err(|m| anyhow::anyhow!("{place}: {m}"))?;
+            if let Some(other) = named.insert(e.clone(), place.clone()) {
+                anyhow::bail!(
+                    "{place} and {other} both name {e}: each environment (or deployment) needs \
+                     its own server, or two applies could change one schema at once"
+                );
+            }
+            hosts.insert(key.clone(), e);
+        }
         Ok(SpiritConfig {
             binary: s.binary.clone(),
             host: s.host.clone(),
             port: s.port,
+            hosts,
             username: s.username.clone(),
             password: s.password()?,
             threads: s.threads,
@@ -94,7 +183,9 @@ impl SpiritConfig {
         })
         .and_then(|c| {
             // Refused here, at start-up and in `check-config`, rather than at the first apply.
-            process::conf_text(&c)?;
+            for e in c.endpoints() {
+                process::conf_text(&c, &e)?;
+            }
             Ok(c)
         })
     }
@@ -130,13 +221,21 @@ pub fn plan(database: &str, ddl: &[String]) -> Result<Plan, String> {
 pub struct SpiritEngine {
     cfg: SpiritConfig,
     runners: Mutex<BTreeMap<String, Runner>>,
-    outcomes: Mutex<BTreeMap<ApplyId, RunnerStatus>>,
+    /// How each apply's last runner here ended, with Spirit's words for a failure.
+    outcomes: Mutex<BTreeMap<ApplyId, (RunnerStatus, Option<String>)>>,
     epochs: Mutex<BTreeMap<ApplyId, u64>>,
     conf_seq: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn outcome_reply((status, why): (RunnerStatus, Option<String>)) -> Reply {
+    Reply {
+        obs: Observation::Runner(status),
+        why,
+    }
 }
 
 impl SpiritEngine {
@@ -174,7 +273,7 @@ impl SpiritEngine {
         plan(&apply.spec.target.database, &apply.spec.ddl)
     }
 
-    async fn status(&self, apply: &ApplyRecord) -> Observation {
+    async fn status(&self, apply: &ApplyRecord) -> Reply {
         let key = apply.spec.place();
         let id = apply.row.operation;
         {
@@ -188,54 +287,59 @@ impl SpiritEngine {
                             RunnerStatus::WaitingOnSentinel
                         } else {
                             RunnerStatus::Copying
-                        });
+                        })
+                        .into();
                     }
                     Ok(Some(status)) => {
                         let r = runners.remove(&key).expect("present");
                         let outcome = self.finished(&r, status);
-                        lock(&self.outcomes).insert(id, outcome);
-                        return Observation::Runner(outcome);
+                        lock(&self.outcomes).insert(id, outcome.clone());
+                        return outcome_reply(outcome);
                     }
                     Err(e) => {
-                        tracing::warn!(apply = id, "cannot poll the Spirit process: {e}");
-                        return Observation::Fault(EngineFault::Transient);
+                        let why = format!("cannot poll the Spirit process: {e}");
+                        tracing::warn!(apply = id, "{why}");
+                        return Reply::fault(EngineFault::Transient, why);
                     }
                 }
             }
         }
         if let Some(o) = lock(&self.outcomes).get(&id) {
-            return Observation::Runner(*o);
+            return outcome_reply(o.clone());
         }
         let plan = match self.plan_of(apply) {
             Ok(p) => p,
             Err(m) => {
                 tracing::error!(apply = id, "bad DDL: {m}");
-                return Observation::Runner(RunnerStatus::Failed { retryable: false });
+                return Reply::explained(
+                    Observation::Runner(RunnerStatus::Failed { retryable: false }),
+                    format!("Spirit cannot run this change: {m}"),
+                );
             }
         };
         match self.inspect(apply, &plan).await {
-            Ok(g) => Observation::Runner(RunnerStatus::Gone(g)),
+            Ok(g) => Observation::Runner(RunnerStatus::Gone(g)).into(),
             Err(e) => {
-                tracing::warn!(
-                    apply = id,
-                    "cannot inspect the target {}: {e}",
-                    apply.spec.target
-                );
-                Observation::Fault(EngineFault::Transient)
+                let why = format!("cannot inspect the target {}: {e}", apply.spec.target);
+                tracing::warn!(apply = id, "{why}");
+                Reply::fault(EngineFault::Transient, why)
             }
         }
     }
 
-    async fn start(&self, apply: &ApplyRecord, epoch: u64) -> Observation {
+    async fn start(&self, apply: &ApplyRecord, epoch: u64) -> Reply {
         let key = apply.spec.place();
         let id = apply.row.operation;
         let plan = match self.plan_of(apply) {
             Ok(p) => p,
             Err(m) => {
                 tracing::error!(apply = id, "bad DDL, Spirit not started: {m}");
-                let f = RunnerStatus::Failed { retryable: false };
-                lock(&self.outcomes).insert(id, f);
-                return Observation::Runner(f);
+                let f = (
+                    RunnerStatus::Failed { retryable: false },
+                    Some(format!("Spirit cannot run this change: {m}")),
+                );
+                lock(&self.outcomes).insert(id, f.clone());
+                return outcome_reply(f);
             }
         };
         let superseded = {
@@ -244,18 +348,18 @@ impl SpiritEngine {
                 Some(r) if r.apply == id && r.epoch >= epoch => {
                     if matches!(r.child.try_wait(), Ok(None)) {
                         // Already running for this lease: starting is idempotent.
-                        return Observation::Runner(RunnerStatus::Copying);
+                        return Observation::Runner(RunnerStatus::Copying).into();
                     }
                     runners.remove(&key)
                 }
                 Some(r) if r.apply == id => runners.remove(&key),
                 Some(r) => {
-                    tracing::warn!(
-                        apply = id,
+                    let why = format!(
                         "apply {} still has a Spirit runner on {key}; not starting a second",
                         r.apply
                     );
-                    return Observation::Fault(EngineFault::Transient);
+                    tracing::warn!(apply = id, "{why}");
+                    return Reply::fault(EngineFault::Transient, why);
                 }
                 None => None,
             }
@@ -271,7 +375,7 @@ impl SpiritEngine {
         }
         // Record the pre-change fingerprint before Spirit can change anything.
         let prepared: Result<Option<RunnerGone>, InspectError> = async {
-            let mut c = self.connect(&apply.spec.target.database).await?;
+            let mut c = self.connect(&apply.spec).await?;
             let gone = self.inspect(apply, &plan).await?;
             if gone == RunnerGone::NothingLeft {
                 return Ok(Some(gone));
@@ -290,26 +394,23 @@ impl SpiritEngine {
         }
         .await;
         match prepared {
-            Ok(Some(g)) => return Observation::Runner(RunnerStatus::Gone(g)),
+            Ok(Some(g)) => return Observation::Runner(RunnerStatus::Gone(g)).into(),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(
-                    apply = id,
-                    "cannot prepare the target {}: {e}",
-                    apply.spec.target
-                );
-                return Observation::Fault(EngineFault::Transient);
+                let why = format!("cannot prepare the target {}: {e}", apply.spec.target);
+                tracing::warn!(apply = id, "{why}");
+                return Reply::fault(EngineFault::Transient, why);
             }
         }
         match self.spawn(apply, epoch, &plan) {
             Ok(r) => {
                 lock(&self.outcomes).remove(&id);
                 lock(&self.runners).insert(key, r);
-                Observation::Runner(RunnerStatus::Copying)
+                Observation::Runner(RunnerStatus::Copying).into()
             }
             Err(m) => {
                 tracing::error!(apply = id, "{m}");
-                Observation::Fault(EngineFault::Transient)
+                Reply::fault(EngineFault::Transient, m)
             }
         }
     }
@@ -327,26 +428,28 @@ impl SpiritEngine {
         }
     }
 
-    async fn stop(&self, apply: &ApplyRecord) -> Observation {
+    async fn stop(&self, apply: &ApplyRecord) -> Reply {
         let id = apply.row.operation;
         let outcome = match self.take_runner(apply) {
             Some(mut r) => match r.child.try_wait() {
                 Ok(Some(s)) => self.finished(&r, s),
                 _ => {
                     self.terminate(r, libc::SIGTERM).await;
-                    RunnerStatus::Stopped
+                    (RunnerStatus::Stopped, None)
                 }
             },
             None => match lock(&self.outcomes).get(&id) {
-                Some(done @ (RunnerStatus::Completed | RunnerStatus::Failed { .. })) => *done,
-                _ => RunnerStatus::Stopped,
+                Some(done @ (RunnerStatus::Completed | RunnerStatus::Failed { .. }, _)) => {
+                    done.clone()
+                }
+                _ => (RunnerStatus::Stopped, None),
             },
         };
-        lock(&self.outcomes).insert(id, outcome);
-        Observation::Runner(outcome)
+        lock(&self.outcomes).insert(id, outcome.clone());
+        outcome_reply(outcome)
     }
 
-    async fn cancel(&self, apply: &ApplyRecord) -> Observation {
+    async fn cancel(&self, apply: &ApplyRecord) -> Reply {
         let id = apply.row.operation;
         if let Some(r) = self.take_runner(apply) {
             self.terminate(r, libc::SIGKILL).await;
@@ -354,8 +457,8 @@ impl SpiritEngine {
         let plan = match self.plan_of(apply) {
             Ok(p) => p,
             Err(_) => {
-                lock(&self.outcomes).insert(id, RunnerStatus::Cancelled);
-                return Observation::Runner(RunnerStatus::Cancelled);
+                lock(&self.outcomes).insert(id, (RunnerStatus::Cancelled, None));
+                return Observation::Runner(RunnerStatus::Cancelled).into();
             }
         };
         let result: Result<RunnerStatus, InspectError> = async {
@@ -363,7 +466,7 @@ impl SpiritEngine {
             if self.inspect(apply, &plan).await? == RunnerGone::NothingLeft {
                 return Ok(RunnerStatus::Completed);
             }
-            let mut c = self.connect(&apply.spec.target.database).await?;
+            let mut c = self.connect(&apply.spec).await?;
             // The runner is dead: dropping its tables cuts nothing over.
             Self::drop_leftovers(&mut c, &plan, true).await?;
             // The sentinel is schema-wide: only one this apply made (it defers its cutover) is
@@ -384,12 +487,13 @@ impl SpiritEngine {
         .await;
         match result {
             Ok(s) => {
-                lock(&self.outcomes).insert(id, s);
-                Observation::Runner(s)
+                lock(&self.outcomes).insert(id, (s, None));
+                Observation::Runner(s).into()
             }
             Err(e) => {
-                tracing::warn!(apply = id, "cancelling on {}: {e}", apply.spec.target);
-                Observation::Fault(EngineFault::Transient)
+                let why = format!("cancelling on {}: {e}", apply.spec.target);
+                tracing::warn!(apply = id, "{why}");
+                Reply::fault(EngineFault::Transient, why)
             }
         }
     }
@@ -397,15 +501,13 @@ impl SpiritEngine {
 
 #[async_trait]
 impl Engine for SpiritEngine {
-    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Observation {
+    async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Reply {
         match probe {
             Probe::RunnerStatus => self.status(apply).await,
             other => {
-                tracing::error!(
-                    apply = apply.row.id,
-                    "a PlanetScale probe reached the Spirit engine: {other:?}"
-                );
-                Observation::Fault(EngineFault::Permanent)
+                let why = format!("a PlanetScale probe reached the Spirit engine: {other:?}");
+                tracing::error!(apply = apply.row.id, "{why}");
+                Reply::fault(EngineFault::Permanent, why)
             }
         }
     }
@@ -434,9 +536,9 @@ impl Engine for SpiritEngine {
         }
     }
 
-    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Observation {
+    async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         if !self.fence(apply.row.operation, epoch) {
-            return Observation::Fault(EngineFault::StaleEpoch);
+            return Observation::Fault(EngineFault::StaleEpoch).into();
         }
         match call {
             EngineCall::StartRunner => self.start(apply, epoch).await,
@@ -444,11 +546,9 @@ impl Engine for SpiritEngine {
             EngineCall::CancelRunner => self.cancel(apply).await,
             EngineCall::DropSentinel => self.drop_sentinel(apply).await,
             other => {
-                tracing::error!(
-                    apply = apply.row.id,
-                    "a PlanetScale call reached the Spirit engine: {other:?}"
-                );
-                Observation::Fault(EngineFault::Permanent)
+                let why = format!("a PlanetScale call reached the Spirit engine: {other:?}");
+                tracing::error!(apply = apply.row.id, "{why}");
+                Reply::fault(EngineFault::Permanent, why)
             }
         }
     }
@@ -457,6 +557,72 @@ impl Engine for SpiritEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn section(hosts: &[(&str, &str)]) -> SpiritSection {
+        SpiritSection {
+            binary: "spirit".into(),
+            host: "db-default".into(),
+            port: 3306,
+            hosts: hosts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            username: "spirit".into(),
+            password: None,
+            threads: 4,
+            target_chunk_time: None,
+            stop_timeout_ms: 1000,
+        }
+    }
+
+    fn spec(environment: &str, deployment: &str) -> ApplySpec {
+        ApplySpec {
+            identifier: "apply-1".into(),
+            target: crate::machine::apply::Target {
+                database: "shop".into(),
+                environment: environment.into(),
+            },
+            deployment: deployment.into(),
+            ddl: vec!["ALTER TABLE t ADD COLUMN c INT".into()],
+            fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn each_environment_and_deployment_finds_its_server() {
+        let cfg = SpiritConfig::from_section(&section(&[
+            ("production", "db-prod:3307"),
+            ("production/eu-west-1", "db-prod-eu"),
+        ]))
+        .unwrap();
+        let at = |env, dep| cfg.endpoint(&spec(env, dep)).to_string();
+        assert_eq!(at("production", ""), "db-prod:3307");
+        assert_eq!(at("production", "us-east-1"), "db-prod:3307");
+        assert_eq!(at("production", "eu-west-1"), "db-prod-eu:3306");
+        assert_eq!(at("staging", ""), "db-default:3306");
+    }
+
+    #[test]
+    fn two_places_on_one_server_or_an_unreadable_host_are_refused() {
+        let e = SpiritConfig::from_section(&section(&[
+            ("production", "db-prod"),
+            ("staging", "db-prod:3306"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"staging\"") && e.contains("\"production\"") && e.contains("db-prod:3306"),
+            "{e}"
+        );
+        let e = SpiritConfig::from_section(&section(&[("qa", "db-default")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engines.spirit.host"), "{e}");
+        let e = SpiritConfig::from_section(&section(&[("qa", "db:port")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engines.spirit.hosts.\"qa\""), "{e}");
+    }
 
     #[test]
     fn plans_name_tables_and_refuse_what_spirit_cannot_do() {

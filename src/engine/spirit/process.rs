@@ -93,13 +93,16 @@ pub struct ConfValueError {
 
 /// The whole `[client]` file: the keys Spirit reads there (`user`, `password`, `host`,
 /// `port`; not `username`).
-pub fn conf_text(cfg: &super::SpiritConfig) -> Result<String, ConfValueError> {
+pub fn conf_text(
+    cfg: &super::SpiritConfig,
+    server: &super::Endpoint,
+) -> Result<String, ConfValueError> {
     Ok(format!(
         "[client]\nuser={}\npassword={}\nhost={}\nport={}\n",
         conf_value("username", &cfg.username)?,
         conf_value("password", cfg.password.expose())?,
-        conf_value("host", &cfg.host)?,
-        cfg.port
+        conf_value("host", &server.host)?,
+        server.port
     ))
 }
 
@@ -107,6 +110,7 @@ pub fn conf_text(cfg: &super::SpiritConfig) -> Result<String, ConfValueError> {
 /// against the installed Spirit's `--help`.
 pub fn migrate_args(
     cfg: &super::SpiritConfig,
+    server: &super::Endpoint,
     conf: &std::path::Path,
     database: &str,
     statement: &str,
@@ -115,7 +119,7 @@ pub fn migrate_args(
     let mut args: Vec<std::ffi::OsString> = vec![
         "migrate".into(),
         "--host".into(),
-        format!("{}:{}", cfg.host, cfg.port).into(),
+        server.to_string().into(),
         "--username".into(),
         cfg.username.clone().into(),
         "--conf".into(),
@@ -139,10 +143,10 @@ pub fn migrate_args(
 
 impl SpiritEngine {
     /// The private `[client]` file Spirit reads the credentials from (`--conf`, v0.10.1+).
-    pub(super) fn write_conf(&self) -> Result<PathBuf, String> {
+    pub(super) fn write_conf(&self, server: &super::Endpoint) -> Result<PathBuf, String> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let text = conf_text(&self.cfg).map_err(|e| e.to_string())?;
+        let text = conf_text(&self.cfg, server).map_err(|e| e.to_string())?;
         let n = self.conf_seq.fetch_add(1, Ordering::SeqCst);
         let path =
             std::env::temp_dir().join(format!("applyd-spirit-{}-{n}.cnf", std::process::id()));
@@ -165,10 +169,12 @@ impl SpiritEngine {
         epoch: u64,
         plan: &Plan,
     ) -> Result<Runner, String> {
-        let conf = self.write_conf()?;
+        let server = self.cfg.endpoint(&apply.spec);
+        let conf = self.write_conf(&server)?;
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.args(migrate_args(
             &self.cfg,
+            &server,
             &conf,
             &apply.spec.target.database,
             &plan.statement,
@@ -277,10 +283,16 @@ impl SpiritEngine {
     }
 
     /// The outcome of a runner that exited on its own.
-    pub(super) fn finished(&self, r: &Runner, status: std::process::ExitStatus) -> RunnerStatus {
+    /// How a runner ended, and for a failure Spirit's own words: the error it exited with,
+    /// else its last line of output (secrets redacted).
+    pub(super) fn finished(
+        &self,
+        r: &Runner,
+        status: std::process::ExitStatus,
+    ) -> (RunnerStatus, Option<String>) {
         let _ = std::fs::remove_file(&r.conf);
         if status.success() {
-            return RunnerStatus::Completed;
+            return (RunnerStatus::Completed, None);
         }
         let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
         let tail = tail.join("\n");
@@ -290,7 +302,14 @@ impl SpiritEngine {
             retryable,
             "Spirit exited with {status}; its last output:\n{tail}"
         );
-        RunnerStatus::Failed { retryable }
+        let said = match final_error(&tail) {
+            "" => tail.lines().last().unwrap_or("no output").trim(),
+            e => e.trim(),
+        };
+        let why = format!("Spirit exited with {status}: {said}");
+        let why =
+            crate::engine::planetscale::Redactor::new(&[self.cfg.password.expose()]).clean(&why);
+        (RunnerStatus::Failed { retryable }, Some(why))
     }
 }
 

@@ -4,8 +4,9 @@
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 
-use super::{names, Plan, SpiritEngine, SENTINEL, STATE_TABLE};
-use crate::machine::apply::ApplyRecord;
+use super::{names, Endpoint, Plan, SpiritEngine, SENTINEL, STATE_TABLE};
+use crate::engine::Reply;
+use crate::machine::apply::{ApplyRecord, ApplySpec};
 use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::table::RunnerGone;
 
@@ -23,11 +24,11 @@ pub(super) fn quote_ident(s: &str) -> String {
 }
 
 impl SpiritEngine {
-    /// A connection to the apply's target schema.
-    pub(super) fn options(&self) -> MySqlConnectOptions {
+    /// A connection to a server Spirit works on.
+    pub(super) fn options(&self, server: &Endpoint) -> MySqlConnectOptions {
         let o = MySqlConnectOptions::new()
-            .host(&self.cfg.host)
-            .port(self.cfg.port)
+            .host(&server.host)
+            .port(server.port)
             .username(&self.cfg.username);
         // An empty password must not be sent as one ("using password: YES").
         match self.cfg.password.expose() {
@@ -36,13 +37,17 @@ impl SpiritEngine {
         }
     }
 
-    pub(super) async fn connect(&self, database: &str) -> Result<MySqlConnection, sqlx::Error> {
-        self.options().database(database).connect().await
+    /// A connection to an apply's target schema, on its server.
+    pub(super) async fn connect(&self, spec: &ApplySpec) -> Result<MySqlConnection, sqlx::Error> {
+        self.options(&self.cfg.endpoint(spec))
+            .database(&spec.target.database)
+            .connect()
+            .await
     }
 
-    /// Reachability of the MySQL target for `check-config`.
-    pub async fn ping(&self, database: Option<&str>) -> Result<(), String> {
-        let mut opts = self.options();
+    /// Reachability of one server for `check-config`.
+    pub async fn ping(&self, server: &Endpoint, database: Option<&str>) -> Result<(), String> {
+        let mut opts = self.options(server);
         if let Some(d) = database {
             opts = opts.database(d);
         }
@@ -139,7 +144,7 @@ impl SpiritEngine {
         plan: &Plan,
     ) -> Result<RunnerGone, InspectError> {
         let database = &apply.spec.target.database;
-        let mut c = self.connect(database).await?;
+        let mut c = self.connect(&apply.spec).await?;
         if let Some((lock, connection)) = Self::lock_holder(&mut c, database, plan).await? {
             return Err(InspectError::RunnerAlive { lock, connection });
         }
@@ -202,9 +207,9 @@ impl SpiritEngine {
         Ok(())
     }
 
-    pub(super) async fn drop_sentinel(&self, apply: &ApplyRecord) -> Observation {
+    pub(super) async fn drop_sentinel(&self, apply: &ApplyRecord) -> Reply {
         let r: Result<(), sqlx::Error> = async {
-            let mut c = self.connect(&apply.spec.target.database).await?;
+            let mut c = self.connect(&apply.spec).await?;
             c.execute(format!("DROP TABLE IF EXISTS {SENTINEL}").as_str())
                 .await?;
             c.close().await.ok();
@@ -212,14 +217,11 @@ impl SpiritEngine {
         }
         .await;
         match r {
-            Ok(()) => Observation::Accepted,
+            Ok(()) => Observation::Accepted.into(),
             Err(e) => {
-                tracing::warn!(
-                    apply = apply.row.id,
-                    "dropping the sentinel on {}: {e}",
-                    apply.spec.target
-                );
-                Observation::Fault(EngineFault::Transient)
+                let why = format!("dropping the sentinel on {}: {e}", apply.spec.target);
+                tracing::warn!(apply = apply.row.id, "{why}");
+                Reply::fault(EngineFault::Transient, why)
             }
         }
     }

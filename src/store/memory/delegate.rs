@@ -29,8 +29,9 @@ impl Store for MemoryStore {
         lease: &Lease,
         to: ApplyState,
         resume: ResumeState,
+        why: Option<String>,
     ) -> Result<(), StoreError> {
-        MemoryStore::write(self, lease, to, resume)
+        MemoryStore::write(self, lease, to, resume, why.as_deref())
     }
     async fn complete_request(&self, lease: &Lease, op: ControlOp) -> Result<(), StoreError> {
         MemoryStore::complete_request(self, lease, op)

@@ -112,6 +112,8 @@ pub struct MemoryTask {
     pub attempt: u32,
     /// The table its statement touches.
     pub table: Option<String>,
+    /// Why it failed, when it did.
+    pub error_message: Option<String>,
 }
 
 /// One control request row (unique per apply and operation).
@@ -137,6 +139,8 @@ pub struct AuditEntry {
     pub owner: Option<String>,
     pub at_ms: u64,
     pub cause: String,
+    /// Why, for a move into a failed state: the engine's words.
+    pub detail: Option<String>,
 }
 
 #[derive(Default)]
@@ -399,6 +403,7 @@ impl MemoryStore {
                 state: TaskState::Pending,
                 attempt: 0,
                 table: Some(statement.table.clone()),
+                error_message: None,
             })
             .collect();
         let spec = Arc::new(ApplySpec {
@@ -748,6 +753,7 @@ impl MemoryStore {
         };
         let epoch = row.lease_epoch;
         inner.audit.push(AuditEntry {
+            detail: None,
             operation: None,
             apply: id,
             from: pre_claim,
@@ -824,11 +830,12 @@ impl MemoryStore {
         lease: &Lease,
         to: ApplyState,
         resume: ResumeState,
+        why: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
         if is_rollout(&inner, lease.apply) {
-            return self.write_member(&mut inner, lease, to, resume, now);
+            return self.write_member(&mut inner, lease, to, resume, why, now);
         }
         let (from, target, row_epoch) = {
             let row = self.owned_with_operation(&mut inner, lease)?;
@@ -850,7 +857,10 @@ impl MemoryStore {
             .get_mut(&lease.apply)
             .expect("checked above")
             .resume = resume;
-        owner_move(&mut inner, lease, to, now);
+        owner_move(&mut inner, lease, to, why, now);
+        if let Some(why) = why {
+            record_reason(&mut inner, lease.apply, 0, why);
+        }
         Ok(())
     }
 
@@ -868,8 +878,8 @@ impl MemoryStore {
                 lease.apply
             )));
         };
-        row.error_message = Some(reason.to_string());
-        owner_move(&mut inner, lease, to, now);
+        owner_move(&mut inner, lease, to, Some(reason), now);
+        record_reason(&mut inner, lease.apply, 0, reason);
         Ok(())
     }
 
@@ -967,6 +977,7 @@ impl MemoryStore {
         row.operations[0].parked_until = Some(wake);
         let (state, epoch) = (row.state, row.lease_epoch);
         inner.audit.push(AuditEntry {
+            detail: None,
             operation: None,
             apply: lease.apply,
             from: state,
@@ -1077,6 +1088,7 @@ impl MemoryStore {
             row.error_message = Some(reason.as_str().to_string());
             let epoch = row.lease_epoch;
             inner.audit.push(AuditEntry {
+                detail: None,
                 operation: None,
                 apply: *id,
                 from,
@@ -1100,7 +1112,8 @@ fn is_rollout(inner: &Inner, id: ApplyId) -> bool {
 /// through the task rule (`machine::task`).
 /// A fenced write by the lease's owner: the write heartbeats the apply and its operation, moves
 /// the state (tasks follow) and is audited when the state changes.
-fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, now: u64) {
+/// `detail`: why, for a move into a failed state.
+fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, detail: Option<&str>, now: u64) {
     let Some(row) = inner.rows.get_mut(&lease.apply) else {
         return;
     };
@@ -1111,6 +1124,7 @@ fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, now: u64) {
     move_state(row, to, now);
     if from != to {
         inner.audit.push(AuditEntry {
+            detail: None,
             operation: None,
             apply: lease.apply,
             from,
@@ -1120,6 +1134,30 @@ fn owner_move(inner: &mut Inner, lease: &Lease, to: ApplyState, now: u64) {
             at_ms: now,
             cause: "write".into(),
         });
+        if let Some(e) = inner.audit.last_mut() {
+            e.detail = detail.map(str::to_string);
+        }
+    }
+}
+
+/// A failed state's reason, where people look for it: on the apply (a rollout's names the
+/// operation), on operation `i` and on its tasks that failed (the audit entry of the move
+/// carries it as its detail).
+fn record_reason(inner: &mut Inner, apply: ApplyId, i: usize, why: &str) {
+    let Some(row) = inner.rows.get_mut(&apply) else {
+        return;
+    };
+    let op = &mut row.operations[i];
+    op.error_message = Some(why.to_string());
+    row.error_message = Some(if row.rollout.is_some() {
+        format!("{}: {why}", op.spec.identifier)
+    } else {
+        why.to_string()
+    });
+    for task in row.tasks.iter_mut().filter(|t| t.operation == i) {
+        if matches!(task.state, TaskState::Failed | TaskState::FailedRetryable) {
+            task.error_message = Some(why.to_string());
+        }
     }
 }
 

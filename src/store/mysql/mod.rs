@@ -384,6 +384,7 @@ impl Store for MySqlStore {
         lease: &Lease,
         to: ApplyState,
         resume: ResumeState,
+        why: Option<String>,
     ) -> Result<(), StoreError> {
         let resume =
             serde_json::to_string(&resume).map_err(|e| StoreError::Refused(e.to_string()))?;
@@ -393,6 +394,7 @@ impl Store for MySqlStore {
                 OwnerMove::Write {
                     to,
                     resume: &resume,
+                    why: why.as_deref(),
                 },
             )
         })

@@ -222,6 +222,7 @@ impl MySqlStore {
                 raw.lease_epoch,
                 None,
                 reason.as_str(),
+                None,
                 &now,
             )
             .await?;

@@ -272,6 +272,7 @@ pub struct StoredTask {
     pub attempt: u32,
     /// The table its statement touches (`None` for tasks stored before it was recorded).
     pub table: Option<String>,
+    pub error_message: Option<String>,
 }
 
 /// A control request row as stored.
@@ -292,6 +293,8 @@ pub struct StoredLog {
     pub epoch: u64,
     pub owner: Option<String>,
     pub cause: String,
+    /// Why, for a move into a failed state.
+    pub detail: Option<String>,
 }
 
 impl MySqlStore {
@@ -387,7 +390,7 @@ impl MySqlStore {
     /// Every task row, by apply and position.
     pub async fn stored_tasks(&self) -> Result<Vec<StoredTask>, StoreError> {
         let rows = sqlx::query(
-            "SELECT apply_id, seq, state, attempt, table_name FROM tasks ORDER BY apply_id, seq",
+            "SELECT apply_id, seq, state, attempt, table_name, error_message FROM tasks ORDER BY apply_id, seq",
         )
         .fetch_all(&self.pool)
         .await
@@ -400,6 +403,7 @@ impl MySqlStore {
                     state: r.try_get_unchecked("state")?,
                     attempt: r.try_get("attempt")?,
                     table: r.try_get_unchecked("table_name")?,
+                    error_message: r.try_get_unchecked("error_message")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -438,7 +442,7 @@ impl MySqlStore {
         first_apply: ApplyId,
     ) -> Result<Vec<StoredLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT apply_id, apply_operation_id, from_state, to_state, lease_epoch, lease_owner, cause FROM apply_logs \
+            "SELECT apply_id, apply_operation_id, from_state, to_state, lease_epoch, lease_owner, cause, detail FROM apply_logs \
              WHERE apply_id >= ? ORDER BY id",
         )
         .bind(first_apply)
@@ -455,6 +459,7 @@ impl MySqlStore {
                     epoch: r.try_get("lease_epoch")?,
                     owner: r.try_get_unchecked("lease_owner")?,
                     cause: r.try_get_unchecked("cause")?,
+                    detail: r.try_get_unchecked("detail")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -147,12 +147,13 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
 
 impl MySqlStore {
     async fn attach_tasks(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
-        let rows =
-            sqlx::query("SELECT table_name, state FROM tasks WHERE apply_id = ? ORDER BY seq")
-                .bind(status.id)
-                .fetch_all(self.pool())
-                .await
-                .map_err(unavailable)?;
+        let rows = sqlx::query(
+            "SELECT table_name, state, error_message FROM tasks WHERE apply_id = ? ORDER BY seq",
+        )
+        .bind(status.id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable)?;
         for r in rows {
             let table: Option<String> = r
                 .try_get_unchecked("table_name")
@@ -163,7 +164,14 @@ impl MySqlStore {
             let state = state
                 .parse::<TaskState>()
                 .map_err(|e| bad(status.id, "tasks.state", e))?;
-            status.tasks.push(TaskStatus { table, state });
+            let error: Option<String> = r
+                .try_get_unchecked("error_message")
+                .map_err(|e| bad(status.id, "tasks.error_message", e))?;
+            status.tasks.push(TaskStatus {
+                table,
+                state,
+                error,
+            });
         }
         Ok(())
     }

@@ -137,11 +137,12 @@ impl MySqlStore {
         epoch: u64,
         owner: Option<&str>,
         cause: &str,
+        detail: Option<&str>,
         now: &str,
     ) -> Result<(), Failure> {
         let sql = format!(
-            "INSERT INTO apply_logs (apply_id, from_state, to_state, lease_epoch, lease_owner, cause, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, {now})"
+            "INSERT INTO apply_logs (apply_id, from_state, to_state, lease_epoch, lease_owner, cause, detail, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, {now})"
         );
         sqlx::query(&sql)
             .bind(apply)
@@ -150,6 +151,7 @@ impl MySqlStore {
             .bind(epoch)
             .bind(owner)
             .bind(cause)
+            .bind(detail)
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -411,7 +413,7 @@ impl MySqlStore {
         let from = ApplyState::from_str(&current.state)
             .map_err(|e| self.bad_row(lease.apply, "state", &current.state, e.to_string()))?;
         let (to, resume, reason) = match mv {
-            OwnerMove::Write { to, resume } => (to, Some(resume), None),
+            OwnerMove::Write { to, resume, why } => (to, Some(resume), why),
             OwnerMove::Fail { reason } => {
                 let engine = EngineKind::from_str(&current.engine).map_err(|e| {
                     self.bad_row(lease.apply, "engine", &current.engine, e.to_string())
@@ -470,13 +472,21 @@ impl MySqlStore {
         } else {
             ""
         };
+        let error_set = if reason.is_some() {
+            "error_message = ?, "
+        } else {
+            ""
+        };
         let op = format!(
-            "UPDATE apply_operations SET state = ?, {resume_set}heartbeat_at = {now}, \
+            "UPDATE apply_operations SET state = ?, {resume_set}{error_set}heartbeat_at = {now}, \
              updated_at = {now}, write_seq = write_seq + 1 WHERE apply_id = ? AND lease_epoch = ?"
         );
         let mut q = sqlx::query(&op).bind(to.as_str());
         if let Some(resume) = resume {
             q = q.bind(resume);
+        }
+        if let Some(reason) = reason {
+            q = q.bind(reason);
         }
         let done = q
             .bind(lease.apply)
@@ -489,6 +499,17 @@ impl MySqlStore {
         }
         self.sync_tasks(&mut tx, lease.apply, from, to, &now)
             .await?;
+        if let Some(reason) = reason {
+            sqlx::query(&format!(
+                "UPDATE tasks SET error_message = ? WHERE apply_id = ? AND state IN ('{}', '{}')",
+                TaskState::Failed.as_str(),
+                TaskState::FailedRetryable.as_str()
+            ))
+            .bind(reason)
+            .bind(lease.apply)
+            .execute(&mut *tx)
+            .await?;
+        }
         if from != to {
             self.log(
                 &mut tx,
@@ -498,6 +519,7 @@ impl MySqlStore {
                 lease.epoch,
                 Some(&lease.owner),
                 "write",
+                reason,
                 &now,
             )
             .await?;
@@ -559,6 +581,7 @@ impl MySqlStore {
             lease.epoch,
             Some(&lease.owner),
             &format!("park for {wake_ms} ms"),
+            None,
             &now,
         )
         .await?;
@@ -760,8 +783,14 @@ impl MySqlStore {
 /// What an owner's fenced move writes besides the state.
 #[derive(Clone, Copy)]
 pub(super) enum OwnerMove<'a> {
-    Write { to: ApplyState, resume: &'a str },
-    Fail { reason: &'a str },
+    Write {
+        to: ApplyState,
+        resume: &'a str,
+        why: Option<&'a str>,
+    },
+    Fail {
+        reason: &'a str,
+    },
 }
 
 pub(super) struct RawState {

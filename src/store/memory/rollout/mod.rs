@@ -191,6 +191,7 @@ impl MemoryStore {
         };
         let record = member_record(row, i);
         inner.audit.push(AuditEntry {
+            detail: None,
             apply: id,
             operation: Some(op_id),
             from: pre_claim,
@@ -253,6 +254,7 @@ impl MemoryStore {
         lease: &Lease,
         to: ApplyState,
         resume: ResumeState,
+        why: Option<&str>,
         now: u64,
     ) -> Result<(), StoreError> {
         let i = self.owned_member(inner, lease)?;
@@ -281,7 +283,10 @@ impl MemoryStore {
         }
         let row = inner.rows.get_mut(&lease.apply).expect("checked above");
         row.operations[i].resume = resume;
-        member_move(&self.rules, inner, lease, i, to, "write", now);
+        member_move(&self.rules, inner, lease, i, to, "write", why, now);
+        if let Some(why) = why {
+            record_reason(inner, lease.apply, i, why);
+        }
         Ok(())
     }
 
@@ -302,11 +307,18 @@ impl MemoryStore {
                 lease.apply
             )));
         };
-        let op = &mut row.operations[i];
-        op.error_message = Some(reason.to_string());
-        op.failed_closed = true;
-        row.error_message = Some(format!("{}: {reason}", op.spec.identifier));
-        member_move(&self.rules, inner, lease, i, to, "fail closed", now);
+        row.operations[i].failed_closed = true;
+        member_move(
+            &self.rules,
+            inner,
+            lease,
+            i,
+            to,
+            "fail closed",
+            Some(reason),
+            now,
+        );
+        record_reason(inner, lease.apply, i, reason);
         Ok(())
     }
 
@@ -397,6 +409,7 @@ impl MemoryStore {
                 op.parked_until = Some(wake);
                 let (state, id) = (op.state, op.id);
                 inner.audit.push(AuditEntry {
+                    detail: None,
                     apply: lease.apply,
                     operation: Some(id),
                     from: state,
@@ -466,6 +479,7 @@ impl MemoryStore {
         }
         for (op, from, to) in moved {
             inner.audit.push(AuditEntry {
+                detail: None,
                 apply: id,
                 operation: Some(op),
                 from,
@@ -500,6 +514,7 @@ impl MemoryStore {
             row.operations[*i].updated_at = now;
             move_member(row, *i, *to, now);
             inner.audit.push(AuditEntry {
+                detail: None,
                 apply: id,
                 operation: Some(op_id),
                 from,
@@ -590,6 +605,7 @@ fn move_member(row: &mut MemoryRow, i: usize, to: ApplyState, now: u64) {
 
 /// A fenced move by the lease's owner: heartbeats the operation, moves it, audits it, and
 /// derives the apply's state.
+#[allow(clippy::too_many_arguments)]
 fn member_move(
     rules: &Rules,
     inner: &mut Inner,
@@ -597,6 +613,7 @@ fn member_move(
     i: usize,
     to: ApplyState,
     cause: &str,
+    detail: Option<&str>,
     now: u64,
 ) {
     let Some(row) = inner.rows.get_mut(&lease.apply) else {
@@ -608,6 +625,7 @@ fn member_move(
     move_member(row, i, to, now);
     if from != to {
         inner.audit.push(AuditEntry {
+            detail: detail.map(str::to_string),
             apply: lease.apply,
             operation: Some(op_id),
             from,
@@ -658,6 +676,7 @@ pub(super) fn rederive(rules: &Rules, inner: &mut Inner, id: ApplyId, now: u64) 
     row.updated_at = now;
     let epoch = row.lease_epoch;
     inner.audit.push(AuditEntry {
+        detail: None,
         apply: id,
         operation: None,
         from,

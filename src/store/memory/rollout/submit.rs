@@ -59,6 +59,7 @@ impl MemoryStore {
                     state: TaskState::Pending,
                     attempt: 0,
                     table: Some(table.clone()),
+                    error_message: None,
                 });
             }
             operations.push(MemoryOperation {

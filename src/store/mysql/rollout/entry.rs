@@ -92,6 +92,7 @@ impl MySqlStore {
             epoch,
             Some(owner),
             &format!("claim {}", via.code()),
+            None,
         );
         loaded.rederive(tx.conn()).await?;
         let record = match self.member_record(tx.conn(), &loaded, i).await {
@@ -220,7 +221,7 @@ impl MySqlStore {
         let i = loaded.owned(lease.epoch)?;
         let from = loaded.ops[i].state;
         match mv {
-            OwnerMove::Write { to, resume } => {
+            OwnerMove::Write { to, resume, why } => {
                 if to == ApplyState::CuttingOver && from != ApplyState::CuttingOver {
                     let gate =
                         self.rules
@@ -235,7 +236,10 @@ impl MySqlStore {
                     }
                 }
                 loaded.set_op(i, &format!("engine_resume_state = {}", sql_text(resume)));
-                loaded.owner_move(i, to, lease.epoch, &lease.owner, "write");
+                loaded.owner_move(i, to, lease.epoch, &lease.owner, "write", why);
+                if let Some(why) = why {
+                    loaded.record_reason(i, why);
+                }
             }
             OwnerMove::Fail { reason } => {
                 let Some(to) = self.rules.fail_closed_move(loaded.engine, from) else {
@@ -247,18 +251,16 @@ impl MySqlStore {
                     .into());
                 };
                 loaded.ops[i].failed_closed = true;
-                loaded.set_op(
+                loaded.set_op(i, "failed_closed = 1");
+                loaded.owner_move(
                     i,
-                    &format!("error_message = {}, failed_closed = 1", sql_text(reason)),
+                    to,
+                    lease.epoch,
+                    &lease.owner,
+                    "fail closed",
+                    Some(reason),
                 );
-                let parent_error = format!("{}: {reason}", loaded.ops[i].identifier);
-                let apply_sql = format!(
-                    "UPDATE applies SET error_message = {}, write_seq = write_seq + 1 WHERE id = {}",
-                    sql_text(&parent_error),
-                    loaded.id
-                );
-                loaded.push_sql(apply_sql);
-                loaded.owner_move(i, to, lease.epoch, &lease.owner, "fail closed");
+                loaded.record_reason(i, reason);
             }
         }
         loaded.rederive(tx).await?;
@@ -361,6 +363,7 @@ impl MySqlStore {
                     lease.epoch,
                     Some(&lease.owner),
                     &format!("park for {wake_ms} ms"),
+                    None,
                 );
             }
         }
@@ -404,6 +407,7 @@ impl MySqlStore {
                         counter,
                         None,
                         "cancel before start",
+                        None,
                     );
                 }
             }
@@ -446,7 +450,15 @@ impl MySqlStore {
             let epoch = loaded.ops[i].lease_epoch;
             loaded.set_op(i, &format!("error_message = {}", sql_text(reason.as_str())));
             loaded.move_op(i, to);
-            loaded.audit(Some(i), from.as_str(), to, epoch, None, reason.as_str());
+            loaded.audit(
+                Some(i),
+                from.as_str(),
+                to,
+                epoch,
+                None,
+                reason.as_str(),
+                None,
+            );
             expired += 1;
         }
         if expired > 0 {

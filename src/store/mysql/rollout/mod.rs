@@ -32,7 +32,7 @@ use crate::machine::rollout::{
 };
 use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, OperationClaimView,
-    PendingControls, Rules,
+    PendingControls, Rules, TaskState,
 };
 
 /// One operation of a loaded rollout.
@@ -355,7 +355,9 @@ impl Loaded {
         self.push_sql(sql);
     }
 
-    /// An audit row of operation `i` (or of the apply, `None`).
+    /// An audit row of operation `i` (or of the apply, `None`); `detail`: why, for a move into
+    /// a failed state.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn audit(
         &mut self,
         op: Option<usize>,
@@ -364,16 +366,18 @@ impl Loaded {
         epoch: u64,
         owner: Option<&str>,
         cause: &str,
+        detail: Option<&str>,
     ) {
         let op_id = op.map_or("NULL".to_string(), |i| self.ops[i].id.to_string());
         let sql = format!(
-            "INSERT INTO apply_logs (apply_id, apply_operation_id, from_state, to_state, lease_epoch, lease_owner, cause, created_at) \
-             VALUES ({}, {op_id}, {}, '{}', {epoch}, {}, {}, {})",
+            "INSERT INTO apply_logs (apply_id, apply_operation_id, from_state, to_state, lease_epoch, lease_owner, cause, detail, created_at) \
+             VALUES ({}, {op_id}, {}, '{}', {epoch}, {}, {}, {}, {})",
             self.id,
             sql_text(from),
             to.as_str(),
             owner.map_or("NULL".to_string(), sql_text),
             sql_text(cause),
+            detail.map_or("NULL".to_string(), sql_text),
             self.now,
         );
         self.push_sql(sql);
@@ -401,6 +405,26 @@ impl Loaded {
         }
     }
 
+    /// A failed state's reason on operation `i`, its failed task rows, and the apply (naming
+    /// the operation); queued after the move, so the tasks are already in their failed state.
+    pub(super) fn record_reason(&mut self, i: usize, why: &str) {
+        let text = sql_text(why);
+        self.set_op(i, &format!("error_message = {text}"));
+        self.push_sql(format!(
+            "UPDATE tasks SET error_message = {text} WHERE apply_operation_id = {} \
+             AND state IN ('{}', '{}')",
+            self.ops[i].id,
+            TaskState::Failed.as_str(),
+            TaskState::FailedRetryable.as_str()
+        ));
+        let parent = format!("{}: {why}", self.ops[i].identifier);
+        self.push_sql(format!(
+            "UPDATE applies SET error_message = {}, write_seq = write_seq + 1 WHERE id = {}",
+            sql_text(&parent),
+            self.id
+        ));
+    }
+
     /// A fenced move by the lease's owner: heartbeats the operation, moves it, audits it.
     pub(super) fn owner_move(
         &mut self,
@@ -409,13 +433,22 @@ impl Loaded {
         epoch: u64,
         owner: &str,
         cause: &str,
+        detail: Option<&str>,
     ) {
         let from = self.ops[i].state;
         let now = self.now.clone();
         self.set_op(i, &format!("heartbeat_at = {now}"));
         self.move_op(i, to);
         if from != to {
-            self.audit(Some(i), from.as_str(), to, epoch, Some(owner), cause);
+            self.audit(
+                Some(i),
+                from.as_str(),
+                to,
+                epoch,
+                Some(owner),
+                cause,
+                detail,
+            );
         }
     }
 
@@ -533,7 +566,7 @@ impl Loaded {
                 self.id
             ));
             let counter = self.counter;
-            self.audit(None, &from, to, counter, None, "derived");
+            self.audit(None, &from, to, counter, None, "derived", None);
         }
         Ok(())
     }

@@ -1,0 +1,224 @@
+//! PlanetScale's edge cases against the fake server: a cancel in progress, a state this build
+//! does not know, a failed revert, and a branch that refuses connections (classified against a
+//! real server).
+
+mod planetscale_support;
+mod store_support;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use applyd::config::Secret;
+use applyd::engine::fake_server::Faults;
+use applyd::engine::planetscale::{
+    BranchCredentials, BranchSql, BranchSqlError, MySqlBranchSql, PlanetScaleEngine,
+};
+use applyd::engine::Engine;
+use applyd::machine::{EngineCall, Probe};
+use applyd::worker::Observation;
+use async_trait::async_trait;
+use planetscale_support::*;
+
+/// `in_progress_cancel` is transitional: it is no answer (a transient fault that says so), and
+/// the request's settled state is read once it has moved on.
+#[tokio::test]
+async fn a_cancel_in_progress_is_no_answer_until_it_settles() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-cancelling").await;
+    let (engine, _) = fake.engine(1);
+    let record = record_with_request("apply-cancelling", number);
+    fake.report(number, "in_progress_cancel", 1).await;
+    let reply = engine.probe(&record, 1, Probe::GetDeployRequest).await;
+    assert_eq!(
+        reply.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    let why = reply.why.unwrap();
+    assert!(why.contains("in_progress_cancel"), "{why}");
+    let reply = engine.probe(&record, 1, Probe::GetDeployRequest).await;
+    assert!(
+        matches!(reply.obs, Observation::DeployRequest { id, .. } if id == number),
+        "{reply:?}"
+    );
+}
+
+/// A state this build does not know is retried with the driver's backoff, named in the
+/// reason, and becomes a permanent failure only once it has lasted past the engine's patience.
+#[tokio::test]
+async fn an_unknown_deploy_state_is_retried_then_fails_naming_it() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-unknown").await;
+    let record = record_with_request("apply-unknown", number);
+    fake.report(number, "exploded_gently", 100).await;
+    let (patient, _) = fake.engine(1);
+    for _ in 0..3 {
+        let reply = patient.probe(&record, 1, Probe::GetDeployRequest).await;
+        assert_eq!(
+            reply.obs,
+            Observation::Fault(applyd::worker::EngineFault::Transient)
+        );
+        assert!(reply.why.unwrap().contains("\"exploded_gently\""));
+    }
+    let (engine, _) = fake.engine(1);
+    let impatient = engine.with_patience(Duration::from_millis(30));
+    let first = impatient.probe(&record, 1, Probe::GetDeployRequest).await;
+    assert_eq!(
+        first.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    until("the unknown state to outlast the patience", || {
+        let impatient = &impatient;
+        let record = &record;
+        async move {
+            impatient
+                .probe(record, 1, Probe::GetDeployRequest)
+                .await
+                .obs
+                == Observation::Fault(applyd::worker::EngineFault::Permanent)
+        }
+    })
+    .await;
+    let why = impatient
+        .probe(&record, 1, Probe::GetDeployRequest)
+        .await
+        .why
+        .unwrap();
+    assert!(
+        why.contains("exploded_gently") && why.contains("more than"),
+        "{why}"
+    );
+}
+
+/// A failed revert is reported with what it means: the change is probably still live.
+#[tokio::test]
+async fn a_failed_revert_says_the_change_is_probably_still_live() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-revert").await;
+    let (engine, _) = fake.engine(1);
+    let record = record_with_request("apply-revert", number);
+    fake.report(number, "complete_revert_error", 1).await;
+    let reply = engine.probe(&record, 1, Probe::GetDeployRequest).await;
+    assert_eq!(
+        reply.obs,
+        Observation::DeployRequest {
+            id: number,
+            state: applyd::machine::EngineState::Failed
+        }
+    );
+    let why = reply.why.unwrap();
+    assert!(why.contains("probably still live"), "{why}");
+}
+
+fn credentials(host: String, username: &str, password: &str, database: &str) -> BranchCredentials {
+    BranchCredentials {
+        password_id: "pw1".into(),
+        host,
+        username: username.into(),
+        password: Secret::new(password),
+        database: database.into(),
+        branch: "applyd-apply-conn".into(),
+    }
+}
+
+/// A branch that does not take connections yet may still come up: unreachable, retried. A
+/// refused account never will: refused, permanent. Checked against a real server.
+#[tokio::test]
+async fn branch_connection_errors_are_classified() {
+    let Some(url) = store_support::mysql_url() else {
+        return;
+    };
+    let (opts, db) = store_support::fresh_database(&url).await;
+    let base = sqlx::mysql::MySqlConnectOptions::from_str(&url).unwrap();
+    let host = format!("127.0.0.1:{}", base.get_port());
+    let user = base.get_username().to_string();
+    let password = std::env::var("APPLYD_TEST_DATABASE_PASSWORD").unwrap_or_default();
+    let ddl = vec!["CREATE TABLE t (id INT PRIMARY KEY)".to_string()];
+    let sql = MySqlBranchSql;
+
+    // Nothing listens on port 1.
+    let e = sql
+        .apply(
+            &credentials("127.0.0.1:1".into(), &user, &password, &db),
+            &ddl,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BranchSqlError::Unreachable(_)), "{e:?}");
+
+    let e = sql
+        .apply(
+            &credentials(host.clone(), "no_such_user", "wrong", &db),
+            &ddl,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BranchSqlError::Refused(_)), "{e:?}");
+    assert!(e.to_string().contains("Access denied"), "{e}");
+
+    // The DDL applies once; the repeat after a crash counts as applied.
+    let creds = credentials(host, &user, &password, &db);
+    sql.apply(&creds, &ddl).await.unwrap();
+    sql.apply(&creds, &ddl).await.unwrap();
+    let e = sql
+        .apply(&creds, &["ALTER TABLE t ADD COLUMN c NOPE".to_string()])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BranchSqlError::Refused(_)), "{e:?}");
+    drop(opts);
+    store_support::drop_database(&url, &db).await;
+}
+
+/// What the branch says about a connection it refuses; it never answers anything else.
+struct Unreachable;
+
+#[async_trait]
+impl BranchSql for Unreachable {
+    async fn apply(&self, _: &BranchCredentials, _: &[String]) -> Result<(), BranchSqlError> {
+        Err(BranchSqlError::Unreachable(
+            "cannot connect to branch applyd-apply-9 at 127.0.0.1: Connection refused".into(),
+        ))
+    }
+}
+
+/// Right after its creation a branch may refuse connections: the engine retries (a transient
+/// fault with the reason), and only a refusal that outlasts its patience fails the apply.
+#[tokio::test]
+async fn a_branch_refusing_connections_is_retried_then_fails_with_the_reason() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let client = fake.client("secret-token", 1);
+    client
+        .create_branch("shop", "applyd-apply-9", "main")
+        .await
+        .unwrap();
+    let engine = PlanetScaleEngine::new(
+        fake.client("secret-token", 1),
+        Some("shop".into()),
+        "main".into(),
+        Arc::new(Unreachable),
+    )
+    .with_patience(Duration::from_millis(30));
+    let mut record = record_with_request("apply-9", 1);
+    record.row.resume = Default::default();
+    let first = engine
+        .call(&record, 1, EngineCall::ApplyBranchChanges)
+        .await;
+    assert_eq!(
+        first.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    assert!(first.why.unwrap().contains("Connection refused"));
+    until("the refusal to outlast the patience", || {
+        let (engine, record) = (&engine, &record);
+        async move {
+            engine
+                .call(record, 1, EngineCall::ApplyBranchChanges)
+                .await
+                .obs
+                == Observation::Fault(applyd::worker::EngineFault::Permanent)
+        }
+    })
+    .await;
+    // Every password made on the way was deleted.
+    assert_eq!(fake.admin().await["passwords_alive"], 0);
+}
