@@ -57,6 +57,10 @@ async fn check_config_reaches_planetscale_and_spirit_and_names_what_is_wrong() {
         out.contains("planetscale organization") && out.contains("planetscale database"),
         "{out}"
     );
+    assert!(
+        out.contains("deploys need no approval") && out.contains("main has safe migrations on"),
+        "{out}"
+    );
 
     let (ok, out) = check(&ps("pscale_tkn_very_secret")).await;
     assert!(!ok, "{out}");

@@ -67,23 +67,15 @@ async fn an_unknown_deploy_state_is_retried_then_fails_naming_it() {
         first.obs,
         Observation::Fault(applyd::worker::EngineFault::Transient)
     );
-    until("the unknown state to outlast the patience", || {
-        let impatient = &impatient;
-        let record = &record;
-        async move {
-            impatient
-                .probe(record, 1, Probe::GetDeployRequest)
-                .await
-                .obs
-                == Observation::Fault(applyd::worker::EngineFault::Permanent)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        let reply = impatient.probe(&record, 1, Probe::GetDeployRequest).await;
+        if reply.obs == Observation::Fault(applyd::worker::EngineFault::Permanent) {
+            break reply.why.unwrap();
         }
-    })
-    .await;
-    let why = impatient
-        .probe(&record, 1, Probe::GetDeployRequest)
-        .await
-        .why
-        .unwrap();
+        assert!(std::time::Instant::now() < deadline, "never outlasted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         why.contains("exploded_gently") && why.contains("more than"),
         "{why}"
@@ -221,4 +213,127 @@ async fn a_branch_refusing_connections_is_retried_then_fails_with_the_reason() {
     .await;
     // Every password made on the way was deleted.
     assert_eq!(fake.admin().await["passwords_alive"], 0);
+}
+
+/// A request whose checks found lint errors cannot be deployed by waiting: the apply fails,
+/// naming each error.
+#[tokio::test]
+async fn a_request_blocked_by_lint_fails_naming_the_errors() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-lint").await;
+    let (engine, _) = fake.engine(1);
+    let record = record_with_request("apply-lint", number);
+    fake.report_fields(
+        number,
+        serde_json::json!({
+            "deployable": false,
+            "lint_errors": [{
+                "lint_error": "NO_PRIMARY_KEY",
+                "table_name": "orders",
+                "error_description": "table has no primary key"
+            }],
+            "reads": 5
+        }),
+    )
+    .await;
+    let reply = engine.call(&record, 1, EngineCall::Deploy).await;
+    assert_eq!(
+        reply.obs,
+        Observation::Fault(applyd::worker::EngineFault::Permanent)
+    );
+    let why = reply.why.unwrap();
+    assert!(
+        why.contains("blocked by lint") && why.contains("orders: table has no primary key"),
+        "{why}"
+    );
+}
+
+/// A database may require a reviewer's approval: the deploy waits for it (a transient fault
+/// that says so, never a failure) and goes once the request is approved.
+#[tokio::test]
+async fn a_deploy_waits_for_approval_then_goes() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-approval").await;
+    let (engine, _) = fake.engine(1);
+    let record = record_with_request("apply-approval", number);
+    until("the request to be ready", || {
+        let (engine, record) = (&engine, &record);
+        async move {
+            engine.probe(record, 1, Probe::GetDeployRequest).await.obs
+                == Observation::DeployRequest {
+                    id: number,
+                    state: applyd::machine::EngineState::WaitingForDeploy,
+                }
+        }
+    })
+    .await;
+    // Unapproved for the deploy's read and its read-back.
+    fake.report_fields(number, serde_json::json!({ "approved": false, "reads": 2 }))
+        .await;
+    let reply = engine.call(&record, 1, EngineCall::Deploy).await;
+    assert_eq!(
+        reply.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient)
+    );
+    let why = reply.why.unwrap();
+    assert!(why.contains("waiting for approval"), "{why}");
+    // Approved: the same call deploys.
+    let reply = engine.call(&record, 1, EngineCall::Deploy).await;
+    assert!(
+        matches!(
+            reply.obs,
+            Observation::DeployRequest {
+                state: applyd::machine::EngineState::Running
+                    | applyd::machine::EngineState::WaitingForCutover,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}
+
+/// Cancelling a deploy under way goes through `in_progress_cancel`: the cancel is no answer
+/// until the request settles, and repeating it then reports the request cancelled.
+#[tokio::test]
+async fn a_cancelled_deploy_settles_through_in_progress_cancel() {
+    let fake = Fake::start(Faults::default(), None).await;
+    let number = fake.open_request("apply-cancel").await;
+    let (engine, _) = fake.engine(1);
+    let record = record_with_request("apply-cancel", number);
+    until("the deploy to start", || {
+        let (engine, record) = (&engine, &record);
+        async move {
+            matches!(
+                engine.call(record, 1, EngineCall::Deploy).await.obs,
+                Observation::DeployRequest {
+                    state: applyd::machine::EngineState::Running,
+                    ..
+                }
+            )
+        }
+    })
+    .await;
+    let first = engine
+        .call(&record, 1, EngineCall::CancelDeployRequest)
+        .await;
+    assert_eq!(
+        first.obs,
+        Observation::Fault(applyd::worker::EngineFault::Transient),
+        "{first:?}"
+    );
+    assert!(first.why.unwrap().contains("in_progress_cancel"));
+    until("the cancel to settle", || {
+        let (engine, record) = (&engine, &record);
+        async move {
+            engine
+                .call(record, 1, EngineCall::CancelDeployRequest)
+                .await
+                .obs
+                == Observation::DeployRequest {
+                    id: number,
+                    state: applyd::machine::EngineState::Cancelled,
+                }
+        }
+    })
+    .await;
 }

@@ -342,7 +342,7 @@ impl Side {
             .tasks()
             .await
             .into_iter()
-            .map(|t| (self.index(t.apply), t.seq, t.state, t.attempt))
+            .map(|t| (self.index(t.apply), t.seq, t.state, t.attempt, t.error))
             .collect();
         Snapshot {
             rows,
@@ -357,7 +357,7 @@ impl Side {
 struct Snapshot {
     rows: Vec<(String, RowView)>,
     operations: Vec<(String, OperationView)>,
-    tasks: Vec<(String, u32, String, u32)>,
+    tasks: Vec<(String, u32, String, u32, Option<String>)>,
     requests: Vec<String>,
     audit: Vec<AuditView>,
 }

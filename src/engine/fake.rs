@@ -140,12 +140,12 @@ impl FakePlanetScale {
                     DeployState::InProgressRevert if elapsed >= t.revert_ms => {
                         DeployState::CompleteRevert
                     }
-                    DeployState::InProgressCancel => DeployState::CompleteCancel,
+                    DeployState::InProgressCancel if elapsed >= 1 => DeployState::CompleteCancel,
                     _ => break,
                 };
                 let took = match dr.state {
                     DeployState::Pending => t.validate_ms,
-                    DeployState::Queued => 1,
+                    DeployState::Queued | DeployState::InProgressCancel => 1,
                     DeployState::InProgress => t.deploy_ms,
                     DeployState::InProgressCutover => t.cutover_ms,
                     DeployState::CompletePendingRevert => t.server_revert_window_ms,
@@ -317,15 +317,16 @@ impl FakePlanetScale {
                         (EngineCall::SkipRevert, D::Complete) => None,
                         (EngineCall::Revert, D::CompletePendingRevert) => Some(D::InProgressRevert),
                         (EngineCall::Revert, D::InProgressRevert | D::CompleteRevert) => None,
+                        // Never deployed: closed at once.
+                        (EngineCall::CancelDeployRequest, D::Pending | D::Ready) => {
+                            Some(D::Cancelled)
+                        }
+                        // A deploy under way is cancelled through `in_progress_cancel`, which
+                        // is no answer until it settles.
                         (
                             EngineCall::CancelDeployRequest,
-                            D::Pending
-                            | D::Ready
-                            | D::Queued
-                            | D::Submitting
-                            | D::InProgress
-                            | D::PendingCutover,
-                        ) => Some(D::Cancelled),
+                            D::Queued | D::Submitting | D::InProgress | D::PendingCutover,
+                        ) => Some(D::InProgressCancel),
                         (
                             EngineCall::CancelDeployRequest,
                             D::Cancelled | D::CompleteCancel | D::InProgressCancel,

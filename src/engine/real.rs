@@ -101,6 +101,9 @@ pub struct Check {
     pub detail: String,
 }
 
+/// How long `check-config` waits for a MySQL server to answer.
+const PING_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reach every configured engine: PlanetScale (an authenticated GET of the organisation and,
 /// when configured, the database), Spirit (the binary runs `--help`) and its MySQL target.
 pub async fn check_engines(config: &Config) -> Vec<Check> {
@@ -137,8 +140,38 @@ pub async fn check_engines(config: &Config) -> Vec<Check> {
                         client
                             .get_database(db)
                             .await
-                            .map(|_| format!("{db} found"))
+                            .map(|v| {
+                                // `require_approval_for_deploy` (`planetscale/databases.go`).
+                                let approval = match v
+                                    .get("require_approval_for_deploy")
+                                    .and_then(serde_json::Value::as_bool)
+                                {
+                                    Some(true) => {
+                                        "deploys wait for a reviewer's approval (require_approval_for_deploy)"
+                                    }
+                                    Some(false) => "deploys need no approval",
+                                    None => "approval setting not reported",
+                                };
+                                format!("{db} found; {approval}")
+                            })
                             .map_err(|e| e.to_string()),
+                    );
+                    let into = &ps.into_branch;
+                    push(
+                        "planetscale deploy branch",
+                        match client.get_branch(db, into).await {
+                            Ok(Some(b)) if b.safe_migrations => {
+                                Ok(format!("{into} has safe migrations on"))
+                            }
+                            // "Your database must have a production branch with safe
+                            // migrations enabled before you can create a deploy request."
+                            Ok(Some(_)) => Err(format!(
+                                "{into} has safe migrations off: PlanetScale takes no deploy \
+                                 request into it (pscale branch safe-migrations enable {db} {into})"
+                            )),
+                            Ok(None) => Err(format!("{db} has no branch {into}")),
+                            Err(e) => Err(e.to_string()),
+                        },
                     );
                 }
             }
@@ -202,13 +235,18 @@ pub async fn check_engines(config: &Config) -> Vec<Check> {
                 let engine = SpiritEngine::new(cfg);
                 for (what, server) in servers {
                     let target = format!("{}@{server}", sp.username);
+                    let reached =
+                        tokio::time::timeout(PING_WITHIN, engine.ping(&server, None)).await;
                     push(
                         &what,
-                        engine
-                            .ping(&server, None)
-                            .await
-                            .map(|()| format!("{target} reachable"))
-                            .map_err(|e| format!("{target}: {e}")),
+                        match reached {
+                            Ok(Ok(())) => Ok(format!("{target} reachable")),
+                            Ok(Err(e)) => Err(format!("{target}: {e}")),
+                            Err(_) => Err(format!(
+                                "{target}: no answer within {} s",
+                                PING_WITHIN.as_secs()
+                            )),
+                        },
                     );
                 }
             }

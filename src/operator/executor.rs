@@ -408,6 +408,18 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_failure_write_keeps_the_words_and_long_words_are_cut() {
+        let mut account = FailureAccount::default();
+        account.heard(
+            Observation::Fault(EngineFault::Permanent),
+            Some("é".repeat(5000)),
+        );
+        let first = account.reason_for(ApplyState::Failed).unwrap();
+        assert_eq!(account.reason_for(ApplyState::Failed), Some(first.clone()));
+        assert!(first.len() <= crate::worker::MAX_REASON_BYTES && first.ends_with("..."));
+    }
+
+    #[test]
     fn a_failure_without_words_still_says_why_and_other_writes_say_nothing() {
         let mut account = FailureAccount::default();
         assert_eq!(account.reason_for(ApplyState::Completed), None);

@@ -33,22 +33,43 @@ pub struct DriveView {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FailureAccount(Option<(Observation, Option<String>)>);
 
+/// The longest reason kept: engine output is untrusted and may be long; a reason cut here
+/// still fits the TEXT columns it is written to many times over.
+pub const MAX_REASON_BYTES: usize = 4096;
+
 impl FailureAccount {
     pub fn heard(&mut self, obs: Observation, why: Option<String>) {
         self.0 = Some((obs, why));
     }
 
-    /// The reason a write into `to` carries: `Some` exactly when `to` is a failed state.
-    pub fn reason_for(&mut self, to: ApplyState) -> Option<String> {
+    /// The reason a write into `to` carries: `Some` exactly when `to` is a failed state. The
+    /// account is kept until the next reply: a write retried after the store was unavailable
+    /// carries the same words.
+    pub fn reason_for(&self, to: ApplyState) -> Option<String> {
         if !to.is_failure() {
             return None;
         }
-        Some(match self.0.take() {
-            Some((_, Some(why))) => why,
+        let why = match &self.0 {
+            Some((_, Some(why))) => why.clone(),
             Some((obs, None)) => obs.failure_account().to_string(),
             None => "the apply failed without a reply from the engine".to_string(),
-        })
+        };
+        Some(cut(why, MAX_REASON_BYTES))
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("...");
+    text
 }
 
 /// Why the core asks the driver to wait before the next decision.

@@ -240,13 +240,22 @@ impl Fake {
 
     /// FAKE-ONLY: report `state` for the next `reads` reads of deploy request `number`.
     pub async fn report(&self, number: u64, state: &str, reads: u32) {
+        self.report_fields(
+            number,
+            serde_json::json!({ "deployment_state": state, "reads": reads }),
+        )
+        .await
+    }
+
+    /// FAKE-ONLY: report the given fields (and `reads`) instead of the truth.
+    pub async fn report_fields(&self, number: u64, fields: Value) {
         let r = self
             .http
             .post(format!(
                 "{}/_fake/deploy-requests/{number}/report",
                 self.url
             ))
-            .json(&serde_json::json!({ "deployment_state": state, "reads": reads }))
+            .json(&fields)
             .send()
             .await
             .unwrap();

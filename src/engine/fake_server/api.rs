@@ -27,6 +27,11 @@ pub(super) fn dr_json(dr: &FakeDeployRequest, closed: bool) -> Value {
         "approved": true,
         "state": if closed { "closed" } else { "open" },
         "deployment_state": dr.state.as_str(),
+        "deployment": {
+            "state": dr.state.as_str(),
+            "deployable": true,
+            "lint_errors": [],
+        },
         "html_url": format!("https://fake.invalid/deploy-requests/{}", dr.id),
         "notes": "",
     })
@@ -131,7 +136,14 @@ pub(super) async fn get_db(
     Path((_org, db)): Path<(String, String)>,
 ) -> Response {
     guarded(&s, &headers, |_, _| {
-        Json(json!({ "id": "db-1", "name": db, "kind": "mysql", "state": "ready" })).into_response()
+        Json(json!({
+            "id": "db-1",
+            "name": db,
+            "kind": "mysql",
+            "state": "ready",
+            "require_approval_for_deploy": false,
+        }))
+        .into_response()
     })
     .await
 }
@@ -398,9 +410,8 @@ pub(super) async fn get_request(
             return err(StatusCode::NOT_FOUND, "not_found", "Not Found");
         };
         let mut json = dr_json(dr, g.closed.contains(&number));
-        if let Some((state, reads)) = g.reports.get_mut(&number).filter(|(_, n)| *n > 0) {
-            json["deployment_state"] = Value::String(state.clone());
-            *reads -= 1;
+        if let Some(r) = g.reports.get_mut(&number) {
+            r.apply(&mut json);
         }
         Json(json).into_response()
     })
@@ -447,13 +458,29 @@ pub(super) async fn request_action(
         else {
             return err(StatusCode::NOT_FOUND, "not_found", "Not Found");
         };
+        // FAKE-ONLY: a request reported unapproved cannot be deployed.
+        let unapproved = g
+            .reports
+            .get(&number)
+            .is_some_and(|r| r.reads > 0 && r.approved == Some(false));
+        if unapproved && call == EngineCall::Deploy {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "this database requires an approval before a deploy",
+            );
+        }
         let before = g.engines.planetscale.requests.get(&number).map(|r| r.state);
         match g
             .engines
             .planetscale
             .call(now, &record_for(&branch, Some(number)), 0, call)
         {
-            Observation::DeployRequest { .. } => {
+            // A cancel under way answers with the request in `in_progress_cancel`, which the
+            // fake's observation reads as no answer yet; the reply is the request as it is.
+            Observation::DeployRequest { .. } | Observation::Fault(EngineFault::Transient)
+                if g.engines.planetscale.requests.contains_key(&number) =>
+            {
                 match g.engines.planetscale.requests.get(&number) {
                     // Like the provider: a repeat that changes nothing is refused.
                     Some(dr)

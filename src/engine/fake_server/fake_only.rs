@@ -56,13 +56,43 @@ pub(super) async fn admin_fail(State(s): State<Shared>, Path(number): Path<u64>)
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// What `POST /_fake/deploy-requests/{n}/report` asks: report `deployment_state` for the
-/// next `reads` reads of the request.
-#[derive(Debug, Deserialize)]
+/// What `POST /_fake/deploy-requests/{n}/report` asks: for the next `reads` reads of the
+/// request, report these fields instead of the truth.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Report {
-    deployment_state: String,
-    reads: u32,
+pub(crate) struct Report {
+    #[serde(default)]
+    pub(super) deployment_state: Option<String>,
+    #[serde(default)]
+    pub(super) approved: Option<bool>,
+    #[serde(default)]
+    pub(super) deployable: Option<bool>,
+    #[serde(default)]
+    pub(super) lint_errors: Option<Vec<Value>>,
+    pub(super) reads: u32,
+}
+
+impl Report {
+    /// Rewrite a deploy request's JSON as reported; `false` once the reads are used up.
+    pub(super) fn apply(&mut self, json: &mut Value) -> bool {
+        if self.reads == 0 {
+            return false;
+        }
+        self.reads -= 1;
+        if let Some(s) = &self.deployment_state {
+            json["deployment_state"] = Value::String(s.clone());
+        }
+        if let Some(a) = self.approved {
+            json["approved"] = Value::Bool(a);
+        }
+        if let Some(d) = self.deployable {
+            json["deployment"]["deployable"] = Value::Bool(d);
+        }
+        if let Some(l) = &self.lint_errors {
+            json["deployment"]["lint_errors"] = Value::Array(l.clone());
+        }
+        true
+    }
 }
 
 pub(super) async fn admin_report(
@@ -78,7 +108,7 @@ pub(super) async fn admin_report(
             format!("no deploy request #{number}"),
         );
     }
-    g.reports.insert(number, (r.deployment_state, r.reads));
+    g.reports.insert(number, r);
     StatusCode::NO_CONTENT.into_response()
 }
 

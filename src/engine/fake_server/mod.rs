@@ -71,10 +71,11 @@ struct Inner {
     /// FAKE-ONLY: the DDL applied to each branch (in reality, over a MySQL connection to it).
     branch_ddl: std::collections::BTreeMap<String, Vec<String>>,
     closed: BTreeSet<u64>,
-    /// FAKE-ONLY: deploy-request states reported instead of the real one, for a number of
-    /// reads (`POST /_fake/deploy-requests/{n}/report`): states the fake never reaches by
-    /// itself, such as one this build does not know.
-    reports: std::collections::BTreeMap<u64, (String, u32)>,
+    /// FAKE-ONLY: what a deploy request reports instead of the truth, for a number of reads
+    /// (`POST /_fake/deploy-requests/{n}/report`): states the fake never reaches by itself
+    /// (one this build does not know), a missing approval, lint errors. While an approval is
+    /// reported missing, a deploy is refused.
+    reports: std::collections::BTreeMap<u64, Report>,
     /// Branch passwords alive: id -> (branch, name).
     passwords: std::collections::BTreeMap<String, (String, String)>,
     passwords_made: u64,

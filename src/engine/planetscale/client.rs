@@ -81,6 +81,9 @@ pub struct Branch {
     pub name: String,
     #[serde(default)]
     pub ready: bool,
+    /// PlanetScale accepts deploy requests only into a branch with safe migrations on.
+    #[serde(default)]
+    pub safe_migrations: bool,
 }
 
 /// A branch password as a list reports it (`planetscale/passwords.go`: `id`, `name`).
@@ -126,6 +129,51 @@ pub struct DeployRequest {
     #[serde(default)]
     pub state: String,
     pub deployment_state: String,
+    /// Whether a reviewer approved it (`approved`); a database may require it before a deploy.
+    #[serde(default)]
+    pub approved: bool,
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
+}
+
+/// The deployment of a deploy request (`planetscale/deploy_requests.go`, `type Deployment`):
+/// only the fields that say whether it may be deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+pub struct Deployment {
+    #[serde(default)]
+    pub deployable: Option<bool>,
+    /// Free-form objects (`lint_error`, `table_name`, `error_description`, …): read as text.
+    #[serde(default)]
+    pub lint_errors: Vec<Value>,
+}
+
+impl DeployRequest {
+    /// Why the request cannot be deployed as it is, if its checks say so: its lint errors.
+    pub fn lint_block(&self) -> Option<String> {
+        let d = self.deployment.as_ref()?;
+        if d.deployable != Some(false) && d.lint_errors.is_empty() {
+            return None;
+        }
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let errors: Vec<String> = d
+            .lint_errors
+            .iter()
+            .map(|e| {
+                let what = text(e, "error_description")
+                    .or_else(|| text(e, "lint_error"))
+                    .unwrap_or_else(|| e.to_string());
+                match text(e, "table_name") {
+                    Some(t) if !t.is_empty() => format!("{t}: {what}"),
+                    _ => what,
+                }
+            })
+            .collect();
+        Some(if errors.is_empty() {
+            "PlanetScale marks it not deployable".to_string()
+        } else {
+            errors.join("; ")
+        })
+    }
 }
 
 /// What a deploy request's `deployment_state` tells the engine.

@@ -174,6 +174,13 @@ impl Patience {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(apply, c));
     }
+    /// Forget an apply this process no longer drives: a later drive starts counting afresh.
+    fn forget(&self, apply: ApplyId) {
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(a, _), _| *a != apply);
+    }
 }
 
 /// How long a condition that may pass (an unknown deploy-request state, a new branch that
@@ -300,6 +307,7 @@ impl PlanetScaleEngine {
     fn wait_or_fail(&self, apply: &ApplyRecord, condition: Condition, what: String) -> Reply {
         let lasted = self.patience.lasted(apply.row.operation, condition);
         if lasted > self.patience.limit {
+            self.patience.clear(apply.row.operation, condition);
             let why = format!(
                 "{what}, for {} s (more than the {} s applyd waits)",
                 lasted.as_secs(),
@@ -412,6 +420,17 @@ impl PlanetScaleEngine {
         if already_done(call, state) {
             return self.observe(apply, &current);
         }
+        // Its checks say it cannot deploy as it is: no waiting makes it deployable.
+        if call == EngineCall::Deploy {
+            if let Some(lint) = current.lint_block() {
+                let why = format!(
+                    "deploy request #{number} is blocked by lint: {lint}; fix the change and \
+                     submit it again"
+                );
+                tracing::error!(apply = apply.row.id, "{why}");
+                return Reply::fault(EngineFault::Permanent, why);
+            }
+        }
         let result = match call {
             EngineCall::CancelDeployRequest
                 if matches!(state, EngineState::Pending | EngineState::WaitingForDeploy) =>
@@ -437,6 +456,23 @@ impl PlanetScaleEngine {
                 match self.client.get_deploy_request(&db, number).await {
                     Ok(d) if d.engine_state().is_some_and(|s| already_done(call, s)) => {
                         self.observe(apply, &d)
+                    }
+                    // A cancel already under way: no answer until it settles.
+                    Ok(d)
+                        if call == EngineCall::CancelDeployRequest
+                            && d.reading() == Reading::Cancelling =>
+                    {
+                        self.observe(apply, &d)
+                    }
+                    // A database may require a review before a deploy: a person's move, waited
+                    // for with backoff, never a failure.
+                    Ok(d) if call == EngineCall::Deploy && !d.approved => {
+                        let why = format!(
+                            "deploy request #{number} is waiting for approval ({})",
+                            ApiError::Rejected(m)
+                        );
+                        tracing::warn!(apply = apply.row.id, "{why}");
+                        Reply::fault(EngineFault::Transient, why)
                     }
                     _ => self.fault(
                         apply,
@@ -545,6 +581,11 @@ impl Engine for PlanetScaleEngine {
         }
     }
 
+    /// Nothing runs here for an apply; what it was waiting out starts afresh with its next drive.
+    async fn abandon(&self, apply: &ApplyRecord, _epoch: u64) {
+        self.patience.forget(apply.row.operation);
+    }
+
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         // The API has no notion of our lease epochs; fencing is the store's and the core's.
         let db = self.database(apply).to_string();
@@ -587,6 +628,8 @@ impl Engine for PlanetScaleEngine {
                         redact.clean(&m),
                     ),
                     Err(BranchSqlError::Refused(m)) => {
+                        self.patience
+                            .clear(apply.row.operation, Condition::BranchRefusesConnections);
                         let m = redact.clean(&m);
                         tracing::error!(apply = apply.row.id, "ApplyBranchChanges: {m}");
                         Reply::fault(EngineFault::Permanent, m)
@@ -632,6 +675,8 @@ mod tests {
             branch: "b".into(),
             state: "open".into(),
             deployment_state: deployment_state.into(),
+            approved: false,
+            deployment: None,
         }
     }
 
@@ -666,6 +711,8 @@ mod tests {
             branch: "b".into(),
             state: "closed".into(),
             deployment_state: "ready".into(),
+            approved: false,
+            deployment: None,
         };
         assert_eq!(d.engine_state().unwrap(), EngineState::Cancelled);
         let r = Redactor::new(&["pscale_tkn_abc"]);

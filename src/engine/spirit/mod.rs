@@ -128,17 +128,26 @@ impl SpiritConfig {
         }
     }
 
-    /// The server an apply's target lives on: its deployment's, else its environment's, else
-    /// the default.
-    pub fn endpoint(&self, spec: &ApplySpec) -> Endpoint {
+    /// The server an apply's target lives on: a deployment's own entry (required: the
+    /// deployments of a rollout are different servers, and reaching one server for all of them
+    /// would change one schema once per deployment), else the environment's, else the default.
+    pub fn endpoint(&self, spec: &ApplySpec) -> Result<Endpoint, String> {
         let env = &spec.target.environment;
-        let deployment = (!spec.deployment.is_empty())
-            .then(|| self.hosts.get(&format!("{env}/{}", spec.deployment)))
-            .flatten();
-        deployment
-            .or_else(|| self.hosts.get(env))
+        if !spec.deployment.is_empty() {
+            let key = format!("{env}/{}", spec.deployment);
+            return self.hosts.get(&key).cloned().ok_or_else(|| {
+                format!(
+                    "no Spirit server for deployment {} of {env}: add \"{key}\" to \
+                     [engines.spirit.hosts]",
+                    spec.deployment
+                )
+            });
+        }
+        Ok(self
+            .hosts
+            .get(env)
             .cloned()
-            .unwrap_or_else(|| self.default_endpoint())
+            .unwrap_or_else(|| self.default_endpoint()))
     }
 
     /// Every server configured, the default first.
@@ -502,6 +511,9 @@ impl SpiritEngine {
 #[async_trait]
 impl Engine for SpiritEngine {
     async fn probe(&self, apply: &ApplyRecord, _epoch: u64, probe: Probe) -> Reply {
+        if let Err(why) = self.cfg.endpoint(&apply.spec) {
+            return Reply::fault(EngineFault::Permanent, why);
+        }
         match probe {
             Probe::RunnerStatus => self.status(apply).await,
             other => {
@@ -539,6 +551,9 @@ impl Engine for SpiritEngine {
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         if !self.fence(apply.row.operation, epoch) {
             return Observation::Fault(EngineFault::StaleEpoch).into();
+        }
+        if let Err(why) = self.cfg.endpoint(&apply.spec) {
+            return Reply::fault(EngineFault::Permanent, why);
         }
         match call {
             EngineCall::StartRunner => self.start(apply, epoch).await,
@@ -595,11 +610,13 @@ mod tests {
             ("production/eu-west-1", "db-prod-eu"),
         ]))
         .unwrap();
-        let at = |env, dep| cfg.endpoint(&spec(env, dep)).to_string();
-        assert_eq!(at("production", ""), "db-prod:3307");
-        assert_eq!(at("production", "us-east-1"), "db-prod:3307");
-        assert_eq!(at("production", "eu-west-1"), "db-prod-eu:3306");
-        assert_eq!(at("staging", ""), "db-default:3306");
+        let at = |env, dep| cfg.endpoint(&spec(env, dep)).map(|e| e.to_string());
+        assert_eq!(at("production", "").unwrap(), "db-prod:3307");
+        assert_eq!(at("production", "eu-west-1").unwrap(), "db-prod-eu:3306");
+        assert_eq!(at("staging", "").unwrap(), "db-default:3306");
+        // A deployment is never sent to its environment's server by default.
+        let e = at("production", "us-east-1").unwrap_err();
+        assert!(e.contains("\"production/us-east-1\""), "{e}");
     }
 
     #[test]

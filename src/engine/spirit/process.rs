@@ -169,7 +169,7 @@ impl SpiritEngine {
         epoch: u64,
         plan: &Plan,
     ) -> Result<Runner, String> {
-        let server = self.cfg.endpoint(&apply.spec);
+        let server = self.cfg.endpoint(&apply.spec)?;
         let conf = self.write_conf(&server)?;
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.args(migrate_args(

@@ -39,7 +39,11 @@ impl SpiritEngine {
 
     /// A connection to an apply's target schema, on its server.
     pub(super) async fn connect(&self, spec: &ApplySpec) -> Result<MySqlConnection, sqlx::Error> {
-        self.options(&self.cfg.endpoint(spec))
+        let server = self
+            .cfg
+            .endpoint(spec)
+            .map_err(|m| sqlx::Error::Configuration(m.into()))?;
+        self.options(&server)
             .database(&spec.target.database)
             .connect()
             .await
