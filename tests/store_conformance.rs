@@ -167,7 +167,7 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
                 &c.lease,
                 ApplyState::FailedRetryable,
                 ResumeState::default(),
-                None,
+                Some(format!("attempt {attempt} failed")),
             )
             .await
             .unwrap();
@@ -178,10 +178,20 @@ async fn a3_retries_with_attempt_accounting_until_the_budget(env: Env) {
     assert_eq!(env.store.expire_retryable().await.unwrap(), 0);
     env.store.release(&last.unwrap()).await.unwrap();
     assert_eq!(env.store.expire_retryable().await.unwrap(), 1);
+    // The expired apply says why, and what the last attempt failed with.
+    let why = format!(
+        "retry_budget_exhausted: attempt {} failed",
+        Params::DEFAULT.retry_budget
+    );
     let row = env.row(id).await;
     assert_eq!(
         (row.state.as_str(), row.error.as_deref()),
-        ("failed", Some("retry_budget_exhausted"))
+        ("failed", Some(why.as_str()))
+    );
+    let expiry = env.audit().await.into_iter().last().unwrap();
+    assert_eq!(
+        (expiry.cause.as_str(), expiry.detail.as_deref()),
+        ("retry_budget_exhausted", Some(why.as_str()))
     );
     assert_eq!(env.store.expire_retryable().await.unwrap(), 0);
     env.cleanup().await;

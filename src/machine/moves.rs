@@ -154,4 +154,13 @@ impl ExpiryReason {
             ExpiryReason::RecoveryWindowExpired => "recovery_window_expired",
         }
     }
+
+    /// What an expired apply says: why it expired, then the reason of the failure it was
+    /// retrying, when there was one.
+    pub fn account(self, last: Option<&str>) -> String {
+        match last {
+            Some(last) if !last.is_empty() => format!("{}: {last}", self.as_str()),
+            _ => self.as_str().to_string(),
+        }
+    }
 }

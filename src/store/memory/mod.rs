@@ -1085,10 +1085,11 @@ impl MemoryStore {
             let from = row.state;
             row.updated_at = now;
             move_state(row, *to, now);
-            row.error_message = Some(reason.as_str().to_string());
+            let account = reason.account(row.error_message.as_deref());
+            row.error_message = Some(account.clone());
             let epoch = row.lease_epoch;
             inner.audit.push(AuditEntry {
-                detail: None,
+                detail: Some(account),
                 operation: None,
                 apply: *id,
                 from,

@@ -197,13 +197,20 @@ impl MySqlStore {
             else {
                 continue;
             };
+            // The row is locked above: its reason is the failure being retried.
+            let last: Option<String> =
+                sqlx::query_scalar("SELECT error_message FROM applies WHERE id = ?")
+                    .bind(raw.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let account = reason.account(last.as_deref());
             let sql = format!(
                 "UPDATE applies SET state = ?, error_message = ?, updated_at = {now}, state_entered_at = {now}, \
                  write_seq = write_seq + 1 WHERE id = ? AND state = ? AND lease_epoch = ?"
             );
             let done = sqlx::query(&sql)
                 .bind(to.as_str())
-                .bind(reason.as_str())
+                .bind(&account)
                 .bind(raw.id)
                 .bind(&raw.state)
                 .bind(raw.lease_epoch)
@@ -222,7 +229,7 @@ impl MySqlStore {
                 raw.lease_epoch,
                 None,
                 reason.as_str(),
-                None,
+                Some(&account),
                 &now,
             )
             .await?;

@@ -514,7 +514,7 @@ impl MemoryStore {
             row.operations[*i].updated_at = now;
             move_member(row, *i, *to, now);
             inner.audit.push(AuditEntry {
-                detail: None,
+                detail: Some(reason.account(None)),
                 apply: id,
                 operation: Some(op_id),
                 from,

@@ -450,6 +450,7 @@ impl MySqlStore {
             let epoch = loaded.ops[i].lease_epoch;
             loaded.set_op(i, &format!("error_message = {}", sql_text(reason.as_str())));
             loaded.move_op(i, to);
+            let account = reason.account(None);
             loaded.audit(
                 Some(i),
                 from.as_str(),
@@ -457,7 +458,7 @@ impl MySqlStore {
                 epoch,
                 None,
                 reason.as_str(),
-                None,
+                Some(&account),
             );
             expired += 1;
         }
