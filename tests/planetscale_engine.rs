@@ -1,7 +1,7 @@
 //! The real PlanetScale client and engine against the fake PlanetScale server over loopback:
 //! a crash between creating a deploy request and persisting its id, 5xx storms with lost
 //! replies, a deploy request deleted server-side, the token kept out of errors, and the
-//! `applyd fake-planetscale` command itself.
+//! `applyd fake-engines` command itself.
 
 mod planetscale_support;
 

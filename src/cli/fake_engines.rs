@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use crate::engine::fake::FakeTimings;
-use crate::engine::fake_server::{quick_timings, serve, FakeServerOptions, Faults};
+use crate::engine::fake_server::{quick_timings, serve, BranchServer, FakeServerOptions, Faults};
 
 /// Options of `applyd fake-engines`.
 #[derive(clap::Args)]
@@ -41,6 +41,22 @@ pub struct FakeEnginesArgs {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// FAKE-ONLY: a MySQL server (`host:port`) every branch password points at, so the real
+    /// engine applies branch DDL there: each PlanetScale database is the schema of that name.
+    #[arg(long)]
+    branch_server: Option<String>,
+    /// The account branch passwords log in as on `--branch-server`.
+    #[arg(long, default_value = "root", requires = "branch_server")]
+    branch_user: String,
+    /// Its password (empty: none).
+    #[arg(
+        long,
+        default_value = "",
+        requires = "branch_server",
+        env = "APPLYD_FAKE_BRANCH_PASSWORD",
+        hide_env_values = true
+    )]
+    branch_password: String,
 }
 
 pub fn run(args: FakeEnginesArgs) -> ExitCode {
@@ -50,6 +66,13 @@ pub fn run(args: FakeEnginesArgs) -> ExitCode {
     ] {
         if !(0.0..=1.0).contains(&rate) {
             eprintln!("error: {name} must be between 0 and 1, not {rate}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(address) = &args.branch_server {
+        let port = address.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        if !matches!(port, Some(Ok(p)) if p > 0) {
+            eprintln!("error: --branch-server must be host:port, not {address:?}");
             return ExitCode::FAILURE;
         }
     }
@@ -67,6 +90,11 @@ pub fn run(args: FakeEnginesArgs) -> ExitCode {
         seed: args.seed,
         timings,
         token: args.token_id.zip(args.token),
+        branch_server: args.branch_server.map(|address| BranchServer {
+            address,
+            username: args.branch_user,
+            password: args.branch_password,
+        }),
     };
     let result = super::runtime().block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -68,6 +68,7 @@ impl Fake {
             seed: 7,
             timings: quick_timings(30),
             token: token.map(|(a, b)| (a.to_string(), b.to_string())),
+            branch_server: None,
         };
         tokio::spawn(async move {
             axum::serve(listener, router(opts))

@@ -27,7 +27,9 @@
 //! primary key, no INSTANT/INPLACE shortcut, one checkpoint row per table in
 //! `_spirit_checkpoint`. Test knobs (not Spirit flags): APPLYD_STANDIN_CHUNK_ROWS (default
 //! 1000), APPLYD_STANDIN_CHUNK_DELAY_MS (0), APPLYD_STANDIN_POLL_MS (100),
-//! APPLYD_STANDIN_CHECKPOINT_MS (50000), APPLYD_STANDIN_SENTINEL_WAIT_LIMIT_MS (48 h).
+//! APPLYD_STANDIN_CHECKPOINT_MS (50000), APPLYD_STANDIN_SENTINEL_WAIT_LIMIT_MS (48 h),
+//! APPLYD_STANDIN_CUTOVER_LOG (a file each cutover RENAME appends `schema.table` lines to, so a
+//! test can count how often each table was altered).
 //!
 //! Over 700 lines: one run of a migration — its locks, resume decision, copy, checkpoints,
 //! sentinel wait and cutover — reads as one story, in Spirit's order; the `--conf` reader and
@@ -591,6 +593,7 @@ async fn run(m: Migrate) -> Result<(), Failure> {
     }
     c.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str())
         .await?;
+    note_cutover(&database, &work);
     for t in &work {
         let old = names::aux(&t.name, "_old");
         if let Err(e) = c
@@ -609,6 +612,31 @@ async fn run(m: Migrate) -> Result<(), Failure> {
     log("INFO", "migration status", "state=close");
     log("INFO", "apply complete", "");
     Ok(())
+}
+
+/// Test knob: one `schema.table` line per table a RENAME just altered. Written after the
+/// RENAME, so a kill in between undercounts and never overcounts.
+fn note_cutover(database: &str, work: &[Table]) {
+    let Some(path) = std::env::var_os("APPLYD_STANDIN_CUTOVER_LOG") else {
+        return;
+    };
+    use std::io::Write;
+    let lines: String = work
+        .iter()
+        .map(|t| format!("{database}.{}\n", t.name))
+        .collect();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(lines.as_bytes()));
+    if let Err(e) = written {
+        log(
+            "WARN",
+            "cannot write the cutover log",
+            &format!("error=\"{e}\""),
+        );
+    }
 }
 
 async fn copy(

@@ -235,10 +235,19 @@ pub(super) async fn create_password(
             Err(message) => return err(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message),
         }
     };
+    let server = s.branch_server.clone();
     guarded(&s, &headers, |g, now| {
         if !g.engines.planetscale.branches.contains_key(&branch) {
             return err(StatusCode::NOT_FOUND, "not_found", "Not Found");
         }
+        let (address, username, plain_text) = match &server {
+            Some(b) => (b.address.clone(), b.username.clone(), b.password.clone()),
+            None => (
+                "127.0.0.1:0".to_string(),
+                format!("fake-{branch}"),
+                format!("pscale_pw_fake_{now}"),
+            ),
+        };
         g.passwords_made += 1;
         let id = format!("pw{}", g.passwords_made);
         let name = body.name.clone().unwrap_or_else(|| id.clone());
@@ -251,9 +260,9 @@ pub(super) async fn create_password(
                 "name": name,
                 "role": "admin",
                 "ttl_seconds": body.ttl.unwrap_or(0),
-                "username": format!("fake-{branch}"),
-                "plain_text": format!("pscale_pw_fake_{now}"),
-                "access_host_url": "127.0.0.1:0",
+                "username": username,
+                "plain_text": plain_text,
+                "access_host_url": address,
             })),
         )
             .into_response()

@@ -215,6 +215,8 @@ pub struct Facts {
     /// (target, Spirit runners alive on it)
     pub runners: Vec<(String, usize)>,
     pub runners_started: u64,
+    /// (branch, branch passwords alive)
+    pub passwords_alive: Vec<(String, usize)>,
 }
 
 pub(super) async fn admin_facts(State(s): State<Shared>) -> Response {
@@ -236,6 +238,18 @@ pub(super) async fn admin_facts(State(s): State<Shared>) -> Response {
             .map(|(k, t)| (k.clone(), t.runners.len()))
             .collect(),
         runners_started: g.engines.spirit.runners_started,
+        passwords_alive: g
+            .passwords
+            .values()
+            .fold(
+                Default::default(),
+                |mut n: std::collections::BTreeMap<String, usize>, (b, _)| {
+                    *n.entry(b.clone()).or_default() += 1;
+                    n
+                },
+            )
+            .into_iter()
+            .collect(),
     })
     .into_response()
 }

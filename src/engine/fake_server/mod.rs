@@ -53,6 +53,21 @@ pub struct FakeServerOptions {
     pub timings: FakeTimings,
     /// When set, requests must carry `Authorization: <id>:<token>`.
     pub token: Option<(String, String)>,
+    /// FAKE-ONLY: the MySQL server every branch password points at. Unset, a password points at
+    /// `127.0.0.1:0`, which nothing serves.
+    pub branch_server: Option<BranchServer>,
+}
+
+/// FAKE-ONLY: a MySQL server standing in for every branch of every database. A branch password
+/// connects to it as `username`; the engine then uses the schema named as the PlanetScale
+/// database (as on a real branch), so each PlanetScale database is one schema there, and a
+/// branch's DDL lands on that schema at once (the deploy request only models the deploy's life).
+#[derive(Debug, Clone)]
+pub struct BranchServer {
+    /// `host:port`, as `access_host_url` carries it.
+    pub address: String,
+    pub username: String,
+    pub password: String,
 }
 
 impl Default for FakeServerOptions {
@@ -62,6 +77,7 @@ impl Default for FakeServerOptions {
             seed: 1,
             timings: FakeTimings::default(),
             token: None,
+            branch_server: None,
         }
     }
 }
@@ -91,6 +107,7 @@ struct Shared {
     inner: Arc<Mutex<Inner>>,
     started: Instant,
     token: Option<String>,
+    branch_server: Option<Arc<BranchServer>>,
 }
 
 impl Shared {
@@ -138,6 +155,7 @@ pub fn router(opts: FakeServerOptions) -> Router {
         })),
         started: Instant::now(),
         token: opts.token.map(|(id, t)| format!("{id}:{t}")),
+        branch_server: opts.branch_server.map(Arc::new),
     };
     let db = "/v1/organizations/{org}/databases/{db}";
     Router::new()

@@ -85,7 +85,7 @@ fn connect_error(branch: &str, host: &str, e: &sqlx::Error) -> BranchSqlError {
 }
 
 /// Whether a branch host is this machine. A PlanetScale branch never is; only a stand-in for
-/// one (`applyd fake-planetscale` pointing at a local MariaDB) may do without TLS.
+/// one (`applyd fake-engines --branch-server` pointing at a local MariaDB) may do without TLS.
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
