@@ -423,6 +423,19 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
         );
     }
 
+    // The runner's progress reached the task rows through the operator, with how each run began.
+    let mut starts = std::collections::BTreeMap::new();
+    for a in statuses.iter().filter(|a| a.engine == EngineKind::Spirit) {
+        let status = store.status(a.id).await.expect("status");
+        let progress = status.tasks[0]
+            .progress
+            .clone()
+            .unwrap_or_else(|| panic!("{}: no progress on its task row", a.identifier));
+        *starts
+            .entry(progress.start.map_or("unknown", |s| s.as_str()))
+            .or_insert(0) += 1;
+    }
+
     // Every write carried the epoch of the latest claim before it; the kills forced reclaims.
     let logs = store.stored_logs().await.expect("logs");
     let audit =
@@ -436,7 +449,8 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
     assert!(audit.reclaims > 0, "the kills forced reclaims");
     eprintln!(
         "real-engine crash test: {kills} kills, {} reclaims, {spirit_taken} Spirit and \
-         {planetscale_taken} PlanetScale applies taken over, {} cutovers logged",
+         {planetscale_taken} PlanetScale applies taken over, {} cutovers logged, last runs \
+         {starts:?}",
         audit.reclaims,
         log.lines().count()
     );

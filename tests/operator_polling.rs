@@ -99,6 +99,14 @@ impl Store for Counting {
         self.count("fail_apply");
         self.inner.fail_apply(lease, reason)
     }
+    async fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &applyd::store::progress::TaskProgress,
+    ) -> Result<(), StoreError> {
+        self.count("record_progress");
+        self.inner.record_progress(lease, progress)
+    }
 }
 
 /// A process polling every second on the counting store, over the fake engines.

@@ -288,6 +288,13 @@ impl applyd::store::Store for HeartbeatsFail {
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         self.0.fail_apply(lease, reason)
     }
+    async fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &applyd::store::progress::TaskProgress,
+    ) -> Result<(), StoreError> {
+        self.0.record_progress(lease, progress)
+    }
 }
 
 /// An engine whose calls never answer (a hung API or runner), counting them.

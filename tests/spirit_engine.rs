@@ -19,6 +19,7 @@ use applyd::engine::spirit::{names, Endpoint, SpiritConfig, SpiritEngine};
 use applyd::engine::Engine;
 use applyd::machine::table::RunnerGone;
 use applyd::machine::{ApplyOptions, ApplyState, EngineCall, EngineKind, Probe};
+use applyd::store::progress::RunnerStart;
 use applyd::store::{ApplyRecord, ApplySpec, Target};
 use applyd::worker::{ApplySnapshot, Observation, ResumeState, RunnerStatus};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -142,6 +143,8 @@ async fn watermark(url: &str, db: &str) -> i64 {
 struct Said {
     resumed: bool,
     restarted: Option<String>,
+    /// How the run began, as its replies report it for the task rows.
+    start: Option<RunnerStart>,
 }
 
 /// Probe until `done` holds for the observation, noting whether the runner said it resumed.
@@ -168,10 +171,13 @@ async fn probe_saying(
             said.resumed |= p.resumed;
             said.restarted = said.restarted.or(p.restarted);
         }
-        let obs = engine
+        let reply = engine
             .probe(apply, apply.row.epoch, Probe::RunnerStatus)
-            .await
-            .obs;
+            .await;
+        if let Some(start) = reply.progress.and_then(|p| p.start) {
+            said.start = Some(start);
+        }
+        let obs = reply.obs;
         if done(&obs) {
             return (obs, said);
         }
@@ -238,15 +244,14 @@ async fn stop_then_resume_from_the_checkpoint() {
         engine.call(&apply, 2, EngineCall::StartRunner).await.obs,
         Observation::Runner(RunnerStatus::Copying)
     );
-    let (obs, resumed) = probe_until(&engine, &apply, "completion", |o| {
-        matches!(
-            o,
-            Observation::Runner(RunnerStatus::Completed | RunnerStatus::Failed { .. })
-        )
-    })
-    .await;
+    let (obs, said) = probe_saying(&engine, &apply, "completion", finished).await;
     assert_eq!(obs, Observation::Runner(RunnerStatus::Completed));
-    assert!(resumed, "the second run resumed from the checkpoint");
+    assert!(said.resumed, "the second run resumed from the checkpoint");
+    assert_eq!(
+        said.start,
+        Some(RunnerStart::Resumed),
+        "the task rows are told it resumed"
+    );
     assert!(has_column(&url, &db, "note").await);
     assert_eq!(
         scalar(&url, &db, "SELECT COUNT(*) FROM items").await,
@@ -409,6 +414,51 @@ async fn deferred_cutover_waits_on_the_sentinel_and_survives_a_restart() {
     store_support::drop_database(&url, &db).await;
 }
 
+/// Nobody asked for the cutover within Spirit's sentinel wait (48 h; a test knob here): the run
+/// fails for good — a retry would wait again or, with the binlog purged meanwhile, copy again —
+/// saying what a person can do, and its copy, checkpoint and sentinel are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_wait_that_times_out_is_not_retried_and_keeps_the_copy() {
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let mut cfg = config(&url);
+    cfg.env
+        .push(("APPLYD_STANDIN_SENTINEL_WAIT_LIMIT_MS".into(), "400".into()));
+    let engine = SpiritEngine::new(cfg);
+    let options = ApplyOptions {
+        defer_cutover: true,
+        ..Default::default()
+    };
+    let apply = record(&db, "ALTER TABLE items ADD COLUMN late INT NULL", options);
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let (obs, _) = probe_until(&engine, &apply, "the sentinel wait to time out", finished).await;
+    assert_eq!(
+        obs,
+        Observation::Runner(RunnerStatus::Failed { retryable: false })
+    );
+    let why = engine
+        .probe(&apply, 1, Probe::RunnerStatus)
+        .await
+        .why
+        .expect("the failure says why");
+    assert!(
+        why.contains("timed out waiting for sentinel table to be dropped")
+            && why.contains("not retried")
+            && why.contains("submit the change again with defer_cutover"),
+        "{why}"
+    );
+    for t in ["_items_new", "_items_chkpnt", "_spirit_sentinel"] {
+        assert!(table_exists(&url, &db, t).await, "{t} is kept");
+    }
+    assert!(
+        watermark(&url, &db).await > 0,
+        "the checkpoint holds the copy"
+    );
+    assert!(!has_column(&url, &db, "late").await, "never cut over");
+    store_support::drop_database(&url, &db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ddl_is_a_clear_permanent_failure() {
     let Some((url, db)) = setup().await else {
@@ -500,6 +550,12 @@ async fn a_stop_before_the_first_checkpoint_starts_the_copy_over() {
         rows_in(&url, &db, "_items_new").await >= 200
     })
     .await;
+    let first = engine
+        .probe(&apply, 1, Probe::RunnerStatus)
+        .await
+        .progress
+        .expect("a running copy reports its progress");
+    assert_eq!(first.start, Some(RunnerStart::Fresh), "{first:?}");
     assert_eq!(
         engine.call(&apply, 1, EngineCall::StopRunner).await.obs,
         Observation::Runner(RunnerStatus::Stopped)
@@ -518,6 +574,11 @@ async fn a_stop_before_the_first_checkpoint_starts_the_copy_over() {
     assert!(!said.resumed);
     let reason = said.restarted.expect("the restart is reported");
     assert!(reason.contains("no checkpoint"), "{reason}");
+    assert_eq!(
+        said.start,
+        Some(RunnerStart::Restarted),
+        "the task rows are told it started over"
+    );
     assert!(has_column(&url, &db, "early").await);
     assert_eq!(rows_in(&url, &db, "items").await, ROWS);
     store_support::drop_database(&url, &db).await;

@@ -215,6 +215,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 for (i, t) in one.tasks.iter().enumerate() {
                     let table = t.table.as_deref().unwrap_or("(table not recorded)");
                     println!("  {}. {table:<32} {}", i + 1, t.state);
+                    if let Some(p) = &t.progress {
+                        println!("     progress: {}", p.summary());
+                    }
                     // A reason stays on a task a retry took up again; shown while it holds.
                     let failed = matches!(
                         t.state,

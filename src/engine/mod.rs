@@ -7,15 +7,18 @@ use async_trait::async_trait;
 use crate::machine::apply::ApplyRecord;
 use crate::machine::observe::{EngineFault, Observation};
 use crate::machine::{EngineCall, Probe};
+use crate::store::progress::TaskProgress;
 
 /// An engine's answer: the normalised observation the worker core reads, and for a fault or
 /// a failure the engine's own words (secrets redacted), which a failed state is written with —
 /// on the apply, its operation, its task rows and the audit entry — so no apply ends failed
-/// without saying why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// without saying why. An engine that can tell how far its work has got adds `progress`, which
+/// the operator keeps on the task rows.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub obs: Observation,
     pub why: Option<String>,
+    pub progress: Option<TaskProgress>,
 }
 
 impl Reply {
@@ -29,13 +32,26 @@ impl Reply {
         Reply {
             obs,
             why: Some(why.into()),
+            progress: None,
+        }
+    }
+
+    /// The same answer, with how far the work has got.
+    pub fn with_progress(self, progress: TaskProgress) -> Reply {
+        Reply {
+            progress: Some(progress),
+            ..self
         }
     }
 }
 
 impl From<Observation> for Reply {
     fn from(obs: Observation) -> Reply {
-        Reply { obs, why: None }
+        Reply {
+            obs,
+            why: None,
+            progress: None,
+        }
     }
 }
 

@@ -137,6 +137,40 @@ pub fn explain_rest(
     }
 }
 
+/// How long Spirit waits for its sentinel to be dropped before the run fails ("timed out
+/// waiting for sentinel table to be dropped"): 48 h, counted from when the run began waiting
+/// (`pkg/sentinel/sentinel.go`, `WaitLimit`).
+pub const SPIRIT_SENTINEL_WAIT_LIMIT_MS: u64 = 48 * 3_600_000;
+/// From how far into that wait people are warned.
+pub const SPIRIT_SENTINEL_WARN_AFTER_MS: u64 = 36 * 3_600_000;
+
+/// When a Spirit apply waiting for its cutover will have waited too long, as people read it
+/// (`applyd status`, the API), a warning once 36 h have passed; `None` for any other wait.
+/// `waited_ms` is how long the apply has been in `waiting_for_cutover`.
+pub fn sentinel_deadline(
+    engine: EngineKind,
+    state: ApplyState,
+    options: &ApplyOptions,
+    waited_ms: u64,
+) -> Option<String> {
+    if engine != EngineKind::Spirit || state != WaitingForCutover || !options.defer_cutover {
+        return None;
+    }
+    let left_min = SPIRIT_SENTINEL_WAIT_LIMIT_MS
+        .saturating_sub(waited_ms)
+        .div_ceil(60_000);
+    let left = format!("{} h {:02} min", left_min / 60, left_min % 60);
+    Some(if waited_ms >= SPIRIT_SENTINEL_WARN_AFTER_MS {
+        format!(
+            "WARNING: Spirit gives up waiting for the cutover in about {left} (48 h after it \
+             began waiting); ask for the cutover before then, or the run fails and the change \
+             must be submitted again"
+        )
+    } else {
+        format!("Spirit waits for the cutover at most {left} more (48 h in all)")
+    })
+}
+
 impl super::Rules {
     /// How a confirmed wait in `state` gives its driver back now: it rests (`rest_at`), and no
     /// pending request is one it acts on now (`Rules::acts_now`). The core parks or watches on
@@ -187,6 +221,45 @@ pub fn auto_action(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_spirit_cutover_wait_says_when_spirit_gives_up_and_warns_near_it() {
+        let deferred = ApplyOptions {
+            defer_cutover: true,
+            ..ApplyOptions::default()
+        };
+        let hour = 3_600_000;
+        let early = sentinel_deadline(EngineKind::Spirit, WaitingForCutover, &deferred, hour);
+        assert_eq!(
+            early.as_deref(),
+            Some("Spirit waits for the cutover at most 47 h 00 min more (48 h in all)")
+        );
+        let late = sentinel_deadline(
+            EngineKind::Spirit,
+            WaitingForCutover,
+            &deferred,
+            40 * hour + 1,
+        )
+        .unwrap();
+        assert!(
+            late.starts_with("WARNING") && late.contains("about 8 h 00 min"),
+            "{late}"
+        );
+        let over =
+            sentinel_deadline(EngineKind::Spirit, WaitingForCutover, &deferred, 50 * hour).unwrap();
+        assert!(over.contains("about 0 h 00 min"), "{over}");
+        for (engine, state, options) in [
+            (EngineKind::PlanetScale, WaitingForCutover, deferred),
+            (EngineKind::Spirit, Running, deferred),
+            (
+                EngineKind::Spirit,
+                WaitingForCutover,
+                ApplyOptions::default(),
+            ),
+        ] {
+            assert_eq!(sentinel_deadline(engine, state, &options, hour), None);
+        }
+    }
     use super::*;
 
     fn every_options() -> Vec<ApplyOptions> {

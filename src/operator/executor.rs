@@ -5,8 +5,9 @@ use async_trait::async_trait;
 
 use crate::engine::Engine;
 use crate::machine::Rules;
+use crate::store::progress::TaskProgress;
 use crate::store::store_outcome;
-use crate::store::{Claimed, DriveInputs, Store, StoreError};
+use crate::store::{Claimed, DriveInputs, Lease, Store, StoreError};
 use crate::worker::{Command, Drive, FailureAccount, Finish, Read, WaitFor};
 
 /// How a driver waits and how healthy its heartbeats are; the operator sleeps on tokio time,
@@ -71,6 +72,7 @@ pub async fn run_drive(
     };
     let mut stale = true;
     let mut account = FailureAccount::default();
+    let mut reported: Option<TaskProgress> = None;
     loop {
         if stale {
             match store.load(lease).await {
@@ -117,11 +119,13 @@ pub async fn run_drive(
             Command::Call(call) => {
                 report.engine_calls += 1;
                 let reply = engine.call(&inputs.record, lease.epoch, call).await;
+                keep_progress(store, lease, &mut reported, reply.progress).await;
                 account.heard(reply.obs, reply.why);
                 drive.on_engine(reply.obs);
             }
             Command::Probe(probe) => {
                 let reply = engine.probe(&inputs.record, lease.epoch, probe).await;
+                keep_progress(store, lease, &mut reported, reply.progress).await;
                 account.heard(reply.obs, reply.why);
                 drive.on_engine(reply.obs);
             }
@@ -154,12 +158,30 @@ pub async fn run_drive(
     }
 }
 
+/// What the engine says of its work goes on the task rows when it has changed. Losing a report
+/// costs only the report: a lost lease is found by the drive's next store write.
+async fn keep_progress(
+    store: &dyn Store,
+    lease: &Lease,
+    reported: &mut Option<TaskProgress>,
+    progress: Option<TaskProgress>,
+) {
+    let Some(p) = progress else { return };
+    if reported.as_ref() == Some(&p) {
+        return;
+    }
+    match store.record_progress(lease, &p).await {
+        Ok(()) => *reported = Some(p),
+        Err(e) => tracing::debug!(apply = lease.apply, error = %e, "progress not recorded"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::engine::MockEngine;
+    use crate::engine::{MockEngine, Reply};
     use crate::machine::{ApplyOptions, ApplyState, ClaimArm, EngineCall, EngineKind, Probe};
     use crate::store::{ApplyRecord, ApplySpec, Lease, MockStore, Target};
     use crate::worker::{ApplySnapshot, EngineFault, Observation, ResumeState, RunnerStatus};
@@ -274,6 +296,60 @@ mod tests {
         )
         .await;
         assert_eq!(report.finish, Finish::LeaseLost);
+    }
+
+    #[tokio::test]
+    async fn the_engines_progress_is_recorded_under_the_lease_when_it_changes() {
+        use crate::store::progress::{RunnerStart, TaskProgress};
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let mut store = store_following_writes(state.clone(), Ok(()));
+        let at = |copied: u64| TaskProgress {
+            phase: Some("copyRows".into()),
+            rows_copied: Some(copied),
+            rows_total: Some(100),
+            start: Some(RunnerStart::Resumed),
+            ..Default::default()
+        };
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let sink = recorded.clone();
+        store.expect_record_progress().returning(move |lease, p| {
+            assert_eq!((lease.apply, lease.epoch), (7, 3));
+            sink.lock().unwrap().push(p.rows_copied);
+            Ok(())
+        });
+        let mut engine = MockEngine::new();
+        let probes = Arc::new(Mutex::new(0));
+        engine.expect_probe().returning(move |_, _, _| {
+            let mut n = probes.lock().unwrap();
+            *n += 1;
+            match *n {
+                // The same figures twice, then new ones, then the end.
+                1 | 2 => {
+                    Reply::from(Observation::Runner(RunnerStatus::Copying)).with_progress(at(40))
+                }
+                3 => Reply::from(Observation::Runner(RunnerStatus::Copying)).with_progress(at(90)),
+                _ => {
+                    Reply::from(Observation::Runner(RunnerStatus::Completed)).with_progress(at(100))
+                }
+            }
+        });
+        engine.expect_call().never();
+        let report = run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            100,
+        )
+        .await;
+        assert_eq!(report.finish, Finish::Settled);
+        assert_eq!(*state.lock().unwrap(), ApplyState::Completed);
+        assert_eq!(
+            *recorded.lock().unwrap(),
+            vec![Some(40), Some(90), Some(100)],
+            "each change once, none repeated"
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod memory;
 pub mod mysql;
+pub mod progress;
 pub mod status;
 
 use async_trait::async_trait;
@@ -311,4 +312,11 @@ pub trait Store: Send + Sync {
     /// its persisted engine state (the operator's answer to a drive that panicked: never
     /// retryable, so a panic cannot loop). A terminal row is refused, never rewritten.
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError>;
+    /// Fenced by the lease of the operation being driven: what its engine last said of its
+    /// work, on its task rows. Advisory — no rule reads it — so it changes no state.
+    async fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &progress::TaskProgress,
+    ) -> Result<(), StoreError>;
 }

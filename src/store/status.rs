@@ -9,7 +9,7 @@ use crate::machine::rollout::{member_gate, Member, RolloutPolicy};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 
 /// One apply as an operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ApplyStatus {
     pub id: ApplyId,
     pub identifier: String,
@@ -72,13 +72,15 @@ pub struct OperationStatus {
 }
 
 /// One task row: one statement of the change.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TaskStatus {
     /// `None` for tasks stored before tables were recorded.
     pub table: Option<String>,
     pub state: TaskState,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// What the engine last said of the work (rows copied, whether its runner resumed).
+    pub progress: Option<super::progress::TaskProgress>,
 }
 
 #[async_trait]
@@ -95,13 +97,23 @@ pub trait Inspect: Send + Sync {
 impl ApplyStatus {
     /// Fill in [`ApplyStatus::wait`] from the rest of the view.
     pub fn explain(mut self) -> ApplyStatus {
-        self.wait = crate::machine::waits::explain_rest(
+        let rest = crate::machine::waits::explain_rest(
             self.engine,
             self.state,
             &self.options,
             self.lease_owner.is_some(),
             self.parked_wake_in_ms,
         );
+        let deadline = crate::machine::waits::sentinel_deadline(
+            self.engine,
+            self.state,
+            &self.options,
+            self.state_age_ms,
+        );
+        self.wait = match (rest, deadline) {
+            (Some(rest), Some(deadline)) => Some(format!("{rest}; {deadline}")),
+            (rest, deadline) => rest.or(deadline),
+        };
         if let Some(policy) = &self.rollout {
             let members: Vec<Member> = self
                 .operations
@@ -175,6 +187,7 @@ impl MemoryStore {
                     table: t.table.clone(),
                     state: t.state,
                     error: t.error_message.clone(),
+                    progress: t.progress.clone(),
                 })
                 .collect(),
             pending_requests: pending,

@@ -278,6 +278,7 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
             attempt: 0,
             table: Some("users".into()),
             error_message: None,
+            progress: None,
         }],
     });
     for r in &case.requests {

@@ -15,7 +15,9 @@
 //! - Deferred cutover: Spirit waits while `_spirit_sentinel` exists; we drop it over MySQL. The
 //!   sentinel is schema-wide (every migration in the schema waits on it, and Spirit gives up
 //!   after 48 h of waiting: `pkg/sentinel/sentinel.go`), so only an apply that defers its
-//!   cutover reads it as its own or drops it.
+//!   cutover reads it as its own or drops it. A run that gave up waiting fails for good
+//!   (`process::SENTINEL_TIMED_OUT`): a retry would wait again, or copy again if the binlog
+//!   was purged meanwhile; the status counts the 48 h down (`waits::sentinel_deadline`).
 //! - After a restart no runner is known: the target is inspected (`target`). A runner still
 //!   holding Spirit's lock on the tables is alive elsewhere, and nothing is touched. Otherwise
 //!   `_<table>_new` means work is left; without it, the schema fingerprint recorded before the
@@ -241,9 +243,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn outcome_reply((status, why): (RunnerStatus, Option<String>)) -> Reply {
-    Reply {
-        obs: Observation::Runner(status),
-        why,
+    let obs = Observation::Runner(status);
+    match why {
+        Some(why) => Reply::explained(obs, why),
+        None => obs.into(),
     }
 }
 
@@ -290,20 +293,21 @@ impl SpiritEngine {
             if let Some(r) = runners.get_mut(&key).filter(|r| r.apply == id) {
                 match r.child.try_wait() {
                     Ok(None) => {
-                        let waiting =
-                            lock(&r.progress).state.as_deref() == Some("waitingOnSentinelTable");
-                        return Observation::Runner(if waiting {
+                        let report = lock(&r.progress).report();
+                        let waiting = report.phase.as_deref() == Some("waitingOnSentinelTable");
+                        return Reply::from(Observation::Runner(if waiting {
                             RunnerStatus::WaitingOnSentinel
                         } else {
                             RunnerStatus::Copying
-                        })
-                        .into();
+                        }))
+                        .with_progress(report);
                     }
                     Ok(Some(status)) => {
                         let r = runners.remove(&key).expect("present");
+                        let report = lock(&r.progress).report();
                         let outcome = self.finished(&r, status);
                         lock(&self.outcomes).insert(id, outcome.clone());
-                        return outcome_reply(outcome);
+                        return outcome_reply(outcome).with_progress(report);
                     }
                     Err(e) => {
                         let why = format!("cannot poll the Spirit process: {e}");

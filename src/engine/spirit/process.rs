@@ -45,6 +45,10 @@ pub(super) fn is_permanent(tail: &str) -> bool {
         // `pkg/status/state.go` (main): a DDL or RENAME may have committed unseen; Spirit asks
         // for the table's ownership to be checked by hand before any re-run.
         "ownership ambiguous",
+        // `pkg/sentinel/sentinel.go`: after 48 h of waiting for the sentinel to go. A retry
+        // would only wait again — or, if the binlog it needs was purged meanwhile, start the
+        // copy over — so a person decides (`SENTINEL_TIMED_OUT`).
+        SENTINEL_TIMED_OUT,
     ]
     .iter()
     .any(|p| t.contains(p))
@@ -68,6 +72,9 @@ fn final_error(tail: &str) -> &str {
 }
 
 pub(super) const USAGE_ERROR: i32 = 80;
+
+/// What Spirit exits with when nobody dropped the sentinel within its 48 h wait.
+pub(super) const SENTINEL_TIMED_OUT: &str = "timed out waiting for sentinel table to be dropped";
 
 /// A value as Spirit's `--conf` reader takes it back whole. Spirit reads the file with go-ini
 /// v1.67 and no load options (`pkg/migration/conf_params.go`): unquoted, a `#` or `;` anywhere
@@ -306,7 +313,17 @@ impl SpiritEngine {
             "" => tail.lines().last().unwrap_or("no output").trim(),
             e => e.trim(),
         };
-        let why = format!("Spirit exited with {status}: {said}");
+        let mut why = format!("Spirit exited with {status}: {said}");
+        if said.contains(SENTINEL_TIMED_OUT) {
+            why.push_str(
+                "; nobody asked for the cutover within the 48 h Spirit waits, so the apply is \
+                 not retried (a retry could start the copy over). Its copy, its checkpoint and \
+                 the schema's _spirit_sentinel are kept: submit the change again with \
+                 defer_cutover to resume from them and ask for the cutover within 48 h, or, to \
+                 give the change up, drop _spirit_sentinel and Spirit's _new and checkpoint \
+                 tables",
+            );
+        }
         let why =
             crate::engine::planetscale::Redactor::new(&[self.cfg.password.expose()]).clean(&why);
         (RunnerStatus::Failed { retryable }, Some(why))
@@ -343,6 +360,10 @@ mod tests {
         assert!(exit_is_permanent(
             Some(1),
             "spirit: error: cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+        ));
+        assert!(exit_is_permanent(
+            Some(1),
+            "spirit: error: timed out waiting for sentinel table to be dropped"
         ));
         assert!(!exit_is_permanent(None, "spirit: error: Error 1064"));
     }

@@ -8,6 +8,7 @@ use tokio::io::AsyncReadExt;
 
 use super::lock;
 use crate::machine::apply::ApplyId;
+use crate::store::progress::{RunnerStart, TaskProgress};
 
 /// Output lines kept per runner for error reports.
 const TAIL_LINES: usize = 40;
@@ -86,6 +87,28 @@ impl Progress {
             if !reason.contains("new table") {
                 self.restarted = Some(reason);
             }
+        }
+    }
+
+    /// What is kept on the task rows: the figures, and how this run began once Spirit has said
+    /// anything (it says whether it resumes before it copies).
+    pub fn report(&self) -> TaskProgress {
+        let start = if self.restarted.is_some() {
+            Some(RunnerStart::Restarted)
+        } else if self.resumed {
+            Some(RunnerStart::Resumed)
+        } else if self.state.is_some() || self.copied.is_some() {
+            Some(RunnerStart::Fresh)
+        } else {
+            None
+        };
+        TaskProgress {
+            phase: self.state.clone(),
+            rows_copied: self.copied.map(|(c, _)| c),
+            rows_total: self.copied.map(|(_, t)| t),
+            percent: self.percent,
+            eta: self.eta.clone(),
+            start,
         }
     }
 

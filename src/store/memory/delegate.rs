@@ -68,4 +68,11 @@ impl Store for MemoryStore {
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         MemoryStore::fail_apply(self, lease, reason)
     }
+    async fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &crate::store::progress::TaskProgress,
+    ) -> Result<(), StoreError> {
+        MemoryStore::record_progress(self, lease, progress)
+    }
 }

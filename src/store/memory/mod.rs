@@ -35,7 +35,7 @@ use crate::machine::{
 };
 
 /// One apply row, as the memory store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemoryRow {
     pub id: ApplyId,
     pub spec: Arc<ApplySpec>,
@@ -104,7 +104,7 @@ pub struct MemoryOperation {
 }
 
 /// One task row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemoryTask {
     /// Index of its operation in `MemoryRow::operations`.
     pub operation: usize,
@@ -114,6 +114,8 @@ pub struct MemoryTask {
     pub table: Option<String>,
     /// Why it failed, when it did.
     pub error_message: Option<String>,
+    /// What the engine last said of the work (`Store::record_progress`).
+    pub progress: Option<crate::store::progress::TaskProgress>,
 }
 
 /// One control request row (unique per apply and operation).
@@ -404,6 +406,7 @@ impl MemoryStore {
                 attempt: 0,
                 table: Some(statement.table.clone()),
                 error_message: None,
+                progress: None,
             })
             .collect();
         let spec = Arc::new(ApplySpec {
@@ -928,6 +931,38 @@ impl MemoryStore {
         let row = self.owned_with_operation(&mut inner, lease)?;
         row.heartbeat_at = Some(now);
         row.operations[0].heartbeat_at = Some(now);
+        Ok(())
+    }
+
+    /// Fenced by the leased operation's epoch: the engine's report on its task rows.
+    pub fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &crate::store::progress::TaskProgress,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let rules = self.rules;
+        let row = inner
+            .rows
+            .get_mut(&lease.apply)
+            .ok_or(StoreError::RowGone(lease.apply))?;
+        let leased: Vec<usize> = (0..row.operations.len())
+            .filter(|&i| rules.write_allowed(row.operations[i].lease_epoch, lease.epoch))
+            .collect();
+        if leased.is_empty() {
+            return Err(StoreError::LeaseLost {
+                apply: lease.apply,
+                epoch: lease.epoch,
+            });
+        }
+        let progress = progress.clone().bounded();
+        for task in row
+            .tasks
+            .iter_mut()
+            .filter(|t| leased.contains(&t.operation))
+        {
+            task.progress = Some(progress.clone());
+        }
         Ok(())
     }
 

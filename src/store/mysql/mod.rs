@@ -131,6 +131,7 @@ fn age_ms(us: i64) -> u64 {
 
 mod claim_tx;
 mod claims;
+mod progress;
 mod requests;
 mod rollout;
 mod rows;
@@ -480,6 +481,18 @@ impl Store for MySqlStore {
     async fn fail_apply(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         self.retrying("fail apply", || {
             self.owner_move_once(lease, OwnerMove::Fail { reason })
+        })
+        .await
+    }
+
+    async fn record_progress(
+        &self,
+        lease: &Lease,
+        progress: &super::progress::TaskProgress,
+    ) -> Result<(), StoreError> {
+        let progress = progress.clone().bounded();
+        self.retrying("record progress", || {
+            self.record_progress_once(lease, &progress)
         })
         .await
     }

@@ -145,11 +145,14 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
     .explain())
 }
 
+use super::progress::{read_progress, PROGRESS_COLUMNS};
+
 impl MySqlStore {
     async fn attach_tasks(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
-        let rows = sqlx::query(
-            "SELECT table_name, state, error_message FROM tasks WHERE apply_id = ? ORDER BY seq",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT table_name, state, error_message, {PROGRESS_COLUMNS} FROM tasks \
+             WHERE apply_id = ? ORDER BY seq"
+        ))
         .bind(status.id)
         .fetch_all(self.pool())
         .await
@@ -167,10 +170,12 @@ impl MySqlStore {
             let error: Option<String> = r
                 .try_get_unchecked("error_message")
                 .map_err(|e| bad(status.id, "tasks.error_message", e))?;
+            let progress = read_progress(status.id, &r)?;
             status.tasks.push(TaskStatus {
                 table,
                 state,
                 error,
+                progress,
             });
         }
         Ok(())

@@ -60,6 +60,7 @@ impl MemoryStore {
                     attempt: 0,
                     table: Some(table.clone()),
                     error_message: None,
+                    progress: None,
                 });
             }
             operations.push(MemoryOperation {
