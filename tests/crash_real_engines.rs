@@ -5,8 +5,9 @@
 //! which runs `applyd-spirit-standin` on MariaDB tables with rows. A loop SIGKILLs and restarts
 //! an operator every few seconds, in setup, copies and cutovers alike (a Spirit runner dies with
 //! its operator). Every apply must complete; each PlanetScale apply has exactly one deploy
-//! request and no branch password left; each Spirit table is altered exactly once with every
-//! row kept, and no `_new`, `_old`, checkpoint or sentinel table is left behind.
+//! request and no branch password left; each Spirit table is altered (its new column in place)
+//! by at most one cutover RENAME with every row kept, and no `_new`, `_old`, checkpoint or
+//! sentinel table is left behind.
 
 mod store_support;
 
@@ -105,14 +106,16 @@ fn spawn_operator(db_url: &str, config: &Path, host: u32, cutovers: &Path) -> Ch
         .expect("start applyd serve")
 }
 
+/// Every process the test started, killed however the test ends.
 struct Cleanup {
     children: Vec<Child>,
+    operators: Vec<Child>,
     files: Vec<PathBuf>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().chain(self.operators.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -237,19 +240,19 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the fake engines");
-    let mut line = String::new();
-    BufReader::new(engines.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
     let scratch = std::env::temp_dir().join(format!("applyd-real-crash-{name}"));
     let config = scratch.with_extension("toml");
     let cutovers = scratch.with_extension("cutovers");
-    std::fs::write(&config, config_text(&server, &engines_url)).unwrap();
+    let stdout = engines.stdout.take().unwrap();
     let mut cleanup = Cleanup {
         children: vec![engines],
+        operators: Vec::new(),
         files: vec![config.clone(), cutovers.clone()],
     };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
+    std::fs::write(&config, config_text(&server, &engines_url)).unwrap();
 
     // Half the applies now, half in the middle of the kills.
     let (first_wave, second_wave): (Vec<_>, Vec<_>) = spirit_schemas
@@ -286,7 +289,7 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
     submit(first_wave).await;
     let mut second_wave = Some(second_wave);
 
-    let mut procs: Vec<Child> = (1..=3)
+    cleanup.operators = (1..=3)
         .map(|h| spawn_operator(&db_url, &config, h, &cutovers))
         .collect();
     let mut next_host = 4u32;
@@ -313,9 +316,9 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
                 submit(wave).await;
             }
         }
-        let victim = (next() % procs.len() as u64) as usize;
+        let victim = (next() % cleanup.operators.len() as u64) as usize;
         let mut dead = std::mem::replace(
-            &mut procs[victim],
+            &mut cleanup.operators[victim],
             spawn_operator(&db_url, &config, next_host, &cutovers),
         );
         next_host += 1;
@@ -332,12 +335,11 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    for p in &procs {
+    for p in &cleanup.operators {
         let _ = Command::new("kill")
             .args(["-TERM", &p.id().to_string()])
             .status();
     }
-    cleanup.children.extend(procs);
 
     assert_eq!(
         statuses.len(),
@@ -431,6 +433,11 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
             .progress
             .clone()
             .unwrap_or_else(|| panic!("{}: no progress on its task row", a.identifier));
+        assert!(
+            progress.start.is_some() && progress.phase.is_some(),
+            "{}: the task row says how its last run began: {progress:?}",
+            a.identifier
+        );
         *starts
             .entry(progress.start.map_or("unknown", |s| s.as_str()))
             .or_insert(0) += 1;

@@ -277,8 +277,22 @@ async fn a_deploy_waits_for_approval_then_goes() {
     );
     let why = reply.why.unwrap();
     assert!(why.contains("waiting for approval"), "{why}");
+    // The wait is shown where people look: the task rows' progress says what it waits for.
+    let shown = reply
+        .progress
+        .expect("the wait is reported for the task rows");
+    assert_eq!(shown.phase.as_deref(), Some("ready"));
+    assert!(
+        shown.summary().contains("is waiting for approval"),
+        "{shown:?}"
+    );
     // Approved: the same call deploys.
     let reply = engine.call(&record, 1, EngineCall::Deploy).await;
+    let shown = reply
+        .progress
+        .clone()
+        .expect("a deploy request's state is reported");
+    assert_eq!(shown.note, Some(format!("deploy request #{number}")));
     assert!(
         matches!(
             reply.obs,

@@ -19,6 +19,7 @@ fn report(copied: u64, start: RunnerStart) -> TaskProgress {
         percent: Some(copied as f64 / 50.0),
         eta: Some("4s".into()),
         start: Some(start),
+        note: Some(format!("{copied} rows so far")),
     }
 }
 

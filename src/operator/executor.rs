@@ -166,7 +166,10 @@ async fn keep_progress(
     reported: &mut Option<TaskProgress>,
     progress: Option<TaskProgress>,
 ) {
-    let Some(p) = progress else { return };
+    // Compared as it would be kept: a figure the store drops (a NaN) is no change.
+    let Some(p) = progress.map(TaskProgress::bounded) else {
+        return;
+    };
     if reported.as_ref() == Some(&p) {
         return;
     }

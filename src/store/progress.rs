@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// The longest phase or ETA text kept; an engine's longer text is cut.
 const MAX_TEXT: usize = 64;
+/// The longest note kept.
+const MAX_NOTE: usize = 1024;
 
 /// How the engine's runner began its latest run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,12 +56,15 @@ pub struct TaskProgress {
     /// The engine's estimate of the time left, as it prints it.
     pub eta: Option<String>,
     pub start: Option<RunnerStart>,
+    /// The engine's own words on where the work stands or what it waits for (PlanetScale:
+    /// `deploy request #12`, `deploy request #12 is waiting for approval (…)`).
+    pub note: Option<String>,
 }
 
-fn cut(text: Option<String>) -> Option<String> {
+fn cut(text: Option<String>, max: usize) -> Option<String> {
     text.map(|mut t| {
-        if t.len() > MAX_TEXT {
-            let mut end = MAX_TEXT;
+        if t.len() > max {
+            let mut end = max;
             while !t.is_char_boundary(end) {
                 end -= 1;
             }
@@ -74,15 +79,16 @@ impl TaskProgress {
     /// when it is a number from 0 to 100.
     pub fn bounded(self) -> TaskProgress {
         TaskProgress {
-            phase: cut(self.phase),
-            eta: cut(self.eta),
+            phase: cut(self.phase, MAX_TEXT),
+            eta: cut(self.eta, MAX_TEXT),
+            note: cut(self.note, MAX_NOTE),
             percent: self.percent.filter(|p| (0.0..=100.0).contains(p)),
             ..self
         }
     }
 
-    /// One line for people: `copyRows: 1200/5000 rows (24.00%), eta 3s; resumed from its
-    /// checkpoint`.
+    /// One line for people: `copyRows: 1200/5000 rows, 24.00%, eta 3s; resumed from its
+    /// checkpoint`, `in_progress; deploy request #12`.
     pub fn summary(&self) -> String {
         let mut out = self.phase.clone().unwrap_or_else(|| "running".into());
         let mut parts = Vec::new();
@@ -108,6 +114,10 @@ impl TaskProgress {
             }
             Some(RunnerStart::Fresh) | None => {}
         }
+        if let Some(note) = &self.note {
+            out.push_str("; ");
+            out.push_str(note);
+        }
         out
     }
 }
@@ -125,6 +135,7 @@ mod tests {
             percent: Some(24.0),
             eta: Some("é".repeat(40)),
             start: Some(RunnerStart::Resumed),
+            note: None,
         }
         .bounded();
         assert_eq!(p.eta.as_deref().map(str::len), Some(64));
@@ -134,9 +145,21 @@ mod tests {
         assert!(p.summary().ends_with("; resumed from its checkpoint"));
         let odd = TaskProgress {
             percent: Some(f64::NAN),
+            note: Some("n".repeat(5000)),
+            ..Default::default()
+        }
+        .bounded();
+        assert_eq!(odd.percent, None);
+        assert_eq!(odd.note.as_deref().map(str::len), Some(1024));
+        let waiting = TaskProgress {
+            phase: Some("ready".into()),
+            note: Some("deploy request #12 is waiting for approval".into()),
             ..Default::default()
         };
-        assert_eq!(odd.bounded().percent, None);
+        assert_eq!(
+            waiting.summary(),
+            "ready; deploy request #12 is waiting for approval"
+        );
         for s in [
             RunnerStart::Fresh,
             RunnerStart::Resumed,

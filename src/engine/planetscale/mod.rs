@@ -35,6 +35,7 @@ use crate::config::PlanetScaleSection;
 use crate::machine::apply::{ApplyId, ApplyRecord};
 use crate::machine::observe::{BranchStatus, EngineFault, Observation};
 use crate::machine::{EngineCall, EngineState, Probe};
+use crate::store::progress::TaskProgress;
 
 /// Applies the reviewed DDL to a branch over the MySQL protocol. A trait so tests can stand in
 /// for the branch's MySQL endpoint.
@@ -321,6 +322,13 @@ impl PlanetScaleEngine {
     }
 
     fn observe(&self, apply: &ApplyRecord, dr: &DeployRequest) -> Reply {
+        self.observe_only(apply, dr).with_progress(deploy_progress(
+            dr,
+            format!("deploy request #{}", dr.number),
+        ))
+    }
+
+    fn observe_only(&self, apply: &ApplyRecord, dr: &DeployRequest) -> Reply {
         match dr.reading() {
             Reading::State(state, meaning) => {
                 self.patience
@@ -472,7 +480,8 @@ impl PlanetScaleEngine {
                             ApiError::Rejected(m)
                         );
                         tracing::warn!(apply = apply.row.id, "{why}");
-                        Reply::fault(EngineFault::Transient, why)
+                        Reply::fault(EngineFault::Transient, why.clone())
+                            .with_progress(deploy_progress(&d, why))
                     }
                     _ => self.fault(
                         apply,
@@ -483,6 +492,15 @@ impl PlanetScaleEngine {
             }
             Err(e) => self.fault(apply, &format!("{call:?} on #{number}"), e),
         }
+    }
+}
+
+/// Where a deploy request stands, for the task rows: its state as the API names it, and `note`.
+fn deploy_progress(dr: &DeployRequest, note: String) -> TaskProgress {
+    TaskProgress {
+        phase: Some(dr.deployment_state.clone()),
+        note: Some(note),
+        ..TaskProgress::default()
     }
 }
 

@@ -318,7 +318,8 @@ impl SpiritEngine {
             why.push_str(
                 "; nobody asked for the cutover within the 48 h Spirit waits, so the apply is \
                  not retried (a retry could start the copy over). Its copy, its checkpoint and \
-                 the schema's _spirit_sentinel are kept: submit the change again with \
+                 the schema's _spirit_sentinel are kept, and every Spirit run on this schema \
+                 waits on that sentinel until someone acts: submit the change again with \
                  defer_cutover to resume from them and ask for the cutover within 48 h, or, to \
                  give the change up, drop _spirit_sentinel and Spirit's _new and checkpoint \
                  tables",

@@ -90,14 +90,17 @@ impl Progress {
         }
     }
 
-    /// What is kept on the task rows: the figures, and how this run began once Spirit has said
-    /// anything (it says whether it resumes before it copies).
+    /// What is kept on the task rows: the figures, and how this run began once that is known.
+    /// Spirit decides whether it resumes in its `initial` state, so a run that has left it (or
+    /// copied a row) without saying it resumed or started over began fresh.
     pub fn report(&self) -> TaskProgress {
+        let decided =
+            self.state.as_deref().is_some_and(|s| s != "initial") || self.copied.is_some();
         let start = if self.restarted.is_some() {
             Some(RunnerStart::Restarted)
         } else if self.resumed {
             Some(RunnerStart::Resumed)
-        } else if self.state.is_some() || self.copied.is_some() {
+        } else if decided {
             Some(RunnerStart::Fresh)
         } else {
             None
@@ -109,6 +112,7 @@ impl Progress {
             percent: self.percent,
             eta: self.eta.clone(),
             start,
+            note: None,
         }
     }
 

@@ -947,7 +947,9 @@ impl MemoryStore {
             .get_mut(&lease.apply)
             .ok_or(StoreError::RowGone(lease.apply))?;
         let leased: Vec<usize> = (0..row.operations.len())
-            .filter(|&i| rules.write_allowed(row.operations[i].lease_epoch, lease.epoch))
+            .filter(|&i| {
+                lease.epoch > 0 && rules.write_allowed(row.operations[i].lease_epoch, lease.epoch)
+            })
             .collect();
         if leased.is_empty() {
             return Err(StoreError::LeaseLost {

@@ -16,6 +16,15 @@ impl MySqlStore {
         p: &TaskProgress,
     ) -> Result<(), Failure> {
         let mut tx = self.pool.begin().await?;
+        // The apply row first, as every other write takes its locks.
+        let apply: Option<u64> =
+            sqlx::query_scalar("SELECT id FROM applies WHERE id = ? FOR UPDATE")
+                .bind(lease.apply)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if apply.is_none() {
+            return Err(Failure::Store(StoreError::RowGone(lease.apply)));
+        }
         let ops = sqlx::query(
             "SELECT id, lease_epoch FROM apply_operations WHERE apply_id = ? ORDER BY id FOR UPDATE",
         )
@@ -28,7 +37,8 @@ impl MySqlStore {
         let mut leased = Vec::new();
         for r in ops {
             let epoch: u64 = r.try_get("lease_epoch")?;
-            if self.rules.write_allowed(epoch, lease.epoch) {
+            // Epoch 0 is never a lease: no claim hands it out.
+            if lease.epoch > 0 && self.rules.write_allowed(epoch, lease.epoch) {
                 leased.push(r.try_get::<u64, _>("id")?);
             }
         }
@@ -40,8 +50,9 @@ impl MySqlStore {
         }
         let sql = format!(
             "UPDATE tasks SET progress_phase = ?, rows_copied = ?, rows_total = ?, \
-             progress_percent = ?, progress_eta = ?, runner_start = ?, progress_at = {} \
-             WHERE apply_operation_id IN ({})",
+             progress_percent = ?, progress_eta = ?, runner_start = ?, progress_note = ?, \
+             progress_at = {} \
+             WHERE apply_id = ? AND apply_operation_id IN ({})",
             self.now_sql(),
             vec!["?"; leased.len()].join(", ")
         );
@@ -51,7 +62,9 @@ impl MySqlStore {
             .bind(p.rows_total)
             .bind(p.percent)
             .bind(p.eta.as_deref())
-            .bind(p.start.map(RunnerStart::as_str));
+            .bind(p.start.map(RunnerStart::as_str))
+            .bind(p.note.as_deref())
+            .bind(lease.apply);
         for id in leased {
             q = q.bind(id);
         }
@@ -64,7 +77,8 @@ impl MySqlStore {
 /// The columns [`read_progress`] reads.
 pub(super) const PROGRESS_COLUMNS: &str =
     "CAST(progress_at IS NOT NULL AS SIGNED) AS has_progress, \
-     progress_phase, rows_copied, rows_total, progress_percent, progress_eta, runner_start";
+     progress_phase, rows_copied, rows_total, progress_percent, progress_eta, runner_start, \
+     progress_note";
 
 /// The progress columns of a task row read back; `None` when the engine never reported.
 pub(super) fn read_progress(
@@ -105,5 +119,8 @@ pub(super) fn read_progress(
             .map(|s| s.parse::<RunnerStart>())
             .transpose()
             .map_err(|e| bad("tasks.runner_start", e))?,
+        note: r
+            .try_get_unchecked("progress_note")
+            .map_err(|e| bad("tasks.progress_note", e.to_string()))?,
     }))
 }
