@@ -1,5 +1,6 @@
-//! Both stores keep the reason of every move into a failed state where people look for it: on
-//! the apply, on its failed task rows, and on the audit entry of the move.
+//! Both stores keep the reason of every move into a failed state, or into a hold for a person,
+//! where people look for it: on the apply, on its failed task rows, and on the audit entry of
+//! the move.
 
 #[macro_use]
 mod store_support;
@@ -116,7 +117,38 @@ async fn a_retryable_failure_and_a_failed_closed_apply_say_why_too(env: Env) {
     env.cleanup().await;
 }
 
+async fn a_hold_for_a_person_says_why(env: Env) {
+    let why = "Spirit exited with exit status: 1: cutover failed: ownership ambiguous";
+    let (id, lease) = claimed(&env, "users").await;
+    env.store
+        .write(&lease, ApplyState::Running, ResumeState::default(), None)
+        .await
+        .unwrap();
+    env.store
+        .write(
+            &lease,
+            ApplyState::Paused,
+            ResumeState::default(),
+            Some(why.to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.row(id).await.error.as_deref(), Some(why));
+    let held = moves_into(&env, id, "paused").await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].detail.as_deref(), Some(why));
+    // The tasks did not fail: they carry no reason.
+    assert!(env
+        .tasks()
+        .await
+        .iter()
+        .filter(|t| t.apply == id)
+        .all(|t| t.error.is_none()));
+    env.cleanup().await;
+}
+
 conformance!(
     a_failed_write_keeps_the_engines_words_everywhere,
     a_retryable_failure_and_a_failed_closed_apply_say_why_too,
+    a_hold_for_a_person_says_why,
 );

@@ -19,6 +19,9 @@ pub struct ClaimMove {
     pub to: ApplyState,
     /// A claim through the retry arm counts an attempt (on the apply and its operation).
     pub counts_attempt: bool,
+    /// The claim takes the apply up again after a failure or a hold — a retry, or a person's
+    /// start of a stopped apply — so the apply's reason is history (the audit log keeps it).
+    pub clears_reason: bool,
     /// The claim makes an inactive apply active: its target must be re-checked first.
     pub reactivates: bool,
 }
@@ -38,6 +41,7 @@ impl Rules {
             row,
             to,
             counts_attempt: arm == ClaimArm::A3Retry,
+            clears_reason: matches!(arm, ClaimArm::A3Retry | ClaimArm::A5StoppedStart),
             reactivates: self.reactivates(from, to),
         })
     }

@@ -19,7 +19,13 @@ pub enum RunnerStatus {
     Copying,
     WaitingOnSentinel,
     Completed,
-    Failed { retryable: bool },
+    Failed {
+        retryable: bool,
+    },
+    /// The runner ended asking that a person check the target before anything runs again
+    /// (Spirit's "ownership ambiguous": a DDL or RENAME may have committed unseen). Neither a
+    /// retry nor a failure: the apply is held for a person.
+    NeedsPerson,
     Stopped,
     Cancelled,
 }
@@ -64,6 +70,9 @@ impl Observation {
             }
             Observation::Runner(RunnerStatus::Failed { retryable: false }) => {
                 "the schema-change runner failed"
+            }
+            Observation::Runner(RunnerStatus::NeedsPerson) => {
+                "the schema-change runner asks a person to check the target before it runs again"
             }
             Observation::DeployRequest { .. } => "the deploy request failed",
             _ => "the engine reported a failure",

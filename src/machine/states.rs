@@ -192,6 +192,12 @@ impl ApplyState {
     pub const fn is_failure(self) -> bool {
         matches!(self, ApplyState::Failed | ApplyState::FailedRetryable)
     }
+
+    /// The states a move into is written with its reason: the failed ones, and `paused`, where
+    /// an engine holds an apply for a person (who must read why).
+    pub const fn is_written_with_reason(self) -> bool {
+        self.is_failure() || matches!(self, ApplyState::Paused)
+    }
 }
 
 impl TaskState {

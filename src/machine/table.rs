@@ -316,6 +316,9 @@ fn build() -> Table {
     row!(SP, SPIRIT_LIVE, Engine(Failed) => Failed, [Persist]);
     row!(SP, SPIRIT_LIVE, PermanentFailure => Failed, [Persist]);
     row!(SP, SPIRIT_LIVE, RetryableFailure => FailedRetryable, [Persist]);
+    // Spirit's "ownership ambiguous": no re-run until a person has checked the table; held in
+    // `paused` with the reason, left by a stop (then a start runs it again) or a cancel.
+    row!(SP, SPIRIT_LIVE, NeedsPerson => Paused, [Persist]);
     // Stop: the engine stops first; storage says `stopped` only once the engine confirms.
     let stoppable = concat(&[SPIRIT_LIVE, &[FailedRetryable]]);
     row!(SP, stoppable, Control(Stop) => same, [Call(StopRunner)]);

@@ -54,6 +54,8 @@ pub enum Event {
     RetryableFailure,
     /// The engine refused for good (bad DDL, deleted deploy request, ...).
     PermanentFailure,
+    /// The engine asks a person to check before anything runs again: the apply is held.
+    NeedsPerson,
     /// A pending control request is processed by the owner.
     Control(ControlOp),
     Auto(AutoAction),
@@ -78,6 +80,7 @@ impl Event {
             Event::RunnerGone(g) => format!("runner gone, {}", format!("{g:?}").to_snake()),
             Event::RetryableFailure => "retryable failure".into(),
             Event::PermanentFailure => "permanent failure".into(),
+            Event::NeedsPerson => "needs a person".into(),
             Event::Control(op) => format!("{} request", op.as_str()),
             Event::Auto(a) => format!("auto {}", format!("{a:?}").to_snake()),
             Event::RetryExpired => "retry expired".into(),

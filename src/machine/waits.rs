@@ -163,8 +163,8 @@ pub fn sentinel_deadline(
     Some(if waited_ms >= SPIRIT_SENTINEL_WARN_AFTER_MS {
         format!(
             "WARNING: Spirit gives up waiting for the cutover in about {left} (48 h after it \
-             began waiting); ask for the cutover before then, or the run fails and the change \
-             must be submitted again"
+             began waiting); ask for the cutover before then, or the run ends and the apply \
+             waits for a person"
         )
     } else {
         format!("Spirit waits for the cutover at most {left} more (48 h in all)")

@@ -486,6 +486,49 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_runner_that_asks_for_a_person_holds_the_apply_with_its_words() {
+        let state = Arc::new(Mutex::new(ApplyState::Running));
+        let mut store = store_loading(&state);
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let (w, s) = (written.clone(), state.clone());
+        store.expect_write().returning(move |_, to, _, why| {
+            *s.lock().unwrap() = to;
+            w.lock().unwrap().push((to, why));
+            Ok(())
+        });
+        let mut engine = MockEngine::new();
+        engine.expect_probe().returning(|_, _, _| {
+            crate::engine::Reply::explained(
+                Observation::Runner(RunnerStatus::NeedsPerson),
+                "Spirit exited with exit status: 1: cutover failed: ownership ambiguous",
+            )
+        });
+        // Held: nothing runs again, nothing is cancelled.
+        engine.expect_call().never();
+        let report = run_drive(
+            &store,
+            &engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            100,
+        )
+        .await;
+        assert_eq!(report.finish, Finish::Settled);
+        assert_eq!(
+            *written.lock().unwrap(),
+            vec![(
+                ApplyState::Paused,
+                Some(
+                    "Spirit exited with exit status: 1: cutover failed: ownership ambiguous"
+                        .to_string()
+                )
+            )],
+            "one write, into the hold, with the engine's words"
+        );
+    }
+
     #[test]
     fn a_retried_failure_write_keeps_the_words_and_long_words_are_cut() {
         let mut account = FailureAccount::default();

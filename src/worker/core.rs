@@ -4,7 +4,7 @@ use crate::machine::table::{
 };
 use crate::machine::waits::{auto_action, Rest};
 use crate::machine::{
-    ApplyState, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules,
+    ApplyState, ClaimClass, ControlOp, EngineKind, EngineState, Mutant, Probe, Refusal, Rules,
 };
 
 use super::{
@@ -16,7 +16,8 @@ use crate::worker::BranchStatus;
 /// Why a drive ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Finish {
-    /// Terminal, with every pending request settled.
+    /// Terminal, with every pending request settled; or held for a person (`paused`) with no
+    /// request to take.
     Settled,
     /// `failed_retryable`: release the lease so the retry arm may pick it up.
     ReleaseForRetry,
@@ -253,6 +254,11 @@ impl Drive {
         if state == ApplyState::FailedRetryable {
             return Command::Finish(Finish::ReleaseForRetry);
         }
+        // Held for a person (an engine asked for one): nothing moves it but their request, which
+        // arm A8 takes whoever holds the lease.
+        if rules.class_of(state) == ClaimClass::HumanHeld {
+            return Command::Finish(Finish::Settled);
+        }
 
         if let Some(action) = auto_action(
             self.engine,
@@ -350,6 +356,7 @@ impl Drive {
             O::Runner(RunnerStatus::Failed { retryable: false }) => {
                 ev(Event::Engine(EngineState::Failed))
             }
+            O::Runner(RunnerStatus::NeedsPerson) => ev(Event::NeedsPerson),
             O::Runner(RunnerStatus::Stopped) => ev(Event::Engine(EngineState::Stopped)),
             O::Runner(RunnerStatus::Cancelled) => ev(Event::Engine(EngineState::Cancelled)),
             O::Accepted => Mapped::Nothing,

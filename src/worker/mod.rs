@@ -42,11 +42,12 @@ impl FailureAccount {
         self.0 = Some((obs, why));
     }
 
-    /// The reason a write into `to` carries: `Some` exactly when `to` is a failed state. The
+    /// The reason a write into `to` carries: `Some` exactly when `to` is a failed state or the
+    /// hold `paused` ([`ApplyState::is_written_with_reason`]). The
     /// account is kept until the next reply: a write retried after the store was unavailable
     /// carries the same words.
     pub fn reason_for(&self, to: ApplyState) -> Option<String> {
-        if !to.is_failure() {
+        if !to.is_written_with_reason() {
             return None;
         }
         let why = match &self.0 {

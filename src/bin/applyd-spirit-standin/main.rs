@@ -29,7 +29,8 @@
 //! 1000), APPLYD_STANDIN_CHUNK_DELAY_MS (0), APPLYD_STANDIN_POLL_MS (100),
 //! APPLYD_STANDIN_CHECKPOINT_MS (50000), APPLYD_STANDIN_SENTINEL_WAIT_LIMIT_MS (48 h),
 //! APPLYD_STANDIN_CUTOVER_LOG (a file each cutover RENAME appends `schema.table` lines to, so a
-//! test can count how often each table was altered).
+//! test can count how often each table was altered), APPLYD_STANDIN_CUTOVER_ERROR (an error the
+//! run ends with just after its RENAME, as when the RENAME's outcome is unseen).
 //!
 //! Over 700 lines: one run of a migration — its locks, resume decision, copy, checkpoints,
 //! sentinel wait and cutover — reads as one story, in Spirit's order; the `--conf` reader and
@@ -594,6 +595,11 @@ async fn run(m: Migrate) -> Result<(), Failure> {
     c.execute(format!("RENAME TABLE {}", renames.join(", ")).as_str())
         .await?;
     note_cutover(&database, &work);
+    // Test knob: the RENAME committed but this run cannot tell (as when Spirit's connection
+    // drops during it): it ends with the given error, leaving `_old` and its checkpoint.
+    if let Ok(error) = std::env::var("APPLYD_STANDIN_CUTOVER_ERROR") {
+        return Err(Failure(error));
+    }
     for t in &work {
         let old = names::aux(&t.name, "_old");
         if let Err(e) = c

@@ -15,9 +15,9 @@
 //! - Deferred cutover: Spirit waits while `_spirit_sentinel` exists; we drop it over MySQL. The
 //!   sentinel is schema-wide (every migration in the schema waits on it, and Spirit gives up
 //!   after 48 h of waiting: `pkg/sentinel/sentinel.go`), so only an apply that defers its
-//!   cutover reads it as its own or drops it. A run that gave up waiting fails for good
-//!   (`process::SENTINEL_TIMED_OUT`): a retry would wait again, or copy again if the binlog
-//!   was purged meanwhile; the status counts the 48 h down (`waits::sentinel_deadline`).
+//!   cutover reads it as its own or drops it. A run that gave up waiting is held for a person
+//!   (`process::needs_person`): a retry would wait again, or copy again if the binlog was
+//!   purged meanwhile; the status counts the 48 h down (`waits::sentinel_deadline`).
 //! - After a restart no runner is known: the target is inspected (`target`). A runner still
 //!   holding Spirit's lock on the tables is alive elsewhere, and nothing is touched. Otherwise
 //!   `_<table>_new` means work is left; without it, the schema fingerprint recorded before the
@@ -30,7 +30,8 @@
 //!   outlives its operator for long; Spirit's own table lock keeps a second runner out meanwhile.
 //! - The credentials go in a private `--conf` file, every value backtick-quoted for go-ini
 //!   (`process::conf_value`); exit 80 (a usage error) and the errors Spirit marks final are
-//!   permanent failures, any other exit a retryable one.
+//!   permanent failures, "ownership ambiguous" holds the apply for a person
+//!   (`RunnerStatus::NeedsPerson`), any other exit is a retryable failure.
 //!
 //! The child process is `process`, its output `progress`, the target schema `target`.
 

@@ -42,16 +42,21 @@ pub(super) fn is_permanent(tail: &str) -> bool {
         "duplicate column",
         // `pkg/statement/statement.go`: ALGORITHM= and LOCK= clauses are refused for good.
         "alter contains unsupported clause",
-        // `pkg/status/state.go` (main): a DDL or RENAME may have committed unseen; Spirit asks
-        // for the table's ownership to be checked by hand before any re-run.
-        "ownership ambiguous",
-        // `pkg/sentinel/sentinel.go`: after 48 h of waiting for the sentinel to go. A retry
-        // would only wait again — or, if the binlog it needs was purged meanwhile, start the
-        // copy over — so a person decides (`SENTINEL_TIMED_OUT`).
-        SENTINEL_TIMED_OUT,
     ]
     .iter()
     .any(|p| t.contains(p))
+}
+
+/// Whether a failed run asks for a person before any re-run: `pkg/status/state.go` (main) — a
+/// DDL or RENAME may have committed unseen, and Spirit asks that the table's ownership be
+/// checked by hand before retrying. Neither retried nor failed: held (`RunnerStatus::NeedsPerson`).
+///
+/// Also a sentinel wait that timed out (`pkg/sentinel/sentinel.go`, after 48 h): a retry would
+/// only wait again, or — if the binlog it needs was purged meanwhile — copy everything again,
+/// so a person decides.
+pub(super) fn needs_person(code: Option<i32>, tail: &str) -> bool {
+    let error = final_error(tail).to_ascii_lowercase();
+    code == Some(1) && (error.contains("ownership ambiguous") || error.contains(SENTINEL_TIMED_OUT))
 }
 
 /// Spirit's exit codes (`cmd/spirit/main.go`, kong v1.16): 80 is a usage error (a flag this
@@ -303,10 +308,12 @@ impl SpiritEngine {
         }
         let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
         let tail = tail.join("\n");
-        let retryable = !exit_is_permanent(status.code(), &tail);
+        let held = needs_person(status.code(), &tail);
+        let retryable = !held && !exit_is_permanent(status.code(), &tail);
         tracing::error!(
             apply = r.apply,
             retryable,
+            held,
             "Spirit exited with {status}; its last output:\n{tail}"
         );
         let said = match final_error(&tail) {
@@ -317,17 +324,27 @@ impl SpiritEngine {
         if said.contains(SENTINEL_TIMED_OUT) {
             why.push_str(
                 "; nobody asked for the cutover within the 48 h Spirit waits, so the apply is \
-                 not retried (a retry could start the copy over). Its copy, its checkpoint and \
-                 the schema's _spirit_sentinel are kept, and every Spirit run on this schema \
-                 waits on that sentinel until someone acts: submit the change again with \
-                 defer_cutover to resume from them and ask for the cutover within 48 h, or, to \
-                 give the change up, drop _spirit_sentinel and Spirit's _new and checkpoint \
-                 tables",
+                 held rather than retried (a retry could start the copy over). Its copy, its \
+                 checkpoint and the schema's _spirit_sentinel are kept, and every Spirit run on \
+                 this schema waits on that sentinel meanwhile: a stop and a start resume from \
+                 the checkpoint (then ask for the cutover within 48 h), a cancel gives the \
+                 change up and drops them",
+            );
+        } else if held {
+            why.push_str(
+                "; Spirit cannot tell whether its change was applied, so nothing runs again \
+                 until a person has checked the table: then a stop and a start run it again, or \
+                 a cancel gives it up",
             );
         }
         let why =
             crate::engine::planetscale::Redactor::new(&[self.cfg.password.expose()]).clean(&why);
-        (RunnerStatus::Failed { retryable }, Some(why))
+        let status = if held {
+            RunnerStatus::NeedsPerson
+        } else {
+            RunnerStatus::Failed { retryable }
+        };
+        (status, Some(why))
     }
 }
 
@@ -358,11 +375,13 @@ mod tests {
             Some(1),
             "spirit: error: ALTER contains unsupported clause(s): ALGORITHM="
         ));
-        assert!(exit_is_permanent(
+        let ambiguous = "spirit: error: cutover failed: ownership ambiguous; verify table ownership manually before retrying";
+        assert!(needs_person(Some(1), ambiguous));
+        assert!(!needs_person(
             Some(1),
-            "spirit: error: cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+            "ownership ambiguous once\nspirit: error: dial tcp: connection refused"
         ));
-        assert!(exit_is_permanent(
+        assert!(needs_person(
             Some(1),
             "spirit: error: timed out waiting for sentinel table to be dropped"
         ));

@@ -733,8 +733,10 @@ impl MemoryStore {
         row.updated_at = now;
         if mv.counts_attempt {
             row.attempt += 1;
-            row.error_message = None;
             row.operations[0].attempt += 1;
+        }
+        if mv.clears_reason {
+            row.error_message = None;
         }
         let op = &mut row.operations[0];
         op.lease_epoch = row.lease_epoch;

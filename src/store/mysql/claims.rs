@@ -535,7 +535,10 @@ impl MySqlStore {
         }
         let retry = mv.counts_attempt;
         if retry {
-            sets.push_str(", attempt = attempt + 1, error_message = NULL");
+            sets.push_str(", attempt = attempt + 1");
+        }
+        if mv.clears_reason {
+            sets.push_str(", error_message = NULL");
         }
         // A stop that committed after the locking read's snapshot but before the parent was
         // locked is seen by this statement's fresh read (a request locks the parent first): it
