@@ -184,18 +184,156 @@ async fn bad_ddl_is_a_clear_permanent_failure() {
     store_support::drop_database(&url, &db).await;
 }
 
-/// The same hold through the operator: the apply moves to `paused` with Spirit's words and no
-/// claim takes it by itself; a person's stop, then start, finds the change in place and the
-/// apply completes.
+/// An operator (one driver, on the memory store) driving a Spirit apply whose cutover RENAME
+/// commits unseen, until the apply is held for a person.
+struct Held {
+    store: std::sync::Arc<applyd::store::memory::MemoryStore>,
+    id: applyd::worker::ApplyId,
+    stop_pool: tokio::sync::watch::Sender<bool>,
+    pool: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    async fn start(url: &str, db: &str) -> Held {
+        use applyd::machine::{EngineKind, Rules};
+        use applyd::operator::{Runtime, RuntimeConfig};
+        use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
+        use applyd::store::{NewApply, Target};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let mut cfg = config(url);
+        cfg.env.push((
+            "APPLYD_STANDIN_CUTOVER_ERROR".into(),
+            "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+                .into(),
+        ));
+        let rules = Rules::default();
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+        let store = Arc::new(MemoryStore::new(rules, clock));
+        let id = store
+            .submit(NewApply {
+                allow_destructive: false,
+                rollout: None,
+                target: Target {
+                    database: db.to_string(),
+                    environment: "test".into(),
+                },
+                engine: EngineKind::Spirit,
+                ddl: vec!["ALTER TABLE items ADD COLUMN owned INT NULL".into()],
+                options: ApplyOptions::default(),
+            })
+            .expect("submit");
+        let runtime = Arc::new(Runtime::new(
+            store.clone(),
+            Arc::new(SpiritEngine::new(cfg)),
+            RuntimeConfig {
+                owner_prefix: "held".into(),
+                drivers: 1,
+                poll_interval: Duration::from_millis(50),
+                backoff: Duration::from_millis(100),
+                heartbeat_interval: Duration::from_millis(200),
+                shutdown_deadline: Duration::from_secs(5),
+                max_commands_per_drive: 100_000,
+                rules,
+                claim_path: Default::default(),
+            },
+        ));
+        let (stop_pool, shutdown) = tokio::sync::watch::channel(false);
+        let pool = tokio::spawn(runtime.run(shutdown));
+        let held = Held {
+            store,
+            id,
+            stop_pool,
+            pool,
+        };
+        held.reaches(ApplyState::Paused).await;
+        let row = held.store.row(id).unwrap();
+        let why = row.error_message.expect("the hold says why");
+        assert!(why.contains("ownership ambiguous"), "{why}");
+        assert_eq!(row.lease_owner, None, "a hold gives its lease back");
+        held
+    }
+
+    async fn reaches(&self, state: ApplyState) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.store.row(self.id).unwrap().state != state {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {state}: {:?}",
+                self.store.row(self.id).unwrap().state
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self, url: &str, db: &str) {
+        assert!(has_column(url, db, "owned").await);
+        assert_eq!(rows_in(url, db, "items").await, ROWS);
+        assert!(!table_exists(url, db, "_items_old").await);
+        self.stop_pool.send(true).unwrap();
+        self.pool.await.unwrap();
+        store_support::drop_database(url, db).await;
+    }
+}
+
+/// The same hold through the operator: the apply moves to `paused` with Spirit's words and its
+/// lease released, and no claim takes it by itself; a person's stop, then start, finds the
+/// change in place and the apply completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_holds_an_ownership_ambiguous_apply_until_a_stop_and_a_start() {
-    use applyd::machine::{ControlOp, EngineKind, Rules};
-    use applyd::operator::{Runtime, RuntimeConfig};
-    use applyd::store::memory::{Clock, MemoryStore, MonotonicClock};
-    use applyd::store::{NewApply, Target};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use applyd::machine::ControlOp;
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let held = Held::start(&url, &db).await;
+    // Held: polls pass and nothing takes it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(held.store.row(held.id).unwrap().state, ApplyState::Paused);
 
+    held.store.request(held.id, ControlOp::Stop).expect("stop");
+    held.reaches(ApplyState::Stopped).await;
+    held.store
+        .request(held.id, ControlOp::Start)
+        .expect("start");
+    held.reaches(ApplyState::Completed).await;
+    assert_eq!(
+        held.store.row(held.id).unwrap().error_message,
+        None,
+        "the person's start made the hold's reason history"
+    );
+    held.finish(&url, &db).await;
+}
+
+/// A person's cancel of a held apply whose change is in place after all: the apply is recorded
+/// completed and the cancel refused as too late — never a cancel re-issued without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_hold_whose_change_is_in_place_records_it_completed() {
+    use applyd::machine::{ControlOp, ControlStatus};
+    let Some((url, db)) = setup().await else {
+        return;
+    };
+    let held = Held::start(&url, &db).await;
+    held.store
+        .request(held.id, ControlOp::Cancel)
+        .expect("cancel");
+    held.reaches(ApplyState::Completed).await;
+    let cancel = held
+        .store
+        .request_status(held.id, ControlOp::Cancel)
+        .expect("the cancel request");
+    assert!(
+        matches!(cancel.status, ControlStatus::Failed),
+        "the cancel is refused: {cancel:?}"
+    );
+    held.finish(&url, &db).await;
+}
+
+/// A rollout's operation is never held — no claim arm takes a held operation, so its rollout
+/// could no longer be stopped or cancelled: "ownership ambiguous" fails it for good instead,
+/// with the same words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ownership_ambiguous_rollout_operation_fails_for_good() {
     let Some((url, db)) = setup().await else {
         return;
     };
@@ -205,71 +343,33 @@ async fn the_operator_holds_an_ownership_ambiguous_apply_until_a_stop_and_a_star
         "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
             .into(),
     ));
-    let rules = Rules::default();
-    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
-    let store = Arc::new(MemoryStore::new(rules, clock));
-    let id = store
-        .submit(NewApply {
-            allow_destructive: false,
-            rollout: None,
-            target: Target {
-                database: db.clone(),
-                environment: "test".into(),
-            },
-            engine: EngineKind::Spirit,
-            ddl: vec!["ALTER TABLE items ADD COLUMN owned INT NULL".into()],
-            options: ApplyOptions::default(),
-        })
-        .expect("submit");
-    let runtime = Arc::new(Runtime::new(
-        store.clone(),
-        Arc::new(SpiritEngine::new(cfg)),
-        RuntimeConfig {
-            owner_prefix: "held".into(),
-            drivers: 1,
-            poll_interval: Duration::from_millis(50),
-            backoff: Duration::from_millis(100),
-            heartbeat_interval: Duration::from_millis(200),
-            shutdown_deadline: Duration::from_secs(5),
-            max_commands_per_drive: 100_000,
-            rules,
-            claim_path: Default::default(),
-        },
-    ));
-    let (stop_pool, shutdown) = tokio::sync::watch::channel(false);
-    let pool = tokio::spawn(runtime.run(shutdown));
-    let wait_for = async |what: &str, state: ApplyState| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while store.row(id).unwrap().state != state {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:?}",
-                store.row(id).unwrap().state
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    wait_for("the hold", ApplyState::Paused).await;
-    let row = store.row(id).unwrap();
-    let why = row.error_message.expect("the hold says why");
-    assert!(why.contains("ownership ambiguous"), "{why}");
-    // Held: polls pass and nothing takes it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(store.row(id).unwrap().state, ApplyState::Paused);
-
-    store.request(id, ControlOp::Stop).expect("stop");
-    wait_for("the stop", ApplyState::Stopped).await;
-    store.request(id, ControlOp::Start).expect("start");
-    wait_for("completion", ApplyState::Completed).await;
-    assert_eq!(
-        store.row(id).unwrap().error_message,
-        None,
-        "the person's start made the hold's reason history"
+    // The deployment's own server entry (the same MariaDB here).
+    let server = cfg.default_endpoint();
+    cfg.hosts.insert("test/us-east-1".into(), server);
+    let engine = SpiritEngine::new(cfg);
+    let mut apply = record(
+        &db,
+        "ALTER TABLE items ADD COLUMN owned INT NULL",
+        Default::default(),
     );
-    assert!(has_column(&url, &db, "owned").await);
-    assert_eq!(rows_in(&url, &db, "items").await, ROWS);
-    assert!(!table_exists(&url, &db, "_items_old").await);
-    stop_pool.send(true).unwrap();
-    pool.await.unwrap();
+    std::sync::Arc::make_mut(&mut apply.spec).deployment = "us-east-1".into();
+    engine.call(&apply, 1, EngineCall::StartRunner).await;
+    let (obs, _) = probe_until(&engine, &apply, "the run to end", |o| {
+        finished(o) || *o == Observation::Runner(RunnerStatus::NeedsPerson)
+    })
+    .await;
+    assert_eq!(
+        obs,
+        Observation::Runner(RunnerStatus::Failed { retryable: false })
+    );
+    let why = engine
+        .probe(&apply, 1, Probe::RunnerStatus)
+        .await
+        .why
+        .expect("the failure says why");
+    assert!(
+        why.contains("ownership ambiguous") && why.contains("cannot be held"),
+        "{why}"
+    );
     store_support::drop_database(&url, &db).await;
 }

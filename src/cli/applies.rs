@@ -219,11 +219,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         println!("     progress: {}", p.summary());
                     }
                     // A reason stays on a task a retry took up again; shown while it holds.
-                    let failed = matches!(
-                        t.state,
-                        crate::machine::TaskState::Failed
-                            | crate::machine::TaskState::FailedRetryable
-                    );
+                    let failed = t.state.is_failure();
                     if let Some(e) = t.error.as_ref().filter(|_| failed) {
                         println!("     why: {e}");
                     }

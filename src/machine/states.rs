@@ -208,6 +208,21 @@ impl TaskState {
             TaskState::Completed | TaskState::Failed | TaskState::Reverted | TaskState::Cancelled
         )
     }
+
+    /// The failed task states: the ones that carry the reason of their apply's failure.
+    pub const fn is_failure(self) -> bool {
+        matches!(self, TaskState::Failed | TaskState::FailedRetryable)
+    }
+
+    /// The failed task states as an SQL list (`'failed', 'failed_retryable'`).
+    pub fn failure_sql_list() -> String {
+        TaskState::ALL
+            .iter()
+            .filter(|s| s.is_failure())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl ControlStatus {
@@ -230,6 +245,20 @@ mod tests {
         let err = "no_such_thing".parse::<T>().unwrap_err();
         assert_eq!(err.value, "no_such_thing");
         assert!(err.to_string().contains("no_such_thing"));
+    }
+
+    #[test]
+    fn the_failed_task_states_are_one_list() {
+        assert_eq!(
+            TaskState::failure_sql_list(),
+            "'failed', 'failed_retryable'"
+        );
+        for s in TaskState::ALL {
+            assert_eq!(
+                s.is_failure(),
+                matches!(s, TaskState::Failed | TaskState::FailedRetryable)
+            );
+        }
     }
 
     #[test]

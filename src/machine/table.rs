@@ -338,6 +338,9 @@ fn build() -> Table {
     row!(SP, [Paused], Control(Cancel) => same, [Call(CancelRunner)]);
     row!(SP, [Paused], Control(Stop) => same, [Call(StopRunner)]);
     row!(SP, [Paused], Engine(Stopped) => Stopped, [Persist, CompleteRequest(Stop)]);
+    // A hold's change may be in place after all (Spirit's RENAME did commit): a cancel, or a
+    // stop, that finds it so records it; the request is then refused as too late.
+    row!(SP, [Paused, Stopped], Engine(Completed) => Completed, [Persist]);
 
     let mut index = vec![Vec::new(); EngineKind::ALL.len() * ApplyState::ALL.len()];
     for (i, r) in b.rows.iter().enumerate() {

@@ -137,7 +137,7 @@ pub async fn run_drive(
                 report.finish = finish;
                 match finish {
                     // Best effort: the retry arm does not need the lease cleared.
-                    Finish::ReleaseForRetry => {
+                    Finish::ReleaseForRetry | Finish::Held => {
                         let _ = store.release(lease).await;
                     }
                     // A park that did not land leaves the lease held: it goes stale and the
@@ -504,7 +504,8 @@ mod tests {
                 "Spirit exited with exit status: 1: cutover failed: ownership ambiguous",
             )
         });
-        // Held: nothing runs again, nothing is cancelled.
+        // Held: nothing runs again, nothing is cancelled, and the lease is given back.
+        store.expect_release().times(1).returning(|_| Ok(()));
         engine.expect_call().never();
         let report = run_drive(
             &store,
@@ -515,7 +516,7 @@ mod tests {
             100,
         )
         .await;
-        assert_eq!(report.finish, Finish::Settled);
+        assert_eq!(report.finish, Finish::Held);
         assert_eq!(
             *written.lock().unwrap(),
             vec![(

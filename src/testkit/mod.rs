@@ -138,7 +138,7 @@ pub fn step(
         Command::Wait(why) => Stepped::Waited(why),
         Command::Finish(f) => {
             match f {
-                Finish::ReleaseForRetry => {
+                Finish::ReleaseForRetry | Finish::Held => {
                     let _ = store.release(lease);
                 }
                 // As the operator's executor: a park that does not land keeps the lease until

@@ -16,11 +16,13 @@ use crate::worker::BranchStatus;
 /// Why a drive ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Finish {
-    /// Terminal, with every pending request settled; or held for a person (`paused`) with no
-    /// request to take.
+    /// Terminal, with every pending request settled.
     Settled,
     /// `failed_retryable`: release the lease so the retry arm may pick it up.
     ReleaseForRetry,
+    /// Held for a person (`paused`) with no request to take: release the lease; their request
+    /// is taken by arm A8.
+    Held,
     /// A wait the engine confirmed, where nothing local must stay alive: park the row
     /// (`Store::park`) and give the driver back; a request or the wake time brings it back.
     Parked,
@@ -255,9 +257,9 @@ impl Drive {
             return Command::Finish(Finish::ReleaseForRetry);
         }
         // Held for a person (an engine asked for one): nothing moves it but their request, which
-        // arm A8 takes whoever holds the lease.
+        // arm A8 takes.
         if rules.class_of(state) == ClaimClass::HumanHeld {
-            return Command::Finish(Finish::Settled);
+            return Command::Finish(Finish::Held);
         }
 
         if let Some(action) = auto_action(

@@ -271,7 +271,7 @@ impl ApplydModel {
                             &spec.options,
                             gate_open,
                         );
-                    if fenced && (f == Finish::ReleaseForRetry || parks) {
+                    if fenced && (matches!(f, Finish::ReleaseForRetry | Finish::Held) || parks) {
                         row.leased = false;
                         row.hb_age = None;
                         row.resting = parks;

@@ -147,6 +147,17 @@ pub struct Deployment {
     pub lint_errors: Vec<Value>,
 }
 
+/// What a deploy request's `deployment_state` tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// A state the rules know, with what a failed state means for the user.
+    State(EngineState, Option<&'static str>),
+    /// `in_progress_cancel`: no answer yet; it resolves to `complete_cancel`.
+    Cancelling,
+    /// A state this build does not know (a newer API): no answer yet either.
+    Unknown(String),
+}
+
 impl DeployRequest {
     /// Why the request cannot be deployed as it is, if its checks say so: its lint errors.
     pub fn lint_block(&self) -> Option<String> {
@@ -174,20 +185,7 @@ impl DeployRequest {
             errors.join("; ")
         })
     }
-}
 
-/// What a deploy request's `deployment_state` tells the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reading {
-    /// A state the rules know, with what a failed state means for the user.
-    State(EngineState, Option<&'static str>),
-    /// `in_progress_cancel`: no answer yet; it resolves to `complete_cancel`.
-    Cancelling,
-    /// A state this build does not know (a newer API): no answer yet either.
-    Unknown(String),
-}
-
-impl DeployRequest {
     pub fn reading(&self) -> Reading {
         let Ok(d) = self.deployment_state.parse::<DeployState>() else {
             return Reading::Unknown(self.deployment_state.clone());

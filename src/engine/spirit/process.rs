@@ -14,6 +14,8 @@ use crate::machine::observe::RunnerStatus;
 
 pub(super) struct Runner {
     pub(super) apply: ApplyId,
+    /// The rollout deployment it runs for (`""` for an apply without deployments).
+    pub(super) deployment: String,
     pub(super) epoch: u64,
     pub(super) child: tokio::process::Child,
     pub(super) progress: Arc<Mutex<Progress>>,
@@ -257,6 +259,7 @@ impl SpiritEngine {
         );
         Ok(Runner {
             apply: apply.row.operation,
+            deployment: apply.spec.deployment.clone(),
             epoch,
             child,
             progress,
@@ -308,8 +311,11 @@ impl SpiritEngine {
         }
         let tail: Vec<String> = lock(&r.progress).tail.iter().cloned().collect();
         let tail = tail.join("\n");
-        let held = needs_person(status.code(), &tail);
-        let retryable = !held && !exit_is_permanent(status.code(), &tail);
+        // A rollout's operation is never held: no arm takes a held operation, so its rollout
+        // could not be stopped or cancelled. It fails for good with the same words.
+        let held = needs_person(status.code(), &tail) && r.deployment.is_empty();
+        let retryable =
+            !needs_person(status.code(), &tail) && !exit_is_permanent(status.code(), &tail);
         tracing::error!(
             apply = r.apply,
             retryable,
@@ -321,7 +327,12 @@ impl SpiritEngine {
             e => e.trim(),
         };
         let mut why = format!("Spirit exited with {status}: {said}");
-        if said.contains(SENTINEL_TIMED_OUT) {
+        if !held && needs_person(status.code(), &tail) {
+            why.push_str(
+                "; a rollout's operation cannot be held for a person, so it fails for good \
+                 rather than being retried",
+            );
+        } else if said.contains(SENTINEL_TIMED_OUT) {
             why.push_str(
                 "; nobody asked for the cutover within the 48 h Spirit waits, so the apply is \
                  held rather than retried (a retry could start the copy over). Its copy, its \

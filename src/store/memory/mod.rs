@@ -1195,7 +1195,7 @@ fn record_reason(inner: &mut Inner, apply: ApplyId, i: usize, why: &str) {
         why.to_string()
     });
     for task in row.tasks.iter_mut().filter(|t| t.operation == i) {
-        if matches!(task.state, TaskState::Failed | TaskState::FailedRetryable) {
+        if task.state.is_failure() {
             task.error_message = Some(why.to_string());
         }
     }

@@ -505,9 +505,8 @@ impl MySqlStore {
             .await?;
         if let Some(reason) = reason {
             sqlx::query(&format!(
-                "UPDATE tasks SET error_message = ? WHERE apply_id = ? AND state IN ('{}', '{}')",
-                TaskState::Failed.as_str(),
-                TaskState::FailedRetryable.as_str()
+                "UPDATE tasks SET error_message = ? WHERE apply_id = ? AND state IN ({})",
+                TaskState::failure_sql_list()
             ))
             .bind(reason)
             .bind(lease.apply)

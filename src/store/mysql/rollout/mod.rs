@@ -412,10 +412,9 @@ impl Loaded {
         self.set_op(i, &format!("error_message = {text}"));
         self.push_sql(format!(
             "UPDATE tasks SET error_message = {text} WHERE apply_operation_id = {} \
-             AND state IN ('{}', '{}')",
+             AND state IN ({})",
             self.ops[i].id,
-            TaskState::Failed.as_str(),
-            TaskState::FailedRetryable.as_str()
+            TaskState::failure_sql_list()
         ));
         let parent = format!("{}: {why}", self.ops[i].identifier);
         self.push_sql(format!(
