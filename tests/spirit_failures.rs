@@ -16,6 +16,31 @@ use applyd::machine::{ApplyOptions, ApplyState, EngineCall, Probe};
 use applyd::worker::{Observation, RunnerStatus};
 use spirit_support::*;
 
+/// The stand-in's cutover RENAME commits, and the run ends as Spirit does when it cannot tell
+/// whether it did.
+fn config_with_unseen_cutover(url: &str) -> applyd::engine::spirit::SpiritConfig {
+    let mut cfg = config(url);
+    cfg.env.push((
+        "APPLYD_STANDIN_CUTOVER_ERROR".into(),
+        "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
+            .into(),
+    ));
+    cfg
+}
+
+/// What the adapter says of how the run ended.
+async fn final_words(
+    engine: &SpiritEngine,
+    apply: &applyd::store::ApplyRecord,
+    what: &str,
+) -> String {
+    engine
+        .probe(apply, 1, Probe::RunnerStatus)
+        .await
+        .why
+        .unwrap_or_else(|| panic!("{what}"))
+}
+
 /// Nobody asked for the cutover within Spirit's sentinel wait (48 h; a test knob here): the run
 /// is held for a person, not retried — a retry would wait again or, with the binlog purged
 /// meanwhile, copy again — saying what they can do, and its copy, checkpoint and sentinel are
@@ -40,11 +65,7 @@ async fn a_sentinel_wait_that_times_out_is_not_retried_and_keeps_the_copy() {
     })
     .await;
     assert_eq!(obs, Observation::Runner(RunnerStatus::NeedsPerson));
-    let why = engine
-        .probe(&apply, 1, Probe::RunnerStatus)
-        .await
-        .why
-        .expect("the failure says why");
+    let why = final_words(&engine, &apply, "the failure says why").await;
     assert!(
         why.contains("timed out waiting for sentinel table to be dropped")
             && why.contains("held rather than retried")
@@ -79,12 +100,7 @@ async fn an_ownership_ambiguous_cutover_is_held_for_a_person() {
     let Some((url, db)) = setup().await else {
         return;
     };
-    let mut cfg = config(&url);
-    cfg.env.push((
-        "APPLYD_STANDIN_CUTOVER_ERROR".into(),
-        "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
-            .into(),
-    ));
+    let cfg = config_with_unseen_cutover(&url);
     let engine = SpiritEngine::new(cfg);
     let mut apply = record(
         &db,
@@ -102,11 +118,7 @@ async fn an_ownership_ambiguous_cutover_is_held_for_a_person() {
     })
     .await;
     assert_eq!(obs, Observation::Runner(RunnerStatus::NeedsPerson));
-    let why = engine
-        .probe(&apply, 1, Probe::RunnerStatus)
-        .await
-        .why
-        .expect("the hold says why");
+    let why = final_words(&engine, &apply, "the hold says why").await;
     assert!(
         why.contains("ownership ambiguous") && why.contains("until a person has checked"),
         "{why}"
@@ -158,11 +170,7 @@ async fn bad_ddl_is_a_clear_permanent_failure() {
         Observation::Runner(RunnerStatus::Failed { retryable: false })
     );
     // The failure comes with Spirit's own words, which the failed state is written with.
-    let why = engine
-        .probe(&apply, 1, Probe::RunnerStatus)
-        .await
-        .why
-        .expect("a failure says why");
+    let why = final_words(&engine, &apply, "a failure says why").await;
     assert!(
         why.starts_with("Spirit exited with") && why.contains("NOT_A_TYPE"),
         "{why}"
@@ -202,12 +210,7 @@ impl Held {
         use std::sync::Arc;
         use std::time::Duration;
 
-        let mut cfg = config(url);
-        cfg.env.push((
-            "APPLYD_STANDIN_CUTOVER_ERROR".into(),
-            "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
-                .into(),
-        ));
+        let cfg = config_with_unseen_cutover(url);
         let rules = Rules::default();
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let store = Arc::new(MemoryStore::new(rules, clock));
@@ -337,12 +340,7 @@ async fn an_ownership_ambiguous_rollout_operation_fails_for_good() {
     let Some((url, db)) = setup().await else {
         return;
     };
-    let mut cfg = config(&url);
-    cfg.env.push((
-        "APPLYD_STANDIN_CUTOVER_ERROR".into(),
-        "cutover failed: ownership ambiguous; verify table ownership manually before retrying"
-            .into(),
-    ));
+    let mut cfg = config_with_unseen_cutover(&url);
     // The deployment's own server entry (the same MariaDB here).
     let server = cfg.default_endpoint();
     cfg.hosts.insert("test/us-east-1".into(), server);
@@ -362,11 +360,7 @@ async fn an_ownership_ambiguous_rollout_operation_fails_for_good() {
         obs,
         Observation::Runner(RunnerStatus::Failed { retryable: false })
     );
-    let why = engine
-        .probe(&apply, 1, Probe::RunnerStatus)
-        .await
-        .why
-        .expect("the failure says why");
+    let why = final_words(&engine, &apply, "the failure says why").await;
     assert!(
         why.contains("ownership ambiguous") && why.contains("cannot be held"),
         "{why}"

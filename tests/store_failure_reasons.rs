@@ -20,6 +20,20 @@ async fn claimed(env: &Env, db: &str) -> (ApplyId, applyd::store::Lease) {
     (id, c.lease)
 }
 
+/// A claimed apply on `users`, moved to running and then into `to` with `why`.
+async fn running_then(env: &Env, to: ApplyState, why: &str) -> ApplyId {
+    let (id, lease) = claimed(env, "users").await;
+    env.store
+        .write(&lease, ApplyState::Running, ResumeState::default(), None)
+        .await
+        .unwrap();
+    env.store
+        .write(&lease, to, ResumeState::default(), Some(why.to_string()))
+        .await
+        .unwrap();
+    id
+}
+
 /// The audit entries of one apply that moved it into `to`.
 async fn moves_into(env: &Env, id: ApplyId, to: &str) -> Vec<store_support::AuditView> {
     env.audit()
@@ -31,20 +45,7 @@ async fn moves_into(env: &Env, id: ApplyId, to: &str) -> Vec<store_support::Audi
 
 async fn a_failed_write_keeps_the_engines_words_everywhere(env: Env) {
     let why = "Spirit exited with exit status: 1: Error 1060 (42S21): Duplicate column name 'c'";
-    let (id, lease) = claimed(&env, "users").await;
-    env.store
-        .write(&lease, ApplyState::Running, ResumeState::default(), None)
-        .await
-        .unwrap();
-    env.store
-        .write(
-            &lease,
-            ApplyState::Failed,
-            ResumeState::default(),
-            Some(why.to_string()),
-        )
-        .await
-        .unwrap();
+    let id = running_then(&env, ApplyState::Failed, why).await;
     assert_eq!(env.row(id).await.error.as_deref(), Some(why));
     let tasks: Vec<_> = env
         .tasks()
@@ -119,20 +120,7 @@ async fn a_retryable_failure_and_a_failed_closed_apply_say_why_too(env: Env) {
 
 async fn a_hold_for_a_person_says_why(env: Env) {
     let why = "Spirit exited with exit status: 1: cutover failed: ownership ambiguous";
-    let (id, lease) = claimed(&env, "users").await;
-    env.store
-        .write(&lease, ApplyState::Running, ResumeState::default(), None)
-        .await
-        .unwrap();
-    env.store
-        .write(
-            &lease,
-            ApplyState::Paused,
-            ResumeState::default(),
-            Some(why.to_string()),
-        )
-        .await
-        .unwrap();
+    let id = running_then(&env, ApplyState::Paused, why).await;
     assert_eq!(env.row(id).await.error.as_deref(), Some(why));
     let held = moves_into(&env, id, "paused").await;
     assert_eq!(held.len(), 1);

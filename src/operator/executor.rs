@@ -266,6 +266,19 @@ mod tests {
         store
     }
 
+    /// One drive of the running apply 7 under the shipped rules, without waits.
+    async fn drive_running(store: &MockStore, engine: &MockEngine) -> DriveReport {
+        run_drive(
+            store,
+            engine,
+            &claimed(ApplyState::Running),
+            &Rules::default(),
+            &Immediate,
+            100,
+        )
+        .await
+    }
+
     struct CountingPacing(Mutex<Vec<WaitFor>>);
 
     #[async_trait]
@@ -289,15 +302,7 @@ mod tests {
             Observation::Runner(RunnerStatus::WaitingOnSentinel).into()
         });
         engine.expect_call().never();
-        let report = run_drive(
-            &store,
-            &engine,
-            &claimed(ApplyState::Running),
-            &Rules::default(),
-            &Immediate,
-            100,
-        )
-        .await;
+        let report = drive_running(&store, &engine).await;
         assert_eq!(report.finish, Finish::LeaseLost);
     }
 
@@ -337,15 +342,7 @@ mod tests {
             }
         });
         engine.expect_call().never();
-        let report = run_drive(
-            &store,
-            &engine,
-            &claimed(ApplyState::Running),
-            &Rules::default(),
-            &Immediate,
-            100,
-        )
-        .await;
+        let report = drive_running(&store, &engine).await;
         assert_eq!(report.finish, Finish::Settled);
         assert_eq!(*state.lock().unwrap(), ApplyState::Completed);
         assert_eq!(
@@ -465,15 +462,7 @@ mod tests {
             )
         });
         engine.expect_call().never();
-        run_drive(
-            &store,
-            &engine,
-            &claimed(ApplyState::Running),
-            &Rules::default(),
-            &Immediate,
-            100,
-        )
-        .await;
+        drive_running(&store, &engine).await;
         assert_eq!(
             *written.lock().unwrap(),
             Some((
@@ -507,15 +496,7 @@ mod tests {
         // Held: nothing runs again, nothing is cancelled, and the lease is given back.
         store.expect_release().times(1).returning(|_| Ok(()));
         engine.expect_call().never();
-        let report = run_drive(
-            &store,
-            &engine,
-            &claimed(ApplyState::Running),
-            &Rules::default(),
-            &Immediate,
-            100,
-        )
-        .await;
+        let report = drive_running(&store, &engine).await;
         assert_eq!(report.finish, Finish::Held);
         assert_eq!(
             *written.lock().unwrap(),
