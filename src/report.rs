@@ -64,6 +64,8 @@ pub fn rollout_lines(a: &ApplyStatus) -> Vec<String> {
         lines.push(format!("  {}", cells.join("  ").trim_end()));
         if let Some(gate) = &o.gate {
             lines.push(format!("      {gate}"));
+        } else if let Some(why) = o.explanation.as_ref().filter(|_| !o.state.is_terminal()) {
+            lines.push(format!("      {why}"));
         }
         if let Some(e) = &o.error {
             let closed = if o.failed_closed {
@@ -75,6 +77,23 @@ pub fn rollout_lines(a: &ApplyStatus) -> Vec<String> {
         }
     }
     lines
+}
+
+/// One line per timeline entry, oldest first: `12.5s ago  reclaim  claimed by A2 in running
+/// (db-2/driver-0@4)`.
+pub fn timeline_lines(entries: &[crate::store::timeline::TimelineEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| {
+            let kind = e.kind.as_str();
+            let who = match (&e.owner, e.epoch) {
+                (Some(owner), Some(epoch)) => format!(" ({owner}@{epoch})"),
+                (None, Some(epoch)) if epoch > 0 => format!(" (epoch {epoch})"),
+                _ => String::new(),
+            };
+            format!("{:>9} ago  {kind:<8} {}{who}", age(Some(e.age_ms)), e.text)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -101,7 +120,9 @@ mod tests {
             tasks_completed: 0,
             failed_closed: false,
             error: None,
+            parked_wake_in_ms: None,
             gate: None,
+            explanation: None,
         }
     }
 
@@ -122,6 +143,7 @@ mod tests {
             lease_epoch: 4,
             heartbeat_age_ms: None,
             state_age_ms: 0,
+            updated_age_ms: 0,
             resume: Default::default(),
             error: None,
             tasks_total: 3,
@@ -131,11 +153,12 @@ mod tests {
             requests: Vec::new(),
             parked_wake_in_ms: None,
             wait: None,
+            explanation: None,
             operations,
             rollout: policy,
         }
         // The gates are filled as the stores fill them.
-        .explain()
+        .explain(&crate::machine::Rules::default())
     }
 
     #[test]
@@ -166,6 +189,7 @@ mod tests {
                 "rollout: cutover_policy=rolling on_failure=pause max_drivers_per_apply=1 released=no held=no",
                 "  #1  us-east-1  completed  db-1/17/driver-0@2    hb —     attempt 1  1/1 tasks",
                 "  #2  us-west-2  running    db-3/9001/driver-1@4  hb 0.4s  attempt 2  0/1 tasks",
+                "      owner db-3/9001/driver-1 last heartbeat 0 s ago; reclaimable by O2 in 1 min 00 s if its heartbeat stops",
                 "  #3  eu-west-1  pending    —                     hb —     attempt 0  0/1 tasks",
                 "      start: waits for operation #2 to complete",
             ]

@@ -153,7 +153,44 @@ async fn submit_list_control_and_errors_speak_plainly() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("apply-1") && page.contains("stateDiagram-v2"));
+    assert!(
+        page.contains("apply-1") && page.contains("id=\"applies\""),
+        "{page}"
+    );
+    // Without the token (and no session) the dashboard asks to sign in.
+    let anonymous = http.get(format!("{base}/")).send().await.unwrap();
+    assert!(anonymous.url().path().ends_with("/login"));
+    assert!(anonymous.text().await.unwrap().contains("Sign in"));
+    let one = auth(http.get(format!("{base}/applies/apply-1")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        one.contains("Why it is here") && one.contains("<svg"),
+        "{one}"
+    );
+    let status: serde_json::Value = auth(http.get(format!("{base}/v1/applies/1")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claim = status["explanation"]["claim"].as_str().unwrap();
+    assert!(claim.contains("by A1"), "{claim}");
+    assert_eq!(status["explanation"]["requests"][0]["request"], "cancel");
+    let timeline: serde_json::Value = auth(http.get(format!("{base}/v1/applies/1/timeline")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(timeline[0]["kind"], "request", "{timeline}");
+    assert_eq!(timeline[0]["text"], "cancel requested");
     let mermaid = http
         .get(format!("{base}/v1/table?format=mermaid"))
         .send()

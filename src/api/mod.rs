@@ -1,4 +1,4 @@
-//! The HTTP control API (JSON) and the read-only status page.
+//! The HTTP control API (JSON); the dashboard's pages are in `crate::dashboard`.
 //!
 //! Bearer-token auth when a token is configured; without one the server refuses to listen on
 //! anything but loopback.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use crate::config::Secret;
 use crate::machine::render::{render, Format};
 use crate::machine::ControlOp;
 use crate::store::status::{ApplyStatus, Inspect};
+use crate::store::timeline::TimelineEntry;
 use crate::store::{NewApply, Store, StoreError};
 
 #[derive(Clone)]
@@ -62,16 +63,31 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    pub fn internal(msg: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.into(), None)
+    }
+
+    pub fn unauthorized(msg: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::UNAUTHORIZED, msg.into(), None)
+    }
+
+    /// What the caller is told.
+    pub fn message(&self) -> String {
+        self.1.clone()
+    }
+}
+
 fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into(), None)
 }
 
 /// Compares without an early exit, so response time does not leak the token's prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };
@@ -86,7 +102,12 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
                 None,
             )
         })?;
-    if same_secret(presented.trim().as_bytes(), token.expose().as_bytes()) {
+    check_token(token, presented.trim())
+}
+
+/// The presented token against the configured one; the refusal is the API's.
+pub(crate) fn check_token(token: &Secret, presented: &str) -> Result<(), ApiError> {
+    if same_secret(presented.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
         Err(ApiError(
@@ -99,12 +120,13 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/", get(page))
+        .merge(crate::dashboard::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/v1/table", get(table))
         .route("/v1/applies", get(list).post(submit))
         .route("/v1/applies/{id}", get(one))
+        .route("/v1/applies/{id}/timeline", get(timeline))
         .route("/v1/applies/{id}/{op}", post(control))
         .with_state(state)
 }
@@ -122,6 +144,8 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
+    // Said on stdout whatever the log settings: people open it, scripts and tests read it.
+    println!("applyd serve: API and dashboard on http://{bound}/");
     if state.token.is_none() {
         tracing::warn!(%bound, "API has no token configured: serving on loopback only");
     } else {
@@ -174,7 +198,7 @@ async fn list(
     Ok(Json(state.inspect.list(limit).await?))
 }
 
-fn parse_id(raw: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<u64, ApiError> {
     let digits = raw.strip_prefix("apply-").unwrap_or(raw);
     digits.parse().map_err(|_| {
         bad_request(format!(
@@ -247,39 +271,13 @@ async fn control(
     ))
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-async fn page(State(state): State<ApiState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
+async fn timeline(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
     authorize(&state, &headers)?;
-    let applies = state.inspect.list(200).await?;
-    let mut rows = String::new();
-    for a in &applies {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&a.identifier),
-            a.engine,
-            escape(&a.target.to_string()),
-            a.state,
-            escape(a.lease_owner.as_deref().unwrap_or("—")),
-            a.lease_epoch,
-            a.heartbeat_age_ms.map_or("—".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            a.progress(),
-            escape(&a.pending_requests.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ")),
-        ));
-    }
-    let diagram = escape(&render(Format::Mermaid));
-    Ok(Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>applyd</title>\
-<meta http-equiv=\"refresh\" content=\"5\">\
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
-</head><body><h1>applyd</h1><p>{} applies (newest first; refreshes every 5 s)</p>\
-<table><tr><th>apply</th><th>engine</th><th>target</th><th>state</th><th>lease owner</th><th>epoch</th><th>heartbeat age</th><th>progress</th><th>pending requests</th></tr>\n{rows}</table>\
-<h2>State diagram</h2><p>Generated from the transition table (Mermaid source).</p><pre>{diagram}</pre></body></html>",
-        applies.len()
-    )))
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(state.inspect.timeline(parse_id(&id)?, limit).await?))
 }

@@ -16,8 +16,16 @@ pub struct Db {
 }
 
 impl Db {
-    async fn open(&self) -> Result<MySqlStore, String> {
-        MySqlStore::connect(&self.database_url, Rules::default())
+    /// Opens the store under the rules the operators run (their `[operator]` parameters, from
+    /// `APPLYD_CONFIG` when set), so explanations give the operators' own timings.
+    pub(super) async fn open(&self) -> Result<MySqlStore, String> {
+        let rules = match std::env::var_os("APPLYD_CONFIG") {
+            Some(path) => crate::config::Config::load(Some(std::path::Path::new(&path)))
+                .map(|c| Rules::new(c.operator.params()))
+                .map_err(|e| format!("cannot read the configuration: {e}"))?,
+            None => Rules::default(),
+        };
+        MySqlStore::connect(&self.database_url, rules)
             .await
             .map_err(|e| format!("cannot open the database: {e}"))
     }
@@ -56,6 +64,9 @@ pub struct SubmitArgs {
     defer_deploy: bool,
     #[arg(long)]
     skip_revert: bool,
+    /// Follow the apply until it is terminal, as `applyd watch` does, and exit with its code.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(clap::Args)]
@@ -77,7 +88,7 @@ pub struct ControlArgs {
     id: String,
 }
 
-fn parse_id(raw: &str) -> Result<u64, String> {
+pub(super) fn parse_id(raw: &str) -> Result<u64, String> {
     raw.strip_prefix("apply-")
         .unwrap_or(raw)
         .parse()
@@ -148,9 +159,18 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
         } else {
             println!("submitted apply-{}", done.id);
         }
-        Ok(())
+        if !args.wait {
+            return Ok(0);
+        }
+        super::watch::follow(&store, done.id, std::time::Duration::from_secs(1)).await
     });
-    finish("submit", result)
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("applyd submit: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn print_table(applies: &[ApplyStatus]) {
@@ -203,6 +223,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
         print_table(&applies);
         if let [one] = applies.as_slice() {
+            if let Some(e) = &one.explanation {
+                println!("\nwhy:");
+                for line in e.lines() {
+                    println!("  {line}");
+                }
+            }
             for line in crate::report::rollout_lines(one) {
                 println!("{line}");
             }
@@ -233,6 +259,16 @@ pub fn status(args: StatusArgs) -> ExitCode {
             }
             for (op, status) in &one.requests {
                 println!("request {op}: {status}");
+            }
+            let timeline = store
+                .timeline(one.id, 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !timeline.is_empty() {
+                println!("timeline (last {}):", timeline.len());
+                for line in crate::report::timeline_lines(&timeline) {
+                    println!("  {line}");
+                }
             }
         }
         Ok(())

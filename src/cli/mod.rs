@@ -11,6 +11,7 @@ mod fake_engines;
 mod logging;
 mod migrate;
 mod serve;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -39,10 +40,13 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run the operator: a pool of drivers and the HTTP API, against MySQL.
     Serve(serve::ServeArgs),
-    /// Submit a schema change.
+    /// Submit a schema change (`--wait` follows it to its end, with `watch`'s exit codes).
     Submit(applies::SubmitArgs),
-    /// Show applies: state, lease owner, epoch, heartbeat age, pending requests.
+    /// Show applies: state, lease owner, epoch, heartbeat age, pending requests; for one apply,
+    /// why it is where it is and its timeline.
     Status(applies::StatusArgs),
+    /// Follow an apply with progress bars until it is terminal; exit 0 only when it completed.
+    Watch(watch::WatchArgs),
     /// Ask the owner to stop a Spirit apply (checkpoint kept; resume with `start`).
     Stop(applies::ControlArgs),
     /// Resume a stopped apply, or deploy a deferred PlanetScale deploy request.
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
         Cmd::Serve(args) => serve::run(args),
         Cmd::Submit(args) => applies::submit(args),
         Cmd::Status(args) => applies::status(args),
+        Cmd::Watch(args) => watch::watch(args),
         Cmd::Stop(args) => applies::control(crate::machine::ControlOp::Stop, args),
         Cmd::Start(args) => applies::control(crate::machine::ControlOp::Start, args),
         Cmd::Cancel(args) => applies::control(crate::machine::ControlOp::Cancel, args),

@@ -651,6 +651,47 @@ impl FakeSpirit {
         })
     }
 
+    /// What the runner of an operation reports of its copy, as Spirit's status line does
+    /// (`state=copyRows copy-progress="120/1000 12.00%" eta=…`); `None` with no runner alive.
+    pub fn progress(
+        &self,
+        now: u64,
+        operation: OperationId,
+        target: &str,
+    ) -> Option<crate::store::progress::TaskProgress> {
+        use crate::store::progress::{RunnerStart, TaskProgress};
+        let r = self
+            .targets
+            .get(target)
+            .and_then(|t| Self::runner_of(t, operation))?;
+        let t = self.timings;
+        let total = t.spirit_rows.max(1);
+        let copied = (r.start_rows + now.saturating_sub(r.started_at) * t.spirit_rows_per_s / 1000)
+            .min(total);
+        let waiting = r.phase == Phase::WaitingOnSentinel;
+        let eta_s = (total - copied) / t.spirit_rows_per_s.max(1);
+        Some(TaskProgress {
+            phase: Some(
+                if waiting {
+                    "waitingOnSentinelTable"
+                } else {
+                    "copyRows"
+                }
+                .into(),
+            ),
+            rows_copied: Some(copied),
+            rows_total: Some(total),
+            percent: Some(copied as f64 * 100.0 / total as f64),
+            eta: (!waiting).then(|| format!("{eta_s}s")),
+            start: Some(if r.start_rows > 0 {
+                RunnerStart::Resumed
+            } else {
+                RunnerStart::Fresh
+            }),
+            note: None,
+        })
+    }
+
     /// The runner of an operation fails on its own (fault injection): it is gone and reports the
     /// failure; the checkpoint survives. Returns whether a runner was alive.
     pub fn fail_runner(&mut self, now: u64, operation: OperationId, retryable: bool) -> bool {
@@ -740,6 +781,40 @@ impl FakeEngines {
         }
     }
 
+    /// What the engine reports of an apply's work (Spirit's copy), for the operator's task rows.
+    pub fn progress(
+        &self,
+        now: u64,
+        apply: &ApplyRecord,
+    ) -> Option<crate::store::progress::TaskProgress> {
+        match apply.row.engine {
+            EngineKind::Spirit => {
+                self.spirit
+                    .progress(now, apply.row.operation, &apply.spec.place())
+            }
+            EngineKind::PlanetScale => None,
+        }
+    }
+
+    /// A probe and the progress it sees, as the engine interface replies.
+    pub fn probe_reply(&mut self, now: u64, apply: &ApplyRecord, probe: Probe) -> super::Reply {
+        let obs = self.probe(now, apply, probe);
+        with_progress(obs.into(), self.progress(now, apply))
+    }
+
+    /// A call and the progress after it, as the engine interface replies.
+    pub fn call_reply(
+        &mut self,
+        now: u64,
+        host: u32,
+        apply: &ApplyRecord,
+        epoch: u64,
+        call: EngineCall,
+    ) -> super::Reply {
+        let obs = self.call(now, host, apply, epoch, call);
+        with_progress(obs.into(), self.progress(now, apply))
+    }
+
     pub fn advance(&mut self, now: u64) {
         self.planetscale.advance(now);
         self.spirit.advance(now);
@@ -767,6 +842,16 @@ impl FakeEngines {
     }
 }
 
+fn with_progress(
+    reply: super::Reply,
+    progress: Option<crate::store::progress::TaskProgress>,
+) -> super::Reply {
+    match progress {
+        Some(p) => reply.with_progress(p),
+        None => reply,
+    }
+}
+
 /// The fakes shared by the async drivers of one process (demo, tests), on a clock.
 pub struct SharedFakeEngines {
     pub engines: std::sync::Arc<std::sync::Mutex<FakeEngines>>,
@@ -781,16 +866,14 @@ impl super::Engine for SharedFakeEngines {
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .probe(now, apply, probe)
-            .into()
+            .probe_reply(now, apply, probe)
     }
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> super::Reply {
         let now = self.clock.now_ms();
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .call(now, self.host, apply, epoch, call)
-            .into()
+            .call_reply(now, self.host, apply, epoch, call)
     }
     async fn abandon(&self, apply: &ApplyRecord, epoch: u64) {
         let now = self.clock.now_ms();

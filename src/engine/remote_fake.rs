@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::fake_server::{SpiritCall, SpiritProbe};
+use super::fake_server::{SpiritCall, SpiritProbe, SpiritReply};
 use super::planetscale::{
     BranchCredentials, BranchSql, BranchSqlError, PlanetScaleClient, PlanetScaleEngine,
 };
@@ -86,7 +86,7 @@ pub struct RemoteFakeSpirit {
 }
 
 impl RemoteFakeSpirit {
-    async fn post<T: Serialize>(&self, path: &str, body: &T) -> Observation {
+    async fn post<T: Serialize>(&self, path: &str, body: &T) -> Reply {
         let sent = self
             .http
             .post(format!("{}{path}", self.base))
@@ -94,20 +94,20 @@ impl RemoteFakeSpirit {
             .send()
             .await;
         match sent {
-            Ok(resp) if resp.status().is_success() => match resp.json::<Observation>().await {
-                Ok(obs) => obs,
+            Ok(resp) if resp.status().is_success() => match resp.json::<SpiritReply>().await {
+                Ok(reply) => reply.into(),
                 Err(e) => {
                     tracing::warn!(error = %e, "fake Spirit sent an unreadable reply");
-                    Observation::Fault(EngineFault::Transient)
+                    Observation::Fault(EngineFault::Transient).into()
                 }
             },
             Ok(resp) => {
                 tracing::warn!(status = %resp.status(), "fake Spirit refused the request");
-                Observation::Fault(EngineFault::Transient)
+                Observation::Fault(EngineFault::Transient).into()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "fake Spirit unreachable");
-                Observation::Fault(EngineFault::Transient)
+                Observation::Fault(EngineFault::Transient).into()
             }
         }
     }
@@ -121,7 +121,7 @@ impl Engine for RemoteFakeSpirit {
             epoch,
             probe,
         };
-        self.post("/_fake/spirit/probe", &body).await.into()
+        self.post("/_fake/spirit/probe", &body).await
     }
     async fn call(&self, apply: &ApplyRecord, epoch: u64, call: EngineCall) -> Reply {
         let body = SpiritCall {
@@ -130,6 +130,6 @@ impl Engine for RemoteFakeSpirit {
             host: self.host,
             call,
         };
-        self.post("/_fake/spirit/call", &body).await.into()
+        self.post("/_fake/spirit/call", &body).await
     }
 }

@@ -191,6 +191,27 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// Whether a new request on this apply is accepted, with the text people are shown when
+    /// not: [`Rules::accepts_request`], and a release only on a rollout. Both stores call this
+    /// before a request becomes durable; the dashboard enables its buttons by it.
+    pub fn request_admitted(
+        &self,
+        engine: EngineKind,
+        state: ApplyState,
+        op: ControlOp,
+        pending: &PendingControls,
+        is_rollout: bool,
+    ) -> Result<(), String> {
+        self.accepts_request(engine, state, op, pending)
+            .map_err(|r| r.message())?;
+        match super::rollout::requests::refused_without_rollout(op) {
+            Some(why) if !is_rollout => Err(format!("not a rollout: {why}")),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn shipped_accepts_request(
     engine: EngineKind,
     state: ApplyState,

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod claim;
 pub mod control;
+pub mod explain;
 pub mod invariants;
 pub mod moves;
 pub mod observe;

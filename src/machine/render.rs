@@ -55,7 +55,7 @@ fn effects_text(effects: &[Effect]) -> String {
 }
 
 /// Edges with their labels merged, per engine, in table order.
-fn edges(engine: EngineKind) -> BTreeMap<(ApplyState, ApplyState), Vec<String>> {
+pub fn edges(engine: EngineKind) -> BTreeMap<(ApplyState, ApplyState), Vec<String>> {
     let mut out: BTreeMap<(ApplyState, ApplyState), Vec<String>> = BTreeMap::new();
     for r in TABLE.shipped().filter(|r| r.engine == engine) {
         let labels = out.entry((r.from, r.to)).or_default();

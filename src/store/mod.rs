@@ -6,6 +6,7 @@ pub mod memory;
 pub mod mysql;
 pub mod progress;
 pub mod status;
+pub mod timeline;
 
 use async_trait::async_trait;
 

@@ -3,10 +3,14 @@
 use async_trait::async_trait;
 
 use super::memory::MemoryStore;
+use super::timeline::{audit_entry, ordered, request_entries, TimelineEntry};
 use super::{StoreError, Target};
 use crate::machine::apply::{ApplyId, OperationId, ResumeState};
-use crate::machine::rollout::{member_gate, Member, RolloutPolicy};
-use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
+use crate::machine::explain::{Explanation, Snapshot};
+use crate::machine::rollout::{member_gate, start_gate, Member, RolloutPolicy, StartGate};
+use crate::machine::{
+    ApplyOptions, ApplyState, ControlOp, EngineKind, PendingControls, Rules, TaskState,
+};
 
 /// One apply as an operator sees it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -25,6 +29,8 @@ pub struct ApplyStatus {
     pub heartbeat_age_ms: Option<u64>,
     /// How long the apply has been in its state, by the store's clock.
     pub state_age_ms: u64,
+    /// Since the apply row was last written (the retry freshness window counts from it).
+    pub updated_age_ms: u64,
     /// What the owner persisted for a resume (branch, deploy-request intent and id).
     pub resume: ResumeState,
     pub error: Option<String>,
@@ -40,6 +46,9 @@ pub struct ApplyStatus {
     pub parked_wake_in_ms: Option<u64>,
     /// How a wait for a person is held and what moves it on (`waits::explain_rest`).
     pub wait: Option<String>,
+    /// Why it is where it is, from the rules (`Rules::explain`); filled by
+    /// [`ApplyStatus::explain`].
+    pub explanation: Option<Explanation>,
     /// The apply's operation rows, in rollout order (one for an apply without deployments).
     pub operations: Vec<OperationStatus>,
     /// The rollout's policy and latches; `None` for an apply without deployments.
@@ -67,8 +76,12 @@ pub struct OperationStatus {
     pub tasks_completed: u32,
     pub failed_closed: bool,
     pub error: Option<String>,
+    /// Parked: how long until a driver looks at it again, by the store's clock.
+    pub parked_wake_in_ms: Option<u64>,
     /// Why the rollout holds it back (`rollout::member_gate`); filled by [`ApplyStatus::explain`].
     pub gate: Option<String>,
+    /// Who holds it or which operation arm takes it and when (`Rules::explain_operation`).
+    pub explanation: Option<String>,
 }
 
 /// One task row: one statement of the change.
@@ -92,11 +105,37 @@ pub trait Inspect: Send + Sync {
     /// How many applies are in each state, by the state as stored (one read, whatever the
     /// number of applies: the gauges poll it).
     async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// The last `limit` entries of an apply's timeline, oldest first; `RowGone` when the apply
+    /// does not exist.
+    async fn timeline(&self, id: ApplyId, limit: usize) -> Result<Vec<TimelineEntry>, StoreError>;
 }
 
 impl ApplyStatus {
-    /// Fill in [`ApplyStatus::wait`] from the rest of the view.
-    pub fn explain(mut self) -> ApplyStatus {
+    /// What the explanations read of the apply.
+    fn snapshot(&self) -> Snapshot<'_> {
+        let mut pending = PendingControls::default();
+        for op in &self.pending_requests {
+            pending.set(*op, true);
+        }
+        Snapshot {
+            identifier: &self.identifier,
+            engine: self.engine,
+            state: self.state,
+            options: self.options,
+            attempt: self.attempt,
+            lease_owner: self.lease_owner.as_deref(),
+            heartbeat_age_ms: self.heartbeat_age_ms,
+            updated_age_ms: self.updated_age_ms,
+            has_children: self.tasks_total > 0,
+            pending,
+            parked_wake_in_ms: self.parked_wake_in_ms,
+            is_rollout: self.rollout.is_some(),
+        }
+    }
+
+    /// Fill in [`ApplyStatus::wait`], the explanations and the rollout gates from the rest of
+    /// the view, under the rules the operators run.
+    pub fn explain(mut self, rules: &Rules) -> ApplyStatus {
         let rest = crate::machine::waits::explain_rest(
             self.engine,
             self.state,
@@ -128,7 +167,29 @@ impl ApplyStatus {
             for (i, o) in self.operations.iter_mut().enumerate() {
                 o.gate = member_gate(policy, &members, i);
             }
+            let parent = self.snapshot();
+            let notes: Vec<String> = self
+                .operations
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let op = Snapshot {
+                        state: o.state,
+                        attempt: o.attempt,
+                        lease_owner: o.lease_owner.as_deref(),
+                        heartbeat_age_ms: o.heartbeat_age_ms,
+                        parked_wake_in_ms: o.parked_wake_in_ms,
+                        ..parent
+                    };
+                    let open = start_gate(policy, &members, i) == StartGate::Open;
+                    rules.explain_operation(&op, &parent, open)
+                })
+                .collect();
+            for (o, note) in self.operations.iter_mut().zip(notes) {
+                o.explanation = Some(note);
+            }
         }
+        self.explanation = Some(rules.explain(&self.snapshot()));
         self
     }
 
@@ -172,6 +233,7 @@ impl MemoryStore {
                 .and(row.heartbeat_at)
                 .map(|h| now.saturating_sub(h)),
             state_age_ms: now.saturating_sub(row.state_entered_at),
+            updated_age_ms: now.saturating_sub(row.updated_at),
             resume: row.resume,
             error: row.error_message.clone(),
             tasks_total: row.tasks.len() as u32,
@@ -197,6 +259,7 @@ impl MemoryStore {
                 .filter(|_| row.lease_owner.is_none())
                 .map(|w| w.saturating_sub(now)),
             wait: None,
+            explanation: None,
             operations: row
                 .operations
                 .iter()
@@ -224,12 +287,17 @@ impl MemoryStore {
                         .count() as u32,
                     failed_closed: o.failed_closed,
                     error: o.error_message.clone(),
+                    parked_wake_in_ms: o
+                        .parked_until
+                        .filter(|_| o.lease_owner.is_none())
+                        .map(|w| w.saturating_sub(now)),
                     gate: None,
+                    explanation: None,
                 })
                 .collect(),
             rollout: row.rollout,
         }
-        .explain()
+        .explain(self.rules())
     }
 }
 
@@ -250,6 +318,43 @@ impl Inspect for MemoryStore {
         let now = self.now_ms();
         let row = self.row(id).ok_or(StoreError::RowGone(id))?;
         Ok(self.status_of(&row, now))
+    }
+
+    async fn timeline(&self, id: ApplyId, limit: usize) -> Result<Vec<TimelineEntry>, StoreError> {
+        let now = self.now_ms();
+        self.row(id).ok_or(StoreError::RowGone(id))?;
+        let mut entries: Vec<TimelineEntry> = self
+            .audit()
+            .into_iter()
+            .filter(|e| e.apply == id)
+            .map(|e| {
+                audit_entry(
+                    now.saturating_sub(e.at_ms),
+                    e.from.as_str(),
+                    e.to.as_str(),
+                    e.epoch,
+                    e.owner,
+                    &e.cause,
+                    e.detail.as_deref(),
+                    e.operation,
+                )
+            })
+            .collect();
+        for op in ControlOp::ALL {
+            if let Some(req) = self.request_status(id, *op) {
+                let age = now.saturating_sub(req.updated_at);
+                let status = req.status.to_string();
+                // The memory store keeps one time per request: when it was last (re)issued.
+                entries.extend(request_entries(
+                    op.as_str(),
+                    age,
+                    &status,
+                    req.message.as_deref(),
+                    Some(age),
+                ));
+            }
+        }
+        Ok(ordered(entries, limit))
     }
 
     async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError> {

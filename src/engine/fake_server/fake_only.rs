@@ -146,6 +146,34 @@ pub struct SpiritCall {
     pub call: EngineCall,
 }
 
+/// The fake Spirit's answer: what it observed and what its runner reports of the copy.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpiritReply {
+    pub obs: crate::machine::observe::Observation,
+    pub why: Option<String>,
+    pub progress: Option<crate::store::progress::TaskProgress>,
+}
+
+impl From<crate::engine::Reply> for SpiritReply {
+    fn from(r: crate::engine::Reply) -> SpiritReply {
+        SpiritReply {
+            obs: r.obs,
+            why: r.why,
+            progress: r.progress,
+        }
+    }
+}
+
+impl From<SpiritReply> for crate::engine::Reply {
+    fn from(r: SpiritReply) -> crate::engine::Reply {
+        crate::engine::Reply {
+            obs: r.obs,
+            why: r.why,
+            progress: r.progress,
+        }
+    }
+}
+
 /// A probe of the fake Spirit.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SpiritProbe {
@@ -176,13 +204,13 @@ pub(super) async fn spirit_probe(
         return refused;
     }
     let now = s.now();
-    let obs = s
+    let reply = s
         .inner
         .lock()
         .await
         .engines
-        .probe(now, &req.apply, req.probe);
-    Json(obs).into_response()
+        .probe_reply(now, &req.apply, req.probe);
+    Json(SpiritReply::from(reply)).into_response()
 }
 
 pub(super) async fn spirit_call(State(s): State<Shared>, Json(req): Json<SpiritCall>) -> Response {
@@ -190,13 +218,13 @@ pub(super) async fn spirit_call(State(s): State<Shared>, Json(req): Json<SpiritC
         return refused;
     }
     let now = s.now();
-    let obs = s
+    let reply = s
         .inner
         .lock()
         .await
         .engines
-        .call(now, req.host, &req.apply, req.epoch, req.call);
-    Json(obs).into_response()
+        .call_reply(now, req.host, &req.apply, req.epoch, req.call);
+    Json(SpiritReply::from(reply)).into_response()
 }
 
 pub(super) async fn admin_crash_host(State(s): State<Shared>, Path(host): Path<u32>) -> Response {

@@ -32,7 +32,7 @@ mod fake_only;
 
 use api::*;
 use fake_only::*;
-pub use fake_only::{Facts, SpiritCall, SpiritProbe};
+pub use fake_only::{Facts, SpiritCall, SpiritProbe, SpiritReply};
 
 /// Fault injection, changeable at run time through `POST /_fake/faults`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]

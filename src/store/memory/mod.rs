@@ -1035,13 +1035,8 @@ impl MemoryStore {
         let row = inner.rows.get(&apply).ok_or(StoreError::RowGone(apply))?;
         let pending = pending_of(&inner, apply);
         self.rules
-            .accepts_request(row.engine, row.state, op, &pending)
-            .map_err(|r| StoreError::Refused(r.message()))?;
-        if row.rollout.is_none() {
-            if let Some(why) = crate::machine::rollout::requests::refused_without_rollout(op) {
-                return Err(StoreError::Refused(format!("not a rollout: {why}")));
-            }
-        }
+            .request_admitted(row.engine, row.state, op, &pending, row.rollout.is_some())
+            .map_err(StoreError::Refused)?;
 
         inner.seq += 1;
         let seq = inner.seq;

@@ -64,14 +64,10 @@ impl MySqlStore {
                 existing = Some(status);
             }
         }
+        let is_rollout = row.try_get::<i64, _>("is_rollout")? != 0;
         self.rules
-            .accepts_request(engine, state, op, &pending)
-            .map_err(|r| StoreError::Refused(r.message()))?;
-        if row.try_get::<i64, _>("is_rollout")? == 0 {
-            if let Some(why) = crate::machine::rollout::requests::refused_without_rollout(op) {
-                return Err(StoreError::Refused(format!("not a rollout: {why}")).into());
-            }
-        }
+            .request_admitted(engine, state, op, &pending, is_rollout)
+            .map_err(StoreError::Refused)?;
         let outcome = match existing {
             Some(ControlStatus::Pending) => RequestOutcome::AlreadyPending,
             Some(_) => {
@@ -80,8 +76,8 @@ impl MySqlStore {
             }
             None => {
                 let sql = format!(
-                    "INSERT INTO apply_control_requests (apply_id, operation, status, created_at, updated_at) \
-                     VALUES (?, ?, ?, {now}, {now})"
+                    "INSERT INTO apply_control_requests (apply_id, operation, status, created_at, updated_at, requested_at) \
+                     VALUES (?, ?, ?, {now}, {now}, {now})"
                 );
                 let inserted = sqlx::query(&sql)
                     .bind(apply)
@@ -129,7 +125,7 @@ impl MySqlStore {
     ) -> Result<(), Failure> {
         let sql = format!(
             "UPDATE apply_control_requests SET status = ?, error_message = NULL, completed_at = NULL, \
-             updated_at = {now}, issue = issue + 1 WHERE apply_id = ? AND operation = ?"
+             updated_at = {now}, requested_at = {now}, issue = issue + 1 WHERE apply_id = ? AND operation = ?"
         );
         sqlx::query(&sql)
             .bind(ControlStatus::Pending.as_str())

@@ -10,12 +10,14 @@ use crate::machine::apply::{ApplyId, ResumeState};
 use crate::machine::rollout::{CutoverPolicy, OnFailure, RolloutPolicy};
 use crate::machine::{ApplyOptions, ApplyState, ControlOp, EngineKind, TaskState};
 use crate::store::status::{ApplyStatus, Inspect, OperationStatus, TaskStatus};
+use crate::store::timeline::{audit_entry, ordered, request_entries, TimelineEntry};
 use crate::store::{StoreError, Target};
 
 const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
      CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
      CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, NOW(6)) AS SIGNED) AS state_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.updated_at, NOW(6)) AS SIGNED) AS updated_age_us, \
      CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), a.parked_until) AS SIGNED) AS wake_in_us, \
      (SELECT CAST(o.engine_resume_state AS CHAR) FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
@@ -89,6 +91,9 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
     let state_age_us: Option<i64> = row
         .try_get("state_age_us")
         .map_err(|e| bad(id, "state_entered_at", e))?;
+    let updated_age_us: Option<i64> = row
+        .try_get("updated_age_us")
+        .map_err(|e| bad(id, "updated_at", e))?;
     let wake_in_us: Option<i64> = row
         .try_get("wake_in_us")
         .map_err(|e| bad(id, "parked_until", e))?;
@@ -122,6 +127,7 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .and(age_us)
             .map(|us| (us.max(0) / 1000) as u64),
         state_age_ms: (state_age_us.unwrap_or(0).max(0) / 1000) as u64,
+        updated_age_ms: (updated_age_us.unwrap_or(0).max(0) / 1000) as u64,
         resume,
         lease_owner,
         lease_epoch: row
@@ -139,10 +145,10 @@ fn decode(row: &MySqlRow) -> Result<ApplyStatus, StoreError> {
             .filter(|_| lease_owner_is_none)
             .map(|us| (us.max(0) / 1000) as u64),
         wait: None,
+        explanation: None,
         operations: Vec::new(),
         rollout: rollout_policy(row, id)?,
-    }
-    .explain())
+    })
 }
 
 use super::progress::{read_progress, PROGRESS_COLUMNS};
@@ -186,6 +192,7 @@ impl MySqlStore {
             "SELECT o.id, o.deployment, o.operation_key, o.deployment_index, o.step, o.state, o.attempt, \
              o.lease_owner, o.lease_epoch, o.failed_closed, o.error_message, \
              CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
+             CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), o.parked_until) AS SIGNED) AS wake_in_us, \
              CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id) AS SIGNED) AS tasks_total, \
              CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id AND t.state = 'completed') AS SIGNED) AS tasks_completed \
              FROM apply_operations o WHERE o.apply_id = ? ORDER BY o.deployment_index, o.step, o.id",
@@ -210,6 +217,10 @@ impl MySqlStore {
             let lease_owner: Option<String> = r
                 .try_get_unchecked("lease_owner")
                 .map_err(|e| bad(id, "apply_operations.lease_owner", e))?;
+            let wake_in_us: Option<i64> = r
+                .try_get("wake_in_us")
+                .map_err(|e| bad(id, "apply_operations.parked_until", e))?;
+            let parked = lease_owner.is_none();
             let hb_us: Option<i64> = r
                 .try_get("heartbeat_age_us")
                 .map_err(|e| bad(id, "apply_operations.heartbeat_at", e))?;
@@ -244,7 +255,11 @@ impl MySqlStore {
                 error: r
                     .try_get_unchecked("error_message")
                     .map_err(|e| bad(id, "apply_operations.error_message", e))?,
+                parked_wake_in_ms: wake_in_us
+                    .filter(|_| parked)
+                    .map(|us| (us.max(0) / 1000) as u64),
                 gate: None,
+                explanation: None,
             });
         }
         Ok(())
@@ -256,7 +271,7 @@ impl MySqlStore {
         self.attach_operations(status).await?;
         self.attach_requests(status).await?;
         // Again, now that the operations are read: their gates come from them.
-        *status = status.clone().explain();
+        *status = status.clone().explain(&self.rules);
         Ok(())
     }
 
@@ -330,6 +345,85 @@ impl Inspect for MySqlStore {
                 Ok((state, n.max(0) as u64))
             })
             .collect()
+    }
+
+    async fn timeline(&self, id: ApplyId, limit: usize) -> Result<Vec<TimelineEntry>, StoreError> {
+        let exists = sqlx::query("SELECT id FROM applies WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Err(StoreError::RowGone(id));
+        }
+        let age = |col: &str| format!("CAST(TIMESTAMPDIFF(MICROSECOND, {col}, NOW(6)) AS SIGNED)");
+        let logs = sqlx::query(&format!(
+            "SELECT from_state, to_state, lease_epoch, lease_owner, cause, detail, apply_operation_id, \
+             {} AS age_us FROM apply_logs WHERE apply_id = ? ORDER BY id DESC LIMIT ?",
+            age("created_at")
+        ))
+        .bind(id)
+        .bind(limit as u64)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable)?;
+        let ms = |us: Option<i64>| (us.unwrap_or(0).max(0) / 1000) as u64;
+        let mut entries = Vec::with_capacity(logs.len() + 8);
+        // Newest first from the query; `ordered` puts them back in time order.
+        for r in &logs {
+            let text = |col: &'static str| -> Result<String, StoreError> {
+                r.try_get_unchecked::<String, _>(col)
+                    .map_err(|e| bad(id, col, e))
+            };
+            let detail: Option<String> = r
+                .try_get_unchecked("detail")
+                .map_err(|e| bad(id, "apply_logs.detail", e))?;
+            entries.push(audit_entry(
+                ms(r.try_get("age_us")
+                    .map_err(|e| bad(id, "apply_logs.created_at", e))?),
+                &text("from_state")?,
+                &text("to_state")?,
+                r.try_get("lease_epoch")
+                    .map_err(|e| bad(id, "apply_logs.lease_epoch", e))?,
+                r.try_get_unchecked("lease_owner")
+                    .map_err(|e| bad(id, "apply_logs.lease_owner", e))?,
+                &text("cause")?,
+                detail.as_deref(),
+                r.try_get("apply_operation_id")
+                    .map_err(|e| bad(id, "apply_logs.apply_operation_id", e))?,
+            ));
+        }
+        let requests = sqlx::query(&format!(
+            "SELECT operation, status, error_message, {} AS asked_us, {} AS ended_us \
+             FROM apply_control_requests WHERE apply_id = ?",
+            age("COALESCE(requested_at, created_at)"),
+            age("completed_at")
+        ))
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(unavailable)?;
+        for r in &requests {
+            let text = |col: &'static str| -> Result<String, StoreError> {
+                r.try_get_unchecked::<String, _>(col)
+                    .map_err(|e| bad(id, col, e))
+            };
+            let message: Option<String> = r
+                .try_get_unchecked("error_message")
+                .map_err(|e| bad(id, "apply_control_requests.error_message", e))?;
+            let ended: Option<i64> = r
+                .try_get("ended_us")
+                .map_err(|e| bad(id, "apply_control_requests.completed_at", e))?;
+            entries.extend(request_entries(
+                &text("operation")?,
+                ms(r.try_get("asked_us")
+                    .map_err(|e| bad(id, "apply_control_requests.requested_at", e))?),
+                &text("status")?,
+                message.as_deref(),
+                ended.map(|us| ms(Some(us))),
+            ));
+        }
+        Ok(ordered(entries, limit))
     }
 
     async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError> {

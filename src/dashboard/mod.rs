@@ -1,0 +1,239 @@
+//! The dashboard served by `applyd serve`: the applies list (filtered, with counts per state),
+//! one page per apply (its explanation from the rules, operations and tasks with progress bars,
+//! the timeline from the audit log, the state diagram drawn from the transition table) and its
+//! actions, kept live by server-sent events. Assets are embedded in the binary; nothing is
+//! fetched from elsewhere.
+//!
+//! Signing in: with an API token configured, the page asks for it once. The browser keeps it for
+//! the session only — as an HttpOnly session cookie holding a digest of it (what lets pages and
+//! event streams load), and in the tab's session storage for the action buttons, which send it
+//! as the API's bearer token like any other client (so a cookie alone never changes anything).
+
+pub mod diagram;
+pub mod views;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use futures_util::Stream;
+use sha2::{Digest, Sha256};
+
+use crate::api::{parse_id, same_secret, ApiError, ApiState};
+use views::Filter;
+
+/// How often an open page looks for changes.
+const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The applies the list reads (newest first).
+const LIST_LIMIT: usize = 500;
+/// The timeline entries an apply page shows.
+const TIMELINE_LIMIT: usize = 200;
+const SESSION_COOKIE: &str = "applyd_session";
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(list))
+        .route("/applies/{id}", get(apply))
+        .route("/events/applies", get(list_events))
+        .route("/events/applies/{id}", get(apply_events))
+        .route("/login", get(login_form).post(login))
+        .route("/assets/app.js", get(script))
+        .route("/assets/app.css", get(style))
+}
+
+/// The session cookie's value for a token: a digest, so the cookie never holds the token.
+fn session_value(token: &str) -> String {
+    let digest = Sha256::digest(format!("applyd dashboard session\0{token}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signed in: no token is configured, or the request carries the bearer token or the session
+/// cookie made from it.
+fn signed_in(state: &ApiState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    if crate::api::authorize(state, headers).is_ok() {
+        return true;
+    }
+    let expected = session_value(token.expose());
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| {
+            name == SESSION_COOKIE && same_secret(value.as_bytes(), expected.as_bytes())
+        })
+}
+
+fn render(t: &impl Template) -> Result<String, ApiError> {
+    t.render()
+        .map_err(|e| ApiError::internal(format!("the page could not be rendered: {e}")))
+}
+
+async fn list_rows(
+    state: &ApiState,
+    filter: &Filter,
+) -> Result<(Vec<crate::store::status::ApplyStatus>, String), ApiError> {
+    let all = state.inspect.list(LIST_LIMIT).await?;
+    let rows = all
+        .iter()
+        .filter(|a| filter.keeps(a))
+        .map(views::row)
+        .collect();
+    let html = render(&views::ListRows { rows })?;
+    Ok((all, html))
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(filter): Query<Filter>,
+) -> Result<Response, ApiError> {
+    if !signed_in(&state, &headers) {
+        return Ok(Redirect::to("/login").into_response());
+    }
+    let (all, rows_html) = list_rows(&state, &filter).await?;
+    Ok(Html(render(&views::list_page(&all, &filter, rows_html))?).into_response())
+}
+
+async fn apply_live_html(state: &ApiState, id: u64) -> Result<(String, String), ApiError> {
+    let status = state.inspect.status(id).await?;
+    let timeline = state.inspect.timeline(id, TIMELINE_LIMIT).await?;
+    let svg = diagram::cached_svg(status.engine, &views::visited(&timeline), status.state)
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "state diagram not drawn");
+            String::new()
+        });
+    let html = render(&views::apply_live(&status, &timeline, svg))?;
+    Ok((status.identifier, html))
+}
+
+async fn apply(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    if !signed_in(&state, &headers) {
+        return Ok(Redirect::to("/login").into_response());
+    }
+    let id = parse_id(&raw)?;
+    let (identifier, live_html) = apply_live_html(&state, id).await?;
+    let page = views::ApplyPage {
+        identifier,
+        live_html,
+        live_url: format!("/events/applies/{id}"),
+    };
+    Ok(Html(render(&page)?).into_response())
+}
+
+/// An event stream that renders `make` every interval and sends it when it changed.
+fn live<F, Fut>(make: F) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, ApiError>> + Send,
+{
+    let stream = futures_util::stream::unfold((make, None::<String>), |(make, last)| async move {
+        loop {
+            tokio::time::sleep(LIVE_INTERVAL).await;
+            match make().await {
+                Ok(html) if last.as_deref() == Some(html.as_str()) => continue,
+                Ok(html) => {
+                    let event = Event::default().event("update").data(html.clone());
+                    return Some((Ok(event), (make, Some(html))));
+                }
+                // Said on the page; the stream goes on (the database may come back).
+                Err(e) => {
+                    let event = Event::default().event("problem").data(e.message());
+                    return Some((Ok(event), (make, last)));
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn list_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(filter): Query<Filter>,
+) -> Result<Response, ApiError> {
+    if !signed_in(&state, &headers) {
+        return Err(ApiError::unauthorized("sign in first"));
+    }
+    Ok(live(move || {
+        let state = state.clone();
+        let filter = filter.clone();
+        async move { Ok(list_rows(&state, &filter).await?.1) }
+    })
+    .into_response())
+}
+
+async fn apply_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    if !signed_in(&state, &headers) {
+        return Err(ApiError::unauthorized("sign in first"));
+    }
+    let id = parse_id(&raw)?;
+    // A missing apply is said once, as a 404, not streamed forever.
+    state.inspect.status(id).await.map_err(ApiError::from)?;
+    Ok(live(move || {
+        let state = state.clone();
+        async move { Ok(apply_live_html(&state, id).await?.1) }
+    })
+    .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login_form() -> Result<Html<String>, ApiError> {
+    Ok(Html(render(&views::LoginPage { refusal: None })?))
+}
+
+async fn login(
+    State(state): State<ApiState>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(Redirect::to("/").into_response());
+    };
+    if let Err(refusal) = crate::api::check_token(token, form.token.trim()) {
+        let page = render(&views::LoginPage {
+            refusal: Some(refusal.message()),
+        })?;
+        return Ok((StatusCode::UNAUTHORIZED, Html(page)).into_response());
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        session_value(token.expose())
+    );
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/app.css"),
+    )
+}
