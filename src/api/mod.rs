@@ -21,6 +21,8 @@ use crate::machine::ControlOp;
 use crate::store::status::{ApplyStatus, Inspect};
 use crate::store::{NewApply, Store, StoreError};
 
+mod webhooks;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
@@ -106,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/applies", get(list).post(submit))
         .route("/v1/applies/{id}", get(one))
         .route("/v1/applies/{id}/{op}", post(control))
+        .route("/v1/webhooks", get(webhooks::health))
         .with_state(state)
 }
 

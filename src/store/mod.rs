@@ -6,6 +6,7 @@ pub mod memory;
 pub mod mysql;
 pub mod progress;
 pub mod status;
+pub mod webhooks;
 
 use async_trait::async_trait;
 
@@ -319,4 +320,12 @@ pub trait Store: Send + Sync {
         lease: &Lease,
         progress: &progress::TaskProgress,
     ) -> Result<(), StoreError>;
+    /// The webhook events recorded for `apply`, oldest first (see [`webhooks`]): each was
+    /// written in the transaction of the change it reports. A store without an outbox has none.
+    async fn webhook_events(
+        &self,
+        _apply: ApplyId,
+    ) -> Result<Vec<webhooks::OutboxEvent>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -92,6 +92,11 @@ pub trait Inspect: Send + Sync {
     /// How many applies are in each state, by the state as stored (one read, whatever the
     /// number of applies: the gauges poll it).
     async fn count_by_state(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// How deliveries stand for every webhook endpoint a deliverer has served, by name. A
+    /// store that does not deliver webhooks has none.
+    async fn webhook_health(&self) -> Result<Vec<super::webhooks::EndpointHealth>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 impl ApplyStatus {

@@ -131,6 +131,8 @@ fn age_ms(us: i64) -> u64 {
 
 mod claim_tx;
 mod claims;
+mod deliveries;
+mod outbox;
 mod progress;
 mod requests;
 mod rollout;
@@ -495,6 +497,14 @@ impl Store for MySqlStore {
             self.record_progress_once(lease, &progress)
         })
         .await
+    }
+
+    async fn webhook_events(
+        &self,
+        apply: ApplyId,
+    ) -> Result<Vec<super::webhooks::OutboxEvent>, StoreError> {
+        self.retrying("read webhook events", || self.webhook_events_once(apply))
+            .await
     }
 
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
