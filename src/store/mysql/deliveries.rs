@@ -204,7 +204,8 @@ impl MySqlStore {
         };
         let sql = format!(
             "UPDATE webhook_deliveries SET {sets}, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE event_id = ? AND endpoint = ? AND lease_epoch = ? AND delivered_at IS NULL"
+             WHERE event_id = ? AND endpoint = ? AND lease_epoch = ? AND lease_owner IS NOT NULL \
+             AND delivered_at IS NULL"
         );
         let mut q = sqlx::query(&sql);
         if let Some(error) = error {
