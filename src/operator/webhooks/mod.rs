@@ -26,6 +26,9 @@ use crate::store::webhooks::{event_id, Deliveries, EndpointFilter, LeasedDeliver
 use crate::store::StoreError;
 use signing::{backoff_ms, signature, EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
+/// Room in a delivery lease, beyond its POSTs, for marking them.
+const MARK_MARGIN_MS: u64 = 2_000;
+
 /// How the deliverer paces itself.
 #[derive(Debug, Clone)]
 pub struct DelivererConfig {
@@ -62,7 +65,7 @@ impl DelivererConfig {
         let timeout_ms = self.timeout.as_millis() as u64;
         timeout_ms
             .saturating_mul(u64::from(self.batch.max(1)))
-            .saturating_add(5_000)
+            .saturating_add(MARK_MARGIN_MS)
     }
 }
 
