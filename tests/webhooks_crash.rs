@@ -28,7 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_applyd");
 const SECRET: &str = "crash-test-secret";
 
 /// What the receiver saw.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Received {
     /// Event id → how many times it was accepted (answered 2xx).
     accepted: BTreeMap<String, u32>,
@@ -169,7 +169,10 @@ async fn scalar(store: &MySqlStore, sql: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Apply `i`: every sixth (a Spirit one) adds a column every fake table already has, and
+/// fails for good, with a reason.
 async fn submit(store: &MySqlStore, i: u32) -> u64 {
+    let column = if i % 6 == 5 { "id" } else { "c" };
     let engine = if i % 2 == 0 {
         EngineKind::PlanetScale
     } else {
@@ -184,7 +187,7 @@ async fn submit(store: &MySqlStore, i: u32) -> u64 {
                 environment: "prod".into(),
             },
             engine,
-            ddl: vec![format!("ALTER TABLE t{i} ADD COLUMN c INT")],
+            ddl: vec![format!("ALTER TABLE t{i} ADD COLUMN {column} INT")],
             options: ApplyOptions {
                 skip_revert: true,
                 ..Default::default()
@@ -349,7 +352,7 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
         format!("{n} {kind}")
     })
     .collect();
-    let r = received.lock().unwrap();
+    let r = received.lock().unwrap().clone();
     let got: BTreeSet<String> = r.accepted.keys().cloned().collect();
     let missing: Vec<&String> = events.difference(&got).collect();
     assert!(
@@ -390,6 +393,20 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
         assert_eq!(moves, evented, "apply-{id}: every move has its event");
     }
     assert!(kills >= 5, "the chaos loop ran: {kills} kills");
+    let failures: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.reason')) AS CHAR) FROM webhook_outbox WHERE kind = 'failure'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        !failures.is_empty(),
+        "the failing applies sent failure events"
+    );
+    assert!(
+        failures.iter().all(|why| !why.is_empty() && why != "null"),
+        "each failure says why: {failures:?}"
+    );
     let duplicates: u32 = r.accepted.values().map(|n| n - 1).sum();
     eprintln!(
         "webhooks crash test: {} events ({}), {} received ({} duplicates), {} kills, {} retries, {} refused or hung by the receiver, 0 bad signatures",
@@ -401,6 +418,5 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
         retries,
         r.refused
     );
-    drop(r);
     store_support::drop_database(&url, &name).await;
 }
