@@ -47,5 +47,8 @@ CREATE TABLE webhook_deliveries (
   outstanding TINYINT GENERATED ALWAYS AS (IF(delivered_at IS NULL, 1, NULL)) STORED,
   PRIMARY KEY (event_id, endpoint),
   KEY ix_webhook_deliveries_due (endpoint, outstanding, next_attempt_at),
+  -- An apply's deliveries to an endpoint go one at a time, oldest first: the head is the
+  -- lowest outstanding event of (endpoint, apply).
+  KEY ix_webhook_deliveries_head (endpoint, apply_id, outstanding, event_id),
   CONSTRAINT fk_webhook_deliveries_event FOREIGN KEY (event_id) REFERENCES webhook_outbox (id) ON DELETE CASCADE
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

@@ -339,3 +339,40 @@ async fn a_failed_attempt_waits_its_backoff_shows_in_health_and_delivered_events
     store.mark_delivered(&retry[0]).await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_apply_s_later_event_waits_until_the_earlier_one_is_delivered() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let ids = with_events(&env, &["a"], 1).await;
+    let store = env.mysql_store().unwrap();
+    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
+    store.sweep(&[endpoint("a")]).await.unwrap();
+    let first = lease(store, "d1", 30_000, 10).await;
+    assert_eq!(first.len(), 1, "only the head of the apply: {first:?}");
+    assert!(
+        lease(store, "d2", 30_000, 10).await.is_empty(),
+        "the next waits for it"
+    );
+    store
+        .mark_failed(&first[0], "HTTP 503", 1_000)
+        .await
+        .unwrap();
+    env.advance(1_001);
+    let again = lease(store, "d2", 30_000, 10).await;
+    assert_eq!(
+        again.iter().map(|d| d.event).collect::<Vec<_>>(),
+        vec![first[0].event]
+    );
+    store.mark_delivered(&again[0]).await.unwrap();
+    let next = lease(store, "d1", 30_000, 10).await;
+    assert_eq!(next.len(), 1);
+    assert!(next[0].event > first[0].event);
+    let body: Value = serde_json::from_slice(&next[0].body).unwrap();
+    assert_eq!(
+        (body["kind"].as_str(), body["request"].as_str()),
+        (Some("request"), Some("stop"))
+    );
+    env.cleanup().await;
+}

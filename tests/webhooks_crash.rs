@@ -36,6 +36,8 @@ struct Received {
     bad_signatures: Vec<String>,
     /// Answered 500 or left hanging on purpose.
     refused: u64,
+    /// (apply, event number) in the order they were first taken in.
+    first_arrivals: Vec<(u64, u64)>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -72,6 +74,7 @@ async fn receive(
         }
         r.requests
     };
+    let apply = parsed_apply(&body);
     // Every 7th request fails, every 11th is taken in but answered past the deliverers'
     // timeout (a duplicate follows).
     if n % 7 == 0 {
@@ -81,7 +84,12 @@ async fn receive(
     let late = n % 11 == 0;
     {
         let mut r = state.lock().unwrap();
-        *r.accepted.entry(id).or_default() += 1;
+        let number = id.trim_start_matches("evt-").parse().unwrap_or(0);
+        let seen = r.accepted.entry(id).or_default();
+        *seen += 1;
+        if *seen == 1 {
+            r.first_arrivals.push((apply, number));
+        }
         r.refused += u64::from(late);
     }
     if late {
@@ -89,6 +97,13 @@ async fn receive(
         tokio::time::sleep(Duration::from_millis(900)).await;
     }
     StatusCode::OK
+}
+
+fn parsed_apply(body: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["apply_id"].as_u64())
+        .unwrap_or(0)
 }
 
 async fn start_receiver(received: Arc<Mutex<Received>>) -> SocketAddr {
@@ -367,6 +382,15 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
         "bad signatures: {:?}",
         r.bad_signatures
     );
+    // The endpoint saw each apply's events in id order (first arrivals; duplicates aside).
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    for (apply, event) in &r.first_arrivals {
+        let before = last.insert(*apply, *event).unwrap_or(0);
+        assert!(
+            before < *event,
+            "apply-{apply}: evt-{event} arrived after evt-{before}"
+        );
+    }
 
     // Every move in the audit log has its event (same apply, same from/to, same order).
     let logs = store.stored_logs().await.expect("logs");

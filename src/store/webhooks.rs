@@ -237,8 +237,9 @@ pub trait Deliveries: Send + Sync {
     /// (of the kinds it receives); an endpoint seen for the first time starts at the newest
     /// event. Returns how many delivery rows were created.
     async fn sweep(&self, endpoints: &[EndpointFilter]) -> Result<u64, StoreError>;
-    /// Lease at most `limit` due deliveries to `endpoints` for `lease_ms`, oldest event first;
-    /// a delivery whose lease expired is due again.
+    /// Lease at most `limit` due deliveries to `endpoints` for `lease_ms`, oldest event first,
+    /// and only the oldest outstanding one of each (endpoint, apply), so an apply's events are
+    /// sent in order; a delivery whose lease expired is due again.
     async fn lease_due(
         &self,
         endpoints: &[String],

@@ -9,9 +9,11 @@
 //! fenced by the delivery lease. Every minute it prunes delivered events past the retention,
 //! also when no endpoint is configured (events are always recorded).
 //!
-//! Guarantees: at least once (a receiver de-duplicates on the event id); within one apply ids
-//! grow in commit order, and deliveries are leased oldest first, but a retry or a second
-//! deliverer can deliver a later event of an apply before an earlier one.
+//! Guarantees: at least once (a receiver de-duplicates on the event id). Within one apply ids
+//! grow in commit order, and an endpoint is sent an apply's next event only once the previous
+//! one was accepted (the store leases only the head of each (endpoint, apply)): a failing event
+//! holds back the later events of its apply, never those of other applies. A redelivered
+//! duplicate of an accepted event may still arrive after it.
 
 pub mod signing;
 

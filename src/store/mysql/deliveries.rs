@@ -118,11 +118,36 @@ impl MySqlStore {
         let names = name_list(endpoints);
         let mut tx = self.pool.begin().await?;
         // `next_attempt_at` is both the retry time and a held lease's end: one condition finds
-        // first attempts, retries and deliveries whose deliverer died.
+        // first attempts, retries and deliveries whose deliverer died. Only the head of each
+        // (endpoint, apply) is a candidate, so an apply's events go out in id order, the next
+        // one after the previous one was accepted. The candidates are a plain read (a locked
+        // earlier delivery is still seen, so a later one never overtakes it); the locking read
+        // then takes those still due on their latest version.
+        let heads = sqlx::query(&format!(
+            "SELECT d.event_id, d.endpoint FROM webhook_deliveries d \
+             WHERE d.endpoint IN ({names}) AND d.outstanding = 1 AND d.next_attempt_at <= {now} \
+             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.endpoint = d.endpoint \
+                 AND e.apply_id = d.apply_id AND e.outstanding = 1 AND e.event_id < d.event_id) \
+             ORDER BY d.event_id LIMIT {}",
+            limit.saturating_mul(4)
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut candidates = Vec::with_capacity(heads.len());
+        for row in &heads {
+            let event: u64 = row.try_get("event_id")?;
+            let endpoint: String = row.try_get_unchecked("endpoint")?;
+            candidates.push(format!("({event}, {})", sql_text(&endpoint)));
+        }
+        if candidates.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
         let due = sqlx::query(&format!(
             "SELECT event_id, endpoint, apply_id, attempts, lease_epoch FROM webhook_deliveries \
-             WHERE endpoint IN ({names}) AND outstanding = 1 AND next_attempt_at <= {now} \
-             ORDER BY event_id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+             WHERE (event_id, endpoint) IN ({}) AND outstanding = 1 AND next_attempt_at <= {now} \
+             ORDER BY event_id LIMIT {limit} FOR UPDATE SKIP LOCKED",
+            candidates.join(", ")
         ))
         .fetch_all(&mut *tx)
         .await?;
