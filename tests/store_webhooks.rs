@@ -7,10 +7,11 @@ mod store_support;
 
 use std::collections::BTreeSet;
 
+use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
 use applyd::machine::{ApplyState, ControlOp, EngineKind, Params};
 use applyd::store::mysql::MySqlStore;
 use applyd::store::webhooks::{Deliveries, EndpointFilter, EventKind, LeasedDelivery};
-use applyd::store::{RequestOutcome, StoreError};
+use applyd::store::{NewApply, RequestOutcome, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
 use serde_json::{json, Value};
 use store_support::{new_apply, Env};
@@ -159,6 +160,69 @@ async fn a_write_that_lost_its_lease_records_no_event(env: Env) {
     );
     every_move_has_its_event(&env, id).await;
     env.cleanup().await;
+}
+
+/// The same moves on either store: an apply claimed, stopped by request and failed, and a
+/// rolling rollout whose first deployment completes and second fails.
+async fn scripted_events(env: &Env) -> Vec<(EventKind, Value)> {
+    let single = env
+        .store
+        .submit(new_apply("users", EngineKind::Spirit))
+        .await
+        .unwrap();
+    let lease = env.store.claim("w1").await.unwrap().unwrap().lease;
+    env.store.request(single, ControlOp::Stop).await.unwrap();
+    env.store.fail_apply(&lease, "boom").await.unwrap();
+    let rollout = env
+        .store
+        .submit(NewApply {
+            rollout: Some(RolloutPlan {
+                deployments: vec!["d1".into(), "d2".into()],
+                cutover_policy: CutoverPolicy::Rolling,
+                on_failure: OnFailure::Halt,
+                max_drivers_per_apply: 1,
+                table_steps: false,
+            }),
+            ..new_apply("shop", EngineKind::Spirit)
+        })
+        .await
+        .unwrap();
+    let first = env.store.claim_operation("w1").await.unwrap().expect("d1");
+    env.store
+        .write(
+            &first.lease,
+            ApplyState::Completed,
+            ResumeState::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    let second = env.store.claim_operation("w2").await.unwrap().expect("d2");
+    env.store
+        .fail_apply(&second.lease, "disk full")
+        .await
+        .unwrap();
+    every_move_has_its_event(env, single).await;
+    every_move_has_its_event(env, rollout).await;
+    let mut all = events(env, single).await;
+    all.extend(events(env, rollout).await);
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_stores_record_the_same_events_for_the_same_moves() {
+    let memory = Env::memory();
+    let expected = scripted_events(&memory).await;
+    let deployments: Vec<&Value> = expected.iter().map(|(_, p)| &p["deployment"]).collect();
+    assert!(deployments.contains(&&json!("d1")) && deployments.contains(&&json!("d2")));
+    assert!(expected
+        .iter()
+        .any(|(k, p)| *k == EventKind::Failure && p["reason"] == "disk full"));
+    let Some(mysql) = Env::mysql().await else {
+        return;
+    };
+    assert_eq!(scripted_events(&mysql).await, expected);
+    mysql.cleanup().await;
 }
 
 conformance!(
