@@ -13,6 +13,8 @@ use applyd::store::mysql::MySqlStore;
 use applyd::store::webhooks::{Deliveries, EndpointFilter, EventKind, LeasedDelivery};
 use applyd::store::{NewApply, RequestOutcome, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use store_support::{new_apply, Env};
 
@@ -438,5 +440,69 @@ async fn an_apply_s_later_event_waits_until_the_earlier_one_is_delivered() {
         (body["kind"].as_str(), body["request"].as_str()),
         (Some("request"), Some("stop"))
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_reports_delivery_health_behind_the_token() {
+    use applyd::api::{router, ApiState};
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    with_events(&env, &["a", "b"], 2).await;
+    let store = env.mysql_store().unwrap();
+    for d in lease(store, "d1", 30_000, 10).await {
+        match d.endpoint.as_str() {
+            "a" => store.mark_delivered(&d).await.unwrap(),
+            _ => store
+                .mark_failed(&d, "HTTP 502: bad gateway", 60_000)
+                .await
+                .unwrap(),
+        }
+    }
+    let inspect: Arc<dyn applyd::store::status::Inspect> = match &env.backend {
+        store_support::Backend::MySql { store, .. } => store.clone(),
+        store_support::Backend::Memory { .. } => unreachable!("a MySQL env"),
+    };
+    let state = ApiState {
+        store: env.store.clone(),
+        inspect,
+        token: Some(applyd::config::Secret::new("t0ken")),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        metrics: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/webhooks");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let health: Value = http
+        .get(&url)
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health[0]["endpoint"], "a");
+    assert_eq!(
+        (
+            health[0]["delivered"].as_u64(),
+            health[0]["failing"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    assert_eq!(health[1]["endpoint"], "b");
+    assert_eq!(
+        (
+            health[1]["delivered"].as_u64(),
+            health[1]["failing"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
+    assert_eq!(health[1]["last_error"], "HTTP 502: bad gateway");
+    assert!(health[1]["oldest_undelivered_age_ms"].is_u64());
     env.cleanup().await;
 }
