@@ -85,7 +85,7 @@ pub struct Move<'a> {
     pub owner: Option<&'a str>,
     /// `claim <arm>`, `write`, or an unfenced cause such as a retry expiry.
     pub cause: &'a str,
-    /// Why, for a move into a failed state.
+    /// Why, for a move into a failed state (or into `paused`, held for a person).
     pub reason: Option<&'a str>,
 }
 
@@ -108,7 +108,9 @@ impl NewEvent {
         payload.insert("epoch".into(), json!(m.epoch));
         payload.insert("owner".into(), json!(m.owner));
         payload.insert("cause".into(), json!(m.cause));
-        if kind == EventKind::Failure {
+        // A failure always says why (`null` only if the writer gave no reason); another move
+        // carries its reason when it has one (an engine holding an apply for a person).
+        if kind == EventKind::Failure || m.reason.is_some() {
             payload.insert("reason".into(), json!(m.reason));
         }
         Some(NewEvent {
@@ -299,6 +301,16 @@ mod tests {
         .unwrap();
         assert_eq!(moved.kind, EventKind::StateChange);
         assert!(moved.payload.get("reason").is_none());
+        let held = NewEvent::moved(Move {
+            to: ApplyState::Paused,
+            reason: Some("ownership ambiguous"),
+            ..failing_move()
+        })
+        .unwrap();
+        assert_eq!(
+            (held.kind, &held.payload["reason"]),
+            (EventKind::StateChange, &json!("ownership ambiguous"))
+        );
     }
 
     #[test]
