@@ -237,17 +237,29 @@ impl Deliverer {
         Err(format!("HTTP {status}: {}", words.trim()))
     }
 
+    /// Small batches (short locks), a bounded number of them per minute: enough to keep up
+    /// with any realistic event rate without holding the database for long.
     async fn prune(&self) {
-        match self.store.prune(self.config.retention_hours, 500).await {
-            Ok(p) if p.events > 0 || p.endpoints > 0 => {
-                info!(
-                    events = p.events,
-                    endpoints = p.endpoints,
-                    "pruned delivered webhook events"
-                )
+        const BATCH: u32 = 500;
+        const MAX_BATCHES: u32 = 20;
+        let (mut events, mut endpoints) = (0, 0);
+        for _ in 0..MAX_BATCHES {
+            match self.store.prune(self.config.retention_hours, BATCH).await {
+                Ok(p) => {
+                    events += p.events;
+                    endpoints += p.endpoints;
+                    if p.events < u64::from(BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot prune webhook events");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot prune webhook events"),
+        }
+        if events > 0 || endpoints > 0 {
+            info!(events, endpoints, "pruned delivered webhook events");
         }
     }
 
