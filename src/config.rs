@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::machine::Params;
 use crate::store::ClaimPath;
 
+pub mod webhooks;
+pub use webhooks::{WebhookEndpoint, WebhooksSection};
+
 /// A secret string: printed as `***` everywhere.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -264,6 +267,7 @@ pub struct Config {
     pub api: ApiSection,
     pub log: LogSection,
     pub engines: EnginesSection,
+    pub webhooks: WebhooksSection,
 }
 
 /// Everything that can be wrong with a configuration, said plainly.
@@ -480,6 +484,7 @@ impl Config {
                 )));
             }
         }
+        self.webhooks.validate()?;
         if self.engines.kind == EngineMode::RemoteFake && self.engines.remote_fake_url.is_none() {
             return Err(ConfigError::Invalid(
                 "engines.kind = \"remote-fake\" needs engines.remote_fake_url".into(),

@@ -22,6 +22,8 @@ use crate::store::status::{ApplyStatus, Inspect};
 use crate::store::timeline::TimelineEntry;
 use crate::store::{NewApply, Store, StoreError};
 
+mod webhooks;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
@@ -128,6 +130,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/applies/{id}", get(one))
         .route("/v1/applies/{id}/timeline", get(timeline))
         .route("/v1/applies/{id}/{op}", post(control))
+        .route("/v1/webhooks", get(webhooks::health))
         .with_state(state)
 }
 

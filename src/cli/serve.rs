@@ -12,6 +12,7 @@ use crate::api::{self, ApiState};
 use crate::config::{Config, EngineMode, OperatorSection};
 use crate::engine::Engine;
 use crate::machine::Rules;
+use crate::operator::webhooks::{Deliverer, DelivererConfig};
 use crate::operator::{default_owner_prefix, telemetry, Runtime, RuntimeConfig};
 use crate::store::mysql::MySqlStore;
 
@@ -85,6 +86,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     super::migrate::check_schema(store.pool())
         .await
         .map_err(anyhow::Error::msg)?;
+    let webhook_endpoints = config.webhooks.resolve()?;
     let owner_prefix = config
         .operator
         .owner
@@ -130,6 +132,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }));
     tracing::info!(owner = %owner_prefix, drivers = config.operator.drivers, %listen, "applyd serving");
     let pool = tokio::spawn(runtime.clone().run(shutdown.clone()));
+    // Always started: with no endpoint it only prunes (events are recorded regardless).
+    let deliverer = Deliverer::new(
+        store.clone(),
+        DelivererConfig::new(
+            format!("{owner_prefix}/webhooks"),
+            &config.webhooks,
+            webhook_endpoints,
+        ),
+    )?;
+    let webhooks = tokio::spawn(deliverer.run(shutdown.clone()));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutdown requested: no new claims; finishing in-flight work"),
         res = api => {
@@ -146,6 +158,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("drivers did not stop within the deadline; peers reclaim after stale-after");
     }
     gauges.abort();
+    // Anything it leased and did not mark falls due again when the lease ends.
+    let _ = tokio::time::timeout(Duration::from_secs(5), webhooks).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod heartbeats;
 pub mod telemetry;
 pub mod watched;
+pub mod webhooks;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

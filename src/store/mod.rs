@@ -7,6 +7,7 @@ pub mod mysql;
 pub mod progress;
 pub mod status;
 pub mod timeline;
+pub mod webhooks;
 
 use async_trait::async_trait;
 
@@ -320,4 +321,12 @@ pub trait Store: Send + Sync {
         lease: &Lease,
         progress: &progress::TaskProgress,
     ) -> Result<(), StoreError>;
+    /// The webhook events recorded for `apply`, oldest first (see [`webhooks`]): each was
+    /// written in the transaction of the change it reports. A store without an outbox has none.
+    async fn webhook_events(
+        &self,
+        _apply: ApplyId,
+    ) -> Result<Vec<webhooks::OutboxEvent>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -108,6 +108,11 @@ pub trait Inspect: Send + Sync {
     /// The last `limit` entries of an apply's timeline, oldest first; `RowGone` when the apply
     /// does not exist.
     async fn timeline(&self, id: ApplyId, limit: usize) -> Result<Vec<TimelineEntry>, StoreError>;
+    /// How deliveries stand for every webhook endpoint a deliverer has served, by name. A
+    /// store that does not deliver webhooks has none.
+    async fn webhook_health(&self) -> Result<Vec<super::webhooks::EndpointHealth>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 impl ApplyStatus {

@@ -75,4 +75,10 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         MemoryStore::record_progress(self, lease, progress)
     }
+    async fn webhook_events(
+        &self,
+        apply: ApplyId,
+    ) -> Result<Vec<crate::store::webhooks::OutboxEvent>, StoreError> {
+        MemoryStore::webhook_events(self, apply)
+    }
 }

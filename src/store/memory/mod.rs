@@ -11,6 +11,7 @@
 
 mod clock;
 mod delegate;
+mod outbox;
 mod rollout;
 
 use super::LeaseChange;
@@ -150,6 +151,9 @@ struct Inner {
     rows: BTreeMap<ApplyId, MemoryRow>,
     requests: BTreeMap<(ApplyId, ControlOp), MemoryRequest>,
     audit: Vec<AuditEntry>,
+    /// Accepted control requests, each with the audit log's length when it was accepted (how
+    /// the outbox orders it among the moves, see `outbox`).
+    requests_log: Vec<outbox::LoggedRequest>,
     next_id: ApplyId,
     next_operation_id: u64,
     /// Sequence of changes: orders events that share a millisecond of the manual clock.
@@ -1065,6 +1069,15 @@ impl MemoryStore {
         // A request already pending is the same request: nothing new to accept (as in MySQL).
         if is_rollout(&inner, apply) && outcome != RequestOutcome::AlreadyPending {
             self.rollout_request(&mut inner, apply, op, now);
+        }
+        if outcome != RequestOutcome::AlreadyPending {
+            let after = inner.audit.len();
+            inner.requests_log.push(outbox::LoggedRequest {
+                after,
+                apply,
+                op,
+                at_ms: now,
+            });
         }
         Ok(outcome)
     }

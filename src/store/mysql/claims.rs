@@ -8,6 +8,7 @@ use sqlx::Row;
 use super::super::{Claimed, Lease, Target};
 
 use super::claim_tx::{sql_text, ClaimTx};
+use super::outbox::insert_event_sql;
 use super::rollout::MemberClaim;
 use super::rows::{apply_columns, operation_columns, Parsed, RawApply, RawOperation};
 use super::writes::task_sync_sql;
@@ -16,6 +17,7 @@ use crate::machine::apply::ApplyId;
 use crate::machine::{
     ApplyState, ClaimClass, ClaimedVia, ControlOp, ControlStatus, OperationArm, OperationClaimView,
 };
+use crate::store::webhooks::{Move, NewEvent};
 
 impl MySqlStore {
     /// The prefilter of the claim query: a superset of the rows some arm matches, built from the
@@ -583,6 +585,20 @@ impl MySqlStore {
             sql_text(&raw.state),
             sql_text(&format!("claim {}", via.code())),
         ));
+        let event = NewEvent::moved(Move {
+            apply: id,
+            operation: None,
+            deployment: None,
+            from: &raw.state,
+            to,
+            epoch,
+            owner: Some(owner),
+            cause: &format!("claim {}", via.code()),
+            reason: None,
+        });
+        if let Some(event) = event {
+            statements.push(insert_event_sql(&event, now, Some(taken)));
+        }
         let rows = match tx.commit_with(&statements).await {
             Ok(rows) => rows,
             Err(Failure::Sql(e)) if is_duplicate_key(&e) && mv.reactivates => {

@@ -28,6 +28,11 @@
 //!   terminal states (see `migrations/`), so a second active row fails with a duplicate key
 //!   whatever the interleaving; that error is mapped to `ActiveApplyExists` or, on a
 //!   `stopped` + start claim, to failing the start request.
+//! - **Webhook events** (`store::webhooks`): the statement that writes an audit row of a move
+//!   to another state, and an accepted control request, is followed in the same transaction by
+//!   one `webhook_outbox` insert (queued in the claim's and the rollout's batches, executed in
+//!   the others), so an event exists exactly when its change committed. Deliveries are leased
+//!   per (event, endpoint) with `SKIP LOCKED` and marked under their lease (`deliveries`).
 //! - **Bad rows**: a row whose state (or engine, options, resume state) cannot be read is
 //!   reported with its id and value, skipped by claims, and never rewritten.
 //!
@@ -40,7 +45,8 @@
 //! Layout: `rows` decodes what is read (one decoder of an apply row for claims, loads and
 //! inspection); `claims` finds candidates and takes leases; `writes` holds the fenced owner
 //! writes, submit and load, and the task and audit rows that follow a move; `requests` holds
-//! control requests and retry expiry; `status` serves the read-only listings.
+//! control requests and retry expiry; `status` serves the read-only listings; `outbox` records
+//! and reads webhook events, `deliveries` leases, marks, prunes and reports their delivery.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -131,6 +137,8 @@ fn age_ms(us: i64) -> u64 {
 
 mod claim_tx;
 mod claims;
+mod deliveries;
+mod outbox;
 mod progress;
 mod requests;
 mod rollout;
@@ -495,6 +503,14 @@ impl Store for MySqlStore {
             self.record_progress_once(lease, &progress)
         })
         .await
+    }
+
+    async fn webhook_events(
+        &self,
+        apply: ApplyId,
+    ) -> Result<Vec<super::webhooks::OutboxEvent>, StoreError> {
+        self.retrying("read webhook events", || self.webhook_events_once(apply))
+            .await
     }
 
     async fn expire_retryable(&self) -> Result<u32, StoreError> {

@@ -13,6 +13,7 @@ use crate::machine::apply::ApplyId;
 use crate::machine::{
     ApplyState, ClaimClass, ControlOp, ControlStatus, EngineKind, PendingControls,
 };
+use crate::store::webhooks::NewEvent;
 
 impl MySqlStore {
     pub(super) async fn request_once(
@@ -111,6 +112,8 @@ impl MySqlStore {
         };
         if outcome != RequestOutcome::AlreadyPending {
             self.member_request(&mut tx, apply, op, &now).await?;
+            self.record_event(&mut tx, Some(NewEvent::requested(apply, op)), &now)
+                .await?;
         }
         tx.commit().await?;
         Ok(outcome)

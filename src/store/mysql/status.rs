@@ -308,6 +308,12 @@ impl MySqlStore {
 
 #[async_trait]
 impl Inspect for MySqlStore {
+    async fn webhook_health(
+        &self,
+    ) -> Result<Vec<crate::store::webhooks::EndpointHealth>, StoreError> {
+        crate::store::webhooks::Deliveries::health(self).await
+    }
+
     async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM applies a ORDER BY a.id DESC LIMIT ?");
         let rows = sqlx::query(&sql)

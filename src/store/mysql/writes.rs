@@ -15,6 +15,7 @@ use super::super::{
 };
 use super::rollout::Loaded;
 use crate::ddl::CheckedChange;
+use crate::store::webhooks::{Move, NewEvent};
 
 use super::rows::{apply_columns, identifier, RawApply};
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
@@ -158,7 +159,18 @@ impl MySqlStore {
             .bind(detail)
             .execute(&mut **tx)
             .await?;
-        Ok(())
+        let event = NewEvent::moved(Move {
+            apply,
+            operation: None,
+            deployment: None,
+            from,
+            to,
+            epoch,
+            owner,
+            cause,
+            reason: detail,
+        });
+        self.record_event(tx, event, now).await
     }
 
     /// Settle a fenced write that matched 0 rows: the row is gone, or another epoch holds the

@@ -25,6 +25,7 @@ use sqlx::{Executor, Row};
 
 use super::super::Target;
 use super::claim_tx::sql_text;
+use super::outbox::insert_event_sql;
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
 use crate::machine::apply::ApplyId;
 use crate::machine::rollout::{
@@ -34,6 +35,7 @@ use crate::machine::{
     ApplyOptions, ApplyState, ClaimView, ControlOp, ControlStatus, EngineKind, OperationClaimView,
     PendingControls, Rules, TaskState,
 };
+use crate::store::webhooks::{Move, NewEvent};
 
 /// One operation of a loaded rollout.
 pub(super) struct LoadedOp {
@@ -381,6 +383,21 @@ impl Loaded {
             self.now,
         );
         self.push_sql(sql);
+        let event = NewEvent::moved(Move {
+            apply: self.id,
+            operation: op.map(|i| self.ops[i].id),
+            deployment: op.map(|i| self.ops[i].deployment.as_str()),
+            from,
+            to,
+            epoch,
+            owner,
+            cause,
+            reason: detail,
+        });
+        if let Some(event) = event {
+            let sql = insert_event_sql(&event, &self.now, None);
+            self.push_sql(sql);
+        }
     }
 
     /// Move operation `i` to `to`; its tasks follow through the task rule.
