@@ -316,7 +316,10 @@ async fn a_rollout_is_submitted_as_json_and_a_bad_one_is_refused_naming_the_fiel
 async fn release_is_taken_on_a_rollout_and_refused_on_a_single_apply() {
     let base = start(None).await;
     let http = reqwest::Client::new();
-    let post = |path: String| http.post(format!("{base}{path}"));
+    let post = |path: String| {
+        http.post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+    };
 
     let single = post("/v1/applies".into())
         .json(&apply_body("shop", "spirit"))
@@ -385,4 +388,67 @@ async fn release_is_taken_on_a_rollout_and_refused_on_a_single_apply() {
     assert!(volume.text().await.unwrap().contains("volume"));
     let missing = post("/v1/applies/999/release".into()).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// A request that changes something must show no other web page made it: a browser's
+/// cross-site form post (no token, no JSON) is refused, as is any request a browser marks
+/// cross-site, and without a token only a loopback host is served.
+#[tokio::test]
+async fn requests_from_other_pages_are_refused() {
+    let base = start(None).await;
+    let http = reqwest::Client::new();
+    let id = http
+        .post(format!("{base}/v1/applies"))
+        .json(&apply_body("shop", "spirit"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let form_post = http
+        .post(format!("{base}/v1/applies/{id}/cancel"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_post.status(), 403);
+    let body: serde_json::Value = form_post.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("bearer token or a JSON body"));
+    let cross = http
+        .post(format!("{base}/v1/applies/{id}/cancel"))
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    let rebound = http
+        .post(format!("{base}/v1/applies/{id}/cancel"))
+        .header("content-type", "application/json")
+        .header("host", "evil.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let page = http
+        .get(format!("{base}/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(page.url().path().ends_with("/login"), "{}", page.url());
+    let ok = http
+        .post(format!("{base}/v1/applies/{id}/cancel"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
 }

@@ -358,9 +358,9 @@ async fn the_dashboard_signs_in_filters_follows_progress_and_cuts_over() {
         revert.attr("disabled").await.unwrap().is_some(),
         "a completed apply takes no revert"
     );
-    assert_eq!(
-        store.status(quick).await.unwrap().state,
-        ApplyState::Completed
-    );
+    until("the quick apply to complete", WAIT, || async {
+        store.status(quick).await.unwrap().state == ApplyState::Completed
+    })
+    .await;
     c.close().await.unwrap();
 }

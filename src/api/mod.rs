@@ -70,6 +70,10 @@ impl ApiError {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.into(), None)
     }
 
+    pub fn unavailable(msg: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, msg.into(), None)
+    }
+
     pub fn unauthorized(msg: impl Into<String>) -> ApiError {
         ApiError(StatusCode::UNAUTHORIZED, msg.into(), None)
     }
@@ -225,6 +229,7 @@ async fn submit(
     body: Result<Json<NewApply>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     authorize(&state, &headers)?;
+    same_site(&state, &headers)?;
     let Json(new) = body.map_err(|e| bad_request(format!("invalid apply: {}", e.body_text())))?;
     let done = state.store.submit_or_adopt(new).await?;
     let id = done.id;
@@ -258,12 +263,57 @@ pub fn parse_control(raw: &str) -> Result<ControlOp, String> {
     }
 }
 
+/// Whether a `Host` names this machine's loopback (`127.0.0.1:8080`, `[::1]`, `localhost`).
+pub(crate) fn loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// What every request that changes something must show besides the token: that no other web
+/// page made it. A browser adds neither an `Authorization` header nor a JSON content type to a
+/// cross-site request without asking this server first (which it does not allow), and names a
+/// cross-site request as such; without a token, only a loopback `Host` is served, so a page
+/// that rebinds a name to 127.0.0.1 is refused too.
+pub(crate) fn same_site(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let forbidden = |msg: &str| Err(ApiError(StatusCode::FORBIDDEN, msg.into(), None));
+    let header_is = |name: header::HeaderName, check: &dyn Fn(&str) -> bool| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(check)
+    };
+    if header_is(header::HeaderName::from_static("sec-fetch-site"), &|v| {
+        v == "cross-site"
+    }) {
+        return forbidden("cross-site requests are refused");
+    }
+    if state.token.is_none() && !header_is(header::HOST, &loopback_host) {
+        return forbidden(
+            "without an API token only a loopback host (127.0.0.1, localhost) is served",
+        );
+    }
+    let bearer = headers.contains_key(header::AUTHORIZATION);
+    let json = header_is(header::CONTENT_TYPE, &|v| v.starts_with("application/json"));
+    if !(bearer || json) {
+        return forbidden(
+            "a request must carry the bearer token or a JSON body (Content-Type: application/json)",
+        );
+    }
+    Ok(())
+}
+
 async fn control(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path((id, op)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     authorize(&state, &headers)?;
+    same_site(&state, &headers)?;
     let id = parse_id(&id)?;
     let op = parse_control(&op).map_err(bad_request)?;
     let outcome = state.store.request(id, op).await?;

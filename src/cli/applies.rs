@@ -17,14 +17,13 @@ pub struct Db {
 
 impl Db {
     /// Opens the store under the rules the operators run (their `[operator]` parameters, from
-    /// `APPLYD_CONFIG` when set), so explanations give the operators' own timings.
+    /// `APPLYD_CONFIG` and the `APPLYD_*` variables, as `applyd serve` reads them), so
+    /// explanations give the operators' own timings.
     pub(super) async fn open(&self) -> Result<MySqlStore, String> {
-        let rules = match std::env::var_os("APPLYD_CONFIG") {
-            Some(path) => crate::config::Config::load(Some(std::path::Path::new(&path)))
-                .map(|c| Rules::new(c.operator.params()))
-                .map_err(|e| format!("cannot read the configuration: {e}"))?,
-            None => Rules::default(),
-        };
+        let path = std::env::var_os("APPLYD_CONFIG").map(std::path::PathBuf::from);
+        let rules = crate::config::Config::load(path.as_deref())
+            .map(|c| Rules::new(c.operator.params()))
+            .map_err(|e| format!("cannot read the configuration: {e}"))?;
         MySqlStore::connect(&self.database_url, rules)
             .await
             .map_err(|e| format!("cannot open the database: {e}"))

@@ -11,6 +11,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::machine::ApplyState;
 use crate::store::mysql::MySqlStore;
 use crate::store::status::{ApplyStatus, Inspect};
+use crate::store::StoreError;
+
+/// How long the database may stay unreachable before a follow gives up (exit 1).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
 
 /// How an apply ended, as an exit code: scripts and CI jobs branch on it.
 pub fn exit_code(state: ApplyState) -> u8 {
@@ -115,8 +119,22 @@ impl Bars {
 pub async fn follow(store: &MySqlStore, id: u64, interval: Duration) -> Result<u8, String> {
     let mut bars = std::io::stderr().is_terminal().then(Bars::new);
     let mut last_line = String::new();
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let a = store.status(id).await.map_err(|e| e.to_string())?;
+        let a = match store.status(id).await {
+            Ok(a) => a,
+            // A database that is briefly unreachable does not end the wait: the apply goes on.
+            Err(StoreError::Unavailable(e))
+                if unreachable_since.is_none_or(|t| t.elapsed() < UNREACHABLE_FOR) =>
+            {
+                unreachable_since.get_or_insert_with(std::time::Instant::now);
+                eprintln!("applyd: cannot read apply-{id} ({e}); trying again");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        unreachable_since = None;
         let line = progress_line(&a);
         match &mut bars {
             Some(bars) => bars.show(&a),

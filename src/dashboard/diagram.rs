@@ -15,11 +15,54 @@ const CURRENT_FILL: &str = "#f6c177";
 const VISITED_FILL: &str = "#c6dbef";
 const OTHER_FILL: &str = "#ffffff";
 
+/// States that more than this many others move into are common exits.
+const COMMON_EXIT_IN: usize = 5;
+
+/// The states most others can move into (failing, being cancelled, held): by the table.
+pub fn common_exits(engine: EngineKind) -> BTreeSet<ApplyState> {
+    let mut into: BTreeMap<ApplyState, usize> = BTreeMap::new();
+    for (from, to) in edges(engine).keys() {
+        if from != to {
+            *into.entry(*to).or_default() += 1;
+        }
+    }
+    into.into_iter()
+        .filter(|(_, n)| *n > COMMON_EXIT_IN)
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// What the diagram leaves out, for its legend.
+pub fn legend(engine: EngineKind) -> String {
+    let names: Vec<&str> = common_exits(engine).iter().map(|s| s.as_str()).collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Moves into {} are drawn only from the states this apply is in or passed through.",
+        names.join(", ")
+    )
+}
+
 /// The diagram as Graphviz dot: every state the engine's shipped rows reach, one edge per
 /// (from, to) pair of the table.
 fn dot(engine: EngineKind, visited: &BTreeSet<ApplyState>, current: ApplyState) -> String {
     let pairs = edges(engine);
-    let states: BTreeSet<ApplyState> = pairs.keys().flat_map(|(f, t)| [*f, *t]).collect();
+    // The states an apply of this engine can reach from `pending` by the table's moves (the
+    // table also has rows for states only the other engine enters).
+    let mut states: BTreeSet<ApplyState> = [ApplyState::Pending, current].into();
+    loop {
+        let before = states.len();
+        let next: Vec<ApplyState> = pairs
+            .keys()
+            .filter(|(f, t)| f != t && states.contains(f))
+            .map(|(_, t)| *t)
+            .collect();
+        states.extend(next);
+        if states.len() == before {
+            break;
+        }
+    }
     let mut s = String::from("digraph applyd {\n");
     for st in &states {
         let fill = if *st == current {
@@ -36,8 +79,12 @@ fn dot(engine: EngineKind, visited: &BTreeSet<ApplyState>, current: ApplyState) 
             st.as_str().replace('_', " ")
         );
     }
-    for (from, to) in pairs.keys() {
-        if from != to {
+    let common = common_exits(engine);
+    for (from, to) in pairs.keys().filter(|(f, _)| states.contains(f)) {
+        // The moves into a common exit are drawn only from where this apply is or was: from
+        // everywhere they would hide the rest.
+        let drawn = !common.contains(to) || *from == current || visited.contains(from);
+        if from != to && drawn {
             let _ = writeln!(s, "  {from} -> {to};");
         }
     }
@@ -102,12 +149,22 @@ mod tests {
         let visited: BTreeSet<_> = [ApplyState::Pending, ApplyState::Running].into();
         let svg = svg(EngineKind::Spirit, &visited, ApplyState::WaitingForCutover).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-        for (from, to) in edges(EngineKind::Spirit).keys() {
-            for st in [from, to] {
+        for st in [
+            ApplyState::Running,
+            ApplyState::WaitingForCutover,
+            ApplyState::CuttingOver,
+            ApplyState::Completed,
+            ApplyState::Failed,
+        ] {
+            {
                 assert!(svg.contains(&st.as_str().replace('_', " ")), "{st} missing");
             }
         }
         assert!(svg.contains(&CURRENT_FILL[1..]) && svg.contains(&VISITED_FILL[1..]));
+        assert!(
+            !svg.contains("creating deploy request"),
+            "a Spirit apply never is"
+        );
         let ps = super::svg(
             EngineKind::PlanetScale,
             &BTreeSet::new(),

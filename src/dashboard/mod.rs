@@ -13,6 +13,7 @@ pub mod diagram;
 pub mod views;
 
 use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use askama::Template;
@@ -24,14 +25,18 @@ use axum::routing::get;
 use axum::{Form, Router};
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::api::{parse_id, same_secret, ApiError, ApiState};
 use views::Filter;
 
 /// How often an open page looks for changes.
-const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// The applies the list reads (newest first).
-const LIST_LIMIT: usize = 500;
+const LIST_LIMIT: usize = 200;
+/// Open pages followed at once: each reads the store every interval, from the pool the
+/// drivers and their heartbeats use, so their number is bounded.
+const MAX_LIVE_PAGES: usize = 16;
 /// The timeline entries an apply page shows.
 const TIMELINE_LIMIT: usize = 200;
 const SESSION_COOKIE: &str = "applyd_session";
@@ -57,7 +62,12 @@ fn session_value(token: &str) -> String {
 /// cookie made from it.
 fn signed_in(state: &ApiState, headers: &HeaderMap) -> bool {
     let Some(token) = &state.token else {
-        return true;
+        // Without a token only loopback is served: a page that rebinds its name to
+        // 127.0.0.1 reads nothing.
+        return headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(crate::api::loopback_host);
     };
     if crate::api::authorize(state, headers).is_ok() {
         return true;
@@ -136,29 +146,44 @@ async fn apply(
 }
 
 /// An event stream that renders `make` every interval and sends it when it changed.
-fn live<F, Fut>(make: F) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+/// The stream holds one of [`MAX_LIVE_PAGES`] permits until the page goes away (the stream is
+/// dropped); `None` when every permit is taken.
+fn live<F, Fut>(make: F) -> Option<Sse<impl Stream<Item = Result<Event, Infallible>>>>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<String, ApiError>> + Send,
 {
-    let stream = futures_util::stream::unfold((make, None::<String>), |(make, last)| async move {
+    static PAGES: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    let permit = PAGES
+        .get_or_init(|| Arc::new(Semaphore::new(MAX_LIVE_PAGES)))
+        .clone()
+        .try_acquire_owned()
+        .ok()?;
+    let start = (make, None::<String>, permit);
+    let stream = futures_util::stream::unfold(start, |(make, last, permit)| async move {
         loop {
             tokio::time::sleep(LIVE_INTERVAL).await;
             match make().await {
                 Ok(html) if last.as_deref() == Some(html.as_str()) => continue,
                 Ok(html) => {
                     let event = Event::default().event("update").data(html.clone());
-                    return Some((Ok(event), (make, Some(html))));
+                    return Some((Ok(event), (make, Some(html), permit)));
                 }
                 // Said on the page; the stream goes on (the database may come back).
                 Err(e) => {
                     let event = Event::default().event("problem").data(e.message());
-                    return Some((Ok(event), (make, last)));
+                    return Some((Ok(event), (make, last, permit)));
                 }
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Some(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5))))
+}
+
+fn too_many_pages() -> ApiError {
+    ApiError::unavailable(format!(
+        "{MAX_LIVE_PAGES} pages are followed live already; reload later"
+    ))
 }
 
 async fn list_events(
@@ -169,12 +194,13 @@ async fn list_events(
     if !signed_in(&state, &headers) {
         return Err(ApiError::unauthorized("sign in first"));
     }
-    Ok(live(move || {
+    let stream = live(move || {
         let state = state.clone();
         let filter = filter.clone();
         async move { Ok(list_rows(&state, &filter).await?.1) }
     })
-    .into_response())
+    .ok_or_else(too_many_pages)?;
+    Ok(stream.into_response())
 }
 
 async fn apply_events(
@@ -188,11 +214,12 @@ async fn apply_events(
     let id = parse_id(&raw)?;
     // A missing apply is said once, as a 404, not streamed forever.
     state.inspect.status(id).await.map_err(ApiError::from)?;
-    Ok(live(move || {
+    let stream = live(move || {
         let state = state.clone();
         async move { Ok(apply_live_html(&state, id).await?.1) }
     })
-    .into_response())
+    .ok_or_else(too_many_pages)?;
+    Ok(stream.into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -256,6 +256,8 @@ pub struct ApplyLive {
     pub ddl: Vec<String>,
     pub timeline: Vec<EntryView>,
     pub diagram: String,
+    /// What the diagram leaves out.
+    pub diagram_legend: String,
 }
 
 #[derive(Template)]
@@ -385,5 +387,6 @@ pub fn apply_live(a: &ApplyStatus, timeline: &[TimelineEntry], diagram: String) 
         // Newest first on the page.
         timeline: timeline.iter().rev().map(entry).collect(),
         diagram,
+        diagram_legend: super::diagram::legend(a.engine),
     }
 }

@@ -152,6 +152,12 @@ pub fn settle_on_terminal(op: ControlOp, state: ApplyState) -> Disposition {
     }
 }
 
+/// Whether the owner settles the pending requests of an apply in `state` (it is terminal), rather
+/// than acting on them: a stopped apply with a start or a cancel pending is still acted on.
+pub fn settles_requests(state: ApplyState, pending: &PendingControls) -> bool {
+    state.is_terminal() && !(state == Stopped && (pending.start || pending.cancel))
+}
+
 /// A request may be marked completed only once its effect holds in the persisted state.
 pub fn completion_is_justified(op: ControlOp, state: ApplyState) -> bool {
     match op {

@@ -4,7 +4,7 @@
 //! left. `applyd status`, the API and the dashboard all show these texts; none composes its own.
 
 use super::claim::{ClaimClass, ClaimView, OperationClaimView, PendingControls};
-use super::control::{Disposition, PRECEDENCE};
+use super::control::{settle_on_terminal, settles_requests, Disposition, PRECEDENCE};
 use super::rules::Rules;
 use super::states::{ApplyState, ControlOp, EngineKind};
 use super::table::{ApplyOptions, TABLE};
@@ -142,6 +142,13 @@ impl Rules {
     }
 
     fn explain_claim(&self, s: &Snapshot<'_>, class: ClaimClass) -> String {
+        // A rollout's apply row is never claimed itself: its operations are, each by the
+        // operation arms (`explain_operation`), and its state is derived from theirs.
+        if s.is_rollout && !s.state.is_terminal() {
+            return "a rollout: its operations are claimed on their own (see each operation); \
+                    its state is derived from theirs"
+                .into();
+        }
         let view = self.view(s);
         let holder = holder(s);
         if let Some(arm) = self.matching_arm(&view) {
@@ -214,28 +221,29 @@ impl Rules {
             .copied()
             .filter(|op| s.pending.has(*op))
             .map(|op| {
-                let disposition = self.disposition(s.engine, s.state, op, &s.pending, &s.options);
-                // A terminal apply settles what no row takes; a stopped one still takes a start
-                // once the stop before it is settled.
-                let settles = s.state.is_terminal()
-                    && match disposition {
-                        Disposition::Take(_) => false,
-                        Disposition::Wait => s.state != ApplyState::Stopped,
-                        _ => true,
-                    };
-                let note = if settles {
-                    match super::control::settle_on_terminal(op, s.state) {
+                // As the owner decides (`worker::core`): a terminal apply settles its requests.
+                let note = if settles_requests(s.state, &s.pending) {
+                    match settle_on_terminal(op, s.state) {
                         Disposition::Refuse(r) => format!("refused when settled: {}", r.message()),
                         _ => "completed when settled: its effect holds".into(),
                     }
                 } else {
-                    match disposition {
+                    match self.disposition(s.engine, s.state, op, &s.pending, &s.options) {
+                        Disposition::Take(_) if s.is_rollout => {
+                            "taken by each of its operations it applies to".into()
+                        }
                         Disposition::Take(row) => {
                             let to = TABLE.row(row).to;
-                            if leased {
-                                format!("taken by its owner at its next step (moves it to {to})")
+                            // A row that keeps the state acts on the engine first.
+                            let effect = if to == s.state {
+                                "it asks the engine first".to_string()
                             } else {
-                                format!("taken when a driver claims it (moves it to {to})")
+                                format!("moves it to {to}")
+                            };
+                            if leased {
+                                format!("taken by its owner at its next step ({effect})")
+                            } else {
+                                format!("taken when a driver claims it ({effect})")
                             }
                         }
                         Disposition::Complete => {
@@ -258,6 +266,17 @@ impl Rules {
                 .params
                 .retry_freshness_ms
                 .saturating_sub(s.updated_age_ms);
+            let view = self.view(s);
+            if let Some(expiry) = self.retry_expiry(&view) {
+                return Some(format!(
+                    "attempt {} of {budget}: no retry left ({})",
+                    s.attempt,
+                    expiry.as_str()
+                ));
+            }
+            if !self.arm_matches(super::claim::ClaimArm::A3Retry, &view) {
+                return Some(format!("attempt {} of {budget}", s.attempt));
+            }
             return Some(format!(
                 "attempt {} of {budget}: {left} retr{} left, taken by A3 while it was written \
                  within {} ({} left)",

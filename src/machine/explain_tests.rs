@@ -142,6 +142,10 @@ fn a_retry_says_its_attempt_the_budget_left_and_when_it_expires() {
         spent.claim,
         "no claim arm retries it (retry_budget_exhausted): the next claim pass fails it for good"
     );
+    assert_eq!(
+        spent.retry.as_deref(),
+        Some("attempt 10 of 10: no retry left (retry_budget_exhausted)")
+    );
     s.attempt = 2;
     s.updated_age_ms = rules.params.retry_freshness_ms;
     assert!(rules.explain(&s).claim.contains("recovery_window_expired"));
@@ -236,7 +240,7 @@ fn each_pending_request_says_what_it_waits_for() {
             ControlOp::Start
         )),
         [
-            "stop: completed when settled: its effect holds",
+            "stop: will be refused: not applicable while the apply is stopped",
             "start: waits for the pending stop"
         ]
     );
@@ -307,6 +311,42 @@ fn an_operation_is_explained_by_the_operation_arms_and_its_gate() {
     assert_eq!(
         rules.explain_operation(&snap(EngineKind::Spirit, Completed), &parent, true),
         "finished: completed"
+    );
+}
+
+#[test]
+fn a_rollout_is_explained_by_its_operations_never_by_an_apply_arm() {
+    let rules = Rules::default();
+    let s = with(
+        Snapshot {
+            is_rollout: true,
+            ..snap(EngineKind::Spirit, Running)
+        },
+        ControlOp::Cancel,
+    );
+    let e = rules.explain(&s);
+    assert!(
+        e.claim
+            .starts_with("a rollout: its operations are claimed on their own"),
+        "{}",
+        e.claim
+    );
+    assert_eq!(
+        e.requests[0].note,
+        "taken by each of its operations it applies to"
+    );
+}
+
+#[test]
+fn a_request_taken_without_a_move_says_the_engine_is_asked_first() {
+    let rules = Rules::default();
+    let e = rules.explain(&with(
+        owned(snap(EngineKind::Spirit, Running), 1_000),
+        ControlOp::Cancel,
+    ));
+    assert_eq!(
+        e.requests[0].note,
+        "taken by its owner at its next step (it asks the engine first)"
     );
 }
 

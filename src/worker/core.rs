@@ -1,4 +1,4 @@
-use crate::machine::control::{settle_on_terminal, Disposition, PRECEDENCE};
+use crate::machine::control::{settle_on_terminal, settles_requests, Disposition, PRECEDENCE};
 use crate::machine::table::{
     probe_for, AutoAction, Effect, Event, ResumeField, RowId, SetupSignal, TABLE,
 };
@@ -227,9 +227,7 @@ impl Drive {
             }
         }
 
-        if state.is_terminal()
-            && !(state == ApplyState::Stopped && (controls.start || controls.cancel))
-        {
+        if settles_requests(state, &controls) {
             if let Some(op) = PRECEDENCE.iter().copied().find(|op| controls.has(*op)) {
                 return match settle_on_terminal(op, state) {
                     Disposition::Refuse(why) => Command::Fail(op, why),

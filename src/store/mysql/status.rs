@@ -375,8 +375,9 @@ impl Inspect for MySqlStore {
         .map_err(unavailable)?;
         let ms = |us: Option<i64>| (us.unwrap_or(0).max(0) / 1000) as u64;
         let mut entries = Vec::with_capacity(logs.len() + 8);
-        // Newest first from the query; `ordered` puts them back in time order.
-        for r in &logs {
+        // Newest first from the query: read back in write order, which `ordered` keeps for
+        // the entries of one instant (one transaction).
+        for r in logs.iter().rev() {
             let text = |col: &'static str| -> Result<String, StoreError> {
                 r.try_get_unchecked::<String, _>(col)
                     .map_err(|e| bad(id, col, e))
