@@ -353,6 +353,11 @@ async fn the_dashboard_signs_in_filters_follows_progress_and_cuts_over() {
         t == "completed"
     })
     .await;
+    let timeline = text(&c, "#timeline").await;
+    assert!(
+        timeline.contains("cutover requested by dashboard"),
+        "{timeline}"
+    );
     let revert = c.find(Locator::Id("action-revert")).await.unwrap();
     assert!(
         revert.attr("disabled").await.unwrap().is_some(),

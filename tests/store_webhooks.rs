@@ -504,5 +504,21 @@ async fn the_api_reports_delivery_health_behind_the_token() {
     );
     assert_eq!(health[1]["last_error"], "HTTP 502: bad gateway");
     assert!(health[1]["oldest_undelivered_age_ms"].is_u64());
+    // The dashboard's list shows the same, a failing endpoint marked.
+    let page = http
+        .get(format!("http://{addr}/"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"webhooks\""), "{page}");
+    assert!(
+        page.contains("<tr class=\"failing\"><td>b</td><td>0</td><td>0</td><td>2</td>"),
+        "{page}"
+    );
+    assert!(page.contains("HTTP 502: bad gateway"));
     env.cleanup().await;
 }

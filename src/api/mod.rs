@@ -316,7 +316,15 @@ async fn control(
     same_site(&state, &headers)?;
     let id = parse_id(&id)?;
     let op = parse_control(&op).map_err(bad_request)?;
-    let outcome = state.store.request(id, op).await?;
+    // Who asked, as the client names itself (the dashboard says `dashboard`); kept for the
+    // timeline, never trusted for anything else.
+    let by = headers
+        .get("x-applyd-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("api");
+    let outcome = state.store.request_by(id, op, by).await?;
     state.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,

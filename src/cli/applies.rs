@@ -275,11 +275,24 @@ pub fn status(args: StatusArgs) -> ExitCode {
     finish("status", result)
 }
 
+/// Who asks from this command line, for the timeline: `cli:alice@db-7`.
+fn asker() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        format!("cli:{user}")
+    } else {
+        format!("cli:{user}@{host}")
+    }
+}
+
 pub fn control(op: ControlOp, args: ControlArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
         let id = parse_id(&args.id)?;
         let store = args.db.open().await?;
-        let outcome = crate::store::Store::request(&store, id, op)
+        let outcome = crate::store::Store::request_by(&store, id, op, &asker())
             .await
             .map_err(|e| e.to_string())?;
         println!(

@@ -112,7 +112,18 @@ async fn list(
         return Ok(Redirect::to("/login").into_response());
     }
     let (all, rows_html) = list_rows(&state, &filter).await?;
-    Ok(Html(render(&views::list_page(&all, &filter, rows_html))?).into_response())
+    // Shown, not required: a page of applies loads even when this read fails.
+    let webhooks = match state.inspect.webhook_health().await {
+        Ok(health) => health.iter().map(views::endpoint).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook deliveries not read for the dashboard");
+            Vec::new()
+        }
+    };
+    Ok(Html(render(&views::list_page(
+        &all, &filter, rows_html, webhooks,
+    ))?)
+    .into_response())
 }
 
 async fn apply_live_html(state: &ApiState, id: u64) -> Result<(String, String), ApiError> {

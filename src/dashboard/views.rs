@@ -83,9 +83,32 @@ pub struct ListRows {
     pub rows: Vec<RowView>,
 }
 
+/// One webhook endpoint's deliveries, for the list page.
+pub struct EndpointView {
+    pub endpoint: String,
+    pub delivered: u64,
+    pub pending: u64,
+    pub failing: u64,
+    pub oldest: String,
+    pub last_error: String,
+}
+
+pub fn endpoint(h: &crate::store::webhooks::EndpointHealth) -> EndpointView {
+    EndpointView {
+        endpoint: h.endpoint.clone(),
+        delivered: h.delivered,
+        pending: h.pending,
+        failing: h.failing,
+        oldest: age(h.oldest_undelivered_age_ms),
+        last_error: h.last_error.clone().unwrap_or_default(),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "dashboard/list.html")]
 pub struct ListPage {
+    /// Webhook endpoints and how their deliveries stand (failing ones first to the eye).
+    pub webhooks: Vec<EndpointView>,
     pub counts: Vec<CountView>,
     pub engines: Vec<EngineView>,
     pub target: String,
@@ -167,7 +190,12 @@ pub fn row(a: &ApplyStatus) -> RowView {
 }
 
 /// The counts per state (of every apply listed, before the filter), and the engine choices.
-pub fn list_page(all: &[ApplyStatus], filter: &Filter, rows_html: String) -> ListPage {
+pub fn list_page(
+    all: &[ApplyStatus],
+    filter: &Filter,
+    rows_html: String,
+    webhooks: Vec<EndpointView>,
+) -> ListPage {
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for a in all {
         *counts.entry(a.state.as_str()).or_default() += 1;
@@ -175,6 +203,7 @@ pub fn list_page(all: &[ApplyStatus], filter: &Filter, rows_html: String) -> Lis
     let chosen_state = Filter::given(&filter.state);
     let chosen_engine = Filter::given(&filter.engine);
     ListPage {
+        webhooks,
         counts: counts
             .into_iter()
             .map(|(state, n)| CountView {

@@ -11,6 +11,16 @@ pub mod webhooks;
 
 use async_trait::async_trait;
 
+/// Who asked, as kept: printable, at most 255 bytes (cut at a character boundary).
+pub fn requester(by: &str) -> String {
+    let clean: String = by.chars().filter(|c| !c.is_control()).collect();
+    let mut end = clean.len().min(255);
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    clean[..end].to_string()
+}
+
 use crate::machine::apply::{ApplyId, ResumeState, WriteOutcome};
 pub use crate::machine::apply::{ApplyRecord, ApplySpec, DriveInputs, Target};
 pub use crate::machine::claim::{ClaimLevel, ClaimPath};
@@ -304,6 +314,17 @@ pub trait Store: Send + Sync {
     async fn pending_requests(&self, applies: &[ApplyId]) -> Result<Vec<ApplyId>, StoreError>;
     /// Record a user's control request (unfenced, from the API).
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError>;
+    /// [`Store::request`], recording who asked (`cli:alice@db-7`, `api`, `dashboard`) for the
+    /// timeline, where the store keeps it.
+    async fn request_by(
+        &self,
+        apply: ApplyId,
+        op: ControlOp,
+        by: &str,
+    ) -> Result<RequestOutcome, StoreError> {
+        let _ = by;
+        self.request(apply, op).await
+    }
     /// Move expired `failed_retryable` applies to `failed`; returns how many.
     async fn expire_retryable(&self) -> Result<u32, StoreError>;
     /// Whether a claim (either path) or a retry expiry may find something now. Never false

@@ -353,6 +353,7 @@ impl Inspect for MemoryStore {
                 entries.extend(request_entries(
                     op.as_str(),
                     age,
+                    None,
                     &status,
                     req.message.as_deref(),
                     Some(age),

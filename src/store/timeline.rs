@@ -107,6 +107,7 @@ fn is_stale_arm(code: &str) -> bool {
 pub fn request_entries(
     op: &str,
     asked_age_ms: u64,
+    by: Option<&str>,
     status: &str,
     message: Option<&str>,
     ended_age_ms: Option<u64>,
@@ -120,7 +121,11 @@ pub fn request_entries(
         operation: None,
         state: None,
     };
-    let mut out = vec![entry(asked_age_ms, format!("{op} requested"))];
+    let asked = match by.filter(|b| !b.is_empty()) {
+        Some(by) => format!("{op} requested by {by}"),
+        None => format!("{op} requested"),
+    };
+    let mut out = vec![entry(asked_age_ms, asked)];
     if let Some(ended) = ended_age_ms.filter(|_| status != "pending") {
         let how = match message {
             Some(m) if !m.is_empty() => format!("{op} {status}: {m}"),
@@ -208,18 +213,26 @@ mod tests {
 
     #[test]
     fn a_request_shows_when_it_was_asked_and_how_it_ended() {
-        let done = request_entries("cutover", 30, "completed", None, Some(10));
-        assert_eq!(
-            done.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
-            ["cutover requested", "cutover completed"]
+        let done = request_entries(
+            "cutover",
+            30,
+            Some("cli:alice@db-7"),
+            "completed",
+            None,
+            Some(10),
         );
         assert_eq!(
-            request_entries("stop", 3, "pending", None, Some(3)).len(),
+            done.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+            ["cutover requested by cli:alice@db-7", "cutover completed"]
+        );
+        assert_eq!(
+            request_entries("stop", 3, None, "pending", None, Some(3)).len(),
             1
         );
         let refused = request_entries(
             "stop",
             3,
+            None,
             "failed",
             Some("planetscale applies cannot be stopped"),
             Some(1),
@@ -232,7 +245,7 @@ mod tests {
 
     #[test]
     fn the_timeline_is_oldest_first_and_keeps_the_last_entries() {
-        let at = |age_ms| request_entries("x", age_ms, "pending", None, None).remove(0);
+        let at = |age_ms| request_entries("x", age_ms, None, "pending", None, None).remove(0);
         let got = ordered(vec![at(5), at(50), at(1), at(20)], 3);
         assert_eq!(got.iter().map(|e| e.age_ms).collect::<Vec<_>>(), [20, 5, 1]);
     }

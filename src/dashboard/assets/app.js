@@ -23,7 +23,7 @@ document.addEventListener("click", async (event) => {
   const apply = button.dataset.apply;
   const op = button.dataset.op;
   if (!window.confirm(`${button.dataset.label} apply-${apply}?`)) return;
-  const headers = { "Content-Type": "application/json" };
+  const headers = { "Content-Type": "application/json", "X-Applyd-Actor": "dashboard" };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
   let reply;

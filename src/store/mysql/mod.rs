@@ -482,7 +482,17 @@ impl Store for MySqlStore {
     }
 
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
-        self.retrying("request", || self.request_once(apply, op))
+        self.retrying("request", || self.request_once(apply, op, None))
+            .await
+    }
+
+    async fn request_by(
+        &self,
+        apply: ApplyId,
+        op: ControlOp,
+        by: &str,
+    ) -> Result<RequestOutcome, StoreError> {
+        self.retrying("request", || self.request_once(apply, op, Some(by)))
             .await
     }
 

@@ -20,6 +20,7 @@ impl MySqlStore {
         &self,
         apply: ApplyId,
         op: ControlOp,
+        by: Option<&str>,
     ) -> Result<RequestOutcome, Failure> {
         let now = self.now_sql();
         let mut tx = self.pool.begin().await?;
@@ -114,6 +115,15 @@ impl MySqlStore {
             self.member_request(&mut tx, apply, op, &now).await?;
             self.record_event(&mut tx, Some(NewEvent::requested(apply, op)), &now)
                 .await?;
+            // Who asked this time (a request already pending keeps its first asker).
+            sqlx::query(
+                "UPDATE apply_control_requests SET requested_by = ? WHERE apply_id = ? AND operation = ?",
+            )
+            .bind(by.map(crate::store::requester))
+            .bind(apply)
+            .bind(op.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(outcome)

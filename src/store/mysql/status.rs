@@ -401,7 +401,7 @@ impl Inspect for MySqlStore {
             ));
         }
         let requests = sqlx::query(&format!(
-            "SELECT operation, status, error_message, {} AS asked_us, {} AS ended_us \
+            "SELECT operation, status, error_message, requested_by, {} AS asked_us, {} AS ended_us \
              FROM apply_control_requests WHERE apply_id = ?",
             age("COALESCE(requested_at, created_at)"),
             age("completed_at")
@@ -418,6 +418,9 @@ impl Inspect for MySqlStore {
             let message: Option<String> = r
                 .try_get_unchecked("error_message")
                 .map_err(|e| bad(id, "apply_control_requests.error_message", e))?;
+            let by: Option<String> = r
+                .try_get_unchecked("requested_by")
+                .map_err(|e| bad(id, "apply_control_requests.requested_by", e))?;
             let ended: Option<i64> = r
                 .try_get("ended_us")
                 .map_err(|e| bad(id, "apply_control_requests.completed_at", e))?;
@@ -425,6 +428,7 @@ impl Inspect for MySqlStore {
                 &text("operation")?,
                 ms(r.try_get("asked_us")
                     .map_err(|e| bad(id, "apply_control_requests.requested_at", e))?),
+                by.as_deref(),
                 &text("status")?,
                 message.as_deref(),
                 ended.map(|us| ms(Some(us))),
