@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use applyd::machine::{ApplyOptions, ApplyState, EngineKind};
 use applyd::store::status::Inspect;
-use applyd::store::{NewApply, Store, Target};
+use applyd::store::Store;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serve_support::{until, Killed};
+use serve_support::{apply, until, Killed};
 
 const TOKEN: &str = "dashboard-test-token";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -68,20 +68,6 @@ async fn browser(webdriver: &str) -> Client {
         .connect(webdriver)
         .await
         .expect("a WebDriver session")
-}
-
-fn apply(database: &str, engine: EngineKind, options: ApplyOptions) -> NewApply {
-    NewApply {
-        allow_destructive: false,
-        rollout: None,
-        target: Target {
-            database: database.into(),
-            environment: "production".into(),
-        },
-        engine,
-        ddl: vec![format!("ALTER TABLE {database}_items ADD COLUMN note TEXT")],
-        options,
-    }
 }
 
 async fn text(c: &Client, css: &str) -> String {

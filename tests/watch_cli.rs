@@ -7,22 +7,8 @@ mod store_support;
 use std::process::{Command, Output};
 
 use applyd::machine::{ApplyOptions, ControlOp, EngineKind};
-use applyd::store::{NewApply, Store, Target};
-use serve_support::BIN;
-
-fn apply(database: &str, engine: EngineKind, options: ApplyOptions) -> NewApply {
-    NewApply {
-        allow_destructive: false,
-        rollout: None,
-        target: Target {
-            database: database.into(),
-            environment: "production".into(),
-        },
-        engine,
-        ddl: vec![format!("ALTER TABLE {database}_t ADD COLUMN c INT")],
-        options,
-    }
-}
+use applyd::store::Store;
+use serve_support::{apply, BIN};
 
 /// Runs `applyd ARGS` off the async runtime (it blocks until the apply ends).
 async fn applyd(db_url: &str, args: Vec<String>) -> Output {

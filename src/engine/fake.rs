@@ -5,8 +5,9 @@
 //! checkpoint survives in the target — and they record every effect so invariants can count
 //! deploy requests per apply and runners per target.
 //!
-//! Over 700 lines: the two fakes and the effect log they share; each fake is the next file of
-//! its own.
+//! Over 900 lines, with its tests: the two fakes, the effect log they share and the one engine
+//! interface over both (probes, calls and the progress a Spirit runner reports); splitting
+//! each fake into a file of its own is the seam when it grows again.
 
 use std::collections::BTreeMap;
 

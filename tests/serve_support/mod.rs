@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use applyd::machine::Rules;
+use applyd::machine::{ApplyOptions, EngineKind, Rules};
 use applyd::store::mysql::MySqlStore;
+use applyd::store::{NewApply, Target};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_applyd");
 
@@ -118,5 +119,20 @@ where
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One statement on `<database>_items` in production: the submissions these tests make.
+pub fn apply(database: &str, engine: EngineKind, options: ApplyOptions) -> NewApply {
+    NewApply {
+        allow_destructive: false,
+        rollout: None,
+        target: Target {
+            database: database.into(),
+            environment: "production".into(),
+        },
+        engine,
+        ddl: vec![format!("ALTER TABLE {database}_items ADD COLUMN note TEXT")],
+        options,
     }
 }

@@ -1,7 +1,7 @@
 //! Owner writes and the rows that follow them: fenced state writes and failures, heartbeats and
 //! releases, request completion, submit and load; task rows and the audit log.
 //!
-//! Just over 700 lines: every fenced owner write goes through one transaction here (the apply,
+//! About 800 lines: every fenced owner write goes through one transaction here (the apply,
 //! its operation, its tasks, a failure's reason and the audit row move together), and splitting
 //! it would split that transaction's statements across files.
 
