@@ -81,6 +81,27 @@ impl CheckedChange {
         }
         out
     }
+
+    /// The fingerprint of the statements at `positions` (indices into `statements`), as
+    /// [`check_change`] gives for those statements submitted alone: a statement is checked and
+    /// rendered without regard to its neighbours, so a rollout's operations are fingerprinted
+    /// without parsing their part of the change again.
+    pub fn fingerprint_of(&self, positions: &[usize]) -> Option<String> {
+        let mut parts = Vec::with_capacity(positions.len());
+        for &i in positions {
+            parts.push(self.statements.get(i)?);
+        }
+        Some(fingerprint(parts))
+    }
+}
+
+fn fingerprint<'a>(statements: impl IntoIterator<Item = &'a CheckedStatement>) -> String {
+    let mut hash = Sha256::new();
+    for s in statements {
+        hash.update(s.normalised.as_bytes());
+        hash.update(b";\n");
+    }
+    format!("sha256:{}", hex(&hash.finalize()))
 }
 
 /// Why a change or a name was refused. Statements are numbered from 1, in submission order.
@@ -233,12 +254,7 @@ pub fn check_change(
             });
         }
     }
-    let mut hash = Sha256::new();
-    for s in &statements {
-        hash.update(s.normalised.as_bytes());
-        hash.update(b";\n");
-    }
-    let fingerprint = format!("sha256:{}", hex(&hash.finalize()));
+    let fingerprint = fingerprint(&statements);
     Ok(CheckedChange {
         statements,
         fingerprint,
@@ -567,6 +583,37 @@ mod tests {
                 .unwrap()
                 .fingerprint,
         )
+    }
+
+    #[test]
+    fn a_part_is_fingerprinted_as_if_submitted_alone() {
+        let ddl: Vec<String> = [
+            "ALTER TABLE users ADD COLUMN c INT",
+            "alter   table `orders` add index (placed_at)",
+            "CREATE INDEX i ON users (c)",
+        ]
+        .map(String::from)
+        .to_vec();
+        let whole = check_change(EngineKind::Spirit, "shop", &ddl, true).unwrap();
+        for part in [
+            vec![0],
+            vec![1],
+            vec![2],
+            vec![0, 2],
+            vec![1, 2],
+            vec![0, 1, 2],
+        ] {
+            let alone: Vec<String> = part.iter().map(|i| ddl[*i].clone()).collect();
+            let expected = check_change(EngineKind::Spirit, "shop", &alone, true)
+                .unwrap()
+                .fingerprint;
+            assert_eq!(whole.fingerprint_of(&part), Some(expected), "part {part:?}");
+        }
+        assert_eq!(
+            whole.fingerprint_of(&[0, 1, 2]),
+            Some(whole.fingerprint.clone())
+        );
+        assert_eq!(whole.fingerprint_of(&[3]), None);
     }
 
     #[test]

@@ -188,17 +188,19 @@ pub fn validate_rollout(
             .iter()
             .map(|i| change.statements[*i].table.clone())
             .collect();
-        let fingerprint = crate::ddl::check_change(
-            new.engine,
-            &new.target.database,
-            &ddl,
-            new.allow_destructive,
-        )
-        .map_err(|e| StoreError::Invalid {
-            field: "ddl",
-            message: e.to_string(),
-        })?
-        .fingerprint;
+        // Each part is checked as the whole was: the same fingerprint an engine call
+        // re-checks it against (`ddl::pinned`), without parsing it again.
+        let fingerprint =
+            change
+                .fingerprint_of(&p.statements)
+                .ok_or_else(|| StoreError::Invalid {
+                    field: "table_steps",
+                    message: format!(
+                        "an operation names statements {:?} of a change of {}",
+                        p.statements,
+                        change.statements.len()
+                    ),
+                })?;
         out.push(RolloutOperation {
             planned: p,
             ddl,

@@ -47,17 +47,22 @@ impl Sim {
         );
         let r = lease_loss_bound(heartbeat_age, self.rules.params.presumed_loss_ms, acted);
         self.violated(r);
-        let Some(row) = self.store.row(id) else {
-            return;
-        };
-        // The operation the drive holds: its record and state are what the command acted on.
-        let Some(record) = row.operation_at(epoch).map(|k| row.record_of(k)) else {
+        // The operation the drive holds: its record and state are what the command acted on
+        // (read in place: this runs after every command).
+        let Some((record, engine)) = self
+            .store
+            .with_row(id, |row| {
+                row.operation_at(epoch)
+                    .map(|k| (row.record_of(k), row.engine))
+            })
+            .flatten()
+        else {
             return;
         };
         match stepped {
             Stepped::Called { call } => {
                 let controls = self.store.pending_controls(id);
-                self.violated(stop_dominance(&controls, row.engine, call));
+                self.violated(stop_dominance(&controls, engine, call));
                 let plan = self.plan_of(id);
                 // The step read the row and called the engine at one instant of virtual time:
                 // the DDL it handed over is the one stored now.

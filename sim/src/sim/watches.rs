@@ -109,8 +109,8 @@ impl Sim {
             let epoch = self.workers[w as usize].watches[&id].lease.epoch;
             let record = self
                 .store
-                .row(id)
-                .and_then(|row| row.operation_at(epoch).map(|k| row.record_of(k)));
+                .with_row(id, |row| row.operation_at(epoch).map(|k| row.record_of(k)))
+                .flatten();
             let at_gate = record.is_some_and(|record| {
                 self.engines.spirit.probe(now, &record, Probe::RunnerStatus)
                     == Observation::Runner(RunnerStatus::WaitingOnSentinel)
