@@ -284,12 +284,12 @@ pub enum ConfigError {
     Env { name: &'static str, message: String },
     #[error("cannot read secret file {path} for {what}: {source}")]
     SecretFile {
-        what: &'static str,
+        what: String,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{what}: set either `value` or `file`, not both")]
-    SecretBoth { what: &'static str },
+    SecretBoth { what: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -509,14 +509,16 @@ impl Config {
     }
 }
 
-fn resolve(source: &SecretSource, what: &'static str) -> Result<Secret, ConfigError> {
+fn resolve(source: &SecretSource, what: &str) -> Result<Secret, ConfigError> {
     match (&source.value, &source.file) {
-        (Some(_), Some(_)) => Err(ConfigError::SecretBoth { what }),
+        (Some(_), Some(_)) => Err(ConfigError::SecretBoth {
+            what: what.to_string(),
+        }),
         (Some(v), None) => Ok(v.clone()),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| Secret::new(s.trim().to_string()))
             .map_err(|source| ConfigError::SecretFile {
-                what,
+                what: what.to_string(),
                 path: path.clone(),
                 source,
             }),

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
 use applyd::machine::{ApplyState, ControlOp, EngineKind, Params};
 use applyd::store::mysql::MySqlStore;
-use applyd::store::webhooks::{Deliveries, EndpointFilter, EventKind, LeasedDelivery};
+use applyd::store::webhooks::{Deliveries, EventKind, LeasedDelivery};
 use applyd::store::{NewApply, RequestOutcome, StoreError};
 use applyd::worker::{ApplyId, ResumeState};
 use std::sync::Arc;
@@ -234,18 +234,15 @@ conformance!(
 
 // ---- deliveries (the MySQL store's)
 
-fn endpoint(name: &str) -> EndpointFilter {
-    EndpointFilter {
-        name: name.into(),
-        kinds: EventKind::ALL.to_vec(),
-    }
+fn endpoint(name: &str) -> String {
+    name.to_string()
 }
 
 /// Register `names` (an endpoint receives events from its first sweep on), then make `applies`
 /// applies and claim each: one event apiece.
 async fn with_events(env: &Env, names: &[&str], applies: usize) -> Vec<ApplyId> {
     let store = env.mysql_store().unwrap();
-    let filters: Vec<EndpointFilter> = names.iter().map(|n| endpoint(n)).collect();
+    let filters: Vec<String> = names.iter().map(|n| endpoint(n)).collect();
     store.sweep(&filters).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..applies {
@@ -283,18 +280,24 @@ async fn two_live_deliverers_never_hold_the_same_delivery() {
     };
     with_events(&env, &["a", "b"], 12).await;
     let store = env.mysql_store().unwrap();
+    // Each deliverer's leases, batch by batch.
     let drain = |owner: &'static str| async move {
-        let mut held = Vec::new();
+        let mut batches = Vec::new();
         loop {
             let got = lease(store, owner, 60_000, 3).await;
             if got.is_empty() {
-                return held;
+                return batches;
             }
-            held.extend(got);
+            batches.push(got);
         }
     };
-    let (d1, d2) = tokio::join!(drain("d1"), drain("d2"));
-    let all = [d1, d2];
+    let (b1, b2) = tokio::join!(drain("d1"), drain("d2"));
+    // Oldest first within each batch.
+    for batch in b1.iter().chain(&b2) {
+        let events: Vec<u64> = batch.iter().map(|d| d.event).collect();
+        assert!(events.windows(2).all(|w| w[0] <= w[1]), "{events:?}");
+    }
+    let all = [b1.concat(), b2.concat()];
     let keys = |v: &Vec<LeasedDelivery>| -> BTreeSet<(u64, String)> {
         v.iter().map(|d| (d.event, d.endpoint.clone())).collect()
     };
@@ -305,14 +308,8 @@ async fn two_live_deliverers_never_hold_the_same_delivery() {
     );
     assert_eq!(first.len() + second.len(), 24, "every delivery leased once");
     assert_eq!(all[0].len() + all[1].len(), 24);
-    // Oldest first within one deliverer's batches.
-    for held in &all {
-        let events: Vec<u64> = held.iter().map(|d| d.event).collect();
-        for pair in events.chunks(3) {
-            assert!(pair.windows(2).all(|w| w[0] <= w[1]), "{events:?}");
-        }
-    }
-    let body: Value = serde_json::from_slice(&all[0][0].body).unwrap();
+    let body: Value = serde_json::from_slice(all[0][0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(all[0][0].kind, Some(EventKind::StateChange));
     assert_eq!(body["id"], format!("evt-{}", all[0][0].event));
     assert_eq!(body["kind"], "state_change");
     env.cleanup().await;
@@ -398,7 +395,7 @@ async fn a_failed_attempt_waits_its_backoff_shows_in_health_and_delivered_events
     env.advance(169 * 3_600_000);
     // A deliverer still serves `a`: it is seen, and every old event is swept.
     store.sweep(&[endpoint("a")]).await.unwrap();
-    let pruned = store.prune(168, 100).await.unwrap();
+    let pruned = store.prune(168, 100, &[endpoint("a")]).await.unwrap();
     assert_eq!(pruned.events, 1);
     let h = &store.health().await.unwrap()[0];
     assert_eq!((h.delivered, h.failing), (0, 1));
@@ -435,10 +432,96 @@ async fn an_apply_s_later_event_waits_until_the_earlier_one_is_delivered() {
     let next = lease(store, "d1", 30_000, 10).await;
     assert_eq!(next.len(), 1);
     assert!(next[0].event > first[0].event);
-    let body: Value = serde_json::from_slice(&next[0].body).unwrap();
+    let body: Value = serde_json::from_slice(next[0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(next[0].kind, Some(EventKind::Request));
     assert_eq!(
         (body["kind"].as_str(), body["request"].as_str()),
         (Some("request"), Some("stop"))
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_delivery_shows_in_health_and_no_longer_holds_back_its_apply() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let ids = with_events(&env, &["a"], 1).await;
+    let store = env.mysql_store().unwrap();
+    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
+    store.sweep(&[endpoint("a")]).await.unwrap();
+    let first = lease(store, "d1", 30_000, 10).await;
+    assert_eq!(first.len(), 1);
+    store
+        .mark_abandoned(&first[0], "abandoned after 300 attempts: HTTP 400: no")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store.mark_delivered(&first[0]).await,
+            Err(StoreError::Refused(_))
+        ),
+        "an abandoned delivery's lease is over"
+    );
+    let h = &store.health().await.unwrap()[0];
+    assert_eq!(
+        (h.delivered, h.pending, h.failing, h.abandoned),
+        (0, 1, 0, 1)
+    );
+    assert_eq!(
+        h.last_error.as_deref(),
+        Some("abandoned after 300 attempts: HTTP 400: no")
+    );
+    let next = lease(store, "d1", 30_000, 10).await;
+    assert_eq!(next.len(), 1, "the apply's next event goes out");
+    assert!(next[0].event > first[0].event);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_is_swept_whatever_an_endpoint_receives_and_own_endpoints_are_never_forgotten() {
+    let Some(env) = Env::mysql().await else {
+        return;
+    };
+    let ids = with_events(&env, &["a", "b"], 1).await;
+    let store = env.mysql_store().unwrap();
+    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
+    // Two state changes and a request: a row each for either endpoint, with the kind that
+    // lets a deliverer pass over what its endpoint does not receive.
+    assert_eq!(
+        store.sweep(&[endpoint("a"), endpoint("b")]).await.unwrap(),
+        2
+    );
+    // All deliverers down for longer than the retention: `a` is still in the caller's
+    // config and keeps what it is owed; `b` is in no config any more and is forgotten.
+    env.advance(169 * 3_600_000);
+    store.prune(168, 100, &[endpoint("a")]).await.unwrap();
+    let names: Vec<String> = store
+        .health()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.endpoint)
+        .collect();
+    assert_eq!(names, vec!["a".to_string()], "b forgotten, a kept");
+    let mut kinds = Vec::new();
+    loop {
+        let got = store
+            .lease_due(&[endpoint("a")], "d1", 30_000, 10)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            kinds.push(d.kind);
+            store.mark_delivered(&d).await.unwrap();
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![Some(EventKind::StateChange), Some(EventKind::Request)],
+        "a's events, in order, after the retention"
     );
     env.cleanup().await;
 }

@@ -57,13 +57,23 @@ async fn receive(
             .to_string()
     };
     let id = header("x-applyd-event-id");
+    // As a receiver checks it: `t=<send time>,v1=<HMAC of "<t>.<body>">`, the time the one in
+    // the timestamp header and recent.
+    let t = header("x-applyd-timestamp");
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(t.as_bytes());
+    mac.update(b".");
     mac.update(&body);
-    let expected = format!("sha256={}", hex(&mac.finalize().into_bytes()));
+    let expected = format!("t={t},v1={}", hex(&mac.finalize().into_bytes()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fresh = t.parse::<u64>().is_ok_and(|t| now.abs_diff(t) <= 300);
     let n = {
         let mut r = state.lock().unwrap();
         r.requests += 1;
-        if header("x-applyd-signature") != expected || header("x-applyd-timestamp").is_empty() {
+        if header("x-applyd-signature") != expected || !fresh {
             r.bad_signatures.push(id.clone());
         }
         let body_id = serde_json::from_slice::<serde_json::Value>(&body)

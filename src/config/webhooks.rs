@@ -5,6 +5,7 @@
 //! [webhooks]
 //! timeout_ms = 5000
 //! max_backoff_ms = 300000
+//! max_attempts = 300
 //! retention_hours = 168
 //!
 //! [[webhooks.endpoints]]
@@ -21,6 +22,8 @@ use crate::store::webhooks::EventKind;
 
 /// The longest endpoint name (the store's column is this wide).
 pub const MAX_ENDPOINT_NAME: usize = 64;
+/// The longest retry backoff: a day.
+pub const MAX_BACKOFF_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +32,9 @@ pub struct WebhooksSection {
     pub timeout_ms: u64,
     /// The cap of the retry backoff (1 s, 2 s, 4 s, … up to this).
     pub max_backoff_ms: u64,
+    /// Attempts after which a delivery is given up (abandoned, shown in the health): one event
+    /// a receiver never accepts must not hold back its apply's later events for ever.
+    pub max_attempts: u32,
     /// Delivered events older than this are pruned.
     pub retention_hours: u64,
     pub endpoints: Vec<EndpointSection>,
@@ -39,6 +45,7 @@ impl Default for WebhooksSection {
         WebhooksSection {
             timeout_ms: 5_000,
             max_backoff_ms: 300_000,
+            max_attempts: 300,
             retention_hours: 7 * 24,
             endpoints: Vec::new(),
         }
@@ -77,10 +84,16 @@ impl WebhooksSection {
                 self.timeout_ms
             )));
         }
-        if self.max_backoff_ms < 1_000 {
+        if !(1_000..=MAX_BACKOFF_MS).contains(&self.max_backoff_ms) {
             return Err(invalid(format!(
-                "webhooks.max_backoff_ms must be at least 1000, not {}",
+                "webhooks.max_backoff_ms must be between 1000 and {MAX_BACKOFF_MS} (a day), not {}",
                 self.max_backoff_ms
+            )));
+        }
+        if !(1..=1_000).contains(&self.max_attempts) {
+            return Err(invalid(format!(
+                "webhooks.max_attempts must be between 1 and 1000, not {}",
+                self.max_attempts
             )));
         }
         if self.retention_hours == 0 || self.retention_hours > 24 * 366 {
@@ -129,7 +142,7 @@ impl WebhooksSection {
         let mut out = Vec::with_capacity(self.endpoints.len());
         for (i, e) in self.endpoints.iter().enumerate() {
             let at = format!("webhooks.endpoints[{i}]");
-            let secret = resolve(&e.secret, "webhooks.endpoints.secret")?;
+            let secret = resolve(&e.secret, &format!("{at}.secret"))?;
             if secret.expose().is_empty() {
                 return Err(invalid(format!("{at}.secret ({:?}) is empty", e.name)));
             }
@@ -144,12 +157,16 @@ impl WebhooksSection {
     }
 }
 
+/// Errors show the URL's scheme and host only: many receivers carry their secret in the path
+/// or the query.
 fn parse_url(at: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| invalid(format!("{at}.url {url:?} is not a URL ({e})")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(format!("{at}.url is not a URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(invalid(format!(
-            "{at}.url {url:?} is not an http(s) URL with a host"
+            "{at}.url ({}://{}…) is not an http(s) URL with a host",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or("")
         )));
     }
     Ok(parsed)
@@ -223,8 +240,10 @@ kinds = ["failure", "request"]
     fn every_bad_field_is_named() {
         let cases = [
             (ONE.replace("\"request\"", "\"deploy\""), "webhooks.endpoints[0].kinds: unknown event kind \"deploy\""),
-            (ONE.replace("https://hooks.example.com/applyd", "hooks.example.com"), "webhooks.endpoints[0].url \"hooks.example.com\" is not a URL"),
-            (ONE.replace("https://", "ftp://"), "is not an http(s) URL"),
+            (ONE.replace("https://hooks.example.com/applyd", "hooks.example.com"), "webhooks.endpoints[0].url is not a URL"),
+            (ONE.replace("https://", "ftp://"), "webhooks.endpoints[0].url (ftp://hooks.example.com…) is not an http(s) URL"),
+            (ONE.replace("timeout_ms = 2000", "timeout_ms = 2000\nmax_backoff_ms = 86400001"), "webhooks.max_backoff_ms must be between 1000 and 86400000"),
+            (ONE.replace("timeout_ms = 2000", "timeout_ms = 2000\nmax_attempts = 0"), "webhooks.max_attempts must be between 1 and 1000, not 0"),
             (ONE.replace("\"s3cret\"", "\"\""), "webhooks.endpoints[0].secret must not be empty"),
             (ONE.replace("kinds = [\"failure\", \"request\"]", "kinds = []"), "webhooks.endpoints[0].kinds is empty"),
             (format!("{ONE}[[webhooks.endpoints]]\nname = \"chat\"\nurl = \"http://x\"\nsecret = {{ value = \"k\" }}\n"), "webhooks.endpoints[1].name \"chat\" is used by another endpoint"),
@@ -233,6 +252,7 @@ kinds = ["failure", "request"]
         for (text, expected) in cases {
             let err = error_of(&text);
             assert!(err.contains(expected), "{expected:?} not in {err:?}");
+            assert!(!err.contains("/applyd"), "the URL's path is shown: {err}");
         }
     }
 

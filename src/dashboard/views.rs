@@ -89,6 +89,7 @@ pub struct EndpointView {
     pub delivered: u64,
     pub pending: u64,
     pub failing: u64,
+    pub abandoned: u64,
     pub oldest: String,
     pub last_error: String,
 }
@@ -99,6 +100,7 @@ pub fn endpoint(h: &crate::store::webhooks::EndpointHealth) -> EndpointView {
         delivered: h.delivered,
         pending: h.pending,
         failing: h.failing,
+        abandoned: h.abandoned,
         oldest: age(h.oldest_undelivered_age_ms),
         last_error: h.last_error.clone().unwrap_or_default(),
     }

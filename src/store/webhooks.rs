@@ -91,8 +91,9 @@ pub struct Move<'a> {
 
 impl NewEvent {
     /// The event of an audited move; `None` when the state stays (no event, see the module doc).
+    /// States are compared parsed: a legacy alias left in a row is the state it names.
     pub fn moved(m: Move<'_>) -> Option<NewEvent> {
-        if m.from == m.to.as_str() {
+        if m.from.parse::<ApplyState>().is_ok_and(|from| from == m.to) {
             return None;
         }
         let kind = if m.to.is_failure() {
@@ -198,15 +199,11 @@ pub struct LeasedDelivery {
     pub attempts: u32,
     /// The delivery lease: every mark is fenced by it.
     pub epoch: u64,
-    /// The exact bytes to send.
-    pub body: Vec<u8>,
-}
-
-/// An endpoint a deliverer serves: its name and the kinds it receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointFilter {
-    pub name: String,
-    pub kinds: Vec<EventKind>,
+    /// What the event is about (`None` when its row is missing or its kind unknown): a
+    /// deliverer passes over the kinds its endpoint does not receive.
+    pub kind: Option<EventKind>,
+    /// The exact bytes to send, or why the event cannot be sent (its row is gone).
+    pub body: Result<Vec<u8>, String>,
 }
 
 /// How deliveries to one endpoint stand.
@@ -219,6 +216,8 @@ pub struct EndpointHealth {
     pub pending: u64,
     /// Not delivered yet, last attempt failed.
     pub failing: u64,
+    /// Given up after the most attempts allowed (`webhooks.max_attempts`), still retained.
+    pub abandoned: u64,
     /// Age of the oldest undelivered event, by the store's clock.
     pub oldest_undelivered_age_ms: Option<u64>,
     pub last_error: Option<String>,
@@ -235,10 +234,13 @@ pub struct Pruned {
 /// matched means another deliverer took the delivery over (its lease had expired).
 #[async_trait]
 pub trait Deliveries: Send + Sync {
-    /// Make sure every endpoint has its delivery row for every event since it was first served
-    /// (of the kinds it receives); an endpoint seen for the first time starts at the newest
-    /// event. Returns how many delivery rows were created.
-    async fn sweep(&self, endpoints: &[EndpointFilter]) -> Result<u64, StoreError>;
+    /// Make sure every endpoint has its delivery row for every event since it was first served;
+    /// an endpoint seen for the first time starts at the newest event. Rows are made for every
+    /// kind: which kinds an endpoint receives is each deliverer's setting, and operators may
+    /// differ while a change of it rolls out, so the filter is applied when sending (an event
+    /// passed over is marked delivered) and the sweep's position means the same to all.
+    /// Returns how many delivery rows were created.
+    async fn sweep(&self, endpoints: &[String]) -> Result<u64, StoreError>;
     /// Lease at most `limit` due deliveries to `endpoints` for `lease_ms`, oldest event first,
     /// and only the oldest outstanding one of each (endpoint, apply), so an apply's events are
     /// sent in order; a delivery whose lease expired is due again.
@@ -251,6 +253,9 @@ pub trait Deliveries: Send + Sync {
     ) -> Result<Vec<LeasedDelivery>, StoreError>;
     /// Fenced: the receiver accepted it.
     async fn mark_delivered(&self, d: &LeasedDelivery) -> Result<(), StoreError>;
+    /// Fenced: given up after its last allowed attempt; `error` says why. It no longer holds
+    /// back its apply's later events.
+    async fn mark_abandoned(&self, d: &LeasedDelivery, error: &str) -> Result<(), StoreError>;
     /// Fenced: the attempt failed; try again after `retry_in_ms`.
     async fn mark_failed(
         &self,
@@ -259,8 +264,14 @@ pub trait Deliveries: Send + Sync {
         retry_in_ms: u64,
     ) -> Result<(), StoreError>;
     /// Delete at most `batch` events older than `retention_hours` that no served endpoint still
-    /// owes, and forget endpoints unseen that long. Returns what went.
-    async fn prune(&self, retention_hours: u64, batch: u32) -> Result<Pruned, StoreError>;
+    /// owes, and forget endpoints unseen that long, except those in `keep` (the caller's own,
+    /// which it will serve again: what they are owed stays). Returns what went.
+    async fn prune(
+        &self,
+        retention_hours: u64,
+        batch: u32,
+        keep: &[String],
+    ) -> Result<Pruned, StoreError>;
     /// How every endpoint a deliverer has served stands.
     async fn health(&self) -> Result<Vec<EndpointHealth>, StoreError>;
 }
@@ -317,6 +328,13 @@ mod tests {
     fn a_move_that_keeps_the_state_is_no_event() {
         assert!(NewEvent::moved(Move {
             from: "failed",
+            ..failing_move()
+        })
+        .is_none());
+        // A legacy alias stored in the row is the state it names.
+        assert!(NewEvent::moved(Move {
+            from: "recovering_cutover",
+            to: ApplyState::Recovering,
             ..failing_move()
         })
         .is_none());

@@ -24,12 +24,14 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{WebhookEndpoint, WebhooksSection};
-use crate::store::webhooks::{event_id, Deliveries, EndpointFilter, LeasedDelivery};
+use crate::store::webhooks::{event_id, Deliveries, LeasedDelivery};
 use crate::store::StoreError;
 use signing::{backoff_ms, signature, EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// Room in a delivery lease, beyond its POSTs, for marking them.
 const MARK_MARGIN_MS: u64 = 2_000;
+/// The most of a refusing receiver's answer read (its first 200 characters are kept).
+const ERROR_BODY_BYTES: usize = 1024;
 
 /// How the deliverer paces itself.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct DelivererConfig {
     pub endpoints: Vec<WebhookEndpoint>,
     pub timeout: Duration,
     pub max_backoff_ms: u64,
+    /// Attempts after which a delivery is abandoned.
+    pub max_attempts: u32,
     pub retention_hours: u64,
     /// Deliveries leased at once; they are sent one after another within one lease.
     pub batch: u32,
@@ -54,6 +58,7 @@ impl DelivererConfig {
             endpoints,
             timeout: Duration::from_millis(section.timeout_ms),
             max_backoff_ms: section.max_backoff_ms,
+            max_attempts: section.max_attempts,
             retention_hours: section.retention_hours,
             batch: 4,
             idle_poll: Duration::from_millis(500),
@@ -77,6 +82,18 @@ pub struct Pass {
     pub leased: usize,
     pub delivered: usize,
     pub failed: usize,
+    /// Of kinds their endpoint does not receive: marked delivered unsent.
+    pub skipped: usize,
+    /// Left to fall due again: too little of the lease was left to send them.
+    pub deferred: usize,
+}
+
+/// How one leased delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Delivered,
+    Failed,
+    Skipped,
 }
 
 pub struct Deliverer {
@@ -111,11 +128,8 @@ impl Deliverer {
         info!(endpoints = ?names, owner = %self.config.owner, "webhook deliverer started");
         let mut last_prune: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
-            if last_prune.is_none_or(|t| t.elapsed() >= self.config.prune_every) {
-                last_prune = Some(tokio::time::Instant::now());
-                self.prune().await;
-                self.publish_health().await;
-            }
+            // The pass first: its sweep marks this process's endpoints as served before a
+            // prune could take them for forgotten ones.
             let busy = match self.pass().await {
                 Ok(pass) => pass.leased as u32 >= self.config.batch,
                 Err(e) => {
@@ -123,6 +137,11 @@ impl Deliverer {
                     false
                 }
             };
+            if last_prune.is_none_or(|t| t.elapsed() >= self.config.prune_every) {
+                last_prune = Some(tokio::time::Instant::now());
+                self.prune().await;
+                self.publish_health().await;
+            }
             if !busy {
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.idle_poll) => {}
@@ -138,17 +157,9 @@ impl Deliverer {
         if self.config.endpoints.is_empty() {
             return Ok(Pass::default());
         }
-        let filters: Vec<EndpointFilter> = self
-            .config
-            .endpoints
-            .iter()
-            .map(|e| EndpointFilter {
-                name: e.name.clone(),
-                kinds: e.kinds.clone(),
-            })
-            .collect();
-        self.store.sweep(&filters).await?;
-        let names: Vec<String> = filters.into_iter().map(|f| f.name).collect();
+        let names = self.endpoint_names();
+        self.store.sweep(&names).await?;
+        let leased_at = tokio::time::Instant::now();
         let leased = self
             .store
             .lease_due(
@@ -162,28 +173,64 @@ impl Deliverer {
             leased: leased.len(),
             ..Pass::default()
         };
+        // Each POST must end, and be marked, inside the lease: once less than that is left
+        // (slow marks), the rest wait for the lease to end and fall due again, rather than go
+        // out while another deliverer may already hold them.
+        let lease = Duration::from_millis(self.config.lease_ms());
+        let needed = self.config.timeout + Duration::from_millis(MARK_MARGIN_MS);
         for d in &leased {
-            if self.deliver(d).await {
-                pass.delivered += 1;
-            } else {
-                pass.failed += 1;
+            if leased_at.elapsed() + needed > lease {
+                pass.deferred += 1;
+                continue;
+            }
+            match self.deliver(d).await {
+                Sent::Delivered => pass.delivered += 1,
+                Sent::Failed => pass.failed += 1,
+                Sent::Skipped => pass.skipped += 1,
             }
         }
         Ok(pass)
     }
 
-    /// Send one delivery and mark it; true when the receiver accepted it.
-    async fn deliver(&self, d: &LeasedDelivery) -> bool {
+    fn endpoint_names(&self) -> Vec<String> {
+        self.config
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Send one delivery and mark it.
+    async fn deliver(&self, d: &LeasedDelivery) -> Sent {
         let Some(endpoint) = self.config.endpoints.iter().find(|e| e.name == d.endpoint) else {
-            return false;
+            return Sent::Failed;
         };
-        let outcome = self.post(endpoint, d).await;
         let label = endpoint.name.clone();
+        // The kinds an endpoint receives are this process's setting: an event of another kind
+        // is passed over here (every deliverer sweeps every kind, see `Deliveries::sweep`).
+        if d.kind.is_some_and(|k| !endpoint.kinds.contains(&k)) {
+            ::metrics::counter!("applyd_webhook_skipped_total", "endpoint" => label).increment(1);
+            if let Err(e) = self.store.mark_delivered(d).await {
+                debug!(event = %event_id(d.event), endpoint = %d.endpoint, error = %e, "webhook skip not recorded");
+            }
+            return Sent::Skipped;
+        }
+        let outcome = match &d.body {
+            Ok(body) => self.post(endpoint, d, body).await,
+            Err(why) => Err(why.clone()),
+        };
         let marked = match &outcome {
             Ok(()) => {
                 ::metrics::counter!("applyd_webhook_delivered_total", "endpoint" => label)
                     .increment(1);
                 self.store.mark_delivered(d).await
+            }
+            Err(error) if d.attempts >= self.config.max_attempts => {
+                ::metrics::counter!("applyd_webhook_abandoned_total", "endpoint" => label)
+                    .increment(1);
+                warn!(event = %event_id(d.event), endpoint = %d.endpoint, attempts = d.attempts, %error, "webhook delivery abandoned");
+                let why = format!("abandoned after {} attempts: {error}", d.attempts);
+                self.store.mark_abandoned(d, &why).await
             }
             Err(error) => {
                 ::metrics::counter!("applyd_webhook_failed_total", "endpoint" => label)
@@ -199,10 +246,19 @@ impl Deliverer {
             // once), or the store is away (the lease runs out and it falls due again).
             debug!(event = %event_id(d.event), endpoint = %d.endpoint, error = %e, "webhook mark not recorded");
         }
-        outcome.is_ok()
+        if outcome.is_ok() {
+            Sent::Delivered
+        } else {
+            Sent::Failed
+        }
     }
 
-    async fn post(&self, endpoint: &WebhookEndpoint, d: &LeasedDelivery) -> Result<(), String> {
+    async fn post(
+        &self,
+        endpoint: &WebhookEndpoint,
+        d: &LeasedDelivery,
+        body: &[u8],
+    ) -> Result<(), String> {
         let sent_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|t| t.as_secs())
@@ -215,25 +271,36 @@ impl Deliverer {
             .header(TIMESTAMP_HEADER, sent_at.to_string())
             .header(
                 SIGNATURE_HEADER,
-                signature(endpoint.secret.expose().as_bytes(), &d.body),
+                signature(endpoint.secret.expose().as_bytes(), sent_at, body),
             )
-            .body(d.body.clone())
+            .body(body.to_vec())
             .send()
             .await
             .map_err(|e| {
                 if e.is_timeout() {
                     format!("no answer within {} ms", self.config.timeout.as_millis())
                 } else {
-                    format!("cannot reach the endpoint: {e}")
+                    // Without the URL: many receivers carry their secret in it, and this text
+                    // is stored and shown.
+                    format!("cannot reach the endpoint: {}", e.without_url())
                 }
             })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
-        // The receiver's words, bounded: they end up in the store and on the dashboard.
-        let text = response.text().await.unwrap_or_default();
-        let words: String = text.chars().take(200).collect();
+        // The receiver's words, bounded: they end up in the store and on the dashboard, and a
+        // receiver may answer with any amount, so no more than a little is read.
+        let mut response = response;
+        let mut head = Vec::new();
+        while head.len() < ERROR_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        head.truncate(ERROR_BODY_BYTES);
+        let words: String = String::from_utf8_lossy(&head).chars().take(200).collect();
         Err(format!("HTTP {status}: {}", words.trim()))
     }
 
@@ -244,7 +311,12 @@ impl Deliverer {
         const MAX_BATCHES: u32 = 20;
         let (mut events, mut endpoints) = (0, 0);
         for _ in 0..MAX_BATCHES {
-            match self.store.prune(self.config.retention_hours, BATCH).await {
+            let keep = self.endpoint_names();
+            match self
+                .store
+                .prune(self.config.retention_hours, BATCH, &keep)
+                .await
+            {
                 Ok(p) => {
                     events += p.events;
                     endpoints += p.endpoints;

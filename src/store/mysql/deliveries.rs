@@ -13,7 +13,7 @@ use super::claim_tx::sql_text;
 use super::outbox::AT_SQL;
 use super::{age_ms, Failure, MySqlStore};
 use crate::store::webhooks::{
-    render_body, Deliveries, EndpointFilter, EndpointHealth, LeasedDelivery, Pruned,
+    render_body, Deliveries, EndpointHealth, EventKind, LeasedDelivery, Pruned,
 };
 use crate::store::StoreError;
 
@@ -22,6 +22,17 @@ use crate::store::StoreError;
 const SETTLED_SECS: u64 = 300;
 /// Delivery rows one sweep creates per endpoint at most.
 const SWEEP_BATCH: usize = 1000;
+/// How often an endpoint's `seen_at` is refreshed (not on every pass of every deliverer: the
+/// row would be a hot spot).
+const SEEN_EVERY_SECS: u64 = 60;
+
+/// How a delivery's lease ends.
+#[derive(Clone, Copy)]
+enum Mark<'a> {
+    Delivered,
+    Failed { error: &'a str, retry_in_ms: u64 },
+    Abandoned { error: &'a str },
+}
 
 fn name_list(names: &[String]) -> String {
     names
@@ -32,14 +43,14 @@ fn name_list(names: &[String]) -> String {
 }
 
 impl MySqlStore {
-    async fn sweep_endpoint_once(&self, endpoint: &EndpointFilter) -> Result<u64, Failure> {
+    async fn sweep_endpoint_once(&self, name: &str) -> Result<u64, Failure> {
         let now = self.now_sql();
-        let name = &endpoint.name;
         // First served: start at the newest event (history before it is not replayed).
         sqlx::query(&format!(
             "INSERT INTO webhook_endpoints (name, swept_through, created_at, seen_at) \
              SELECT ?, COALESCE(MAX(id), 0), {now}, {now} FROM webhook_outbox \
-             ON DUPLICATE KEY UPDATE seen_at = {now}"
+             ON DUPLICATE KEY UPDATE seen_at = \
+             IF(seen_at < {now} - INTERVAL {SEEN_EVERY_SECS} SECOND, {now}, seen_at)"
         ))
         .bind(name)
         .execute(&self.pool)
@@ -57,18 +68,9 @@ impl MySqlStore {
         .bind(swept)
         .fetch_one(&self.pool)
         .await?;
-        let kinds = endpoint
-            .kinds
-            .iter()
-            .map(|k| format!("'{}'", k.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if kinds.is_empty() {
-            return Ok(0);
-        }
         // A plain (non-locking) read: writers recording events never wait on a sweep.
         let missing = sqlx::query(&format!(
-            "SELECT o.id, o.apply_id FROM webhook_outbox o WHERE o.id > ? AND o.kind IN ({kinds}) \
+            "SELECT o.id, o.apply_id FROM webhook_outbox o WHERE o.id > ? \
              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = o.id AND d.endpoint = ?) \
              ORDER BY o.id LIMIT {SWEEP_BATCH}"
         ))
@@ -160,14 +162,26 @@ impl MySqlStore {
         for row in &due {
             let event: u64 = row.try_get("event_id")?;
             let endpoint: String = row.try_get_unchecked("endpoint")?;
+            let apply: u64 = row.try_get("apply_id")?;
+            let epoch = row
+                .try_get::<u64, _>("lease_epoch")?
+                .checked_add(1)
+                .ok_or_else(|| {
+                    Failure::Store(StoreError::BadRow {
+                        apply,
+                        column: "webhook_deliveries.lease_epoch",
+                        detail: format!("evt-{event} to {endpoint}: at its maximum"),
+                    })
+                })?;
             keys.push(format!("({event}, {})", sql_text(&endpoint)));
             leased.push(LeasedDelivery {
                 event,
                 endpoint,
-                apply: row.try_get("apply_id")?,
+                apply,
                 attempts: row.try_get::<u32, _>("attempts")?.saturating_add(1),
-                epoch: row.try_get::<u64, _>("lease_epoch")? + 1,
-                body: Vec::new(),
+                epoch,
+                kind: None,
+                body: Err(String::new()),
             });
         }
         let until = format!(
@@ -185,7 +199,7 @@ impl MySqlStore {
         .await?;
         let ids: Vec<String> = leased.iter().map(|d| d.event.to_string()).collect();
         let events = sqlx::query(&format!(
-            "SELECT o.id, CAST(o.payload AS CHAR) AS payload, {AT_SQL} AS at \
+            "SELECT o.id, o.kind, CAST(o.payload AS CHAR) AS payload, {AT_SQL} AS at \
              FROM webhook_outbox o WHERE o.id IN ({})",
             ids.join(", ")
         ))
@@ -197,32 +211,42 @@ impl MySqlStore {
             let id: u64 = row.try_get("id")?;
             let text: String = row.try_get_unchecked("payload")?;
             let at: String = row.try_get_unchecked("at")?;
-            bodies.insert(id, (text, at));
+            let kind: String = row.try_get_unchecked("kind")?;
+            bodies.insert(id, (kind, text, at));
         }
         for d in &mut leased {
-            // The delivery row references its event (a foreign key), so it is there; a payload
-            // that does not parse is sent as the store holds it, under `payload`.
-            let (text, at) = bodies.get(&d.event).cloned().unwrap_or_default();
-            let payload = serde_json::from_str(&text)
+            // The delivery row references its event (a foreign key), so it is there unless the
+            // database was edited by hand; then it is not sent (a body of nothing, signed, would
+            // be accepted as the event). A payload that does not parse is sent as the store
+            // holds it, under `payload`.
+            let Some((kind, text, at)) = bodies.get(&d.event) else {
+                d.body = Err(format!("event evt-{} is not in the outbox", d.event));
+                continue;
+            };
+            d.kind = kind.parse::<EventKind>().ok();
+            let payload = serde_json::from_str(text)
                 .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
-            d.body = render_body(d.event, &payload, &at);
+            d.body = Ok(render_body(d.event, &payload, at));
         }
         Ok(leased)
     }
 
-    async fn mark_once(
-        &self,
-        d: &LeasedDelivery,
-        failed: Option<(&str, u64)>,
-    ) -> Result<(), Failure> {
+    async fn mark_once(&self, d: &LeasedDelivery, mark: Mark<'_>) -> Result<(), Failure> {
         let now = self.now_sql();
-        let (sets, error) = match failed {
-            None => (format!("delivered_at = {now}"), None),
-            Some((error, retry_in_ms)) => (
+        let (sets, error) = match mark {
+            Mark::Delivered => (format!("delivered_at = {now}"), None),
+            Mark::Failed { error, retry_in_ms } => (
                 format!(
                     "last_error = ?, last_error_at = {now}, \
                      next_attempt_at = {now} + INTERVAL {} MICROSECOND",
                     retry_in_ms.saturating_mul(1000)
+                ),
+                Some(error),
+            ),
+            Mark::Abandoned { error } => (
+                format!(
+                    "last_error = ?, last_error_at = {now}, delivered_at = {now}, \
+                     abandoned_at = {now}"
                 ),
                 Some(error),
             ),
@@ -251,20 +275,31 @@ impl MySqlStore {
         Ok(())
     }
 
-    async fn prune_once(&self, retention_hours: u64, batch: u32) -> Result<Pruned, Failure> {
+    async fn prune_once(
+        &self,
+        retention_hours: u64,
+        batch: u32,
+        keep: &[String],
+    ) -> Result<Pruned, Failure> {
         let now = self.now_sql();
         let cutoff = format!("({now} - INTERVAL {retention_hours} HOUR)");
         // An endpoint no deliverer served for the retention is gone from every config: what it
-        // was owed goes with it, so its events can be pruned.
+        // was owed goes with it, so its events can be pruned. The caller's own endpoints are
+        // kept whatever their `seen_at` (all operators may have been down that long).
+        let kept = if keep.is_empty() {
+            String::new()
+        } else {
+            format!(" AND name NOT IN ({})", name_list(keep))
+        };
         let mut pruned = Pruned::default();
         sqlx::query(&format!(
             "DELETE FROM webhook_deliveries WHERE endpoint IN \
-             (SELECT name FROM webhook_endpoints WHERE seen_at < {cutoff}) LIMIT {batch}"
+             (SELECT name FROM webhook_endpoints WHERE seen_at < {cutoff}{kept}) LIMIT {batch}"
         ))
         .execute(&self.pool)
         .await?;
         pruned.endpoints = sqlx::query(&format!(
-            "DELETE FROM webhook_endpoints WHERE seen_at < {cutoff} AND NOT EXISTS \
+            "DELETE FROM webhook_endpoints WHERE seen_at < {cutoff}{kept} AND NOT EXISTS \
              (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint = webhook_endpoints.name)"
         ))
         .execute(&self.pool)
@@ -288,7 +323,8 @@ impl MySqlStore {
         let now = self.now_sql();
         let rows = sqlx::query(&format!(
             "SELECT e.name, \
-             (SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint = e.name AND d.delivered_at IS NOT NULL) AS delivered, \
+             (SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint = e.name AND d.outstanding IS NULL AND d.abandoned_at IS NULL) AS delivered, \
+             (SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint = e.name AND d.outstanding IS NULL AND d.abandoned_at IS NOT NULL) AS abandoned, \
              (SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint = e.name AND d.outstanding = 1 AND d.last_error IS NULL) AS pending, \
              (SELECT COUNT(*) FROM webhook_deliveries d WHERE d.endpoint = e.name AND d.outstanding = 1 AND d.last_error IS NOT NULL) AS failing, \
              (SELECT CAST(TIMESTAMPDIFF(MICROSECOND, MIN(o.created_at), {now}) AS SIGNED) FROM webhook_deliveries d \
@@ -309,6 +345,7 @@ impl MySqlStore {
                 delivered: count(row, "delivered")?,
                 pending: count(row, "pending")?,
                 failing: count(row, "failing")?,
+                abandoned: count(row, "abandoned")?,
                 oldest_undelivered_age_ms: row.try_get::<Option<i64>, _>("oldest_us")?.map(age_ms),
                 last_error: row.try_get_unchecked("last_error")?,
             });
@@ -319,7 +356,7 @@ impl MySqlStore {
 
 #[async_trait]
 impl Deliveries for MySqlStore {
-    async fn sweep(&self, endpoints: &[EndpointFilter]) -> Result<u64, StoreError> {
+    async fn sweep(&self, endpoints: &[String]) -> Result<u64, StoreError> {
         let mut created = 0;
         for endpoint in endpoints {
             created += self
@@ -345,8 +382,17 @@ impl Deliveries for MySqlStore {
     }
 
     async fn mark_delivered(&self, d: &LeasedDelivery) -> Result<(), StoreError> {
-        self.retrying("mark a webhook delivered", || self.mark_once(d, None))
-            .await
+        self.retrying("mark a webhook delivered", || {
+            self.mark_once(d, Mark::Delivered)
+        })
+        .await
+    }
+
+    async fn mark_abandoned(&self, d: &LeasedDelivery, error: &str) -> Result<(), StoreError> {
+        self.retrying("mark a webhook abandoned", || {
+            self.mark_once(d, Mark::Abandoned { error })
+        })
+        .await
     }
 
     async fn mark_failed(
@@ -356,14 +402,19 @@ impl Deliveries for MySqlStore {
         retry_in_ms: u64,
     ) -> Result<(), StoreError> {
         self.retrying("mark a webhook attempt failed", || {
-            self.mark_once(d, Some((error, retry_in_ms)))
+            self.mark_once(d, Mark::Failed { error, retry_in_ms })
         })
         .await
     }
 
-    async fn prune(&self, retention_hours: u64, batch: u32) -> Result<Pruned, StoreError> {
+    async fn prune(
+        &self,
+        retention_hours: u64,
+        batch: u32,
+        keep: &[String],
+    ) -> Result<Pruned, StoreError> {
         self.retrying("prune webhook events", || {
-            self.prune_once(retention_hours, batch)
+            self.prune_once(retention_hours, batch, keep)
         })
         .await
     }
