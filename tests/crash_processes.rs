@@ -4,10 +4,9 @@
 //! rollouts must still complete, with no deploy request created twice, no write with a stale
 //! epoch landed, and no apply lost.
 
+mod serve_support;
 mod store_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use applyd::machine::rollout::{CutoverPolicy, OnFailure, RolloutPlan};
@@ -15,48 +14,22 @@ use applyd::machine::{ApplyOptions, ApplyState, EngineKind, Rules};
 use applyd::store::mysql::MySqlStore;
 use applyd::store::status::Inspect;
 use applyd::store::{NewApply, Store, Target};
+use serve_support::{fake_engines, operator_command, remote_fake, signal, Killed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_applyd");
-
+/// An operator process, killed on drop, and the host its Spirit runners live on.
 struct Proc {
-    child: Child,
+    child: Killed,
     host: u32,
 }
 
 fn spawn_operator(db_url: &str, engines_url: &str, host: u32) -> Proc {
-    let child = Command::new(BIN)
-        .arg("serve")
-        .env("APPLYD_DATABASE_URL", db_url)
-        .env("APPLYD_ENGINES", "remote-fake")
-        .env("APPLYD_REMOTE_FAKE_URL", engines_url)
-        .env("APPLYD_REMOTE_FAKE_HOST", host.to_string())
-        .env("APPLYD_OWNER", format!("crash-p{host}"))
-        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
-        .env("APPLYD_STALE_AFTER_MS", "2000")
-        .env("APPLYD_PRESUMED_LOSS_MS", "1500")
-        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
-        .env("APPLYD_POLL_INTERVAL_MS", "200")
-        .env("APPLYD_DRIVERS", "4")
-        .env("APPLYD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = operator_command(db_url, &format!("crash-p{host}"), 2000)
+        .envs(remote_fake(engines_url, host))
         .spawn()
         .expect("start applyd serve");
-    Proc { child, host }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
-}
-
-struct Cleanup(Vec<Child>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    Proc {
+        child: Killed(child),
+        host,
     }
 }
 
@@ -72,17 +45,7 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         .expect("connect");
     store.migrate().await.expect("migrate");
 
-    let mut engines = Command::new(BIN)
-        .args(["fake-engines", "--listen", "127.0.0.1:0", "--fast"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the fake engines");
-    let mut line = String::new();
-    BufReader::new(engines.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
+    let (_engines, engines_url) = fake_engines(&["--fast"], &[]);
     let http = reqwest::Client::new();
 
     let mut ids = Vec::new();
@@ -150,7 +113,6 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         .map(|h| spawn_operator(&db_url, &engines_url, h))
         .collect();
     let mut next_host = 4u32;
-    let mut cleanup = Cleanup(Vec::new());
     // A fixed pseudo-random sequence keeps the schedule reproducible.
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -167,23 +129,23 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         let victim = (next() % procs.len() as u64) as usize;
         if !stopped_once && kills == 2 {
             // Frozen past its lease: peers reclaim; when it wakes, its writes must bounce.
-            let pid = procs[victim].child.id();
+            let pid = procs[victim].child.0.id();
             signal(pid, "-STOP");
             tokio::time::sleep(Duration::from_millis(3_500)).await;
             signal(pid, "-CONT");
             stopped_once = true;
             continue;
         }
-        let mut dead = std::mem::replace(
+        let dead = std::mem::replace(
             &mut procs[victim],
             spawn_operator(&db_url, &engines_url, next_host),
         );
         next_host += 1;
-        let _ = dead.child.kill();
-        let _ = dead.child.wait();
+        let host = dead.host;
+        drop(dead);
         // The runners a killed process hosted die with it.
         let _ = http
-            .post(format!("{engines_url}/_fake/crash-host/{}", dead.host))
+            .post(format!("{engines_url}/_fake/crash-host/{host}"))
             .send()
             .await;
         kills += 1;
@@ -198,12 +160,8 @@ async fn sigkill_and_sigstop_lose_nothing_and_duplicate_nothing() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     for p in &procs {
-        signal(p.child.id(), "-TERM");
+        signal(p.child.0.id(), "-TERM");
     }
-    for p in procs {
-        cleanup.0.push(p.child);
-    }
-    cleanup.0.push(engines);
 
     assert_eq!(statuses.len(), 34, "no apply lost");
     for s in statuses.iter().filter(|s| s.rollout.is_some()) {

@@ -9,11 +9,11 @@
 //! by at most one cutover RENAME with every row kept, and no `_new`, `_old`, checkpoint or
 //! sentinel table is left behind.
 
+mod serve_support;
 mod store_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,10 @@ use applyd::machine::{ApplyOptions, ApplyState, EngineKind, Rules};
 use applyd::store::mysql::MySqlStore;
 use applyd::store::status::Inspect;
 use applyd::store::{NewApply, Store, Target};
+use serve_support::{fake_engines, operator_command, signal};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{ConnectOptions, Connection, Executor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_applyd");
 const STANDIN: &str = env!("CARGO_BIN_EXE_applyd-spirit-standin");
 const SPIRIT_APPLIES: usize = 6;
 const PLANETSCALE_APPLIES: usize = 6;
@@ -82,40 +82,27 @@ stop_timeout_ms = 5000
 }
 
 fn spawn_operator(db_url: &str, config: &Path, host: u32, cutovers: &Path) -> Child {
-    Command::new(BIN)
-        .arg("serve")
+    operator_command(db_url, &format!("real-p{host}"), 2000)
         .env("APPLYD_CONFIG", config)
-        .env("APPLYD_DATABASE_URL", db_url)
-        .env("APPLYD_OWNER", format!("real-p{host}"))
-        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
-        .env("APPLYD_STALE_AFTER_MS", "2000")
-        .env("APPLYD_PRESUMED_LOSS_MS", "1500")
-        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
-        .env("APPLYD_POLL_INTERVAL_MS", "200")
-        .env("APPLYD_DRIVERS", "4")
-        .env("APPLYD_LOG", "warn")
         // The stand-in's knobs reach it through the operator's environment.
         .env("APPLYD_STANDIN_CHUNK_ROWS", "100")
         .env("APPLYD_STANDIN_CHUNK_DELAY_MS", "100")
         .env("APPLYD_STANDIN_POLL_MS", "20")
         .env("APPLYD_STANDIN_CHECKPOINT_MS", "300")
         .env("APPLYD_STANDIN_CUTOVER_LOG", cutovers)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start applyd serve")
 }
 
-/// Every process the test started, killed however the test ends.
+/// The operators the test started, killed however the test ends, and its files.
 struct Cleanup {
-    children: Vec<Child>,
     operators: Vec<Child>,
     files: Vec<PathBuf>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().chain(self.operators.iter_mut()) {
+        for c in &mut self.operators {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -217,11 +204,9 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
         seed_schema(&url, s, 10).await;
     }
 
-    let mut engines = Command::new(BIN)
-        .args([
-            "fake-engines",
-            "--listen",
-            "127.0.0.1:0",
+    let branch_server = format!("{}:{}", server.host, server.port);
+    let (_engines, engines_url) = fake_engines(
+        &[
             "--phase-ms",
             "1000",
             "--fail-rate",
@@ -231,27 +216,19 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
             "--seed",
             "17",
             "--branch-server",
-            &format!("{}:{}", server.host, server.port),
+            &branch_server,
             "--branch-user",
             &server.username,
-        ])
-        .env("APPLYD_FAKE_BRANCH_PASSWORD", &server.password)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the fake engines");
+        ],
+        &[("APPLYD_FAKE_BRANCH_PASSWORD", &server.password)],
+    );
     let scratch = std::env::temp_dir().join(format!("applyd-real-crash-{name}"));
     let config = scratch.with_extension("toml");
     let cutovers = scratch.with_extension("cutovers");
-    let stdout = engines.stdout.take().unwrap();
     let mut cleanup = Cleanup {
-        children: vec![engines],
         operators: Vec::new(),
         files: vec![config.clone(), cutovers.clone()],
     };
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
     std::fs::write(&config, config_text(&server, &engines_url)).unwrap();
 
     // Half the applies now, half in the middle of the kills.
@@ -336,9 +313,7 @@ async fn real_engines_survive_sigkills_and_do_their_work_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     for p in &cleanup.operators {
-        let _ = Command::new("kill")
-            .args(["-TERM", &p.id().to_string()])
-            .status();
+        signal(p.id(), "-TERM");
     }
 
     assert_eq!(

@@ -5,12 +5,11 @@
 //! event in the outbox was received at least once, every move in the audit log has its event,
 //! every signature was valid and nothing is left undelivered.
 
+mod serve_support;
 mod store_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,10 @@ use applyd::store::{NewApply, Store, Target};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
+use serve_support::{fake_engines, operator_command, remote_fake, Killed};
 use sha2::Sha256;
 use sqlx::Row;
 
-const BIN: &str = env!("CARGO_BIN_EXE_applyd");
 const SECRET: &str = "crash-test-secret";
 
 /// What the receiver saw.
@@ -128,43 +127,23 @@ async fn start_receiver(received: Arc<Mutex<Received>>) -> SocketAddr {
     addr
 }
 
+/// An operator process, killed on drop, and the host its Spirit runners live on.
 struct Proc {
-    child: Child,
+    /// Held for its drop, which kills it.
+    _process: Killed,
     host: u32,
 }
 
 fn spawn_operator(db_url: &str, engines_url: &str, config: &std::path::Path, host: u32) -> Proc {
-    let child = Command::new(BIN)
-        .arg("serve")
+    let child = operator_command(db_url, &format!("hook-p{host}"), 2000)
         .arg("--config")
         .arg(config)
-        .env("APPLYD_DATABASE_URL", db_url)
-        .env("APPLYD_ENGINES", "remote-fake")
-        .env("APPLYD_REMOTE_FAKE_URL", engines_url)
-        .env("APPLYD_REMOTE_FAKE_HOST", host.to_string())
-        .env("APPLYD_OWNER", format!("hook-p{host}"))
-        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
-        .env("APPLYD_STALE_AFTER_MS", "2000")
-        .env("APPLYD_PRESUMED_LOSS_MS", "1500")
-        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
-        .env("APPLYD_POLL_INTERVAL_MS", "200")
-        .env("APPLYD_DRIVERS", "4")
-        .env("APPLYD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .envs(remote_fake(engines_url, host))
         .spawn()
         .expect("start applyd serve");
-    Proc { child, host }
-}
-
-struct Cleanup(Vec<Child>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    Proc {
+        _process: Killed(child),
+        host,
     }
 }
 
@@ -247,19 +226,8 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
     )
     .unwrap();
 
-    let mut engines = Command::new(BIN)
-        .args(["fake-engines", "--listen", "127.0.0.1:0", "--fast"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the fake engines");
-    let mut line = String::new();
-    BufReader::new(engines.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
+    let (engines, engines_url) = fake_engines(&["--fast"], &[]);
     let http = reqwest::Client::new();
-    let mut cleanup = Cleanup(Vec::new());
 
     let mut procs: Vec<Proc> = (1..=3)
         .map(|h| spawn_operator(&db_url, &engines_url, &config, h))
@@ -308,15 +276,15 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
             .iter()
             .position(|p| holders.contains(&format!("hook-p{}/webhooks", p.host)))
             .unwrap_or((next() % procs.len() as u64) as usize);
-        let mut dead = std::mem::replace(
+        let dead = std::mem::replace(
             &mut procs[victim],
             spawn_operator(&db_url, &engines_url, &config, next_host),
         );
         next_host += 1;
-        let _ = dead.child.kill();
-        let _ = dead.child.wait();
+        let host = dead.host;
+        drop(dead);
         let _ = http
-            .post(format!("{engines_url}/_fake/crash-host/{}", dead.host))
+            .post(format!("{engines_url}/_fake/crash-host/{host}"))
             .send()
             .await;
         kills += 1;
@@ -339,10 +307,8 @@ async fn every_event_is_delivered_through_sigkills_with_valid_signatures() {
         finished && events > 0 && deliveries == events
     })
     .await;
-    for p in procs {
-        cleanup.0.push(p.child);
-    }
-    cleanup.0.push(engines);
+    drop(procs);
+    drop(engines);
     let _ = std::fs::remove_file(&config);
 
     let events: BTreeSet<String> =

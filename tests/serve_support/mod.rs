@@ -1,5 +1,6 @@
-//! Real processes for the tests of what people use: the fake engines served over loopback and
-//! `applyd serve` against a fresh MariaDB database, each killed when the test ends.
+//! Real processes for the tests of what people use and the crash tests: the fake engines served
+//! over loopback and `applyd serve` against a fresh MariaDB database, each killed when the test
+//! ends, however it ends.
 
 #![allow(dead_code)]
 
@@ -21,6 +22,77 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Children killed on drop (operators replaced as a crash test kills them).
+#[derive(Default)]
+pub struct KilledAll(pub Vec<Child>);
+
+impl Drop for KilledAll {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Send `sig` (`-STOP`, `-CONT`, `-TERM`, `-KILL`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// `applyd serve` as the tests run it, not yet started: its owner, the API on a free loopback
+/// port, a lease that goes stale after `stale_after_ms` (presumed lost at three quarters of
+/// it), heartbeats every 300 ms, polls every 200 ms, 4 drivers, warnings only, no output kept.
+pub fn operator_command(db_url: &str, owner: &str, stale_after_ms: u64) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env("APPLYD_DATABASE_URL", db_url)
+        .env("APPLYD_OWNER", owner)
+        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
+        .env("APPLYD_STALE_AFTER_MS", stale_after_ms.to_string())
+        .env(
+            "APPLYD_PRESUMED_LOSS_MS",
+            (stale_after_ms * 3 / 4).to_string(),
+        )
+        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
+        .env("APPLYD_POLL_INTERVAL_MS", "200")
+        .env("APPLYD_DRIVERS", "4")
+        .env("APPLYD_LOG", "warn")
+        .env_remove("APPLYD_API_TOKEN")
+        .env_remove("APPLYD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The settings that point an operator at the fake engines at `engines_url`, as process `host`
+/// (its Spirit runners die with it).
+pub fn remote_fake(engines_url: &str, host: u32) -> [(&'static str, String); 3] {
+    [
+        ("APPLYD_ENGINES", "remote-fake".into()),
+        ("APPLYD_REMOTE_FAKE_URL", engines_url.into()),
+        ("APPLYD_REMOTE_FAKE_HOST", host.to_string()),
+    ]
+}
+
+/// `applyd fake-engines` on a free loopback port with `args` (and `envs`); its address.
+pub fn fake_engines(args: &[&str], envs: &[(&str, &str)]) -> (Killed, String) {
+    let mut engines = Command::new(BIN)
+        .args(["fake-engines", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the fake engines");
+    let line = first_line(&mut engines, "applyd fake-engines");
+    let url = format!(
+        "http://{}",
+        line.trim().rsplit(' ').next().unwrap_or_default()
+    );
+    (Killed(engines), url)
 }
 
 /// The first line a child prints on stdout, read within a deadline.
@@ -62,33 +134,10 @@ pub async fn serve(fake_args: &[&str], token: Option<&str>) -> Option<Served> {
         .expect("connect");
     store.migrate().await.expect("migrate");
 
-    let mut engines = Command::new(BIN)
-        .args(["fake-engines", "--listen", "127.0.0.1:0"])
-        .args(fake_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the fake engines");
-    let line = first_line(&mut engines, "applyd fake-engines");
-    let engines_url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
-
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env("APPLYD_DATABASE_URL", &db_url)
-        .env("APPLYD_ENGINES", "remote-fake")
-        .env("APPLYD_REMOTE_FAKE_URL", &engines_url)
-        .env("APPLYD_REMOTE_FAKE_HOST", "1")
-        .env("APPLYD_OWNER", "ui-p1")
-        .env("APPLYD_API_LISTEN", "127.0.0.1:0")
-        .env("APPLYD_STALE_AFTER_MS", "3000")
-        .env("APPLYD_PRESUMED_LOSS_MS", "2000")
-        .env("APPLYD_HEARTBEAT_INTERVAL_MS", "300")
-        .env("APPLYD_POLL_INTERVAL_MS", "200")
-        .env("APPLYD_DRIVERS", "4")
-        .env("APPLYD_LOG", "warn")
-        .env_remove("APPLYD_API_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let (engines, engines_url) = fake_engines(fake_args, &[]);
+    let mut cmd = operator_command(&db_url, "ui-p1", 3000);
+    cmd.envs(remote_fake(&engines_url, 1))
+        .stdout(Stdio::piped());
     if let Some(token) = token {
         cmd.env("APPLYD_API_TOKEN", token);
     }
@@ -104,7 +153,7 @@ pub async fn serve(fake_args: &[&str], token: Option<&str>) -> Option<Served> {
         db_url,
         store,
         api,
-        engines: Killed(engines),
+        engines,
         operator: Killed(operator),
     })
 }
