@@ -190,7 +190,7 @@ async fn submit_list_control_and_errors_speak_plainly() {
         .await
         .unwrap();
     assert_eq!(timeline[0]["kind"], "request", "{timeline}");
-    assert_eq!(timeline[0]["text"], "cancel requested");
+    assert_eq!(timeline[0]["text"], "cancel requested by api");
     let mermaid = http
         .get(format!("{base}/v1/table?format=mermaid"))
         .send()

@@ -347,16 +347,18 @@ impl Inspect for MemoryStore {
             .collect();
         for op in ControlOp::ALL {
             if let Some(req) = self.request_status(id, *op) {
-                let age = now.saturating_sub(req.updated_at);
                 let status = req.status.to_string();
-                // The memory store keeps one time per request: when it was last (re)issued.
+                // A request still pending has not ended; one that ended did so at its last
+                // change.
+                let ended = (req.status != crate::machine::ControlStatus::Pending)
+                    .then(|| now.saturating_sub(req.updated_at));
                 entries.extend(request_entries(
                     op.as_str(),
-                    age,
-                    None,
+                    now.saturating_sub(req.requested_at),
+                    req.requested_by.as_deref(),
                     &status,
                     req.message.as_deref(),
-                    Some(age),
+                    ended,
                 ));
             }
         }

@@ -290,6 +290,8 @@ pub fn memory_store(rules: Rules, case: &Case) -> Option<MemoryStore> {
                 updated_at: at(r.age),
                 updated_seq: seq_at(r.age),
                 message: None,
+                requested_at: at(r.age),
+                requested_by: None,
             },
         );
     }

@@ -203,6 +203,15 @@ impl Env {
         }
     }
 
+    /// The timeline the CLI, the API and the dashboard show, newest last.
+    pub async fn timeline(&self, id: ApplyId) -> Vec<applyd::store::timeline::TimelineEntry> {
+        use applyd::store::status::Inspect;
+        match &self.backend {
+            Backend::Memory { store, .. } => store.timeline(id, 100).await.expect("timeline"),
+            Backend::MySql { store, .. } => store.timeline(id, 100).await.expect("timeline"),
+        }
+    }
+
     pub fn mysql_store(&self) -> Option<&MySqlStore> {
         match &self.backend {
             Backend::MySql { store, .. } => Some(store),

@@ -59,6 +59,14 @@ impl Store for MemoryStore {
     async fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
         MemoryStore::request(self, apply, op)
     }
+    async fn request_by(
+        &self,
+        apply: ApplyId,
+        op: ControlOp,
+        by: &str,
+    ) -> Result<RequestOutcome, StoreError> {
+        MemoryStore::request_by(self, apply, op, Some(by))
+    }
     async fn expire_retryable(&self) -> Result<u32, StoreError> {
         MemoryStore::expire_retryable(self)
     }

@@ -5,6 +5,17 @@ use super::*;
 
 impl MemoryStore {
     pub fn request(&self, apply: ApplyId, op: ControlOp) -> Result<RequestOutcome, StoreError> {
+        self.request_by(apply, op, None)
+    }
+
+    /// [`MemoryStore::request`], recording who asked for the timeline (as the MySQL store
+    /// does; a request already pending keeps who first asked).
+    pub fn request_by(
+        &self,
+        apply: ApplyId,
+        op: ControlOp,
+        by: Option<&str>,
+    ) -> Result<RequestOutcome, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
         let row = inner.rows.get(&apply).ok_or(StoreError::RowGone(apply))?;
@@ -22,6 +33,8 @@ impl MemoryStore {
                 req.updated_at = now;
                 req.updated_seq = seq;
                 req.message = None;
+                req.requested_at = now;
+                req.requested_by = by.map(str::to_string);
                 RequestOutcome::Reset
             }
             None => {
@@ -32,6 +45,8 @@ impl MemoryStore {
                         updated_at: now,
                         updated_seq: seq,
                         message: None,
+                        requested_at: now,
+                        requested_by: by.map(str::to_string),
                     },
                 );
                 RequestOutcome::Created

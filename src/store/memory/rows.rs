@@ -95,6 +95,10 @@ pub struct MemoryRequest {
     /// Position of the last (re)issue in the store's sequence of changes.
     pub updated_seq: u64,
     pub message: Option<String>,
+    /// When it was last asked for (`updated_at` also moves when it ends).
+    pub requested_at: u64,
+    /// Who last asked (`cli:alice@db-7`, `api`, `dashboard`), when known.
+    pub requested_by: Option<String>,
 }
 
 /// One audit entry: every state change with the epoch and owner that made it.

@@ -13,16 +13,21 @@ use crate::store::status::{ApplyStatus, Inspect, OperationStatus, TaskStatus};
 use crate::store::timeline::{audit_entry, ordered, request_entries, TimelineEntry};
 use crate::store::{StoreError, Target};
 
-const COLUMNS: &str = "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
+/// The columns of the status read; ages are by the store's clock (`now`, `now_sql`).
+fn columns(now: &str) -> String {
+    format!(
+        "a.id, a.apply_identifier, a.database_name, a.environment, a.engine, a.state, \
      CAST(a.options AS CHAR) AS options, CAST(a.ddl AS CHAR) AS ddl, a.attempt, a.lease_owner, a.lease_epoch, a.error_message, \
-     CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
-     CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, NOW(6)) AS SIGNED) AS state_age_us, \
-     CAST(TIMESTAMPDIFF(MICROSECOND, a.updated_at, NOW(6)) AS SIGNED) AS updated_age_us, \
-     CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), a.parked_until) AS SIGNED) AS wake_in_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.heartbeat_at, {now}) AS SIGNED) AS heartbeat_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.state_entered_at, {now}) AS SIGNED) AS state_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, a.updated_at, {now}) AS SIGNED) AS updated_age_us, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, {now}, a.parked_until) AS SIGNED) AS wake_in_us, \
      (SELECT CAST(o.engine_resume_state AS CHAR) FROM apply_operations o WHERE o.apply_id = a.id ORDER BY o.id LIMIT 1) AS resume, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id) AS SIGNED) AS tasks_total, \
      CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_id = a.id AND t.state = 'completed') AS SIGNED) AS tasks_completed, \
-     a.cutover_policy, a.on_failure, a.max_drivers, a.released, a.held";
+     a.cutover_policy, a.on_failure, a.max_drivers, a.released, a.held"
+    )
+}
 
 fn bad(id: ApplyId, column: &'static str, detail: impl ToString) -> StoreError {
     StoreError::BadRow {
@@ -188,15 +193,16 @@ impl MySqlStore {
     }
 
     async fn attach_operations(&self, status: &mut ApplyStatus) -> Result<(), StoreError> {
-        let rows = sqlx::query(
+        let now = self.now_sql();
+        let rows = sqlx::query(&format!(
             "SELECT o.id, o.deployment, o.operation_key, o.deployment_index, o.step, o.state, o.attempt, \
              o.lease_owner, o.lease_epoch, o.failed_closed, o.error_message, \
-             CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, NOW(6)) AS SIGNED) AS heartbeat_age_us, \
-             CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), o.parked_until) AS SIGNED) AS wake_in_us, \
+             CAST(TIMESTAMPDIFF(MICROSECOND, o.heartbeat_at, {now}) AS SIGNED) AS heartbeat_age_us, \
+             CAST(TIMESTAMPDIFF(MICROSECOND, {now}, o.parked_until) AS SIGNED) AS wake_in_us, \
              CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id) AS SIGNED) AS tasks_total, \
              CAST((SELECT COUNT(*) FROM tasks t WHERE t.apply_operation_id = o.id AND t.state = 'completed') AS SIGNED) AS tasks_completed \
              FROM apply_operations o WHERE o.apply_id = ? ORDER BY o.deployment_index, o.step, o.id",
-        )
+        ))
         .bind(status.id)
         .fetch_all(self.pool())
         .await
@@ -315,7 +321,10 @@ impl Inspect for MySqlStore {
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<ApplyStatus>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM applies a ORDER BY a.id DESC LIMIT ?");
+        let sql = format!(
+            "SELECT {} FROM applies a ORDER BY a.id DESC LIMIT ?",
+            columns(&self.now_sql())
+        );
         let rows = sqlx::query(&sql)
             .bind(limit as u64)
             .fetch_all(self.pool())
@@ -362,7 +371,8 @@ impl Inspect for MySqlStore {
         if exists.is_none() {
             return Err(StoreError::RowGone(id));
         }
-        let age = |col: &str| format!("CAST(TIMESTAMPDIFF(MICROSECOND, {col}, NOW(6)) AS SIGNED)");
+        let now = self.now_sql();
+        let age = |col: &str| format!("CAST(TIMESTAMPDIFF(MICROSECOND, {col}, {now}) AS SIGNED)");
         let logs = sqlx::query(&format!(
             "SELECT from_state, to_state, lease_epoch, lease_owner, cause, detail, apply_operation_id, \
              {} AS age_us FROM apply_logs WHERE apply_id = ? ORDER BY id DESC LIMIT ?",
@@ -438,7 +448,10 @@ impl Inspect for MySqlStore {
     }
 
     async fn status(&self, id: ApplyId) -> Result<ApplyStatus, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM applies a WHERE a.id = ?");
+        let sql = format!(
+            "SELECT {} FROM applies a WHERE a.id = ?",
+            columns(&self.now_sql())
+        );
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())
