@@ -116,6 +116,47 @@ async fn watch_follows_progress_and_exits_with_how_the_apply_ended() {
         "{stdout}"
     );
 
+    // Waiting for a person past --timeout: code 6, where it stands and what it waits for; the
+    // apply goes on.
+    let waiting = store
+        .submit(apply(
+            "ledger",
+            EngineKind::PlanetScale,
+            ApplyOptions {
+                defer_cutover: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let out = applyd(
+        &served.db_url,
+        [
+            "watch",
+            &format!("apply-{waiting}"),
+            "--interval-ms",
+            "100",
+            "--timeout",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{stdout}");
+    assert!(
+        stdout.contains(&format!("apply-{waiting} still "))
+            && stdout.contains("after 4 s; it goes on without this watch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("  ")),
+        "the explanation follows:\n{stdout}"
+    );
+    use applyd::store::status::Inspect;
+    assert!(!store.status(waiting).await.unwrap().state.is_terminal());
+
     // An apply that does not exist: applyd's own error, code 1.
     let out = applyd(&served.db_url, vec!["watch".into(), "apply-999999".into()]).await;
     assert_eq!(out.status.code(), Some(1));

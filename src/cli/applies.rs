@@ -66,6 +66,9 @@ pub struct SubmitArgs {
     /// Follow the apply until it is terminal, as `applyd watch` does, and exit with its code.
     #[arg(long)]
     wait: bool,
+    /// With --wait: stop following after this many seconds (exit 6; the apply goes on).
+    #[arg(long, requires = "wait", value_name = "SECONDS")]
+    timeout: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -161,7 +164,8 @@ pub fn submit(args: SubmitArgs) -> ExitCode {
         if !args.wait {
             return Ok(0);
         }
-        super::watch::follow(&store, done.id, std::time::Duration::from_secs(1)).await
+        let timeout = args.timeout.map(std::time::Duration::from_secs);
+        super::watch::follow(&store, done.id, std::time::Duration::from_secs(1), timeout).await
     });
     match result {
         Ok(code) => ExitCode::from(code),

@@ -29,8 +29,11 @@ pub fn exit_code(state: ApplyState) -> u8 {
     }
 }
 
+/// The exit code when `--timeout` passed first: the apply goes on without the watcher.
+pub const TIMED_OUT: u8 = 6;
+
 /// The exit codes, for `--help`.
-pub const EXIT_CODES: &str = "exit codes: 0 completed, 2 failed, 3 cancelled, 4 reverted, 5 stopped, 1 when applyd cannot follow the apply";
+pub const EXIT_CODES: &str = "exit codes: 0 completed, 2 failed, 3 cancelled, 4 reverted, 5 stopped, 6 still going when --timeout passed, 1 when applyd cannot follow the apply";
 
 #[derive(clap::Args)]
 #[command(after_help = EXIT_CODES)]
@@ -42,6 +45,10 @@ pub struct WatchArgs {
     /// How often to look, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Stop following after this many seconds (exit 6; the apply goes on). A paused apply or
+    /// a deferred cutover waits for a person, so a job that cannot wait for one sets this.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
 }
 
 /// One line that says where the apply stands: state, tasks, the running task's engine words.
@@ -115,8 +122,15 @@ impl Bars {
     }
 }
 
-/// Follow `id` until it is terminal; print how it ended and return its exit code.
-pub async fn follow(store: &MySqlStore, id: u64, interval: Duration) -> Result<u8, String> {
+/// Follow `id` until it is terminal, or until `timeout`; print how it ended (or where it
+/// stands and what it waits for) and return its exit code.
+pub async fn follow(
+    store: &MySqlStore,
+    id: u64,
+    interval: Duration,
+    timeout: Option<Duration>,
+) -> Result<u8, String> {
+    let started = std::time::Instant::now();
     let mut bars = std::io::stderr().is_terminal().then(Bars::new);
     let mut last_line = String::new();
     let mut unreachable_since: Option<std::time::Instant> = None;
@@ -154,6 +168,23 @@ pub async fn follow(store: &MySqlStore, id: u64, interval: Duration) -> Result<u
             }
             return Ok(code);
         }
+        if let Some(limit) = timeout.filter(|t| started.elapsed() >= *t) {
+            if let Some(bars) = &bars {
+                bars.finish();
+            }
+            println!(
+                "{} still {} after {} s; it goes on without this watch",
+                a.identifier,
+                a.state,
+                limit.as_secs()
+            );
+            if let Some(why) = &a.explanation {
+                for line in why.lines() {
+                    println!("  {line}");
+                }
+            }
+            return Ok(TIMED_OUT);
+        }
         tokio::time::sleep(interval).await;
     }
 }
@@ -162,7 +193,8 @@ pub fn watch(args: WatchArgs) -> ExitCode {
     let result = super::runtime().block_on(async {
         let id = super::applies::parse_id(&args.id)?;
         let store = args.db.open().await?;
-        follow(&store, id, Duration::from_millis(args.interval_ms.max(50))).await
+        let interval = Duration::from_millis(args.interval_ms.max(50));
+        follow(&store, id, interval, args.timeout.map(Duration::from_secs)).await
     });
     match result {
         Ok(code) => ExitCode::from(code),
@@ -186,6 +218,8 @@ mod tests {
             .collect();
         let codes: std::collections::BTreeSet<u8> = ends.iter().map(|s| exit_code(*s)).collect();
         assert_eq!(codes.len(), ends.len(), "{ends:?}");
+        assert!(!codes.contains(&TIMED_OUT), "a timeout is no ending");
+        assert!(EXIT_CODES.contains(&format!("{TIMED_OUT} still going")));
         for s in ends {
             assert_eq!(exit_code(s) == 0, s == ApplyState::Completed, "{s}");
             assert_ne!(exit_code(s), 1, "{s}: 1 is for applyd's own errors");
