@@ -5,9 +5,10 @@
 //! fetched from elsewhere.
 //!
 //! Signing in: with an API token configured, the page asks for it once. The browser keeps it for
-//! the session only — as an HttpOnly session cookie holding a digest of it (what lets pages and
-//! event streams load), and in the tab's session storage for the action buttons, which send it
-//! as the API's bearer token like any other client (so a cookie alone never changes anything).
+//! the session only — as an HttpOnly session cookie holding when it was signed in and an HMAC of
+//! that time keyed by the token (what lets pages and event streams load, for 12 hours, until the
+//! token changes), and in the tab's session storage for the action buttons, which send it as the
+//! API's bearer token like any other client (so a cookie alone never changes anything).
 
 pub mod diagram;
 pub mod views;
@@ -24,7 +25,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use futures_util::Stream;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::api::{parse_id, same_secret, ApiError, ApiState};
@@ -52,10 +54,47 @@ pub fn routes() -> Router<ApiState> {
         .route("/assets/app.css", get(style))
 }
 
-/// The session cookie's value for a token: a digest, so the cookie never holds the token.
-fn session_value(token: &str) -> String {
-    let digest = Sha256::digest(format!("applyd dashboard session\0{token}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// How long a sign-in lasts.
+const SESSION_SECS: u64 = 12 * 60 * 60;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn session_mac(token: &str, issued: u64) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(token.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(format!("applyd dashboard session\0{issued}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The session cookie's value for a sign-in at `issued` (Unix seconds): the time and its HMAC
+/// keyed by the token, so the cookie never holds the token, expires, and dies with the token.
+fn session_value(token: &str, issued: u64) -> String {
+    format!("{issued}.{}", session_mac(token, issued))
+}
+
+/// Whether `value` is a session signed in with `token` less than `SESSION_SECS` before `now`.
+fn session_valid(token: &str, value: &str, now: u64) -> bool {
+    let Some((issued, mac)) = value.split_once('.') else {
+        return false;
+    };
+    let Ok(issued) = issued.parse::<u64>() else {
+        return false;
+    };
+    // A minute of clock skew between processes behind one address is tolerated.
+    let fresh = issued <= now.saturating_add(60) && now.saturating_sub(issued) < SESSION_SECS;
+    fresh && same_secret(mac.as_bytes(), session_mac(token, issued).as_bytes())
 }
 
 /// Signed in: no token is configured, or the request carries the bearer token or the session
@@ -72,16 +111,14 @@ fn signed_in(state: &ApiState, headers: &HeaderMap) -> bool {
     if crate::api::authorize(state, headers).is_ok() {
         return true;
     }
-    let expected = session_value(token.expose());
+    let now = unix_now();
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| {
-            name == SESSION_COOKIE && same_secret(value.as_bytes(), expected.as_bytes())
-        })
+        .any(|(name, value)| name == SESSION_COOKIE && session_valid(token.expose(), value, now))
 }
 
 fn render(t: &impl Template) -> Result<String, ApiError> {
@@ -256,8 +293,8 @@ async fn login(
         return Ok((StatusCode::UNAUTHORIZED, Html(page)).into_response());
     }
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        session_value(token.expose())
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_SECS}",
+        session_value(token.expose(), unix_now())
     );
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
 }
@@ -274,4 +311,31 @@ async fn style() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("assets/app.css"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_lasts_twelve_hours_and_only_for_its_token() {
+        let now = 1_800_000_000;
+        let fresh = session_value("t0ken", now - 60);
+        assert!(session_valid("t0ken", &fresh, now));
+        assert!(!fresh.contains("t0ken"));
+        assert!(
+            !session_valid("other", &fresh, now),
+            "a changed token ends it"
+        );
+        let old = session_value("t0ken", now - SESSION_SECS);
+        assert!(!session_valid("t0ken", &old, now), "expired");
+        let ahead = session_value("t0ken", now + 3_600);
+        assert!(!session_valid("t0ken", &ahead, now), "issued in the future");
+        // A later time under the old MAC is a forgery.
+        let (_, mac) = fresh.split_once('.').unwrap();
+        assert!(!session_valid("t0ken", &format!("{now}.{mac}"), now));
+        for junk in ["", ".", "x.y", "1800000000", "-1.ab"] {
+            assert!(!session_valid("t0ken", junk, now), "{junk:?}");
+        }
+    }
 }
