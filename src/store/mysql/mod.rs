@@ -144,6 +144,7 @@ mod requests;
 mod rollout;
 mod rows;
 pub mod status;
+mod submit;
 mod writes;
 
 use rows::{Parsed, RawApply};

@@ -1,25 +1,19 @@
 //! Owner writes and the rows that follow them: fenced state writes and failures, heartbeats and
-//! releases, request completion, submit and load; task rows and the audit log.
-//!
-//! About 800 lines: every fenced owner write goes through one transaction here (the apply,
-//! its operation, its tasks, a failure's reason and the audit row move together), and splitting
-//! it would split that transaction's statements across files.
+//! releases, request completion and load; task rows and the audit log. Every fenced owner write
+//! goes through one transaction here (the apply, its operation, its tasks, a failure's reason
+//! and the audit row move together). Submissions are in `submit`.
 
 use std::str::FromStr;
 
-use sqlx::mysql::MySqlConnection;
 use sqlx::{Executor, MySql, Row, Transaction};
 
-use super::super::{
-    adopts, DriveInputs, Lease, LeaseChange, NewApply, StoreError, Submitted, Target,
-};
+use super::super::{DriveInputs, Lease, LeaseChange, StoreError, Target};
 use super::rollout::Loaded;
-use crate::ddl::CheckedChange;
 use crate::store::webhooks::{Move, NewEvent};
 
-use super::rows::{apply_columns, identifier, RawApply};
+use super::rows::{apply_columns, RawApply};
 use super::{age_ms, is_duplicate_key, Failure, MySqlStore};
-use crate::machine::apply::{ApplyId, ResumeState};
+use crate::machine::apply::ApplyId;
 use crate::machine::task::task_after_move;
 use crate::machine::{ApplyState, ControlOp, ControlStatus, EngineKind, TaskState};
 
@@ -72,28 +66,6 @@ pub(super) fn task_sync_sql(
 }
 
 impl MySqlStore {
-    /// The active apply on a target, other than `except`. A duplicate key says one exists; if it
-    /// finished in between, the caller retries.
-    pub(super) async fn active_on_target(
-        &self,
-        conn: &mut MySqlConnection,
-        target: &Target,
-        except: Option<ApplyId>,
-    ) -> Result<ApplyId, Failure> {
-        let existing: Option<ApplyId> = sqlx::query_scalar(
-            "SELECT id FROM applies WHERE database_name = ? AND environment = ? AND active_flag = 1 \
-             AND id <> ? LIMIT 1",
-        )
-        .bind(&target.database)
-        .bind(&target.environment)
-        .bind(except.unwrap_or(0))
-        .fetch_optional(conn)
-        .await?;
-        existing.ok_or_else(|| {
-            Failure::Retry(format!("the active apply on {target} finished meanwhile"))
-        })
-    }
-
     /// Bring an apply's task rows along with its move from `from` to `to`, through the one task
     /// rule (`machine::task::task_after_move`), in one statement: the rule is tabulated for
     /// every known task state, and each stored state maps to its successor at once, so a task
@@ -257,100 +229,6 @@ impl MySqlStore {
                 environment: row.try_get_unchecked("environment")?,
             },
         })
-    }
-
-    pub(super) async fn submit_once(
-        &self,
-        new: &NewApply,
-        change: &CheckedChange,
-    ) -> Result<Submitted, Failure> {
-        let now = self.now_sql();
-        let options =
-            serde_json::to_string(&new.options).map_err(|e| StoreError::Refused(e.to_string()))?;
-        let ddl =
-            serde_json::to_string(&new.ddl).map_err(|e| StoreError::Refused(e.to_string()))?;
-        let resume = serde_json::to_string(&ResumeState::default())
-            .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let pending = ApplyState::Pending.as_str();
-        let mut tx = self.pool.begin().await?;
-        let insert = format!(
-            "INSERT INTO applies (database_name, environment, engine, state, options, ddl, ddl_fingerprint, \
-             state_entered_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, {now}, {now}, {now})"
-        );
-        let inserted = sqlx::query(&insert)
-            .bind(&new.target.database)
-            .bind(&new.target.environment)
-            .bind(new.engine.as_str())
-            .bind(pending)
-            .bind(&options)
-            .bind(&ddl)
-            .bind(&change.fingerprint)
-            .execute(&mut *tx)
-            .await;
-        let id = match inserted {
-            Ok(done) => done.last_insert_id(),
-            Err(e) if is_duplicate_key(&e) => {
-                let existing = self.active_on_target(&mut tx, &new.target, None).await?;
-                let row = sqlx::query("SELECT engine, ddl_fingerprint FROM applies WHERE id = ?")
-                    .bind(existing)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                // Binary collations carry the BINARY flag, which sqlx's checked decode refuses.
-                let live = match row {
-                    Some(r) => {
-                        let engine: String = r.try_get_unchecked("engine")?;
-                        let fp: Option<String> = r.try_get_unchecked("ddl_fingerprint")?;
-                        EngineKind::from_str(&engine).ok().map(|e| (e, fp))
-                    }
-                    None => None,
-                };
-                if live.is_some_and(|(engine, fp)| adopts((engine, fp.as_deref()), new, change)) {
-                    return Ok(Submitted {
-                        id: existing,
-                        adopted: true,
-                    });
-                }
-                return Err(StoreError::ActiveApplyExists {
-                    target: new.target.to_string(),
-                    existing,
-                }
-                .into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        sqlx::query("UPDATE applies SET apply_identifier = ? WHERE id = ?")
-            .bind(identifier(id))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let op = format!(
-            "INSERT INTO apply_operations (apply_id, state, engine_resume_state, created_at, updated_at) \
-             VALUES (?, ?, ?, {now}, {now})"
-        );
-        let op_id = sqlx::query(&op)
-            .bind(id)
-            .bind(pending)
-            .bind(&resume)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_id();
-        let values = vec![format!("(?, ?, ?, ?, ?, ?, {now}, {now})"); new.ddl.len()].join(", ");
-        let tasks = format!(
-            "INSERT INTO tasks (apply_id, apply_operation_id, seq, ddl, table_name, state, created_at, updated_at) VALUES {values}"
-        );
-        let mut q = sqlx::query(&tasks);
-        for (seq, (ddl, checked)) in new.ddl.iter().zip(&change.statements).enumerate() {
-            q = q
-                .bind(id)
-                .bind(op_id)
-                .bind(seq as u32)
-                .bind(ddl)
-                .bind(&checked.table)
-                .bind(crate::machine::TaskState::Pending.as_str());
-        }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(Submitted { id, adopted: false })
     }
 
     /// Read the owned apply row (`lock` adds `FOR UPDATE`): gone and lost leases are errors.
