@@ -273,6 +273,16 @@ async fn lease(store: &MySqlStore, owner: &str, lease_ms: u64, limit: u32) -> Ve
         .unwrap()
 }
 
+/// One apply's two events for endpoint `a` (its claim, then a stop request): what `d1` leases
+/// of them, which is only the first, the head of the apply.
+async fn head_of_two(env: &Env) -> Vec<LeasedDelivery> {
+    let ids = with_events(env, &["a"], 1).await;
+    let store = env.mysql_store().unwrap();
+    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
+    store.sweep(&[endpoint("a")]).await.unwrap();
+    lease(store, "d1", 30_000, 10).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_live_deliverers_never_hold_the_same_delivery() {
     let Some(env) = Env::mysql().await else {
@@ -408,11 +418,8 @@ async fn an_apply_s_later_event_waits_until_the_earlier_one_is_delivered() {
     let Some(env) = Env::mysql().await else {
         return;
     };
-    let ids = with_events(&env, &["a"], 1).await;
+    let first = head_of_two(&env).await;
     let store = env.mysql_store().unwrap();
-    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
-    store.sweep(&[endpoint("a")]).await.unwrap();
-    let first = lease(store, "d1", 30_000, 10).await;
     assert_eq!(first.len(), 1, "only the head of the apply: {first:?}");
     assert!(
         lease(store, "d2", 30_000, 10).await.is_empty(),
@@ -446,11 +453,8 @@ async fn an_abandoned_delivery_shows_in_health_and_no_longer_holds_back_its_appl
     let Some(env) = Env::mysql().await else {
         return;
     };
-    let ids = with_events(&env, &["a"], 1).await;
+    let first = head_of_two(&env).await;
     let store = env.mysql_store().unwrap();
-    env.store.request(ids[0], ControlOp::Stop).await.unwrap();
-    store.sweep(&[endpoint("a")]).await.unwrap();
-    let first = lease(store, "d1", 30_000, 10).await;
     assert_eq!(first.len(), 1);
     store
         .mark_abandoned(&first[0], "abandoned after 300 attempts: HTTP 400: no")
