@@ -1,8 +1,12 @@
 //! One conformance suite for both stores: every behaviour below runs against `MemoryStore` (the
 //! reference) and `MySqlStore` (a real MariaDB/MySQL), with the same clock steps.
 //!
-//! Over 700 lines: one test per arm, fence and request rule, each short; they split naturally by
-//! the store module they exercise (claims, writes, requests).
+//! Over 1,600 lines, in one file on purpose: every integration-test file is a binary of its own,
+//! linked against the whole crate (each link costs CI's two cores tens of seconds), and these
+//! tests share one `conformance!` harness and its fixtures. The file is sectioned by the store
+//! seam each part exercises (`// ----` headers: claim arms, fencing and heartbeats, target
+//! uniqueness, control requests, concurrency, operation claims, task rows, parked waits), the
+//! same seams as `src/store/memory/` and `src/store/mysql/`.
 
 #[macro_use]
 mod store_support;
